@@ -1,0 +1,25 @@
+//! The contract between the meshca daemon and its certificate backends.
+//!
+//! The entry point is [`CertificateProvider`]: the daemon makes a [`LeafKey`], describes the
+//! certificate it wants in a [`LeafSpec`], and a provider turns that into a signed
+//! [`CertificateChain`] and reports its [`TrustBundle`]. Everything a backend and the daemon
+//! must agree on lives here — identities ([`SpiffeId`]), Go-style durations, key types, X.509
+//! parsing helpers — and nothing that wires a runtime.
+
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod duration;
+pub mod identity;
+pub mod keys;
+pub mod provider;
+pub mod x509;
+
+pub use clock::{Clock, SystemClock};
+pub use duration::{DurationError, format_duration, parse_duration};
+pub use identity::{DEFAULT_TRUST_DOMAIN, IdentityError, SpiffeId, TrustDomain};
+pub use keys::{KeyError, KeyType, LeafKey};
+pub use provider::{
+    Capabilities, CertificateProvider, IssueRequest, LeafSpec, ProviderError, SharedProvider,
+};
+pub use x509::{CertificateChain, CertificateInfo, PemError, TrustBundle, X509Error};

@@ -1,0 +1,2 @@
+//! Vault / OpenBao PKI backend. (in progress)
+#![forbid(unsafe_code)]
