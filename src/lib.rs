@@ -1,2 +1,13 @@
-//! The meshca daemon: configuration, the certificate cache and its renewal engine, the CLI.
+//! The meshca daemon: configuration, the certificate cache and its renewal engine, the SDS
+//! server, the CLI.
+//!
+//! The entry point is the `meshca` binary (`src/main.rs` → [`cli`]); [`config::Config`] is what
+//! it runs from, [`providers::build`] turns it into a backend, and [`cache::CertificateCache`]
+//! issues and renews through that backend.
 #![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod providers;
+pub mod time;

@@ -27,7 +27,9 @@ pub enum DurationError {
         input: String,
     },
     /// A unit that is not one of Go's.
-    #[error("unknown unit {unit:?} in duration {input:?}: use h, m, s, ms, us or ns (days are not a unit: write 72h)")]
+    #[error(
+        "unknown unit {unit:?} in duration {input:?}: use h, m, s, ms, us or ns (days are not a unit: write 72h)"
+    )]
     UnknownUnit {
         /// The string as given.
         input: String,
@@ -77,7 +79,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let mut total: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let int_len = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let int_len = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let (int_part, after_int) = rest.split_at(int_len);
         let (frac_part, after_num) = match after_int.strip_prefix('.') {
             Some(after_dot) => {
@@ -145,11 +149,11 @@ pub fn format_duration(duration: Duration) -> String {
     }
     let nanos = duration.as_nanos();
     const SEC: u128 = 1_000_000_000;
-    if nanos % SEC != 0 {
+    if !nanos.is_multiple_of(SEC) {
         // Sub-second precision: a single unit keeps it exact and readable.
-        return if nanos % 1_000_000 == 0 {
+        return if nanos.is_multiple_of(1_000_000) {
             format!("{}ms", nanos / 1_000_000)
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             format!("{}us", nanos / 1_000)
         } else {
             format!("{nanos}ns")
@@ -208,7 +212,10 @@ mod tests {
             ("+5s", Duration::from_secs(5)),
             (".5s", Duration::from_millis(500)),
             ("1.s", Duration::from_secs(1)),
-            ("2h45m30.25s", Duration::from_millis((2 * H + 45 * 60 + 30) * 1000 + 250)),
+            (
+                "2h45m30.25s",
+                Duration::from_millis((2 * H + 45 * 60 + 30) * 1000 + 250),
+            ),
             ("100us", Duration::from_micros(100)),
             ("100µs", Duration::from_micros(100)),
             ("7ns", Duration::from_nanos(7)),
@@ -222,21 +229,29 @@ mod tests {
 
     #[test]
     fn refuses_bad_input_with_a_specific_error() {
-        let cases: &[(&str, fn(&DurationError) -> bool)] = &[
+        type Check = fn(&DurationError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, DurationError::Empty)),
             ("   ", |e| matches!(e, DurationError::Empty)),
             ("-1h", |e| matches!(e, DurationError::Negative { .. })),
             ("10", |e| matches!(e, DurationError::MissingUnit { .. })),
             ("1h30", |e| matches!(e, DurationError::MissingUnit { .. })),
-            ("3d", |e| matches!(e, DurationError::UnknownUnit { unit, .. } if unit == "d")),
+            (
+                "3d",
+                |e| matches!(e, DurationError::UnknownUnit { unit, .. } if unit == "d"),
+            ),
             ("1 h", |e| matches!(e, DurationError::UnknownUnit { .. })),
             ("10H", |e| matches!(e, DurationError::UnknownUnit { .. })),
             ("h", |e| matches!(e, DurationError::Invalid { .. })),
             (".h", |e| matches!(e, DurationError::Invalid { .. })),
             ("1..5h", |e| matches!(e, DurationError::Invalid { .. })),
             ("abc", |e| matches!(e, DurationError::Invalid { .. })),
-            ("99999999999999999999h", |e| matches!(e, DurationError::Overflow { .. })),
-            ("9999999999h", |e| matches!(e, DurationError::Overflow { .. })),
+            ("99999999999999999999h", |e| {
+                matches!(e, DurationError::Overflow { .. })
+            }),
+            ("9999999999h", |e| {
+                matches!(e, DurationError::Overflow { .. })
+            }),
         ];
         for (text, is_expected) in cases {
             let err = parse_duration(text).expect_err(text);
@@ -247,7 +262,19 @@ mod tests {
 
     #[test]
     fn format_round_trips() {
-        for secs in [1, 45, 59, 60, 61, 90 * 60, 3600, 5400, 86_400, 87_600 * 3600, 3661] {
+        for secs in [
+            1,
+            45,
+            59,
+            60,
+            61,
+            90 * 60,
+            3600,
+            5400,
+            86_400,
+            87_600 * 3600,
+            3661,
+        ] {
             let d = Duration::from_secs(secs);
             assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{secs}s");
         }

@@ -25,13 +25,17 @@ pub enum IdentityError {
         reason: &'static str,
     },
     /// The path is not `/ns/<namespace>/sa/<service-account>`.
-    #[error("{input:?} is not a meshca workload ID: the path must be /ns/<namespace>/sa/<service-account>")]
+    #[error(
+        "{input:?} is not a meshca workload ID: the path must be /ns/<namespace>/sa/<service-account>"
+    )]
     InvalidPath {
         /// The text as given.
         input: String,
     },
     /// A `<namespace>/<service-account>` pair without exactly one `/`.
-    #[error("{input:?} is not an identity: write <namespace>/<service-account>, e.g. bookstore/bookstore-v2")]
+    #[error(
+        "{input:?} is not an identity: write <namespace>/<service-account>, e.g. bookstore/bookstore-v2"
+    )]
     InvalidShortForm {
         /// The text as given.
         input: String,
@@ -75,7 +79,9 @@ impl TrustDomain {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         {
-            return Err(fail("only lowercase letters, digits, '.', '-' and '_' are allowed"));
+            return Err(fail(
+                "only lowercase letters, digits, '.', '-' and '_' are allowed",
+            ));
         }
         Ok(Self(name.to_owned()))
     }
@@ -286,7 +292,8 @@ mod tests {
         assert_eq!(id.service_account(), "bookstore-v2");
         assert_eq!(id.common_name(), "bookstore-v2.bookstore.cluster.local");
         assert_eq!(id.short(), "bookstore/bookstore-v2");
-        let short = SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();
+        let short =
+            SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();
         assert_eq!(short, id);
     }
 
@@ -294,18 +301,36 @@ mod tests {
     fn bad_inputs_get_specific_errors() {
         type Check = fn(&IdentityError) -> bool;
         let cases: &[(&str, Check)] = &[
-            ("cluster.local/ns/a/sa/b", |e| matches!(e, IdentityError::NotSpiffe { .. })),
-            ("http://cluster.local/ns/a/sa/b", |e| matches!(e, IdentityError::NotSpiffe { .. })),
-            ("spiffe:///ns/a/sa/b", |e| matches!(e, IdentityError::InvalidTrustDomain { .. })),
+            ("cluster.local/ns/a/sa/b", |e| {
+                matches!(e, IdentityError::NotSpiffe { .. })
+            }),
+            ("http://cluster.local/ns/a/sa/b", |e| {
+                matches!(e, IdentityError::NotSpiffe { .. })
+            }),
+            ("spiffe:///ns/a/sa/b", |e| {
+                matches!(e, IdentityError::InvalidTrustDomain { .. })
+            }),
             ("spiffe://Cluster.Local/ns/a/sa/b", |e| {
                 matches!(e, IdentityError::InvalidTrustDomain { .. })
             }),
-            ("spiffe://cluster.local", |e| matches!(e, IdentityError::InvalidPath { .. })),
-            ("spiffe://cluster.local/", |e| matches!(e, IdentityError::InvalidPath { .. })),
-            ("spiffe://cluster.local/ns/a", |e| matches!(e, IdentityError::InvalidPath { .. })),
-            ("spiffe://cluster.local/ns/a/sa/b/", |e| matches!(e, IdentityError::InvalidPath { .. })),
-            ("spiffe://cluster.local/ns/a/sa/b/c", |e| matches!(e, IdentityError::InvalidPath { .. })),
-            ("spiffe://cluster.local/sa/b/ns/a", |e| matches!(e, IdentityError::InvalidPath { .. })),
+            ("spiffe://cluster.local", |e| {
+                matches!(e, IdentityError::InvalidPath { .. })
+            }),
+            ("spiffe://cluster.local/", |e| {
+                matches!(e, IdentityError::InvalidPath { .. })
+            }),
+            ("spiffe://cluster.local/ns/a", |e| {
+                matches!(e, IdentityError::InvalidPath { .. })
+            }),
+            ("spiffe://cluster.local/ns/a/sa/b/", |e| {
+                matches!(e, IdentityError::InvalidPath { .. })
+            }),
+            ("spiffe://cluster.local/ns/a/sa/b/c", |e| {
+                matches!(e, IdentityError::InvalidPath { .. })
+            }),
+            ("spiffe://cluster.local/sa/b/ns/a", |e| {
+                matches!(e, IdentityError::InvalidPath { .. })
+            }),
             ("spiffe://cluster.local/ns//sa/b", |e| {
                 matches!(e, IdentityError::InvalidNamespace { .. })
             }),

@@ -5,7 +5,9 @@ use std::str::FromStr;
 
 use rcgen::{PublicKeyData, SignatureAlgorithm};
 use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair};
+use ring::signature::{
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
+};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use zeroize::Zeroizing;
 
@@ -42,7 +44,9 @@ pub enum KeyError {
 }
 
 /// The key algorithms meshca can issue for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyType {
     /// ECDSA on NIST P-256 (the default: small and fast).
@@ -283,7 +287,10 @@ impl PublicKeyData for LeafKey {
 impl fmt::Debug for LeafKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let digest = ring::digest::digest(&ring::digest::SHA256, &self.public_key);
-        let short: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let short: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         f.debug_struct("LeafKey")
             .field("key_type", &self.key_type)
             .field("public_key_sha256", &short)
@@ -376,6 +383,9 @@ mod tests {
             LeafKey::from_pkcs8_der(b"not a key"),
             Err(KeyError::Unreadable { .. })
         ));
-        assert!(LeafKey::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
+        assert!(
+            LeafKey::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
     }
 }

@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod duration;
 pub mod identity;
 pub mod keys;

@@ -208,7 +208,10 @@ mod tests {
         let id = SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();
         let spec = LeafSpec::workload(
             &id,
-            &["bookstore-v2.bookstore.cluster.local".into(), "bookstore".into()],
+            &[
+                "bookstore-v2.bookstore.cluster.local".into(),
+                "bookstore".into(),
+            ],
             Duration::from_secs(3600),
         );
         assert_eq!(
@@ -221,7 +224,10 @@ mod tests {
         );
         let long = SpiffeId::from_short(&format!("{}/sa", "n".repeat(60)), &TrustDomain::default())
             .unwrap();
-        assert_eq!(LeafSpec::workload(&long, &[], Duration::ZERO).common_name, None);
+        assert_eq!(
+            LeafSpec::workload(&long, &[], Duration::ZERO).common_name,
+            None
+        );
     }
 
     #[test]
@@ -229,11 +235,29 @@ mod tests {
         let id = SpiffeId::from_short("a/b", &TrustDomain::default()).unwrap();
         let spec = LeafSpec::workload(&id, &[], Duration::from_secs(60));
         let key = LeafKey::generate(KeyType::P256).unwrap();
-        let der = IssueRequest { spec: &spec, key: &key }.csr_der().unwrap();
+        let der = IssueRequest {
+            spec: &spec,
+            key: &key,
+        }
+        .csr_der()
+        .unwrap();
         let csr = rcgen::CertificateSigningRequestParams::from_der(&der.into()).unwrap();
-        let names: Vec<_> = csr.params.subject_alt_names.iter().map(|s| format!("{s:?}")).collect();
-        assert!(names.iter().any(|n| n.contains("spiffe://cluster.local/ns/a/sa/b")), "{names:?}");
-        assert!(names.iter().any(|n| n.contains("b.a.cluster.local")), "{names:?}");
+        let names: Vec<_> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect();
+        assert!(
+            names
+                .iter()
+                .any(|n| n.contains("spiffe://cluster.local/ns/a/sa/b")),
+            "{names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n.contains("b.a.cluster.local")),
+            "{names:?}"
+        );
     }
 
     #[test]

@@ -125,7 +125,9 @@ impl TrustBundle {
 
     /// Whether the bundle holds this exact certificate.
     pub fn contains(&self, certificate: &CertificateDer<'_>) -> bool {
-        self.roots.iter().any(|r| r.as_ref() == certificate.as_ref())
+        self.roots
+            .iter()
+            .any(|r| r.as_ref() == certificate.as_ref())
     }
 
     /// Whether the bundle is empty.
@@ -140,7 +142,10 @@ impl TrustBundle {
 
     /// SHA-256 fingerprints of the roots, for logs and status output.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.roots.iter().map(|r| Fingerprint(sha256(r)).to_string()).collect()
+        self.roots
+            .iter()
+            .map(|r| Fingerprint(sha256(r)).to_string())
+            .collect()
     }
 }
 

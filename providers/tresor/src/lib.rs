@@ -1,2 +1,168 @@
-//! Tresor: meshca's built-in certificate authority. (in progress)
+//! Tresor: meshca's built-in certificate authority.
+//!
+//! The entry point is [`Tresor`], a [`CertificateProvider`] that signs leaves in-process with a
+//! [`SigningAuthority`] (a root, or a per-cluster intermediate under a shared root). The CA
+//! comes from a [`CaStore`] through [`bootstrap`] — read first, create a root only when the
+//! store is empty, adopt what a concurrent creator stored, refuse broken material without
+//! touching it — or from bring-your-own files through [`StoredCa::import`].
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use meshca_provider::SystemClock;
+//! use meshca_tresor::{DirectoryStore, RootOptions, Tresor, bootstrap};
+//!
+//! let store = DirectoryStore::new("/var/lib/meshca/ca");
+//! let (authority, outcome) = bootstrap(&store, &RootOptions::default(), &SystemClock).await?;
+//! println!("{outcome}: {}", authority.subject());
+//! let tresor = Tresor::new(authority, Arc::new(SystemClock));
+//! # let _ = tresor; Ok(()) }
+//! ```
+
 #![forbid(unsafe_code)]
+
+mod authority;
+mod profile;
+mod store;
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use meshca_provider::{
+    Capabilities, CertificateChain, CertificateProvider, Clock, IssueRequest, KeyType, LeafKey,
+    LeafSpec, ProviderError, TrustBundle,
+};
+
+pub use authority::{
+    AuthorityError, CaProblem, DEFAULT_INTERMEDIATE_LIFETIME, DEFAULT_ROOT_LIFETIME,
+    IntermediateOptions, RootOptions, SigningAuthority,
+};
+pub use store::{CaStore, Created, DirectoryStore, Outcome, StoreError, StoredCa, bootstrap};
+
+/// The provider's name in logs and metrics.
+pub const NAME: &str = "tresor";
+
+/// How far a leaf's NotBefore is back-dated by default, for peers whose clocks run slow.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// The built-in CA as a [`CertificateProvider`].
+///
+/// Signs each leaf directly over the daemon's public key (no CSR), with one signature. The
+/// signing authority sits in a swappable slot so that root rotation can replace it while
+/// issuance continues; an issuance in flight finishes with the authority it started with.
+#[derive(Debug)]
+pub struct Tresor {
+    authority: RwLock<Arc<SigningAuthority>>,
+    clock: Arc<dyn Clock>,
+    clock_skew: Duration,
+    capabilities: Capabilities,
+}
+
+impl Tresor {
+    /// A provider signing with `authority`, stamping validity from `clock`, with the default
+    /// clock-skew allowance ([`DEFAULT_CLOCK_SKEW`]).
+    pub fn new(authority: SigningAuthority, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            authority: RwLock::new(Arc::new(authority)),
+            clock,
+            clock_skew: DEFAULT_CLOCK_SKEW,
+            capabilities: Capabilities {
+                max_lifetime: None,
+                key_types: KeyType::ALL.to_vec(),
+                uri_sans: true,
+                needs_csr: false,
+            },
+        }
+    }
+
+    /// Sets how far NotBefore is back-dated.
+    #[must_use]
+    pub fn with_clock_skew(mut self, clock_skew: Duration) -> Self {
+        self.clock_skew = clock_skew;
+        self
+    }
+
+    /// The authority currently signing.
+    pub fn authority(&self) -> Arc<SigningAuthority> {
+        // The slot only ever holds a complete Arc, so a poisoned lock still holds a good one.
+        Arc::clone(
+            &self
+                .authority
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Puts `authority` in charge of every later issuance and returns the one it replaces.
+    pub fn replace_authority(&self, authority: SigningAuthority) -> Arc<SigningAuthority> {
+        let mut slot = self
+            .authority
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *slot, Arc::new(authority))
+    }
+
+    /// Signs a certificate for `spec` over `key`'s public key, now. This is what
+    /// [`issue`](CertificateProvider::issue) does, without the async wrapper.
+    pub fn sign(&self, spec: &LeafSpec, key: &LeafKey) -> Result<CertificateChain, ProviderError> {
+        self.capabilities.check(spec, key.key_type())?;
+        self.authority()
+            .sign_leaf(spec, key, self.clock.now(), self.clock_skew)
+            .map_err(provider_error)
+    }
+
+    /// Signs a server certificate (webhook, gateway): CN and SANs `dns_names`, no SPIFFE ID.
+    pub fn sign_server(
+        &self,
+        dns_names: Vec<String>,
+        lifetime: Duration,
+        key: &LeafKey,
+    ) -> Result<CertificateChain, ProviderError> {
+        self.sign(&LeafSpec::server(dns_names, lifetime), key)
+    }
+}
+
+#[async_trait::async_trait]
+impl CertificateProvider for Tresor {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn issue(&self, request: &IssueRequest<'_>) -> Result<CertificateChain, ProviderError> {
+        self.sign(request.spec, request.key)
+    }
+
+    async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
+        Ok(self.authority().trust_bundle().clone())
+    }
+
+    async fn check_health(&self) -> Result<(), ProviderError> {
+        let authority = self.authority();
+        if self.clock.now() > authority.not_after() {
+            return Err(provider_error(AuthorityError::CaExpired {
+                subject: authority.subject().to_owned(),
+                not_after: authority::display_time(authority.not_after()),
+            }));
+        }
+        Ok(())
+    }
+}
+
+fn provider_error(error: AuthorityError) -> ProviderError {
+    match error {
+        AuthorityError::InvalidName { .. } | AuthorityError::InvalidValidity { .. } => {
+            ProviderError::Rejected {
+                provider: NAME,
+                reason: error.to_string(),
+            }
+        }
+        AuthorityError::Key(key) => ProviderError::Key(key),
+        other => ProviderError::Ca {
+            reason: other.to_string(),
+        },
+    }
+}

@@ -1,2 +1,39 @@
-//! Vault / OpenBao PKI backend. (in progress)
+//! Vault / OpenBao PKI backend for meshca.
+//!
+//! The entry point is [`VaultProvider::connect`], which turns the `vault:` section of meshca's
+//! configuration ([`VaultSettings`]) into a [`CertificateProvider`]: it checks the token (or
+//! logs in), the PKI mount and the role at start, then signs the daemon's CSRs through
+//! `<pkiPath>/sign/<role>` and keeps its token alive in the background.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use meshca_vault::{VaultProvider, VaultSettings};
+//!
+//! let settings: VaultSettings = serde_yaml::from_str(
+//!     "host: 127.0.0.1\nport: 8200\npkiPath: pki\nrole: meshca\ntoken: meshca-dev-root\n",
+//! )?;
+//! let provider = VaultProvider::connect(&settings).await?;
+//! # let _ = provider; Ok(()) }
+//! ```
+//!
+//! [`CertificateProvider`]: meshca_provider::CertificateProvider
+
 #![forbid(unsafe_code)]
+
+mod auth;
+mod error;
+mod http;
+mod pki;
+mod provider;
+mod settings;
+
+pub use error::VaultError;
+pub use provider::VaultProvider;
+pub use settings::{
+    AppRoleSettings, DEFAULT_APPROLE_MOUNT, DEFAULT_PKI_PATH, DEFAULT_PORT,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_ROLE, IssueMode, Protocol, Secret, SecretIdSource,
+    SettingsError, TOKEN_ENV, VaultAuth, VaultSettings,
+};
+
+/// The provider's name in logs and metrics.
+pub const NAME: &str = "vault";

@@ -1,0 +1,423 @@
+//! The provider conformance suite: what every [`CertificateProvider`] must do, checked the same
+//! way for every backend (feature `conformance`, for tests).
+//!
+//! A backend's test calls [`run_all`] (or configures a [`Conformance`]) against a live
+//! provider. Each issued chain is checked field by field and verified with rustls-webpki
+//! against the provider's own [`trust_bundle`](CertificateProvider::trust_bundle), for server
+//! and client authentication. A failure panics with the provider's name and every failed check.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::{ServerName, UnixTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::{
+    CertificateChain, CertificateProvider, Clock, IssueRequest, KeyType, LeafKey, LeafSpec,
+    ProviderError, SpiffeId, SystemClock, TrustBundle, TrustDomain,
+};
+
+/// Runs the whole suite with default settings against `provider`, issuing identities in
+/// `trust_domain`. Panics, naming the provider and each failed check, if any check fails.
+pub async fn run_all(provider: &dyn CertificateProvider, trust_domain: &TrustDomain) {
+    Conformance::new(trust_domain.clone()).run(provider).await;
+}
+
+/// Settings of the suite.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Conformance {
+    /// Trust domain of the identities requested.
+    pub trust_domain: TrustDomain,
+    /// Lifetime requested for each leaf. Default 1h.
+    pub lifetime: Duration,
+    /// How much longer than requested a leaf may be valid in total (back-dating of NotBefore).
+    /// Default 60s.
+    pub clock_skew: Duration,
+    /// Key types to issue for, among those the provider claims. Default P-256, P-384 and
+    /// RSA 2048 (larger RSA keys are slow to make and add nothing to the contract).
+    pub key_types: Vec<KeyType>,
+    /// The time the provider's certificates are checked against; must agree with the clock
+    /// the provider stamps validity from. Default the system clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// One failed check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Which check, e.g. `p256 workload: DNS SANs`.
+    pub check: String,
+    /// What was expected and what was found.
+    pub detail: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.check, self.detail)
+    }
+}
+
+impl Conformance {
+    /// Default settings for identities in `trust_domain`.
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        Self {
+            trust_domain,
+            lifetime: Duration::from_secs(3600),
+            clock_skew: Duration::from_secs(60),
+            key_types: vec![KeyType::P256, KeyType::P384, KeyType::Rsa2048],
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Runs every check; panics naming the provider and each failed check.
+    pub async fn run(&self, provider: &dyn CertificateProvider) {
+        let failures = self.check(provider).await;
+        if !failures.is_empty() {
+            let list: Vec<String> = failures.iter().map(|f| format!("  - {f}")).collect();
+            panic!(
+                "provider `{}` failed {} conformance check(s):\n{}",
+                provider.name(),
+                failures.len(),
+                list.join("\n")
+            );
+        }
+    }
+
+    /// Runs every check and returns the failures (empty when the provider conforms).
+    pub async fn check(&self, provider: &dyn CertificateProvider) -> Vec<Failure> {
+        let mut report = Report::default();
+        let capabilities = provider.capabilities().clone();
+        let bundle = match provider.trust_bundle().await {
+            Ok(bundle) if !bundle.is_empty() => bundle,
+            Ok(_) => {
+                report.fail(
+                    "trust bundle",
+                    "the provider returned an empty trust bundle",
+                );
+                return report.failures;
+            }
+            Err(e) => {
+                report.fail("trust bundle", format!("could not be fetched: {e}"));
+                return report.failures;
+            }
+        };
+        let id = match SpiffeId::new(self.trust_domain.clone(), "conformance", "workload") {
+            Ok(id) => id,
+            Err(e) => {
+                report.fail("setup", e.to_string());
+                return report.failures;
+            }
+        };
+        let workload =
+            LeafSpec::workload(&id, &["workload.conformance.svc".to_owned()], self.lifetime);
+        let server = LeafSpec::server(
+            vec!["conformance-webhook.meshca-system.svc".to_owned()],
+            self.lifetime,
+        );
+
+        let key_types: Vec<KeyType> = self
+            .key_types
+            .iter()
+            .copied()
+            .filter(|k| capabilities.key_types.contains(k))
+            .collect();
+        if key_types.is_empty() {
+            report.fail(
+                "capabilities",
+                format!(
+                    "none of {:?} is among the provider's key types {:?}",
+                    self.key_types, capabilities.key_types
+                ),
+            );
+        }
+        for &key_type in &key_types {
+            if capabilities.uri_sans {
+                self.check_leaf(
+                    provider,
+                    &bundle,
+                    &workload,
+                    key_type,
+                    "workload",
+                    &mut report,
+                )
+                .await;
+            }
+        }
+        if let Some(&key_type) = key_types.first() {
+            self.check_leaf(provider, &bundle, &server, key_type, "server", &mut report)
+                .await;
+            let spec = if capabilities.uri_sans {
+                &workload
+            } else {
+                &server
+            };
+            self.check_distinct_serials(provider, spec, key_type, &mut report)
+                .await;
+            if !capabilities.uri_sans {
+                self.expect_unsupported(provider, &workload, key_type, "URI SAN", &mut report)
+                    .await;
+            }
+        }
+        for key_type in KeyType::ALL {
+            if !capabilities.key_types.contains(&key_type) {
+                self.expect_unsupported(provider, &server, key_type, key_type.name(), &mut report)
+                    .await;
+            }
+        }
+        report.failures
+    }
+
+    async fn issue(
+        &self,
+        provider: &dyn CertificateProvider,
+        spec: &LeafSpec,
+        key_type: KeyType,
+        report: &mut Report,
+        check: &str,
+    ) -> Option<(LeafKey, CertificateChain)> {
+        let key = match LeafKey::generate(key_type) {
+            Ok(key) => key,
+            Err(e) => {
+                report.fail(check, format!("could not make a {key_type} key: {e}"));
+                return None;
+            }
+        };
+        match provider.issue(&IssueRequest { spec, key: &key }).await {
+            Ok(chain) => Some((key, chain)),
+            Err(e) => {
+                report.fail(check, format!("issuance failed: {e}"));
+                None
+            }
+        }
+    }
+
+    async fn check_leaf(
+        &self,
+        provider: &dyn CertificateProvider,
+        bundle: &TrustBundle,
+        spec: &LeafSpec,
+        key_type: KeyType,
+        kind: &str,
+        report: &mut Report,
+    ) {
+        let name = format!("{key_type} {kind}");
+        let check = |what: &str| format!("{name}: {what}");
+        let Some((key, chain)) = self
+            .issue(provider, spec, key_type, report, &check("issue"))
+            .await
+        else {
+            return;
+        };
+        let now = self.clock.now();
+        let info = match chain.leaf_info() {
+            Ok(info) => info,
+            Err(e) => {
+                report.fail(&check("leaf parses"), e.to_string());
+                return;
+            }
+        };
+
+        if let Some(root) = chain.certificates().iter().find(|c| bundle.contains(c)) {
+            report.fail(
+                &check("chain excludes the root"),
+                format!(
+                    "the chain contains root {}",
+                    crate::x509::Fingerprint(crate::x509::sha256(root))
+                ),
+            );
+        }
+        match X509Certificate::from_der(chain.leaf()) {
+            Ok((_, leaf)) => {
+                if leaf.public_key().raw != key.public_key_spki().as_slice() {
+                    report.fail(
+                        &check("public key"),
+                        "the leaf does not certify the request's key",
+                    );
+                }
+                match leaf.extended_key_usage() {
+                    Ok(Some(eku)) if eku.value.server_auth && eku.value.client_auth => {}
+                    other => report.fail(
+                        &check("extended key usage"),
+                        format!("want serverAuth and clientAuth, got {other:?}"),
+                    ),
+                }
+            }
+            Err(e) => report.fail(&check("leaf parses"), e.to_string()),
+        }
+        let want_uris: Vec<String> = spec.spiffe_id.iter().map(ToString::to_string).collect();
+        if info.uri_sans != want_uris {
+            report.fail(
+                &check("URI SANs"),
+                format!("want exactly {want_uris:?}, got {:?}", info.uri_sans),
+            );
+        }
+        let mut want_dns = spec.dns_names.clone();
+        let mut got_dns = info.dns_sans.clone();
+        want_dns.sort();
+        got_dns.sort();
+        if got_dns != want_dns {
+            report.fail(
+                &check("DNS SANs"),
+                format!("want exactly {want_dns:?}, got {:?}", info.dns_sans),
+            );
+        }
+        if let Some(cn) = &spec.common_name
+            && info.common_name.as_ref() != Some(cn)
+        {
+            report.fail(
+                &check("common name"),
+                format!("want {cn:?}, got {:?}", info.common_name),
+            );
+        }
+        if info.is_ca {
+            report.fail(
+                &check("basicConstraints"),
+                "the leaf is a CA (want CA:FALSE)",
+            );
+        }
+        let serial_ok =
+            info.serial.len() >= 8 && info.serial.first().is_some_and(|b| b & 0x80 == 0);
+        if !serial_ok {
+            report.fail(
+                &check("serial"),
+                format!(
+                    "want a positive serial of at least 64 bits, got {}",
+                    info.serial_hex()
+                ),
+            );
+        }
+        if !(info.not_before <= now && now <= info.not_after) {
+            report.fail(
+                &check("validity covers now"),
+                format!(
+                    "now {now:?} is outside {:?} .. {:?}",
+                    info.not_before, info.not_after
+                ),
+            );
+        }
+        // One second of slack for validity stamped in whole seconds.
+        let latest_end = now + spec.lifetime + Duration::from_secs(1);
+        if info.lifetime() > spec.lifetime + self.clock_skew || info.not_after > latest_end {
+            report.fail(
+                &check("lifetime"),
+                format!(
+                    "requested {:?} (+{:?} skew), got {:?} ending {:?}",
+                    spec.lifetime,
+                    self.clock_skew,
+                    info.lifetime(),
+                    info.not_after
+                ),
+            );
+        }
+        for (usage, label) in [
+            (webpki::KeyUsage::server_auth(), "verifies for serverAuth"),
+            (webpki::KeyUsage::client_auth(), "verifies for clientAuth"),
+        ] {
+            if let Err(e) = verify(&chain, bundle, now, usage) {
+                report.fail(&check(label), e);
+            }
+        }
+        if let Err(e) = verify_names(&chain, &spec.dns_names) {
+            report.fail(&check("DNS names verify"), e);
+        }
+    }
+
+    async fn check_distinct_serials(
+        &self,
+        provider: &dyn CertificateProvider,
+        spec: &LeafSpec,
+        key_type: KeyType,
+        report: &mut Report,
+    ) {
+        let check = "two issuances for one identity get distinct serials";
+        let mut serials = Vec::new();
+        for _ in 0..2 {
+            let Some((_, chain)) = self.issue(provider, spec, key_type, report, check).await else {
+                return;
+            };
+            match chain.leaf_info() {
+                Ok(info) => serials.push(info.serial),
+                Err(e) => return report.fail(check, e.to_string()),
+            }
+        }
+        if serials.first() == serials.get(1) {
+            report.fail(check, "both leaves have the same serial");
+        }
+    }
+
+    async fn expect_unsupported(
+        &self,
+        provider: &dyn CertificateProvider,
+        spec: &LeafSpec,
+        key_type: KeyType,
+        what: &str,
+        report: &mut Report,
+    ) {
+        let check = format!("unsupported {what} is refused with ProviderError::Unsupported");
+        let key = match LeafKey::generate(key_type) {
+            Ok(key) => key,
+            Err(e) => return report.fail(&check, e.to_string()),
+        };
+        match provider.issue(&IssueRequest { spec, key: &key }).await {
+            Err(ProviderError::Unsupported { .. }) => {}
+            Err(other) => report.fail(&check, format!("got a different error: {other}")),
+            Ok(_) => report.fail(&check, "the provider issued a certificate"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    failures: Vec<Failure>,
+}
+
+impl Report {
+    fn fail(&mut self, check: &str, detail: impl Into<String>) {
+        self.failures.push(Failure {
+            check: check.to_owned(),
+            detail: detail.into(),
+        });
+    }
+}
+
+fn verify(
+    chain: &CertificateChain,
+    bundle: &TrustBundle,
+    now: SystemTime,
+    usage: webpki::KeyUsage,
+) -> Result<(), String> {
+    let anchors = bundle
+        .roots()
+        .iter()
+        .map(|root| webpki::anchor_from_trusted_cert(root).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("a root in the trust bundle is unusable: {e}"))?;
+    let leaf = webpki::EndEntityCert::try_from(chain.leaf())
+        .map_err(|e| format!("the leaf is unreadable to webpki: {e}"))?;
+    let since_epoch = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        chain.intermediates(),
+        UnixTime::since_unix_epoch(since_epoch),
+        usage,
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| format!("webpki rejects the chain: {e}"))
+}
+
+fn verify_names(chain: &CertificateChain, dns_names: &[String]) -> Result<(), String> {
+    let leaf = webpki::EndEntityCert::try_from(chain.leaf()).map_err(|e| e.to_string())?;
+    for name in dns_names {
+        let server_name =
+            ServerName::try_from(name.as_str()).map_err(|e| format!("{name}: {e}"))?;
+        leaf.verify_is_valid_for_subject_name(&server_name)
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}

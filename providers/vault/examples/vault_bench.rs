@@ -1,0 +1,330 @@
+//! Throughput of meshca's Vault provider against the floor of a raw HTTP loop.
+//!
+//! ```text
+//! cargo run --release -p meshca-vault --example vault_bench
+//! ```
+//!
+//! Starts an OpenBao dev server (the test support code; or uses `MESHCA_BENCH_VAULT_ADDR` +
+//! `MESHCA_BENCH_VAULT_TOKEN`, with PKI at `pki` and role `meshca` as `deploy/dev/vault.sh`
+//! sets them up), then measures, at concurrency 1 and 16, a fixed number of requests
+//! (`MESHCA_BENCH_REQUESTS`, default 1000) of:
+//! - raw: one reqwest client POSTing the same prebuilt CSR to `pki/sign/meshca` and reading the
+//!   answer — the floor no client can beat;
+//! - meshca: `VaultProvider::issue` with a prebuilt key and request, which makes and signs a
+//!   CSR per call and parses the answer into a chain, as the daemon does;
+//! - raw + fresh CSR: the raw loop, but making a new CSR (`LeafKey::csr_der`) per request —
+//!   to tell the cost of the CSR from the cost of the provider around it.
+//!
+//! The three run in turn, rotating which goes first, `ROUNDS` times; the best rate of each and
+//! the median of the per-round ratios are reported, so a burst of other work on the machine
+//! hurts no side alone. The figures are printed and written to `docs/BENCHMARKS.md` between
+//! `<!-- vault-bench:begin -->` and `<!-- vault-bench:end -->`.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use meshca_provider::x509::pem_block;
+use meshca_provider::{
+    CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, SpiffeId, TrustDomain,
+};
+use meshca_vault::{Secret, VaultProvider, VaultSettings};
+use serde_json::json;
+
+const CONCURRENCY: [usize; 2] = [1, 16];
+const ROUNDS: usize = 5;
+const WARMUP: usize = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Raw,
+    Meshca,
+    RawFreshCsr,
+}
+
+const MODES: [Mode; 3] = [Mode::Raw, Mode::Meshca, Mode::RawFreshCsr];
+
+/// Everything a worker needs, shared.
+struct Bench {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    body: Vec<u8>,
+    provider: VaultProvider,
+    spec: LeafSpec,
+    key: LeafKey,
+}
+
+impl Bench {
+    fn sign_body(&self, csr_pem: String) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "csr": csr_pem,
+            "common_name": self.spec.common_name,
+            "alt_names": "bench.bench.svc",
+            "uri_sans": self.spec.spiffe_id.as_ref().unwrap().to_string(),
+            "ttl": "3600s",
+            "format": "pem",
+            "exclude_cn_from_sans": false,
+        }))
+        .unwrap()
+    }
+
+    async fn raw(&self, body: Vec<u8>) {
+        let response = self
+            .client
+            .post(&self.url)
+            .header("X-Vault-Token", &self.token)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("raw sign");
+        assert!(
+            response.status().is_success(),
+            "raw sign: {}",
+            response.status()
+        );
+        response.bytes().await.expect("raw sign body");
+    }
+
+    async fn one(&self, mode: Mode) {
+        match mode {
+            Mode::Raw => self.raw(self.body.clone()).await,
+            Mode::RawFreshCsr => {
+                let csr = pem_block(
+                    "CERTIFICATE REQUEST",
+                    &self.key.csr_der(&self.spec).unwrap(),
+                );
+                self.raw(self.sign_body(csr)).await;
+            }
+            Mode::Meshca => {
+                let request = IssueRequest {
+                    spec: &self.spec,
+                    key: &self.key,
+                };
+                self.provider.issue(&request).await.expect("meshca issue");
+            }
+        }
+    }
+
+    /// Requests per second for `requests` requests shared by `concurrency` workers.
+    async fn run(self: &Arc<Self>, mode: Mode, concurrency: usize, requests: usize) -> f64 {
+        let remaining = Arc::new(AtomicUsize::new(requests));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (bench, remaining) = (self.clone(), remaining.clone());
+                tokio::spawn(async move {
+                    while remaining
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        bench.one(mode).await;
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        requests as f64 / started.elapsed().as_secs_f64()
+    }
+}
+
+struct Figures {
+    concurrency: usize,
+    best: [f64; 3],
+    /// Median over rounds of meshca / raw and meshca / (raw + fresh CSR).
+    median_vs_raw: f64,
+    median_vs_fresh: f64,
+}
+
+#[tokio::main]
+async fn main() {
+    let requests: usize = std::env::var("MESHCA_BENCH_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+
+    let (_server, address, token) = match (
+        std::env::var("MESHCA_BENCH_VAULT_ADDR"),
+        std::env::var("MESHCA_BENCH_VAULT_TOKEN"),
+    ) {
+        (Ok(address), Ok(token)) => (None, address, token),
+        _ => {
+            let bao = support::Bao::dev().await;
+            bao.pki("pki", "meshca bench root").await;
+            let (address, token) = (bao.address.clone(), bao.root_token.clone());
+            (Some(bao), address, token)
+        }
+    };
+    let settings = VaultSettings {
+        address: Some(address.clone()),
+        token: Some(Secret::new(token.clone())),
+        ..VaultSettings::default()
+    };
+    let provider = VaultProvider::connect(&settings).await.expect("connect");
+    let id = SpiffeId::from_short("bench/bench", &TrustDomain::default()).unwrap();
+    let spec = LeafSpec::workload(
+        &id,
+        &["bench.bench.svc".to_owned()],
+        Duration::from_secs(3600),
+    );
+    let key = LeafKey::generate(KeyType::P256).unwrap();
+    let mut bench = Bench {
+        client: support::http_client(),
+        url: format!("{address}/v1/pki/sign/meshca"),
+        token,
+        body: Vec::new(),
+        provider,
+        spec,
+        key,
+    };
+    bench.body = bench.sign_body(pem_block(
+        "CERTIFICATE REQUEST",
+        &bench.key.csr_der(&bench.spec).unwrap(),
+    ));
+    let bench = Arc::new(bench);
+
+    let csr_cost = {
+        let started = Instant::now();
+        for _ in 0..200 {
+            bench.key.csr_der(&bench.spec).unwrap();
+        }
+        started.elapsed() / 200
+    };
+    println!(
+        "CSR generation alone: {} µs per P-256 CSR",
+        csr_cost.as_micros()
+    );
+
+    let mut figures = Vec::new();
+    for concurrency in CONCURRENCY {
+        for mode in MODES {
+            bench.run(mode, concurrency, WARMUP).await;
+        }
+        let mut best = [0.0f64; 3];
+        let (mut vs_raw, mut vs_fresh) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let mut rates = [0.0f64; 3];
+            for i in 0..MODES.len() {
+                let slot = (i + round) % MODES.len();
+                rates[slot] = bench.run(MODES[slot], concurrency, requests).await;
+            }
+            println!(
+                "concurrency {concurrency:>2}: raw {:>7.1}/s  meshca {:>7.1}/s  raw+fresh CSR \
+                 {:>7.1}/s  meshca/raw {:.1}%",
+                rates[0],
+                rates[1],
+                rates[2],
+                rates[1] / rates[0] * 100.0
+            );
+            for (best, rate) in best.iter_mut().zip(rates) {
+                *best = best.max(rate);
+            }
+            vs_raw.push(rates[1] / rates[0]);
+            vs_fresh.push(rates[1] / rates[2]);
+        }
+        figures.push(Figures {
+            concurrency,
+            best,
+            median_vs_raw: median(vs_raw),
+            median_vs_fresh: median(vs_fresh),
+        });
+    }
+
+    let mut table = String::from(
+        "| concurrency | raw (sign/s) | meshca `issue` (sign/s) | raw + fresh CSR (sign/s) | \
+         meshca / raw, best | meshca / raw, median | meshca / (raw + fresh CSR), median |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for f in &figures {
+        let [raw, meshca, fresh] = f.best;
+        println!(
+            "concurrency {}: best raw {raw:.0}/s, meshca {meshca:.0}/s, raw+fresh CSR \
+             {fresh:.0}/s; meshca/raw best {:.1}%, median {:.1}%; meshca/(raw+fresh CSR) \
+             median {:.1}%",
+            f.concurrency,
+            meshca / raw * 100.0,
+            f.median_vs_raw * 100.0,
+            f.median_vs_fresh * 100.0
+        );
+        writeln!(
+            table,
+            "| {} | {raw:.0} | {meshca:.0} | {fresh:.0} | {:.1}% | {:.1}% | {:.1}% |",
+            f.concurrency,
+            meshca / raw * 100.0,
+            f.median_vs_raw * 100.0,
+            f.median_vs_fresh * 100.0
+        )
+        .unwrap();
+    }
+
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let date = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!("[year]-[month]-[day]"))
+        .unwrap();
+    let bao_version = std::process::Command::new(support::bao_binary())
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let section = format!(
+        "## Vault / OpenBao provider\n\n\
+         Command: `cargo run --release -p meshca-vault --example vault_bench` ({requests} \
+         requests per run; {ROUNDS} rounds of the three loops, rotating which goes first; \
+         {WARMUP} warm-up requests each)\n\n\
+         Date: {date}. Machine: {nproc} CPUs (nproc), shared by OpenBao and the benchmark. \
+         Server: {bao_version}, dev mode on loopback, EC P-256 root, role with \
+         `no_store=true`. Rates on a shared machine move by about ±10% between runs while \
+         other work runs; the per-round ratios are the steadier figures.\n\n\
+         - raw: one reqwest client POSTing the same prebuilt CSR to `pki/sign/meshca` (the \
+         floor).\n\
+         - meshca: `VaultProvider::issue` with a prebuilt P-256 key: a fresh CSR signed per \
+         call, the answer parsed into a chain, as the daemon does.\n\
+         - raw + fresh CSR: the raw loop making a new CSR per request (CSR generation alone: \
+         {csr_us} µs), to separate the CSR's cost from the provider's.\n\n{table}",
+        csr_us = csr_cost.as_micros()
+    );
+    write_section(&section);
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn write_section(section: &str) {
+    const BEGIN: &str = "<!-- vault-bench:begin -->";
+    const END: &str = "<!-- vault-bench:end -->";
+    let path = support::workspace_root().join("docs/BENCHMARKS.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nFigures with the commands that produced them.\n".to_owned()
+    });
+    let block = format!("{BEGIN}\n{section}{END}");
+    let updated = match (existing.find(BEGIN), existing.find(END)) {
+        (Some(begin), Some(end)) if begin < end => {
+            format!(
+                "{}{block}{}",
+                &existing[..begin],
+                &existing[end + END.len()..]
+            )
+        }
+        _ => format!("{}\n\n{block}\n", existing.trim_end()),
+    };
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, updated).unwrap();
+    println!("wrote {}", path.display());
+}

@@ -1,0 +1,405 @@
+//! The PKI secrets engine's side: request bodies, answers, role reading and what Vault's
+//! refusals mean for the person who has to fix the role.
+
+use std::time::Duration;
+
+use meshca_provider::x509::certificates_from_pem;
+use meshca_provider::{CertificateInfo, KeyType, LeafSpec};
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::settings::Secret;
+
+/// The API paths of one mount + role.
+#[derive(Debug, Clone)]
+pub(crate) struct PkiPaths {
+    pub(crate) mount: String,
+    pub(crate) role_name: String,
+    pub(crate) sign: String,
+    pub(crate) issue: String,
+    pub(crate) role: String,
+    pub(crate) ca_chain: String,
+}
+
+impl PkiPaths {
+    pub(crate) fn new(mount: &str, role: &str) -> Self {
+        Self {
+            mount: mount.to_owned(),
+            role_name: role.to_owned(),
+            sign: format!("{mount}/sign/{role}"),
+            issue: format!("{mount}/issue/{role}"),
+            role: format!("{mount}/roles/{role}"),
+            ca_chain: format!("{mount}/cert/ca_chain"),
+        }
+    }
+}
+
+/// Body of `sign/<role>` and `issue/<role>`.
+#[derive(Debug, Serialize)]
+pub(crate) struct IssueBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) csr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    common_name: Option<&'a str>,
+    /// DNS SANs other than the CN (Vault adds the CN itself).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    alt_names: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uri_sans: Option<String>,
+    /// Whole seconds (`"1200s"`), never rounded to hours.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+    format: &'static str,
+    exclude_cn_from_sans: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_key_format: Option<&'static str>,
+}
+
+impl<'a> IssueBody<'a> {
+    /// A `sign` request for `spec` with `csr_pem`.
+    pub(crate) fn sign(spec: &'a LeafSpec, csr_pem: String) -> Self {
+        Self {
+            csr: Some(csr_pem),
+            ..Self::names(spec)
+        }
+    }
+
+    /// An `issue` request for `spec`: Vault makes the key and returns it as PKCS#8.
+    pub(crate) fn issue(spec: &'a LeafSpec) -> Self {
+        Self {
+            private_key_format: Some("pkcs8"),
+            ..Self::names(spec)
+        }
+    }
+
+    fn names(spec: &'a LeafSpec) -> Self {
+        let cn = spec.common_name.as_deref();
+        let alt_names = spec
+            .dns_names
+            .iter()
+            .filter(|name| Some(name.as_str()) != cn)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        Self {
+            csr: None,
+            common_name: cn,
+            alt_names,
+            uri_sans: spec.spiffe_id.as_ref().map(ToString::to_string),
+            ttl: ttl_seconds(spec.lifetime),
+            format: "pem",
+            exclude_cn_from_sans: false,
+            private_key_format: None,
+        }
+    }
+}
+
+/// A lifetime as Vault's `ttl`, in whole seconds rounded up; `None` leaves the role's default.
+pub(crate) fn ttl_seconds(lifetime: Duration) -> Option<String> {
+    if lifetime.is_zero() {
+        return None;
+    }
+    let secs = lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0);
+    Some(format!("{secs}s"))
+}
+
+/// The `data` of a `sign`/`issue` answer.
+#[derive(Deserialize)]
+pub(crate) struct Issued {
+    pub(crate) certificate: String,
+    #[serde(default)]
+    pub(crate) ca_chain: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) issuing_ca: Option<String>,
+    #[serde(default)]
+    pub(crate) private_key: Option<Secret>,
+    /// The leaf's NotAfter, in Unix seconds.
+    #[serde(default)]
+    pub(crate) expiration: Option<u64>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("ca_chain", &self.ca_chain.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Issued {
+    /// The CA certificates Vault sent along, as it sent them.
+    pub(crate) fn ca_pems(&self) -> &[String] {
+        match (&self.ca_chain, &self.issuing_ca) {
+            (Some(chain), _) if !chain.is_empty() => chain,
+            (_, Some(issuing)) if !issuing.trim().is_empty() => std::slice::from_ref(issuing),
+            _ => &[],
+        }
+    }
+}
+
+/// The `data` of `cert/ca_chain`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CaChain {
+    #[serde(default)]
+    pub(crate) certificate: String,
+}
+
+/// What meshca reads from `roles/<role>`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RoleData {
+    #[serde(default)]
+    pub(crate) key_type: Option<String>,
+    #[serde(default)]
+    pub(crate) key_bits: Option<u64>,
+    #[serde(default, deserialize_with = "seconds")]
+    pub(crate) max_ttl: Option<Duration>,
+    #[serde(default)]
+    pub(crate) allowed_uri_sans: Option<Vec<String>>,
+}
+
+impl RoleData {
+    /// Key types the role signs CSRs for. Vault treats `key_bits` as a minimum.
+    pub(crate) fn key_types(&self) -> Vec<KeyType> {
+        let bits = self.key_bits.unwrap_or(0);
+        match self.key_type.as_deref().unwrap_or("any") {
+            "ec" => KeyType::ALL
+                .into_iter()
+                .filter(|k| match k {
+                    KeyType::P256 => bits <= 256,
+                    KeyType::P384 => bits <= 384,
+                    _ => false,
+                })
+                .collect(),
+            "rsa" => KeyType::ALL
+                .into_iter()
+                .filter(|k| k.rsa_bits().is_some_and(|b| b as u64 >= bits.max(2048)))
+                .collect(),
+            "any" => KeyType::ALL.to_vec(),
+            // ed25519 and whatever comes next: nothing meshca makes.
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether `allowed_uri_sans` admits SPIFFE IDs.
+    pub(crate) fn allows_spiffe_ids(&self) -> bool {
+        self.allowed_uri_sans
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .any(|pattern| {
+                let pattern = pattern.trim();
+                pattern == "*"
+                    || pattern.starts_with("spiffe://")
+                    || pattern.starts_with("spiffe:*")
+            })
+    }
+
+    /// The role's `max_ttl`, if it sets one.
+    pub(crate) fn max_lifetime(&self) -> Option<Duration> {
+        self.max_ttl.filter(|d| !d.is_zero())
+    }
+}
+
+/// Vault returns durations as seconds; older versions and some fields as Go strings.
+fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(match value {
+        serde_json::Value::Number(n) => n.as_u64().map(Duration::from_secs),
+        serde_json::Value::String(s) => meshca_provider::parse_duration(&s).ok(),
+        _ => None,
+    })
+}
+
+/// Whether `der` is self-signed (subject = issuer): a root, which chains must not carry.
+pub(crate) fn is_self_signed(der: &CertificateDer<'_>) -> Result<bool, String> {
+    let info = CertificateInfo::parse(der).map_err(|e| e.to_string())?;
+    Ok(info.subject == info.issuer)
+}
+
+/// The intermediates among the CA certificates Vault returned with a leaf: everything but
+/// roots, nearest first.
+pub(crate) fn intermediates(ca_pems: &[String]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut out = Vec::new();
+    for pem in ca_pems {
+        for certificate in certificates_from_pem(pem).map_err(|e| e.to_string())? {
+            if !is_self_signed(&certificate)? {
+                out.push(certificate);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The trust anchors in `cert/ca_chain`: its self-signed certificates, or — when the mount
+/// holds an intermediate without its root — the topmost certificate.
+pub(crate) fn trust_anchors(ca_chain_pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let all = certificates_from_pem(ca_chain_pem).map_err(|e| e.to_string())?;
+    let mut roots = Vec::new();
+    for certificate in &all {
+        if is_self_signed(certificate)? {
+            roots.push(certificate.clone());
+        }
+    }
+    if roots.is_empty() {
+        roots.extend(all.last().cloned());
+    }
+    Ok(roots)
+}
+
+/// What to change when the role refuses a request, from Vault's messages.
+pub(crate) fn rejection_hint(
+    errors: &[String],
+    paths: &PkiPaths,
+    key_type: KeyType,
+) -> Option<String> {
+    let text = errors.join("; ").to_ascii_lowercase();
+    let role = &paths.role;
+    let hint = if text.contains("uri subject alternative names are not allowed")
+        || (text.contains("uri") && text.contains("not allowed"))
+    {
+        format!(
+            "the role must allow SPIFFE IDs as URI SANs: bao write {role} \
+             allowed_uri_sans=\"spiffe://*\" (keeping its other settings)"
+        )
+    } else if text.contains("unknown role") {
+        format!(
+            "there is no role {} under {}: create it (see the meshca-vault README) or set \
+             vault.role",
+            paths.role_name, paths.mount
+        )
+    } else if text.contains("key") && (text.contains("bits") || text.contains("type")) {
+        format!(
+            "the role's key_type/key_bits do not accept {key_type} keys: set \
+             certificateProvider.keyType to a type the role accepts, or bao write {role} \
+             key_type=any"
+        )
+    } else if text.contains("common name") && text.contains("not allowed") {
+        format!("the role must allow meshca's names: bao write {role} allow_any_name=true")
+    } else if text.contains("subject alternative name") && text.contains("not allowed") {
+        format!(
+            "the role must allow meshca's DNS names: bao write {role} allow_any_name=true \
+             enforce_hostnames=false"
+        )
+    } else if text.contains("beyond the expiration of the ca") || text.contains("notafter") {
+        format!(
+            "the requested lifetime ends after Vault's CA certificate: rotate the CA, or let \
+             Vault shorten leaves with bao write {}/issuer/default leaf_not_after_behavior=truncate",
+            paths.mount
+        )
+    } else if text.contains("no handler for route") {
+        format!(
+            "no PKI secrets engine is mounted at {}: check vault.pkiPath",
+            paths.mount
+        )
+    } else {
+        return None;
+    };
+    Some(hint)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use meshca_provider::{SpiffeId, TrustDomain};
+
+    use super::*;
+
+    #[test]
+    fn sign_body_sends_seconds_and_every_name_once() {
+        let id = SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();
+        let spec = LeafSpec::workload(
+            &id,
+            &["bookstore-v2.bookstore.svc".into()],
+            Duration::from_secs(1200),
+        );
+        let body = serde_json::to_value(IssueBody::sign(&spec, "CSR".into())).unwrap();
+        assert_eq!(body["ttl"], "1200s");
+        assert_eq!(body["csr"], "CSR");
+        assert_eq!(body["common_name"], "bookstore-v2.bookstore.cluster.local");
+        assert_eq!(body["alt_names"], "bookstore-v2.bookstore.svc");
+        assert_eq!(
+            body["uri_sans"],
+            "spiffe://cluster.local/ns/bookstore/sa/bookstore-v2"
+        );
+        assert_eq!(body["format"], "pem");
+        assert_eq!(body["exclude_cn_from_sans"], false);
+
+        let server = LeafSpec::server(vec!["hook.svc".into()], Duration::ZERO);
+        let body = serde_json::to_value(IssueBody::sign(&server, "CSR".into())).unwrap();
+        assert!(body.get("alt_names").is_none(), "{body}");
+        assert!(body.get("uri_sans").is_none(), "{body}");
+        assert!(body.get("ttl").is_none(), "{body}");
+    }
+
+    #[test]
+    fn short_lifetimes_are_not_rounded_away() {
+        assert_eq!(
+            ttl_seconds(Duration::from_secs(20 * 60)).as_deref(),
+            Some("1200s")
+        );
+        assert_eq!(
+            ttl_seconds(Duration::from_millis(1500)).as_deref(),
+            Some("2s")
+        );
+        assert_eq!(
+            ttl_seconds(Duration::from_secs(86_400)).as_deref(),
+            Some("86400s")
+        );
+        assert_eq!(ttl_seconds(Duration::ZERO), None);
+    }
+
+    #[test]
+    fn role_key_types_follow_vaults_minimums() {
+        let role = |key_type: &str, key_bits: u64| RoleData {
+            key_type: Some(key_type.into()),
+            key_bits: Some(key_bits),
+            ..RoleData::default()
+        };
+        assert_eq!(role("ec", 256).key_types(), [KeyType::P256, KeyType::P384]);
+        assert_eq!(role("ec", 384).key_types(), [KeyType::P384]);
+        assert_eq!(
+            role("rsa", 3072).key_types(),
+            [KeyType::Rsa3072, KeyType::Rsa4096]
+        );
+        assert_eq!(role("rsa", 0).key_types().len(), 3);
+        assert_eq!(role("any", 0).key_types(), KeyType::ALL);
+        assert!(role("ed25519", 0).key_types().is_empty());
+    }
+
+    #[test]
+    fn role_fields_are_read_leniently() {
+        let role: RoleData = serde_json::from_value(serde_json::json!({
+            "key_type": "ec", "key_bits": 256, "max_ttl": 86400,
+            "allowed_uri_sans": ["spiffe://*"], "unrelated": {"x": 1}
+        }))
+        .unwrap();
+        assert_eq!(role.max_lifetime(), Some(Duration::from_secs(86_400)));
+        assert!(role.allows_spiffe_ids());
+        let role: RoleData =
+            serde_json::from_value(serde_json::json!({"max_ttl": "1h", "allowed_uri_sans": []}))
+                .unwrap();
+        assert_eq!(role.max_lifetime(), Some(Duration::from_secs(3600)));
+        assert!(!role.allows_spiffe_ids());
+        let role: RoleData = serde_json::from_value(serde_json::json!({"max_ttl": 0})).unwrap();
+        assert_eq!(role.max_lifetime(), None);
+    }
+
+    #[test]
+    fn refusals_point_at_the_role_setting_to_change() {
+        let paths = PkiPaths::new("pki", "meshca");
+        let hint = |message: &str| {
+            rejection_hint(&[message.to_owned()], &paths, KeyType::P256).unwrap_or_default()
+        };
+        assert!(
+            hint("URI Subject Alternative Names are not allowed in this role, but were provided via CSR")
+                .contains("allowed_uri_sans=\"spiffe://*\"")
+        );
+        assert!(hint("unknown role: meshca").contains("vault.role"));
+        assert!(
+            hint("role requires a minimum of a 3072-bit key, but CSR's key is 2048 bits")
+                .contains("key_type")
+        );
+        assert!(hint("common name x.y not allowed by this role").contains("allow_any_name=true"));
+        assert!(rejection_hint(&["something new".into()], &paths, KeyType::P256).is_none());
+    }
+}

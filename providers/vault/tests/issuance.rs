@@ -1,0 +1,332 @@
+//! Issuance against a real OpenBao: chains, lifetimes, role caps and refusals, conformance.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use meshca_provider::conformance;
+use meshca_provider::x509::certificates_to_pem;
+use meshca_provider::{
+    CertificateChain, CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, ProviderError,
+    SpiffeId, TrustBundle, TrustDomain,
+};
+use meshca_vault::{IssueMode, VaultProvider, VaultSettings};
+use rustls_pki_types::UnixTime;
+use serde_json::json;
+use support::Bao;
+
+async fn dev_with_pki() -> Bao {
+    let bao = Bao::dev().await;
+    bao.pki("pki", "meshca dev root").await;
+    bao
+}
+
+async fn issue(
+    provider: &VaultProvider,
+    spec: &LeafSpec,
+    key_type: KeyType,
+) -> Result<CertificateChain, ProviderError> {
+    let key = LeafKey::generate(key_type).unwrap();
+    provider.issue(&IssueRequest { spec, key: &key }).await
+}
+
+fn workload(short: &str, lifetime: Duration) -> LeafSpec {
+    let id = SpiffeId::from_short(short, &TrustDomain::default()).unwrap();
+    LeafSpec::workload(&id, &[format!("{}.svc", id.service_account())], lifetime)
+}
+
+/// rustls-webpki, for both TLS directions.
+fn webpki_verify(chain: &CertificateChain, bundle: &TrustBundle) {
+    let anchors: Vec<_> = bundle
+        .roots()
+        .iter()
+        .map(|root| webpki::anchor_from_trusted_cert(root).unwrap().to_owned())
+        .collect();
+    let leaf = webpki::EndEntityCert::try_from(chain.leaf()).unwrap();
+    for usage in [
+        webpki::KeyUsage::server_auth(),
+        webpki::KeyUsage::client_auth(),
+    ] {
+        leaf.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            chain.intermediates(),
+            UnixTime::now(),
+            usage,
+            None,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("webpki refuses the chain: {e:?}"));
+    }
+}
+
+/// `openssl verify`, as a second, independent verifier.
+fn openssl_verify(chain: &CertificateChain, bundle: &TrustBundle) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.pem");
+    let leaf = dir.path().join("leaf.pem");
+    let untrusted = dir.path().join("untrusted.pem");
+    std::fs::write(&root, bundle.to_pem()).unwrap();
+    std::fs::write(&leaf, certificates_to_pem(&chain.certificates()[..1])).unwrap();
+    let mut command = Command::new("openssl");
+    command
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(&root);
+    if !chain.intermediates().is_empty() {
+        std::fs::write(&untrusted, certificates_to_pem(chain.intermediates())).unwrap();
+        command.arg("-untrusted").arg(&untrusted);
+    }
+    let output = command.arg(&leaf).output().expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl verify failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn issues_for_several_identities_with_chains_to_vaults_root() {
+    let bao = dev_with_pki().await;
+    let provider = VaultProvider::connect(&bao.settings(&bao.root_token))
+        .await
+        .unwrap();
+    let bundle = provider.trust_bundle().await.unwrap();
+    assert_eq!(bundle.roots().len(), 1);
+    let root_pem = bao.read("pki/cert/ca").await["data"]["certificate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        bundle,
+        TrustBundle::from_pem(&root_pem).unwrap(),
+        "bundle = Vault's root"
+    );
+
+    for short in [
+        "bookstore/bookstore-v1",
+        "bookstore/bookstore-v2",
+        "bookbuyer/bookbuyer",
+    ] {
+        let spec = workload(short, Duration::from_secs(3600));
+        let chain = issue(&provider, &spec, KeyType::P256).await.unwrap();
+        let info = chain.leaf_info().unwrap();
+        let id = spec.spiffe_id.as_ref().unwrap();
+        assert_eq!(info.uri_sans, [id.to_string()]);
+        assert_eq!(info.common_name, spec.common_name);
+        let mut dns = info.dns_sans.clone();
+        dns.sort();
+        let mut want = spec.dns_names.clone();
+        want.sort();
+        assert_eq!(dns, want, "{short}");
+        assert!(
+            !chain.certificates().iter().any(|c| bundle.contains(c)),
+            "root in chain"
+        );
+        webpki_verify(&chain, &bundle);
+        openssl_verify(&chain, &bundle);
+    }
+}
+
+#[tokio::test]
+async fn chains_from_an_intermediate_mount_carry_the_intermediate_but_not_the_root() {
+    let bao = dev_with_pki().await;
+    bao.intermediate_pki("pki_int", "pki", json!({})).await;
+    let settings = VaultSettings {
+        pki_path: "pki_int".into(),
+        ..bao.settings(&bao.root_token)
+    };
+    let provider = VaultProvider::connect(&settings).await.unwrap();
+    let bundle = provider.trust_bundle().await.unwrap();
+    let root_pem = bao.read("pki/cert/ca").await["data"]["certificate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(bundle, TrustBundle::from_pem(&root_pem).unwrap());
+    let chain = issue(
+        &provider,
+        &workload("a/b", Duration::from_secs(600)),
+        KeyType::P256,
+    )
+    .await
+    .unwrap();
+    assert_eq!(chain.intermediates().len(), 1);
+    let intermediate = meshca_provider::CertificateInfo::parse(&chain.intermediates()[0]).unwrap();
+    assert_eq!(
+        intermediate.common_name.as_deref(),
+        Some("meshca test intermediate")
+    );
+    webpki_verify(&chain, &bundle);
+    openssl_verify(&chain, &bundle);
+}
+
+#[tokio::test]
+async fn a_twenty_minute_lifetime_is_sent_in_seconds_and_honoured() {
+    let bao = dev_with_pki().await;
+    let provider = VaultProvider::connect(&bao.settings(&bao.root_token))
+        .await
+        .unwrap();
+    let asked = Duration::from_secs(20 * 60);
+    let before = SystemTime::now();
+    let chain = issue(&provider, &workload("a/b", asked), KeyType::P256)
+        .await
+        .unwrap();
+    let not_after = chain.leaf_info().unwrap().not_after;
+    let granted = not_after.duration_since(before).unwrap();
+    assert!(
+        granted.abs_diff(asked) <= Duration::from_secs(60),
+        "asked 20m, got a leaf valid for {granted:?} from now"
+    );
+    assert_eq!(provider.observed_lifetime_cap(), None);
+}
+
+#[tokio::test]
+async fn a_role_max_ttl_cap_is_learned_detected_and_reported() {
+    let bao = dev_with_pki().await;
+    bao.role("pki", "meshca", json!({"max_ttl": "1h"})).await;
+    let provider = VaultProvider::connect(&bao.settings(&bao.root_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        provider.capabilities().max_lifetime,
+        Some(Duration::from_secs(3600)),
+        "learned from pki/roles/meshca at start"
+    );
+    let chain = issue(
+        &provider,
+        &workload("a/b", Duration::from_secs(24 * 3600)),
+        KeyType::P256,
+    )
+    .await
+    .unwrap();
+    let lifetime = chain
+        .leaf_info()
+        .unwrap()
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(lifetime <= Duration::from_secs(3600), "{lifetime:?}");
+    assert_eq!(
+        provider.observed_lifetime_cap(),
+        Some(Duration::from_secs(3600))
+    );
+}
+
+#[tokio::test]
+async fn a_role_without_spiffe_uri_sans_is_a_readable_refusal() {
+    let bao = dev_with_pki().await;
+    bao.role("pki", "meshca", json!({"allowed_uri_sans": ""}))
+        .await;
+    let provider = VaultProvider::connect(&bao.settings(&bao.root_token))
+        .await
+        .unwrap();
+    let err = issue(
+        &provider,
+        &workload("a/b", Duration::from_secs(600)),
+        KeyType::P256,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    let message = err.to_string();
+    assert!(
+        message.contains("allowed_uri_sans=\"spiffe://*\""),
+        "{message}"
+    );
+    assert!(message.contains("pki/roles/meshca"), "{message}");
+    // Server certificates, without a SPIFFE ID, are still fine.
+    let server = LeafSpec::server(
+        vec!["hook.meshca-system.svc".into()],
+        Duration::from_secs(600),
+    );
+    issue(&provider, &server, KeyType::P256).await.unwrap();
+}
+
+#[tokio::test]
+async fn key_types_the_role_refuses_are_unsupported_before_any_call() {
+    let bao = dev_with_pki().await;
+    let provider = VaultProvider::connect(&bao.settings(&bao.root_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        provider.capabilities().key_types,
+        [KeyType::P256, KeyType::P384]
+    );
+    let err = issue(
+        &provider,
+        &workload("a/b", Duration::from_secs(600)),
+        KeyType::Rsa2048,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ProviderError::Unsupported { .. }), "{err:?}");
+    issue(
+        &provider,
+        &workload("a/b", Duration::from_secs(600)),
+        KeyType::P384,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn issue_mode_returns_vaults_key_and_refuses_the_daemons() {
+    let bao = dev_with_pki().await;
+    let settings = VaultSettings {
+        issue_mode: IssueMode::Issue,
+        ..bao.settings(&bao.root_token)
+    };
+    let provider = VaultProvider::connect(&settings).await.unwrap();
+    assert!(!provider.capabilities().needs_csr);
+    let spec = workload("a/b", Duration::from_secs(600));
+    let err = issue(&provider, &spec, KeyType::P256).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Unsupported { .. }), "{err:?}");
+
+    let (chain, key) = provider.issue_with_generated_key(&spec).await.unwrap();
+    assert_eq!(key.key_type(), KeyType::P256);
+    let leaf = x509_spki(chain.leaf());
+    assert_eq!(
+        leaf,
+        key.public_key_spki(),
+        "the returned key is the certified one"
+    );
+    assert_eq!(
+        chain.leaf_info().unwrap().uri_sans,
+        [spec.spiffe_id.unwrap().to_string()]
+    );
+}
+
+fn x509_spki(der: &[u8]) -> Vec<u8> {
+    // The SPKI is what LeafKey::public_key_spki returns; compare through rcgen-free parsing.
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    cert.public_key().raw.to_vec()
+}
+
+#[tokio::test]
+async fn conforms_with_a_role_that_takes_any_key() {
+    let bao = dev_with_pki().await;
+    bao.role("pki", "meshca", json!({"key_type": "any", "key_bits": 0}))
+        .await;
+    let provider = VaultProvider::connect(&bao.settings(&bao.root_token))
+        .await
+        .unwrap();
+    assert_eq!(provider.capabilities().key_types, KeyType::ALL);
+    conformance::run_all(&provider, &TrustDomain::default()).await;
+}
+
+#[tokio::test]
+async fn conforms_through_an_intermediate_with_an_ec_only_role() {
+    let bao = dev_with_pki().await;
+    bao.intermediate_pki("pki_int", "pki", json!({})).await;
+    let settings = VaultSettings {
+        pki_path: "pki_int".into(),
+        ..bao.settings(&bao.root_token)
+    };
+    let provider = VaultProvider::connect(&settings).await.unwrap();
+    conformance::run_all(&provider, &TrustDomain::new("example.org").unwrap()).await;
+}

@@ -1,0 +1,257 @@
+//! Tokens over time: AppRole login, renewal, re-login when a token dies, token files, and the
+//! clear failure of a static token that was revoked.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use meshca_provider::{
+    CertificateChain, CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, ProviderError,
+};
+use meshca_vault::{AppRoleSettings, Secret, VaultProvider, VaultSettings};
+use serde_json::json;
+use support::{Bao, eventually};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// How long a renewal or re-login may take to be observed: several TTLs of the short-lived
+/// tokens below, so a loaded machine does not fail the test.
+const OBSERVE: Duration = Duration::from_secs(40);
+
+async fn dev_with_pki_and_policy() -> Bao {
+    let bao = Bao::dev().await;
+    bao.pki("pki", "meshca dev root").await;
+    bao.meshca_policy("meshca", "pki").await;
+    bao
+}
+
+async fn issue(provider: &VaultProvider) -> Result<CertificateChain, ProviderError> {
+    let key = LeafKey::generate(KeyType::P256).unwrap();
+    let spec = LeafSpec::server(
+        vec!["hook.meshca-system.svc".into()],
+        Duration::from_secs(600),
+    );
+    provider
+        .issue(&IssueRequest {
+            spec: &spec,
+            key: &key,
+        })
+        .await
+}
+
+fn app_role_settings(bao: &Bao, role_id: String, secret_id: String) -> VaultSettings {
+    VaultSettings {
+        token: None,
+        app_role: Some(AppRoleSettings {
+            role_id,
+            secret_id: Some(Secret::new(secret_id)),
+            ..AppRoleSettings::default()
+        }),
+        ..bao.settings("")
+    }
+}
+
+fn expire_time(lookup: &serde_json::Value) -> OffsetDateTime {
+    OffsetDateTime::parse(lookup["expire_time"].as_str().unwrap(), &Rfc3339).unwrap()
+}
+
+#[tokio::test]
+async fn app_role_logs_in_and_issues() {
+    let bao = dev_with_pki_and_policy().await;
+    let (role_id, secret_id) = bao.approle("meshca", json!({"token_ttl": "1h"})).await;
+    let provider = VaultProvider::connect(&app_role_settings(&bao, role_id, secret_id))
+        .await
+        .unwrap();
+    issue(&provider).await.unwrap();
+    provider.check_health().await.unwrap();
+    assert_eq!(bao.approle_token_accessors().await.len(), 1);
+}
+
+#[tokio::test]
+async fn app_role_secret_id_can_come_from_a_file() {
+    let bao = dev_with_pki_and_policy().await;
+    let (role_id, secret_id) = bao.approle("meshca", json!({})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret-id");
+    std::fs::write(&file, format!("{secret_id}\n")).unwrap();
+    let settings = VaultSettings {
+        token: None,
+        app_role: Some(AppRoleSettings {
+            role_id,
+            secret_id_file: Some(file),
+            ..AppRoleSettings::default()
+        }),
+        ..bao.settings("")
+    };
+    let provider = VaultProvider::connect(&settings).await.unwrap();
+    issue(&provider).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_short_lived_token_is_renewed_before_it_expires() {
+    let bao = dev_with_pki_and_policy().await;
+    let token = bao
+        .token(json!({"policies": ["meshca"], "ttl": "6s", "period": "6s", "renewable": true}))
+        .await;
+    let first_expiry = expire_time(&bao.lookup(&token).await);
+    let provider = VaultProvider::connect(&bao.settings(&token)).await.unwrap();
+
+    // The provider renews at two thirds of the TTL: Vault's expire_time moves forward, and the
+    // token outlives its first expiry.
+    eventually(
+        OBSERVE,
+        "the token's expire_time to move past its first expiry",
+        || async {
+            let now = OffsetDateTime::now_utc();
+            now > first_expiry + time::Duration::seconds(1)
+                && expire_time(&bao.lookup(&token).await) > first_expiry
+        },
+    )
+    .await;
+    issue(&provider).await.unwrap();
+    provider.check_health().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_app_role_token_at_its_max_ttl_is_replaced_by_a_fresh_login() {
+    let bao = dev_with_pki_and_policy().await;
+    let (role_id, secret_id) = bao
+        .approle("meshca", json!({"token_ttl": "3s", "token_max_ttl": "6s"}))
+        .await;
+    let provider = VaultProvider::connect(&app_role_settings(&bao, role_id, secret_id))
+        .await
+        .unwrap();
+    let started = SystemTime::now();
+    let seen: Mutex<HashSet<String>> =
+        Mutex::new(bao.approle_token_accessors().await.into_iter().collect());
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    eventually(OBSERVE, "a second AppRole login", || async {
+        let live = bao.approle_token_accessors().await;
+        let mut seen = seen.lock().unwrap();
+        seen.extend(live);
+        seen.len() >= 2
+    })
+    .await;
+    // Past the first token's max TTL, issuance still works.
+    eventually(OBSERVE, "the first token's max TTL to pass", || async {
+        started.elapsed().unwrap() > Duration::from_secs(7)
+    })
+    .await;
+    issue(&provider).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_app_role_token_is_replaced_on_the_next_request() {
+    let bao = dev_with_pki_and_policy().await;
+    let (role_id, secret_id) = bao.approle("meshca", json!({"token_ttl": "1h"})).await;
+    let provider = VaultProvider::connect(&app_role_settings(&bao, role_id, secret_id))
+        .await
+        .unwrap();
+    let before = bao.approle_token_accessors().await;
+    for accessor in &before {
+        bao.write(
+            "auth/token/revoke-accessor",
+            json!({ "accessor": accessor }),
+        )
+        .await;
+    }
+    assert!(bao.approle_token_accessors().await.is_empty());
+    issue(&provider).await.unwrap();
+    let after = bao.approle_token_accessors().await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before);
+}
+
+#[tokio::test]
+async fn a_revoked_static_token_fails_clearly() {
+    let bao = dev_with_pki_and_policy().await;
+    let token = bao
+        .token(json!({"policies": ["meshca"], "ttl": "1h"}))
+        .await;
+    let provider = VaultProvider::connect(&bao.settings(&token)).await.unwrap();
+    issue(&provider).await.unwrap();
+    bao.write("auth/token/revoke", json!({ "token": token }))
+        .await;
+
+    let err = issue(&provider).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Unauthorized { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("vault token rejected by {}", bao.address)),
+        "{message}"
+    );
+    assert!(message.contains("vault.token / VAULT_TOKEN"), "{message}");
+    assert!(!message.contains(&token), "the token leaked: {message}");
+
+    let health = provider.check_health().await.unwrap_err();
+    assert!(
+        matches!(health, ProviderError::Unauthorized { .. }),
+        "{health:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_file_is_re_read_when_vault_refuses_the_old_token() {
+    let bao = dev_with_pki_and_policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let first = bao
+        .token(json!({"policies": ["meshca"], "ttl": "1h"}))
+        .await;
+    std::fs::write(&file, format!("{first}\n")).unwrap();
+    let settings = VaultSettings {
+        token: None,
+        token_file: Some(file.clone()),
+        ..bao.settings("")
+    };
+    let provider = VaultProvider::connect(&settings).await.unwrap();
+    issue(&provider).await.unwrap();
+
+    // Vault Agent writes a new token and the old one dies.
+    let second = bao
+        .token(json!({"policies": ["meshca"], "ttl": "1h"}))
+        .await;
+    std::fs::write(&file, &second).unwrap();
+    bao.write("auth/token/revoke", json!({ "token": first }))
+        .await;
+    issue(&provider).await.unwrap();
+
+    // Revoked with nothing new in the file: a clear failure naming the file.
+    bao.write("auth/token/revoke", json!({ "token": second }))
+        .await;
+    let err = issue(&provider).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains("vault.tokenFile"), "{err}");
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_policy_is_reported_without_logging_in_again() {
+    let bao = dev_with_pki_and_policy().await;
+    let (role_id, secret_id) = bao.approle("default", json!({"token_ttl": "1h"})).await;
+    let provider = VaultProvider::connect(&app_role_settings(&bao, role_id, secret_id))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let err = issue(&provider).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Unauthorized { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("policies do not allow pki/sign/meshca"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        bao.approle_token_accessors().await.len(),
+        1,
+        "no new logins"
+    );
+}

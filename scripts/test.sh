@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs the real OpenBao and Envoy into .tools/ when
+# missing (scripts/install-tools.sh), then runs every test of the workspace with cargo-nextest
+# (falling back to cargo test). Extra arguments go to the test runner.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-tools.sh bao envoy
+export MESHCA_BAO="$PWD/.tools/bin/bao"
+export MESHCA_ENVOY="$PWD/.tools/bin/envoy"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+  # nextest does not run documentation examples.
+  cargo test --workspace --doc --quiet
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,388 @@
+//! The single task that decides what gets issued when.
+//!
+//! The worker owns all per-key scheduling state, so none of it needs a lock: who is waiting
+//! for a key, whether an issuance is in flight, how often it failed, and when it is due next.
+//! It reacts to four things: a request from a caller, an issuance finishing, the earliest
+//! deadline passing, and the trust-bundle refresh tick.
+//!
+//! Issuances run as tasks in a `JoinSet`, each producing a result for one key; the worker
+//! applies results in the order they finish. A key is in flight at most once: callers arriving
+//! meanwhile are added to its waiters, and a `renew_now` arriving meanwhile sets `reissue` so a
+//! fresh issuance follows.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::pending;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use meshca_provider::SpiffeId;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+
+use super::{CacheError, CertKey, ServedCertificate, Shared, renew_in, retry_in, rfc3339};
+
+/// What the handles ask of the worker.
+pub(super) enum Command {
+    /// A caller needs a valid certificate for `key` (and a receiver, if `subscribe`).
+    Fetch {
+        key: CertKey,
+        subscribe: bool,
+        reply: oneshot::Sender<Result<Fetched, CacheError>>,
+    },
+    /// Re-issue the keys of one identity, or all keys.
+    RenewNow(Option<SpiffeId>),
+}
+
+/// The answer to a fetch.
+pub(super) struct Fetched {
+    pub cert: Arc<ServedCertificate>,
+    pub updates: Option<watch::Receiver<Arc<ServedCertificate>>>,
+}
+
+struct Waiter {
+    subscribe: bool,
+    reply: oneshot::Sender<Result<Fetched, CacheError>>,
+}
+
+/// Scheduling state of one key.
+#[derive(Default)]
+struct KeyState {
+    /// Callers waiting for the next issuance result.
+    waiters: Vec<Waiter>,
+    /// When background work (renewal or retry) is due; mirrored in `Worker::timers`.
+    due: Option<Instant>,
+    /// Queued in `Worker::urgent`.
+    queued: bool,
+    in_flight: bool,
+    /// Consecutive failed issuances.
+    failures: u32,
+    /// `renew_now` arrived while an issuance was in flight.
+    reissue: bool,
+}
+
+type Outcome = (CertKey, Result<Arc<ServedCertificate>, CacheError>);
+
+pub(super) struct Worker {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    keys: HashMap<CertKey, KeyState>,
+    /// Background deadlines, earliest first; each key appears at most once (see `KeyState::due`).
+    timers: BTreeSet<(Instant, CertKey)>,
+    /// Keys with waiting callers, to start before any background work.
+    urgent: VecDeque<CertKey>,
+    running: JoinSet<Outcome>,
+    /// Which key each running task issues for, to attribute a panic.
+    running_keys: HashMap<Id, CertKey>,
+    trust_refresh: JoinSet<()>,
+}
+
+impl Worker {
+    pub(super) fn new(shared: Arc<Shared>, commands: mpsc::UnboundedReceiver<Command>) -> Self {
+        Self {
+            shared,
+            commands,
+            keys: HashMap::new(),
+            timers: BTreeSet::new(),
+            urgent: VecDeque::new(),
+            running: JoinSet::new(),
+            running_keys: HashMap::new(),
+            trust_refresh: JoinSet::new(),
+        }
+    }
+
+    /// Runs until every [`super::CertificateCache`] handle is dropped; running issuances are
+    /// then aborted (dropping the `JoinSet`).
+    pub(super) async fn run(mut self) {
+        let mut trust_tick = tokio::time::interval(
+            self.shared
+                .settings
+                .trust_refresh
+                .max(std::time::Duration::from_secs(1)),
+        );
+        trust_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            self.start_ready();
+            let limit = self.shared.settings.max_concurrent_issues.max(1);
+            let has_room = self.running.len() < limit;
+            let next_due = self.timers.first().map(|(at, _)| *at);
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+                Some(done) = self.running.join_next_with_id() => self.finish(done),
+                // Only worth waking for a deadline when it could be started.
+                () = sleep_until_some(next_due), if has_room => {}
+                _ = trust_tick.tick() => {
+                    if self.trust_refresh.is_empty() {
+                        let shared = self.shared.clone();
+                        self.trust_refresh.spawn(async move {
+                            if let Err(e) = shared.refresh_trust().await {
+                                tracing::warn!(error = %e, "trust bundle refresh failed; keeping the previous bundle");
+                            }
+                        });
+                    }
+                }
+                Some(_) = self.trust_refresh.join_next() => {}
+            }
+        }
+        tracing::debug!("certificate cache worker stopped");
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Fetch {
+                key,
+                subscribe,
+                reply,
+            } => {
+                // Published between the caller's own lookup and now?
+                if let Some(fetched) = self.shared.lookup(&key, subscribe) {
+                    let _ = reply.send(Ok(fetched));
+                    return;
+                }
+                let state = self.keys.entry(key.clone()).or_default();
+                state.waiters.push(Waiter { subscribe, reply });
+                if !state.in_flight && !state.queued {
+                    state.queued = true;
+                    self.urgent.push_back(key);
+                }
+            }
+            Command::RenewNow(identity) => {
+                let now = Instant::now();
+                // First issuances still running may predate the request (e.g. a root switch).
+                for (key, state) in &mut self.keys {
+                    if state.in_flight && identity.as_ref().is_none_or(|id| &key.identity == id) {
+                        state.reissue = true;
+                    }
+                }
+                for key in self.shared.published_keys(identity.as_ref()) {
+                    let state = self.keys.entry(key.clone()).or_default();
+                    if state.in_flight {
+                        state.reissue = true;
+                    } else {
+                        self.schedule(&key, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts issuances while there is room: keys with waiting callers first, then keys whose
+    /// background deadline has passed.
+    fn start_ready(&mut self) {
+        let limit = self.shared.settings.max_concurrent_issues.max(1);
+        let now = Instant::now();
+        while self.running.len() < limit {
+            if let Some(key) = self.urgent.pop_front() {
+                let Some(state) = self.keys.get_mut(&key) else {
+                    continue;
+                };
+                state.queued = false;
+                if !state.in_flight {
+                    self.start(key);
+                }
+                continue;
+            }
+            let Some((at, key)) = self.timers.first().cloned() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, key.clone()));
+            if let Some(state) = self.keys.get_mut(&key) {
+                state.due = None;
+            }
+            self.due(key);
+        }
+    }
+
+    /// A key's renewal or retry time has come: renew it, unless nobody uses it any more.
+    fn due(&mut self, key: CertKey) {
+        let Some(state) = self.keys.get(&key) else {
+            return;
+        };
+        if state.in_flight || state.queued {
+            // Its completion (or the caller's issuance) schedules what comes next.
+            return;
+        }
+        if self.shared.evict_if_unused(&key) {
+            self.keys.remove(&key);
+            tracing::debug!(identity = %key.identity, purpose = %key.purpose, "dropped unused certificate");
+            return;
+        }
+        self.start(key);
+    }
+
+    fn start(&mut self, key: CertKey) {
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        state.in_flight = true;
+        state.reissue = false;
+        if state.failures > 0 {
+            self.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(at) = state.due.take() {
+            self.timers.remove(&(at, key.clone()));
+        }
+        let shared = self.shared.clone();
+        let task_key = key.clone();
+        let handle = self.running.spawn(async move {
+            let result = shared.issue(&task_key).await;
+            (task_key, result)
+        });
+        self.running_keys.insert(handle.id(), key);
+        self.shared
+            .counters
+            .in_flight
+            .store(self.running.len(), Ordering::Relaxed);
+    }
+
+    fn finish(&mut self, done: Result<(Id, Outcome), JoinError>) {
+        let (key, result) = match done {
+            Ok((id, outcome)) => {
+                self.running_keys.remove(&id);
+                outcome
+            }
+            Err(e) => {
+                let Some(key) = self.running_keys.remove(&e.id()) else {
+                    return;
+                };
+                let reason = format!("issuing for {key} failed unexpectedly: {e}");
+                (key, Err(CacheError::Internal { reason }))
+            }
+        };
+        self.shared
+            .counters
+            .in_flight
+            .store(self.running.len(), Ordering::Relaxed);
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        state.in_flight = false;
+        let waiters = std::mem::take(&mut state.waiters);
+        match result {
+            Ok(cert) => self.published(key, cert, waiters),
+            Err(error) => self.failed(key, error, waiters),
+        }
+    }
+
+    fn published(&mut self, key: CertKey, cert: Arc<ServedCertificate>, waiters: Vec<Waiter>) {
+        let shared = &self.shared;
+        let renewal = shared.current(&key).is_some();
+        let counter = if renewal {
+            &shared.counters.renewed
+        } else {
+            &shared.counters.issued
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+
+        let subscribers = waiters.iter().filter(|w| w.subscribe).count();
+        let mut receivers = shared
+            .publish(&key, cert.clone(), !waiters.is_empty(), subscribers)
+            .into_iter();
+        for waiter in waiters {
+            let updates = if waiter.subscribe {
+                receivers.next()
+            } else {
+                None
+            };
+            // A caller that gave up is fine: the certificate stays cached.
+            let _ = waiter.reply.send(Ok(Fetched {
+                cert: cert.clone(),
+                updates,
+            }));
+        }
+
+        let now = shared.clock.now();
+        let jitter = rand::rng().random_range(-1.0..=1.0);
+        let info = &cert.info;
+        let delay = renew_in(
+            now,
+            info.not_before,
+            info.not_after,
+            &shared.settings.renew_policy(),
+            jitter,
+        );
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        state.failures = 0;
+        let at = if state.reissue {
+            Instant::now()
+        } else {
+            Instant::now() + delay
+        };
+        tracing::info!(
+            identity = %key.identity,
+            purpose = %key.purpose,
+            serial = %info.serial_hex(),
+            not_after = %rfc3339(info.not_after),
+            renew_at = %rfc3339(now + delay),
+            provider = cert.issued_by,
+            renewal,
+            "certificate published"
+        );
+        self.schedule(&key, at);
+    }
+
+    fn failed(&mut self, key: CertKey, error: CacheError, waiters: Vec<Waiter>) {
+        let shared = &self.shared;
+        shared.counters.failures.fetch_add(1, Ordering::Relaxed);
+        if matches!(error, CacheError::Invalid { .. }) {
+            shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        for waiter in waiters {
+            let _ = waiter.reply.send(Err(error.clone()));
+        }
+        let Some(last_good) = shared.current(&key) else {
+            // Nothing published to keep fresh: the next caller starts a new attempt.
+            self.keys.remove(&key);
+            tracing::warn!(identity = %key.identity, purpose = %key.purpose, error = %error, "certificate issuance failed");
+            return;
+        };
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        state.failures = state.failures.saturating_add(1);
+        let now = shared.clock.now();
+        let delay = retry_in(
+            now,
+            state.failures,
+            &shared.settings.backoff(),
+            rand::rng().random_range(0.0..=1.0),
+            Some(last_good.info.not_after),
+        );
+        tracing::warn!(
+            identity = %key.identity,
+            purpose = %key.purpose,
+            error = %error,
+            failures = state.failures,
+            retry_in = ?delay,
+            serving_serial = %last_good.info.serial_hex(),
+            serving_until = %rfc3339(last_good.info.not_after),
+            "certificate renewal failed; still serving the previous certificate"
+        );
+        self.schedule(&key, Instant::now() + delay);
+    }
+
+    /// Sets `key`'s single background deadline to `at`.
+    fn schedule(&mut self, key: &CertKey, at: Instant) {
+        let state = self.keys.entry(key.clone()).or_default();
+        if let Some(previous) = state.due.replace(at) {
+            self.timers.remove(&(previous, key.clone()));
+        }
+        self.timers.insert((at, key.clone()));
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => pending().await,
+    }
+}

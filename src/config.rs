@@ -1,0 +1,688 @@
+//! Configuration: one YAML document whose keys mirror the Helm chart's values.
+//!
+//! Precedence, lowest to highest: built-in defaults < the YAML file (`--config`) < environment
+//! variables (`MESHCA_<KEY>`) < command-line flags (`--set key=value` and the named flags).
+//! Every key is reachable all three ways: `certificateProvider.serviceCertValidityDuration` is
+//! `MESHCA_CERTIFICATE_PROVIDER_SERVICE_CERT_VALIDITY_DURATION` and
+//! `--set certificateProvider.serviceCertValidityDuration=12h`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meshca_provider::duration::serde_go;
+use meshca_provider::{KeyType, TrustDomain};
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+/// Prefix of every environment variable meshca reads.
+pub const ENV_PREFIX: &str = "MESHCA_";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML is not valid, or a value has the wrong type or form.
+    #[error("invalid configuration in {origin}: {reason}")]
+    Invalid {
+        /// Where the bad value came from (a file, an environment variable, a flag).
+        origin: String,
+        /// The parser's reason, with the key path when known.
+        reason: String,
+    },
+    /// A `--set` or environment variable names a key that does not exist.
+    #[error("unknown configuration key {key:?} (from {origin}); known keys: {known}")]
+    UnknownKey {
+        /// The key as given.
+        key: String,
+        /// Where it came from.
+        origin: String,
+        /// Every valid key, for the user to pick from.
+        known: String,
+    },
+    /// A value parsed but makes no sense.
+    #[error("invalid value for {key}: {reason}")]
+    InvalidValue {
+        /// The dotted key.
+        key: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// SPIFFE trust domain of the identities meshca issues.
+    pub trust_domain: String,
+    /// Which backend signs, and the service certificate profile.
+    pub certificate_provider: ProviderConfig,
+    /// Name of the Kubernetes Secret holding the CA bundle (Kubernetes store).
+    pub ca_bundle_secret_name: String,
+    /// Built-in CA settings.
+    pub tresor: TresorConfig,
+    /// Vault / OpenBao settings (`certificateProvider.kind: vault`).
+    pub vault: meshca_vault::VaultSettings,
+    /// Renewal policy for cached certificates.
+    pub renewal: RenewalConfig,
+    /// SDS listener settings.
+    pub sds: SdsConfig,
+    /// Admin (health, metrics) listener.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            trust_domain: meshca_provider::DEFAULT_TRUST_DOMAIN.to_owned(),
+            certificate_provider: ProviderConfig::default(),
+            ca_bundle_secret_name: "meshca-ca-bundle".to_owned(),
+            tresor: TresorConfig::default(),
+            vault: meshca_vault::VaultSettings::default(),
+            renewal: RenewalConfig::default(),
+            sds: SdsConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `certificateProvider.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// `tresor`, `vault` or `cert-manager`.
+    pub kind: ProviderKind,
+    /// Lifetime asked for service certificates (advisory: the backend may cap it).
+    #[serde(with = "serde_go")]
+    pub service_cert_validity_duration: Duration,
+    /// Key type of service certificates.
+    pub key_type: KeyType,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::Tresor,
+            service_cert_validity_duration: Duration::from_secs(24 * 3600),
+            key_type: KeyType::P256,
+        }
+    }
+}
+
+/// The certificate backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// The built-in CA.
+    Tresor,
+    /// HashiCorp Vault PKI or OpenBao.
+    Vault,
+    /// cert-manager CertificateRequests.
+    CertManager,
+}
+
+/// `tresor.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TresorConfig {
+    /// Directory of the CA store (`ca.crt`, `private.key`).
+    pub directory: PathBuf,
+    /// Subject common name of a generated root.
+    pub root_common_name: String,
+    /// Subject organization of a generated root.
+    pub root_organization: String,
+    /// Lifetime of a generated root.
+    #[serde(with = "serde_go")]
+    pub root_validity_duration: Duration,
+    /// Key type of a generated root.
+    pub root_key_type: KeyType,
+    /// How far NotBefore is back-dated, for clocks that disagree.
+    #[serde(with = "serde_go")]
+    pub clock_skew_allowance: Duration,
+}
+
+impl Default for TresorConfig {
+    fn default() -> Self {
+        Self {
+            directory: PathBuf::from("meshca-data/ca"),
+            root_common_name: "meshca root".to_owned(),
+            root_organization: "meshca".to_owned(),
+            root_validity_duration: Duration::from_secs(87_600 * 3600),
+            root_key_type: KeyType::P256,
+            clock_skew_allowance: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `renewal.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RenewalConfig {
+    /// Fraction of a certificate's lifetime after which it is renewed.
+    pub fraction: f64,
+    /// Random spread, as a fraction of the lifetime, so certificates issued together do not
+    /// renew together.
+    pub jitter: f64,
+    /// Renewal is never scheduled later than this before expiry.
+    #[serde(with = "serde_go")]
+    pub floor: Duration,
+    /// First retry delay after a failed renewal.
+    #[serde(with = "serde_go")]
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    #[serde(with = "serde_go")]
+    pub backoff_max: Duration,
+    /// How long one issuance may take before it counts as failed.
+    #[serde(with = "serde_go")]
+    pub issue_timeout: Duration,
+}
+
+impl Default for RenewalConfig {
+    fn default() -> Self {
+        Self {
+            fraction: 0.5,
+            jitter: 0.1,
+            floor: Duration::from_secs(60),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            issue_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `sds.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SdsConfig {
+    /// TCP address of the SDS gRPC listener; empty to disable.
+    pub listen: String,
+    /// Unix socket path of the SDS listener; empty to disable.
+    pub unix_socket: String,
+}
+
+impl Default for SdsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:15010".to_owned(),
+            unix_socket: String::new(),
+        }
+    }
+}
+
+/// `admin.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of `/healthz`, `/readyz`, `/metrics`; empty to disable.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:15014".to_owned(),
+        }
+    }
+}
+
+/// `log.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `meshca=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where configuration comes from, in increasing precedence (after the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `(key, value)` pairs from the environment, with the variable name as origin.
+    pub env: Vec<(String, String, String)>,
+    /// `(key, value)` pairs from flags.
+    pub flags: Vec<(String, String)>,
+}
+
+impl Overrides {
+    /// Reads every `MESHCA_*` variable that names a configuration key. Variables that are not
+    /// configuration keys (`MESHCA_CONFIG`, tool paths) are left alone.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let by_env: BTreeMap<String, String> = known_keys()
+            .into_iter()
+            .map(|key| (env_name(&key), key))
+            .collect();
+        let env = vars
+            .into_iter()
+            .filter_map(|(name, value)| {
+                by_env
+                    .get(&name)
+                    .map(|key| (key.clone(), value, name.clone()))
+            })
+            .collect();
+        Self {
+            env,
+            flags: Vec::new(),
+        }
+    }
+
+    /// Adds a `key=value` flag.
+    pub fn set(&mut self, assignment: &str) -> Result<(), ConfigError> {
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Invalid {
+                origin: format!("--set {assignment}"),
+                reason: "expected key=value, e.g. --set certificateProvider.kind=vault".to_owned(),
+            })?;
+        self.flags.push((key.trim().to_owned(), value.to_owned()));
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` if given, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let origin = path.display().to_string();
+                let value: Value =
+                    serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
+                        origin: origin.clone(),
+                        reason: e.to_string(),
+                    })?;
+                // Check the file alone first, so its errors name the file.
+                if !value.is_null() {
+                    Self::from_value(value.clone(), &origin)?;
+                }
+                if value.is_null() {
+                    Value::Mapping(Default::default())
+                } else {
+                    value
+                }
+            }
+            None => Value::Mapping(Default::default()),
+        };
+        let known = known_keys();
+        let sources = overrides
+            .env
+            .iter()
+            .map(|(k, v, var)| (k, v, format!("environment variable {var}")))
+            .chain(
+                overrides
+                    .flags
+                    .iter()
+                    .map(|(k, v)| (k, v, format!("--set {k}={v}"))),
+            );
+        for (key, raw, origin) in sources {
+            if !known.iter().any(|k| k == key) {
+                return Err(ConfigError::UnknownKey {
+                    key: key.clone(),
+                    origin,
+                    known: known.join(", "),
+                });
+            }
+            // A value is read as a YAML scalar, so `0.3` is a number and `24h` a string.
+            let value: Value = serde_yaml::from_str(raw).unwrap_or(Value::String(raw.clone()));
+            set_path(&mut tree, key, value);
+            Self::from_value(tree.clone(), &origin)?;
+        }
+        let config = Self::from_value(tree, "configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_value(value: Value, origin: &str) -> Result<Self, ConfigError> {
+        serde_yaml::from_value(value).map_err(|e| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        TrustDomain::new(&self.trust_domain).map_err(|e| ConfigError::InvalidValue {
+            key: "trustDomain",
+            reason: e.to_string(),
+        })?;
+        let lifetime = self.certificate_provider.service_cert_validity_duration;
+        if lifetime < Duration::from_secs(10) {
+            return Err(ConfigError::InvalidValue {
+                key: "certificateProvider.serviceCertValidityDuration",
+                reason: format!(
+                    "{} is too short to renew in time: use at least 10s (default 24h)",
+                    meshca_provider::format_duration(lifetime)
+                ),
+            });
+        }
+        let r = &self.renewal;
+        if !(r.fraction > 0.0 && r.fraction < 1.0) {
+            return Err(ConfigError::InvalidValue {
+                key: "renewal.fraction",
+                reason: format!("{} is not between 0 and 1 (default 0.5)", r.fraction),
+            });
+        }
+        if !(0.0..=0.5).contains(&r.jitter)
+            || r.jitter >= r.fraction
+            || r.jitter + r.fraction >= 1.0
+        {
+            return Err(ConfigError::InvalidValue {
+                key: "renewal.jitter",
+                reason: format!(
+                    "{} must be between 0 and 0.5 and keep fraction ± jitter inside (0, 1) (default 0.1)",
+                    r.jitter
+                ),
+            });
+        }
+        if r.backoff_initial.is_zero() || r.backoff_max < r.backoff_initial {
+            return Err(ConfigError::InvalidValue {
+                key: "renewal.backoffMax",
+                reason: "backoffInitial must be above zero and backoffMax at least backoffInitial"
+                    .to_owned(),
+            });
+        }
+        if r.issue_timeout.is_zero() {
+            return Err(ConfigError::InvalidValue {
+                key: "renewal.issueTimeout",
+                reason: "must be above zero (default 30s)".to_owned(),
+            });
+        }
+        if self.tresor.root_validity_duration < lifetime {
+            return Err(ConfigError::InvalidValue {
+                key: "tresor.rootValidityDuration",
+                reason: "the root must outlive the service certificates it signs".to_owned(),
+            });
+        }
+        for (key, text) in [
+            ("sds.listen", &self.sds.listen),
+            ("admin.listen", &self.admin.listen),
+        ] {
+            if !text.is_empty() && text.parse::<SocketAddr>().is_err() {
+                return Err(ConfigError::InvalidValue {
+                    key,
+                    reason: format!(
+                        "{text:?} is not an address: write IP:PORT, e.g. 127.0.0.1:15010, or \"\" to disable"
+                    ),
+                });
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::InvalidValue {
+                key: "log.level",
+                reason: format!(
+                    "{:?} is not a log filter ({e}): use a level such as info or debug, or meshca=debug,info",
+                    self.log.level
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The trust domain, validated by [`Config::validate`].
+    pub fn trust_domain(&self) -> TrustDomain {
+        TrustDomain::new(&self.trust_domain).unwrap_or_default()
+    }
+
+    /// The SDS TCP address, if enabled.
+    pub fn sds_listen(&self) -> Option<SocketAddr> {
+        self.sds.listen.parse().ok()
+    }
+
+    /// The admin address, if enabled.
+    pub fn admin_listen(&self) -> Option<SocketAddr> {
+        self.admin.listen.parse().ok()
+    }
+}
+
+/// Keys whose default is "unset", so they do not appear when the defaults are serialised.
+const OPTIONAL_KEYS: &[&str] = &[
+    "vault.address",
+    "vault.namespace",
+    "vault.caFile",
+    "vault.token",
+    "vault.tokenFile",
+    "vault.appRole.roleId",
+    "vault.appRole.secretId",
+    "vault.appRole.secretIdFile",
+    "vault.appRole.mount",
+];
+
+/// Every leaf key of the configuration, dotted (`certificateProvider.kind`).
+pub fn known_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    let tree = serde_yaml::to_value(Config::default()).unwrap_or(Value::Null);
+    collect_keys(&tree, String::new(), &mut keys);
+    keys.extend(OPTIONAL_KEYS.iter().map(|k| (*k).to_owned()));
+    keys
+}
+
+/// The environment variable for a dotted key: `certificateProvider.kind` →
+/// `MESHCA_CERTIFICATE_PROVIDER_KIND`.
+pub fn env_name(key: &str) -> String {
+    let mut name = ENV_PREFIX.to_owned();
+    for (i, part) in key.split('.').enumerate() {
+        if i > 0 {
+            name.push('_');
+        }
+        for (j, c) in part.chars().enumerate() {
+            if c.is_ascii_uppercase() && j > 0 {
+                name.push('_');
+            }
+            name.push(c.to_ascii_uppercase());
+        }
+    }
+    name
+}
+
+fn collect_keys(value: &Value, prefix: String, out: &mut Vec<String>) {
+    match value {
+        Value::Mapping(map) => {
+            for (k, v) in map {
+                if let Some(k) = k.as_str() {
+                    let path = if prefix.is_empty() {
+                        k.to_owned()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    collect_keys(v, path, out);
+                }
+            }
+        }
+        _ => out.push(prefix),
+    }
+}
+
+fn set_path(tree: &mut Value, key: &str, value: Value) {
+    let mut node = tree;
+    for part in key.split('.') {
+        if !node.is_mapping() {
+            *node = Value::Mapping(Default::default());
+        }
+        let Value::Mapping(map) = node else {
+            unreachable!("made a mapping just above")
+        };
+        node = map
+            .entry(Value::String(part.to_owned()))
+            .or_insert(Value::Null);
+    }
+    *node = value;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_tresor_setup() {
+        let config = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(config.certificate_provider.kind, ProviderKind::Tresor);
+        assert_eq!(
+            config.certificate_provider.service_cert_validity_duration,
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(config.sds_listen().unwrap().to_string(), "127.0.0.1:15010");
+        assert!(known_keys().contains(&"certificateProvider.kind".to_owned()));
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let file = write(
+            "certificateProvider:\n  serviceCertValidityDuration: 12h\ntrustDomain: file.example\n",
+        );
+        let mut overrides = Overrides::from_env([
+            ("MESHCA_TRUST_DOMAIN".to_owned(), "env.example".to_owned()),
+            (
+                "MESHCA_CERTIFICATE_PROVIDER_SERVICE_CERT_VALIDITY_DURATION".to_owned(),
+                "6h".to_owned(),
+            ),
+            ("MESHCA_UNRELATED".to_owned(), "x".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ]);
+        overrides
+            .set("certificateProvider.serviceCertValidityDuration=90m")
+            .unwrap();
+        let config = Config::load(Some(file.path()), &overrides).unwrap();
+        assert_eq!(config.trust_domain, "env.example");
+        assert_eq!(
+            config.certificate_provider.service_cert_validity_duration,
+            Duration::from_secs(90 * 60)
+        );
+        let from_file = Config::load(Some(file.path()), &Overrides::default()).unwrap();
+        assert_eq!(
+            from_file
+                .certificate_provider
+                .service_cert_validity_duration,
+            Duration::from_secs(12 * 3600)
+        );
+    }
+
+    #[test]
+    fn optional_keys_are_real_keys() {
+        for key in OPTIONAL_KEYS {
+            let mut overrides = Overrides::default();
+            let value = if key.ends_with("File") { "/tmp/x" } else { "x" };
+            overrides.set(&format!("{key}={value}")).unwrap();
+            Config::load(None, &overrides).unwrap_or_else(|e| panic!("{key}: {e}"));
+        }
+        let overrides =
+            Overrides::from_env([("MESHCA_VAULT_TOKEN".to_owned(), "s.abc".to_owned())]);
+        let config = Config::load(None, &overrides).unwrap();
+        assert!(config.vault.token.is_some());
+        assert!(
+            !format!("{config:?}").contains("s.abc"),
+            "the token leaked into Debug"
+        );
+    }
+
+    #[test]
+    fn env_names_follow_the_keys() {
+        assert_eq!(
+            env_name("certificateProvider.kind"),
+            "MESHCA_CERTIFICATE_PROVIDER_KIND"
+        );
+        assert_eq!(env_name("renewal.backoffMax"), "MESHCA_RENEWAL_BACKOFF_MAX");
+        assert_eq!(
+            env_name("caBundleSecretName"),
+            "MESHCA_CA_BUNDLE_SECRET_NAME"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_where_they_came_from() {
+        let file = write("certificateProvider:\n  serviceCertValidityDuration: 3d\n");
+        let err = Config::load(Some(file.path()), &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&file.path().display().to_string()), "{text}");
+        assert!(text.contains("unknown unit"), "{text}");
+
+        let file = write("certificateProvider:\n  kindd: vault\n");
+        let text = Config::load(Some(file.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("kindd"), "{text}");
+
+        let overrides =
+            Overrides::from_env([("MESHCA_RENEWAL_FLOOR".to_owned(), "soon".to_owned())]);
+        let text = Config::load(None, &overrides).unwrap_err().to_string();
+        assert!(text.contains("MESHCA_RENEWAL_FLOOR"), "{text}");
+
+        let mut overrides = Overrides::default();
+        overrides.set("certificateProvider.kind=vaultt").unwrap();
+        let text = Config::load(None, &overrides).unwrap_err().to_string();
+        assert!(
+            text.contains("--set certificateProvider.kind=vaultt"),
+            "{text}"
+        );
+
+        let mut overrides = Overrides::default();
+        overrides.set("certificateProvider.knd=vault").unwrap();
+        assert!(matches!(
+            Config::load(None, &overrides),
+            Err(ConfigError::UnknownKey { .. })
+        ));
+        assert!(Overrides::default().set("novalue").is_err());
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        for (key, value) in [
+            ("renewal.fraction", "1.5"),
+            ("renewal.jitter", "0.6"),
+            ("certificateProvider.serviceCertValidityDuration", "1s"),
+            ("sds.listen", "localhost"),
+            ("trustDomain", "Not Valid"),
+            ("renewal.issueTimeout", "0s"),
+            ("log.level", "meshca=loud"),
+        ] {
+            let mut overrides = Overrides::default();
+            overrides.set(&format!("{key}={value}")).unwrap();
+            let err = Config::load(None, &overrides).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidValue { .. }),
+                "{key}={value}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Turns the configuration into the one [`SharedProvider`] the daemon uses: the only place
+//! that knows every backend.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use meshca_provider::{Clock, SharedProvider};
+use meshca_tresor::{CaStore as _, DirectoryStore, Outcome, RootOptions, SigningAuthority, Tresor};
+
+use crate::config::{Config, ProviderKind};
+
+/// Builds the configured provider. For Tresor this loads the CA from its store, creating a
+/// root when the store is empty.
+pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<SharedProvider> {
+    match config.certificate_provider.kind {
+        ProviderKind::Tresor => {
+            let (authority, outcome) = tresor_authority(config, clock.as_ref()).await?;
+            tracing::info!(
+                store = %tresor_store(config).describe(),
+                subject = authority.subject(),
+                fingerprint = %authority.trust_bundle().fingerprints().join(","),
+                "tresor: {outcome}"
+            );
+            let tresor =
+                Tresor::new(authority, clock).with_clock_skew(config.tresor.clock_skew_allowance);
+            Ok(Arc::new(tresor))
+        }
+        ProviderKind::Vault => {
+            let vault = meshca_vault::VaultProvider::connect(&config.vault).await?;
+            tracing::info!(address = %vault.address(), "vault: connected and token checked");
+            Ok(Arc::new(vault))
+        }
+        ProviderKind::CertManager => anyhow::bail!(
+            "certificateProvider.kind={} is not available yet (it needs the Kubernetes \
+             integration): use tresor or vault",
+            kind_name(config.certificate_provider.kind)
+        ),
+    }
+}
+
+/// The directory CA store named by `tresor.directory`.
+pub fn tresor_store(config: &Config) -> DirectoryStore {
+    DirectoryStore::new(&config.tresor.directory)
+}
+
+/// The root options from `tresor.*`.
+pub fn root_options(config: &Config) -> RootOptions {
+    let mut options = RootOptions::default();
+    options.common_name = config.tresor.root_common_name.clone();
+    options.organization = Some(config.tresor.root_organization.clone()).filter(|o| !o.is_empty());
+    options.lifetime = config.tresor.root_validity_duration;
+    options.key_type = config.tresor.root_key_type;
+    options
+}
+
+/// Loads Tresor's CA, creating a root when the store is empty.
+pub async fn tresor_authority(
+    config: &Config,
+    clock: &dyn Clock,
+) -> anyhow::Result<(SigningAuthority, Outcome)> {
+    let store = tresor_store(config);
+    meshca_tresor::bootstrap(&store, &root_options(config), clock)
+        .await
+        .with_context(|| format!("cannot start the Tresor CA from {}", store.describe()))
+}
+
+fn kind_name(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Tresor => "tresor",
+        ProviderKind::Vault => "vault",
+        ProviderKind::CertManager => "cert-manager",
+    }
+}

@@ -1,0 +1,742 @@
+//! The certificate cache against a fake provider, in paused tokio time.
+//!
+//! The fake signs real certificates (rcgen, from a test CA) stamped with the virtual clock, and
+//! reports every issue call on a channel. Tests wait on that channel or on the cache's watch
+//! receivers; with the clock paused, tokio jumps virtual time to the next timer only when every
+//! task is idle, so "advance N hours" is deterministic and takes no real time.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use meshca::cache::{CacheError, CacheSettings, CertKey, CertificateCache, Purpose};
+use meshca::time::TokioClock;
+use meshca_provider::{
+    Capabilities, CertificateChain, CertificateProvider, Clock, IssueRequest, KeyType, LeafKey,
+    LeafSpec, ProviderError, SpiffeId, TrustBundle,
+};
+use rand::Rng;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::mpsc;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+struct TestCa {
+    cert: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn root(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let params = ca_params(name);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn intermediate(&self, name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let params = ca_params(name);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Self {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+}
+
+fn ca_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+/// What the fake provider does on the next `issue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Good,
+    ViaIntermediate,
+    Fail,
+    WrongSan,
+    Expired,
+    WrongKey,
+    ForeignCa,
+    ServerAuthOnly,
+}
+
+/// One `issue` call as the fake saw it.
+#[derive(Debug, Clone)]
+struct Call {
+    identity: SpiffeId,
+    at: SystemTime,
+    mode: Mode,
+}
+
+struct FakeProvider {
+    root: TestCa,
+    intermediate: TestCa,
+    foreign: TestCa,
+    clock: TokioClock,
+    mode: Mutex<Mode>,
+    bundle: Mutex<TrustBundle>,
+    /// Virtual time each issue call takes.
+    latency: Mutex<Duration>,
+    issued: AtomicUsize,
+    calls: mpsc::UnboundedSender<Call>,
+    capabilities: Capabilities,
+}
+
+impl std::fmt::Debug for FakeProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeProvider").finish_non_exhaustive()
+    }
+}
+
+impl FakeProvider {
+    fn new(clock: TokioClock) -> (Arc<Self>, mpsc::UnboundedReceiver<Call>) {
+        let root = TestCa::root("test root");
+        let intermediate = root.intermediate("test intermediate");
+        let (calls, log) = mpsc::unbounded_channel();
+        let provider = Arc::new(Self {
+            bundle: Mutex::new(TrustBundle::new(vec![root.cert.clone()])),
+            root,
+            intermediate,
+            foreign: TestCa::root("somebody else's root"),
+            clock,
+            mode: Mutex::new(Mode::Good),
+            latency: Mutex::new(Duration::ZERO),
+            issued: AtomicUsize::new(0),
+            calls,
+            capabilities: Capabilities {
+                max_lifetime: None,
+                key_types: vec![KeyType::P256, KeyType::P384],
+                uri_sans: true,
+                needs_csr: false,
+            },
+        });
+        (provider, log)
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn calls(&self) -> usize {
+        self.issued.load(Ordering::SeqCst)
+    }
+
+    fn sign(
+        &self,
+        spec: &LeafSpec,
+        public: &impl PublicKeyData,
+        issuer: &Issuer<'_, KeyPair>,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        mode: Mode,
+    ) -> CertificateDer<'static> {
+        let mut params = CertificateParams::default();
+        if let Some(cn) = &spec.common_name {
+            params
+                .distinguished_name
+                .push(DnType::CommonName, cn.as_str());
+        }
+        let uri = match (mode, &spec.spiffe_id) {
+            (Mode::WrongSan, Some(_)) => {
+                Some("spiffe://cluster.local/ns/evil/sa/impostor".to_owned())
+            }
+            (_, id) => id.as_ref().map(ToString::to_string),
+        };
+        if let Some(uri) = uri {
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.try_into().unwrap()));
+        }
+        for name in &spec.dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(name.clone().try_into().unwrap()));
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = if mode == Mode::ServerAuthOnly {
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        } else {
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        };
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        let mut serial: [u8; 16] = rand::rng().random();
+        serial[0] &= 0x7f;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.signed_by(public, issuer).unwrap().der().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl CertificateProvider for FakeProvider {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn issue(&self, request: &IssueRequest<'_>) -> Result<CertificateChain, ProviderError> {
+        let mode = *self.mode.lock().unwrap();
+        let latency = *self.latency.lock().unwrap();
+        let now = self.clock.now();
+        self.issued.fetch_add(1, Ordering::SeqCst);
+        let identity = request.spec.spiffe_id.clone().unwrap();
+        let _ = self.calls.send(Call {
+            identity,
+            at: now,
+            mode,
+        });
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let spec = request.spec;
+        let (not_before, not_after) = if mode == Mode::Expired {
+            (now - 2 * HOUR, now - HOUR)
+        } else {
+            (now - Duration::from_secs(60), now + spec.lifetime)
+        };
+        let other_key = (mode == Mode::WrongKey).then(|| LeafKey::generate(KeyType::P256).unwrap());
+        let public = other_key.as_ref().unwrap_or(request.key);
+        let chain = match mode {
+            Mode::Fail => {
+                return Err(ProviderError::Unavailable {
+                    provider: "fake",
+                    reason: "connection refused".to_owned(),
+                });
+            }
+            Mode::ForeignCa => vec![self.sign(
+                spec,
+                public,
+                &self.foreign.issuer,
+                not_before,
+                not_after,
+                mode,
+            )],
+            Mode::ViaIntermediate => vec![
+                self.sign(
+                    spec,
+                    public,
+                    &self.intermediate.issuer,
+                    not_before,
+                    not_after,
+                    mode,
+                ),
+                self.intermediate.cert.clone(),
+            ],
+            _ => vec![self.sign(spec, public, &self.root.issuer, not_before, not_after, mode)],
+        };
+        Ok(CertificateChain::new(chain).unwrap())
+    }
+
+    async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
+        Ok(self.bundle.lock().unwrap().clone())
+    }
+}
+
+struct Harness {
+    cache: CertificateCache,
+    provider: Arc<FakeProvider>,
+    calls: mpsc::UnboundedReceiver<Call>,
+    clock: TokioClock,
+}
+
+fn settings() -> CacheSettings {
+    CacheSettings {
+        lifetime: HOUR,
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+        ..CacheSettings::default()
+    }
+}
+
+fn harness(settings: CacheSettings) -> Harness {
+    let clock = TokioClock::new();
+    let (provider, calls) = FakeProvider::new(clock);
+    let cache = CertificateCache::new(provider.clone(), settings, Arc::new(clock));
+    Harness {
+        cache,
+        provider,
+        calls,
+        clock,
+    }
+}
+
+fn id(short: &str) -> SpiffeId {
+    SpiffeId::from_short(short, &Default::default()).unwrap()
+}
+
+fn key(short: &str, purpose: Purpose) -> CertKey {
+    CertKey::new(id(short), purpose)
+}
+
+/// Lets virtual time pass. The clock is paused, so this returns only after every timer due
+/// within `duration` has fired and every task woken by one has run until it waits again.
+async fn run_for(duration: Duration) {
+    tokio::time::sleep(duration).await;
+}
+
+fn fraction_of_lifetime(at: SystemTime, not_before: SystemTime, not_after: SystemTime) -> f64 {
+    let lifetime = not_after.duration_since(not_before).unwrap().as_secs_f64();
+    at.duration_since(not_before).unwrap().as_secs_f64() / lifetime
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_concurrent_requests_cause_one_issuance() {
+    let h = harness(settings());
+    // Issuance takes a (virtual) second, so every request arrives while it is in flight.
+    *h.provider.latency.lock().unwrap() = Duration::from_secs(1);
+    let wanted = key("bookstore/bookstore-v1", Purpose::Default);
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let cache = h.cache.clone();
+        let wanted = wanted.clone();
+        requests.spawn(async move { cache.certificate(&wanted).await });
+    }
+    let serials: Vec<_> = requests
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().info.serial.clone())
+        .collect();
+    assert_eq!(h.provider.calls(), 1);
+    assert_eq!(serials.len(), 100);
+    assert!(serials.iter().all(|s| *s == serials[0]));
+    let stats = h.cache.stats();
+    assert_eq!((stats.issued, stats.entries, stats.in_flight), (1, 1, 0));
+    // And the cached one is served without asking again.
+    h.cache.certificate(&wanted).await.unwrap();
+    assert_eq!(h.provider.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_purpose_gets_its_own_key_and_serial() {
+    let h = harness(settings());
+    let mut serials = Vec::new();
+    let mut keys = Vec::new();
+    for purpose in [Purpose::Default, Purpose::Inbound, Purpose::Outbound] {
+        let cert = h
+            .cache
+            .certificate(&key("bookstore/bookstore-v1", purpose))
+            .await
+            .unwrap();
+        assert_eq!(
+            cert.info.uri_sans,
+            ["spiffe://cluster.local/ns/bookstore/sa/bookstore-v1"]
+        );
+        assert_eq!(cert.info.dns_sans, ["bookstore-v1.bookstore.cluster.local"]);
+        assert_eq!(cert.issued_by, "fake");
+        serials.push(cert.info.serial.clone());
+        keys.push(cert.key.public_key_spki());
+    }
+    assert_eq!(h.provider.calls(), 3);
+    assert_eq!(h.cache.stats().entries, 3);
+    for i in 0..3 {
+        for j in i + 1..3 {
+            assert_ne!(serials[i], serials[j]);
+            assert_ne!(keys[i], keys[j]);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_configured_key_type_is_used_and_never_shown() {
+    let h = harness(CacheSettings {
+        key_type: KeyType::P384,
+        ..settings()
+    });
+    let cert = h
+        .cache
+        .certificate(&key("a/b", Purpose::Default))
+        .await
+        .unwrap();
+    assert_eq!(cert.info.key_description, "ECDSA P-384");
+    let shown = format!("{cert:?}");
+    assert!(shown.contains("redacted"), "{shown}");
+    let pem = cert.key.private_key_pem();
+    let body: String = pem.lines().nth(1).unwrap().to_owned();
+    assert!(!shown.contains(&body));
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_comes_at_half_the_real_lifetime_give_or_take_ten_percent() {
+    let mut h = harness(settings());
+    let mut subscriptions = Vec::new();
+    let mut first = std::collections::HashMap::new();
+    for i in 0..20 {
+        let wanted = key(&format!("ns/sa-{i}"), Purpose::Default);
+        let rx = h.cache.subscribe(wanted.clone()).await.unwrap();
+        first.insert(wanted.identity.clone(), rx.borrow().clone());
+        subscriptions.push((wanted.identity, rx));
+    }
+    let mut fractions = Vec::new();
+    for _ in 0..20 {
+        h.calls.recv().await.unwrap();
+    }
+    // The next 20 calls are the renewals; virtual time runs until they happen.
+    for _ in 0..20 {
+        let call = h.calls.recv().await.unwrap();
+        let cert = &first[&call.identity];
+        let fraction = fraction_of_lifetime(call.at, cert.info.not_before, cert.info.not_after);
+        assert!(
+            (0.4 - 1e-6..=0.6 + 1e-6).contains(&fraction),
+            "{} renewed at {fraction} of its lifetime",
+            call.identity
+        );
+        fractions.push(fraction);
+    }
+    let spread = fractions.iter().cloned().fold(f64::MIN, f64::max)
+        - fractions.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(spread > 0.01, "renewals are not spread: {fractions:?}");
+    // Every subscriber got its renewed certificate.
+    for (identity, rx) in &mut subscriptions {
+        rx.changed().await.unwrap();
+        let renewed = rx.borrow_and_update().clone();
+        assert_eq!(renewed.info.uri_sans, [identity.to_string()]);
+        assert_ne!(renewed.info.serial, first[identity].info.serial);
+    }
+    assert_eq!(h.cache.stats().renewed, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_renewals_back_off_keep_the_last_good_certificate_and_recover() {
+    let mut h = harness(CacheSettings {
+        jitter_fraction: 0.0,
+        ..settings()
+    });
+    let wanted = key("bookstore/bookstore-v1", Purpose::Inbound);
+    let mut rx = h.cache.subscribe(wanted.clone()).await.unwrap();
+    let good = rx.borrow_and_update().clone();
+    h.calls.recv().await.unwrap();
+    h.provider.set_mode(Mode::Fail);
+
+    let mut failed_at = Vec::new();
+    for _ in 0..12 {
+        let call = h.calls.recv().await.unwrap();
+        assert_eq!(call.mode, Mode::Fail);
+        failed_at.push(call.at);
+    }
+    let renewal = fraction_of_lifetime(failed_at[0], good.info.not_before, good.info.not_after);
+    assert!((renewal - 0.5).abs() < 1e-6, "first renewal at {renewal}");
+    let delays: Vec<Duration> = failed_at
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap())
+        .collect();
+    let (initial, max) = (Duration::from_secs(1), Duration::from_secs(60));
+    // Timers fire on millisecond ticks, so allow that much rounding.
+    let tick = Duration::from_millis(2);
+    assert!(
+        delays[0] >= initial && delays[0] <= initial * 5 / 4 + tick,
+        "{delays:?}"
+    );
+    for pair in delays.windows(2) {
+        assert!(pair[1] > pair[0] || pair[1] + tick >= max, "{delays:?}");
+    }
+    assert!(delays.iter().all(|d| *d <= max + tick), "{delays:?}");
+    assert!(
+        delays[delays.len() - 2..].iter().all(|d| *d + tick >= max),
+        "{delays:?}"
+    );
+
+    // Meanwhile the last good certificate is what everybody gets.
+    assert!(!rx.has_changed().unwrap());
+    assert_eq!(rx.borrow().info.serial, good.info.serial);
+    let served = h.cache.certificate(&wanted).await.unwrap();
+    assert_eq!(served.info.serial, good.info.serial);
+    let stats = h.cache.stats();
+    assert!(stats.failures >= 12 && stats.retries >= 11, "{stats:?}");
+    assert_eq!(stats.renewed, 0);
+
+    h.provider.set_mode(Mode::Good);
+    rx.changed().await.unwrap();
+    let renewed = rx.borrow_and_update().clone();
+    assert_ne!(renewed.info.serial, good.info.serial);
+    assert!(renewed.info.not_after > good.info.not_after);
+    assert_eq!(h.cache.stats().renewed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_renewal_is_retried_just_before_expiry() {
+    let mut h = harness(CacheSettings {
+        jitter_fraction: 0.0,
+        backoff_initial: Duration::from_secs(60),
+        backoff_max: 24 * HOUR,
+        ..settings()
+    });
+    let rx = h
+        .cache
+        .subscribe(key("a/b", Purpose::Default))
+        .await
+        .unwrap();
+    let not_after = rx.borrow().info.not_after;
+    h.calls.recv().await.unwrap();
+    h.provider.set_mode(Mode::Fail);
+    let mut calls = Vec::new();
+    loop {
+        let call = h.calls.recv().await.unwrap();
+        calls.push(call.at);
+        if call.at >= not_after {
+            break;
+        }
+    }
+    // Backoff alone would have jumped far past NotAfter; one try came in its last seconds.
+    let last_before = calls.iter().rev().find(|at| **at < not_after).unwrap();
+    let left = not_after.duration_since(*last_before).unwrap();
+    assert!(
+        left <= Duration::from_secs(2),
+        "last try {left:?} before expiry: {calls:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_chains_are_rejected_counted_and_never_published() {
+    let cases = [
+        (Mode::WrongSan, "URI SANs"),
+        (Mode::Expired, "expired"),
+        (Mode::WrongKey, "different public key"),
+        (Mode::ForeignCa, "does not verify"),
+        (Mode::ServerAuthOnly, "clientAuth"),
+    ];
+    for (mode, why) in cases {
+        let h = harness(settings());
+        h.provider.set_mode(mode);
+        let wanted = key("a/b", Purpose::Default);
+        let error = h.cache.certificate(&wanted).await.unwrap_err();
+        match &error {
+            CacheError::Invalid {
+                identity, reason, ..
+            } => {
+                assert_eq!(identity, &wanted.identity);
+                assert!(reason.contains(why), "{mode:?}: {reason}");
+            }
+            other => panic!("{mode:?}: expected a rejection, got {other}"),
+        }
+        assert!(error.to_string().contains("not served"), "{error}");
+        assert!(h.cache.subscribe(wanted.clone()).await.is_err());
+        let stats = h.cache.stats();
+        assert_eq!(
+            (stats.rejected, stats.failures, stats.entries, stats.issued),
+            (2, 2, 0, 0),
+            "{mode:?}"
+        );
+        assert!(h.cache.cached(&wanted).is_none());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn chains_through_an_intermediate_are_accepted() {
+    let h = harness(settings());
+    h.provider.set_mode(Mode::ViaIntermediate);
+    let cert = h
+        .cache
+        .certificate(&key("a/b", Purpose::Default))
+        .await
+        .unwrap();
+    assert_eq!(cert.chain.certificates().len(), 2);
+    assert_eq!(cert.chain.intermediates()[0], h.provider.intermediate.cert);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_renewal_keeps_the_last_good_certificate() {
+    let mut h = harness(settings());
+    let wanted = key("a/b", Purpose::Default);
+    let mut rx = h.cache.subscribe(wanted.clone()).await.unwrap();
+    let good = rx.borrow_and_update().clone();
+    h.calls.recv().await.unwrap();
+    h.provider.set_mode(Mode::ForeignCa);
+    h.cache.renew_now(Some(&wanted.identity));
+    h.calls.recv().await.unwrap();
+    run_for(Duration::from_millis(100)).await;
+    assert_eq!(h.cache.stats().rejected, 1);
+    assert!(!rx.has_changed().unwrap());
+    let served = h.cache.certificate(&wanted).await.unwrap();
+    assert_eq!(served.info.serial, good.info.serial);
+}
+
+#[tokio::test(start_paused = true)]
+async fn renew_now_pushes_new_certificates_to_subscribers() {
+    let h = harness(settings());
+    let inbound = key("a/b", Purpose::Inbound);
+    let outbound = key("a/b", Purpose::Outbound);
+    let other = key("c/d", Purpose::Default);
+    let mut rx_in = h.cache.subscribe(inbound).await.unwrap();
+    let mut rx_out = h.cache.subscribe(outbound).await.unwrap();
+    let mut rx_other = h.cache.subscribe(other).await.unwrap();
+    let before: Vec<_> = [&mut rx_in, &mut rx_out, &mut rx_other]
+        .into_iter()
+        .map(|rx| rx.borrow_and_update().info.serial.clone())
+        .collect();
+
+    h.cache.renew_now(Some(&id("a/b")));
+    rx_in.changed().await.unwrap();
+    rx_out.changed().await.unwrap();
+    assert_ne!(rx_in.borrow_and_update().info.serial, before[0]);
+    assert_ne!(rx_out.borrow_and_update().info.serial, before[1]);
+    run_for(Duration::from_millis(100)).await;
+    assert!(
+        !rx_other.has_changed().unwrap(),
+        "another identity was renewed"
+    );
+    assert_eq!(h.provider.calls(), 5);
+
+    h.cache.renew_now(None);
+    for rx in [&mut rx_in, &mut rx_out, &mut rx_other] {
+        rx.changed().await.unwrap();
+    }
+    assert_ne!(rx_other.borrow().info.serial, before[2]);
+    assert_eq!(h.provider.calls(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn renew_now_during_an_issuance_issues_again_afterwards() {
+    let h = harness(settings());
+    let wanted = key("a/b", Purpose::Default);
+    let mut rx = h.cache.subscribe(wanted.clone()).await.unwrap();
+    let first = rx.borrow_and_update().info.serial.clone();
+    *h.provider.latency.lock().unwrap() = Duration::from_secs(1);
+    h.cache.renew_now(None);
+    run_for(Duration::from_millis(100)).await;
+    assert_eq!(h.cache.stats().in_flight, 1);
+    // A second request while the first renewal is still running.
+    h.cache.renew_now(Some(&wanted.identity));
+    run_for(Duration::from_secs(5)).await;
+    assert_eq!(h.provider.calls(), 3);
+    assert_ne!(rx.borrow_and_update().info.serial, first);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unused_keys_are_dropped_after_their_certificate_expires() {
+    let h = harness(settings());
+    let unused = key("a/unused", Purpose::Default);
+    let watched = key("a/watched", Purpose::Default);
+    let one_shot = h.cache.certificate(&unused).await.unwrap();
+    let rx = h.cache.subscribe(watched.clone()).await.unwrap();
+    assert_eq!(h.cache.stats().entries, 2);
+
+    // Before the handed-out certificate expires, the key is kept (and renewed).
+    run_for(Duration::from_secs(40 * 60)).await;
+    assert!(h.cache.cached(&unused).is_some());
+
+    run_for(4 * HOUR).await;
+    assert!(h.clock.now() > one_shot.info.not_after);
+    let stats = h.cache.stats();
+    assert_eq!((stats.entries, stats.evicted), (1, 1), "{stats:?}");
+    assert!(h.cache.cached(&unused).is_none());
+    let kept = h.cache.cached(&watched).unwrap();
+    assert!(kept.info.not_after > h.clock.now());
+    assert_eq!(rx.borrow().info.serial, kept.info.serial);
+
+    // Asking again simply issues a new one.
+    let calls = h.provider.calls();
+    h.cache.certificate(&unused).await.unwrap();
+    assert_eq!(h.provider.calls(), calls + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_issuance_is_reported_and_retried_by_the_next_caller() {
+    let h = harness(settings());
+    h.provider.set_mode(Mode::Fail);
+    let wanted = key("a/b", Purpose::Default);
+    let error = h.cache.certificate(&wanted).await.unwrap_err();
+    assert!(matches!(error, CacheError::Provider { .. }), "{error}");
+    assert!(error.to_string().contains("connection refused"), "{error}");
+    assert_eq!(h.cache.stats().entries, 0);
+    h.provider.set_mode(Mode::Good);
+    h.cache.certificate(&wanted).await.unwrap();
+    assert_eq!(h.provider.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_providers_time_out() {
+    let h = harness(CacheSettings {
+        issue_timeout: Duration::from_secs(5),
+        ..settings()
+    });
+    *h.provider.latency.lock().unwrap() = Duration::from_secs(60);
+    let error = h
+        .cache
+        .certificate(&key("a/b", Purpose::Default))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CacheError::Timeout { .. }), "{error}");
+    assert!(error.to_string().contains("5s"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn trust_bundle_changes_reach_receivers() {
+    let h = harness(settings());
+    let mut rx = h.cache.trust_bundle();
+    h.cache.refresh_trust_bundle().await.unwrap();
+    assert_eq!(
+        rx.borrow_and_update().roots(),
+        std::slice::from_ref(&h.provider.root.cert)
+    );
+
+    // A second root appears (a rotation begins): the periodic refresh picks it up.
+    let both = TrustBundle::new(vec![
+        h.provider.root.cert.clone(),
+        h.provider.foreign.cert.clone(),
+    ]);
+    *h.provider.bundle.lock().unwrap() = both.clone();
+    rx.changed().await.unwrap();
+    assert_eq!(**rx.borrow_and_update(), both);
+
+    // An explicit refresh publishes at once; an unchanged bundle wakes nobody.
+    h.cache.refresh_trust_bundle().await.unwrap();
+    assert!(!rx.has_changed().unwrap());
+    let only_new = TrustBundle::new(vec![h.provider.foreign.cert.clone()]);
+    *h.provider.bundle.lock().unwrap() = only_new.clone();
+    h.cache.refresh_trust_bundle().await.unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(**rx.borrow_and_update(), only_new);
+}
+
+#[test]
+fn settings_are_checked() {
+    assert!(CacheSettings::default().validate().is_ok());
+    let bad = [
+        CacheSettings {
+            renew_fraction: 1.0,
+            ..Default::default()
+        },
+        CacheSettings {
+            jitter_fraction: 0.6,
+            ..Default::default()
+        },
+        CacheSettings {
+            backoff_initial: Duration::ZERO,
+            ..Default::default()
+        },
+        CacheSettings {
+            lifetime: Duration::from_secs(1),
+            ..Default::default()
+        },
+    ];
+    for settings in bad {
+        let error = settings.validate().unwrap_err();
+        assert!(
+            matches!(error, CacheError::InvalidSettings { .. }),
+            "{error}"
+        );
+    }
+}
