@@ -1,2 +1,4 @@
 //! The meshca daemon: configuration, the certificate cache and its renewal engine, the CLI.
 #![forbid(unsafe_code)]
+
+pub mod sds;
