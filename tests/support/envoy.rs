@@ -1,0 +1,1 @@
+//! Envoy harness (see tests/sds_envoy.rs).
