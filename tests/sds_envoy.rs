@@ -272,3 +272,54 @@ async fn envoy_over_a_unix_socket_is_identified_by_its_uid() {
     let served = source.current(&id("ns/server"), Purpose::Inbound).unwrap();
     server.wait_for_serial(&served.info.serial_hex()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_work_over_delta_sds() {
+    let Some(binary) = envoy::binary() else {
+        return;
+    };
+    let source = TestSource::new(Arc::new(TestCa::new("delta-e2e")));
+    let sds = RunningSds::start(dev_settings(), source.clone()).await;
+    let sds_port = sds.tcp.unwrap().port();
+    let delta = |config: String| config.replace("api_type: GRPC", "api_type: DELTA_GRPC");
+    let server_port = free_port();
+    let server_config = delta(bootstrap(
+        "envoy-inbound.yaml",
+        None,
+        &[
+            ("NODE_ID", "ns/server".to_owned()),
+            ("ADMIN_PORT", "0".to_owned()),
+            ("LISTEN_PORT", server_port.to_string()),
+            ("ALLOWED_PEER", CLIENT_ID.to_owned()),
+            ("SDS_PORT", sds_port.to_string()),
+        ],
+    ));
+    assert!(server_config.contains("DELTA_GRPC"));
+    let server = Envoy::start(&binary, "server", &server_config);
+    let client_port = free_port();
+    let client_config = delta(bootstrap(
+        "envoy-outbound.yaml",
+        None,
+        &[
+            ("NODE_ID", "ns/client".to_owned()),
+            ("ADMIN_PORT", "0".to_owned()),
+            ("LISTEN_PORT", client_port.to_string()),
+            ("UPSTREAM_PORT", server_port.to_string()),
+            ("UPSTREAM_IDENTITY", "ns/server".to_owned()),
+            ("SDS_PORT", sds_port.to_string()),
+        ],
+    ));
+    let client = Envoy::start(&binary, "client", &client_config);
+    server.wait_ready().await;
+    client.wait_ready().await;
+    let response = get(client_port).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.header("x-peer-identity"), Some(CLIENT_ID));
+
+    let renewed = source.renew(&id("ns/server"), Purpose::Inbound);
+    server.wait_for_serial(&renewed.info.serial_hex()).await;
+    assert_eq!(get(client_port).await.status, 200);
+    let stats = sds.stats.snapshot();
+    assert_eq!(stats.nacks, 0, "{stats:?}");
+    assert!(stats.acks >= 4, "{stats:?}");
+}
