@@ -183,14 +183,25 @@ impl TestSource {
 
     /// Issues a new certificate for a key someone holds and publishes it.
     pub fn renew(&self, identity: &SpiffeId, purpose: Purpose) -> Arc<ServedCertificate> {
-        let certificates = self.certificates.lock().unwrap();
-        let sender = certificates
-            .get(&(identity.clone(), purpose))
-            .expect("renew() of a key nobody asked for");
         let fresh = Arc::new(self.ca.issue(identity, self.lifetime));
         self.issued.fetch_add(1, Ordering::SeqCst);
-        sender.send_replace(fresh.clone());
+        self.publish(identity, purpose, fresh.clone());
         fresh
+    }
+
+    /// Publishes an already issued certificate for a key someone holds (so a benchmark can
+    /// time the push without the issuance).
+    pub fn publish(
+        &self,
+        identity: &SpiffeId,
+        purpose: Purpose,
+        certificate: Arc<ServedCertificate>,
+    ) {
+        let certificates = self.certificates.lock().unwrap();
+        certificates
+            .get(&(identity.clone(), purpose))
+            .expect("publish() of a key nobody asked for")
+            .send_replace(certificate);
     }
 
     /// The certificate currently published for a key, if it was ever issued.
