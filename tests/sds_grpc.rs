@@ -772,3 +772,66 @@ async fn development_mode_is_refused_off_loopback() {
         "peer credentials do not exist on TCP"
     );
 }
+
+#[tokio::test]
+async fn a_silent_stream_is_closed_after_the_first_request_timeout() {
+    let source = setup();
+    let mut settings = dev_settings();
+    settings.limits.first_request_timeout = std::time::Duration::from_millis(200);
+    settings.limits.max_streams = 1;
+    let sds = RunningSds::start(settings, source).await;
+    let ch = channel(&sds.url()).await;
+    let (_keep_open, rx) = tokio::sync::mpsc::channel(1);
+    let status = SecretDiscoveryServiceClient::new(ch.clone())
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // Its stream slot is free again.
+    let mut stream = SotwClient::open(ch, Some(node("ns/client")), &["default"])
+        .await
+        .unwrap();
+    stream.next().await.unwrap();
+}
+
+struct Broken;
+
+#[async_trait]
+impl meshca::sds::SecretSource for Broken {
+    async fn certificate(
+        &self,
+        identity: &SpiffeId,
+        _purpose: Purpose,
+    ) -> Result<
+        tokio::sync::watch::Receiver<Arc<meshca::sds::ServedCertificate>>,
+        meshca::sds::SourceError,
+    > {
+        Err(meshca::sds::SourceError::Unavailable {
+            identity: identity.to_string(),
+            reason: "the CA at https://vault:8200 is unreachable".to_owned(),
+        })
+    }
+
+    fn trust_bundle(&self) -> tokio::sync::watch::Receiver<Arc<meshca_provider::TrustBundle>> {
+        tokio::sync::watch::Sender::new(Arc::new(TestCa::new("broken").bundle())).subscribe()
+    }
+}
+
+#[tokio::test]
+async fn source_failures_are_unavailable_so_proxies_retry() {
+    let sds = RunningSds::start(dev_settings(), Arc::new(Broken)).await;
+    let status = SotwClient::open(
+        channel(&sds.url()).await,
+        Some(node("ns/client")),
+        &["default"],
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("vault:8200 is unreachable"),
+        "{}",
+        status.message()
+    );
+}

@@ -49,6 +49,14 @@ pub enum RequestError {
     /// The certificate source could not produce a certificate.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A stream sent no request in time.
+    #[error(
+        "no request on the SDS stream within {timeout:?}: send a DiscoveryRequest right after opening it"
+    )]
+    NoFirstRequest {
+        /// The configured limit.
+        timeout: std::time::Duration,
+    },
     /// The server is draining.
     #[error("meshca SDS is shutting down: reconnect (another replica will serve)")]
     ShuttingDown,
@@ -67,6 +75,7 @@ impl RequestError {
                 Code::InvalidArgument
             }
             Self::TooManyNames { .. } | Self::TooManyStreams { .. } => Code::ResourceExhausted,
+            Self::NoFirstRequest { .. } => Code::DeadlineExceeded,
             Self::Source(SourceError::Refused { .. }) => Code::FailedPrecondition,
             Self::Source(_) | Self::ShuttingDown => Code::Unavailable,
         }

@@ -4,7 +4,7 @@
 //! [`SdsLimits`]), then [`SdsServer::serve`] it over a [`SecretSource`] until a shutdown future
 //! resolves. Data flow per stream: proxy → listener (TCP/Unix, optional mTLS) → authentication
 //! ([`auth`]) → resource names ([`names`]) → the source's `watch` receivers → `Secret`
-//! resources ([`convert`]) → pushed again on every change ([`stream`]).
+//! resources ([`convert`]) → pushed again on every change (`stream.rs`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -90,6 +90,9 @@ pub struct SdsLimits {
     pub max_message_bytes: usize,
     /// Responses queued per stream for a slow client before that stream (only) waits.
     pub stream_buffer: usize,
+    /// How long a new stream may wait before sending its first request; a stream holds one of
+    /// `max_streams` while it waits.
+    pub first_request_timeout: Duration,
     /// How long shutdown waits for connections to close after streams were told to reconnect.
     pub drain_timeout: Duration,
 }
@@ -101,6 +104,7 @@ impl Default for SdsLimits {
             max_names_per_request: 64,
             max_message_bytes: 1 << 20,
             stream_buffer: 4,
+            first_request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
         }
     }

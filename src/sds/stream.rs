@@ -257,8 +257,12 @@ async fn first_message<T>(
     stream: u64,
     inbound: &mut Streaming<T>,
 ) -> Result<Option<T>, Status> {
+    let timeout = shared.limits.first_request_timeout;
     tokio::select! {
         () = shared.drain.cancelled() => Err(shared.refuse(Some(stream), None, RequestError::ShuttingDown)),
+        () = tokio::time::sleep(timeout) => {
+            Err(shared.refuse(Some(stream), None, RequestError::NoFirstRequest { timeout }))
+        }
         message = inbound.message() => message,
     }
 }
