@@ -835,3 +835,87 @@ async fn source_failures_are_unavailable_so_proxies_retry() {
         status.message()
     );
 }
+
+/// The serial of the certificate the SDS endpoint presents to a new TLS connection.
+async fn presented_serial(
+    address: std::net::SocketAddr,
+    bundle: &meshca_provider::TrustBundle,
+) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(bundle.roots().iter().cloned());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name =
+        rustls_pki_types::ServerName::try_from("meshca.meshca-system.cluster.local").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    meshca_provider::CertificateInfo::parse(&leaf)
+        .unwrap()
+        .serial
+}
+
+#[tokio::test]
+async fn mtls_follows_server_renewals_and_root_rotation() {
+    let source = setup();
+    let mtls = MtlsSettings::new(&TrustDomain::default());
+    let server_identity = mtls.server_identity.clone();
+    let sds = RunningSds::start(
+        SdsSettings::tcp("127.0.0.1:0".parse().unwrap(), AuthMode::Mtls(mtls)),
+        source.clone(),
+    )
+    .await;
+    let address = sds.tcp.unwrap();
+    let bundle = source.ca().bundle();
+    let first = presented_serial(address, &bundle).await;
+    assert_eq!(
+        first,
+        source
+            .current(&server_identity, Purpose::Default)
+            .unwrap()
+            .info
+            .serial
+    );
+    let renewed = source.renew(&server_identity, Purpose::Default);
+    assert_eq!(
+        presented_serial(address, &bundle).await,
+        renewed.info.serial,
+        "renewal without restart"
+    );
+
+    // A client from a new root is refused until the bundle carries that root.
+    let next_ca = TestCa::new("next-root");
+    let client = next_ca.issue(&id("ns/client"), std::time::Duration::from_secs(600));
+    let fetch = || async {
+        let endpoint = Endpoint::from_shared(format!("https://{address}"))
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(bundle.to_pem()))
+                    .domain_name("meshca.meshca-system.cluster.local")
+                    .identity(Identity::from_pem(
+                        client.chain.to_pem(),
+                        client.key.private_key_pem().as_bytes(),
+                    )),
+            )
+            .unwrap();
+        match endpoint.connect().await {
+            Ok(ch) => SecretDiscoveryServiceClient::new(ch)
+                .fetch_secrets(request(None, &["default"]))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    };
+    assert!(!fetch().await, "an unknown root must not authenticate");
+    let mut rotated = bundle.clone();
+    rotated.push(next_ca.root().clone());
+    source.set_bundle(rotated);
+    assert!(fetch().await, "after rotation the new root authenticates");
+}
