@@ -6,13 +6,13 @@
 //! `MESHCA_CERTIFICATE_PROVIDER_SERVICE_CERT_VALIDITY_DURATION` and
 //! `--set certificateProvider.serviceCertValidityDuration=12h`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshca_provider::duration::serde_go;
-use meshca_provider::{KeyType, TrustDomain};
+use meshca_provider::{KeyType, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
@@ -211,15 +211,49 @@ pub struct SdsConfig {
     pub listen: String,
     /// Unix socket path of the SDS listener; empty to disable.
     pub unix_socket: String,
+    /// How callers prove who they are: `mtls` (a client certificate issued by meshca),
+    /// `unix-peer` (the Unix socket peer's uid, mapped by `unixPeers`), or `development`
+    /// (the Envoy node id is believed; loopback and Unix sockets only).
+    pub auth: SdsAuth,
+    /// The identity of the SDS endpoint's own certificate with `auth: mtls`, `<ns>/<sa>`.
+    pub server_identity: String,
+    /// With `auth: unix-peer`: comma-separated `uid=<ns>/<sa>` pairs, e.g.
+    /// `1337=bookstore/bookstore-v2,1338=bookstore/bookbuyer`.
+    pub unix_peers: String,
+    /// Streams open at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// Resource names in one request.
+    pub max_names_per_request: usize,
+    /// Largest request message, in bytes.
+    pub max_message_bytes: usize,
 }
 
 impl Default for SdsConfig {
     fn default() -> Self {
+        let limits = crate::sds::SdsLimits::default();
         Self {
             listen: "127.0.0.1:15010".to_owned(),
             unix_socket: String::new(),
+            auth: SdsAuth::Mtls,
+            server_identity: "meshca-system/meshca".to_owned(),
+            unix_peers: String::new(),
+            max_streams: limits.max_streams,
+            max_names_per_request: limits.max_names_per_request,
+            max_message_bytes: limits.max_message_bytes,
         }
     }
+}
+
+/// SDS caller authentication modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SdsAuth {
+    /// A client certificate issued by meshca.
+    Mtls,
+    /// Unix socket peer credentials.
+    UnixPeer,
+    /// Trust the Envoy node id (development only).
+    Development,
 }
 
 /// `admin.*`
@@ -441,6 +475,26 @@ impl Config {
                 });
             }
         }
+        if self.sds.listen.is_empty() && self.sds.unix_socket.is_empty() {
+            return Err(ConfigError::InvalidValue {
+                key: "sds.listen",
+                reason: "both sds.listen and sds.unixSocket are empty: SDS needs a listener"
+                    .to_owned(),
+            });
+        }
+        SpiffeId::from_short(&self.sds.server_identity, &self.trust_domain()).map_err(|e| {
+            ConfigError::InvalidValue {
+                key: "sds.serverIdentity",
+                reason: e.to_string(),
+            }
+        })?;
+        self.unix_peers()?;
+        if self.sds.auth == SdsAuth::UnixPeer && self.sds.unix_socket.is_empty() {
+            return Err(ConfigError::InvalidValue {
+                key: "sds.auth",
+                reason: "unix-peer authentication needs sds.unixSocket".to_owned(),
+            });
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::InvalidValue {
                 key: "log.level",
@@ -456,6 +510,36 @@ impl Config {
     /// The trust domain, validated by [`Config::validate`].
     pub fn trust_domain(&self) -> TrustDomain {
         TrustDomain::new(&self.trust_domain).unwrap_or_default()
+    }
+
+    /// `sds.unixPeers` as a map.
+    pub fn unix_peers(&self) -> Result<HashMap<u32, SpiffeId>, ConfigError> {
+        let mut peers = HashMap::new();
+        for pair in self
+            .sds
+            .unix_peers
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let bad = |reason: String| ConfigError::InvalidValue {
+                key: "sds.unixPeers",
+                reason: format!(
+                    "{pair:?}: {reason}; write uid=<namespace>/<service-account>, comma-separated"
+                ),
+            };
+            let (uid, identity) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("no '='".to_owned()))?;
+            let uid: u32 = uid
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("{uid:?} is not a uid")))?;
+            let identity = SpiffeId::from_short(identity.trim(), &self.trust_domain())
+                .map_err(|e| bad(e.to_string()))?;
+            peers.insert(uid, identity);
+        }
+        Ok(peers)
     }
 
     /// The SDS TCP address, if enabled.
@@ -675,6 +759,10 @@ mod tests {
             ("trustDomain", "Not Valid"),
             ("renewal.issueTimeout", "0s"),
             ("log.level", "meshca=loud"),
+            ("sds.unixPeers", "1000:a/b"),
+            ("sds.unixPeers", "root=a/b"),
+            ("sds.serverIdentity", "meshca"),
+            ("sds.auth", "unix-peer"),
         ] {
             let mut overrides = Overrides::default();
             overrides.set(&format!("{key}={value}")).unwrap();

@@ -10,4 +10,5 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod providers;
+pub mod sds;
 pub mod time;

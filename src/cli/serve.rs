@@ -4,10 +4,15 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use meshca_provider::Clock;
+use std::path::PathBuf;
+
+use meshca_provider::{Clock, SpiffeId};
 
 use crate::cache::{CacheSettings, CertificateCache};
-use crate::config::Config;
+use crate::config::{Config, SdsAuth};
+use crate::sds::{
+    AuthMode, MtlsSettings, SdsLimits, SdsServer, SdsSettings, SecretSource, UnixPeerMap,
+};
 use crate::time::TokioClock;
 
 /// `meshca serve` options (everything else is configuration).
@@ -23,14 +28,63 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         .refresh_trust_bundle()
         .await
         .context("cannot read the provider's trust bundle")?;
+    let sds = SdsServer::new(sds_settings(&config)?)
+        .context("cannot start the SDS server")?
+        .bind()
+        .await
+        .context("cannot open the SDS listener")?;
     tracing::info!(
         provider = config_kind(&config),
         trust_domain = %config.trust_domain,
-        "meshca is running; stop it with SIGTERM or Ctrl-C"
+        sds_tcp = ?sds.tcp_address(),
+        sds_unix = ?sds.unix_path(),
+        sds_auth = config_auth(&config),
+        "meshca is serving; stop it with SIGTERM or Ctrl-C"
     );
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let source: Arc<dyn SecretSource> = Arc::new(cache);
+    sds.serve(source, async {
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining SDS streams");
+    })
+    .await
+    .context("the SDS server stopped")?;
     Ok(())
+}
+
+/// The SDS server settings from `sds.*`.
+pub fn sds_settings(config: &Config) -> anyhow::Result<SdsSettings> {
+    let trust_domain = config.trust_domain();
+    let auth = match config.sds.auth {
+        SdsAuth::Development => AuthMode::Development,
+        SdsAuth::UnixPeer => AuthMode::UnixPeer(UnixPeerMap::new(config.unix_peers()?)),
+        SdsAuth::Mtls => {
+            let mut mtls = MtlsSettings::new(&trust_domain);
+            mtls.server_identity =
+                SpiffeId::from_short(&config.sds.server_identity, &trust_domain)?;
+            AuthMode::Mtls(mtls)
+        }
+    };
+    let limits = SdsLimits {
+        max_streams: config.sds.max_streams,
+        max_names_per_request: config.sds.max_names_per_request,
+        max_message_bytes: config.sds.max_message_bytes,
+        ..SdsLimits::default()
+    };
+    Ok(SdsSettings {
+        tcp: config.sds_listen(),
+        unix: Some(PathBuf::from(&config.sds.unix_socket)).filter(|p| !p.as_os_str().is_empty()),
+        auth,
+        trust_domain,
+        limits,
+    })
+}
+
+fn config_auth(config: &Config) -> &'static str {
+    match config.sds.auth {
+        SdsAuth::Mtls => "mtls",
+        SdsAuth::UnixPeer => "unix-peer",
+        SdsAuth::Development => "development",
+    }
 }
 
 /// The cache settings from `certificateProvider.*` and `renewal.*`.

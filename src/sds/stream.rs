@@ -1,0 +1,851 @@
+//! The SDS protocol: `StreamSecrets` (state of the world), `DeltaSecrets` and `FetchSecrets`.
+//!
+//! Every stream runs as its own task that owns its state; responses go out through a small
+//! bounded channel, so a slow proxy only ever delays itself. A stream:
+//! 1. authenticates its caller on the first request, before anything is issued;
+//! 2. resolves every requested name (malformed → INVALID_ARGUMENT, another identity's
+//!    certificate → PERMISSION_DENIED) before subscribing to any;
+//! 3. subscribes to the source's `watch` receivers and answers;
+//! 4. then waits for either a request (ACK, NACK, changed names) or a change on any receiver
+//!    (renewal, root rotation), which is pushed.
+//!
+//! Versions and nonces are per-stream counters. An ACK or NACK only counts when it carries the
+//! last nonce sent; older nonces are stale and ignored (state of the world) or only their
+//! subscription changes are applied (delta, where requests are incremental).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use meshca_provider::{SpiffeId, TrustBundle, TrustDomain};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::SdsLimits;
+use super::auth::Authenticator;
+use super::convert::{self, SECRET_TYPE_URL};
+use super::error::RequestError;
+use super::names::{Resolved, ResourceName};
+use super::source::{Purpose, SecretSource, ServedCertificate};
+use super::stats::{BundleAcks, SdsStats};
+use super::transport::PeerInfo;
+
+/// What every stream of one server shares.
+pub(crate) struct Shared {
+    pub(crate) source: Arc<dyn SecretSource>,
+    pub(crate) auth: Authenticator,
+    pub(crate) trust_domain: TrustDomain,
+    pub(crate) limits: SdsLimits,
+    pub(crate) stats: Arc<SdsStats>,
+    pub(crate) acks: Arc<BundleAcks>,
+    pub(crate) stream_slots: Arc<Semaphore>,
+    pub(crate) drain: CancellationToken,
+    pub(crate) next_stream: AtomicU64,
+}
+
+impl Shared {
+    /// Counts, logs and converts a refusal. Every error a caller sees goes through here.
+    fn refuse(
+        &self,
+        stream: Option<u64>,
+        caller: Option<&SpiffeId>,
+        error: RequestError,
+    ) -> Status {
+        let caller = caller.map(ToString::to_string);
+        match error.code() {
+            Code::Unauthenticated => {
+                SdsStats::bump(&self.stats.unauthenticated);
+                info!(?stream, error = %error, "SDS caller not authenticated");
+            }
+            Code::PermissionDenied => {
+                SdsStats::bump(&self.stats.permission_denied);
+                warn!(?stream, ?caller, error = %error, "SDS request denied");
+            }
+            Code::InvalidArgument | Code::ResourceExhausted => {
+                SdsStats::bump(&self.stats.rejected);
+                info!(?stream, ?caller, error = %error, "SDS request rejected");
+            }
+            _ => debug!(?stream, ?caller, error = %error, "SDS call ended"),
+        }
+        error.into()
+    }
+
+    fn check_request(&self, type_url: &str, names: usize) -> Result<(), RequestError> {
+        if !type_url.is_empty() && type_url != SECRET_TYPE_URL {
+            return Err(RequestError::WrongType {
+                type_url: type_url.chars().take(200).collect(),
+                expected: SECRET_TYPE_URL,
+            });
+        }
+        if names > self.limits.max_names_per_request {
+            return Err(RequestError::TooManyNames {
+                count: names,
+                limit: self.limits.max_names_per_request,
+            });
+        }
+        Ok(())
+    }
+
+    fn open_stream(self: &Arc<Self>) -> Result<StreamSlot, RequestError> {
+        let permit = self.stream_slots.clone().try_acquire_owned().map_err(|_| {
+            RequestError::TooManyStreams {
+                limit: self.limits.max_streams,
+            }
+        })?;
+        SdsStats::bump(&self.stats.streams_open);
+        SdsStats::bump(&self.stats.streams_total);
+        Ok(StreamSlot {
+            id: self.next_stream.fetch_add(1, Ordering::Relaxed),
+            stats: self.stats.clone(),
+            _permit: permit,
+        })
+    }
+
+    async fn authenticate(
+        &self,
+        peer: Option<&PeerInfo>,
+        metadata: &MetadataMap,
+        node: Option<&Node>,
+    ) -> Result<SpiffeId, RequestError> {
+        Ok(self.auth.authenticate(peer, metadata, node).await?)
+    }
+}
+
+/// One open stream's share of the stream limit and the open-streams gauge.
+struct StreamSlot {
+    id: u64,
+    stats: Arc<SdsStats>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub(crate) struct SdsService(pub(crate) Arc<Shared>);
+
+type ResponseSender<T> = mpsc::Sender<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for SdsService {
+    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        let shared = self.0.clone();
+        let slot = shared
+            .open_stream()
+            .map_err(|e| shared.refuse(None, None, e))?;
+        let (metadata, extensions, mut inbound) = request.into_parts();
+        let (tx, rx) = mpsc::channel(shared.limits.stream_buffer);
+        let Some(first) = first_message(&shared, slot.id, &mut inbound).await? else {
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        };
+        let caller = shared
+            .authenticate(extensions.get::<PeerInfo>(), &metadata, first.node.as_ref())
+            .await
+            .map_err(|e| shared.refuse(Some(slot.id), None, e))?;
+        debug!(stream = slot.id, %caller, "SDS stream opened");
+        let mut stream = SotwStream {
+            subs: Subscriptions::new(shared.clone(), caller, slot.id, true),
+            names: Vec::new(),
+            sequence: 0,
+            last: None,
+            acked_version: None,
+            tx,
+            slot,
+        };
+        if let Err(e) = stream.on_request(first).await {
+            return Err(initial_failure(&stream.subs, e));
+        }
+        tokio::spawn(stream.run(inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        let shared = self.0.clone();
+        let slot = shared
+            .open_stream()
+            .map_err(|e| shared.refuse(None, None, e))?;
+        let (metadata, extensions, mut inbound) = request.into_parts();
+        let (tx, rx) = mpsc::channel(shared.limits.stream_buffer);
+        let Some(first) = first_message(&shared, slot.id, &mut inbound).await? else {
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        };
+        let caller = shared
+            .authenticate(extensions.get::<PeerInfo>(), &metadata, first.node.as_ref())
+            .await
+            .map_err(|e| shared.refuse(Some(slot.id), None, e))?;
+        debug!(stream = slot.id, %caller, "SDS delta stream opened");
+        let mut stream = DeltaStream {
+            subs: Subscriptions::new(shared.clone(), caller, slot.id, true),
+            client_versions: HashMap::new(),
+            sequence: 0,
+            last: None,
+            first: true,
+            tx,
+            slot,
+        };
+        if let Err(e) = stream.on_request(first).await {
+            return Err(initial_failure(&stream.subs, e));
+        }
+        tokio::spawn(stream.run(inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let shared = self.0.clone();
+        let (metadata, extensions, request) = request.into_parts();
+        shared
+            .check_request(&request.type_url, request.resource_names.len())
+            .map_err(|e| shared.refuse(None, None, e))?;
+        let caller = shared
+            .authenticate(
+                extensions.get::<PeerInfo>(),
+                &metadata,
+                request.node.as_ref(),
+            )
+            .await
+            .map_err(|e| shared.refuse(None, None, e))?;
+        let names = dedup(request.resource_names);
+        let mut subs = Subscriptions::new(shared.clone(), caller, u64::MAX, false);
+        subs.replace(&names).await.map_err(|e| subs.refuse(e))?;
+        let rendered: Vec<Rendered> = names.iter().filter_map(|n| subs.render(n)).collect();
+        let version = combined_version(&rendered);
+        SdsStats::bump(&shared.stats.responses);
+        Ok(Response::new(DiscoveryResponse {
+            version_info: version.clone(),
+            resources: rendered.into_iter().map(|r| r.resource).collect(),
+            type_url: SECRET_TYPE_URL.to_owned(),
+            nonce: version,
+            ..DiscoveryResponse::default()
+        }))
+    }
+}
+
+/// Waits for a stream's first request (needed to authenticate in development mode). `None` when
+/// the client closed the stream without asking for anything.
+async fn first_message<T>(
+    shared: &Shared,
+    stream: u64,
+    inbound: &mut Streaming<T>,
+) -> Result<Option<T>, Status> {
+    let timeout = shared.limits.first_request_timeout;
+    tokio::select! {
+        () = shared.drain.cancelled() => Err(shared.refuse(Some(stream), None, RequestError::ShuttingDown)),
+        () = tokio::time::sleep(timeout) => {
+            Err(shared.refuse(Some(stream), None, RequestError::NoFirstRequest { timeout }))
+        }
+        message = inbound.message() => message,
+    }
+}
+
+/// How a stream's task ended.
+enum Exit {
+    /// The client closed its side or went away.
+    ClientGone,
+    /// The server is draining.
+    Draining,
+    /// A request was refused; the stream ends with this error.
+    Refused(RequestError),
+}
+
+/// One rendered resource.
+struct Rendered {
+    name: String,
+    resource: Any,
+    version: String,
+    bundle: Option<Arc<TrustBundle>>,
+}
+
+/// What one subscribed name is bound to.
+enum Entry {
+    Certificate(watch::Receiver<Arc<ServedCertificate>>),
+    Bundle { peer: Option<SpiffeId> },
+}
+
+/// The names a stream holds, their receivers, and change notification over all of them.
+struct Subscriptions {
+    shared: Arc<Shared>,
+    caller: SpiffeId,
+    stream: u64,
+    track_acks: bool,
+    entries: HashMap<String, Entry>,
+    changes: StreamMap<String, BoxStream<'static, ()>>,
+    bundle: watch::Receiver<Arc<TrustBundle>>,
+    bundle_open: bool,
+    bundle_holders: usize,
+}
+
+impl Subscriptions {
+    fn new(shared: Arc<Shared>, caller: SpiffeId, stream: u64, track_acks: bool) -> Self {
+        let mut bundle = shared.source.trust_bundle();
+        bundle.mark_unchanged();
+        Self {
+            shared,
+            caller,
+            stream,
+            track_acks,
+            entries: HashMap::new(),
+            changes: StreamMap::new(),
+            bundle,
+            bundle_open: true,
+            bundle_holders: 0,
+        }
+    }
+
+    fn refuse(&self, error: RequestError) -> Status {
+        self.shared
+            .refuse(Some(self.stream), Some(&self.caller), error)
+    }
+
+    fn parts(&self) -> (&Shared, u64, &SpiffeId) {
+        (&self.shared, self.stream, &self.caller)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Makes the subscription exactly `names`.
+    async fn replace(&mut self, names: &[String]) -> Result<(), RequestError> {
+        let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let new: Vec<String> = names
+            .iter()
+            .filter(|n| !self.contains(n))
+            .cloned()
+            .collect();
+        // Resolve (and refuse) before dropping anything, so a refused request changes nothing.
+        let resolved = self.resolve(&new)?;
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove(&name);
+        }
+        self.bind(resolved).await
+    }
+
+    /// Adds `names` to the subscription.
+    async fn add(&mut self, names: &[String]) -> Result<(), RequestError> {
+        let new: Vec<String> = names
+            .iter()
+            .filter(|n| !self.contains(n))
+            .cloned()
+            .collect();
+        let resolved = self.resolve(&new)?;
+        self.bind(resolved).await
+    }
+
+    /// Parses and authorizes names without side effects.
+    fn resolve(&self, names: &[String]) -> Result<Vec<(String, Resolved)>, RequestError> {
+        names
+            .iter()
+            .map(|name| {
+                let parsed = ResourceName::parse(name, &self.shared.trust_domain)?;
+                Ok((name.clone(), parsed.resolve(name, &self.caller)?))
+            })
+            .collect()
+    }
+
+    /// Subscribes resolved names to the source; issuing happens here, after authorization.
+    async fn bind(&mut self, resolved: Vec<(String, Resolved)>) -> Result<(), RequestError> {
+        let mut fetched: HashMap<Purpose, watch::Receiver<Arc<ServedCertificate>>> = HashMap::new();
+        for (name, target) in resolved {
+            let entry = match target {
+                Resolved::Certificate { identity, purpose } => {
+                    let receiver = match fetched.get(&purpose) {
+                        Some(receiver) => receiver.clone(),
+                        None => {
+                            let receiver =
+                                self.shared.source.certificate(&identity, purpose).await?;
+                            fetched.insert(purpose, receiver.clone());
+                            receiver
+                        }
+                    };
+                    self.changes
+                        .insert(name.clone(), changes_of(receiver.clone()));
+                    Entry::Certificate(receiver)
+                }
+                Resolved::Bundle { peer } => {
+                    self.bundle_holders += 1;
+                    if self.bundle_holders == 1 && self.track_acks {
+                        self.shared.acks.register(self.stream, &self.caller);
+                    }
+                    Entry::Bundle { peer }
+                }
+            };
+            self.entries.insert(name, entry);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.changes.remove(name);
+        if let Some(Entry::Bundle { .. }) = self.entries.remove(name) {
+            self.bundle_holders -= 1;
+            if self.bundle_holders == 0 && self.track_acks {
+                self.shared.acks.unregister(self.stream);
+            }
+        }
+    }
+
+    /// The current resource for a subscribed name.
+    fn render(&self, name: &str) -> Option<Rendered> {
+        match self.entries.get(name)? {
+            Entry::Certificate(receiver) => {
+                let certificate = receiver.borrow().clone();
+                Some(Rendered {
+                    name: name.to_owned(),
+                    resource: convert::pack(&convert::tls_certificate_secret(name, &certificate)),
+                    version: convert::certificate_version(&certificate),
+                    bundle: None,
+                })
+            }
+            Entry::Bundle { peer } => {
+                let bundle = self.bundle.borrow().clone();
+                Some(Rendered {
+                    name: name.to_owned(),
+                    resource: convert::pack(&convert::validation_context_secret(
+                        name,
+                        &bundle,
+                        peer.as_ref(),
+                    )),
+                    version: convert::bundle_version(&bundle, peer.as_ref()),
+                    bundle: Some(bundle),
+                })
+            }
+        }
+    }
+
+    /// Resolves when a held certificate or the trust bundle (if held) changed. Cancel-safe.
+    async fn changed(&mut self) {
+        loop {
+            tokio::select! {
+                Some(_) = self.changes.next(), if !self.changes.is_empty() => return,
+                result = self.bundle.changed(), if self.bundle_open && self.bundle_holders > 0 => {
+                    if result.is_ok() {
+                        return;
+                    }
+                    // The source dropped its bundle sender: the last bundle stays served.
+                    self.bundle_open = false;
+                }
+                else => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        if self.bundle_holders > 0 && self.track_acks {
+            self.shared.acks.unregister(self.stream);
+        }
+    }
+}
+
+/// A stream of `()` for every change a receiver sees; it ends when the sender is dropped.
+fn changes_of<T: Send + Sync + 'static>(receiver: watch::Receiver<T>) -> BoxStream<'static, ()> {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.changed().await.ok()?;
+        Some(((), receiver))
+    })
+    .boxed()
+}
+
+/// What was sent last on a stream, to match its ACK.
+struct Sent {
+    nonce: String,
+    versions: Vec<(String, String)>,
+    bundle: Option<Arc<TrustBundle>>,
+}
+
+/// A state-of-the-world `StreamSecrets` stream.
+struct SotwStream {
+    subs: Subscriptions,
+    /// The names of the last accepted request, in its order, without duplicates.
+    names: Vec<String>,
+    sequence: u64,
+    last: Option<Sent>,
+    acked_version: Option<String>,
+    tx: ResponseSender<DiscoveryResponse>,
+    slot: StreamSlot,
+}
+
+impl SotwStream {
+    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
+        let drain = self.subs.shared.drain.clone();
+        let exit = loop {
+            tokio::select! {
+                biased;
+                () = drain.cancelled() => break Exit::Draining,
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => {
+                        if let Err(exit) = self.on_request(request).await {
+                            break exit.into();
+                        }
+                    }
+                    Ok(None) => break Exit::ClientGone,
+                    Err(status) => {
+                        debug!(stream = self.slot.id, %status, "SDS stream read failed");
+                        break Exit::ClientGone;
+                    }
+                },
+                () = self.subs.changed() => {
+                    if let Err(exit) = self.respond(true).await {
+                        break exit;
+                    }
+                }
+            }
+        };
+        finish(&self.subs, &self.tx, exit, self.acked_version.as_deref());
+    }
+
+    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamError> {
+        self.subs
+            .shared
+            .check_request(&request.type_url, request.resource_names.len())?;
+        if let Some(last) = &self.last
+            && !request.response_nonce.is_empty()
+        {
+            if request.response_nonce != last.nonce {
+                debug!(stream = self.slot.id, nonce = %request.response_nonce, "stale SDS nonce ignored");
+                return Ok(());
+            }
+            match &request.error_detail {
+                Some(detail) => self.nacked(&request.version_info, detail),
+                None => {
+                    SdsStats::bump(&self.subs.shared.stats.acks);
+                    self.acked_version = Some(request.version_info.clone());
+                    if let Some(bundle) = &last.bundle {
+                        self.subs
+                            .shared
+                            .acks
+                            .acknowledged(self.slot.id, bundle.clone());
+                    }
+                }
+            }
+        }
+        let names = dedup(request.resource_names);
+        let same = self.last.is_some() && same_set(&names, &self.names);
+        if same {
+            return Ok(());
+        }
+        self.subs.replace(&names).await?;
+        self.names = names;
+        self.respond(false).await.map_err(StreamError::Exit)
+    }
+
+    fn nacked(&self, version: &str, detail: &RpcStatus) {
+        SdsStats::bump(&self.subs.shared.stats.nacks);
+        warn!(
+            stream = self.slot.id,
+            caller = %self.subs.caller,
+            names = ?self.names,
+            rejected_version = version,
+            code = detail.code,
+            detail = %detail.message,
+            "proxy rejected an SDS response (NACK); it keeps its previous secrets"
+        );
+    }
+
+    async fn respond(&mut self, push: bool) -> Result<(), Exit> {
+        let rendered: Vec<Rendered> = self
+            .names
+            .iter()
+            .filter_map(|n| self.subs.render(n))
+            .collect();
+        let versions: Vec<(String, String)> = rendered
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        if push && self.last.as_ref().is_some_and(|l| l.versions == versions) {
+            return Ok(());
+        }
+        self.sequence += 1;
+        let nonce = self.sequence.to_string();
+        let bundle = rendered.iter().find_map(|r| r.bundle.clone());
+        let response = DiscoveryResponse {
+            version_info: nonce.clone(),
+            resources: rendered.into_iter().map(|r| r.resource).collect(),
+            type_url: SECRET_TYPE_URL.to_owned(),
+            nonce: nonce.clone(),
+            ..DiscoveryResponse::default()
+        };
+        self.last = Some(Sent {
+            nonce,
+            versions,
+            bundle,
+        });
+        send(self.subs.parts(), &self.tx, response, push).await
+    }
+}
+
+/// A `DeltaSecrets` stream.
+struct DeltaStream {
+    subs: Subscriptions,
+    /// The version of each resource the client holds (as far as we know).
+    client_versions: HashMap<String, String>,
+    sequence: u64,
+    last: Option<Sent>,
+    first: bool,
+    tx: ResponseSender<DeltaDiscoveryResponse>,
+    slot: StreamSlot,
+}
+
+impl DeltaStream {
+    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+        let drain = self.subs.shared.drain.clone();
+        let exit = loop {
+            tokio::select! {
+                biased;
+                () = drain.cancelled() => break Exit::Draining,
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => {
+                        if let Err(exit) = self.on_request(request).await {
+                            break exit.into();
+                        }
+                    }
+                    Ok(None) => break Exit::ClientGone,
+                    Err(status) => {
+                        debug!(stream = self.slot.id, %status, "SDS delta stream read failed");
+                        break Exit::ClientGone;
+                    }
+                },
+                () = self.subs.changed() => {
+                    if let Err(exit) = self.respond(true).await {
+                        break exit;
+                    }
+                }
+            }
+        };
+        finish(&self.subs, &self.tx, exit, None);
+    }
+
+    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), StreamError> {
+        let shared = self.subs.shared.clone();
+        shared.check_request(&request.type_url, request.resource_names_subscribe.len())?;
+        if !request.response_nonce.is_empty() {
+            match &self.last {
+                Some(last) if last.nonce == request.response_nonce => match &request.error_detail {
+                    Some(detail) => {
+                        SdsStats::bump(&shared.stats.nacks);
+                        warn!(
+                            stream = self.slot.id,
+                            caller = %self.subs.caller,
+                            code = detail.code,
+                            detail = %detail.message,
+                            "proxy rejected an SDS delta response (NACK); it keeps its previous secrets"
+                        );
+                    }
+                    None => {
+                        SdsStats::bump(&shared.stats.acks);
+                        if let Some(bundle) = &last.bundle {
+                            shared.acks.acknowledged(self.slot.id, bundle.clone());
+                        }
+                    }
+                },
+                // Delta requests are incremental: a stale nonce's ACK is ignored, but its
+                // subscription changes below still apply.
+                _ => {
+                    debug!(stream = self.slot.id, nonce = %request.response_nonce, "stale SDS delta nonce")
+                }
+            }
+        }
+        if std::mem::take(&mut self.first) {
+            self.client_versions
+                .extend(request.initial_resource_versions);
+        }
+        let subscribe = dedup(request.resource_names_subscribe);
+        let unsubscribe: HashSet<&String> = request
+            .resource_names_unsubscribe
+            .iter()
+            .filter(|n| !subscribe.contains(n))
+            .collect();
+        let kept = self
+            .subs
+            .entries
+            .keys()
+            .filter(|n| !unsubscribe.contains(n))
+            .count();
+        let added = subscribe.iter().filter(|n| !self.subs.contains(n)).count();
+        if kept + added > shared.limits.max_names_per_request {
+            return Err(RequestError::TooManyNames {
+                count: kept + added,
+                limit: shared.limits.max_names_per_request,
+            }
+            .into());
+        }
+        // Resolve new names first: a refused request changes nothing.
+        self.subs.add(&subscribe).await?;
+        for name in unsubscribe {
+            self.subs.remove(name);
+            self.client_versions.remove(name);
+        }
+        self.respond(false).await.map_err(StreamError::Exit)
+    }
+
+    /// Sends every subscribed resource whose version the client does not hold.
+    async fn respond(&mut self, push: bool) -> Result<(), Exit> {
+        let mut names: Vec<&String> = self.subs.entries.keys().collect();
+        names.sort();
+        let changed: Vec<Rendered> = names
+            .into_iter()
+            .filter_map(|n| self.subs.render(n))
+            .filter(|r| self.client_versions.get(&r.name) != Some(&r.version))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.sequence += 1;
+        let nonce = self.sequence.to_string();
+        let bundle = changed.iter().find_map(|r| r.bundle.clone());
+        let mut resources = Vec::with_capacity(changed.len());
+        let mut versions = Vec::with_capacity(changed.len());
+        for rendered in changed {
+            self.client_versions
+                .insert(rendered.name.clone(), rendered.version.clone());
+            versions.push((rendered.name.clone(), rendered.version.clone()));
+            resources.push(Resource {
+                name: rendered.name,
+                version: rendered.version,
+                resource: Some(rendered.resource),
+                ..Resource::default()
+            });
+        }
+        let response = DeltaDiscoveryResponse {
+            system_version_info: nonce.clone(),
+            resources,
+            type_url: SECRET_TYPE_URL.to_owned(),
+            nonce: nonce.clone(),
+            ..DeltaDiscoveryResponse::default()
+        };
+        self.last = Some(Sent {
+            nonce,
+            versions,
+            bundle,
+        });
+        send(self.subs.parts(), &self.tx, response, push).await
+    }
+}
+
+/// A request handler's failure: either a refusal to report or the stream already ended.
+enum StreamError {
+    Refused(RequestError),
+    Exit(Exit),
+}
+
+impl From<RequestError> for StreamError {
+    fn from(error: RequestError) -> Self {
+        Self::Refused(error)
+    }
+}
+
+impl From<StreamError> for Exit {
+    fn from(error: StreamError) -> Self {
+        match error {
+            StreamError::Refused(e) => Exit::Refused(e),
+            StreamError::Exit(exit) => exit,
+        }
+    }
+}
+
+/// The status for a stream whose first request failed.
+fn initial_failure(subs: &Subscriptions, error: StreamError) -> Status {
+    match error {
+        StreamError::Refused(e) | StreamError::Exit(Exit::Refused(e)) => subs.refuse(e),
+        StreamError::Exit(Exit::Draining) => subs.refuse(RequestError::ShuttingDown),
+        StreamError::Exit(Exit::ClientGone) => Status::cancelled("the client went away"),
+    }
+}
+
+/// Sends one response, giving up when the client is gone or the server drains.
+///
+/// Takes the stream's parts rather than `&Subscriptions`: a shared borrow held across the await
+/// would need the subscription (its boxed change streams) to be `Sync`.
+async fn send<T>(
+    (shared, stream, caller): (&Shared, u64, &SpiffeId),
+    tx: &ResponseSender<T>,
+    response: T,
+    push: bool,
+) -> Result<(), Exit> {
+    let stats = &shared.stats;
+    tokio::select! {
+        () = shared.drain.cancelled() => Err(Exit::Draining),
+        sent = tx.send(Ok(response)) => match sent {
+            Ok(()) => {
+                SdsStats::bump(&stats.responses);
+                if push {
+                    SdsStats::bump(&stats.pushes);
+                    debug!(stream, %caller, "pushed changed secrets");
+                }
+                Ok(())
+            }
+            Err(_) => Err(Exit::ClientGone),
+        },
+    }
+}
+
+/// Ends a stream: tells the client why (best effort, never waiting on a slow client).
+fn finish<T>(subs: &Subscriptions, tx: &ResponseSender<T>, exit: Exit, acked: Option<&str>) {
+    match exit {
+        Exit::ClientGone => {
+            debug!(stream = subs.stream, caller = %subs.caller, ?acked, "SDS stream closed by the client")
+        }
+        Exit::Draining => {
+            let _ = tx.try_send(Err(subs.refuse(RequestError::ShuttingDown)));
+        }
+        Exit::Refused(error) => {
+            let _ = tx.try_send(Err(subs.refuse(error)));
+        }
+    }
+}
+
+fn dedup(names: Vec<String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    names
+        .into_iter()
+        .filter(|n| seen.insert(n.clone()))
+        .collect()
+}
+
+fn same_set(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().collect::<HashSet<_>>() == b.iter().collect::<HashSet<_>>()
+}
+
+/// A version for a fetched set of resources: changes whenever any of them does.
+fn combined_version(rendered: &[Rendered]) -> String {
+    let joined: Vec<&str> = rendered.iter().map(|r| r.version.as_str()).collect();
+    let digest = meshca_provider::x509::sha256(joined.join(",").as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}

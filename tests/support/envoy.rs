@@ -1,0 +1,296 @@
+//! A real Envoy for end-to-end tests: found via `MESHCA_ENVOY` or `<workspace>/.tools/bin/envoy`
+//! (installed by `scripts/install-tools.sh envoy`), configured from the bootstrap templates in
+//! `deploy/examples/`, killed on drop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::PATIENCE;
+
+/// The Envoy binary, or `None` (with a note on stderr) when it is not installed. With `CI=true`
+/// a missing Envoy fails the test instead: CI must run the end-to-end tests.
+pub fn binary() -> Option<PathBuf> {
+    let path = match std::env::var_os("MESHCA_ENVOY") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/envoy"),
+    };
+    if path.is_file() {
+        return Some(path);
+    }
+    let message = format!(
+        "Envoy not found at {}: run scripts/install-tools.sh envoy or set MESHCA_ENVOY",
+        path.display()
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    None
+}
+
+/// A bootstrap from `deploy/examples/<template>`, optionally with the `meshca-sds` cluster
+/// replaced by the one in `deploy/examples/<sds_cluster>`, with `${NAME}` placeholders filled.
+pub fn bootstrap(template: &str, sds_cluster: Option<&str>, values: &[(&str, String)]) -> String {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let mut text = std::fs::read_to_string(examples.join(template)).unwrap();
+    if let Some(snippet) = sds_cluster {
+        let replacement = std::fs::read_to_string(examples.join(snippet)).unwrap();
+        let begin = "  # --- meshca-sds cluster ---";
+        let end = "  # --- end meshca-sds cluster ---";
+        let start = text
+            .find(begin)
+            .expect("template has no meshca-sds cluster marker");
+        let stop = text.find(end).expect("template has no end marker") + end.len();
+        text.replace_range(start..stop, replacement.trim_end());
+    }
+    for (name, value) in values {
+        text = text.replace(&format!("${{{name}}}"), value);
+    }
+    if let Some(at) = text.find("${") {
+        panic!(
+            "unfilled placeholder in {template}: {}",
+            &text[at..(at + 40).min(text.len())]
+        );
+    }
+    text
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+static BASE_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A running Envoy process.
+pub struct Envoy {
+    pub name: String,
+    pub admin: SocketAddr,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy with `config` and waits until its admin endpoint is up (not until it is
+    /// ready: see [`Envoy::wait_ready`]).
+    pub fn start(binary: &Path, name: &str, config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let admin_path = dir.path().join("admin-address");
+        let log = dir.path().join("envoy.log");
+        let base_id = (std::process::id() % 10_000) * 100 + BASE_ID.fetch_add(1, Ordering::Relaxed);
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--disable-hot-restart")
+            .args(["--base-id", &base_id.to_string()])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--log-level", "info", "--concurrency", "1"])
+            .arg("--log-path")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut envoy = Self {
+            name: name.to_owned(),
+            admin: "127.0.0.1:1".parse().unwrap(),
+            child,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&admin_path)
+                && let Ok(address) = text.trim().parse()
+            {
+                envoy.admin = address;
+                return envoy;
+            }
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                panic!("{name}: Envoy exited with {status}:\n{}", envoy.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no admin address:\n{}",
+                envoy.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `/ready` says LIVE: every listener and cluster has its secrets (with
+    /// `initial_fetch_timeout: 0s` Envoy waits for SDS before it is ready).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(response) = http_get(self.admin, "/ready").await
+                && response.status == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became ready:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `/certs` as JSON.
+    pub async fn certs(&self) -> serde_json::Value {
+        let response = http_get(self.admin, "/certs").await.unwrap();
+        assert_eq!(response.status, 200);
+        serde_json::from_str(&response.body).unwrap()
+    }
+
+    /// The serial numbers (lowercase hex, no leading zeros) of every leaf Envoy holds.
+    pub async fn leaf_serials(&self) -> Vec<String> {
+        let certs = self.certs().await;
+        let mut serials = Vec::new();
+        for entry in certs["certificates"].as_array().into_iter().flatten() {
+            for cert in entry["cert_chain"].as_array().into_iter().flatten() {
+                if let Some(serial) = cert["serial_number"].as_str() {
+                    serials.push(normalize_serial(serial));
+                }
+            }
+        }
+        serials
+    }
+
+    /// Waits until Envoy holds a leaf with `serial`.
+    pub async fn wait_for_serial(&self, serial: &str) {
+        let wanted = normalize_serial(serial);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let held = self.leaf_serials().await;
+            if held.contains(&wanted) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never presented serial {wanted}; holds {held:?}:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of Envoy's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn normalize_serial(serial: &str) -> String {
+    let lower = serial.to_ascii_lowercase().replace(':', "");
+    let trimmed = lower.trim_start_matches('0');
+    if trimmed.is_empty() {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`.
+pub async fn http_get(address: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(address).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP exchange timed out")
+        })??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad response: {head}"),
+            )
+        })?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
