@@ -122,6 +122,7 @@ impl FakeProvider {
                 key_types: vec![KeyType::P256, KeyType::P384],
                 uri_sans: true,
                 needs_csr: false,
+                signs_in_process: false,
             },
         });
         (provider, log)
@@ -214,7 +215,7 @@ impl CertificateProvider for FakeProvider {
         let (not_before, not_after) = if mode == Mode::Expired {
             (now - 2 * HOUR, now - HOUR)
         } else {
-            (now - Duration::from_secs(60), now + spec.lifetime)
+            (now - BACKDATE, now + spec.lifetime)
         };
         let other_key = (mode == Mode::WrongKey).then(|| LeafKey::generate(KeyType::P256).unwrap());
         let public = other_key.as_ref().unwrap_or(request.key);
@@ -296,9 +297,15 @@ async fn run_for(duration: Duration) {
     tokio::time::sleep(duration).await;
 }
 
+/// How far into its usable lifetime — from when it was issued (virtual time stands still during
+/// an issuance), not from its back-dated NotBefore — a certificate was at `at`.
+/// The fake provider back-dates NotBefore like Tresor does.
+const BACKDATE: Duration = Duration::from_secs(60);
+
 fn fraction_of_lifetime(at: SystemTime, not_before: SystemTime, not_after: SystemTime) -> f64 {
-    let lifetime = not_after.duration_since(not_before).unwrap().as_secs_f64();
-    at.duration_since(not_before).unwrap().as_secs_f64() / lifetime
+    let received = not_before + BACKDATE;
+    let lifetime = not_after.duration_since(received).unwrap().as_secs_f64();
+    at.duration_since(received).unwrap().as_secs_f64() / lifetime
 }
 
 #[tokio::test(start_paused = true)]
@@ -427,7 +434,7 @@ async fn failing_renewals_back_off_keep_the_last_good_certificate_and_recover() 
     let wanted = key("bookstore/bookstore-v1", Purpose::Inbound);
     let mut rx = h.cache.subscribe(wanted.clone()).await.unwrap();
     let good = rx.borrow_and_update().clone();
-    h.calls.recv().await.unwrap();
+    let issued_at = h.calls.recv().await.unwrap().at;
     h.provider.set_mode(Mode::Fail);
 
     let mut failed_at = Vec::new();
@@ -436,8 +443,14 @@ async fn failing_renewals_back_off_keep_the_last_good_certificate_and_recover() 
         assert_eq!(call.mode, Mode::Fail);
         failed_at.push(call.at);
     }
-    let renewal = fraction_of_lifetime(failed_at[0], good.info.not_before, good.info.not_after);
-    assert!((renewal - 0.5).abs() < 1e-6, "first renewal at {renewal}");
+    // Half the usable lifetime, counted from when the certificate was received.
+    let usable = good.info.not_after.duration_since(issued_at).unwrap();
+    let renewal = failed_at[0]
+        .duration_since(issued_at)
+        .unwrap()
+        .as_secs_f64()
+        / usable.as_secs_f64();
+    assert!((renewal - 0.5).abs() < 1e-3, "first renewal at {renewal}");
     let delays: Vec<Duration> = failed_at
         .windows(2)
         .map(|w| w[1].duration_since(w[0]).unwrap())

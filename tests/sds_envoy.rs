@@ -323,3 +323,132 @@ async fn envoys_work_over_delta_sds() {
     assert_eq!(stats.nacks, 0, "{stats:?}");
     assert!(stats.acks >= 4, "{stats:?}");
 }
+
+/// The real daemon: `meshca serve` (Tresor, directory store, development identity mode on
+/// loopback, 20s certificates) feeding two Envoys. meshca renews on its own schedule; the Envoys
+/// pick up the new certificates without restarting and traffic keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_fed_by_meshca_serve_follow_its_own_renewals() {
+    let Some(binary) = envoy::binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sds_port = free_port();
+    let daemon = MeshcaServe::start(&[
+        "--ca-dir",
+        dir.path().join("ca").to_str().unwrap(),
+        "serve",
+        "--set",
+        &format!("sds.listen=127.0.0.1:{sds_port}"),
+        "--set",
+        "sds.auth=development",
+        "--set",
+        "certificateProvider.serviceCertValidityDuration=20s",
+        "--set",
+        "renewal.floor=2s",
+    ]);
+    daemon.wait_listening(sds_port).await;
+
+    let server_port = free_port();
+    let server = inbound(&binary, sds_port, server_port, None);
+    let client_port = free_port();
+    let client = outbound(
+        &binary,
+        "ns/client",
+        "ns/server",
+        sds_port,
+        client_port,
+        server_port,
+        None,
+    );
+    server.wait_ready().await;
+    client.wait_ready().await;
+    let response = get(client_port).await;
+    assert_eq!(response.status, 200, "{response:?}\n{}", client.log_tail());
+    assert_eq!(response.header("x-peer-identity"), Some(CLIENT_ID));
+
+    let started = std::time::Instant::now();
+    let first_server = server.leaf_serials().await;
+    let first_client = client.leaf_serials().await;
+    assert_eq!(first_server.len(), 1, "{first_server:?}");
+    // A 20s certificate (21s with the back-dating) is renewed after about 10s ± 2s.
+    for (envoy, first) in [(&server, &first_server), (&client, &first_client)] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+        loop {
+            let held = envoy.leaf_serials().await;
+            if !held.is_empty() && held.iter().all(|s| !first.contains(s)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no renewal reached {}: still {held:?}\n{}",
+                "the envoy",
+                daemon.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    let renewed_after = started.elapsed();
+    assert!(
+        renewed_after >= std::time::Duration::from_secs(5),
+        "a 20s certificate was replaced after {renewed_after:?}: renewals are running in a loop\n{}",
+        daemon.log()
+    );
+    let response = get(client_port).await;
+    assert_eq!(
+        response.status, 200,
+        "traffic flows after renewal: {response:?}"
+    );
+    assert_eq!(response.header("x-peer-identity"), Some(CLIENT_ID));
+}
+
+/// `meshca serve` as a child process, killed on drop.
+struct MeshcaServe {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MeshcaServe {
+    fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("meshca.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    async fn wait_listening(&self, port: u16) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "meshca never listened:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MeshcaServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

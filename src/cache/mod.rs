@@ -646,8 +646,10 @@ impl Shared {
         spec: &LeafSpec,
         leaf_key: &LeafKey,
     ) -> Result<CertificateInfo, CacheError> {
+        let check = validate::ChainCheck::for_provider(self.provider.capabilities());
         let bundle = self.trust.borrow().clone();
-        let mut outcome = validate::validate(chain, &bundle, spec, leaf_key, self.clock.now());
+        let mut outcome =
+            validate::validate(chain, &bundle, spec, leaf_key, self.clock.now(), check);
         if let Err(rejection) = &outcome
             && rejection.untrusted
         {
@@ -656,7 +658,8 @@ impl Shared {
             match self.refresh_trust().await {
                 Ok(true) => {
                     let bundle = self.trust.borrow().clone();
-                    outcome = validate::validate(chain, &bundle, spec, leaf_key, self.clock.now());
+                    outcome =
+                        validate::validate(chain, &bundle, spec, leaf_key, self.clock.now(), check);
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "could not re-read the trust bundle"),

@@ -260,3 +260,35 @@ mod tests {
         assert_eq!(retry_in(t(0), u32::MAX, &backoff, 1.0, None), MIN_RETRY);
     }
 }
+
+#[cfg(test)]
+mod backdating_tests {
+    use super::*;
+
+    /// A 20s certificate back-dated by 60s, received now: measured from its NotBefore it is
+    /// already past its renewal point; measured from its receipt (what the worker passes) it is
+    /// renewed about 10s from now.
+    #[test]
+    fn back_dated_short_certificates_are_not_renewed_at_once() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let not_before = now - Duration::from_secs(60);
+        let not_after = now + Duration::from_secs(20);
+        let policy = RenewPolicy {
+            floor: Duration::from_secs(2),
+            ..RenewPolicy::default()
+        };
+        assert_eq!(
+            renew_in(now, not_before, not_after, &policy, 0.0),
+            Duration::ZERO
+        );
+        let from_receipt = renew_in(now, not_before.max(now), not_after, &policy, 0.0);
+        assert_eq!(from_receipt, Duration::from_secs(10));
+        for jitter in [-1.0, 1.0] {
+            let delay = renew_in(now, not_before.max(now), not_after, &policy, jitter);
+            assert!(
+                (Duration::from_secs(8)..=Duration::from_secs(12)).contains(&delay),
+                "{delay:?}"
+            );
+        }
+    }
+}

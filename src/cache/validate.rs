@@ -10,8 +10,6 @@ use std::time::SystemTime;
 
 use meshca_provider::{CertificateChain, CertificateInfo, LeafKey, LeafSpec, TrustBundle};
 use rustls_pki_types::UnixTime;
-use x509_parser::prelude::{FromDer, X509Certificate};
-use x509_parser::x509::SubjectPublicKeyInfo;
 
 /// Why a chain was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +29,27 @@ impl Rejection {
     }
 }
 
+/// How a chain is tied to the trust bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChainCheck {
+    /// Full path validation with rustls-webpki: signatures, validity, key usage.
+    Signatures,
+    /// Issuer names and key identifiers only, for providers that sign in this process
+    /// ([`meshca_provider::Capabilities::signs_in_process`]).
+    Links,
+}
+
+impl ChainCheck {
+    /// The check a provider's chains get.
+    pub(crate) fn for_provider(capabilities: &meshca_provider::Capabilities) -> Self {
+        if capabilities.signs_in_process {
+            Self::Links
+        } else {
+            Self::Signatures
+        }
+    }
+}
+
 /// Validates `chain` (leaf first) as the answer to a request for `spec` with `key`, at `now`.
 /// Returns the parsed leaf.
 pub(crate) fn validate(
@@ -39,14 +58,18 @@ pub(crate) fn validate(
     spec: &LeafSpec,
     key: &LeafKey,
     now: SystemTime,
+    how: ChainCheck,
 ) -> Result<CertificateInfo, Rejection> {
     let info = chain
         .leaf_info()
         .map_err(|e| Rejection::new(format!("the leaf certificate is unreadable: {e}")))?;
     check_validity(&info, now)?;
     check_names(&info, spec)?;
-    check_leaf(chain, key)?;
-    check_chain(chain, bundle, now)?;
+    check_leaf(&info, key)?;
+    match how {
+        ChainCheck::Signatures => check_chain(chain, bundle, now)?,
+        ChainCheck::Links => check_links(&info, chain, bundle)?,
+    }
     Ok(info)
 }
 
@@ -89,30 +112,64 @@ fn check_names(info: &CertificateInfo, spec: &LeafSpec) -> Result<(), Rejection>
 }
 
 /// The leaf certifies our key, and may be used for both ends of mTLS.
-fn check_leaf(chain: &CertificateChain, key: &LeafKey) -> Result<(), Rejection> {
-    let unreadable = |e: String| Rejection::new(format!("the leaf certificate is unreadable: {e}"));
-    let (_, leaf) =
-        X509Certificate::from_der(chain.leaf()).map_err(|e| unreadable(e.to_string()))?;
-    let spki = key.public_key_spki();
-    let (_, ours) = SubjectPublicKeyInfo::from_der(&spki)
-        .map_err(|e| Rejection::new(format!("meshca could not encode its own public key: {e}")))?;
-    if leaf.public_key().subject_public_key.data != ours.subject_public_key.data {
+fn check_leaf(info: &CertificateInfo, key: &LeafKey) -> Result<(), Rejection> {
+    if info.public_key != key.public_key() {
         return Err(Rejection::new(
             "the certificate is for a different public key than the one meshca sent; the \
              provider must sign the key from the request",
         ));
     }
-    match leaf.extended_key_usage() {
-        Ok(None) => Ok(()),
-        Ok(Some(eku)) if eku.value.any || (eku.value.server_auth && eku.value.client_auth) => {
-            Ok(())
-        }
-        Ok(Some(_)) => Err(Rejection::new(
+    match info.extended_key_usage {
+        None => Ok(()),
+        Some(eku) if eku.any || (eku.server_auth && eku.client_auth) => Ok(()),
+        Some(_) => Err(Rejection::new(
             "extended key usage lacks serverAuth or clientAuth, both needed for mesh mTLS; \
              allow both in the provider's role",
         )),
-        Err(e) => Err(unreadable(e.to_string())),
     }
+}
+
+/// For a provider that signs in this process: each certificate names the next as its issuer
+/// (subject and key identifier), ending at a root of the bundle. The signatures are the
+/// provider's own, made with a key checked against its certificate when it was loaded.
+fn check_links(
+    leaf: &CertificateInfo,
+    chain: &CertificateChain,
+    bundle: &TrustBundle,
+) -> Result<(), Rejection> {
+    let unreadable =
+        |e: meshca_provider::X509Error| Rejection::new(format!("the chain is unreadable: {e}"));
+    let issued_by = |child: &CertificateInfo, parent: &CertificateInfo| {
+        child.issuer == parent.subject
+            && child.authority_key_id.is_some()
+            && child.authority_key_id == parent.subject_key_id
+    };
+    let mut current = leaf.clone();
+    for intermediate in chain.intermediates() {
+        let parent = CertificateInfo::parse(intermediate).map_err(unreadable)?;
+        if !issued_by(&current, &parent) || !parent.is_ca {
+            return Err(Rejection::new(format!(
+                "the chain is out of order: {:?} is not issued by {:?}",
+                current.subject, parent.subject
+            )));
+        }
+        current = parent;
+    }
+    let by_root = bundle.issuer_names().iter().any(|root| {
+        current.issuer == root.subject
+            && current.authority_key_id.is_some()
+            && current.authority_key_id == root.key_id
+    });
+    if by_root {
+        return Ok(());
+    }
+    Err(Rejection {
+        reason: format!(
+            "the chain ends at {:?}, which is not issued by a root of the trust bundle",
+            current.issuer
+        ),
+        untrusted: true,
+    })
 }
 
 fn check_chain(
@@ -155,4 +212,83 @@ fn check_chain(
              the provider returns its intermediates and that the bundle holds its root"
         ),
     })
+}
+
+#[cfg(test)]
+mod link_tests {
+    use std::time::Duration;
+
+    use meshca_provider::{KeyType, SpiffeId, TrustDomain};
+    use rustls_pki_types::CertificateDer;
+
+    use super::*;
+
+    /// A CA named `name` (both CAs share a subject to show the key identifier matters).
+    fn ca(
+        name: &str,
+    ) -> (
+        rcgen::Issuer<'static, rcgen::KeyPair>,
+        CertificateDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).unwrap();
+        let der = cert.der().clone();
+        (rcgen::Issuer::new(params, key), der)
+    }
+
+    fn leaf(
+        issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+        key: &LeafKey,
+        spec: &LeafSpec,
+    ) -> CertificateChain {
+        let mut params = rcgen::CertificateParams::new(spec.dns_names.clone()).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            spec.spiffe_id
+                .as_ref()
+                .unwrap()
+                .to_string()
+                .try_into()
+                .unwrap(),
+        ));
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(key, issuer).unwrap();
+        CertificateChain::new(vec![cert.der().clone()]).unwrap()
+    }
+
+    #[test]
+    fn links_accept_the_issuing_root_and_refuse_a_lookalike() {
+        let id = SpiffeId::from_short("a/b", &TrustDomain::default()).unwrap();
+        let spec = LeafSpec::workload(&id, &[], Duration::from_secs(3600));
+        let key = LeafKey::generate(KeyType::P256).unwrap();
+        let (issuer, root) = ca("same name");
+        let (_, lookalike) = ca("same name");
+        let chain = leaf(&issuer, &key, &spec);
+        let now = SystemTime::now();
+
+        for how in [ChainCheck::Links, ChainCheck::Signatures] {
+            let good = TrustBundle::new(vec![root.clone()]);
+            validate(&chain, &good, &spec, &key, now, how).unwrap();
+            let wrong = TrustBundle::new(vec![lookalike.clone()]);
+            let rejection = validate(&chain, &wrong, &spec, &key, now, how).unwrap_err();
+            // webpki sees a bad signature, the link check a key identifier that matches no root.
+            assert!(
+                rejection.untrusted || rejection.reason.contains("does not verify"),
+                "{how:?}: {rejection:?}"
+            );
+        }
+        // A leaf for another key is refused whatever the chain check.
+        let other = LeafKey::generate(KeyType::P256).unwrap();
+        let good = TrustBundle::new(vec![root]);
+        let rejection = validate(&chain, &good, &spec, &other, now, ChainCheck::Links).unwrap_err();
+        assert!(
+            rejection.reason.contains("different public key"),
+            "{rejection:?}"
+        );
+    }
 }

@@ -301,9 +301,12 @@ impl Worker {
         let now = shared.clock.now();
         let jitter = rand::rng().random_range(-1.0..=1.0);
         let info = &cert.info;
+        // The usable lifetime starts when meshca received the certificate: a NotBefore back-dated
+        // for clock skew (Tresor: 60s, Vault: 30s) is not time the certificate will be used,
+        // and counting it would put a short certificate's renewal point in the past.
         let delay = renew_in(
             now,
-            info.not_before,
+            info.not_before.max(now),
             info.not_after,
             &shared.settings.renew_policy(),
             jitter,

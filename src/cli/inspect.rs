@@ -120,11 +120,11 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         let text = describe(&[cert.der().clone()], start + Duration::from_secs(3600)).unwrap();
         assert!(
-            text.contains("SPIFFE ID:     spiffe://cluster.local/ns/a/sa/b"),
+            text.contains("SPIFFE ID:    spiffe://cluster.local/ns/a/sa/b"),
             "{text}"
         );
-        assert!(text.contains("Time left:     23h"), "{text}");
-        assert!(text.contains("Key:           ECDSA P-256"), "{text}");
+        assert!(text.contains("Time left:    23h"), "{text}");
+        assert!(text.contains("Key:          ECDSA P-256"), "{text}");
         let later = describe(&[cert.der().clone()], start + Duration::from_secs(90_000)).unwrap();
         assert!(later.contains("EXPIRED 1h ago"), "{later}");
     }

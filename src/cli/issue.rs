@@ -13,7 +13,7 @@ use meshca_provider::{
     Clock, IssueRequest, KeyType, LeafKey, LeafSpec, SpiffeId, SystemClock, format_duration,
 };
 
-use crate::cache::validate::validate;
+use crate::cache::validate::{ChainCheck, validate};
 use crate::cli::ca::parse_duration_arg;
 use crate::config::Config;
 
@@ -75,7 +75,8 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
         })
         .await?;
     let bundle = provider.trust_bundle().await?;
-    let info = validate(&chain, &bundle, &spec, &key, clock.now()).map_err(|rejection| {
+    let check = ChainCheck::for_provider(provider.capabilities());
+    let info = validate(&chain, &bundle, &spec, &key, clock.now(), check).map_err(|rejection| {
         anyhow::anyhow!(
             "{} returned a certificate meshca will not hand out: {}",
             provider.name(),

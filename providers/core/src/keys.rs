@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use rcgen::{PublicKeyData, SignatureAlgorithm};
 use ring::rand::SystemRandom;
@@ -135,6 +136,9 @@ pub struct LeafKey {
     pkcs8: Zeroizing<Vec<u8>>,
     /// The raw public key (EC point, or PKCS#1 RSAPublicKey), as it goes in the SPKI bit string.
     public_key: Vec<u8>,
+    /// The parsed key, made on the first CSR and kept: backends that need a CSR per renewal
+    /// should not re-parse (and, for ECDSA, re-derive) the key each time.
+    csr_signer: OnceLock<rcgen::KeyPair>,
 }
 
 impl LeafKey {
@@ -165,6 +169,7 @@ impl LeafKey {
                     key_type,
                     pkcs8,
                     public_key,
+                    csr_signer: OnceLock::new(),
                 })
             }
             KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
@@ -182,6 +187,7 @@ impl LeafKey {
                     key_type,
                     pkcs8: Zeroizing::new(pkcs8.as_bytes().to_vec()),
                     public_key: public_key.into_vec(),
+                    csr_signer: OnceLock::new(),
                 })
             }
         }
@@ -197,6 +203,7 @@ impl LeafKey {
             key_type,
             pkcs8: Zeroizing::new(der.to_vec()),
             public_key: pair.der_bytes().to_vec(),
+            csr_signer: OnceLock::new(),
         })
     }
 
@@ -227,6 +234,11 @@ impl LeafKey {
     /// The private key as a `PRIVATE KEY` PEM block, in memory that is wiped on drop.
     pub fn private_key_pem(&self) -> Zeroizing<String> {
         Zeroizing::new(crate::x509::pem_block("PRIVATE KEY", &self.pkcs8))
+    }
+
+    /// The raw public key: the EC point, or the PKCS#1 RSAPublicKey, as in the SPKI bit string.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public_key
     }
 
     /// The X.509 SubjectPublicKeyInfo, DER-encoded.
@@ -268,8 +280,14 @@ impl LeafKey {
                 name.as_str().try_into().map_err(csr_error)?,
             ));
         }
-        let signer = self.signing_key()?;
-        let csr = params.serialize_request(&signer).map_err(csr_error)?;
+        let signer = match self.csr_signer.get() {
+            Some(signer) => signer,
+            None => {
+                let parsed = self.signing_key()?;
+                self.csr_signer.get_or_init(|| parsed)
+            }
+        };
+        let csr = params.serialize_request(signer).map_err(csr_error)?;
         Ok(csr.der().to_vec())
     }
 }

@@ -24,4 +24,6 @@ pub use keys::{KeyError, KeyType, LeafKey};
 pub use provider::{
     Capabilities, CertificateProvider, IssueRequest, LeafSpec, ProviderError, SharedProvider,
 };
-pub use x509::{CertificateChain, CertificateInfo, PemError, TrustBundle, X509Error};
+pub use x509::{
+    CertificateChain, CertificateInfo, IssuerName, KeyPurposes, PemError, TrustBundle, X509Error,
+};

@@ -52,6 +52,11 @@ pub struct Capabilities {
     pub uri_sans: bool,
     /// Whether it needs a PKCS#10 CSR ([`IssueRequest::csr_der`]); in-process backends don't.
     pub needs_csr: bool,
+    /// Whether it signs in this process with CA material whose key was checked against its
+    /// certificate when it was loaded (Tresor). The daemon then checks each returned chain's
+    /// links (issuer names and key identifiers up to a root of the bundle) instead of verifying
+    /// a signature it just watched being made; remote backends are always fully verified.
+    pub signs_in_process: bool,
 }
 
 impl Capabilities {
@@ -267,6 +272,7 @@ mod tests {
             key_types: vec![KeyType::P256],
             uri_sans: false,
             needs_csr: true,
+            signs_in_process: false,
         };
         let id = SpiffeId::from_short("a/b", &TrustDomain::default()).unwrap();
         let spec = LeafSpec::workload(&id, &[], Duration::from_secs(60));

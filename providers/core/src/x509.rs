@@ -87,10 +87,29 @@ impl fmt::Debug for CertificateChain {
 }
 
 /// The set of root certificates a peer is verified against.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, Default)]
 pub struct TrustBundle {
     roots: Vec<CertificateDer<'static>>,
+    /// Subject and key identifier of each readable root, parsed once on first use.
+    issuers: std::sync::OnceLock<Vec<IssuerName>>,
 }
+
+/// What names a CA as the issuer of a certificate: its subject and subject key identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerName {
+    /// Subject distinguished name, as text.
+    pub subject: String,
+    /// Subject key identifier.
+    pub key_id: Option<Vec<u8>>,
+}
+
+impl PartialEq for TrustBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.roots == other.roots
+    }
+}
+
+impl Eq for TrustBundle {}
 
 impl TrustBundle {
     /// A bundle of the given roots, with duplicates removed (order kept).
@@ -115,7 +134,22 @@ impl TrustBundle {
     pub fn push(&mut self, root: CertificateDer<'static>) {
         if !self.roots.contains(&root) {
             self.roots.push(root);
+            self.issuers = std::sync::OnceLock::new();
         }
+    }
+
+    /// Subject and key identifier of every readable root, parsed once per bundle.
+    pub fn issuer_names(&self) -> &[IssuerName] {
+        self.issuers.get_or_init(|| {
+            self.roots
+                .iter()
+                .filter_map(|root| CertificateInfo::parse(root).ok())
+                .map(|info| IssuerName {
+                    subject: info.subject,
+                    key_id: info.subject_key_id,
+                })
+                .collect()
+        })
     }
 
     /// Every root in the bundle.
@@ -186,6 +220,21 @@ pub struct CertificateInfo {
     pub subject_key_id: Option<Vec<u8>>,
     /// Authority key identifier.
     pub authority_key_id: Option<Vec<u8>>,
+    /// The subject public key (the SPKI bit string's contents).
+    pub public_key: Vec<u8>,
+    /// The extended key usage, if the certificate has the extension.
+    pub extended_key_usage: Option<KeyPurposes>,
+}
+
+/// What an extended key usage extension allows, as far as mTLS cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPurposes {
+    /// anyExtendedKeyUsage.
+    pub any: bool,
+    /// id-kp-serverAuth.
+    pub server_auth: bool,
+    /// id-kp-clientAuth.
+    pub client_auth: bool,
 }
 
 impl CertificateInfo {
@@ -198,6 +247,7 @@ impl CertificateInfo {
         let mut dns_sans = Vec::new();
         let mut subject_key_id = None;
         let mut authority_key_id = None;
+        let mut extended_key_usage = None;
         for ext in cert.extensions() {
             match ext.parsed_extension() {
                 ParsedExtension::SubjectAlternativeName(san) => {
@@ -210,6 +260,13 @@ impl CertificateInfo {
                     }
                 }
                 ParsedExtension::SubjectKeyIdentifier(ski) => subject_key_id = Some(ski.0.to_vec()),
+                ParsedExtension::ExtendedKeyUsage(eku) => {
+                    extended_key_usage = Some(KeyPurposes {
+                        any: eku.any,
+                        server_auth: eku.server_auth,
+                        client_auth: eku.client_auth,
+                    });
+                }
                 ParsedExtension::AuthorityKeyIdentifier(aki) => {
                     authority_key_id = aki.key_identifier.as_ref().map(|k| k.0.to_vec());
                 }
@@ -236,6 +293,8 @@ impl CertificateInfo {
             sha256_fingerprint: Fingerprint(sha256(der)).to_string(),
             subject_key_id,
             authority_key_id,
+            public_key: cert.public_key().subject_public_key.data.to_vec(),
+            extended_key_usage,
         })
     }
 

@@ -71,6 +71,7 @@ impl Tresor {
                 key_types: KeyType::ALL.to_vec(),
                 uri_sans: true,
                 needs_csr: false,
+                signs_in_process: true,
             },
         }
     }

@@ -574,6 +574,7 @@ async fn the_conformance_suite_catches_broken_providers() {
             key_types,
             uri_sans: true,
             needs_csr: false,
+            signs_in_process: false,
         },
         drop_dns,
         include_root,

@@ -111,6 +111,7 @@ impl VaultProvider {
             // refusal with its own message (see `pki::rejection_hint`).
             uri_sans: true,
             needs_csr: settings.issue_mode == IssueMode::Sign,
+            signs_in_process: false,
         };
         if let Some(role) = &role {
             if !role.allows_spiffe_ids() {

@@ -26,10 +26,15 @@ use serde_json::{Value, json};
 /// How long a server may take to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The workspace root (`providers/vault/../..`).
+/// The workspace root: the nearest directory above the compiling crate that holds
+/// `scripts/install-tools.sh` (this module is also used by the root crate's tests).
 pub fn workspace_root() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    root.canonicalize().unwrap_or(root)
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("scripts/install-tools.sh").is_file())
+        .unwrap_or(manifest)
+        .to_path_buf()
 }
 
 /// The `bao` binary, installed first when missing (outside CI).

@@ -1,0 +1,191 @@
+//! Issuance benchmark: `cargo bench --bench issuance`.
+//!
+//! Measures, in one run and on one thread, (a) the floor — a raw ring loop generating a P-256
+//! key and making one ECDSA P-256 signature, the two operations every fresh-key issuance must
+//! pay for —, (b) meshca issuing a fresh-key leaf through the cache's issue path with Tresor
+//! (key generation, leaf profile, signing, parsing and validation, publication), and (c) a cache
+//! hit. Rounds alternate between (a) and (b) so that load from elsewhere on the machine hits
+//! both alike; the ratio of medians is the figure. Results replace the section between the
+//! markers in docs/BENCHMARKS.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshca::cache::{CacheSettings, CertKey, CertificateCache, Purpose};
+use meshca::time::TokioClock;
+use meshca_provider::{Clock, SpiffeId, TrustDomain};
+use meshca_tresor::{RootOptions, SigningAuthority, Tresor};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+
+const ROUNDS: usize = 7;
+const ISSUES_PER_ROUND: usize = 2_000;
+const HITS_PER_ROUND: usize = 200_000;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let authority =
+        SigningAuthority::generate_root(&RootOptions::default(), clock.as_ref()).expect("a root");
+    let provider = Arc::new(Tresor::new(authority, clock.clone()));
+    let cache = CertificateCache::new(provider, CacheSettings::default(), clock);
+    cache.refresh_trust_bundle().await.expect("the bundle");
+
+    let rng = SystemRandom::new();
+    let ca_pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("a CA key");
+    let ca_key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, ca_pkcs8.as_ref(), &rng)
+        .expect("the CA key");
+    // About the size of a leaf's to-be-signed part.
+    let tbs = vec![0x5a_u8; 420];
+
+    let trust_domain = TrustDomain::default();
+    let mut next_identity = 0_usize;
+    let mut raw_rates = Vec::new();
+    let mut meshca_rates = Vec::new();
+    let mut hit_latencies = Vec::new();
+
+    // One warm-up round of each, not counted.
+    for round in 0..=ROUNDS {
+        let started = Instant::now();
+        for _ in 0..ISSUES_PER_ROUND {
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+                .expect("keygen");
+            std::hint::black_box(pkcs8);
+            std::hint::black_box(ca_key.sign(&rng, &tbs).expect("sign"));
+        }
+        let raw = rate(ISSUES_PER_ROUND, started.elapsed());
+
+        let started = Instant::now();
+        for _ in 0..ISSUES_PER_ROUND {
+            next_identity += 1;
+            let id = SpiffeId::from_short(&format!("bench/sa-{next_identity}"), &trust_domain)
+                .expect("identity");
+            let served = cache
+                .certificate(&CertKey::new(id, Purpose::Default))
+                .await
+                .expect("issuance");
+            std::hint::black_box(served);
+        }
+        let issued = rate(ISSUES_PER_ROUND, started.elapsed());
+
+        let hit_key = CertKey::new(
+            SpiffeId::from_short("bench/sa-1", &trust_domain).expect("identity"),
+            Purpose::Default,
+        );
+        let started = Instant::now();
+        for _ in 0..HITS_PER_ROUND {
+            std::hint::black_box(cache.certificate(&hit_key).await.expect("hit"));
+        }
+        let hit = started.elapsed() / HITS_PER_ROUND as u32;
+
+        if round > 0 {
+            raw_rates.push(raw);
+            meshca_rates.push(issued);
+            hit_latencies.push(hit);
+        }
+        eprintln!(
+            "round {round}: raw {raw:.0}/s, meshca {issued:.0}/s ({:.1}%), hit {hit:?}",
+            100.0 * issued / raw
+        );
+    }
+
+    let ratios: Vec<f64> = raw_rates
+        .iter()
+        .zip(&meshca_rates)
+        .map(|(raw, meshca)| meshca / raw)
+        .collect();
+    let report = Report {
+        raw: median(&raw_rates),
+        meshca: median(&meshca_rates),
+        ratio_median: median(&ratios),
+        ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        hit: median_duration(&mut hit_latencies),
+    };
+    let section = report.markdown();
+    println!("{section}");
+    if let Err(e) = write_section(&section) {
+        eprintln!("could not update docs/BENCHMARKS.md: {e}");
+    }
+}
+
+struct Report {
+    raw: f64,
+    meshca: f64,
+    ratio_median: f64,
+    ratio_min: f64,
+    hit: Duration,
+}
+
+impl Report {
+    fn markdown(&self) -> String {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let date = time::OffsetDateTime::now_utc().date();
+        format!(
+            "<!-- issuance-bench:begin -->\n\
+## Tresor issuance through the cache\n\n\
+Command: `cargo bench --bench issuance` (release profile, one thread: a current-thread tokio \
+runtime). Date: {date}. Machine: {cores} CPUs, shared.\n\n\
+{ROUNDS} rounds alternating (a) and (b), {ISSUES_PER_ROUND} issuances each; medians.\n\n\
+- (a) floor: raw ring loop, P-256 key generation + one ECDSA P-256 signature per iteration.\n\
+- (b) meshca: `CertificateCache::certificate` for a new identity each time, Tresor provider: \
+fresh P-256 key, leaf profile, signature, parse, validation, publication on the key's watch \
+channel.\n\
+- (c) cache hit: `CertificateCache::certificate` for an identity already issued.\n\n\
+| (a) raw ring keygen+sign | (b) meshca fresh-key issuance | (b)/(a) median | (b)/(a) worst round | (c) cache hit |\n\
+|---:|---:|---:|---:|---:|\n\
+| {:.0}/s | {:.0}/s | {:.1}% | {:.1}% | {:.2} µs |\n\
+<!-- issuance-bench:end -->\n",
+            self.raw,
+            self.meshca,
+            100.0 * self.ratio_median,
+            100.0 * self.ratio_min,
+            self.hit.as_secs_f64() * 1e6,
+        )
+    }
+}
+
+fn rate(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn median_duration(values: &mut [Duration]) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+/// Replaces (or appends) this benchmark's section of docs/BENCHMARKS.md.
+fn write_section(section: &str) -> std::io::Result<()> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/BENCHMARKS.md");
+    let current = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+    let (begin, end) = (
+        "<!-- issuance-bench:begin -->",
+        "<!-- issuance-bench:end -->\n",
+    );
+    let updated = match (current.find(begin), current.find(end)) {
+        (Some(start), Some(stop)) if stop > start => {
+            format!(
+                "{}{section}{}",
+                &current[..start],
+                &current[stop + end.len()..]
+            )
+        }
+        _ => format!("{}\n{section}", current.trim_end()),
+    };
+    std::fs::write(path, updated)
+}
