@@ -91,6 +91,8 @@ struct FakeProvider {
     bundle: Mutex<TrustBundle>,
     /// Virtual time each issue call takes.
     latency: Mutex<Duration>,
+    /// How long reading the trust bundle takes.
+    bundle_latency: Mutex<Duration>,
     issued: AtomicUsize,
     calls: mpsc::UnboundedSender<Call>,
     capabilities: Capabilities,
@@ -115,6 +117,7 @@ impl FakeProvider {
             clock,
             mode: Mutex::new(Mode::Good),
             latency: Mutex::new(Duration::ZERO),
+            bundle_latency: Mutex::new(Duration::ZERO),
             issued: AtomicUsize::new(0),
             calls,
             capabilities: Capabilities {
@@ -251,6 +254,10 @@ impl CertificateProvider for FakeProvider {
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
+        let latency = *self.bundle_latency.lock().unwrap();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         Ok(self.bundle.lock().unwrap().clone())
     }
 }
@@ -752,4 +759,21 @@ fn settings_are_checked() {
             "{error}"
         );
     }
+}
+
+/// A first request that arrives while the worker's first read of the trust bundle is still in
+/// flight: the certificate is validated against the bundle once that read lands, instead of
+/// being refused because the bundle was still empty.
+#[tokio::test(start_paused = true)]
+async fn a_request_racing_the_first_bundle_read_succeeds() {
+    let clock = TokioClock::new();
+    let (provider, _calls) = FakeProvider::new(clock);
+    *provider.bundle_latency.lock().unwrap() = Duration::from_millis(10);
+    let cache = CertificateCache::new(provider.clone(), settings(), Arc::new(clock));
+    let served = cache
+        .certificate(&key("bookstore/bookstore-v1", Purpose::Default))
+        .await
+        .unwrap();
+    assert_eq!(served.issued_by, "fake");
+    assert_eq!(cache.stats().rejected, 0, "{:?}", cache.stats());
 }

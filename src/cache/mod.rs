@@ -655,14 +655,15 @@ impl Shared {
         {
             // The provider may have a root we have not read yet (first use, or a rotation that
             // began since the last refresh): re-read the bundle once and try again.
-            match self.refresh_trust().await {
-                Ok(true) => {
-                    let bundle = self.trust.borrow().clone();
-                    outcome =
-                        validate::validate(chain, &bundle, spec, leaf_key, self.clock.now(), check);
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "could not re-read the trust bundle"),
+            if let Err(e) = self.refresh_trust().await {
+                tracing::warn!(error = %e, "could not re-read the trust bundle");
+            }
+            // Validate again if the bundle is not the one just used: this refresh, or one that
+            // ran concurrently (the worker's first read at start), may have changed it.
+            let fresh = self.trust.borrow().clone();
+            if fresh != bundle {
+                outcome =
+                    validate::validate(chain, &fresh, spec, leaf_key, self.clock.now(), check);
             }
         }
         outcome.map_err(|rejection| CacheError::Invalid {

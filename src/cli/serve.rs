@@ -21,6 +21,8 @@ pub struct ServeArgs {}
 
 /// Runs until SIGTERM or Ctrl-C.
 pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
+    // Listen for SIGTERM before anything else: a signal during startup must drain, not kill.
+    let shutdown = shutdown_signal()?;
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let provider = crate::providers::build(&config, clock.clone()).await?;
     let cache = CertificateCache::new(provider, cache_settings(&config), clock);
@@ -43,7 +45,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     );
     let source: Arc<dyn SecretSource> = Arc::new(cache);
     sds.serve(source, async {
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("shutting down: draining SDS streams");
     })
     .await
@@ -107,21 +109,15 @@ fn config_kind(config: &Config) -> String {
     format!("{:?}", config.certificate_provider.kind).to_lowercase()
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!("cannot listen for SIGTERM ({err}); only Ctrl-C stops meshca");
-                std::future::pending::<()>().await;
-            }
+/// Installs the SIGTERM and SIGINT handlers now; the returned future resolves on either.
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    })
 }
