@@ -153,22 +153,24 @@ impl SecretDiscoveryService for SdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let shared = self.0.clone();
-        let slot = shared
-            .open_stream()
-            .map_err(|e| shared.refuse(None, None, e))?;
-        let (metadata, extensions, mut inbound) = request.into_parts();
-        let (tx, rx) = mpsc::channel(shared.limits.stream_buffer);
-        let Some(first) = first_message(&shared, slot.id, &mut inbound).await? else {
+        let (tx, rx) = mpsc::channel(self.0.limits.stream_buffer);
+        let Some(Opened {
+            slot,
+            first,
+            inbound,
+            subs,
+        }) = open(
+            &self.0,
+            request,
+            |r: &DiscoveryRequest| r.node.as_ref(),
+            "sotw",
+        )
+        .await?
+        else {
             return Ok(Response::new(ReceiverStream::new(rx)));
         };
-        let caller = shared
-            .authenticate(extensions.get::<PeerInfo>(), &metadata, first.node.as_ref())
-            .await
-            .map_err(|e| shared.refuse(Some(slot.id), None, e))?;
-        debug!(stream = slot.id, %caller, "SDS stream opened");
         let mut stream = SotwStream {
-            subs: Subscriptions::new(shared.clone(), caller, slot.id, true),
+            subs,
             names: Vec::new(),
             sequence: 0,
             last: None,
@@ -187,22 +189,24 @@ impl SecretDiscoveryService for SdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let shared = self.0.clone();
-        let slot = shared
-            .open_stream()
-            .map_err(|e| shared.refuse(None, None, e))?;
-        let (metadata, extensions, mut inbound) = request.into_parts();
-        let (tx, rx) = mpsc::channel(shared.limits.stream_buffer);
-        let Some(first) = first_message(&shared, slot.id, &mut inbound).await? else {
+        let (tx, rx) = mpsc::channel(self.0.limits.stream_buffer);
+        let Some(Opened {
+            slot,
+            first,
+            inbound,
+            subs,
+        }) = open(
+            &self.0,
+            request,
+            |r: &DeltaDiscoveryRequest| r.node.as_ref(),
+            "delta",
+        )
+        .await?
+        else {
             return Ok(Response::new(ReceiverStream::new(rx)));
         };
-        let caller = shared
-            .authenticate(extensions.get::<PeerInfo>(), &metadata, first.node.as_ref())
-            .await
-            .map_err(|e| shared.refuse(Some(slot.id), None, e))?;
-        debug!(stream = slot.id, %caller, "SDS delta stream opened");
         let mut stream = DeltaStream {
-            subs: Subscriptions::new(shared.clone(), caller, slot.id, true),
+            subs,
             client_versions: HashMap::new(),
             sequence: 0,
             last: None,
@@ -252,6 +256,44 @@ impl SecretDiscoveryService for SdsService {
 
 /// Waits for a stream's first request (needed to authenticate in development mode). `None` when
 /// the client closed the stream without asking for anything.
+/// A stream past its prologue: it holds a slot, its first request, and an authenticated caller.
+struct Opened<T> {
+    slot: StreamSlot,
+    first: T,
+    inbound: Streaming<T>,
+    subs: Subscriptions,
+}
+
+/// What every stream does before serving, SotW or delta: take a slot under the stream limit,
+/// wait (bounded) for the first request, authenticate the caller from its transport, metadata
+/// and node. `None` when the client went away without asking for anything.
+async fn open<T>(
+    shared: &Arc<Shared>,
+    request: Request<Streaming<T>>,
+    node: impl Fn(&T) -> Option<&Node>,
+    kind: &'static str,
+) -> Result<Option<Opened<T>>, Status> {
+    let slot = shared
+        .open_stream()
+        .map_err(|e| shared.refuse(None, None, e))?;
+    let (metadata, extensions, mut inbound) = request.into_parts();
+    let Some(first) = first_message(shared, slot.id, &mut inbound).await? else {
+        return Ok(None);
+    };
+    let caller = shared
+        .authenticate(extensions.get::<PeerInfo>(), &metadata, node(&first))
+        .await
+        .map_err(|e| shared.refuse(Some(slot.id), None, e))?;
+    debug!(stream = slot.id, %caller, kind, "SDS stream opened");
+    let subs = Subscriptions::new(shared.clone(), caller, slot.id, true);
+    Ok(Some(Opened {
+        slot,
+        first,
+        inbound,
+        subs,
+    }))
+}
+
 async fn first_message<T>(
     shared: &Shared,
     stream: u64,
