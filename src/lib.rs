@@ -11,4 +11,5 @@ pub mod cli;
 pub mod config;
 pub mod providers;
 pub mod sds;
+pub mod stores;
 pub mod time;

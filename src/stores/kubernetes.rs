@@ -1,0 +1,687 @@
+//! A CA kept in a Kubernetes Secret: [`KubernetesSecretStore`].
+//!
+//! The Secret is of type `Opaque` with two keys, `ca.crt` (the certificate chain, PEM) and
+//! `private.key` (the CA's PKCS#8 key, PEM), and is labelled as meshca's. The store only ever
+//! reads it (GET) or creates it (POST): the API server's create is atomic and fails with
+//! `409 AlreadyExists` when the Secret is there, which is what keeps two concurrent creators
+//! from both storing a root. It never updates, patches or deletes the Secret.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use meshca_tresor::{CaProblem, CaStore, Created, StoreError, StoredCa};
+use zeroize::{Zeroize, Zeroizing};
+
+/// A CA kept in one Kubernetes Secret (default `meshca-system/meshca-ca-bundle`).
+///
+/// meshca's ServiceAccount needs `get` and `create` on `secrets` in the namespace; nothing
+/// more, since the store never changes an existing Secret.
+#[derive(Clone)]
+pub struct KubernetesSecretStore {
+    client: kube::Client,
+    namespace: String,
+    name: String,
+}
+
+impl KubernetesSecretStore {
+    /// The namespace used unless another is given.
+    pub const DEFAULT_NAMESPACE: &'static str = "meshca-system";
+    /// The Secret's name unless another is given (an existing `fsm-ca-bundle` can be adopted by
+    /// naming it).
+    pub const DEFAULT_NAME: &'static str = "meshca-ca-bundle";
+    /// The Secret key holding the certificate chain.
+    pub const CERTIFICATE_KEY: &'static str = "ca.crt";
+    /// The Secret key holding the private key.
+    pub const PRIVATE_KEY_KEY: &'static str = "private.key";
+    /// The label that marks the Secret as meshca's.
+    pub const MANAGED_BY_LABEL: &'static str = "app.kubernetes.io/managed-by";
+
+    /// A store in the default Secret, `meshca-system/meshca-ca-bundle`.
+    pub fn new(client: kube::Client) -> Self {
+        Self::with_secret(client, Self::DEFAULT_NAMESPACE, Self::DEFAULT_NAME)
+    }
+
+    /// A store in the Secret `namespace/name`.
+    pub fn with_secret(
+        client: kube::Client,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The Secret's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The Secret's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn api(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// `Secret <ns>/<name> key <key>`: where a part of the CA came from, for error messages.
+    fn origin(&self, key: &str) -> String {
+        format!("Secret {}/{} key {key}", self.namespace, self.name)
+    }
+
+    /// Reads the Secret; `None` when it does not exist.
+    async fn read(&self) -> Result<Option<StoredCa>, StoreError> {
+        let secret = self
+            .api()
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.api_error("get", e))?;
+        secret.map(|secret| self.stored_ca(secret)).transpose()
+    }
+
+    /// Takes the CA out of a Secret read from the API server.
+    fn stored_ca(&self, secret: Secret) -> Result<StoredCa, StoreError> {
+        let mut data = secret.data.unwrap_or_default();
+        let certificate = data.remove(Self::CERTIFICATE_KEY);
+        let key = data
+            .remove(Self::PRIVATE_KEY_KEY)
+            .map(|ByteString(bytes)| Zeroizing::new(bytes));
+        let (certificate, mut key) = match (certificate, key) {
+            (Some(ByteString(certificate)), Some(key)) => (certificate, key),
+            (Some(_), None) => {
+                return Err(StoreError::Incomplete {
+                    present: self.origin(Self::CERTIFICATE_KEY),
+                    missing: self.origin(Self::PRIVATE_KEY_KEY),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(StoreError::Incomplete {
+                    present: self.origin(Self::PRIVATE_KEY_KEY),
+                    missing: self.origin(Self::CERTIFICATE_KEY),
+                });
+            }
+            (None, None) => {
+                // Reporting "nothing stored" would make bootstrap try to create it, fail with a
+                // conflict and then report a vanished CA; say what is actually wrong instead.
+                return Err(StoreError::Backend {
+                    store: self.describe(),
+                    reason: format!(
+                        "the Secret exists but has neither a {} nor a {} key. Nothing was \
+                         changed: point meshca at another Secret, or delete this one if it is \
+                         not in use to let meshca create a new root",
+                        Self::CERTIFICATE_KEY,
+                        Self::PRIVATE_KEY_KEY
+                    ),
+                });
+            }
+        };
+        let certificate_pem = String::from_utf8(certificate).map_err(|_| StoreError::Invalid {
+            location: self.origin(Self::CERTIFICATE_KEY),
+            problem: CaProblem::Unreadable {
+                reason: "the value is not text".into(),
+            },
+        })?;
+        let key_pem = match String::from_utf8(std::mem::take(&mut *key)) {
+            Ok(text) => Zeroizing::new(text),
+            Err(e) => {
+                e.into_bytes().zeroize();
+                return Err(StoreError::Invalid {
+                    location: self.origin(Self::PRIVATE_KEY_KEY),
+                    problem: CaProblem::UnreadableKey {
+                        reason: "the value is not text".into(),
+                    },
+                });
+            }
+        };
+        Ok(StoredCa::new(certificate_pem, key_pem).with_origins(
+            self.origin(Self::CERTIFICATE_KEY),
+            self.origin(Self::PRIVATE_KEY_KEY),
+        ))
+    }
+
+    /// The Secret to POST for `ca`.
+    fn secret_for(&self, ca: &StoredCa) -> Secret {
+        let data = BTreeMap::from([
+            (
+                Self::CERTIFICATE_KEY.to_owned(),
+                ByteString(ca.certificate_pem().as_bytes().to_vec()),
+            ),
+            (
+                Self::PRIVATE_KEY_KEY.to_owned(),
+                ByteString(ca.key_pem().as_bytes().to_vec()),
+            ),
+        ]);
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    Self::MANAGED_BY_LABEL.to_owned(),
+                    "meshca".to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".to_owned()),
+            data: Some(data),
+            ..Secret::default()
+        }
+    }
+
+    /// Turns a failed `verb` (`get` or `create`) into an error that says what to check. Never
+    /// includes the Secret's data: only the API server's status message or the transport error.
+    fn api_error(&self, verb: &str, error: kube::Error) -> StoreError {
+        let namespace = &self.namespace;
+        let rbac = format!("meshca's ServiceAccount needs get/create on secrets in {namespace}");
+        let reason = match error {
+            kube::Error::Api(status) => match status.code {
+                401 => format!(
+                    "the API server rejected meshca's credentials on {verb} ({}): check the \
+                     ServiceAccount token mounted into the pod, or the kubeconfig",
+                    status.message
+                ),
+                403 => format!(
+                    "the API server forbade {verb} on the Secret ({}): check RBAC: {rbac}",
+                    status.message
+                ),
+                404 => format!(
+                    "the API server answered 404 to {verb} ({}): check that namespace \
+                     {namespace} exists",
+                    status.message
+                ),
+                code => format!(
+                    "the API server answered {code} {} to {verb} ({}): check the API server's \
+                     health and retry; {rbac}",
+                    status.reason, status.message
+                ),
+            },
+            kube::Error::SerdeError(e) => format!(
+                "the API server's answer to {verb} is not a Secret (line {}, column {}): check \
+                 that meshca talks to a Kubernetes API server",
+                e.line(),
+                e.column()
+            ),
+            other => format!(
+                "could not {verb} the Secret: {other}: check that the Kubernetes API server is \
+                 reachable from meshca (address, network policy, TLS)"
+            ),
+        };
+        StoreError::Backend {
+            store: self.describe(),
+            reason,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CaStore for KubernetesSecretStore {
+    async fn load(&self) -> Result<Option<StoredCa>, StoreError> {
+        self.read().await
+    }
+
+    async fn create(&self, ca: &StoredCa) -> Result<Created, StoreError> {
+        let secret = self.secret_for(ca);
+        match self.api().create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(Created::Stored),
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                match self.read().await? {
+                    Some(found) => Ok(Created::AlreadyExists(found)),
+                    None => Err(StoreError::Vanished {
+                        store: self.describe(),
+                    }),
+                }
+            }
+            Err(e) => Err(self.api_error("create", e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("Kubernetes Secret {}/{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Debug for KubernetesSecretStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubernetesSecretStore")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use meshca_provider::SystemClock;
+    use meshca_tresor::{Outcome, RootOptions, SigningAuthority, bootstrap};
+    use serde_json::{Value, json};
+    use tokio::sync::Mutex;
+    use tower_test::mock::Handle;
+
+    const SECRET_PATH: &str = "/api/v1/namespaces/meshca-system/secrets/meshca-ca-bundle";
+    const SECRETS_PATH: &str = "/api/v1/namespaces/meshca-system/secrets";
+
+    /// A request the mock API server received.
+    #[derive(Debug)]
+    struct Seen {
+        method: Method,
+        path: String,
+        body: Option<Value>,
+    }
+
+    /// A fake API server answering each request with the next scripted `(status, body)`; it
+    /// answers anything beyond the script with a 500, so an unexpected request fails the test
+    /// instead of hanging it. Returns everything it received once the client is dropped.
+    fn scripted_server(
+        script: Vec<(u16, Value)>,
+    ) -> (kube::Client, tokio::task::JoinHandle<Vec<Seen>>) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let server = tokio::spawn(async move {
+            let mut script = VecDeque::from(script);
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                seen.push(record(request).await);
+                let (status, body) = script
+                    .pop_front()
+                    .unwrap_or((500, status_body(500, "InternalError", "not scripted")));
+                send.send_response(json_response(status, &body));
+            }
+            seen
+        });
+        (client, server)
+    }
+
+    async fn record(request: Request<Body>) -> Seen {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body = (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap());
+        Seen { method, path, body }
+    }
+
+    fn json_response(status: u16, body: &Value) -> Response<Body> {
+        Response::builder()
+            .status(StatusCode::from_u16(status).unwrap())
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap()
+    }
+
+    /// A `Status` as the API server sends it for a failed request.
+    fn status_body(code: u16, reason: &str, message: &str) -> Value {
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "details": { "name": "meshca-ca-bundle", "kind": "secrets" },
+            "code": code,
+        })
+    }
+
+    fn not_found() -> Value {
+        status_body(404, "NotFound", r#"secrets "meshca-ca-bundle" not found"#)
+    }
+
+    fn already_exists() -> Value {
+        status_body(
+            409,
+            "AlreadyExists",
+            r#"secrets "meshca-ca-bundle" already exists"#,
+        )
+    }
+
+    /// The Secret as the API server returns it: with server-set metadata, data base64.
+    fn secret_json(certificate: &[u8], key: &[u8]) -> Value {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some("meshca-ca-bundle".into()),
+                namespace: Some("meshca-system".into()),
+                uid: Some("5b6d1f0e-7c1a-4a51-9d43-0d6f6f3f4c11".into()),
+                resource_version: Some("48213".into()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".into(),
+                    "meshca".into(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([
+                ("ca.crt".into(), ByteString(certificate.to_vec())),
+                ("private.key".into(), ByteString(key.to_vec())),
+            ])),
+            ..Secret::default()
+        };
+        let mut value = serde_json::to_value(secret).unwrap();
+        value["kind"] = json!("Secret");
+        value["apiVersion"] = json!("v1");
+        value
+    }
+
+    fn new_root() -> StoredCa {
+        SigningAuthority::generate_root(&RootOptions::default(), &SystemClock)
+            .unwrap()
+            .to_stored()
+    }
+
+    fn assert_get(seen: &Seen) {
+        assert_eq!(seen.method, Method::GET);
+        assert_eq!(seen.path, SECRET_PATH);
+    }
+
+    /// Finishes a test: drops the client so the server sees the end, returns what it received.
+    async fn requests(
+        store: KubernetesSecretStore,
+        server: tokio::task::JoinHandle<Vec<Seen>>,
+    ) -> Vec<Seen> {
+        drop(store);
+        server.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_absent_secret_is_created_with_a_new_root() {
+        let (client, server) = scripted_server(vec![
+            (404, not_found()),
+            // The API server echoes the created object; the store does not need it.
+            (
+                201,
+                json!({ "kind": "Secret", "apiVersion": "v1", "metadata": {} }),
+            ),
+        ]);
+        let store = KubernetesSecretStore::new(client);
+        let (authority, outcome) = bootstrap(&store, &RootOptions::default(), &SystemClock)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Created);
+        let seen = requests(store, server).await;
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_get(&seen[0]);
+        assert_eq!(seen[1].method, Method::POST);
+        assert_eq!(seen[1].path, SECRETS_PATH);
+        let body = seen[1].body.clone().unwrap();
+        assert_eq!(body["metadata"]["name"], "meshca-ca-bundle");
+        assert_eq!(body["metadata"]["namespace"], "meshca-system");
+        assert_eq!(
+            body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "meshca"
+        );
+        assert_eq!(body["type"], "Opaque");
+        assert!(body["data"]["ca.crt"].is_string());
+        assert!(body["data"]["private.key"].is_string());
+        assert!(body.get("stringData").is_none());
+        // What was POSTed is the CA bootstrap returned, and it loads back as the same root.
+        let posted: Secret = serde_json::from_value(body).unwrap();
+        let data = posted.data.unwrap();
+        assert_eq!(
+            data["ca.crt"].0,
+            authority.certificate_chain_pem().as_bytes()
+        );
+        let stored = authority.to_stored();
+        assert_eq!(data["private.key"].0, stored.key_pem().as_bytes());
+        let reloaded = StoredCa::new(
+            String::from_utf8(data["ca.crt"].0.clone()).unwrap(),
+            Zeroizing::new(String::from_utf8(data["private.key"].0.clone()).unwrap()),
+        );
+        let reloaded = reloaded.authority(std::time::SystemTime::now()).unwrap();
+        assert_eq!(reloaded.root(), authority.root());
+    }
+
+    #[tokio::test]
+    async fn a_valid_secret_is_adopted_without_writing() {
+        let existing = new_root();
+        let (client, server) = scripted_server(vec![(
+            200,
+            secret_json(
+                existing.certificate_pem().as_bytes(),
+                existing.key_pem().as_bytes(),
+            ),
+        )]);
+        let store = KubernetesSecretStore::new(client);
+        let (authority, outcome) = bootstrap(&store, &RootOptions::default(), &SystemClock)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Loaded);
+        assert_eq!(
+            authority.certificate_chain_pem(),
+            existing.certificate_pem()
+        );
+        let seen = requests(store, server).await;
+        assert_eq!(seen.len(), 1, "only a GET may be sent: {seen:?}");
+        assert_get(&seen[0]);
+    }
+
+    #[tokio::test]
+    async fn a_create_conflict_adopts_the_winners_ca() {
+        let winner = new_root();
+        let (client, server) = scripted_server(vec![
+            (404, not_found()),
+            (409, already_exists()),
+            (
+                200,
+                secret_json(
+                    winner.certificate_pem().as_bytes(),
+                    winner.key_pem().as_bytes(),
+                ),
+            ),
+        ]);
+        let store = KubernetesSecretStore::new(client);
+        let (authority, outcome) = bootstrap(&store, &RootOptions::default(), &SystemClock)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Adopted);
+        assert_eq!(authority.certificate_chain_pem(), winner.certificate_pem());
+        let seen = requests(store, server).await;
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_get(&seen[0]);
+        assert_eq!(seen[1].method, Method::POST);
+        assert_get(&seen[2]);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_certificate_is_refused_without_writing() {
+        let existing = new_root();
+        let (client, server) = scripted_server(vec![(
+            200,
+            secret_json(
+                b"-----BEGIN CERTIFICATE-----\nnot base64!\n",
+                existing.key_pem().as_bytes(),
+            ),
+        )]);
+        let store = KubernetesSecretStore::new(client);
+        let error = bootstrap(&store, &RootOptions::default(), &SystemClock)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Invalid { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("Secret meshca-system/meshca-ca-bundle key ca.crt"),
+            "{message}"
+        );
+        assert!(!message.contains("PRIVATE KEY"), "{message}");
+        let seen = requests(store, server).await;
+        assert_eq!(seen.len(), 1, "only a GET may be sent: {seen:?}");
+        assert_get(&seen[0]);
+    }
+
+    #[tokio::test]
+    async fn half_a_ca_is_reported_incomplete() {
+        let existing = new_root();
+        let mut secret = secret_json(existing.certificate_pem().as_bytes(), b"");
+        secret["data"]
+            .as_object_mut()
+            .unwrap()
+            .remove("private.key");
+        let (client, server) = scripted_server(vec![(200, secret)]);
+        let store = KubernetesSecretStore::new(client);
+        let error = bootstrap(&store, &RootOptions::default(), &SystemClock)
+            .await
+            .unwrap_err();
+        match &error {
+            StoreError::Incomplete { present, missing } => {
+                assert_eq!(present, "Secret meshca-system/meshca-ca-bundle key ca.crt");
+                assert_eq!(
+                    missing,
+                    "Secret meshca-system/meshca-ca-bundle key private.key"
+                );
+            }
+            other => panic!("expected Incomplete, got {other:?}"),
+        }
+        assert_eq!(requests(store, server).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn forbidden_points_at_rbac() {
+        let (client, server) = scripted_server(vec![(
+            403,
+            status_body(
+                403,
+                "Forbidden",
+                r#"secrets "meshca-ca-bundle" is forbidden: User "system:serviceaccount:meshca-system:meshca" cannot get resource "secrets" in API group "" in the namespace "meshca-system""#,
+            ),
+        )]);
+        let store = KubernetesSecretStore::new(client);
+        let error = bootstrap(&store, &RootOptions::default(), &SystemClock)
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("RBAC"), "{message}");
+        assert!(
+            message
+                .contains("meshca's ServiceAccount needs get/create on secrets in meshca-system"),
+            "{message}"
+        );
+        assert!(
+            message.contains("Kubernetes Secret meshca-system/meshca-ca-bundle"),
+            "{message}"
+        );
+        assert_eq!(requests(store, server).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_error_on_create_names_the_secret() {
+        let (client, server) = scripted_server(vec![
+            (404, not_found()),
+            (
+                500,
+                status_body(500, "InternalError", "etcdserver: request timed out"),
+            ),
+        ]);
+        let store = KubernetesSecretStore::new(client);
+        let error = bootstrap(&store, &RootOptions::default(), &SystemClock)
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("meshca-system/meshca-ca-bundle"),
+            "{message}"
+        );
+        assert!(message.contains("500"), "{message}");
+        assert!(
+            message.contains("etcdserver: request timed out"),
+            "{message}"
+        );
+        assert!(!message.contains("PRIVATE KEY"), "{message}");
+        assert_eq!(requests(store, server).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_server_is_reported() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle: Handle<_, _> = handle;
+        handle.send_error(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        let store = KubernetesSecretStore::new(kube::Client::new(service, "default"));
+        let error = store.load().await.unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("meshca-system/meshca-ca-bundle"),
+            "{message}"
+        );
+        assert!(message.contains("reachable"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn debug_shows_where_not_what() {
+        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let store = KubernetesSecretStore::with_secret(client, "mesh", "fsm-ca-bundle");
+        let debug = format!("{store:?}");
+        assert!(debug.contains("\"mesh\""), "{debug}");
+        assert!(debug.contains("\"fsm-ca-bundle\""), "{debug}");
+        assert_eq!(store.describe(), "Kubernetes Secret mesh/fsm-ca-bundle");
+    }
+
+    /// An API server with one namespace's Secrets: GET, and POST that fails with 409 when the
+    /// Secret exists, as the real one does. Counts successful creates.
+    fn stateful_server() -> (kube::Client, Arc<Mutex<usize>>) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let creates = Arc::new(Mutex::new(0));
+        let counter = creates.clone();
+        tokio::spawn(async move {
+            let mut stored: Option<Value> = None;
+            while let Some((request, send)) = handle.next_request().await {
+                let seen = record(request).await;
+                let (status, body) = match (seen.method, seen.path.as_str(), &stored) {
+                    (Method::GET, SECRET_PATH, None) => (404, not_found()),
+                    (Method::GET, SECRET_PATH, Some(secret)) => (200, secret.clone()),
+                    (Method::POST, SECRETS_PATH, None) => {
+                        let secret = seen.body.unwrap();
+                        stored = Some(secret.clone());
+                        *counter.lock().await += 1;
+                        (201, secret)
+                    }
+                    (Method::POST, SECRETS_PATH, Some(_)) => (409, already_exists()),
+                    (method, path, _) => panic!("unexpected {method} {path}"),
+                };
+                send.send_response(json_response(status, &body));
+            }
+        });
+        (client, creates)
+    }
+
+    #[tokio::test]
+    async fn concurrent_bootstraps_share_one_root() {
+        let (client, creates) = stateful_server();
+        let store = KubernetesSecretStore::new(client);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    bootstrap(&store, &RootOptions::default(), &SystemClock)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut roots = Vec::new();
+        let mut created = 0;
+        for task in tasks {
+            let (authority, outcome) = task.await.unwrap();
+            created += usize::from(outcome == Outcome::Created);
+            roots.push(authority.root().clone());
+        }
+        assert_eq!(*creates.lock().await, 1);
+        assert_eq!(created, 1);
+        assert!(roots.windows(2).all(|w| w[0] == w[1]), "roots differ");
+    }
+}
