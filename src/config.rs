@@ -244,6 +244,28 @@ impl Default for SdsConfig {
     }
 }
 
+impl ProviderKind {
+    /// The configuration name: `tresor`, `vault`, `cert-manager`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Tresor => "tresor",
+            ProviderKind::Vault => "vault",
+            ProviderKind::CertManager => "cert-manager",
+        }
+    }
+}
+
+impl SdsAuth {
+    /// The configuration name: `mtls`, `unix-peer`, `development`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SdsAuth::Mtls => "mtls",
+            SdsAuth::UnixPeer => "unix-peer",
+            SdsAuth::Development => "development",
+        }
+    }
+}
+
 /// SDS caller authentication modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -698,6 +720,31 @@ mod tests {
             !format!("{config:?}").contains("s.abc"),
             "the token leaked into Debug"
         );
+    }
+
+    #[test]
+    fn enum_names_match_the_configuration_spelling() {
+        let yaml = |v: &dyn SpelledInYaml| v.yaml();
+        for kind in [
+            ProviderKind::Tresor,
+            ProviderKind::Vault,
+            ProviderKind::CertManager,
+        ] {
+            assert_eq!(yaml(&kind), kind.as_str());
+        }
+        for auth in [SdsAuth::Mtls, SdsAuth::UnixPeer, SdsAuth::Development] {
+            assert_eq!(yaml(&auth), auth.as_str());
+        }
+    }
+
+    /// Serialises a configuration enum the way the YAML file spells it.
+    trait SpelledInYaml {
+        fn yaml(&self) -> String;
+    }
+    impl<T: Serialize> SpelledInYaml for T {
+        fn yaml(&self) -> String {
+            serde_yaml::to_string(self).unwrap().trim().to_owned()
+        }
     }
 
     #[test]

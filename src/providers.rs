@@ -33,7 +33,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Sha
         ProviderKind::CertManager => anyhow::bail!(
             "certificateProvider.kind={} is not available yet (it needs the Kubernetes \
              integration): use tresor or vault",
-            kind_name(config.certificate_provider.kind)
+            config.certificate_provider.kind.as_str()
         ),
     }
 }
@@ -62,12 +62,4 @@ pub async fn tresor_authority(
     meshca_tresor::bootstrap(&store, &root_options(config), clock)
         .await
         .with_context(|| format!("cannot start the Tresor CA from {}", store.describe()))
-}
-
-fn kind_name(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::Tresor => "tresor",
-        ProviderKind::Vault => "vault",
-        ProviderKind::CertManager => "cert-manager",
-    }
 }

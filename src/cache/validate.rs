@@ -144,17 +144,20 @@ fn check_links(
             && child.authority_key_id.is_some()
             && child.authority_key_id == parent.subject_key_id
     };
-    let mut current = leaf.clone();
+    // The last certificate checked so far; `None` while that is still the leaf.
+    let mut last_parent: Option<CertificateInfo> = None;
     for intermediate in chain.intermediates() {
         let parent = CertificateInfo::parse(intermediate).map_err(unreadable)?;
-        if !issued_by(&current, &parent) || !parent.is_ca {
+        let current = last_parent.as_ref().unwrap_or(leaf);
+        if !issued_by(current, &parent) || !parent.is_ca {
             return Err(Rejection::new(format!(
                 "the chain is out of order: {:?} is not issued by {:?}",
                 current.subject, parent.subject
             )));
         }
-        current = parent;
+        last_parent = Some(parent);
     }
+    let current = last_parent.as_ref().unwrap_or(leaf);
     let by_root = bundle.issuer_names().iter().any(|root| {
         current.issuer == root.subject
             && current.authority_key_id.is_some()

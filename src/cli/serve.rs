@@ -36,11 +36,11 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot open the SDS listener")?;
     tracing::info!(
-        provider = config_kind(&config),
+        provider = config.certificate_provider.kind.as_str(),
         trust_domain = %config.trust_domain,
         sds_tcp = ?sds.tcp_address(),
         sds_unix = ?sds.unix_path(),
-        sds_auth = config_auth(&config),
+        sds_auth = config.sds.auth.as_str(),
         "meshca is serving; stop it with SIGTERM or Ctrl-C"
     );
     let source: Arc<dyn SecretSource> = Arc::new(cache);
@@ -81,14 +81,6 @@ pub fn sds_settings(config: &Config) -> anyhow::Result<SdsSettings> {
     })
 }
 
-fn config_auth(config: &Config) -> &'static str {
-    match config.sds.auth {
-        SdsAuth::Mtls => "mtls",
-        SdsAuth::UnixPeer => "unix-peer",
-        SdsAuth::Development => "development",
-    }
-}
-
 /// The cache settings from `certificateProvider.*` and `renewal.*`.
 pub fn cache_settings(config: &Config) -> CacheSettings {
     let renewal = &config.renewal;
@@ -103,10 +95,6 @@ pub fn cache_settings(config: &Config) -> CacheSettings {
         issue_timeout: renewal.issue_timeout,
         ..CacheSettings::default()
     }
-}
-
-fn config_kind(config: &Config) -> String {
-    format!("{:?}", config.certificate_provider.kind).to_lowercase()
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned future resolves on either.
