@@ -67,8 +67,11 @@ pub struct Config {
     pub trust_domain: String,
     /// Which backend signs, and the service certificate profile.
     pub certificate_provider: ProviderConfig,
-    /// Name of the Kubernetes Secret holding the CA bundle (Kubernetes store).
+    /// Name of the Kubernetes Secret holding the CA bundle (`tresor.store: kubernetes`, and
+    /// the trust bundle `meshca bootstrap` publishes for Vault and cert-manager).
     pub ca_bundle_secret_name: String,
+    /// meshca's own Kubernetes namespace: where the CA bundle Secret lives.
+    pub namespace: String,
     /// Built-in CA settings.
     pub tresor: TresorConfig,
     /// Vault / OpenBao settings (`certificateProvider.kind: vault`).
@@ -89,6 +92,7 @@ impl Default for Config {
             trust_domain: meshca_provider::DEFAULT_TRUST_DOMAIN.to_owned(),
             certificate_provider: ProviderConfig::default(),
             ca_bundle_secret_name: "meshca-ca-bundle".to_owned(),
+            namespace: "meshca-system".to_owned(),
             tresor: TresorConfig::default(),
             vault: meshca_vault::VaultSettings::default(),
             renewal: RenewalConfig::default(),
@@ -138,6 +142,9 @@ pub enum ProviderKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TresorConfig {
+    /// Where the CA is kept: `directory` (files in `tresor.directory`) or `kubernetes` (the
+    /// Secret `caBundleSecretName` in `namespace`).
+    pub store: StoreKind,
     /// Directory of the CA store (`ca.crt`, `private.key`).
     pub directory: PathBuf,
     /// Subject common name of a generated root.
@@ -157,12 +164,33 @@ pub struct TresorConfig {
 impl Default for TresorConfig {
     fn default() -> Self {
         Self {
+            store: StoreKind::Directory,
             directory: PathBuf::from("meshca-data/ca"),
             root_common_name: "meshca root".to_owned(),
             root_organization: "meshca".to_owned(),
             root_validity_duration: Duration::from_secs(87_600 * 3600),
             root_key_type: KeyType::P256,
             clock_skew_allowance: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where Tresor keeps its CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// `ca.crt` and `private.key` (0600) in a directory.
+    Directory,
+    /// An Opaque Kubernetes Secret with keys `ca.crt` and `private.key`.
+    Kubernetes,
+}
+
+impl StoreKind {
+    /// The configuration name: `directory`, `kubernetes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Directory => "directory",
+            StoreKind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -436,6 +464,26 @@ impl Config {
             key: "trustDomain",
             reason: e.to_string(),
         })?;
+        if !is_dns_label(&self.namespace) {
+            return Err(ConfigError::InvalidValue {
+                key: "namespace",
+                reason: format!(
+                    "{:?} is not a Kubernetes namespace name (lower-case letters, digits and '-', \
+                     at most 63 characters; default meshca-system)",
+                    self.namespace
+                ),
+            });
+        }
+        if !is_dns_subdomain(&self.ca_bundle_secret_name) {
+            return Err(ConfigError::InvalidValue {
+                key: "caBundleSecretName",
+                reason: format!(
+                    "{:?} is not a Kubernetes object name (lower-case letters, digits, '-' and \
+                     '.', at most 253 characters; default meshca-ca-bundle)",
+                    self.ca_bundle_secret_name
+                ),
+            });
+        }
         let lifetime = self.certificate_provider.service_cert_validity_duration;
         if lifetime < Duration::from_secs(10) {
             return Err(ConfigError::InvalidValue {
@@ -587,6 +635,22 @@ const OPTIONAL_KEYS: &[&str] = &[
     "vault.appRole.secretIdFile",
     "vault.appRole.mount",
 ];
+
+/// A DNS-1123 label: what Kubernetes accepts as a namespace name.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A DNS-1123 subdomain: what Kubernetes accepts as most object names (Secrets included).
+pub fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
 
 /// Every leaf key of the configuration, dotted (`certificateProvider.kind`).
 pub fn known_keys() -> Vec<String> {

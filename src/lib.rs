@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod kubernetes;
 pub mod providers;
 pub mod sds;
 pub mod stores;

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => meshca::cli::serve::run(config, args).await,
-            Command::Bootstrap => meshca::cli::ca::bootstrap(&config).await,
+            Command::Bootstrap(args) => meshca::cli::ca::bootstrap(&config, args).await,
             Command::Issue(args) => meshca::cli::issue::run(&config, args).await,
             Command::Inspect { file } => meshca::cli::inspect::run(&file),
             Command::Ca(command) => meshca::cli::ca::run(&config, command).await,

@@ -5,18 +5,20 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use meshca_provider::{Clock, SharedProvider};
-use meshca_tresor::{CaStore as _, DirectoryStore, Outcome, RootOptions, SigningAuthority, Tresor};
+use meshca_tresor::{Outcome, RootOptions, SigningAuthority, Tresor};
 
 use crate::config::{Config, ProviderKind};
+use crate::stores::ConfiguredStore;
 
 /// Builds the configured provider. For Tresor this loads the CA from its store, creating a
 /// root when the store is empty.
 pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<SharedProvider> {
     match config.certificate_provider.kind {
         ProviderKind::Tresor => {
-            let (authority, outcome) = tresor_authority(config, clock.as_ref()).await?;
+            let store = ConfiguredStore::open(config).await?;
+            let (authority, outcome) = tresor_authority(&store, config, clock.as_ref()).await?;
             tracing::info!(
-                store = %tresor_store(config).describe(),
+                store = %store.as_store().describe(),
                 subject = authority.subject(),
                 fingerprint = %authority.trust_bundle().fingerprints().join(","),
                 "tresor: {outcome}"
@@ -38,11 +40,6 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Sha
     }
 }
 
-/// The directory CA store named by `tresor.directory`.
-pub fn tresor_store(config: &Config) -> DirectoryStore {
-    DirectoryStore::new(&config.tresor.directory)
-}
-
 /// The root options from `tresor.*`.
 pub fn root_options(config: &Config) -> RootOptions {
     let mut options = RootOptions::default();
@@ -53,13 +50,14 @@ pub fn root_options(config: &Config) -> RootOptions {
     options
 }
 
-/// Loads Tresor's CA, creating a root when the store is empty.
+/// Loads Tresor's CA from `store`, creating a root when the store is empty.
 pub async fn tresor_authority(
+    store: &ConfiguredStore,
     config: &Config,
     clock: &dyn Clock,
 ) -> anyhow::Result<(SigningAuthority, Outcome)> {
-    let store = tresor_store(config);
-    meshca_tresor::bootstrap(&store, &root_options(config), clock)
+    let store = store.as_store();
+    meshca_tresor::bootstrap(store, &root_options(config), clock)
         .await
         .with_context(|| format!("cannot start the Tresor CA from {}", store.describe()))
 }

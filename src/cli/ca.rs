@@ -1,16 +1,20 @@
 //! `meshca bootstrap` and `meshca ca …`: the CA store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::Subcommand;
-use meshca_provider::{Clock, SystemClock, TrustDomain, parse_duration};
-use meshca_tresor::{CaStore, Created, DirectoryStore, IntermediateOptions, StoredCa};
+use clap::{Args, Subcommand};
+use meshca_provider::{Clock, SystemClock, TrustBundle, TrustDomain, parse_duration};
+use meshca_tresor::{
+    CaStore, Created, DirectoryStore, IntermediateOptions, Outcome, SigningAuthority, StoredCa,
+};
 
 use crate::cli::inspect;
-use crate::config::Config;
-use crate::providers::{tresor_authority, tresor_store};
+use crate::config::{Config, ProviderKind, StoreKind};
+use crate::providers::tresor_authority;
+use crate::stores::{ConfiguredStore, KubernetesSecretStore};
 
 /// `meshca ca …`
 #[derive(Debug, Subcommand)]
@@ -58,16 +62,98 @@ pub(crate) fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|e| e.to_string())
 }
 
-/// `meshca bootstrap`: create or adopt, then describe.
-pub async fn bootstrap(config: &Config) -> anyhow::Result<()> {
-    let (authority, outcome) = tresor_authority(config, &SystemClock).await?;
-    let store = tresor_store(config);
-    println!("meshca: {outcome} in {}", store.describe());
-    println!("  CA certificate: {}", store.certificate_path().display());
-    println!(
-        "  private key:    {} (mode 0600)",
-        store.key_path().display()
-    );
+/// `meshca bootstrap`: where the CA goes and where it comes from.
+#[derive(Debug, Default, Args)]
+pub struct BootstrapArgs {
+    /// Where Tresor keeps its CA: directory or kubernetes (tresor.store).
+    #[arg(long, value_enum)]
+    pub store: Option<StoreKind>,
+    /// Name of the CA bundle Secret (caBundleSecretName, default meshca-ca-bundle; an existing
+    /// fsm-ca-bundle can be adopted). Implies --store kubernetes.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Namespace of the CA bundle Secret (namespace, default meshca-system). Implies --store
+    /// kubernetes.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Store this CA instead of generating a root: a PEM chain (the CA certificate first, up to
+    /// its root) and its unencrypted PKCS#8 key. With Vault or cert-manager: the root
+    /// certificate(s) alone, published as ca.crt.
+    #[arg(long, num_args = 1..=2, value_names = ["CERT", "KEY"])]
+    pub from_files: Vec<PathBuf>,
+}
+
+impl BootstrapArgs {
+    /// The configuration with this command's flags applied.
+    fn apply(&self, config: &Config) -> anyhow::Result<Config> {
+        let mut config = config.clone();
+        let names_secret = self.name.is_some() || self.namespace.is_some();
+        if let Some(name) = &self.name {
+            config.ca_bundle_secret_name.clone_from(name);
+        }
+        if let Some(namespace) = &self.namespace {
+            config.namespace.clone_from(namespace);
+        }
+        match (self.store, names_secret) {
+            (Some(StoreKind::Directory), true) => bail!(
+                "--name and --namespace name a Kubernetes Secret, but --store directory keeps \
+                 the CA in {}: drop one or the other",
+                config.tresor.directory.display()
+            ),
+            (Some(kind), _) => config.tresor.store = kind,
+            (None, true) => config.tresor.store = StoreKind::Kubernetes,
+            (None, false) => {}
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `meshca bootstrap`: create or adopt the CA (Tresor) or publish the backend's trust bundle
+/// (Vault, cert-manager), then describe it.
+pub async fn bootstrap(config: &Config, args: BootstrapArgs) -> anyhow::Result<()> {
+    let config = args.apply(config)?;
+    match config.certificate_provider.kind {
+        ProviderKind::Tresor => bootstrap_tresor(&config, &args.from_files).await,
+        ProviderKind::Vault | ProviderKind::CertManager => {
+            publish_bundle(&config, &args.from_files).await
+        }
+    }
+}
+
+async fn bootstrap_tresor(config: &Config, from_files: &[PathBuf]) -> anyhow::Result<()> {
+    let store = ConfiguredStore::open(config).await?;
+    let (authority, outcome) = match from_files {
+        [] => tresor_authority(&store, config, &SystemClock).await?,
+        [cert, key] => {
+            let checked = read_import(cert, key)?;
+            let outcome = match store.as_store().create(&checked).await? {
+                Created::Stored => "imported the CA",
+                Created::AlreadyExists(found) if same_certificate(&found, &checked) => {
+                    "found the same CA already stored"
+                }
+                Created::AlreadyExists(found) => refuse_replacing(store.as_store(), &found)?,
+            };
+            let authority = checked.authority(SystemClock.now())?;
+            println!("meshca: {outcome} in {}", store.as_store().describe());
+            describe_authority(&store, &authority);
+            return Ok(());
+        }
+        [_] => bail!(
+            "--from-files needs the CA certificate and its key with Tresor: --from-files \
+             ca.crt private.key"
+        ),
+        _ => unreachable!("clap allows one or two files"),
+    };
+    println!("meshca: {outcome} in {}", store.as_store().describe());
+    describe_authority(&store, &authority);
+    Ok(())
+}
+
+fn describe_authority(store: &ConfiguredStore, authority: &SigningAuthority) {
+    for line in store.locations() {
+        println!("  {line}");
+    }
     println!("  subject:        {}", authority.subject());
     for fingerprint in authority.trust_bundle().fingerprints() {
         println!("  root SHA-256:   {fingerprint}");
@@ -76,17 +162,104 @@ pub async fn bootstrap(config: &Config) -> anyhow::Result<()> {
         "  expires:        {}",
         inspect::rfc3339(authority.not_after())
     );
+    println!("Show the root with:\n  {}", store.show_root_command());
+}
+
+/// With Vault or cert-manager the CA's key stays in the backend: the Secret carries the trust
+/// bundle alone, for proxies and `kubectl` to read.
+async fn publish_bundle(config: &Config, from_files: &[PathBuf]) -> anyhow::Result<()> {
+    let kind = config.certificate_provider.kind.as_str();
+    let bundle = match from_files {
+        [] => {
+            let provider = crate::providers::build(config, Arc::new(SystemClock)).await?;
+            provider
+                .trust_bundle()
+                .await
+                .with_context(|| format!("cannot read the {kind} trust bundle"))?
+        }
+        [cert] => {
+            let text = std::fs::read_to_string(cert)
+                .with_context(|| format!("cannot read {}", cert.display()))?;
+            TrustBundle::from_pem(&text)
+                .with_context(|| format!("{} is not a PEM certificate file", cert.display()))?
+        }
+        _ => bail!(
+            "with certificateProvider.kind={kind} the CA's key stays in {kind}: give only the \
+             root certificate, --from-files ca.crt"
+        ),
+    };
+    check_roots(&bundle, SystemClock.now())?;
+    let secret = ConfiguredStore::secret(config).await?;
+    let outcome = secret.publish_trust_bundle(&bundle).await?;
+    let verb = match outcome {
+        Outcome::Created => "published",
+        Outcome::Loaded => "found",
+        Outcome::Adopted => "found (published concurrently)",
+    };
     println!(
-        "Show it with: openssl x509 -text -noout -in {}",
-        store.certificate_path().display()
+        "meshca: {verb} the {kind} trust bundle in {}",
+        secret.describe()
     );
+    println!(
+        "  Secret:         {}/{} (type Opaque, key {} only: the key stays in {kind})",
+        secret.namespace(),
+        secret.name(),
+        KubernetesSecretStore::CERTIFICATE_KEY
+    );
+    for fingerprint in bundle.fingerprints() {
+        println!("  root SHA-256:   {fingerprint}");
+    }
+    println!("Show the root with:\n  {}", secret.show_root_command());
     Ok(())
+}
+
+/// A trust bundle worth publishing: at least one certificate, each a CA, none expired.
+fn check_roots(bundle: &TrustBundle, now: std::time::SystemTime) -> anyhow::Result<()> {
+    if bundle.is_empty() {
+        bail!("the trust bundle holds no certificate");
+    }
+    for root in bundle.roots() {
+        let info = meshca_provider::CertificateInfo::parse(root)?;
+        if !info.is_ca {
+            bail!(
+                "{} is not a CA certificate (basicConstraints CA:false): give the issuing root",
+                info.subject
+            );
+        }
+        if info.not_after <= now {
+            bail!(
+                "{} expired at {}: a bundle with an expired root would break every proxy",
+                info.subject,
+                inspect::rfc3339(info.not_after)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_import(cert: &Path, key: &Path) -> anyhow::Result<StoredCa> {
+    let offered = StoredCa::read_files(cert, key)?;
+    StoredCa::import(
+        offered.certificate_pem(),
+        offered.key_pem(),
+        SystemClock.now(),
+    )
+    .with_context(|| format!("refusing to import {} / {}", cert.display(), key.display()))
+}
+
+fn same_certificate(a: &StoredCa, b: &StoredCa) -> bool {
+    let first = |ca: &StoredCa| {
+        meshca_provider::x509::certificates_from_pem(ca.certificate_pem())
+            .ok()
+            .and_then(|chain| chain.into_iter().next())
+    };
+    first(a).is_some() && first(a) == first(b)
 }
 
 /// `meshca ca …`
 pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
     match command {
-        CaCommand::Init => bootstrap(config).await,
+        CaCommand::Init => bootstrap(config, BootstrapArgs::default()).await,
         CaCommand::Show => {
             let stored = load_existing(config).await?;
             let chain = meshca_provider::x509::certificates_from_pem(stored.certificate_pem())?;
@@ -108,18 +281,13 @@ pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
             Ok(())
         }
         CaCommand::Import { cert, key } => {
-            let offered = StoredCa::read_files(&cert, &key)?;
-            let checked = StoredCa::import(
-                offered.certificate_pem(),
-                offered.key_pem(),
-                SystemClock.now(),
-            )
-            .with_context(|| {
-                format!("refusing to import {} / {}", cert.display(), key.display())
-            })?;
-            let store = tresor_store(config);
-            store_new(&store, &checked).await?;
-            println!("meshca: imported the CA into {}", store.describe());
+            let checked = read_import(&cert, &key)?;
+            let store = ConfiguredStore::open(config).await?;
+            store_new(store.as_store(), &checked).await?;
+            println!(
+                "meshca: imported the CA into {}",
+                store.as_store().describe()
+            );
             Ok(())
         }
         CaCommand::Intermediate {
@@ -155,7 +323,8 @@ pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
 }
 
 async fn load_existing(config: &Config) -> anyhow::Result<StoredCa> {
-    let store = tresor_store(config);
+    let store = ConfiguredStore::open(config).await?;
+    let store = store.as_store();
     match store.load().await? {
         Some(stored) => Ok(stored),
         None => bail!(
@@ -165,19 +334,21 @@ async fn load_existing(config: &Config) -> anyhow::Result<StoredCa> {
     }
 }
 
-async fn store_new(store: &DirectoryStore, ca: &StoredCa) -> anyhow::Result<()> {
+async fn store_new(store: &dyn CaStore, ca: &StoredCa) -> anyhow::Result<()> {
     match store.create(ca).await? {
         Created::Stored => Ok(()),
-        Created::AlreadyExists(found) => {
-            let fingerprints = found
-                .authority(SystemClock.now())
-                .map(|a| a.trust_bundle().fingerprints().join(", "))
-                .unwrap_or_else(|e| format!("unreadable: {e}"));
-            bail!(
-                "{} already holds a CA (root {fingerprints}); refusing to replace it. Move it \
-                 away first if you really mean to replace the CA",
-                store.describe()
-            )
-        }
+        Created::AlreadyExists(found) => refuse_replacing(store, &found),
     }
+}
+
+fn refuse_replacing<T>(store: &dyn CaStore, found: &StoredCa) -> anyhow::Result<T> {
+    let fingerprints = found
+        .authority(SystemClock.now())
+        .map(|a| a.trust_bundle().fingerprints().join(", "))
+        .unwrap_or_else(|e| format!("unreadable: {e}"));
+    bail!(
+        "{} already holds a CA (root {fingerprints}); refusing to replace it. Nothing was \
+         changed: move it away first if you really mean to replace the CA",
+        store.describe()
+    )
 }

@@ -81,8 +81,9 @@ impl GlobalArgs {
 pub enum Command {
     /// Run the daemon: issue, cache and renew certificates, serve them over SDS.
     Serve(serve::ServeArgs),
-    /// Create the CA store if it is absent, or adopt and check the one that exists.
-    Bootstrap,
+    /// Create the CA (a directory or the CA bundle Secret) if it is absent, or adopt and check
+    /// the one that exists; with Vault or cert-manager, publish their root as the bundle.
+    Bootstrap(ca::BootstrapArgs),
     /// Issue one certificate to files: cert.pem, key.pem (0600), ca.pem.
     Issue(issue::IssueArgs),
     /// Show a certificate file: subject, SPIFFE ID, SANs, issuer, validity, time left, serial,

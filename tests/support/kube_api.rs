@@ -1,0 +1,611 @@
+//! A small stateful Kubernetes API server for tests, on loopback over plain HTTP.
+//!
+//! No API server can run on these machines, so the tests that drive meshca as a user would
+//! (the `meshca` binary, `kubectl`, OpenBao's Kubernetes auth method) talk to this instead,
+//! through a kubeconfig it writes. It keeps objects like the API server does — create fails
+//! with `409 AlreadyExists`, a stale `resourceVersion` on update with `409 Conflict`, a missing
+//! object is a `404` with a Status body — records every request (method, path, query, body,
+//! bearer token) for the tests to assert on, answers TokenReviews from a table of tokens the
+//! test registers, and can be told to fail the next matching requests.
+//!
+//! What it is not: there is no admission, no RBAC (every bearer token is accepted), no watch,
+//! and label selectors support only `key=value` terms.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+/// One request the mock received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub body: Option<Value>,
+    pub bearer: Option<String>,
+}
+
+impl Recorded {
+    /// True for requests that change state.
+    pub fn is_write(&self) -> bool {
+        !matches!(self.method.as_str(), "GET" | "HEAD")
+    }
+}
+
+/// Who a service-account token belongs to, for TokenReview.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub namespace: String,
+    pub service_account: String,
+    /// The audiences the token was issued for.
+    pub audiences: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Fault {
+    method: Method,
+    path: String,
+    status: u16,
+    reason: String,
+    message: String,
+    remaining: usize,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    /// Objects by collection path (`/api/v1/namespaces/ns/secrets`) and name.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    next_version: u64,
+    requests: Vec<Recorded>,
+    faults: Vec<Fault>,
+    tokens: HashMap<String, TokenOwner>,
+}
+
+type Shared = Arc<Mutex<Store>>;
+
+/// A running mock API server; stops when dropped.
+pub struct MockKube {
+    pub addr: SocketAddr,
+    store: Shared,
+    task: JoinHandle<()>,
+    dir: tempfile::TempDir,
+}
+
+impl MockKube {
+    /// The bearer token in the kubeconfig [`MockKube::kubeconfig`] writes.
+    pub const ADMIN_TOKEN: &'static str = "mock-admin-token";
+
+    /// Starts on a free loopback port.
+    pub async fn start() -> Self {
+        let store: Shared = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().fallback(handle).with_state(store.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mock = Self {
+            addr,
+            store,
+            task,
+            dir,
+        };
+        std::fs::write(mock.kubeconfig(), mock.kubeconfig_yaml()).unwrap();
+        mock
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig file pointing at this server (for `KUBECONFIG`, `kubectl --kubeconfig`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {}\n\
+             users:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: mock\n  context:\n    \
+             cluster: mock\n    user: admin\n    namespace: default\ncurrent-context: mock\n",
+            self.url(),
+            Self::ADMIN_TOKEN
+        )
+    }
+
+    /// A kube `Client` for this server.
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.store.lock().unwrap().requests.clone()
+    }
+
+    /// Requests that changed (or tried to change) state.
+    pub fn writes(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(Recorded::is_write)
+            .collect()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        self.store.lock().unwrap().requests.clear();
+    }
+
+    /// The stored object at `path` (`/api/v1/namespaces/ns/secrets/name`).
+    pub fn object(&self, path: &str) -> Option<Value> {
+        let (collection, name) = path.rsplit_once('/').unwrap();
+        let store = self.store.lock().unwrap();
+        store.objects.get(collection)?.get(name).cloned()
+    }
+
+    /// Stores `object` at `path` directly, as if someone else had created it.
+    pub fn put_object(&self, path: &str, mut object: Value) {
+        let (collection, name) = path.rsplit_once('/').unwrap();
+        let mut store = self.store.lock().unwrap();
+        store.next_version += 1;
+        let version = store.next_version.to_string();
+        stamp(&mut object, collection, name, &version);
+        store
+            .objects
+            .entry(collection.to_owned())
+            .or_default()
+            .insert(name.to_owned(), object);
+    }
+
+    /// A Secret with `data` (values given as bytes) at `namespace/name`.
+    pub fn put_secret(&self, namespace: &str, name: &str, data: &[(&str, &[u8])]) {
+        use base64::Engine as _;
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(key, value)| {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+                ((*key).to_owned(), Value::String(encoded))
+            })
+            .collect();
+        self.put_object(
+            &format!("/api/v1/namespaces/{namespace}/secrets/{name}"),
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": data}),
+        );
+    }
+
+    /// Registers a service-account token for TokenReview.
+    pub fn add_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+    ) {
+        self.store.lock().unwrap().tokens.insert(
+            token.to_owned(),
+            TokenOwner {
+                namespace: namespace.to_owned(),
+                service_account: service_account.to_owned(),
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            },
+        );
+    }
+
+    /// Makes the next `times` requests `method path` fail with `status` and a Status body.
+    pub fn fail(
+        &self,
+        method: Method,
+        path: &str,
+        status: u16,
+        reason: &str,
+        message: &str,
+        times: usize,
+    ) {
+        self.store.lock().unwrap().faults.push(Fault {
+            method,
+            path: path.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            remaining: times,
+        });
+    }
+
+    /// Where the kubeconfig and other files of this mock live.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for MockKube {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A Kubernetes `Status` failure body.
+pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code,
+    })
+}
+
+fn respond(code: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(code).unwrap();
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn failure(code: u16, reason: &str, message: &str) -> Response {
+    respond(code, status_body(code, reason, message))
+}
+
+/// Sets the fields the API server owns.
+fn stamp(object: &mut Value, collection: &str, name: &str, version: &str) {
+    let namespace = collection
+        .split('/')
+        .skip_while(|s| *s != "namespaces")
+        .nth(1)
+        .map(str::to_owned);
+    let meta = object
+        .as_object_mut()
+        .unwrap()
+        .entry("metadata")
+        .or_insert_with(|| json!({}));
+    let meta = meta.as_object_mut().unwrap();
+    meta.insert("name".into(), json!(name));
+    if let Some(namespace) = namespace {
+        meta.insert("namespace".into(), json!(namespace));
+    }
+    meta.insert("resourceVersion".into(), json!(version));
+    meta.entry("uid")
+        .or_insert_with(|| json!(format!("uid-{name}-{version}")));
+    meta.entry("creationTimestamp")
+        .or_insert_with(|| json!("2026-01-01T00:00:00Z"));
+}
+
+async fn handle(
+    State(store): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().trim_end_matches('/').to_owned();
+    let query = uri.query().map(str::to_owned);
+    let body: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(value) => Some(value),
+            Err(e) => return failure(400, "BadRequest", &format!("body is not JSON: {e}")),
+        }
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let mut store = store.lock().unwrap();
+    store.requests.push(Recorded {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        body: body.clone(),
+        bearer,
+    });
+    if let Some(fault) = store
+        .faults
+        .iter_mut()
+        .find(|f| f.remaining > 0 && f.method == method && f.path == path)
+    {
+        fault.remaining -= 1;
+        return failure(fault.status, &fault.reason.clone(), &fault.message.clone());
+    }
+    route(&mut store, &method, &path, query.as_deref(), body)
+}
+
+fn route(
+    store: &mut Store,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: Option<Value>,
+) -> Response {
+    match path {
+        "/api" => {
+            return respond(
+                200,
+                json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+            );
+        }
+        "/apis" => {
+            return respond(
+                200,
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+            );
+        }
+        "/api/v1" => {
+            return respond(
+                200,
+                json!({
+            "kind": "APIResourceList", "groupVersion": "v1",
+            "resources": [{"name": "secrets", "singularName": "secret", "namespaced": true,
+                "kind": "Secret", "verbs": ["create", "delete", "get", "list", "update", "watch"]}]}),
+            );
+        }
+        "/version" => {
+            return respond(
+                200,
+                json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-mock"}),
+            );
+        }
+        "/apis/authentication.k8s.io/v1/tokenreviews" if method == Method::POST => {
+            return token_review(store, body.unwrap_or_default());
+        }
+        _ => {}
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // /api/v1/namespaces/{ns}/{plural}[/{name}] or /apis/{group}/{version}/namespaces/…
+    let namespaced_at = match segments.first() {
+        Some(&"api") => 2,
+        Some(&"apis") => 3,
+        _ => {
+            return failure(
+                404,
+                "NotFound",
+                &format!("the server could not find {path}"),
+            );
+        }
+    };
+    if segments.get(namespaced_at) != Some(&"namespaces") || segments.len() < namespaced_at + 3 {
+        return failure(
+            404,
+            "NotFound",
+            &format!("the server could not find {path}"),
+        );
+    }
+    let plural = segments[namespaced_at + 2];
+    let collection = segments[..namespaced_at + 3].join("/");
+    let collection = format!("/{collection}");
+    let name = segments.get(namespaced_at + 3).copied();
+    match (method.clone(), name) {
+        (Method::GET, None) => list(store, &collection, plural, query),
+        (Method::POST, None) => create(store, &collection, plural, body.unwrap_or_default()),
+        (Method::GET, Some(name)) => match store.objects.get(&collection).and_then(|c| c.get(name))
+        {
+            Some(object) => respond(200, object.clone()),
+            None => not_found(plural, name),
+        },
+        (Method::PUT, Some(name)) => {
+            replace(store, &collection, plural, name, body.unwrap_or_default())
+        }
+        (Method::DELETE, Some(name)) => {
+            match store
+                .objects
+                .get_mut(&collection)
+                .and_then(|c| c.remove(name))
+            {
+                Some(object) => respond(200, object),
+                None => not_found(plural, name),
+            }
+        }
+        _ => failure(
+            405,
+            "MethodNotAllowed",
+            &format!("{method} is not supported on {path}"),
+        ),
+    }
+}
+
+fn not_found(plural: &str, name: &str) -> Response {
+    failure(404, "NotFound", &format!("{plural} \"{name}\" not found"))
+}
+
+fn list(store: &Store, collection: &str, plural: &str, query: Option<&str>) -> Response {
+    let selector: Vec<(String, String)> = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.strip_prefix("labelSelector="))
+        .flat_map(|s| {
+            let s = percent_decode(s);
+            s.split(',')
+                .filter_map(|term| {
+                    term.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let items: Vec<Value> = store
+        .objects
+        .get(collection)
+        .into_iter()
+        .flat_map(|c| c.values())
+        .filter(|object| {
+            selector.iter().all(|(key, value)| {
+                object["metadata"]["labels"][key.as_str()].as_str() == Some(value.as_str())
+            })
+        })
+        .cloned()
+        .collect();
+    respond(
+        200,
+        json!({
+            "kind": format!("{}List", kind_of(plural)), "apiVersion": "v1",
+            "metadata": {"resourceVersion": store.next_version.to_string()},
+            "items": items,
+        }),
+    )
+}
+
+fn create(store: &mut Store, collection: &str, plural: &str, mut object: Value) -> Response {
+    let name = match object["metadata"]["name"].as_str() {
+        Some(name) => name.to_owned(),
+        None => match object["metadata"]["generateName"].as_str() {
+            Some(prefix) => format!("{prefix}{:05x}", store.next_version + 1),
+            None => return failure(422, "Invalid", "metadata.name: Required value"),
+        },
+    };
+    if store
+        .objects
+        .get(collection)
+        .is_some_and(|c| c.contains_key(&name))
+    {
+        return failure(
+            409,
+            "AlreadyExists",
+            &format!("{plural} \"{name}\" already exists"),
+        );
+    }
+    store.next_version += 1;
+    let version = store.next_version.to_string();
+    stamp(&mut object, collection, &name, &version);
+    store
+        .objects
+        .entry(collection.to_owned())
+        .or_default()
+        .insert(name, object.clone());
+    respond(201, object)
+}
+
+fn replace(
+    store: &mut Store,
+    collection: &str,
+    plural: &str,
+    name: &str,
+    mut object: Value,
+) -> Response {
+    let Some(current) = store.objects.get(collection).and_then(|c| c.get(name)) else {
+        return not_found(plural, name);
+    };
+    let current_version = current["metadata"]["resourceVersion"].clone();
+    let offered = &object["metadata"]["resourceVersion"];
+    if !offered.is_null() && *offered != current_version {
+        return failure(
+            409,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {plural} \"{name}\": the object has been \
+                 modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    store.next_version += 1;
+    let version = store.next_version.to_string();
+    stamp(&mut object, collection, name, &version);
+    store
+        .objects
+        .entry(collection.to_owned())
+        .or_default()
+        .insert(name.to_owned(), object.clone());
+    respond(200, object)
+}
+
+fn token_review(store: &Store, review: Value) -> Response {
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let asked: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let status = match store.tokens.get(token) {
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        Some(owner) => {
+            let granted: Vec<&String> = if asked.is_empty() {
+                owner.audiences.iter().collect()
+            } else {
+                asked
+                    .iter()
+                    .filter(|a| owner.audiences.contains(a))
+                    .collect()
+            };
+            if granted.is_empty() {
+                json!({"authenticated": false,
+                    "error": "invalid bearer token, token audiences is invalid for the target audiences"})
+            } else {
+                json!({
+                    "authenticated": true,
+                    "user": {
+                        "username": format!("system:serviceaccount:{}:{}", owner.namespace, owner.service_account),
+                        "uid": format!("uid-{}-{}", owner.namespace, owner.service_account),
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", owner.namespace), "system:authenticated"],
+                        "extra": {"authentication.kubernetes.io/pod-name": ["pod-1"]},
+                    },
+                    "audiences": granted,
+                })
+            }
+        }
+    };
+    respond(
+        201,
+        json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "metadata": {"creationTimestamp": null},
+            "spec": review["spec"], "status": status,
+        }),
+    )
+}
+
+fn kind_of(plural: &str) -> &'static str {
+    match plural {
+        "secrets" => "Secret",
+        "leases" => "Lease",
+        "certificaterequests" => "CertificateRequest",
+        _ => "Object",
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
