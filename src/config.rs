@@ -240,9 +240,13 @@ pub struct SdsConfig {
     /// Unix socket path of the SDS listener; empty to disable.
     pub unix_socket: String,
     /// How callers prove who they are: `mtls` (a client certificate issued by meshca),
-    /// `unix-peer` (the Unix socket peer's uid, mapped by `unixPeers`), or `development`
-    /// (the Envoy node id is believed; loopback and Unix sockets only).
+    /// `unix-peer` (the Unix socket peer's uid, mapped by `unixPeers`), `token` (a Kubernetes
+    /// service-account token, checked with TokenReview; loopback and Unix sockets only), or
+    /// `development` (the Envoy node id is believed; loopback and Unix sockets only).
     pub auth: SdsAuth,
+    /// With `auth: token`: comma-separated audiences a token must be meant for (empty: the API
+    /// server's own audience, i.e. the pod's default token).
+    pub token_audiences: String,
     /// The identity of the SDS endpoint's own certificate with `auth: mtls`, `<ns>/<sa>`.
     pub server_identity: String,
     /// With `auth: unix-peer`: comma-separated `uid=<ns>/<sa>` pairs, e.g.
@@ -263,6 +267,7 @@ impl Default for SdsConfig {
             listen: "127.0.0.1:15010".to_owned(),
             unix_socket: String::new(),
             auth: SdsAuth::Mtls,
+            token_audiences: String::new(),
             server_identity: "meshca-system/meshca".to_owned(),
             unix_peers: String::new(),
             max_streams: limits.max_streams,
@@ -284,11 +289,12 @@ impl ProviderKind {
 }
 
 impl SdsAuth {
-    /// The configuration name: `mtls`, `unix-peer`, `development`.
+    /// The configuration name: `mtls`, `unix-peer`, `token`, `development`.
     pub fn as_str(self) -> &'static str {
         match self {
             SdsAuth::Mtls => "mtls",
             SdsAuth::UnixPeer => "unix-peer",
+            SdsAuth::Token => "token",
             SdsAuth::Development => "development",
         }
     }
@@ -302,6 +308,8 @@ pub enum SdsAuth {
     Mtls,
     /// Unix socket peer credentials.
     UnixPeer,
+    /// A Kubernetes service-account token (TokenReview).
+    Token,
     /// Trust the Envoy node id (development only).
     Development,
 }
@@ -583,6 +591,17 @@ impl Config {
     }
 
     /// `sds.unixPeers` as a map.
+    /// `sds.tokenAudiences` as a list.
+    pub fn token_audiences(&self) -> Vec<String> {
+        self.sds
+            .token_audiences
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn unix_peers(&self) -> Result<HashMap<u32, SpiffeId>, ConfigError> {
         let mut peers = HashMap::new();
         for pair in self

@@ -10,6 +10,7 @@ use meshca_provider::{Clock, SpiffeId};
 
 use crate::cache::{CacheSettings, CertificateCache};
 use crate::config::{Config, SdsAuth};
+use crate::kubernetes::TokenReviewAuthenticator;
 use crate::sds::{
     AuthMode, MtlsSettings, SdsLimits, SdsServer, SdsSettings, SecretSource, UnixPeerMap,
 };
@@ -30,7 +31,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         .refresh_trust_bundle()
         .await
         .context("cannot read the provider's trust bundle")?;
-    let sds = SdsServer::new(sds_settings(&config)?)
+    let sds = SdsServer::new(sds_settings(&config).await?)
         .context("cannot start the SDS server")?
         .bind()
         .await
@@ -54,11 +55,16 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// The SDS server settings from `sds.*`.
-pub fn sds_settings(config: &Config) -> anyhow::Result<SdsSettings> {
+pub async fn sds_settings(config: &Config) -> anyhow::Result<SdsSettings> {
     let trust_domain = config.trust_domain();
     let auth = match config.sds.auth {
         SdsAuth::Development => AuthMode::Development,
         SdsAuth::UnixPeer => AuthMode::UnixPeer(UnixPeerMap::new(config.unix_peers()?)),
+        SdsAuth::Token => AuthMode::Token(Arc::new(TokenReviewAuthenticator::new(
+            crate::kubernetes::connect().await?,
+            config.token_audiences(),
+            trust_domain.clone(),
+        ))),
         SdsAuth::Mtls => {
             let mut mtls = MtlsSettings::new(&trust_domain);
             mtls.server_identity =

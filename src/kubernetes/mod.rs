@@ -1,6 +1,10 @@
 //! Connecting to the Kubernetes API server, for everything meshca keeps or asks there (the CA
 //! bundle Secret, managed TLS Secrets, TokenReviews, CertificateRequests).
 
+mod token_review;
+
+pub use token_review::TokenReviewAuthenticator;
+
 use anyhow::Context as _;
 
 /// A client for the API server meshca runs against: the pod's ServiceAccount when running in

@@ -1,0 +1,223 @@
+//! SDS callers authenticated by their Kubernetes service-account token: the API server's
+//! TokenReview says whose token it is; meshca maps `system:serviceaccount:<ns>:<sa>` to the
+//! identity `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::{Api, PostParams};
+use meshca_provider::x509::sha256;
+use meshca_provider::{SpiffeId, TrustDomain};
+
+use crate::sds::{TokenAuthenticator, TokenError};
+
+/// The username prefix TokenReview gives service accounts.
+const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+
+/// Checks tokens with TokenReview and remembers accepted ones.
+///
+/// An accepted token is cached (by its SHA-256, never the token itself) until it expires (the
+/// `exp` claim, read only after the API server accepted the token) or `max_cache_age` passes,
+/// whichever is first: the cap bounds how long a token the API server has since invalidated
+/// (its pod deleted) keeps working. Rejections are not cached.
+pub struct TokenReviewAuthenticator {
+    client: kube::Client,
+    audiences: Vec<String>,
+    trust_domain: TrustDomain,
+    max_cache_age: Duration,
+    max_cache_entries: usize,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    identity: SpiffeId,
+    until: Instant,
+}
+
+impl TokenReviewAuthenticator {
+    /// Accepted tokens are trusted again without a review for at most this long.
+    pub const DEFAULT_MAX_CACHE_AGE: Duration = Duration::from_secs(300);
+
+    /// Reviews tokens with `client`; `audiences` are sent with each review (empty: the API
+    /// server's own audience, i.e. the pod's default token).
+    pub fn new(client: kube::Client, audiences: Vec<String>, trust_domain: TrustDomain) -> Self {
+        Self {
+            client,
+            audiences,
+            trust_domain,
+            max_cache_age: Self::DEFAULT_MAX_CACHE_AGE,
+            max_cache_entries: 100_000,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// Changes how long an accepted token is trusted without a new review.
+    #[must_use]
+    pub fn with_max_cache_age(mut self, age: Duration) -> Self {
+        self.max_cache_age = age;
+        self
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<SpiffeId> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(digest)
+            .filter(|c| c.until > Instant::now())
+            .map(|c| c.identity.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], identity: SpiffeId, token: &str) {
+        let lifetime = token_expiry(token)
+            .and_then(|exp| exp.duration_since(SystemTime::now()).ok())
+            .map_or(self.max_cache_age, |left| left.min(self.max_cache_age));
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= self.max_cache_entries {
+            cache.retain(|_, c| c.until > now);
+            if cache.len() >= self.max_cache_entries {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            digest,
+            Cached {
+                identity,
+                until: now + lifetime,
+            },
+        );
+    }
+
+    async fn review(&self, token: &str) -> Result<SpiffeId, TokenError> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_owned(),
+                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
+            },
+            ..TokenReview::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(review_failed)?;
+        let status = answer.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(TokenError::Rejected {
+                reason: format!(
+                    "the API server did not authenticate it ({})",
+                    status.error.as_deref().unwrap_or("no reason given")
+                ),
+            });
+        }
+        // The API server may accept a token for audiences other than the ones asked for when
+        // it ignores `spec.audiences`; clients must check (TokenReview API documentation).
+        if !self.audiences.is_empty() {
+            let granted = status.audiences.unwrap_or_default();
+            if !granted.iter().any(|a| self.audiences.contains(a)) {
+                return Err(TokenError::Rejected {
+                    reason: format!(
+                        "it is not meant for meshca (audiences {granted:?}; meshca accepts \
+                         {:?}, sds.tokenAudiences): mount a projected token with one of them",
+                        self.audiences
+                    ),
+                });
+            }
+        }
+        let username = status.user.and_then(|u| u.username).unwrap_or_default();
+        let identity = username
+            .strip_prefix(SERVICE_ACCOUNT_PREFIX)
+            .and_then(|rest| rest.split_once(':'))
+            .ok_or_else(|| TokenError::Rejected {
+                reason: format!(
+                    "it belongs to {username:?}, not a service account: only service-account \
+                     tokens map to a workload identity"
+                ),
+            })?;
+        SpiffeId::new(self.trust_domain.clone(), identity.0, identity.1).map_err(|e| {
+            TokenError::Rejected {
+                reason: format!("its service account is not a valid identity: {e}"),
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl TokenAuthenticator for TokenReviewAuthenticator {
+    async fn authenticate(&self, token: &str) -> Result<SpiffeId, TokenError> {
+        let digest = sha256(token.as_bytes());
+        if let Some(identity) = self.cached(&digest) {
+            return Ok(identity);
+        }
+        let identity = self.review(token).await?;
+        self.remember(digest, identity.clone(), token);
+        Ok(identity)
+    }
+}
+
+impl fmt::Debug for TokenReviewAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenReviewAuthenticator")
+            .field("audiences", &self.audiences)
+            .field("trust_domain", &self.trust_domain)
+            .field("max_cache_age", &self.max_cache_age)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TokenReview that could not be made: the caller is told to retry (UNAVAILABLE), the log
+/// says what to fix. Never contains the token: kube's errors carry the API server's status.
+fn review_failed(error: kube::Error) -> TokenError {
+    let reason = match error {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "the API server forbade the TokenReview ({}): meshca's ServiceAccount needs create on \
+             tokenreviews.authentication.k8s.io (ClusterRole)",
+            status.message
+        ),
+        kube::Error::Api(status) => format!(
+            "the API server answered {} {} to the TokenReview ({})",
+            status.code, status.reason, status.message
+        ),
+        other => format!("the Kubernetes API server is not reachable: {other}"),
+    };
+    TokenError::Unavailable { reason }
+}
+
+/// The `exp` claim of a JWT, read without verifying it: only used to bound the cache for a
+/// token the API server has just accepted.
+fn token_expiry(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn jwt(claims: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.c2lnbmF0dXJl", b64(r#"{"alg":"RS256"}"#), b64(claims))
+    }
+
+    #[test]
+    fn expiry_is_read_from_the_exp_claim_only_when_present() {
+        assert_eq!(
+            token_expiry(&jwt(r#"{"exp":2000000000,"sub":"x"}"#)),
+            Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+        );
+        assert_eq!(token_expiry(&jwt(r#"{"sub":"x"}"#)), None);
+        assert_eq!(token_expiry("not-a-jwt"), None);
+        assert_eq!(token_expiry("a.%%%.c"), None);
+    }
+}
