@@ -653,6 +653,12 @@ const OPTIONAL_KEYS: &[&str] = &[
     "vault.appRole.secretId",
     "vault.appRole.secretIdFile",
     "vault.appRole.mount",
+    "vault.kubernetes.role",
+    "vault.kubernetes.mount",
+    "vault.kubernetes.tokenFile",
+    "vault.secret.name",
+    "vault.secret.key",
+    "vault.secret.namespace",
 ];
 
 /// A DNS-1123 label: what Kubernetes accepts as a namespace name.

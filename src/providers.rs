@@ -28,7 +28,24 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Sha
             Ok(Arc::new(tresor))
         }
         ProviderKind::Vault => {
-            let vault = meshca_vault::VaultProvider::connect(&config.vault).await?;
+            let token_source = match &config.vault.secret {
+                Some(secret) if secret.is_set() => {
+                    let namespace = Some(secret.namespace.as_str())
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or(&config.namespace);
+                    let source: Arc<dyn meshca_vault::TokenSource> =
+                        Arc::new(crate::kubernetes::SecretTokenSource::new(
+                            crate::kubernetes::connect().await?,
+                            namespace,
+                            &secret.name,
+                            &secret.key,
+                        ));
+                    Some(source)
+                }
+                _ => None,
+            };
+            let vault =
+                meshca_vault::VaultProvider::connect_with(&config.vault, token_source).await?;
             tracing::info!(address = %vault.address(), "vault: connected and token checked");
             Ok(Arc::new(vault))
         }

@@ -2,8 +2,10 @@
 //! bundle Secret, managed TLS Secrets, TokenReviews, CertificateRequests).
 
 mod token_review;
+mod vault_token;
 
 pub use token_review::TokenReviewAuthenticator;
+pub use vault_token::SecretTokenSource;
 
 use anyhow::Context as _;
 

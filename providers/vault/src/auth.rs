@@ -20,7 +20,10 @@ use tokio::sync::Notify;
 
 use crate::error::VaultError;
 use crate::http::{ApiError, AuthBlock, Method, VaultHttp};
-use crate::settings::{Secret, SecretIdSource, VaultAuth};
+use crate::settings::{Secret, SecretIdSource, SharedTokenSource, VaultAuth};
+
+/// The service-account token file Vault's Kubernetes login reads.
+const KUBERNETES_TOKEN_SETTING: &str = "vault.kubernetes.tokenFile";
 
 /// Renewal never runs closer together than this, however short the TTL.
 const MIN_RENEW_GAP: Duration = Duration::from_millis(250);
@@ -155,6 +158,12 @@ struct AppRoleLogin<'a> {
     secret_id: &'a str,
 }
 
+#[derive(serde::Serialize)]
+struct KubernetesLogin<'a> {
+    role: &'a str,
+    jwt: &'a str,
+}
+
 /// The current token and how to get another.
 pub(crate) struct Credentials {
     method: VaultAuth,
@@ -186,7 +195,10 @@ impl Credentials {
     /// Gets a first token and checks it with `lookup-self`.
     pub(crate) async fn establish(method: VaultAuth, http: &VaultHttp) -> Result<Self, VaultError> {
         let token = obtain(&method, http).await?;
-        if matches!(method, VaultAuth::AppRole { .. }) {
+        if matches!(
+            method,
+            VaultAuth::AppRole { .. } | VaultAuth::Kubernetes { .. }
+        ) {
             // A fresh login proves the credentials; the lookup proves the token works and that
             // its policies allow meshca to look after it.
             let lease = lookup(http, &token.header, &method).await?;
@@ -212,7 +224,8 @@ impl Credentials {
             .clone()
     }
 
-    /// Whether a refused token can be replaced without a person (AppRole, token file).
+    /// Whether a refused token can be replaced without a person (a login, or a token that is
+    /// re-read from a file or a Secret).
     pub(crate) fn can_replace(&self) -> bool {
         !matches!(self.method, VaultAuth::Token(_))
     }
@@ -236,8 +249,8 @@ impl Credentials {
             status: why.to_owned(),
             settings: self.method.settings_hint(),
         };
-        if let VaultAuth::TokenFile(path) = &self.method
-            && read_secret_file(path, "vault.tokenFile")?.expose() == stale.value.expose()
+        if let Some(read) = read_kept_token(&self.method).await
+            && read?.expose() == stale.value.expose()
         {
             // Same token as before: nothing better to offer.
             return Err(rejected());
@@ -259,11 +272,11 @@ impl Credentials {
 
     /// One renewal step for `token`, which is due or may have been replaced in its file.
     async fn refresh(&self, http: &VaultHttp, token: &Arc<Token>) -> Step {
-        if let VaultAuth::TokenFile(path) = &self.method {
-            match read_secret_file(path, "vault.tokenFile") {
+        if let Some(read) = read_kept_token(&self.method).await {
+            match read {
                 Ok(value) if value.expose() != token.value.expose() => {
                     return self
-                        .replace_step(http, token, "the token file changed")
+                        .replace_step(http, token, "the kept token changed")
                         .await;
                 }
                 Ok(_) => {}
@@ -369,7 +382,10 @@ pub(crate) async fn check_token(http: &VaultHttp, token: &Token) -> Result<(), A
 pub(crate) async fn keep_token_fresh(credentials: Arc<Credentials>, http: Arc<VaultHttp>) {
     let mut retry: Option<Duration> = None;
     let mut given_up: Option<Arc<Token>> = None;
-    let watches_file = matches!(credentials.method, VaultAuth::TokenFile(_));
+    let watches_file = matches!(
+        credentials.method,
+        VaultAuth::TokenFile(_) | VaultAuth::Source(_)
+    );
     loop {
         let token = credentials.current();
         let gave_up_on_this = given_up.as_ref().is_some_and(|t| Arc::ptr_eq(t, &token));
@@ -430,8 +446,11 @@ async fn obtain(method: &VaultAuth, http: &VaultHttp) -> Result<Token, VaultErro
             token.set_lease(lookup(http, &token.header, method).await?);
             Ok(token)
         }
-        VaultAuth::TokenFile(path) => {
-            let value = read_secret_file(path, "vault.tokenFile")?;
+        VaultAuth::TokenFile(_) | VaultAuth::Source(_) => {
+            let value = match method {
+                VaultAuth::Source(source) => read_source(source).await?,
+                _ => read_secret_file_of(method)?,
+            };
             let token = Token::new(value, Lease::new(0, false, 0)).map_err(invalid)?;
             token.set_lease(lookup(http, &token.header, method).await?);
             Ok(token)
@@ -445,33 +464,92 @@ async fn obtain(method: &VaultAuth, http: &VaultHttp) -> Result<Token, VaultErro
                 SecretIdSource::Value(secret) => secret.clone(),
                 SecretIdSource::File(path) => read_secret_file(path, "vault.appRole.secretIdFile")?,
             };
-            let path = format!("auth/{mount}/login");
             let body = AppRoleLogin {
                 role_id,
                 secret_id: secret_id.expose(),
             };
-            let answer = http
-                .call::<_, serde_json::Value>(Method::Post, &path, None, Some(&body))
-                .await
-                .map_err(|e| match e {
-                    ApiError::Status { status, .. } if status < 500 && status != 429 => {
-                        VaultError::LoginRejected {
-                            address: http.address().to_owned(),
-                            path: path.clone(),
-                            status: e.summary(),
-                            settings: method.settings_hint(),
-                        }
-                    }
-                    other => api_error(http, &path, other),
-                })?;
-            let auth = answer.auth.ok_or_else(|| VaultError::InvalidResponse {
-                address: http.address().to_owned(),
-                path: path.clone(),
-                reason: "the login answer has no auth block".to_owned(),
-            })?;
-            token_from_auth(auth).map_err(invalid)
+            login(http, method, mount, &body).await
+        }
+        VaultAuth::Kubernetes {
+            role,
+            mount,
+            jwt_file,
+        } => {
+            let jwt = read_secret_file(jwt_file, KUBERNETES_TOKEN_SETTING)?;
+            let body = KubernetesLogin {
+                role,
+                jwt: jwt.expose(),
+            };
+            login(http, method, mount, &body).await
         }
     }
+}
+
+/// `auth/<mount>/login` with `body`: a new token and its lease.
+async fn login<B: serde::Serialize>(
+    http: &VaultHttp,
+    method: &VaultAuth,
+    mount: &str,
+    body: &B,
+) -> Result<Token, VaultError> {
+    let path = format!("auth/{mount}/login");
+    let answer = http
+        .call::<_, serde_json::Value>(Method::Post, &path, None, Some(body))
+        .await
+        .map_err(|e| match e {
+            ApiError::Status { status, .. } if status < 500 && status != 429 => {
+                VaultError::LoginRejected {
+                    address: http.address().to_owned(),
+                    path: path.clone(),
+                    status: e.summary(),
+                    settings: method.settings_hint(),
+                }
+            }
+            other => api_error(http, &path, other),
+        })?;
+    let auth = answer.auth.ok_or_else(|| VaultError::InvalidResponse {
+        address: http.address().to_owned(),
+        path: path.clone(),
+        reason: "the login answer has no auth block".to_owned(),
+    })?;
+    token_from_auth(auth).map_err(|reason| VaultError::TokenRejected {
+        address: http.address().to_owned(),
+        status: reason,
+        settings: method.settings_hint(),
+    })
+}
+
+/// The token as kept now, for methods that keep one outside meshca (a file, a Secret);
+/// `None` for the others.
+async fn read_kept_token(method: &VaultAuth) -> Option<Result<Secret, VaultError>> {
+    match method {
+        VaultAuth::TokenFile(path) => Some(read_secret_file(path, "vault.tokenFile")),
+        VaultAuth::Source(source) => Some(read_source(source).await),
+        _ => None,
+    }
+}
+
+fn read_secret_file_of(method: &VaultAuth) -> Result<Secret, VaultError> {
+    match method {
+        VaultAuth::TokenFile(path) => read_secret_file(path, "vault.tokenFile"),
+        other => Err(VaultError::TokenSource {
+            origin: other.settings_hint(),
+            reason: "this method keeps no token file".to_owned(),
+        }),
+    }
+}
+
+async fn read_source(source: &SharedTokenSource) -> Result<Secret, VaultError> {
+    let failed = |reason: String| VaultError::TokenSource {
+        origin: source.0.describe(),
+        reason,
+    };
+    let token = source.0.read().await.map_err(failed)?;
+    let trimmed = token.expose().trim();
+    if trimmed.is_empty() {
+        return Err(failed("the token is empty".to_owned()));
+    }
+    Ok(Secret::new(trimmed))
 }
 
 fn token_from_auth(auth: AuthBlock) -> Result<Token, String> {

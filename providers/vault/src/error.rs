@@ -72,6 +72,14 @@ pub enum VaultError {
         /// What went wrong.
         reason: String,
     },
+    /// A [`TokenSource`](crate::TokenSource) (a Kubernetes Secret) could not be read.
+    #[error("cannot read the Vault token from {origin}: {reason}")]
+    TokenSource {
+        /// Where the token is kept.
+        origin: String,
+        /// What went wrong, without the token.
+        reason: String,
+    },
     /// No PKI secrets engine at `vault.pkiPath`.
     #[error(
         "no PKI secrets engine at {address}/v1/{pki_path} ({status}): check vault.pkiPath, or \
@@ -141,6 +149,7 @@ impl VaultError {
         let reason = self.to_string();
         match self {
             VaultError::Unreachable { .. }
+            | VaultError::TokenSource { .. }
             | VaultError::Api {
                 transient: true, ..
             } => ProviderError::Unavailable {

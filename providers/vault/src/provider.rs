@@ -18,7 +18,9 @@ use crate::auth::{Credentials, api_error, check_token, keep_token_fresh};
 use crate::error::VaultError;
 use crate::http::{ApiError, Envelope, Method, VaultHttp};
 use crate::pki::{self, CaChain, IssueBody, Issued, PkiPaths, RoleData};
-use crate::settings::{IssueMode, VaultSettings};
+use crate::settings::{
+    IssueMode, SettingsError, SharedTokenSource, TokenSource, VaultAuth, VaultSettings,
+};
 
 /// A leaf shorter than asked by more than this counts as capped by the role (Vault stamps
 /// NotAfter from its own clock, a little after meshca asked).
@@ -82,8 +84,22 @@ impl VaultProvider {
     /// (when the token may) and the CA chain, and starts token renewal. Must be called within
     /// a Tokio runtime.
     pub async fn connect(settings: &VaultSettings) -> Result<Self, VaultError> {
+        Self::connect_with(settings, None).await
+    }
+
+    /// Like [`connect`](Self::connect), with the reader of `vault.secret` (a Kubernetes
+    /// Secret holding the token), which only the daemon's Kubernetes integration can supply.
+    pub async fn connect_with(
+        settings: &VaultSettings,
+        token_source: Option<Arc<dyn TokenSource>>,
+    ) -> Result<Self, VaultError> {
         settings.validate()?;
-        let auth = settings.auth()?;
+        let auth = match (settings.auth(), token_source) {
+            (Err(SettingsError::NeedsTokenSource), Some(source)) => {
+                VaultAuth::Source(SharedTokenSource(source))
+            }
+            (auth, _) => auth?,
+        };
         let address = settings.address()?;
         let http = Arc::new(VaultHttp::new(
             &address,

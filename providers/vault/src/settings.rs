@@ -71,6 +71,13 @@ pub struct VaultSettings {
     /// AppRole login.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_role: Option<AppRoleSettings>,
+    /// Kubernetes auth method login with the pod's service-account token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesAuthSettings>,
+    /// A token kept in a Kubernetes Secret (`vault.secret.name` / `vault.secret.key`), re-read
+    /// when it changes. Read by meshca's Kubernetes integration: see [`TokenSource`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<TokenSecretRef>,
     /// `sign` (a CSR over the daemon's key, the default) or `issue` (Vault makes the key).
     pub issue_mode: IssueMode,
     /// Longest one HTTP call to Vault may take.
@@ -92,6 +99,8 @@ impl Default for VaultSettings {
             token: None,
             token_file: None,
             app_role: None,
+            kubernetes: None,
+            secret: None,
             issue_mode: IssueMode::Sign,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
@@ -123,6 +132,62 @@ impl Default for AppRoleSettings {
             mount: DEFAULT_APPROLE_MOUNT.to_owned(),
         }
     }
+}
+
+/// Default mount path of the Kubernetes auth method.
+pub const DEFAULT_KUBERNETES_MOUNT: &str = "kubernetes";
+/// Where Kubernetes mounts a pod's service-account token.
+pub const DEFAULT_SERVICE_ACCOUNT_TOKEN_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// `vault.kubernetes`: log in through Vault's Kubernetes auth method, which checks the pod's
+/// service-account token with a TokenReview and maps it to a Vault role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KubernetesAuthSettings {
+    /// The Vault role bound to meshca's service account.
+    pub role: String,
+    /// Mount path of the Kubernetes auth method.
+    pub mount: String,
+    /// The service-account token (JWT) file, read at every login: projected tokens rotate.
+    pub token_file: PathBuf,
+}
+
+impl Default for KubernetesAuthSettings {
+    fn default() -> Self {
+        Self {
+            role: String::new(),
+            mount: DEFAULT_KUBERNETES_MOUNT.to_owned(),
+            token_file: PathBuf::from(DEFAULT_SERVICE_ACCOUNT_TOKEN_FILE),
+        }
+    }
+}
+
+/// `vault.secret`: the Kubernetes Secret holding a Vault token (FSM's `vault.secret.name` /
+/// `vault.secret.key`). The Secret is in meshca's namespace unless `namespace` says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TokenSecretRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key holding the token.
+    pub key: String,
+    /// The Secret's namespace (empty: meshca's own).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+}
+
+/// Reads a Vault token kept outside the provider, such as a Kubernetes Secret. The provider
+/// reads it at start, every few seconds to pick up a change, and whenever Vault refuses the
+/// token in use.
+///
+/// Obligations: never log the token or put it into errors.
+#[async_trait::async_trait]
+pub trait TokenSource: Send + Sync + std::fmt::Debug + 'static {
+    /// The current token.
+    async fn read(&self) -> Result<Secret, String>;
+    /// Where the token comes from, for messages: `Secret meshca-system/vault-token key token`.
+    fn describe(&self) -> String;
 }
 
 /// The scheme of Vault's address.
@@ -239,7 +304,30 @@ pub enum VaultAuth {
         /// Mount path of the AppRole auth method.
         mount: String,
     },
+    /// Kubernetes auth method login; logged in again like AppRole.
+    Kubernetes {
+        /// The Vault role.
+        role: String,
+        /// Mount path of the auth method.
+        mount: String,
+        /// The service-account token file, read at every login.
+        jwt_file: PathBuf,
+    },
+    /// A token read from a [`TokenSource`] (a Kubernetes Secret), re-read like a token file.
+    Source(SharedTokenSource),
 }
+
+/// A [`TokenSource`] compared by identity, so [`VaultAuth`] stays comparable.
+#[derive(Debug, Clone)]
+pub struct SharedTokenSource(pub std::sync::Arc<dyn TokenSource>);
+
+impl PartialEq for SharedTokenSource {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedTokenSource {}
 
 impl VaultAuth {
     /// The settings to check when Vault refuses these credentials, for error messages.
@@ -250,15 +338,27 @@ impl VaultAuth {
             VaultAuth::AppRole { mount, .. } => {
                 format!("vault.appRole.roleId / secretId / secretIdFile (auth/{mount})")
             }
+            VaultAuth::Kubernetes {
+                role,
+                mount,
+                jwt_file,
+            } => format!(
+                "vault.kubernetes.role ({role}, auth/{mount}) / vault.kubernetes.tokenFile ({})",
+                jwt_file.display()
+            ),
+            VaultAuth::Source(source) => format!("vault.secret ({})", source.0.describe()),
         }
     }
 
-    /// Short name of the method for logs: `token`, `token-file`, `approle`.
+    /// Short name of the method for logs: `token`, `token-file`, `approle`, `kubernetes`,
+    /// `token-source`.
     pub fn kind(&self) -> &'static str {
         match self {
             VaultAuth::Token(_) => "token",
             VaultAuth::TokenFile(_) => "token-file",
             VaultAuth::AppRole { .. } => "approle",
+            VaultAuth::Kubernetes { .. } => "kubernetes",
+            VaultAuth::Source(_) => "token-source",
         }
     }
 }
@@ -306,9 +406,16 @@ pub enum SettingsError {
     /// No credential at all.
     #[error(
         "no Vault credentials: set vault.token (or the {TOKEN_ENV} environment variable), \
-         vault.tokenFile, or vault.appRole"
+         vault.tokenFile, vault.appRole, vault.kubernetes.role or vault.secret.name"
     )]
     MissingCredentials,
+    /// `vault.secret` is set but nothing reads Kubernetes Secrets for the provider.
+    #[error(
+        "vault.secret names a Kubernetes Secret, which only meshca's Kubernetes integration can \
+         read: run meshca with Kubernetes credentials (in a pod, or with KUBECONFIG), or use \
+         vault.token / vault.tokenFile"
+    )]
+    NeedsTokenSource,
     /// More than one credential.
     #[error("set only one Vault credential, but {} are set", .keys.join(", "))]
     ConflictingCredentials {
@@ -324,7 +431,13 @@ impl VaultSettings {
         self.pki_path()?;
         self.role_name()?;
         self.namespace()?;
-        self.auth()?;
+        match self.auth() {
+            // The reader of a Kubernetes Secret is supplied when connecting.
+            Err(SettingsError::NeedsTokenSource) => {}
+            other => {
+                other?;
+            }
+        }
         if self.request_timeout.is_zero() {
             return Err(SettingsError::Invalid {
                 key: "vault.requestTimeout",
@@ -471,10 +584,20 @@ impl VaultSettings {
             .app_role
             .as_ref()
             .filter(|a| **a != AppRoleSettings::default());
+        let kubernetes = self
+            .kubernetes
+            .as_ref()
+            .filter(|k| **k != KubernetesAuthSettings::default());
+        let secret = self
+            .secret
+            .as_ref()
+            .filter(|s| **s != TokenSecretRef::default());
         let set: Vec<&'static str> = [
             token.map(|_| "vault.token"),
             token_file.map(|_| "vault.tokenFile"),
             app_role.map(|_| "vault.appRole"),
+            kubernetes.map(|_| "vault.kubernetes"),
+            secret.map(|_| "vault.secret"),
         ]
         .into_iter()
         .flatten()
@@ -490,6 +613,26 @@ impl VaultSettings {
         }
         if let Some(app_role) = app_role {
             return app_role.resolve();
+        }
+        if let Some(kubernetes) = kubernetes {
+            return kubernetes.resolve();
+        }
+        if let Some(secret) = secret {
+            for (key, value) in [
+                ("vault.secret.name", &secret.name),
+                ("vault.secret.key", &secret.key),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(SettingsError::Invalid {
+                        key,
+                        value: String::new(),
+                        reason: "set both vault.secret.name and vault.secret.key (the Secret \
+                                 and the key in it that holds the Vault token)"
+                            .to_owned(),
+                    });
+                }
+            }
+            return Err(SettingsError::NeedsTokenSource);
         }
         match env_token.map(|t| t.trim().to_owned()) {
             Some(token) if !token.is_empty() => Ok(VaultAuth::Token(Secret::new(token))),
@@ -542,6 +685,52 @@ impl AppRoleSettings {
             secret_id,
             mount: mount.to_owned(),
         })
+    }
+}
+
+impl KubernetesAuthSettings {
+    fn resolve(&self) -> Result<VaultAuth, SettingsError> {
+        let role = self.role.trim();
+        if role.is_empty() {
+            return Err(SettingsError::Invalid {
+                key: "vault.kubernetes.role",
+                value: String::new(),
+                reason: "set the Vault role bound to meshca's service account \
+                         (bao write auth/kubernetes/role/<role> bound_service_account_names=…)"
+                    .to_owned(),
+            });
+        }
+        let mount = self.mount.trim().trim_matches('/');
+        if mount.is_empty() || mount.chars().any(|c| c.is_whitespace()) {
+            return Err(SettingsError::Invalid {
+                key: "vault.kubernetes.mount",
+                value: self.mount.clone(),
+                reason: format!(
+                    "the Kubernetes auth mount path, usually {DEFAULT_KUBERNETES_MOUNT}"
+                ),
+            });
+        }
+        if self.token_file.as_os_str().is_empty() {
+            return Err(SettingsError::Invalid {
+                key: "vault.kubernetes.tokenFile",
+                value: String::new(),
+                reason: format!(
+                    "the service-account token file, usually {DEFAULT_SERVICE_ACCOUNT_TOKEN_FILE}"
+                ),
+            });
+        }
+        Ok(VaultAuth::Kubernetes {
+            role: role.to_owned(),
+            mount: mount.to_owned(),
+            jwt_file: self.token_file.clone(),
+        })
+    }
+}
+
+impl TokenSecretRef {
+    /// Whether `vault.secret` is configured.
+    pub fn is_set(&self) -> bool {
+        !self.name.trim().is_empty() || !self.key.trim().is_empty()
     }
 }
 
