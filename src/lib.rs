@@ -6,6 +6,7 @@
 //! issues and renews through that backend.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -139,7 +139,11 @@ async fn kubernetes_auth_method_logs_in_with_the_service_account_token() {
 
     let provider = match VaultProvider::connect(&kubernetes_settings(&bao, &jwt_file)).await {
         Ok(provider) => provider,
-        Err(e) => panic!("{e}\nrequests: {:#?}\nbao log: {}", kube.requests(), bao.log()),
+        Err(e) => panic!(
+            "{e}\nrequests: {:#?}\nbao log: {}",
+            kube.requests(),
+            bao.log()
+        ),
     };
     issue_one(&provider).await;
     // OpenBao really asked the (mock) API server about meshca's token.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use meshca_provider::{Clock, SpiffeId};
 
+use crate::admin::{AdminState, ProviderHealth, spawn_health_checks};
 use crate::cache::{CacheSettings, CertificateCache};
 use crate::config::{Config, SdsAuth};
 use crate::kubernetes::TokenReviewAuthenticator;
@@ -26,7 +27,11 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let provider = crate::providers::build(&config, clock.clone()).await?;
-    let cache = CertificateCache::new(provider, cache_settings(&config), clock);
+    let cache = Arc::new(CertificateCache::new(
+        provider.clone(),
+        cache_settings(&config),
+        clock,
+    ));
     cache
         .refresh_trust_bundle()
         .await
@@ -44,15 +49,49 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         sds_auth = config.sds.auth.as_str(),
         "meshca is serving; stop it with SIGTERM or Ctrl-C"
     );
-    let source: Arc<dyn SecretSource> = Arc::new(cache);
-    sds.serve(source, async {
-        shutdown.await;
-        tracing::info!("shutting down: draining SDS streams");
-    })
-    .await
-    .context("the SDS server stopped")?;
+    let health = Arc::new(ProviderHealth::default());
+    let health_checks = spawn_health_checks(
+        provider,
+        health.clone(),
+        HEALTH_CHECK_INTERVAL,
+        HEALTH_CHECK_TIMEOUT,
+    );
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match config.admin_listen() {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| {
+                    format!("cannot open the admin listener on {address} (admin.listen)")
+                })?;
+            tracing::info!(address = %listener.local_addr()?, "admin: /healthz /readyz /metrics");
+            let state = AdminState::new(cache.clone(), sds.stats(), health);
+            Some(tokio::spawn(crate::admin::serve(listener, state, async {
+                let _ = admin_stopped.await;
+            })))
+        }
+        None => None,
+    };
+    let source: Arc<dyn SecretSource> = cache;
+    let served = sds
+        .serve(source, async {
+            shutdown.await;
+            tracing::info!("shutting down: draining SDS streams");
+        })
+        .await;
+    health_checks.abort();
+    let _ = stop_admin.send(());
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    served.context("the SDS server stopped")?;
     Ok(())
 }
+
+/// How often the provider's health is checked for `/readyz` and the metrics.
+const HEALTH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long one health check may take before it counts as failed.
+const HEALTH_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The SDS server settings from `sds.*`.
 pub async fn sds_settings(config: &Config) -> anyhow::Result<SdsSettings> {
