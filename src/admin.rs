@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use meshca_provider::{CertificateInfo, SharedProvider};
+use axum::routing::{get, post};
+use meshca_provider::{CertificateInfo, SharedProvider, SpiffeId, TrustDomain};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -109,6 +109,7 @@ pub fn spawn_health_checks(
 /// What the admin endpoints read.
 pub struct AdminState {
     cache: Arc<CertificateCache>,
+    trust_domain: TrustDomain,
     sds: Arc<SdsStats>,
     health: Arc<ProviderHealth>,
     registry: Registry,
@@ -124,6 +125,7 @@ impl AdminState {
     /// The state for a daemon serving `cache` over an SDS server counting into `sds`.
     pub fn new(
         cache: Arc<CertificateCache>,
+        trust_domain: TrustDomain,
         sds: Arc<SdsStats>,
         health: Arc<ProviderHealth>,
     ) -> Arc<Self> {
@@ -135,6 +137,7 @@ impl AdminState {
         }));
         Arc::new(Self {
             cache,
+            trust_domain,
             sds,
             health,
             registry,
@@ -188,6 +191,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/rotate/leaves", post(rotate_leaves))
         .with_state(state)
 }
 
@@ -211,6 +215,47 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `POST /rotate/leaves[?identity=ns/sa]`: re-issue now (a suspected key leak) and push.
+async fn rotate_leaves(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<RotateQuery>,
+) -> Response {
+    let identity = match query.identity.as_deref().filter(|i| !i.is_empty()) {
+        None => None,
+        Some(text) => match SpiffeId::from_short(text, &state.trust_domain)
+            .or_else(|_| text.parse::<SpiffeId>())
+        {
+            Ok(id) => Some(id),
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("identity {text:?}: {e}: give <namespace>/<service-account>\n"),
+                )
+                    .into_response();
+            }
+        },
+    };
+    let held = state
+        .cache
+        .certificates()
+        .iter()
+        .filter(|(key, _)| identity.as_ref().is_none_or(|id| *id == key.identity))
+        .count();
+    state.cache.renew_now(identity.as_ref());
+    let whose = identity.map_or_else(|| "every identity".to_owned(), |id| id.to_string());
+    tracing::warn!(certificates = held, identity = %whose, "forced re-issue requested");
+    (
+        StatusCode::ACCEPTED,
+        format!("re-issuing {held} certificate(s) of {whose}; proxies get them as they arrive\n"),
+    )
+        .into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RotateQuery {
+    identity: Option<String>,
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {

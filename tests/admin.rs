@@ -153,6 +153,58 @@ async fn metrics_and_health_of_a_tresor_daemon() {
         "{text}"
     );
 
+    // `meshca rotate leaves` asks the daemon to re-issue now; the stream gets the new one.
+    let rotate = |args: Vec<String>| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+            .arg("rotate")
+            .arg("leaves")
+            .args(args)
+            .env_remove("MESHCA_CONFIG")
+            .output()
+            .await
+            .unwrap()
+    };
+    let admin = daemon.admin.to_string();
+    let done = rotate(vec![
+        "--identity".into(),
+        "bookstore/bookstore-v2".into(),
+        "--admin".into(),
+        admin.clone(),
+    ])
+    .await;
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        said.contains(
+            "re-issuing 1 certificate(s) of spiffe://cluster.local/ns/bookstore/sa/bookstore-v2"
+        ),
+        "{said}"
+    );
+    let pushed = stream.next().await.unwrap();
+    stream.ack(&pushed, &["default"]).await;
+    let (renewed, _) = tls_of(&secrets(&pushed.resources)[0]);
+    assert_ne!(
+        renewed.leaf_info().unwrap().serial,
+        chain.leaf_info().unwrap().serial
+    );
+
+    let refused = rotate(vec![
+        "--identity".into(),
+        "not an identity".into(),
+        "--admin".into(),
+        admin,
+    ])
+    .await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("refused: 400"));
+    let nobody = rotate(vec!["--admin".into(), format!("127.0.0.1:{}", free_port())]).await;
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("is `meshca serve` running there"));
+
     // Logs at debug level carry no key material: no PEM key block, and none of the served
     // key's bytes (base64 of its PKCS#8 body).
     drop(stream);

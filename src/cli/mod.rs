@@ -9,6 +9,7 @@ use crate::config::{Config, LogFormat, Overrides};
 pub mod ca;
 pub mod inspect;
 pub mod issue;
+pub mod rotate;
 pub mod serve;
 
 /// meshca: a certificate authority and identity service for service meshes.
@@ -95,4 +96,7 @@ pub enum Command {
     /// Manage the CA: init, show, export, import, intermediate.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Rotation steps: re-issue leaves now.
+    #[command(subcommand)]
+    Rotate(rotate::RotateCommand),
 }

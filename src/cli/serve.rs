@@ -65,7 +65,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
                     format!("cannot open the admin listener on {address} (admin.listen)")
                 })?;
             tracing::info!(address = %listener.local_addr()?, "admin: /healthz /readyz /metrics");
-            let state = AdminState::new(cache.clone(), sds.stats(), health);
+            let state = AdminState::new(cache.clone(), config.trust_domain(), sds.stats(), health);
             Some(tokio::spawn(crate::admin::serve(listener, state, async {
                 let _ = admin_stopped.await;
             })))

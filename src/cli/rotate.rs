@@ -1,0 +1,92 @@
+//! `meshca rotate …`: rotation steps run from the command line or a CronJob.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::config::Config;
+
+/// `meshca rotate …`
+#[derive(Debug, Subcommand)]
+pub enum RotateCommand {
+    /// Re-issue certificates now and push them to the proxies (e.g. after a suspected key
+    /// leak). Asks the running daemon through its admin listener.
+    Leaves {
+        /// Only this identity's certificates, `<namespace>/<service-account>`; all when absent.
+        #[arg(long)]
+        identity: Option<String>,
+        /// The daemon's admin address (default: admin.listen).
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<SocketAddr>,
+    },
+}
+
+/// Runs a rotation command.
+pub async fn run(config: &Config, command: RotateCommand) -> anyhow::Result<()> {
+    match command {
+        RotateCommand::Leaves { identity, admin } => {
+            let Some(address) = admin.or_else(|| config.admin_listen()) else {
+                bail!(
+                    "no admin address: the daemon's admin listener is disabled (admin.listen) — \
+                     pass --admin HOST:PORT of a daemon that has one"
+                );
+            };
+            let mut path = "/rotate/leaves".to_owned();
+            if let Some(identity) = &identity {
+                path.push_str("?identity=");
+                path.push_str(&percent_encode(identity));
+            }
+            let (status, body) = post(address, &path).await.with_context(|| {
+                format!(
+                    "cannot reach the meshca daemon's admin listener at {address}: is `meshca \
+                     serve` running there (admin.listen)?"
+                )
+            })?;
+            if status != 202 {
+                bail!("the daemon at {address} refused: {status} {}", body.trim());
+            }
+            println!("meshca: {}", body.trim());
+            Ok(())
+        }
+    }
+}
+
+/// A bare HTTP/1.1 POST to the admin listener (loopback, plain text): (status, body).
+async fn post(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: \
+             close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10s"))??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))?;
+    Ok((status, body.to_owned()))
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
