@@ -76,6 +76,8 @@ pub struct Config {
     pub tresor: TresorConfig,
     /// Vault / OpenBao settings (`certificateProvider.kind: vault`).
     pub vault: meshca_vault::VaultSettings,
+    /// cert-manager settings (`certificateProvider.kind: cert-manager`).
+    pub cert_manager: meshca_cert_manager::CertManagerSettings,
     /// Renewal policy for cached certificates.
     pub renewal: RenewalConfig,
     /// SDS listener settings.
@@ -95,6 +97,7 @@ impl Default for Config {
             namespace: "meshca-system".to_owned(),
             tresor: TresorConfig::default(),
             vault: meshca_vault::VaultSettings::default(),
+            cert_manager: meshca_cert_manager::CertManagerSettings::default(),
             renewal: RenewalConfig::default(),
             sds: SdsConfig::default(),
             admin: AdminConfig::default(),
@@ -534,6 +537,26 @@ impl Config {
                 reason: "must be above zero (default 30s)".to_owned(),
             });
         }
+        if self.certificate_provider.kind == ProviderKind::CertManager {
+            self.cert_manager
+                .validate()
+                .map_err(|e| ConfigError::InvalidValue {
+                    key: "certManager",
+                    reason: e.to_string(),
+                })?;
+            if self.cert_manager.timeout >= r.issue_timeout {
+                return Err(ConfigError::InvalidValue {
+                    key: "certManager.timeout",
+                    reason: format!(
+                        "{} is not shorter than renewal.issueTimeout ({}): the daemon would give \
+                         up first, without cert-manager's reason; lower certManager.timeout or \
+                         raise renewal.issueTimeout",
+                        meshca_provider::format_duration(self.cert_manager.timeout),
+                        meshca_provider::format_duration(r.issue_timeout)
+                    ),
+                });
+            }
+        }
         if self.tresor.root_validity_duration < lifetime {
             return Err(ConfigError::InvalidValue {
                 key: "tresor.rootValidityDuration",
@@ -809,6 +832,29 @@ mod tests {
             !format!("{config:?}").contains("s.abc"),
             "the token leaked into Debug"
         );
+    }
+
+    #[test]
+    fn cert_manager_section_is_configurable() {
+        let file = write("certManager:\n  issuerKind: ClusterIssuer\n  timeout: 2m\n");
+        let overrides = Overrides::from_env([(
+            "MESHCA_CERT_MANAGER_CA_BUNDLE_SECRET_NAME".to_owned(),
+            "fsm-ca-bundle".to_owned(),
+        )]);
+        let config = Config::load(Some(file.path()), &overrides).unwrap();
+        assert_eq!(config.cert_manager.issuer_kind, "ClusterIssuer");
+        assert_eq!(config.cert_manager.timeout, Duration::from_secs(120));
+        assert_eq!(config.cert_manager.ca_bundle_secret.name, "fsm-ca-bundle");
+        assert!(known_keys().contains(&"certManager.preserveCertificateRequests".to_owned()));
+        // Selected, its timeout must be shorter than the daemon's issue timeout.
+        let mut overrides = Overrides::default();
+        overrides
+            .set("certificateProvider.kind=cert-manager")
+            .unwrap();
+        let error = Config::load(Some(file.path()), &overrides).unwrap_err();
+        assert!(error.to_string().contains("certManager.timeout"), "{error}");
+        overrides.set("renewal.issueTimeout=3m").unwrap();
+        Config::load(Some(file.path()), &overrides).unwrap();
     }
 
     #[test]

@@ -49,11 +49,18 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Sha
             tracing::info!(address = %vault.address(), "vault: connected and token checked");
             Ok(Arc::new(vault))
         }
-        ProviderKind::CertManager => anyhow::bail!(
-            "certificateProvider.kind={} is not available yet (it needs the Kubernetes \
-             integration): use tresor or vault",
-            config.certificate_provider.kind.as_str()
-        ),
+        ProviderKind::CertManager => {
+            let settings = &config.cert_manager;
+            let provider = meshca_cert_manager::CertManagerProvider::connect(settings)
+                .await
+                .context("cannot start the cert-manager provider")?;
+            tracing::info!(
+                issuer = %settings.issuer(),
+                namespace = %settings.namespace,
+                "cert-manager: CA bundle read, stale requests swept"
+            );
+            Ok(Arc::new(provider))
+        }
     }
 }
 

@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use meshca_provider::{CertificateChain, CertificateInfo, LeafKey, LeafSpec, TrustBundle};
-use rustls_pki_types::UnixTime;
 
 /// Why a chain was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,40 +179,25 @@ fn check_chain(
     bundle: &TrustBundle,
     now: SystemTime,
 ) -> Result<(), Rejection> {
-    let anchors: Vec<_> = bundle
-        .roots()
-        .iter()
-        .filter_map(|root| webpki::anchor_from_trusted_cert(root).ok())
-        .collect();
-    if anchors.is_empty() {
-        return Err(Rejection {
+    use meshca_provider::ChainError;
+    meshca_provider::verify_chain(chain, bundle, now).map_err(|e| match e {
+        ChainError::NoUsableRoot => Rejection {
             reason: "the provider's trust bundle holds no usable root, so the certificate cannot \
                      be verified; check the provider's CA"
                 .to_owned(),
             untrusted: true,
-        });
-    }
-    let leaf = webpki::EndEntityCert::try_from(chain.leaf())
-        .map_err(|e| Rejection::new(format!("the leaf certificate is unreadable: {e}")))?;
-    let since_epoch = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_err(|_| Rejection::new("the system clock is before 1970"))?;
-    leaf.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        chain.intermediates(),
-        UnixTime::since_unix_epoch(since_epoch),
-        webpki::KeyUsage::server_auth(),
-        None,
-        None,
-    )
-    .map(|_| ())
-    .map_err(|e| Rejection {
-        untrusted: matches!(e, webpki::Error::UnknownIssuer),
-        reason: format!(
-            "the chain does not verify against the provider's trust bundle ({e}); check that \
-             the provider returns its intermediates and that the bundle holds its root"
-        ),
+        },
+        ChainError::NotVerified {
+            reason,
+            unknown_issuer,
+        } => Rejection {
+            untrusted: unknown_issuer,
+            reason: format!(
+                "the chain does not verify against the provider's trust bundle ({reason}); check \
+                 that the provider returns its intermediates and that the bundle holds its root"
+            ),
+        },
+        other => Rejection::new(other.to_string()),
     })
 }
 

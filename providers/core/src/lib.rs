@@ -15,6 +15,8 @@ pub mod duration;
 pub mod identity;
 pub mod keys;
 pub mod provider;
+#[cfg(feature = "verify")]
+pub mod verify;
 pub mod x509;
 
 pub use clock::{Clock, SystemClock};
@@ -24,6 +26,8 @@ pub use keys::{KeyError, KeyType, LeafKey};
 pub use provider::{
     Capabilities, CertificateProvider, IssueRequest, LeafSpec, ProviderError, SharedProvider,
 };
+#[cfg(feature = "verify")]
+pub use verify::{ChainError, verify_chain};
 pub use x509::{
     CertificateChain, CertificateInfo, IssuerName, KeyPurposes, PemError, TrustBundle, X509Error,
 };

@@ -1,0 +1,611 @@
+//! The cert-manager provider against a fake API server (see `support/mod.rs` for what is real
+//! and what is mocked): the request it creates, the watch, denial, failure, timeout, deletion,
+//! garbage collection, chain verification and RBAC errors.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use meshca_cert_manager::{CertManagerProvider, CertManagerSettings};
+use meshca_provider::{
+    CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, ProviderError, SpiffeId,
+    TrustBundle, TrustDomain,
+};
+use serde_json::json;
+use support::{
+    Fake, REQUESTS_PATH, SECRET_PATH, Seen, Step, TestCa, Watch, denying_issuer, failing_issuer,
+    status_body, unbase64,
+};
+use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension};
+
+fn workload() -> LeafSpec {
+    let id = SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();
+    LeafSpec::workload(
+        &id,
+        &["bookstore-v2.bookstore.svc.cluster.local".to_owned()],
+        Duration::from_secs(3600),
+    )
+}
+
+fn provider(fake: &Fake, settings: CertManagerSettings) -> CertManagerProvider {
+    CertManagerProvider::new(fake.client.clone(), settings).unwrap()
+}
+
+async fn issue(
+    provider: &CertManagerProvider,
+    spec: &LeafSpec,
+) -> (
+    LeafKey,
+    Result<meshca_provider::CertificateChain, ProviderError>,
+) {
+    let key = LeafKey::generate(KeyType::P256).unwrap();
+    let result = provider.issue(&IssueRequest { spec, key: &key }).await;
+    (key, result)
+}
+
+fn request_path(name: &str) -> String {
+    format!("{REQUESTS_PATH}/{name}")
+}
+
+/// The name the fake gave the (only) created request.
+fn created_name(seen: &[Seen]) -> String {
+    let creates: Vec<_> = seen
+        .iter()
+        .filter(|s| s.is(Method::POST, REQUESTS_PATH))
+        .collect();
+    assert_eq!(creates.len(), 1, "{seen:#?}");
+    let prefix = creates[0].body.as_ref().unwrap()["metadata"]["generateName"]
+        .as_str()
+        .unwrap();
+    let watch = seen
+        .iter()
+        .find(|s| s.query.contains_key("watch"))
+        .expect("a watch was opened");
+    let name = watch.query["fieldSelector"]
+        .strip_prefix("metadata.name=")
+        .unwrap()
+        .to_owned();
+    assert!(
+        name.starts_with(prefix),
+        "{name} does not start with {prefix}"
+    );
+    name
+}
+
+fn deletes(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.method == Method::DELETE)
+        .map(|s| s.path.clone())
+        .collect()
+}
+
+/// SANs of a PEM CSR, parsed with x509-parser: (URIs, DNS names).
+fn csr_sans(pem_text: &str) -> (Vec<String>, Vec<String>) {
+    let block = pem::parse(pem_text).unwrap();
+    assert_eq!(block.tag(), "CERTIFICATE REQUEST");
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(block.contents())
+            .unwrap();
+    csr.verify_signature().unwrap();
+    let (mut uris, mut dns) = (Vec::new(), Vec::new());
+    for extension in csr.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(san) = extension {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+                    GeneralName::DNSName(name) => dns.push((*name).to_owned()),
+                    other => panic!("unexpected SAN {other:?}"),
+                }
+            }
+        }
+    }
+    (uris, dns)
+}
+
+#[tokio::test]
+async fn issues_through_a_certificate_request_and_deletes_it() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(
+        ca.issuer(),
+        Some(&ca.root_pem),
+        vec![Watch::Stream(vec![Step::Pending, Step::Outcome])],
+    );
+    let provider = provider(&fake, CertManagerSettings::default());
+    let spec = workload();
+    let (key, chain) = issue(&provider, &spec).await;
+    let chain = chain.unwrap();
+
+    let seen = fake.seen();
+    let name = created_name(&seen);
+    // Exactly: create, watch, (the CA bundle), delete.
+    let methods: Vec<_> = seen
+        .iter()
+        .map(|s| (s.method.clone(), s.path.clone()))
+        .collect();
+    assert_eq!(
+        methods,
+        vec![
+            (Method::POST, REQUESTS_PATH.to_owned()),
+            (Method::GET, REQUESTS_PATH.to_owned()),
+            (Method::DELETE, request_path(&name)),
+            (Method::GET, SECRET_PATH.to_owned()),
+        ],
+        "{seen:#?}"
+    );
+
+    // The request body.
+    let body = seen[0].body.clone().unwrap();
+    assert_eq!(body["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(body["kind"], "CertificateRequest");
+    let metadata = &body["metadata"];
+    assert_eq!(metadata["generateName"], "meshca-bookstore-v2-");
+    assert_eq!(metadata["namespace"], "meshca-system");
+    assert!(metadata.get("name").is_none());
+    assert_eq!(
+        metadata["labels"],
+        json!({
+            "app.kubernetes.io/managed-by": "meshca",
+            "meshca.io/identity": "cluster.local_bookstore_bookstore-v2",
+        })
+    );
+    assert_eq!(
+        metadata["annotations"]["meshca.io/identity"],
+        "spiffe://cluster.local/ns/bookstore/sa/bookstore-v2"
+    );
+    let request_spec = &body["spec"];
+    assert_eq!(
+        request_spec["usages"],
+        json!([
+            "digital signature",
+            "key encipherment",
+            "server auth",
+            "client auth"
+        ])
+    );
+    assert_eq!(
+        request_spec["issuerRef"],
+        json!({ "name": "meshca-ca", "kind": "Issuer", "group": "cert-manager.io" })
+    );
+    assert_eq!(request_spec["duration"], "1h");
+    assert_eq!(request_spec["isCA"], false);
+    let csr_pem = String::from_utf8(unbase64(request_spec["request"].as_str().unwrap())).unwrap();
+    let (uris, dns) = csr_sans(&csr_pem);
+    assert_eq!(
+        uris,
+        ["spiffe://cluster.local/ns/bookstore/sa/bookstore-v2"]
+    );
+    assert_eq!(
+        dns,
+        [
+            "bookstore-v2.bookstore.cluster.local",
+            "bookstore-v2.bookstore.svc.cluster.local"
+        ]
+    );
+
+    // The watch: that one object, from the resourceVersion the create returned.
+    let watch = &seen[1];
+    assert_eq!(watch.query["watch"], "true");
+    assert_eq!(
+        watch.query["fieldSelector"],
+        format!("metadata.name={name}")
+    );
+    assert_eq!(watch.query["resourceVersion"], "1001");
+
+    // The chain: leaf + intermediate (the root cert-manager returned is dropped), for our key,
+    // verifying against the Secret's root.
+    assert_eq!(chain.certificates().len(), 2);
+    let leaf = chain.leaf_info().unwrap();
+    assert_eq!(leaf.public_key, key.public_key());
+    assert_eq!(leaf.uri_sans, uris);
+    let bundle = provider.trust_bundle().await.unwrap();
+    assert_eq!(bundle, TrustBundle::from_pem(&ca.root_pem).unwrap());
+    meshca_provider::verify_chain(&chain, &bundle, std::time::SystemTime::now()).unwrap();
+    assert!(
+        fake.state.lock().unwrap().requests.is_empty(),
+        "the request was not deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_denied_request_ends_the_wait_with_the_approvers_message() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(
+        denying_issuer(),
+        Some(&ca.root_pem),
+        vec![Watch::Stream(vec![Step::Outcome])],
+    );
+    let provider = provider(&fake, CertManagerSettings::default());
+    let error = issue(&provider, &workload()).await.1.unwrap_err();
+    let seen = fake.seen();
+    let name = created_name(&seen);
+    assert!(matches!(error, ProviderError::Rejected { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("was denied"), "{message}");
+    assert!(
+        message.contains(&format!("meshca-system/{name}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("No policy approved this request: [meshca-policy: spec.allowed.uris"),
+        "{message}"
+    );
+    assert_eq!(deletes(&seen), [request_path(&name)]);
+    assert!(!error.is_transient());
+}
+
+#[tokio::test]
+async fn a_failed_request_ends_the_wait_with_the_issuers_message() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(
+        failing_issuer(),
+        Some(&ca.root_pem),
+        vec![Watch::Stream(vec![Step::Pending, Step::Outcome])],
+    );
+    let provider = provider(&fake, CertManagerSettings::default());
+    let error = issue(&provider, &workload()).await.1.unwrap_err();
+    let seen = fake.seen();
+    let name = created_name(&seen);
+    let message = error.to_string();
+    assert!(matches!(error, ProviderError::Rejected { .. }), "{error:?}");
+    assert!(
+        message.contains("failed at Issuer meshca-system/meshca-ca"),
+        "{message}"
+    );
+    assert!(
+        message.contains("vault: 400 URI SANs are not allowed by this role"),
+        "{message}"
+    );
+    assert_eq!(deletes(&seen), [request_path(&name)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_never_gets_ready_times_out_and_is_deleted() {
+    let ca = TestCa::new("mesh");
+    // One pending event, then a watch that stays open with nothing more to say.
+    let fake = Fake::new(
+        ca.issuer(),
+        Some(&ca.root_pem),
+        vec![Watch::Stream(vec![Step::Pending])],
+    );
+    let settings = CertManagerSettings {
+        timeout: Duration::from_secs(30),
+        ..CertManagerSettings::default()
+    };
+    let provider = provider(&fake, settings);
+    let error = issue(&provider, &workload()).await.1.unwrap_err();
+    let seen = fake.seen();
+    let name = created_name(&seen);
+    let message = error.to_string();
+    assert!(error.is_transient(), "{error:?}");
+    assert!(
+        message.contains(&format!(
+            "CertificateRequest meshca-system/{name} was not Ready within 30s"
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("Issuer meshca-system/meshca-ca"),
+        "{message}"
+    );
+    assert!(
+        message.contains("Waiting on certificate issuance from order"),
+        "the last condition should be in the message: {message}"
+    );
+    assert_eq!(deletes(&seen), [request_path(&name)]);
+}
+
+#[tokio::test]
+async fn requests_are_kept_when_asked() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(
+        ca.issuer(),
+        Some(&ca.root_pem),
+        vec![Watch::Stream(vec![Step::Outcome])],
+    );
+    let settings = CertManagerSettings {
+        preserve_certificate_requests: true,
+        ..CertManagerSettings::default()
+    };
+    let provider = provider(&fake, settings);
+    provider.start().await.unwrap();
+    issue(&provider, &workload()).await.1.unwrap();
+    fake.state.lock().unwrap().issuer = denying_issuer();
+    fake.state.lock().unwrap().default_watch = Some(vec![Step::Outcome]);
+    issue(&provider, &workload()).await.1.unwrap_err();
+    let seen = fake.seen();
+    assert!(deletes(&seen).is_empty(), "{seen:#?}");
+    // No garbage collection either: nothing was listed.
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.is(Method::GET, REQUESTS_PATH) && !s.query.contains_key("watch"))
+    );
+    assert_eq!(fake.state.lock().unwrap().requests.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gone_or_closed_watch_resumes_from_a_fresh_read() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(
+        ca.issuer(),
+        Some(&ca.root_pem),
+        vec![
+            // History expired mid-stream: an ERROR event with 410.
+            Watch::Stream(vec![Step::Pending, Step::Gone]),
+            // The next watch is refused outright with 410.
+            Watch::Status(410),
+            // The API server closes the watch (its timeout).
+            Watch::Stream(vec![Step::End]),
+            // The issuer signs while nobody is watching; the closed stream sends nothing.
+            Watch::Stream(vec![Step::OutcomeSilently, Step::End]),
+        ],
+    );
+    let provider = provider(&fake, CertManagerSettings::default());
+    issue(&provider, &workload()).await.1.unwrap();
+    let seen = fake.seen();
+    let name = created_name(&seen);
+    let object = request_path(&name);
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|s| match (&s.method, s.path.as_str()) {
+            (&Method::POST, _) => "create",
+            (&Method::GET, REQUESTS_PATH) => "watch",
+            (&Method::GET, p) if p == object => "get",
+            (&Method::DELETE, _) => "delete",
+            (&Method::GET, SECRET_PATH) => "secret",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "create", "watch", "get", "watch", "get", "watch", "get", "watch", "get", "delete",
+            "secret"
+        ],
+        "{seen:#?}"
+    );
+    // Every re-watch starts from the resourceVersion the GET before it returned.
+    let versions: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.query.contains_key("watch"))
+        .map(|s| s.query["resourceVersion"].as_str())
+        .collect();
+    assert_eq!(versions, ["1001", "1002", "1002", "1002"]);
+}
+
+#[tokio::test]
+async fn a_request_deleted_by_someone_else_is_an_error() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(
+        ca.issuer(),
+        Some(&ca.root_pem),
+        vec![Watch::Stream(vec![Step::Pending, Step::Deleted])],
+    );
+    let provider = provider(&fake, CertManagerSettings::default());
+    let error = issue(&provider, &workload()).await.1.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("was deleted before it was Ready"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn stale_requests_are_garbage_collected() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
+    let managed = json!({ "app.kubernetes.io/managed-by": "meshca" });
+    fake.add_existing(
+        "meshca-crashed-1",
+        Duration::from_secs(2 * 3600),
+        managed.clone(),
+    );
+    fake.add_existing(
+        "meshca-crashed-2",
+        Duration::from_secs(20 * 60),
+        managed.clone(),
+    );
+    fake.add_existing("meshca-in-flight", Duration::from_secs(10), managed);
+    fake.add_existing(
+        "someone-elses",
+        Duration::from_secs(2 * 3600),
+        json!({ "app.kubernetes.io/managed-by": "Helm" }),
+    );
+    let provider = provider(&fake, CertManagerSettings::default());
+    // start(): the CA bundle is read, then the sweep.
+    provider.start().await.unwrap();
+    let seen = fake.seen();
+    assert!(seen[0].is(Method::GET, SECRET_PATH), "{seen:#?}");
+    assert!(seen[1].is(Method::GET, REQUESTS_PATH));
+    assert_eq!(
+        seen[1].query["labelSelector"],
+        "app.kubernetes.io/managed-by=meshca"
+    );
+    let mut deleted = deletes(&seen);
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        [
+            request_path("meshca-crashed-1"),
+            request_path("meshca-crashed-2")
+        ]
+    );
+    let left: Vec<String> = fake
+        .state
+        .lock()
+        .unwrap()
+        .requests
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(left, ["meshca-in-flight", "someone-elses"]);
+    // Nothing stale is left: a second sweep deletes nothing.
+    assert_eq!(provider.collect_garbage().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_chain_that_does_not_verify_against_the_bundle_is_rejected() {
+    let issuing = TestCa::new("mesh");
+    let other = TestCa::new("elsewhere");
+    let fake = Fake::new(
+        issuing.issuer(),
+        Some(&other.root_pem),
+        vec![Watch::Stream(vec![Step::Outcome])],
+    );
+    let provider = provider(&fake, CertManagerSettings::default());
+    let error = issue(&provider, &workload()).await.1.unwrap_err();
+    assert!(
+        matches!(error, ProviderError::InvalidResponse { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(
+            "does not verify against the trust bundle in Secret meshca-system/meshca-ca-bundle key ca.crt"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    let seen = fake.seen();
+    let name = created_name(&seen);
+    assert_eq!(deletes(&seen), [request_path(&name)]);
+    // Read once, then again (a rotation may have added the root) before refusing.
+    let secret_reads = seen
+        .iter()
+        .filter(|s| s.is(Method::GET, SECRET_PATH))
+        .count();
+    assert_eq!(secret_reads, 2);
+}
+
+#[tokio::test]
+async fn without_a_bundle_secret_status_ca_is_the_trust_bundle() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(ca.issuer(), None, vec![Watch::Stream(vec![Step::Outcome])]);
+    let mut settings = CertManagerSettings::default();
+    settings.ca_bundle_secret.name = String::new();
+    let provider = provider(&fake, settings);
+    assert!(provider.trust_bundle().await.unwrap().is_empty());
+    let chain = issue(&provider, &workload()).await.1.unwrap();
+    let bundle = provider.trust_bundle().await.unwrap();
+    assert_eq!(bundle, TrustBundle::from_pem(&ca.root_pem).unwrap());
+    meshca_provider::verify_chain(&chain, &bundle, std::time::SystemTime::now()).unwrap();
+    assert!(!fake.seen().iter().any(|s| s.path == SECRET_PATH));
+
+    // An issuer whose status.ca does not sign its chain is refused.
+    let other = TestCa::new("elsewhere");
+    let signing = ca.clone();
+    fake.state.lock().unwrap().issuer = Arc::new(move |request| {
+        let mut status = signing.issuer()(request);
+        status["ca"] = json!(support::base64(other.root_pem.as_bytes()));
+        status
+    });
+    fake.state.lock().unwrap().default_watch = Some(vec![Step::Outcome]);
+    let error = issue(&provider, &workload()).await.1.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("does not verify against its own status.ca"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_bundle_secret_stops_the_start_with_a_hint() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(ca.issuer(), None, vec![]);
+    let provider = provider(&fake, CertManagerSettings::default());
+    let error = provider.start().await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("the CA bundle Secret meshca-system/meshca-ca-bundle does not exist"),
+        "{message}"
+    );
+    assert!(message.contains("meshca bootstrap"), "{message}");
+}
+
+#[tokio::test]
+async fn forbidden_explains_the_rbac_needed() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
+    fake.state.lock().unwrap().create_failures.push_back((
+        403,
+        status_body(
+            403,
+            "Forbidden",
+            r#"certificaterequests.cert-manager.io is forbidden: User "system:serviceaccount:meshca-system:meshca" cannot create resource "certificaterequests" in API group "cert-manager.io" in the namespace "meshca-system""#,
+        ),
+    ));
+    let provider = provider(&fake, CertManagerSettings::default());
+    let error = issue(&provider, &workload()).await.1.unwrap_err();
+    assert!(
+        matches!(error, ProviderError::Unauthorized { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("RBAC forbids create on certificaterequests in namespace meshca-system"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "needs create, get, list, watch and delete on certificaterequests.cert-manager.io"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains(r#"cannot create resource "certificaterequests""#),
+        "{message}"
+    );
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1, "nothing after a refused create: {seen:#?}");
+}
+
+#[tokio::test]
+async fn a_server_error_is_transient() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
+    fake.state.lock().unwrap().create_failures.push_back((
+        500,
+        status_body(500, "InternalError", "etcdserver: request timed out"),
+    ));
+    let provider = provider(&fake, CertManagerSettings::default());
+    let error = issue(&provider, &workload()).await.1.unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+    assert!(
+        error.to_string().contains("etcdserver: request timed out"),
+        "{error}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_issuance_still_deletes_its_request() {
+    let ca = TestCa::new("mesh");
+    // The watch stays open: the issuer never answers.
+    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
+    let provider = provider(&fake, CertManagerSettings::default());
+    let spec = workload();
+    let key = LeafKey::generate(KeyType::P256).unwrap();
+    // The daemon gives up first (its own issue timeout drops the future).
+    let abandoned = tokio::time::timeout(
+        Duration::from_secs(5),
+        provider.issue(&IssueRequest {
+            spec: &spec,
+            key: &key,
+        }),
+    )
+    .await;
+    assert!(abandoned.is_err());
+    loop {
+        if !deletes(&fake.seen()).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = fake.seen();
+    assert_eq!(deletes(&seen), [request_path(&created_name(&seen))]);
+}
