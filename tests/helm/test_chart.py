@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+"""The meshca Helm chart, rendered by Helm's real template engine.
+
+Renders deploy/charts/meshca with helm-python-sdk (Helm v4's Go SDK through its C ABI) for the
+chart's defaults and every example values file, lints it, validates every rendered manifest
+against the Kubernetes schemas of a current release (kubernetes-validate, strict), asserts the
+wiring (configuration, CronJob, exact RBAC, probes, security context, NOTES), checks that the
+schema refuses a wrong certificateProvider.kind, and feeds every rendered ConfigMap's config to
+the real meshca binary, which refuses unknown keys and bad values.
+
+Usage: test_chart.py --meshca target/debug/meshca
+Needs helm-python-sdk and kubernetes-validate on PYTHONPATH (scripts/install-tools.sh helm puts
+them in .tools/pip/helm). Exits non-zero, naming every failed check, when anything is wrong.
+"""
+
+import argparse
+import base64
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy/charts/meshca"
+EXAMPLES = CHART / "examples"
+KUBE_VERSION = "1.34.0"
+NAMESPACE = "meshca-system"
+RELEASE = "meshca"
+CONFIG_PATH = "/etc/meshca/config.yaml"
+NOTES_COMMAND = (
+    "kubectl get secret {name} -n {ns} -o jsonpath='{{.data.ca\\.crt}}' | base64 -d | "
+    "openssl x509 -text -noout"
+)
+
+# The example values files that are chart values (the Issuer manifest is not).
+VALUES_EXAMPLES = ["tresor.yaml", "vault-token-secret.yaml", "vault-kubernetes-auth.yaml",
+                   "cert-manager.yaml"]
+
+FAILURES = []
+CHECKS = 0
+
+
+def check(condition, message):
+    global CHECKS
+    CHECKS += 1
+    if not condition:
+        FAILURES.append(message)
+        print(f"FAIL: {message}", file=sys.stderr)
+    return condition
+
+
+def expect_equal(actual, expected, what):
+    return check(actual == expected, f"{what}: expected {expected!r}, got {actual!r}")
+
+
+class Rendered:
+    """One rendering: its manifests by (kind, name, namespace) and NOTES.txt."""
+
+    def __init__(self, label, values, outputs):
+        self.label = label
+        self.values = values
+        self.notes = ""
+        self.objects = []
+        for path, text in sorted(outputs.items()):
+            if path.endswith("NOTES.txt"):
+                self.notes = text
+                continue
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    self.objects.append((path, doc))
+
+    def all(self, kind):
+        return [doc for _, doc in self.objects if doc["kind"] == kind]
+
+    def one(self, kind, name=None):
+        found = [d for d in self.all(kind) if name is None or d["metadata"]["name"] == name]
+        if len(found) != 1:
+            raise AssertionError(f"{self.label}: expected one {kind} {name or ''}, found "
+                                 f"{[d['metadata']['name'] for d in found]}")
+        return found[0]
+
+    def kinds(self):
+        return sorted(doc["kind"] for _, doc in self.objects)
+
+    def config(self):
+        return yaml.safe_load(self.one("ConfigMap")["data"]["config.yaml"])
+
+    def role_rules(self, namespace=NAMESPACE):
+        roles = [r for r in self.all("Role") if r["metadata"]["namespace"] == namespace]
+        return [rule for role in roles for rule in role["rules"]]
+
+    def container(self, name="meshca"):
+        pod = self.one("Deployment")["spec"]["template"]["spec"]
+        return next(c for c in pod["containers"] if c["name"] == name)
+
+
+def render(chart, label, values):
+    outputs = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return Rendered(label, values, outputs)
+
+
+def load_example(name):
+    with open(EXAMPLES / name, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+# --- the checks ----------------------------------------------------------------------------
+
+
+def check_lint(label, values):
+    report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE,
+                       kube_version=f"v{KUBE_VERSION}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    check(not report["errors"] and not problems,
+          f"{label}: helm lint --strict reports {report['errors'] or problems}")
+
+
+def check_kubernetes_schemas(r):
+    for path, doc in r.objects:
+        what = f"{r.label}: {path} {doc['kind']}/{doc['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+            check(True, what)
+        except kubernetes_validate.ValidationError as e:
+            check(False, f"{what} is not a valid Kubernetes {KUBE_VERSION} object: "
+                         f"{'/'.join(str(p) for p in e.path)}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            check(False, f"{what}: no Kubernetes {KUBE_VERSION} schema for it ({e})")
+
+
+def check_common_wiring(r):
+    """What every provider's rendering must have."""
+    label = r.label
+    for kind in ["ConfigMap", "CronJob", "Deployment", "PodDisruptionBudget", "Role",
+                 "RoleBinding", "Service", "ServiceAccount"]:
+        check(r.all(kind), f"{label}: no {kind} rendered")
+
+    config = r.config()
+    values_kind = (r.values.get("certificateProvider") or {}).get("kind", "tresor")
+    expect_equal(config["certificateProvider"]["kind"], values_kind, f"{label}: config kind")
+    expect_equal(config["namespace"], NAMESPACE, f"{label}: config namespace")
+    expect_equal(config["caBundleSecretName"], r.values.get("caBundleSecretName", "meshca-ca-bundle"),
+                 f"{label}: config caBundleSecretName")
+    expect_equal(config["sds"]["listen"], "0.0.0.0:15010", f"{label}: sds.listen")
+    expect_equal(config["sds"]["auth"], "mtls", f"{label}: sds.auth")
+    expect_equal(config["admin"]["listen"], "0.0.0.0:15014", f"{label}: admin.listen")
+    sa = r.one("ServiceAccount")["metadata"]["name"]
+    expect_equal(config["sds"]["serverIdentity"], f"{NAMESPACE}/{sa}",
+                 f"{label}: sds.serverIdentity is the ServiceAccount's identity")
+
+    deployment = r.one("Deployment")
+    expect_equal(deployment["spec"]["replicas"], r.values.get("replicaCount", 2),
+                 f"{label}: replicas")
+    pod = deployment["spec"]["template"]["spec"]
+    expect_equal(pod["serviceAccountName"], sa, f"{label}: Deployment ServiceAccount")
+    expect_equal(pod["securityContext"]["runAsNonRoot"], True, f"{label}: pod runAsNonRoot")
+    container = r.container()
+    expect_equal(container["args"], ["--config", CONFIG_PATH, "serve"], f"{label}: serve args")
+    security = container["securityContext"]
+    expect_equal(security["readOnlyRootFilesystem"], True, f"{label}: read-only root fs")
+    expect_equal(security["allowPrivilegeEscalation"], False, f"{label}: no privilege escalation")
+    expect_equal(security["capabilities"]["drop"], ["ALL"], f"{label}: capabilities dropped")
+    env = {e["name"]: e for e in container["env"]}
+    expect_equal(env.get("MESHCA_NAMESPACE", {}).get("valueFrom"),
+                 {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                 f"{label}: MESHCA_NAMESPACE from the downward API")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    expect_equal(ports, {"grpc-sds": 15010, "http-admin": 15014}, f"{label}: container ports")
+    expect_equal(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "http-admin"},
+                 f"{label}: readiness probe")
+    expect_equal(container["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "http-admin"},
+                 f"{label}: liveness probe")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    expect_equal(mounts.get("config"), "/etc/meshca", f"{label}: config mount")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    expect_equal(volumes["config"]["configMap"]["name"], r.one("ConfigMap")["metadata"]["name"],
+                 f"{label}: config volume is the ConfigMap")
+
+    service = r.one("Service")
+    expect_equal(sorted((p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]),
+                 [("grpc-sds", 15010, "grpc-sds"), ("http-admin", 15014, "http-admin")],
+                 f"{label}: Service ports")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    expect_equal(service["spec"]["selector"], selector, f"{label}: Service selects the Deployment")
+    expect_equal(r.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], selector,
+                 f"{label}: PDB selects the Deployment")
+
+    cron = r.one("CronJob")
+    expect_equal(cron["spec"]["schedule"], (r.values.get("rotation") or {}).get("schedule", "0 3 * * 0"),
+                 f"{label}: CronJob schedule is rotation.schedule")
+    job_pod = cron["spec"]["jobTemplate"]["spec"]["template"]
+    job = job_pod["spec"]["containers"][0]
+    expect_equal(job["args"], ["--config", CONFIG_PATH, "rotate"], f"{label}: CronJob runs meshca rotate")
+    expect_equal(job["image"], container["image"], f"{label}: CronJob image")
+    expect_equal(job["volumeMounts"], container["volumeMounts"], f"{label}: CronJob mounts")
+    expect_equal(job_pod["spec"]["volumes"], pod["volumes"], f"{label}: CronJob has the same config")
+    expect_equal(job["env"], container["env"], f"{label}: CronJob environment")
+    expect_equal(job_pod["spec"]["serviceAccountName"], sa, f"{label}: CronJob ServiceAccount")
+    job_labels = job_pod["metadata"]["labels"]
+    check(not all(job_labels.get(k) == v for k, v in selector.items()),
+          f"{label}: rotation pods {job_labels} would match the Service/Deployment selector {selector}")
+
+    binding = next(b for b in r.all("RoleBinding") if b["metadata"]["namespace"] == NAMESPACE)
+    expect_equal(binding["subjects"], [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}],
+                 f"{label}: RoleBinding subject")
+    expect_equal(binding["roleRef"]["name"], r.all("Role")[0]["metadata"]["name"],
+                 f"{label}: RoleBinding role")
+    check(not any(rule["resources"] == ["leases"] for rule in r.role_rules()),
+          f"{label}: leases granted, but meshca does not use Leases")
+
+    expected_notes = NOTES_COMMAND.format(name=config["caBundleSecretName"], ns=NAMESPACE)
+    check(expected_notes in r.notes, f"{label}: NOTES.txt lacks {expected_notes!r}:\n{r.notes}")
+    check("meshca rotate" in r.notes and "issue #6" in r.notes,
+          f"{label}: NOTES.txt does not say `meshca rotate` is pending")
+
+
+SECRET_GET = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+SECRET_CREATE = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+CERTIFICATE_REQUESTS = {"apiGroups": ["cert-manager.io"], "resources": ["certificaterequests"],
+                        "verbs": ["create", "get", "list", "watch", "delete"]}
+TOKEN_REVIEWS = {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+                 "verbs": ["create"]}
+
+
+def get_secrets(*names):
+    return dict(SECRET_GET, resourceNames=list(names))
+
+
+def check_tresor(r):
+    config = r.config()
+    expect_equal(config["tresor"]["store"], "kubernetes", "tresor: tresor.store")
+    check("vault" not in config, "tresor: a vault section in the config")
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE],
+                 "tresor: Role rules")
+    check(not r.all("ClusterRole") and not r.all("ClusterRoleBinding"),
+          "tresor: cluster-wide RBAC rendered")
+    check(not r.all("Secret"), "tresor: the chart renders a Secret")
+    pod = r.one("Deployment")["spec"]["template"]["spec"]
+    check("initContainers" not in pod, "tresor: an init container (Tresor bootstraps in serve)")
+
+
+def check_vault_common(r, label):
+    values = r.values["vault"]
+    vault = r.config()["vault"]
+    for key in ["protocol", "host", "port", "pkiPath", "role"]:
+        expect_equal(vault[key], values[key], f"{label}: vault.{key} reaches the config")
+    pod = r.one("Deployment")["spec"]["template"]["spec"]
+    init = pod.get("initContainers", [])
+    expect_equal([c["args"] for c in init], [["--config", CONFIG_PATH, "bootstrap"]],
+                 f"{label}: init container publishing Vault's root")
+    return vault
+
+
+def check_vault_token_secret(r):
+    label = "vault-token-secret"
+    vault = check_vault_common(r, label)
+    expect_equal(vault["secret"], {"name": "meshca-vault-token", "key": "token"},
+                 f"{label}: vault.secret")
+    for other in ["token", "tokenFile", "kubernetes", "appRole"]:
+        check(other not in vault, f"{label}: vault.{other} set beside vault.secret")
+    expect_equal(vault["caFile"], "/var/run/secrets/meshca/vault-ca/ca.crt", f"{label}: vault.caFile")
+    mounts = {m["name"]: m["mountPath"] for m in r.container()["volumeMounts"]}
+    expect_equal(mounts.get("vault-ca"), "/var/run/secrets/meshca/vault-ca", f"{label}: CA mount")
+    volumes = {v["name"]: v for v in r.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    expect_equal(volumes["vault-ca"]["secret"]["secretName"], "vault-tls-ca", f"{label}: CA Secret")
+    expect_equal(r.role_rules(),
+                 [get_secrets("meshca-ca-bundle", "meshca-vault-token"), SECRET_CREATE],
+                 f"{label}: Role rules")
+    check(not r.all("ClusterRole"), f"{label}: a ClusterRole rendered")
+
+
+def check_vault_kubernetes_auth(r):
+    label = "vault-kubernetes-auth"
+    vault = check_vault_common(r, label)
+    expect_equal(vault["kubernetes"], {"role": "meshca", "mount": "kubernetes"},
+                 f"{label}: vault.kubernetes")
+    for other in ["token", "tokenFile", "secret", "appRole"]:
+        check(other not in vault, f"{label}: vault.{other} set beside vault.kubernetes")
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE],
+                 f"{label}: Role rules")
+    cluster_role = r.one("ClusterRole")
+    expect_equal(cluster_role["rules"], [TOKEN_REVIEWS], f"{label}: ClusterRole rules")
+    binding = r.one("ClusterRoleBinding")
+    expect_equal(binding["roleRef"]["name"], cluster_role["metadata"]["name"],
+                 f"{label}: ClusterRoleBinding role")
+    expect_equal(binding["subjects"],
+                 [{"kind": "ServiceAccount", "name": "meshca", "namespace": NAMESPACE}],
+                 f"{label}: ClusterRoleBinding subject")
+
+
+def check_cert_manager(r):
+    label = "cert-manager"
+    check("vault" not in r.config(), f"{label}: a vault section in the config")
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), CERTIFICATE_REQUESTS],
+                 f"{label}: Role rules")
+    check(not r.all("ClusterRole"), f"{label}: a ClusterRole rendered")
+    env = {e["name"]: e.get("value") for e in r.container()["env"]}
+    expect_equal({k: v for k, v in env.items() if k.startswith("MESHCA_CERT_MANAGER_")},
+                 {"MESHCA_CERT_MANAGER_ISSUER_NAME": "meshca-ca",
+                  "MESHCA_CERT_MANAGER_ISSUER_KIND": "Issuer",
+                  "MESHCA_CERT_MANAGER_ISSUER_GROUP": "cert-manager.io"},
+                 f"{label}: issuer settings in the environment")
+
+
+def check_inline_vault_token(chart):
+    """vault.token: stored in a chart Secret, mounted as vault.tokenFile, never in the ConfigMap."""
+    label = "vault.token"
+    token = "hvs.chart-test-token-4242"
+    r = render(chart, label, {"certificateProvider": {"kind": "vault"},
+                              "vault": {"host": "vault.example", "token": token}})
+    check_kubernetes_schemas(r)
+    configmap = yaml.safe_dump(r.one("ConfigMap"))
+    check(token not in configmap, f"{label}: the token is in the ConfigMap")
+    check(token not in yaml.safe_dump(r.one("Deployment")), f"{label}: the token is in the Deployment")
+    secret = r.one("Secret")
+    expect_equal(base64.b64decode(secret["data"]["token"]).decode(), token, f"{label}: Secret data")
+    vault = r.config()["vault"]
+    expect_equal(vault.get("tokenFile"), "/var/run/secrets/meshca/vault-token/token",
+                 f"{label}: vault.tokenFile")
+    mounts = {m["name"]: m["mountPath"] for m in r.container()["volumeMounts"]}
+    expect_equal(mounts.get("vault-token"), "/var/run/secrets/meshca/vault-token",
+                 f"{label}: token mount")
+    volumes = {v["name"]: v for v in r.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    expect_equal(volumes["vault-token"]["secret"]["secretName"], secret["metadata"]["name"],
+                 f"{label}: token volume")
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE],
+                 f"{label}: Role rules (the mounted token needs no API access)")
+    return r
+
+
+def check_vault_secret_elsewhere(chart):
+    """vault.secret in another namespace: `get` on that Secret there, nothing more."""
+    label = "vault.secret.namespace"
+    r = render(chart, label, {"certificateProvider": {"kind": "vault"},
+                              "vault": {"host": "vault.example",
+                                        "secret": {"name": "tok", "key": "t", "namespace": "vault"}}})
+    check_kubernetes_schemas(r)
+    expect_equal(r.config()["vault"]["secret"], {"name": "tok", "key": "t", "namespace": "vault"},
+                 f"{label}: vault.secret")
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE],
+                 f"{label}: Role rules in the release namespace")
+    expect_equal(r.role_rules("vault"), [get_secrets("tok")], f"{label}: Role rules in vault")
+    binding = next(b for b in r.all("RoleBinding") if b["metadata"]["namespace"] == "vault")
+    expect_equal(binding["subjects"][0]["namespace"], NAMESPACE, f"{label}: binding subject")
+    return r
+
+
+def check_refusals(chart):
+    """Values the chart must refuse, with the reason in the error."""
+    bad_kind = {"certificateProvider": {"kind": "vaultt"}}
+    try:
+        chart.validate_schema(bad_kind)
+        check(False, "schema: certificateProvider.kind=vaultt was accepted")
+    except helm.HelmValuesError as e:
+        check("certificateProvider/kind" in str(e) and "tresor" in str(e),
+              f"schema: the error does not name the key and the choices: {e}")
+    try:
+        chart.render(bad_kind, name=RELEASE, namespace=NAMESPACE)
+        check(False, "render: certificateProvider.kind=vaultt rendered")
+    except helm.HelmValuesError as e:
+        check("certificateProvider/kind" in str(e), f"render: unexpected error {e}")
+    report = helm.lint(str(CHART), bad_kind, namespace=NAMESPACE)
+    check(any("certificateProvider/kind" in err for err in report["errors"]),
+          f"lint: certificateProvider.kind=vaultt not reported: {report}")
+
+    for values, needle in [
+        ({"certificateProvider": {"kind": "vault"}}, "/vault/host"),
+        ({"certificateProvider": {"kind": "cert-manager"}}, "/certManager/issuerName"),
+        ({"sds": {"auth": "development"}}, "/sds/auth"),
+        ({"certificateProvider": {"kind": "tresor", "serviceCertValidityDuration": "3d"}},
+         "serviceCertValidityDuration"),
+        ({"vault": {"hots": "x"}}, "hots"),
+    ]:
+        try:
+            chart.validate_schema(values)
+            check(False, f"schema accepted {values}")
+        except helm.HelmValuesError as e:
+            check(needle in str(e), f"schema error for {values} does not name {needle}: {e}")
+
+    for values, needle in [
+        ({"certificateProvider": {"kind": "vault"}, "vault": {"host": "v"}}, "needs a credential"),
+        ({"certificateProvider": {"kind": "vault"},
+          "vault": {"host": "v", "token": "x", "kubernetes": {"role": "r"}}}, "exactly one credential"),
+        ({"certificateProvider": {"kind": "vault"},
+          "vault": {"host": "v", "secret": {"name": "s"}}}, "both name"),
+    ]:
+        try:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE)
+            check(False, f"render accepted {values}")
+        except helm.HelmRenderError as e:
+            check(needle in str(e), f"render error for {values} does not say {needle!r}: {e}")
+
+
+def check_meshca_accepts(meshca, renderings):
+    """Every rendered config, with the container's environment, loads in the real meshca.
+
+    meshca loads its configuration before running any command and exits 2 when it is refused
+    (unknown key, bad value); `inspect` of a real certificate then exits 0, so exit 0 means
+    the configuration was accepted."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cert = Path(tmp, "cert.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(Path(tmp, "key.pem")),
+                        "-out", str(cert), "-subj", "/CN=chart-test", "-days", "1"],
+                       check=True, capture_output=True)
+
+        def run(config_text, env_vars):
+            path = Path(tmp, "config.yaml")
+            path.write_text(config_text, encoding="utf-8")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MESHCA_")}
+            env.update(env_vars)
+            return subprocess.run([meshca, "--config", str(path), "inspect", str(cert)],
+                                  env=env, capture_output=True, text=True, timeout=60)
+
+        for r in renderings:
+            env_vars = {}
+            for e in r.container()["env"]:
+                if "value" in e:
+                    env_vars[e["name"]] = e["value"]
+                elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+                    env_vars[e["name"]] = NAMESPACE
+            text = r.one("ConfigMap")["data"]["config.yaml"]
+            done = run(text, env_vars)
+            check(done.returncode == 0,
+                  f"{r.label}: meshca refused the rendered config (exit {done.returncode}): "
+                  f"{done.stderr.strip()}\n{text}")
+
+        # The same check must be able to fail: an unknown key and a bad value are refused.
+        text = renderings[0].one("ConfigMap")["data"]["config.yaml"]
+        for bad, needle in [(text + "certManager:\n  issuerName: x\n", "certManager"),
+                            (text.replace("auth: mtls", "auth: mtlss"), "mtlss")]:
+            done = run(bad, {})
+            check(done.returncode == 2 and needle in done.stderr,
+                  f"meshca accepted a broken config (exit {done.returncode}, {done.stderr!r})")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--meshca", required=True, help="the meshca binary")
+    args = parser.parse_args()
+
+    print(f"helm-python-sdk: Helm SDK {helm.helm_sdk_version()}; "
+          f"kubernetes-validate {kubernetes_validate.version.__version__}; Kubernetes {KUBE_VERSION}")
+    chart = helm.Chart.load(str(CHART))
+    expect_equal(chart.name, "meshca", "chart name")
+
+    specific = {
+        "tresor.yaml": check_tresor,
+        "vault-token-secret.yaml": check_vault_token_secret,
+        "vault-kubernetes-auth.yaml": check_vault_kubernetes_auth,
+        "cert-manager.yaml": check_cert_manager,
+    }
+    present = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name != "cert-manager-issuer.yaml")
+    expect_equal(present, sorted(VALUES_EXAMPLES), "example values files")
+
+    renderings = []
+    for label, values in [("defaults", {})] + [(n, load_example(n)) for n in VALUES_EXAMPLES]:
+        failed_before = len(FAILURES)
+        try:
+            check_lint(label, values)
+            chart.validate_schema(values)
+            r = render(chart, label, values)
+            renderings.append(r)
+            check_kubernetes_schemas(r)
+            check_common_wiring(r)
+            if label in specific:
+                specific[label](r)
+            elif label == "defaults":
+                check_tresor(r)
+            status = "ok" if len(FAILURES) == failed_before else "FAILED"
+            print(f"{status}: {label}: {len(r.objects)} manifests ({', '.join(r.kinds())})")
+        except Exception:  # one broken rendering must not hide the others' results
+            check(False, f"{label}: {traceback.format_exc()}")
+
+    # The Issuer example is a manifest, not values: it must at least be well-formed YAML with
+    # the cert-manager kinds the values name.
+    issuer_docs = list(yaml.safe_load_all((EXAMPLES / "cert-manager-issuer.yaml").read_text()))
+    issuers = [d["metadata"]["name"] for d in issuer_docs if d["kind"] == "Issuer"]
+    check(load_example("cert-manager.yaml")["certManager"]["issuerName"] in issuers,
+          f"cert-manager-issuer.yaml does not define the Issuer cert-manager.yaml names: {issuers}")
+
+    for extra in (check_inline_vault_token, check_vault_secret_elsewhere):
+        try:
+            renderings.append(extra(chart))
+        except Exception:
+            check(False, f"{extra.__name__}: {traceback.format_exc()}")
+    try:
+        check_refusals(chart)
+    except Exception:
+        check(False, f"refusals: {traceback.format_exc()}")
+    check_meshca_accepts(args.meshca, renderings)
+
+    if FAILURES:
+        print(f"{len(FAILURES)} of {CHECKS} chart checks failed", file=sys.stderr)
+        return 1
+    print(f"all {CHECKS} chart checks passed ({len(renderings)} renderings)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
