@@ -130,6 +130,18 @@ app.kubernetes.io/component: server
   value: {{ .Values.certManager.issuerKind | quote }}
 - name: MESHCA_CERT_MANAGER_ISSUER_GROUP
   value: {{ .Values.certManager.issuerGroup | quote }}
+{{- /* Requests in the release namespace (where the Role grants them); returned chains checked
+       against the chart's CA bundle Secret. */}}
+- name: MESHCA_CERT_MANAGER_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: MESHCA_CERT_MANAGER_CA_BUNDLE_SECRET_NAME
+  value: {{ .Values.caBundleSecretName | quote }}
+- name: MESHCA_CERT_MANAGER_CA_BUNDLE_SECRET_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
 {{- end }}
 {{- end }}
 
