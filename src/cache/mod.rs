@@ -513,21 +513,32 @@ impl Shared {
     }
 
     /// Publishes `cert` for `key`, waking subscribers. Returns `subscribers` new receivers for
-    /// waiting callers that asked to subscribe; `handed_out` records that callers got it.
+    /// waiting callers that asked to subscribe, and whether it replaces a certificate (a
+    /// renewal); `handed_out` records that callers got it.
     fn publish(
         &self,
         key: &CertKey,
         cert: Arc<ServedCertificate>,
         handed_out: bool,
         subscribers: usize,
-    ) -> Vec<watch::Receiver<Arc<ServedCertificate>>> {
+    ) -> (Vec<watch::Receiver<Arc<ServedCertificate>>>, bool) {
+        use std::collections::hash_map::Entry;
         let not_after = cert.info.not_after;
         let mut entries = self.entries();
-        let slot = entries.entry(key.clone()).or_insert_with(|| Slot {
-            sender: watch::Sender::new(cert.clone()),
-            requested_until: SystemTime::UNIX_EPOCH,
-        });
-        slot.sender.send_replace(cert);
+        let (slot, renewal) = match entries.entry(key.clone()) {
+            Entry::Occupied(slot) => {
+                let slot = slot.into_mut();
+                slot.sender.send_replace(cert);
+                (slot, true)
+            }
+            Entry::Vacant(vacant) => (
+                vacant.insert(Slot {
+                    sender: watch::Sender::new(cert),
+                    requested_until: SystemTime::UNIX_EPOCH,
+                }),
+                false,
+            ),
+        };
         if handed_out {
             slot.requested_until = slot.requested_until.max(not_after);
         }
@@ -535,7 +546,7 @@ impl Shared {
         self.counters
             .entries
             .store(entries.len(), Ordering::Relaxed);
-        receivers
+        (receivers, renewal)
     }
 
     /// Drops `key` if nobody holds a receiver and every certificate handed out for it has

@@ -177,13 +177,8 @@ impl Worker {
         let now = Instant::now();
         while self.running.len() < limit {
             if let Some(key) = self.urgent.pop_front() {
-                let Some(state) = self.keys.get_mut(&key) else {
-                    continue;
-                };
-                state.queued = false;
-                if !state.in_flight {
-                    self.start(key);
-                }
+                // Clears `queued`; starts unless an issuance is already running.
+                self.start(key);
                 continue;
             }
             let Some((at, key)) = self.timers.first().cloned() else {
@@ -217,10 +212,16 @@ impl Worker {
         self.start(key);
     }
 
+    /// Starts an issuance for `key`, taking it off the urgent queue; nothing if one is
+    /// already running (its completion serves the key's waiters).
     fn start(&mut self, key: CertKey) {
         let Some(state) = self.keys.get_mut(&key) else {
             return;
         };
+        state.queued = false;
+        if state.in_flight {
+            return;
+        }
         state.in_flight = true;
         state.reissue = false;
         if state.failures > 0 {
@@ -273,18 +274,16 @@ impl Worker {
 
     fn published(&mut self, key: CertKey, cert: Arc<ServedCertificate>, waiters: Vec<Waiter>) {
         let shared = &self.shared;
-        let renewal = shared.current(&key).is_some();
+        let subscribers = waiters.iter().filter(|w| w.subscribe).count();
+        let (receivers, renewal) =
+            shared.publish(&key, cert.clone(), !waiters.is_empty(), subscribers);
         let counter = if renewal {
             &shared.counters.renewed
         } else {
             &shared.counters.issued
         };
         counter.fetch_add(1, Ordering::Relaxed);
-
-        let subscribers = waiters.iter().filter(|w| w.subscribe).count();
-        let mut receivers = shared
-            .publish(&key, cert.clone(), !waiters.is_empty(), subscribers)
-            .into_iter();
+        let mut receivers = receivers.into_iter();
         for waiter in waiters {
             let updates = if waiter.subscribe {
                 receivers.next()
@@ -330,7 +329,7 @@ impl Worker {
             renewal,
             "certificate published"
         );
-        self.schedule(&key, at);
+        set_due(&mut self.timers, state, &key, at);
     }
 
     fn failed(&mut self, key: CertKey, error: CacheError, waiters: Vec<Waiter>) {
@@ -376,11 +375,21 @@ impl Worker {
     /// Sets `key`'s single background deadline to `at`.
     fn schedule(&mut self, key: &CertKey, at: Instant) {
         let state = self.keys.entry(key.clone()).or_default();
-        if let Some(previous) = state.due.replace(at) {
-            self.timers.remove(&(previous, key.clone()));
-        }
-        self.timers.insert((at, key.clone()));
+        set_due(&mut self.timers, state, key, at);
     }
+}
+
+/// Sets the background deadline of `key` (whose state is `state`) to `at`, in `timers` too.
+fn set_due(
+    timers: &mut BTreeSet<(Instant, CertKey)>,
+    state: &mut KeyState,
+    key: &CertKey,
+    at: Instant,
+) {
+    if let Some(previous) = state.due.replace(at) {
+        timers.remove(&(previous, key.clone()));
+    }
+    timers.insert((at, key.clone()));
 }
 
 async fn sleep_until_some(at: Option<Instant>) {

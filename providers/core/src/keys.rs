@@ -127,6 +127,19 @@ impl FromStr for KeyType {
     }
 }
 
+/// SubjectPublicKeyInfo up to the point: SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 },
+/// BIT STRING (65 bytes, no unused bits) }.
+const SPKI_HEADER_P256: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// The same for secp384r1 and a 97-byte point.
+const SPKI_HEADER_P384: [u8; 23] = [
+    0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
+    0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
+];
+
 /// A private key with its public half, as made for one leaf certificate.
 ///
 /// The private key is kept as PKCS#8 DER in memory that is wiped on drop; `Debug` shows the
@@ -243,7 +256,17 @@ impl LeafKey {
 
     /// The X.509 SubjectPublicKeyInfo, DER-encoded.
     pub fn public_key_spki(&self) -> Vec<u8> {
-        self.subject_public_key_info()
+        // EC keys: a constant header (algorithm id-ecPublicKey with the named curve, and the
+        // BIT STRING header) before the point; written directly, as it is on every issuance.
+        let header: &[u8] = match (self.key_type, self.public_key.len()) {
+            (KeyType::P256, 65) => &SPKI_HEADER_P256,
+            (KeyType::P384, 97) => &SPKI_HEADER_P384,
+            _ => return self.subject_public_key_info(),
+        };
+        let mut spki = Vec::with_capacity(header.len() + self.public_key.len());
+        spki.extend_from_slice(header);
+        spki.extend_from_slice(&self.public_key);
+        spki
     }
 
     /// A key pair that can sign (for CSRs and for CA keys). Parsing costs a little, so the

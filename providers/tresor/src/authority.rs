@@ -13,6 +13,7 @@ use rcgen::{Issuer, KeyPair};
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 
+use crate::leaf::LeafTemplate;
 use crate::profile;
 use crate::store::StoredCa;
 
@@ -275,6 +276,8 @@ pub struct SigningAuthority {
     leaf_tail: Vec<CertificateDer<'static>>,
     key: LeafKey,
     issuer: Issuer<'static, KeyPair>,
+    /// The constant part of every leaf this CA signs, encoded once.
+    template: LeafTemplate,
     subject: String,
     /// The earliest NotAfter along the chain: nothing signed can be valid after it.
     not_after: SystemTime,
@@ -445,8 +448,14 @@ impl SigningAuthority {
         clock_skew: Duration,
     ) -> Result<CertificateChain, AuthorityError> {
         self.check_not_expired(now)?;
-        let params = profile::leaf_params(spec, key.key_type(), now, clock_skew, self.not_after)?;
-        let leaf = params.signed_by(key, &self.issuer).map_err(sign_error)?;
+        let leaf = self.template.sign(
+            spec,
+            key,
+            self.issuer.key(),
+            now,
+            clock_skew,
+            self.not_after,
+        )?;
         let mut certificates = Vec::with_capacity(1 + self.leaf_tail.len());
         certificates.push(CertificateDer::from(leaf));
         certificates.extend(self.leaf_tail.iter().cloned());
@@ -527,6 +536,17 @@ impl SigningAuthority {
             }
         })?;
         let subject = ca.subject().to_string();
+        let key_id = ca
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0),
+                _ => None,
+            });
+        let Some(key_id) = key_id else {
+            return Err(CaProblem::MissingSubjectKeyId { subject });
+        };
+        let template = LeafTemplate::new(key.key_type(), ca.subject().as_raw(), key_id);
         let path_len = ca
             .basic_constraints()
             .ok()
@@ -557,6 +577,7 @@ impl SigningAuthority {
             leaf_tail,
             key,
             issuer,
+            template,
             subject,
             not_after,
             path_len,

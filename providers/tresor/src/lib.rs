@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod authority;
+mod leaf;
 mod profile;
 mod store;
 

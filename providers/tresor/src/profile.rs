@@ -5,10 +5,13 @@
 
 use std::time::{Duration, SystemTime};
 
+#[cfg(test)]
 use meshca_provider::{KeyType, LeafSpec};
+#[cfg(test)]
+use rcgen::ExtendedKeyUsagePurpose;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose, SanType,
+    SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
@@ -21,15 +24,19 @@ pub(crate) const CA_BACKDATE: Duration = Duration::from_secs(3600);
 
 /// Serial numbers are 16 random bytes with the top bit cleared: positive, 127 bits of entropy
 /// (RFC 5280 allows up to 20 octets; CA/B Forum asks for at least 64 bits).
-const SERIAL_LEN: usize = 16;
+pub(crate) const SERIAL_LEN: usize = 16;
 
 /// The organisation written into the subject of CA certificates meshca makes.
 pub(crate) const ORGANIZATION: &str = "meshca";
 
-/// Parameters for a workload or server leaf.
+/// Parameters for a workload or server leaf: the profile's reference definition.
+///
+/// Issuance writes the same bytes through a per-CA template ([`crate::leaf::LeafTemplate`]),
+/// which is tested against these parameters signed by rcgen, byte for byte.
 ///
 /// `not_after` is clamped to `ca_not_after` so that a leaf never outlives the chain that
 /// vouches for it (the requested lifetime is advisory).
+#[cfg(test)]
 pub(crate) fn leaf_params(
     spec: &LeafSpec,
     key_type: KeyType,
@@ -38,10 +45,7 @@ pub(crate) fn leaf_params(
     ca_not_after: SystemTime,
 ) -> Result<CertificateParams, AuthorityError> {
     if spec.spiffe_id.is_none() && spec.dns_names.is_empty() {
-        return Err(AuthorityError::InvalidName {
-            name: String::new(),
-            reason: "a certificate needs at least one name: a SPIFFE ID or a DNS name".into(),
-        });
+        return Err(nameless());
     }
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -79,6 +83,24 @@ pub(crate) fn leaf_params(
     params.not_before = not_before;
     params.not_after = not_after.min(to_datetime(ca_not_after)?);
     Ok(params)
+}
+
+/// The error for a leaf without any name.
+pub(crate) fn nameless() -> AuthorityError {
+    AuthorityError::InvalidName {
+        name: String::new(),
+        reason: "a certificate needs at least one name: a SPIFFE ID or a DNS name".into(),
+    }
+}
+
+/// Checks that `name` can be written as an IA5String (a SAN), with rcgen's error if not.
+pub(crate) fn check_ia5(name: &str) -> Result<(), AuthorityError> {
+    if name.is_ascii() {
+        return Ok(());
+    }
+    rcgen::string::Ia5String::try_from(name)
+        .map(|_| ())
+        .map_err(|e| name_error(name, e))
 }
 
 /// Parameters for a self-signed root.
@@ -152,7 +174,7 @@ fn ca_params(
 
 /// NotBefore = now − `backdate`, NotAfter = now + `lifetime`, both in whole seconds (X.509's
 /// resolution), so that NotAfter − NotBefore is exactly `backdate + lifetime`.
-fn validity(
+pub(crate) fn validity(
     now: SystemTime,
     backdate: Duration,
     lifetime: Duration,
