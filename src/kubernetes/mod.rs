@@ -1,8 +1,13 @@
 //! Connecting to the Kubernetes API server, for everything meshca keeps or asks there (the CA
 //! bundle Secret, managed TLS Secrets, TokenReviews, CertificateRequests).
 
+pub mod managed_secret;
 mod token_review;
 
+pub use managed_secret::{
+    ListedSecret, ManagedSecretError, ManagedTlsSecret, SecretRef, TlsMaterial, TlsSecretWriter,
+    Written, list_managed,
+};
 pub use token_review::TokenReviewAuthenticator;
 
 use anyhow::Context as _;
