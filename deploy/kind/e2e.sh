@@ -202,7 +202,7 @@ else
   log "meshca serve --set sds.auth=token on 127.0.0.1:$sds_port"
   kubectl create serviceaccount web -n "$app_ns" >/dev/null
   "$meshca" serve --set sds.auth=token --set sds.tokenAudiences=meshca \
-    --set "sds.listen=127.0.0.1:$sds_port" --set admin.listen= >"$work/serve.log" 2>&1 &
+    --set "sds.listen=127.0.0.1:$sds_port" --set 'admin.listen=""' >"$work/serve.log" 2>&1 &
   serve_pid=$!
   for _ in $(seq 1 100); do
     grep -q "meshca is serving" "$work/serve.log" && break
