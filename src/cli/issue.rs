@@ -1,5 +1,5 @@
-//! `meshca issue`: one certificate to files, for bootstrap client certificates, webhooks and
-//! gateways.
+//! `meshca issue`: one certificate to files or to a managed `kubernetes.io/tls` Secret, for
+//! bootstrap client certificates, webhooks and gateways.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -10,15 +10,23 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use meshca_provider::{
-    Clock, IssueRequest, KeyType, LeafKey, LeafSpec, SpiffeId, SystemClock, format_duration,
+    CertificateChain, CertificateInfo, CertificateProvider, Clock, IssueRequest, KeyType, LeafKey,
+    LeafSpec, SpiffeId, SystemClock, TrustBundle, format_duration,
 };
 
 use crate::cache::validate::{ChainCheck, validate};
 use crate::cli::ca::parse_duration_arg;
 use crate::config::Config;
+use crate::kubernetes::{ManagedTlsSecret, SecretRef, TlsMaterial, TlsSecretWriter, Written};
 
 /// `meshca issue` options.
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("destination")
+        .required(true)
+        .multiple(false)
+        .args(["out_dir", "secret"])
+))]
 pub struct IssueArgs {
     /// Workload identity `<namespace>/<service-account>`: the certificate carries its SPIFFE ID.
     #[arg(long)]
@@ -34,10 +42,15 @@ pub struct IssueArgs {
     pub key_type: Option<KeyType>,
     /// Directory to write cert.pem, key.pem (mode 0600) and ca.pem into.
     #[arg(long)]
-    pub out_dir: PathBuf,
+    pub out_dir: Option<PathBuf>,
+    /// Instead of files, a Kubernetes Secret `<namespace>/<name>` of type kubernetes.io/tls
+    /// (tls.crt, tls.key, ca.crt), labelled as meshca-managed so `meshca rotate` renews it.
+    /// Created if absent, replaced if meshca manages it, refused otherwise.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub secret: Option<SecretRef>,
 }
 
-/// Issues and writes the files.
+/// Issues the certificate and writes it to files or to a managed Secret.
 pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
     let lifetime = args
         .lifetime
@@ -62,36 +75,19 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
         None => LeafSpec::server(args.dns.clone(), lifetime),
     };
 
+    // Refuse a Secret meshca may not write before issuing anything for it.
+    let writer = match &args.secret {
+        Some(target) => {
+            let client = crate::kubernetes::connect().await?;
+            Some(TlsSecretWriter::open(client, target.clone()).await?)
+        }
+        None => None,
+    };
+
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let provider = crate::providers::build(config, clock.clone()).await?;
-    provider.capabilities().check(&spec, key_type)?;
-    let key = tokio::task::spawn_blocking(move || LeafKey::generate(key_type))
-        .await
-        .context("key generation was interrupted")??;
-    let chain = provider
-        .issue(&IssueRequest {
-            spec: &spec,
-            key: &key,
-        })
-        .await?;
-    let bundle = provider.trust_bundle().await?;
-    let check = ChainCheck::for_provider(provider.capabilities());
-    let info = validate(&chain, &bundle, &spec, &key, clock.now(), check).map_err(|rejection| {
-        anyhow::anyhow!(
-            "{} returned a certificate meshca will not hand out: {}",
-            provider.name(),
-            rejection.reason
-        )
-    })?;
-
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
-    let cert_path = args.out_dir.join("cert.pem");
-    let key_path = args.out_dir.join("key.pem");
-    let ca_path = args.out_dir.join("ca.pem");
-    write_file(&key_path, key.private_key_pem().as_bytes(), 0o600)?;
-    write_file(&cert_path, chain.to_pem().as_bytes(), 0o644)?;
-    write_file(&ca_path, bundle.to_pem().as_bytes(), 0o644)?;
+    let issued = issue_validated(provider.as_ref(), clock.as_ref(), &spec, key_type).await?;
+    let info = &issued.info;
 
     let subject = spec
         .spiffe_id
@@ -107,6 +103,126 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
         crate::cli::inspect::rfc3339(info.not_after),
         format_duration(info.lifetime())
     );
+
+    match (writer, &args.out_dir) {
+        (Some(mut writer), _) => {
+            let (record, material) = issued.for_managed_secret(&args.dns, lifetime)?;
+            let written = writer.write(&record, &material).await?;
+            let verb = match written {
+                Written::Created => "created",
+                Written::Replaced => "replaced",
+            };
+            let target = writer.target();
+            println!(
+                "  {verb} Secret {target} (kubernetes.io/tls: tls.crt, tls.key, ca.crt), managed \
+                 by meshca"
+            );
+            println!("  root SHA-256: {}", record.root_fingerprint);
+            println!("Show: {}", target.show_certificate_command());
+        }
+        (None, Some(out_dir)) => write_files(out_dir, &issued)?,
+        (None, None) => {
+            bail!("say where to write the certificate: --out-dir DIR or --secret NAMESPACE/NAME")
+        }
+    }
+    Ok(())
+}
+
+/// A certificate issued and checked: what `meshca issue` writes, and what `meshca rotate`
+/// writes into a managed Secret it renews.
+#[derive(Debug)]
+pub struct Issued {
+    /// The leaf and its intermediates.
+    pub chain: CertificateChain,
+    /// The leaf's key (its `Debug` is redacted).
+    pub key: LeafKey,
+    /// The provider's trust bundle.
+    pub bundle: TrustBundle,
+    /// What the leaf says.
+    pub info: CertificateInfo,
+    /// The SHA-256 fingerprint of the bundle's root the chain leads to.
+    pub root_fingerprint: String,
+}
+
+impl Issued {
+    /// The managed Secret's record and contents for this certificate; `dns` and `lifetime`
+    /// are what was asked for (recorded so that a renewal asks for the same).
+    pub fn for_managed_secret(
+        &self,
+        dns: &[String],
+        lifetime: Duration,
+    ) -> anyhow::Result<(ManagedTlsSecret, TlsMaterial)> {
+        let identity = self
+            .info
+            .uri_sans
+            .first()
+            .map(|uri| uri.parse::<SpiffeId>())
+            .transpose()
+            .context("the certificate's URI SAN is not a SPIFFE ID")?;
+        let record = ManagedTlsSecret {
+            identity,
+            dns: dns.to_vec(),
+            lifetime,
+            key_type: self.key.key_type(),
+            not_before: self.info.not_before,
+            not_after: self.info.not_after,
+            root_fingerprint: self.root_fingerprint.clone(),
+        };
+        let material = TlsMaterial {
+            chain_pem: self.chain.to_pem(),
+            key_pem: self.key.private_key_pem(),
+            trust_bundle_pem: self.bundle.to_pem(),
+        };
+        Ok((record, material))
+    }
+}
+
+/// Makes a key, has `provider` certify it for `spec`, and validates the answer the way the
+/// cache does before handing anything out (chain to the bundle, names, key, validity).
+pub async fn issue_validated(
+    provider: &dyn CertificateProvider,
+    clock: &dyn Clock,
+    spec: &LeafSpec,
+    key_type: KeyType,
+) -> anyhow::Result<Issued> {
+    provider.capabilities().check(spec, key_type)?;
+    let key = tokio::task::spawn_blocking(move || LeafKey::generate(key_type))
+        .await
+        .context("key generation was interrupted")??;
+    let chain = provider.issue(&IssueRequest { spec, key: &key }).await?;
+    let bundle = provider.trust_bundle().await?;
+    let check = ChainCheck::for_provider(provider.capabilities());
+    let info = validate(&chain, &bundle, spec, &key, clock.now(), check).map_err(|rejection| {
+        anyhow::anyhow!(
+            "{} returned a certificate meshca will not hand out: {}",
+            provider.name(),
+            rejection.reason
+        )
+    })?;
+    let root_fingerprint = issuing_root(&chain, &bundle).with_context(|| {
+        format!(
+            "{} returned a chain whose root is not in its trust bundle",
+            provider.name()
+        )
+    })?;
+    Ok(Issued {
+        chain,
+        key,
+        bundle,
+        info,
+        root_fingerprint,
+    })
+}
+
+fn write_files(out_dir: &Path, issued: &Issued) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let cert_path = out_dir.join("cert.pem");
+    let key_path = out_dir.join("key.pem");
+    let ca_path = out_dir.join("ca.pem");
+    write_file(&key_path, issued.key.private_key_pem().as_bytes(), 0o600)?;
+    write_file(&cert_path, issued.chain.to_pem().as_bytes(), 0o644)?;
+    write_file(&ca_path, issued.bundle.to_pem().as_bytes(), 0o644)?;
     println!("  {}  certificate chain", cert_path.display());
     println!("  {}  private key (mode 0600)", key_path.display());
     println!("  {}  trust bundle", ca_path.display());
@@ -116,6 +232,31 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
         cert_path.display()
     );
     Ok(())
+}
+
+/// The SHA-256 fingerprint of the root of `bundle` that `chain` leads to: the chain's last
+/// certificate itself if the bundle holds it, otherwise the root that issued it (by key
+/// identifier, or by name when a certificate has none).
+fn issuing_root(chain: &CertificateChain, bundle: &TrustBundle) -> anyhow::Result<String> {
+    let top = chain.certificates().last().context("the chain is empty")?;
+    let top_info = CertificateInfo::parse(top)?;
+    if bundle.contains(top) {
+        return Ok(top_info.sha256_fingerprint);
+    }
+    let roots = bundle
+        .roots()
+        .iter()
+        .filter_map(|root| CertificateInfo::parse(root).ok());
+    for root in roots {
+        let issued = match (&top_info.authority_key_id, &root.subject_key_id) {
+            (Some(aki), Some(ski)) => aki == ski,
+            _ => top_info.issuer == root.subject,
+        };
+        if issued {
+            return Ok(root.sha256_fingerprint);
+        }
+    }
+    bail!("no root of the bundle issued {}", top_info.subject)
 }
 
 /// Writes `contents` to `path` through a temporary file in the same directory created with

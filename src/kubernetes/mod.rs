@@ -1,9 +1,14 @@
 //! Connecting to the Kubernetes API server, for everything meshca keeps or asks there (the CA
 //! bundle Secret, managed TLS Secrets, TokenReviews, CertificateRequests).
 
+pub mod managed_secret;
 mod token_review;
 mod vault_token;
 
+pub use managed_secret::{
+    ListedSecret, ManagedSecretError, ManagedTlsSecret, SecretRef, TlsMaterial, TlsSecretWriter,
+    Written, list_managed,
+};
 pub use token_review::TokenReviewAuthenticator;
 pub use vault_token::SecretTokenSource;
 

@@ -9,7 +9,9 @@
 //! test registers, and can be told to fail the next matching requests.
 //!
 //! What it is not: there is no admission, no RBAC (every bearer token is accepted), no watch,
-//! and label selectors support only `key=value` terms.
+//! and label selectors support only `key=value` terms. Lists across all namespaces
+//! (`GET /api/v1/secrets`) are answered; a concurrent writer can be simulated with
+//! [`MockKube::touch_after_read`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -68,6 +70,9 @@ struct Store {
     requests: Vec<Recorded>,
     faults: Vec<Fault>,
     tokens: HashMap<String, TokenOwner>,
+    /// Object paths whose next GETs are followed by a change, as if another client wrote the
+    /// object right after the reader read it: (path, remaining).
+    touches: Vec<(String, usize)>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -226,6 +231,18 @@ impl MockKube {
         });
     }
 
+    /// Makes each of the next `times` successful GETs of `path` be followed, once answered, by
+    /// a change of the stored object (a new resourceVersion and a `meshca.test/touched`
+    /// annotation), as if another client had updated it: an update carrying the version the
+    /// reader saw then fails with `409 Conflict`, as it would on a real API server.
+    pub fn touch_after_read(&self, path: &str, times: usize) {
+        self.store
+            .lock()
+            .unwrap()
+            .touches
+            .push((path.to_owned(), times));
+    }
+
     /// Where the kubeconfig and other files of this mock live.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -322,7 +339,36 @@ async fn handle(
         fault.remaining -= 1;
         return failure(fault.status, &fault.reason.clone(), &fault.message.clone());
     }
-    route(&mut store, &method, &path, query.as_deref(), body)
+    let response = route(&mut store, &method, &path, query.as_deref(), body);
+    if method == Method::GET && response.status() == StatusCode::OK {
+        touch(&mut store, &path);
+    }
+    response
+}
+
+/// Changes the object at `path` if a test asked for it with [`MockKube::touch_after_read`].
+fn touch(store: &mut Store, path: &str) {
+    let Some(entry) = store
+        .touches
+        .iter_mut()
+        .find(|(p, remaining)| p == path && *remaining > 0)
+    else {
+        return;
+    };
+    entry.1 -= 1;
+    let Some((collection, name)) = path.rsplit_once('/') else {
+        return;
+    };
+    store.next_version += 1;
+    let version = store.next_version.to_string();
+    if let Some(object) = store
+        .objects
+        .get_mut(collection)
+        .and_then(|c| c.get_mut(name))
+    {
+        object["metadata"]["resourceVersion"] = json!(version);
+        object["metadata"]["annotations"]["meshca.test/touched"] = json!(version);
+    }
 }
 
 fn route(
@@ -379,6 +425,13 @@ fn route(
             );
         }
     };
+    // A list across all namespaces: /api/v1/{plural} or /apis/{group}/{version}/{plural}.
+    if method == Method::GET
+        && segments.len() == namespaced_at + 1
+        && segments[namespaced_at] != "namespaces"
+    {
+        return list_all(store, path, segments[namespaced_at], query);
+    }
     if segments.get(namespaced_at) != Some(&"namespaces") || segments.len() < namespaced_at + 3 {
         return failure(
             404,
@@ -424,6 +477,28 @@ fn not_found(plural: &str, name: &str) -> Response {
 }
 
 fn list(store: &Store, collection: &str, plural: &str, query: Option<&str>) -> Response {
+    list_collections(store, plural, query, |c| c == collection)
+}
+
+/// `GET /api/v1/secrets`: every namespace's objects of that kind.
+fn list_all(store: &Store, path: &str, plural: &str, query: Option<&str>) -> Response {
+    let prefix = path
+        .trim_end_matches(plural)
+        .trim_end_matches('/')
+        .to_owned()
+        + "/namespaces/";
+    let suffix = format!("/{plural}");
+    list_collections(store, plural, query, |c| {
+        c.starts_with(&prefix) && c.ends_with(&suffix)
+    })
+}
+
+fn list_collections(
+    store: &Store,
+    plural: &str,
+    query: Option<&str>,
+    wanted: impl Fn(&str) -> bool,
+) -> Response {
     let selector: Vec<(String, String)> = query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -440,9 +515,9 @@ fn list(store: &Store, collection: &str, plural: &str, query: Option<&str>) -> R
         .collect();
     let items: Vec<Value> = store
         .objects
-        .get(collection)
-        .into_iter()
-        .flat_map(|c| c.values())
+        .iter()
+        .filter(|(collection, _)| wanted(collection))
+        .flat_map(|(_, c)| c.values())
         .filter(|object| {
             selector.iter().all(|(key, value)| {
                 object["metadata"]["labels"][key.as_str()].as_str() == Some(value.as_str())
