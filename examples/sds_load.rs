@@ -1,99 +1,437 @@
 //! SDS load tool: N concurrent state-of-the-world streams, each a distinct identity (the way N
-//! single-secret Envoys would connect), against an in-process SDS server in development mode
-//! over loopback TCP, with the test CA of `tests/support` as the certificate source.
+//! single-secret Envoys would connect), against meshca's own SDS server and certificate cache
+//! with the Tresor CA, exactly as `meshca serve` builds them in development mode (loopback TCP,
+//! a fresh CA in a temporary directory store).
 //!
-//! Reports the time until every stream has its first certificate, the time to push a renewal
-//! of every certificate to every stream (issuance excluded: the new certificates are made first,
-//! then published at once), and resident memory per stream (VmRSS before/after opening the
-//! streams; client and server share this process, so it is an upper bound for the server).
+//! One run measures, each server in its own process (this binary re-executed with a hidden flag)
+//! so that its memory is its own:
+//! - (A) `--cache-only`: a fresh cache issues N certificates for distinct identities, all asked
+//!   for at once (as N SDS streams would, through `subscribe`);
+//! - (B) `--serve-only`: the time until all N streams hold their first certificate, served by
+//!   a fresh cache of the same kind, issuance included; B/A is the figure;
+//! - the push of N already issued certificates to every stream (`stage_reissue`, then timed
+//!   from `publish_staged`), and a full forced re-issue with push (`renew_now`);
+//! - the server's resident memory (VmRSS from /proc/<pid>/status) before and after the streams
+//!   open, divided by N.
 //!
-//! `cargo run --example sds_load -- --streams 2000 --connections 100`
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+//! Every stream ACKs each response as Envoy does and checks what it got: the serials all
+//! streams hold are compared (by digest) with what the server's cache published.
+//!
+//! `cargo build --release --example sds_load && target/release/examples/sds_load --streams 10000`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
-use meshca::sds::{Purpose, SecretSource};
-use support::{
-    RunningSds, SotwClient, TestCa, TestSource, channel, dev_settings, id, node, secrets, tls_of,
-};
-use tokio::sync::{mpsc, watch};
+use envoy_types::pb::envoy::config::core::v3::{Node, data_source};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use meshca::cache::{CertKey, CertificateCache, Purpose};
+use meshca::cli::serve::{cache_settings, sds_settings};
+use meshca::config::{Config, SdsAuth};
+use meshca::sds::convert::SECRET_TYPE_URL;
+use meshca::sds::{SdsServer, SecretSource};
+use meshca::time::TokioClock;
+use meshca_provider::x509::sha256;
+use meshca_provider::{CertificateChain, CertificateInfo, Clock, SpiffeId, TrustDomain};
+use prost::Message;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
 struct Args {
     /// Concurrent streams, one identity each.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 10_000)]
     streams: usize,
     /// HTTP/2 connections the streams are spread over.
     #[arg(long, default_value_t = 100)]
     connections: usize,
+    /// Threads of the clients' runtime (1: a current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// How long one phase may take before the run fails.
+    #[arg(long, default_value = "120s", value_parser = meshca_provider::parse_duration)]
+    patience: Duration,
+    /// Internal: run the SDS server for the load (driven over stdin/stdout).
+    #[arg(long, hide = true)]
+    serve_only: bool,
+    /// Internal: time a fresh cache issuing `--streams` certificates.
+    #[arg(long, hide = true)]
+    cache_only: bool,
 }
 
-enum Event {
-    First { stream: usize, latency: Duration },
-    Renewed { stream: usize, serial: Vec<u8> },
-    Failed { stream: usize, error: String },
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let n = args.streams;
-    anyhow::ensure!(
-        n > 0 && args.connections > 0,
-        "--streams and --connections must be at least 1"
+    ensure!(
+        args.streams > 0 && args.connections > 0 && args.client_threads > 0,
+        "--streams, --connections and --client-threads must be at least 1"
     );
-    let source = TestSource::new(Arc::new(TestCa::new("load")));
-    let identities: Vec<_> = (0..n).map(|i| id(&format!("load/sa-{i}"))).collect();
-
-    let started = Instant::now();
-    for identity in &identities {
-        source.certificate(identity, Purpose::Default).await?;
+    if args.serve_only || args.cache_only {
+        // The runtime `meshca serve` uses: multi-threaded, one worker per CPU.
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+        return runtime.block_on(async {
+            if args.serve_only {
+                serve(&args).await
+            } else {
+                cache_only(&args).await
+            }
+        });
     }
-    let issuance = started.elapsed();
+    let runtime = if args.client_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_threads)
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the tokio runtime")?;
+    runtime.block_on(drive(&args))
+}
 
-    let mut settings = dev_settings();
-    settings.limits.max_streams = n + 16;
-    let sds = RunningSds::start(settings, source.clone()).await;
+/// `meshca serve`'s configuration for the load: development mode on loopback, Tresor with a
+/// directory store in `dir`, room for every stream.
+fn daemon_config(streams: usize, dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.tresor.directory = dir.join("ca");
+    config.sds.listen = "127.0.0.1:0".to_owned();
+    config.sds.auth = SdsAuth::Development;
+    config.sds.max_streams = config.sds.max_streams.max(streams + 16);
+    config
+}
+
+/// The daemon's cache over a freshly bootstrapped Tresor CA.
+async fn daemon_cache(config: &Config) -> anyhow::Result<CertificateCache> {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let provider = meshca::providers::build(config, clock.clone()).await?;
+    let cache = CertificateCache::new(provider, cache_settings(config), clock);
+    cache.refresh_trust_bundle().await?;
+    Ok(cache)
+}
+
+fn short_name(stream: usize) -> String {
+    format!("load/sa-{stream}")
+}
+
+/// (A): N distinct identities asked for at once, each holding its receiver as a stream would.
+async fn cache_only(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = daemon_config(args.streams, dir.path());
+    let cache = daemon_cache(&config).await?;
+    let rss_before = vm_rss_kib(std::process::id())?;
+    let cpu_before = cpu_time(std::process::id())?;
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for stream in 0..args.streams {
+        let cache = cache.clone();
+        tasks.spawn(async move {
+            let identity = SpiffeId::from_short(&short_name(stream), &TrustDomain::default())?;
+            anyhow::Ok(
+                cache
+                    .subscribe(CertKey::new(identity, Purpose::Default))
+                    .await?,
+            )
+        });
+    }
+    let mut receivers = Vec::with_capacity(args.streams);
+    while let Some(joined) = tasks.join_next().await {
+        receivers.push(joined??);
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_time(std::process::id())? - cpu_before;
+    let rss_after = vm_rss_kib(std::process::id())?;
+    println!(
+        "issued {} {} {rss_before} {rss_after} {}",
+        receivers.len(),
+        elapsed.as_micros(),
+        cpu.as_micros()
+    );
+    Ok(())
+}
+
+/// The server process: `meshca serve` in development mode, answering the driver's commands.
+async fn serve(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = daemon_config(args.streams, dir.path());
+    let cache = daemon_cache(&config).await?;
+    let sds = SdsServer::new(sds_settings(&config)?)?.bind().await?;
+    let address = sds.tcp_address().context("no TCP address")?;
+    let stats = sds.stats();
+    let source: Arc<dyn SecretSource> = Arc::new(cache.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sds.serve(source, async {
+        let _ = stopped.await;
+    }));
+    println!("ready {address}");
+
+    let mut staged = None;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        match line.trim() {
+            "digest" => {
+                let certificates = cache.certificates();
+                println!(
+                    "digest {}",
+                    digest(certificates.iter().map(|(k, c)| (&k.identity, &c.info)))
+                );
+            }
+            "stage" => {
+                let started = Instant::now();
+                let certificates = cache.stage_reissue(None).await?;
+                let elapsed = started.elapsed();
+                println!(
+                    "staged {} {} {}",
+                    certificates.len(),
+                    elapsed.as_micros(),
+                    digest(
+                        certificates
+                            .certificates()
+                            .map(|(k, c)| (&k.identity, &c.info))
+                    )
+                );
+                staged = Some(certificates);
+            }
+            "publish" => {
+                let certificates = staged.take().context("publish before stage")?;
+                println!("published {}", cache.publish_staged(certificates));
+            }
+            "reissue" => {
+                cache.renew_now(None);
+                println!("ok");
+            }
+            "stats" => {
+                let sds = stats.snapshot();
+                let cache = cache.stats();
+                println!(
+                    "stats {} {} {} {} {} {}",
+                    sds.responses, sds.pushes, sds.acks, sds.nacks, cache.issued, cache.renewed
+                );
+            }
+            "quit" => break,
+            other => bail!("unknown command {other:?}"),
+        }
+    }
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}
+
+/// A digest of (identity, serial) pairs, independent of their order.
+fn digest<'a>(pairs: impl Iterator<Item = (&'a SpiffeId, &'a CertificateInfo)>) -> String {
+    digest_of(pairs.map(|(identity, info)| (identity.to_string(), info.serial_hex())))
+}
+
+fn digest_of(pairs: impl Iterator<Item = (String, String)>) -> String {
+    let mut lines: Vec<String> = pairs
+        .map(|(id, serial)| format!("{id} {serial}\n"))
+        .collect();
+    lines.sort();
+    let digest = sha256(lines.concat().as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A child process of this binary, driven line by line.
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+    pid: u32,
+}
+
+impl Server {
+    fn start(args: &Args, flag: &str) -> anyhow::Result<Self> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg(flag)
+            .arg("--streams")
+            .arg(args.streams.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the server process")?;
+        let pid = child.id().context("the server process exited at once")?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+            pid,
+        })
+    }
+
+    async fn send(&mut self, command: &str) -> anyhow::Result<()> {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .context("the server process is gone")
+    }
+
+    /// The next line, which must start with `word`; returns the rest, split on spaces.
+    async fn expect(&mut self, word: &str) -> anyhow::Result<Vec<String>> {
+        let line = self
+            .stdout
+            .next_line()
+            .await?
+            .with_context(|| format!("the server process ended instead of answering {word}"))?;
+        let mut parts = line.split_whitespace().map(str::to_owned);
+        ensure!(
+            parts.next().as_deref() == Some(word),
+            "expected {word} from the server process, got {line:?}"
+        );
+        Ok(parts.collect())
+    }
+
+    async fn ask(&mut self, command: &str, word: &str) -> anyhow::Result<Vec<String>> {
+        self.send(command).await?;
+        self.expect(word).await
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        vm_rss_kib(self.pid)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.send("quit").await;
+        drop(self.stdin);
+        let status = self.child.wait().await?;
+        ensure!(status.success(), "the server process failed: {status}");
+        Ok(())
+    }
+}
+
+/// What a client stream reports.
+enum Event {
+    /// A response arrived; its one resource (an encoded `Secret`) is checked after the timed
+    /// phase, so that the client's parsing does not take CPU from the server while it is timed.
+    Response {
+        stream: usize,
+        secret: Vec<u8>,
+    },
+    Failed {
+        stream: usize,
+        error: String,
+    },
+}
+
+/// Per-stream progress: how many responses each stream has had and the serial it holds.
+struct Progress {
+    serials: Vec<String>,
+    responses: Vec<u32>,
+    received: mpsc::UnboundedReceiver<Event>,
+    patience: Duration,
+}
+
+impl Progress {
+    /// Waits until every stream has had `round` responses; returns each stream's time to it.
+    async fn wait_round(&mut self, round: u32, started: Instant) -> anyhow::Result<Vec<Duration>> {
+        let n = self.serials.len();
+        let mut latencies = Vec::with_capacity(n);
+        let mut received = vec![Vec::new(); n];
+        let deadline = started + self.patience;
+        while latencies.len() < n {
+            let event = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(deadline),
+                self.received.recv(),
+            )
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "only {} of {n} streams got response {round} within {:?}",
+                    latencies.len(),
+                    self.patience
+                )
+            })?
+            .context("every stream task ended")?;
+            match event {
+                Event::Response { stream, secret } => {
+                    self.responses[stream] += 1;
+                    ensure!(
+                        self.responses[stream] == round,
+                        "stream {stream} got response {} while waiting for response {round}",
+                        self.responses[stream]
+                    );
+                    received[stream] = secret;
+                    latencies.push(started.elapsed());
+                }
+                Event::Failed { stream, error } => bail!("stream {stream} failed: {error}"),
+            }
+        }
+        for (stream, secret) in received.into_iter().enumerate() {
+            let serial = leaf_serial(&secret).with_context(|| format!("stream {stream}"))?;
+            ensure!(
+                serial != self.serials[stream],
+                "stream {stream} was pushed the serial it already held"
+            );
+            self.serials[stream] = serial;
+        }
+        Ok(latencies)
+    }
+
+    fn digest(&self) -> String {
+        let domain = TrustDomain::default();
+        digest_of(self.serials.iter().enumerate().map(|(stream, serial)| {
+            let identity = SpiffeId::from_short(&short_name(stream), &domain).unwrap();
+            (identity.to_string(), serial.clone())
+        }))
+    }
+}
+
+async fn drive(args: &Args) -> anyhow::Result<()> {
+    let n = args.streams;
+
+    // (A) the cache alone.
+    let mut alone = Server::start(args, "--cache-only")?;
+    let answer = alone.expect("issued").await?;
+    let issue_alone = Duration::from_micros(answer[1].parse()?);
+    let issue_alone_cpu = Duration::from_micros(answer[4].parse()?);
+    let cache_rss: Vec<u64> = answer[2..4]
+        .iter()
+        .map(|v| v.parse())
+        .collect::<Result<_, _>>()?;
+    alone.stop().await?;
+
+    // (B) the SDS server in its own process.
+    let mut server = Server::start(args, "--serve-only")?;
+    let address = server.expect("ready").await?.remove(0);
+    let url = format!("http://{address}");
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        channels.push(channel(&sds.url()).await);
+        channels.push(
+            Endpoint::from_shared(url.clone())?
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to the SDS server at {url}"))?,
+        );
     }
-    let rss_before = vm_rss_kib()?;
+    let rss_before = server.rss_kib()?;
+    let server_cpu = cpu_time(server.pid)?;
+    let client_cpu = cpu_time(std::process::id())?;
 
-    let (events, mut received) = mpsc::unbounded_channel();
-    let (stop, stopped) = watch::channel(false);
+    let (events, received) = mpsc::unbounded_channel();
+    let mut progress = Progress {
+        serials: vec![String::new(); n],
+        responses: vec![0; n],
+        received,
+        patience: args.patience,
+    };
     let opened = Instant::now();
-    for (stream, identity) in identities.iter().enumerate() {
-        let ch = channels[stream % channels.len()].clone();
+    for stream in 0..n {
+        let channel = channels[stream % channels.len()].clone();
         let events = events.clone();
-        let mut stopped = stopped.clone();
-        let short = identity.short();
         tokio::spawn(async move {
-            let begin = Instant::now();
-            let run = async {
-                let mut client = SotwClient::open(ch, Some(node(&short)), &["default"]).await?;
-                let first = client.next().await?;
-                let _ = events.send(Event::First {
-                    stream,
-                    latency: begin.elapsed(),
-                });
-                client.ack(&first, &["default"]).await;
-                let renewed = client.next().await?;
-                let (chain, _) = tls_of(&secrets(&renewed.resources)[0]);
-                let _ = events.send(Event::Renewed {
-                    stream,
-                    serial: chain.leaf_info().unwrap().serial,
-                });
-                client.ack(&renewed, &["default"]).await;
-                let _ = stopped.wait_for(|s| *s).await;
-                Ok::<_, tonic::Status>(())
-            };
-            if let Err(status) = run.await {
+            if let Err(status) = client_stream(channel, stream, &events).await {
                 let _ = events.send(Event::Failed {
                     stream,
                     error: status.to_string(),
@@ -101,76 +439,189 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-
-    let mut latencies = Vec::with_capacity(n);
-    while latencies.len() < n {
-        match received.recv().await.expect("stream tasks hold senders") {
-            Event::First { latency, .. } => latencies.push(latency),
-            Event::Failed { stream, error } => anyhow::bail!("stream {stream} failed: {error}"),
-            Event::Renewed { stream, .. } => anyhow::bail!("stream {stream} renewed too early"),
-        }
-    }
+    drop(events);
+    let mut first = progress.wait_round(1, opened).await?;
     let all_first = opened.elapsed();
-    let rss_after = vm_rss_kib()?;
+    let first_server_cpu = cpu_time(server.pid)? - server_cpu;
+    let first_client_cpu = cpu_time(std::process::id())? - client_cpu;
+    let rss_after = server.rss_kib()?;
+    let published = server.ask("digest", "digest").await?.remove(0);
+    ensure!(
+        progress.digest() == published,
+        "the streams' certificates are not the ones the cache published"
+    );
 
-    let fresh: Vec<_> = identities
-        .iter()
-        .map(|identity| Arc::new(source.ca().issue(identity, Duration::from_secs(600))))
-        .collect();
+    // Push of certificates issued beforehand.
+    let staged = server.ask("stage", "staged").await?;
+    ensure!(
+        staged[0].parse::<usize>()? == n,
+        "staged {} certificates, expected {n}",
+        staged[0]
+    );
+    let stage_time = Duration::from_micros(staged[1].parse()?);
+    let cpu = (cpu_time(server.pid)?, cpu_time(std::process::id())?);
     let pushed = Instant::now();
-    for (identity, certificate) in identities.iter().zip(&fresh) {
-        source.publish(identity, Purpose::Default, certificate.clone());
-    }
-    let mut renewed = 0;
-    while renewed < n {
-        match received.recv().await.expect("stream tasks hold senders") {
-            Event::Renewed { stream, serial } => {
-                anyhow::ensure!(
-                    serial == fresh[stream].info.serial,
-                    "stream {stream} got a stale certificate"
-                );
-                renewed += 1;
-            }
-            Event::Failed { stream, error } => anyhow::bail!("stream {stream} failed: {error}"),
-            Event::First { .. } => anyhow::bail!("duplicate first response"),
-        }
-    }
-    let all_pushed = pushed.elapsed();
-    let stats = sds.stats.snapshot();
-    let _ = stop.send(true);
+    server.ask("publish", "published").await?;
+    progress.wait_round(2, pushed).await?;
+    let push_time = pushed.elapsed();
+    let push_cpu = (
+        cpu_time(server.pid)? - cpu.0,
+        cpu_time(std::process::id())? - cpu.1,
+    );
+    ensure!(
+        progress.digest() == staged[2],
+        "the streams do not hold the staged certificates"
+    );
 
-    latencies.sort();
-    let percentile = |p: usize| latencies[(latencies.len() - 1) * p / 100];
-    let per_stream = (rss_after.saturating_sub(rss_before)) as f64 / n as f64;
-    println!(
-        "| streams | connections | first cert, all streams | per stream p50 / p99 | renewal pushed to all | RSS per stream |"
+    // Forced re-issue of everything, pushed as each certificate is made.
+    let cpu = (cpu_time(server.pid)?, cpu_time(std::process::id())?);
+    let reissued = Instant::now();
+    server.ask("reissue", "ok").await?;
+    progress.wait_round(3, reissued).await?;
+    let reissue_time = reissued.elapsed();
+    let reissue_cpu = (
+        cpu_time(server.pid)? - cpu.0,
+        cpu_time(std::process::id())? - cpu.1,
     );
-    println!("|---|---|---|---|---|---|");
+    let published = server.ask("digest", "digest").await?.remove(0);
+    ensure!(
+        progress.digest() == published,
+        "after the re-issue the streams do not hold what the cache published"
+    );
+    let stats = server.ask("stats", "stats").await?;
+    let rss_end = server.rss_kib()?;
+    server.stop().await?;
+
+    first.sort();
+    let percentile = |p: usize| first[(first.len() - 1) * p / 100];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let per_stream = rss_after.saturating_sub(rss_before) as f64 / n as f64;
+    let cache_per_cert = cache_rss[1].saturating_sub(cache_rss[0]) as f64 / n as f64;
     println!(
-        "| {n} | {} | {:.0} ms | {:.1} / {:.1} ms | {:.0} ms | {per_stream:.1} KiB |",
+        "| streams | connections | (A) cache alone issues N | (B) first cert on all streams | B/A | per stream p50 / p99 | push of issued certs to all | re-issue + push to all | server RSS per stream |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {n} | {} | {:.0} ms | {:.0} ms | {:.2} | {:.0} / {:.0} ms | {:.0} ms | {:.0} ms | {per_stream:.1} KiB |",
         args.connections,
-        all_first.as_secs_f64() * 1e3,
-        percentile(50).as_secs_f64() * 1e3,
-        percentile(99).as_secs_f64() * 1e3,
-        all_pushed.as_secs_f64() * 1e3,
+        ms(issue_alone),
+        ms(all_first),
+        all_first.as_secs_f64() / issue_alone.as_secs_f64(),
+        ms(percentile(50)),
+        ms(percentile(99)),
+        ms(push_time),
+        ms(reissue_time),
     );
     println!(
-        "\n(test-CA issuance of the {n} initial certificates, not included above: {:.0} ms; server counters: {} responses, {} pushes, {} ACKs, {} NACKs; RSS {rss_before} → {rss_after} KiB)",
-        issuance.as_secs_f64() * 1e3,
-        stats.responses,
-        stats.pushes,
-        stats.acks,
-        stats.nacks
+        "\nCPU time (server + clients): (A) {:.0} ms; (B) {:.0} + {:.0} ms; push {:.0} + {:.0} ms; \
+         re-issue + push {:.0} + {:.0} ms",
+        ms(issue_alone_cpu),
+        ms(first_server_cpu),
+        ms(first_client_cpu),
+        ms(push_cpu.0),
+        ms(push_cpu.1),
+        ms(reissue_cpu.0),
+        ms(reissue_cpu.1),
+    );
+    println!(
+        "server RSS {rss_before} → {rss_after} KiB with the streams open ({rss_end} KiB at the end); \
+         the cache alone grew {cache_per_cert:.1} KiB per certificate ({} → {} KiB); staging the \
+         {n} re-issued certificates took {:.0} ms; server counters: {} responses, {} pushes, {} ACKs, \
+         {} NACKs; cache: {} issued, {} renewed",
+        cache_rss[0],
+        cache_rss[1],
+        ms(stage_time),
+        stats[0],
+        stats[1],
+        stats[2],
+        stats[3],
+        stats[4],
+        stats[5],
     );
     Ok(())
 }
 
-/// Resident set size of this process, from /proc/self/status.
-fn vm_rss_kib() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
+/// One stream, as a single-secret Envoy: asks for `default` with its node id, ACKs every
+/// response, reports the serial of each certificate it receives.
+async fn client_stream(
+    channel: Channel,
+    stream: usize,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Result<(), anyhow::Error> {
+    let (tx, rx) = mpsc::channel(4);
+    let names = vec!["default".to_owned()];
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: short_name(stream),
+            cluster: "load".to_owned(),
+            ..Node::default()
+        }),
+        resource_names: names.clone(),
+        type_url: SECRET_TYPE_URL.to_owned(),
+        ..DiscoveryRequest::default()
+    })
+    .await?;
+    let mut inbound = SecretDiscoveryServiceClient::new(channel)
+        .stream_secrets(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(mut response) = inbound.message().await? {
+        ensure!(
+            response.resources.len() == 1,
+            "expected one resource, got {}",
+            response.resources.len()
+        );
+        let secret = std::mem::take(&mut response.resources[0].value);
+        let _ = events.send(Event::Response { stream, secret });
+        tx.send(DiscoveryRequest {
+            version_info: response.version_info,
+            response_nonce: response.nonce,
+            resource_names: names.clone(),
+            type_url: SECRET_TYPE_URL.to_owned(),
+            ..DiscoveryRequest::default()
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The serial of the leaf in an encoded `tls_certificate` secret.
+fn leaf_serial(secret: &[u8]) -> anyhow::Result<String> {
+    let secret = Secret::decode(secret)?;
+    let Some(secret::Type::TlsCertificate(tls)) = secret.r#type else {
+        bail!("{} is not a tls_certificate", secret.name);
+    };
+    let Some(data_source::Specifier::InlineBytes(pem)) =
+        tls.certificate_chain.and_then(|c| c.specifier)
+    else {
+        bail!("the certificate chain is not inline");
+    };
+    let chain = CertificateChain::from_pem(std::str::from_utf8(&pem)?)?;
+    Ok(CertificateInfo::parse(chain.leaf())?.serial_hex())
+}
+
+/// CPU time (user + system) process `pid` has used so far, from /proc/<pid>/stat.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// Resident set size of process `pid`, from /proc/<pid>/status.
+fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/self/status"))
+        .with_context(|| format!("no VmRSS in {path}"))
 }

@@ -426,6 +426,79 @@ impl CertificateCache {
             .send(Command::RenewNow(identity.cloned()));
     }
 
+    /// Issues a new certificate for every published key of `identity` (all purposes), or of
+    /// every key when `None`, like [`renew_now`](Self::renew_now), but serves none of them yet:
+    /// they are validated and held until [`publish_staged`](Self::publish_staged). A forced
+    /// rotation (`meshca rotate leaves`) can so reach every proxy at once, and only when every
+    /// issuance succeeded; the first failure is returned and nothing is staged.
+    ///
+    /// Issuances run at most [`CacheSettings::max_concurrent_issues`] at a time, alongside
+    /// (not through) the worker's own queue.
+    pub async fn stage_reissue(
+        &self,
+        identity: Option<&SpiffeId>,
+    ) -> Result<StagedCertificates, CacheError> {
+        use futures::StreamExt as _;
+
+        let shared = self.handle.shared.clone();
+        let keys = shared.published_keys(identity);
+        let limit = shared.settings.max_concurrent_issues.max(1);
+        let mut issued = futures::stream::iter(keys)
+            .map(|key| {
+                let shared = shared.clone();
+                // Each issuance in its own task, so they use every runtime thread.
+                tokio::spawn(async move {
+                    let replaces = shared.current(&key).map(|cert| cert.info.serial.clone());
+                    let cert = shared.issue(&key).await;
+                    (key, replaces, cert)
+                })
+            })
+            .buffer_unordered(limit);
+        let mut staged = Vec::new();
+        while let Some(joined) = issued.next().await {
+            let (key, replaces, cert) = joined.map_err(|e| CacheError::Internal {
+                reason: format!("a staged issuance failed unexpectedly: {e}"),
+            })?;
+            let cert = cert.inspect_err(|_| {
+                shared.counters.failures.fetch_add(1, Ordering::Relaxed);
+            })?;
+            if let Some(replaces) = replaces {
+                staged.push(StagedCertificate {
+                    key,
+                    replaces,
+                    cert,
+                });
+            }
+        }
+        Ok(StagedCertificates { staged })
+    }
+
+    /// Serves certificates made by [`stage_reissue`](Self::stage_reissue): every subscriber of
+    /// each key receives its new certificate. A key whose certificate changed after staging (a
+    /// renewal ran meanwhile) keeps the newer one. Returns how many were published.
+    ///
+    /// The keys' next scheduled renewals stay where the replaced certificates put them, which
+    /// is earlier than the new certificates need: a rotation costs at most one early renewal.
+    pub fn publish_staged(&self, staged: StagedCertificates) -> usize {
+        let shared = self.shared();
+        let mut published = 0;
+        for StagedCertificate {
+            key,
+            replaces,
+            cert,
+        } in staged.staged
+        {
+            if shared.publish_replacing(&key, &replaces, cert) {
+                published += 1;
+            }
+        }
+        shared
+            .counters
+            .renewed
+            .fetch_add(published as u64, Ordering::Relaxed);
+        published
+    }
+
     /// Counters and sizes, read without waiting on anything.
     pub fn stats(&self) -> CacheStats {
         self.shared().counters.snapshot()
@@ -459,6 +532,44 @@ impl fmt::Debug for CertificateCache {
         f.debug_struct("CertificateCache")
             .field("provider", &self.shared().provider.name())
             .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Certificates issued by [`CertificateCache::stage_reissue`], not served yet. Dropping it
+/// discards them.
+pub struct StagedCertificates {
+    staged: Vec<StagedCertificate>,
+}
+
+struct StagedCertificate {
+    key: CertKey,
+    /// The serial of the certificate it replaces.
+    replaces: Vec<u8>,
+    cert: Arc<ServedCertificate>,
+}
+
+impl StagedCertificates {
+    /// How many certificates are staged.
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// The staged certificates, for inspection (serials, expiry) before publishing.
+    pub fn certificates(&self) -> impl Iterator<Item = (&CertKey, &Arc<ServedCertificate>)> {
+        self.staged.iter().map(|s| (&s.key, &s.cert))
+    }
+}
+
+impl fmt::Debug for StagedCertificates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StagedCertificates")
+            .field("len", &self.staged.len())
             .finish_non_exhaustive()
     }
 }
@@ -547,6 +658,27 @@ impl Shared {
             .entries
             .store(entries.len(), Ordering::Relaxed);
         (receivers, renewal)
+    }
+
+    /// Publishes `cert` for `key` if the certificate published now has serial `replaces`;
+    /// returns whether it did.
+    fn publish_replacing(
+        &self,
+        key: &CertKey,
+        replaces: &[u8],
+        cert: Arc<ServedCertificate>,
+    ) -> bool {
+        let entries = self.entries();
+        let Some(slot) = entries.get(key) else {
+            return false;
+        };
+        slot.sender.send_if_modified(|current| {
+            if current.info.serial != replaces {
+                return false;
+            }
+            *current = cert;
+            true
+        })
     }
 
     /// Drops `key` if nobody holds a receiver and every certificate handed out for it has

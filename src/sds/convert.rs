@@ -22,17 +22,64 @@ pub const SECRET_TYPE_URL: &str =
 
 /// A `tls_certificate` secret: the PEM chain (leaf first) and the PEM private key, inline.
 pub fn tls_certificate_secret(name: &str, certificate: &ServedCertificate) -> Secret {
-    // The protobuf needs a plain Vec; the zeroizing copy is wiped when this function returns,
-    // the encoded message lives as long as the response (tonic's buffers are not wiped).
-    let key_pem = certificate.key.private_key_pem();
+    let certificates = certificate.chain.certificates();
+    let mut chain_pem = Vec::with_capacity(
+        certificates
+            .iter()
+            .map(|c| pem_len("CERTIFICATE", c.len()))
+            .sum(),
+    );
+    for der in certificates {
+        pem_into(&mut chain_pem, "CERTIFICATE", der);
+    }
+    // The key goes into the protobuf as a plain Vec, which lives as long as the response
+    // (tonic's buffers are not wiped either); it is written there directly, without copies.
+    let key_der = certificate.key.pkcs8_der();
+    let mut key_pem = Vec::with_capacity(pem_len("PRIVATE KEY", key_der.secret_pkcs8_der().len()));
+    pem_into(&mut key_pem, "PRIVATE KEY", key_der.secret_pkcs8_der());
     Secret {
         name: name.to_owned(),
         r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: Some(inline(certificate.chain.to_pem().into_bytes())),
-            private_key: Some(inline(key_pem.as_bytes().to_vec())),
+            certificate_chain: Some(inline(chain_pem)),
+            private_key: Some(inline(key_pem)),
             ..TlsCertificate::default()
         })),
     }
+}
+
+/// Appends the PEM (RFC 7468: 64 base64 characters per line, LF line ends) of `der` to `out`.
+///
+/// Every SDS response carries a chain and a key in PEM; a general-purpose encoder that formats
+/// line by line cost more than the rest of the response, so this one writes straight into
+/// the buffer the protobuf takes.
+fn pem_into(out: &mut Vec<u8>, label: &str, der: &[u8]) {
+    const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    out.extend_from_slice(b"-----BEGIN ");
+    out.extend_from_slice(label.as_bytes());
+    out.extend_from_slice(b"-----\n");
+    // 48 bytes make one line of 64 characters.
+    for line in der.chunks(48) {
+        for group in line.chunks(3) {
+            let byte = |i: usize| u32::from(group.get(i).copied().unwrap_or(0));
+            let bits = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+            let chars = [18, 12, 6, 0].map(|shift| BASE64[((bits >> shift) & 63) as usize]);
+            // n input bytes give n + 1 characters, padded with '=' to 4.
+            let kept = group.len() + 1;
+            out.extend_from_slice(&chars[..kept]);
+            out.extend_from_slice(&b"=="[..4 - kept]);
+        }
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"-----END ");
+    out.extend_from_slice(label.as_bytes());
+    out.extend_from_slice(b"-----\n");
+}
+
+/// The length of [`pem_into`]'s output.
+fn pem_len(label: &str, der_len: usize) -> usize {
+    let chars = der_len.div_ceil(3) * 4;
+    let lines = chars.div_ceil(64);
+    2 * (label.len() + 16) + chars + lines
 }
 
 /// A `validation_context` secret: the bundle's roots as trusted CAs, and, when `peer` is set,
@@ -123,6 +170,19 @@ mod tests {
         match source.and_then(|s| s.specifier.as_ref()) {
             Some(data_source::Specifier::InlineBytes(bytes)) => bytes.clone(),
             other => panic!("not inline bytes: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pem_matches_the_reference_encoder_for_every_length() {
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        for len in 0..bytes.len() {
+            let der = &bytes[..len];
+            let mut ours = Vec::new();
+            pem_into(&mut ours, "CERTIFICATE", der);
+            let reference = meshca_provider::x509::pem_block("CERTIFICATE", der);
+            assert_eq!(String::from_utf8(ours).unwrap(), reference, "length {len}");
+            assert_eq!(pem_len("CERTIFICATE", len), reference.len(), "length {len}");
         }
     }
 

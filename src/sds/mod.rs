@@ -88,8 +88,6 @@ pub struct SdsLimits {
     pub max_names_per_request: usize,
     /// Largest request message accepted, in bytes (gRPC OUT_OF_RANGE beyond).
     pub max_message_bytes: usize,
-    /// Responses queued per stream for a slow client before that stream (only) waits.
-    pub stream_buffer: usize,
     /// How long a new stream may wait before sending its first request; a stream holds one of
     /// `max_streams` while it waits.
     pub first_request_timeout: Duration,
@@ -103,7 +101,6 @@ impl Default for SdsLimits {
             max_streams: 10_000,
             max_names_per_request: 64,
             max_message_bytes: 1 << 20,
-            stream_buffer: 4,
             first_request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
         }
@@ -201,7 +198,6 @@ impl SdsServer {
             ("limits.maxStreams", limits.max_streams),
             ("limits.maxNamesPerRequest", limits.max_names_per_request),
             ("limits.maxMessageBytes", limits.max_message_bytes),
-            ("limits.streamBuffer", limits.stream_buffer),
         ] {
             if value == 0 {
                 return Err(SdsError::InvalidSettings {

@@ -1,7 +1,8 @@
 //! The SDS protocol: `StreamSecrets` (state of the world), `DeltaSecrets` and `FetchSecrets`.
 //!
-//! Every stream runs as its own task that owns its state; responses go out through a small
-//! bounded channel, so a slow proxy only ever delays itself. A stream:
+//! A stream's state lives in the response stream tonic sends from, which is polled only when
+//! the connection can take a response (`responses`): no task or queue per stream, and a slow
+//! proxy only ever delays itself. A stream:
 //! 1. authenticates its caller on the first request, before anything is issued;
 //! 2. resolves every requested name (malformed → INVALID_ARGUMENT, another identity's
 //!    certificate → PERMISSION_DENIED) before subscribing to any;
@@ -27,9 +28,8 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use meshca_provider::{SpiffeId, TrustBundle, TrustDomain};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_stream::StreamMap;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -142,18 +142,18 @@ impl Drop for StreamSlot {
 #[derive(Clone)]
 pub(crate) struct SdsService(pub(crate) Arc<Shared>);
 
-type ResponseSender<T> = mpsc::Sender<Result<T, Status>>;
+/// The responses of one stream, produced as the connection takes them (see [`responses`]).
+type ResponseStream<T> = BoxStream<'static, Result<T, Status>>;
 
 #[tonic::async_trait]
 impl SecretDiscoveryService for SdsService {
-    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaSecretsStream = ResponseStream<DeltaDiscoveryResponse>;
+    type StreamSecretsStream = ResponseStream<DiscoveryResponse>;
 
     async fn stream_secrets(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let (tx, rx) = mpsc::channel(self.0.limits.stream_buffer);
         let Some(Opened {
             slot,
             first,
@@ -167,7 +167,7 @@ impl SecretDiscoveryService for SdsService {
         )
         .await?
         else {
-            return Ok(Response::new(ReceiverStream::new(rx)));
+            return Ok(Response::new(futures::stream::empty().boxed()));
         };
         let mut stream = SotwStream {
             subs,
@@ -175,21 +175,19 @@ impl SecretDiscoveryService for SdsService {
             sequence: 0,
             last: None,
             acked_version: None,
-            tx,
             slot,
         };
-        if let Err(e) = stream.on_request(first).await {
-            return Err(initial_failure(&stream.subs, e));
-        }
-        tokio::spawn(stream.run(inbound));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let first = match stream.on_request(first).await {
+            Ok(response) => response,
+            Err(e) => return Err(initial_failure(&stream.subs, e)),
+        };
+        Ok(Response::new(responses(stream, inbound, first)))
     }
 
     async fn delta_secrets(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let (tx, rx) = mpsc::channel(self.0.limits.stream_buffer);
         let Some(Opened {
             slot,
             first,
@@ -203,7 +201,7 @@ impl SecretDiscoveryService for SdsService {
         )
         .await?
         else {
-            return Ok(Response::new(ReceiverStream::new(rx)));
+            return Ok(Response::new(futures::stream::empty().boxed()));
         };
         let mut stream = DeltaStream {
             subs,
@@ -211,14 +209,13 @@ impl SecretDiscoveryService for SdsService {
             sequence: 0,
             last: None,
             first: true,
-            tx,
             slot,
         };
-        if let Err(e) = stream.on_request(first).await {
-            return Err(initial_failure(&stream.subs, e));
-        }
-        tokio::spawn(stream.run(inbound));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let first = match stream.on_request(first).await {
+            Ok(response) => response,
+            Err(e) => return Err(initial_failure(&stream.subs, e)),
+        };
+        Ok(Response::new(responses(stream, inbound, first)))
     }
 
     async fn fetch_secrets(
@@ -366,10 +363,6 @@ impl Subscriptions {
     fn refuse(&self, error: RequestError) -> Status {
         self.shared
             .refuse(Some(self.stream), Some(&self.caller), error)
-    }
-
-    fn parts(&self) -> (&Shared, u64, &SpiffeId) {
-        (&self.shared, self.stream, &self.caller)
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -540,40 +533,40 @@ struct SotwStream {
     sequence: u64,
     last: Option<Sent>,
     acked_version: Option<String>,
-    tx: ResponseSender<DiscoveryResponse>,
     slot: StreamSlot,
 }
 
-impl SotwStream {
-    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
-        let drain = self.subs.shared.drain.clone();
-        let exit = loop {
-            tokio::select! {
-                biased;
-                () = drain.cancelled() => break Exit::Draining,
-                message = inbound.message() => match message {
-                    Ok(Some(request)) => {
-                        if let Err(exit) = self.on_request(request).await {
-                            break exit.into();
-                        }
-                    }
-                    Ok(None) => break Exit::ClientGone,
-                    Err(status) => {
-                        debug!(stream = self.slot.id, %status, "SDS stream read failed");
-                        break Exit::ClientGone;
-                    }
-                },
-                () = self.subs.changed() => {
-                    if let Err(exit) = self.respond(true).await {
-                        break exit;
-                    }
-                }
-            }
-        };
-        finish(&self.subs, &self.tx, exit, self.acked_version.as_deref());
+impl Protocol for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const KIND: &'static str = "sotw";
+
+    fn subs(&mut self) -> &mut Subscriptions {
+        &mut self.subs
     }
 
-    async fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamError> {
+    fn acked_version(&self) -> Option<&str> {
+        self.acked_version.as_deref()
+    }
+
+    async fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+    ) -> Result<Option<DiscoveryResponse>, RequestError> {
+        SotwStream::on_request(self, request).await
+    }
+
+    fn respond(&mut self, push: bool) -> Option<DiscoveryResponse> {
+        SotwStream::respond(self, push)
+    }
+}
+
+impl SotwStream {
+    /// Applies a request; returns the response it calls for, if any.
+    async fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+    ) -> Result<Option<DiscoveryResponse>, RequestError> {
         self.subs
             .shared
             .check_request(&request.type_url, request.resource_names.len())?;
@@ -582,7 +575,7 @@ impl SotwStream {
         {
             if request.response_nonce != last.nonce {
                 debug!(stream = self.slot.id, nonce = %request.response_nonce, "stale SDS nonce ignored");
-                return Ok(());
+                return Ok(None);
             }
             match &request.error_detail {
                 Some(detail) => self.nacked(&request.version_info, detail),
@@ -601,11 +594,11 @@ impl SotwStream {
         let names = dedup(request.resource_names);
         let same = self.last.is_some() && same_set(&names, &self.names);
         if same {
-            return Ok(());
+            return Ok(None);
         }
         self.subs.replace(&names).await?;
         self.names = names;
-        self.respond(false).await.map_err(StreamError::Exit)
+        Ok(self.respond(false))
     }
 
     fn nacked(&self, version: &str, detail: &RpcStatus) {
@@ -621,7 +614,8 @@ impl SotwStream {
         );
     }
 
-    async fn respond(&mut self, push: bool) -> Result<(), Exit> {
+    /// The response for the current state; `None` for a push that would change nothing.
+    fn respond(&mut self, push: bool) -> Option<DiscoveryResponse> {
         let rendered: Vec<Rendered> = self
             .names
             .iter()
@@ -632,7 +626,7 @@ impl SotwStream {
             .map(|r| (r.name.clone(), r.version.clone()))
             .collect();
         if push && self.last.as_ref().is_some_and(|l| l.versions == versions) {
-            return Ok(());
+            return None;
         }
         self.sequence += 1;
         let nonce = self.sequence.to_string();
@@ -649,7 +643,7 @@ impl SotwStream {
             versions,
             bundle,
         });
-        send(self.subs.parts(), &self.tx, response, push).await
+        Some(response)
     }
 }
 
@@ -661,40 +655,41 @@ struct DeltaStream {
     sequence: u64,
     last: Option<Sent>,
     first: bool,
-    tx: ResponseSender<DeltaDiscoveryResponse>,
     slot: StreamSlot,
 }
 
-impl DeltaStream {
-    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let drain = self.subs.shared.drain.clone();
-        let exit = loop {
-            tokio::select! {
-                biased;
-                () = drain.cancelled() => break Exit::Draining,
-                message = inbound.message() => match message {
-                    Ok(Some(request)) => {
-                        if let Err(exit) = self.on_request(request).await {
-                            break exit.into();
-                        }
-                    }
-                    Ok(None) => break Exit::ClientGone,
-                    Err(status) => {
-                        debug!(stream = self.slot.id, %status, "SDS delta stream read failed");
-                        break Exit::ClientGone;
-                    }
-                },
-                () = self.subs.changed() => {
-                    if let Err(exit) = self.respond(true).await {
-                        break exit;
-                    }
-                }
-            }
-        };
-        finish(&self.subs, &self.tx, exit, None);
+impl Protocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const KIND: &'static str = "delta";
+
+    fn subs(&mut self) -> &mut Subscriptions {
+        &mut self.subs
     }
 
-    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), StreamError> {
+    fn acked_version(&self) -> Option<&str> {
+        None
+    }
+
+    async fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+    ) -> Result<Option<DeltaDiscoveryResponse>, RequestError> {
+        DeltaStream::on_request(self, request).await
+    }
+
+    fn respond(&mut self, _push: bool) -> Option<DeltaDiscoveryResponse> {
+        // Delta sends only what the client lacks, push or not.
+        DeltaStream::respond(self)
+    }
+}
+
+impl DeltaStream {
+    /// Applies a request; returns the response it calls for, if any.
+    async fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+    ) -> Result<Option<DeltaDiscoveryResponse>, RequestError> {
         let shared = self.subs.shared.clone();
         shared.check_request(&request.type_url, request.resource_names_subscribe.len())?;
         if !request.response_nonce.is_empty() {
@@ -745,8 +740,7 @@ impl DeltaStream {
             return Err(RequestError::TooManyNames {
                 count: kept + added,
                 limit: shared.limits.max_names_per_request,
-            }
-            .into());
+            });
         }
         // Resolve new names first: a refused request changes nothing.
         self.subs.add(&subscribe).await?;
@@ -754,11 +748,12 @@ impl DeltaStream {
             self.subs.remove(name);
             self.client_versions.remove(name);
         }
-        self.respond(false).await.map_err(StreamError::Exit)
+        Ok(self.respond())
     }
 
-    /// Sends every subscribed resource whose version the client does not hold.
-    async fn respond(&mut self, push: bool) -> Result<(), Exit> {
+    /// Every subscribed resource whose version the client does not hold; `None` when there is
+    /// none.
+    fn respond(&mut self) -> Option<DeltaDiscoveryResponse> {
         let mut names: Vec<&String> = self.subs.entries.keys().collect();
         names.sort();
         let changed: Vec<Rendered> = names
@@ -767,7 +762,7 @@ impl DeltaStream {
             .filter(|r| self.client_versions.get(&r.name) != Some(&r.version))
             .collect();
         if changed.is_empty() {
-            return Ok(());
+            return None;
         }
         self.sequence += 1;
         let nonce = self.sequence.to_string();
@@ -797,79 +792,114 @@ impl DeltaStream {
             versions,
             bundle,
         });
-        send(self.subs.parts(), &self.tx, response, push).await
+        Some(response)
     }
 }
 
-/// A request handler's failure: either a refusal to report or the stream already ended.
-enum StreamError {
-    Refused(RequestError),
-    Exit(Exit),
+/// What the response loop needs from a SotW or delta stream.
+trait Protocol: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// For logs.
+    const KIND: &'static str;
+
+    fn subs(&mut self) -> &mut Subscriptions;
+
+    /// The version the client last acknowledged, for logs.
+    fn acked_version(&self) -> Option<&str>;
+
+    /// Applies a request; returns the response it calls for, if any.
+    fn on_request(
+        &mut self,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<Option<Self::Response>, RequestError>> + Send;
+
+    /// The response after a change of a held certificate or bundle; `None` if the client
+    /// already has it.
+    fn respond(&mut self, push: bool) -> Option<Self::Response>;
 }
 
-impl From<RequestError> for StreamError {
-    fn from(error: RequestError) -> Self {
-        Self::Refused(error)
-    }
+/// The stream of responses tonic sends, driven by the connection: each time it can take a
+/// response, the stream waits for whichever comes first — a request (ACK, NACK, changed names),
+/// a change of a held certificate or bundle, or the drain — and yields what that calls for.
+///
+/// No task or queue per stream: a response is made only when the connection asks for one, so
+/// a slow client holds at most what HTTP/2 flow control lets it hold, and a change that happens
+/// meanwhile is sent as the latest state (the watch channels keep only that).
+fn responses<P: Protocol>(
+    stream: P,
+    inbound: Streaming<P::Request>,
+    first: Option<P::Response>,
+) -> ResponseStream<P::Response> {
+    futures::stream::unfold(Some((stream, inbound, first)), |state| async move {
+        let (mut stream, mut inbound, first) = state?;
+        let next = match first {
+            Some(response) => Ok((response, false)),
+            None => next_response(&mut stream, &mut inbound).await,
+        };
+        match next {
+            Ok((response, push)) => {
+                let subs = stream.subs();
+                SdsStats::bump(&subs.shared.stats.responses);
+                if push {
+                    SdsStats::bump(&subs.shared.stats.pushes);
+                    debug!(stream = subs.stream, caller = %subs.caller, "pushed changed secrets");
+                }
+                Some((Ok(response), Some((stream, inbound, None))))
+            }
+            Err(exit) => finish(&mut stream, exit).map(|status| (Err(status), None)),
+        }
+    })
+    .boxed()
 }
 
-impl From<StreamError> for Exit {
-    fn from(error: StreamError) -> Self {
-        match error {
-            StreamError::Refused(e) => Exit::Refused(e),
-            StreamError::Exit(exit) => exit,
+/// Waits for the next response to send (and whether it is a push), or for the stream's end.
+async fn next_response<P: Protocol>(
+    stream: &mut P,
+    inbound: &mut Streaming<P::Request>,
+) -> Result<(P::Response, bool), Exit> {
+    let drain = stream.subs().shared.drain.clone();
+    loop {
+        tokio::select! {
+            biased;
+            () = drain.cancelled() => return Err(Exit::Draining),
+            message = inbound.message() => match message {
+                Ok(Some(request)) => {
+                    if let Some(response) = stream.on_request(request).await.map_err(Exit::Refused)? {
+                        return Ok((response, false));
+                    }
+                }
+                Ok(None) => return Err(Exit::ClientGone),
+                Err(status) => {
+                    debug!(stream = stream.subs().stream, kind = P::KIND, %status, "SDS stream read failed");
+                    return Err(Exit::ClientGone);
+                }
+            },
+            () = stream.subs().changed() => {
+                if let Some(response) = stream.respond(true) {
+                    return Ok((response, true));
+                }
+            }
         }
     }
 }
 
 /// The status for a stream whose first request failed.
-fn initial_failure(subs: &Subscriptions, error: StreamError) -> Status {
-    match error {
-        StreamError::Refused(e) | StreamError::Exit(Exit::Refused(e)) => subs.refuse(e),
-        StreamError::Exit(Exit::Draining) => subs.refuse(RequestError::ShuttingDown),
-        StreamError::Exit(Exit::ClientGone) => Status::cancelled("the client went away"),
-    }
+fn initial_failure(subs: &Subscriptions, error: RequestError) -> Status {
+    subs.refuse(error)
 }
 
-/// Sends one response, giving up when the client is gone or the server drains.
-///
-/// Takes the stream's parts rather than `&Subscriptions`: a shared borrow held across the await
-/// would need the subscription (its boxed change streams) to be `Sync`.
-async fn send<T>(
-    (shared, stream, caller): (&Shared, u64, &SpiffeId),
-    tx: &ResponseSender<T>,
-    response: T,
-    push: bool,
-) -> Result<(), Exit> {
-    let stats = &shared.stats;
-    tokio::select! {
-        () = shared.drain.cancelled() => Err(Exit::Draining),
-        sent = tx.send(Ok(response)) => match sent {
-            Ok(()) => {
-                SdsStats::bump(&stats.responses);
-                if push {
-                    SdsStats::bump(&stats.pushes);
-                    debug!(stream, %caller, "pushed changed secrets");
-                }
-                Ok(())
-            }
-            Err(_) => Err(Exit::ClientGone),
-        },
-    }
-}
-
-/// Ends a stream: tells the client why (best effort, never waiting on a slow client).
-fn finish<T>(subs: &Subscriptions, tx: &ResponseSender<T>, exit: Exit, acked: Option<&str>) {
+/// Ends a stream: the status to tell the client why, if it is still there.
+fn finish<P: Protocol>(stream: &mut P, exit: Exit) -> Option<Status> {
+    let acked = stream.acked_version().map(str::to_owned);
+    let subs = stream.subs();
     match exit {
         Exit::ClientGone => {
-            debug!(stream = subs.stream, caller = %subs.caller, ?acked, "SDS stream closed by the client")
+            debug!(stream = subs.stream, caller = %subs.caller, kind = P::KIND, ?acked, "SDS stream closed by the client");
+            None
         }
-        Exit::Draining => {
-            let _ = tx.try_send(Err(subs.refuse(RequestError::ShuttingDown)));
-        }
-        Exit::Refused(error) => {
-            let _ = tx.try_send(Err(subs.refuse(error)));
-        }
+        Exit::Draining => Some(subs.refuse(RequestError::ShuttingDown)),
+        Exit::Refused(error) => Some(subs.refuse(error)),
     }
 }
 
