@@ -165,7 +165,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = daemon_config(args.streams, dir.path());
     let cache = daemon_cache(&config).await?;
-    let sds = SdsServer::new(sds_settings(&config)?)?.bind().await?;
+    let sds = SdsServer::new(sds_settings(&config).await?)?.bind().await?;
     let address = sds.tcp_address().context("no TCP address")?;
     let stats = sds.stats();
     let source: Arc<dyn SecretSource> = Arc::new(cache.clone());
