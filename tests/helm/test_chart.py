@@ -300,11 +300,17 @@ def check_cert_manager(r):
     expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), CERTIFICATE_REQUESTS],
                  f"{label}: Role rules")
     check(not r.all("ClusterRole"), f"{label}: a ClusterRole rendered")
-    env = {e["name"]: e.get("value") for e in r.container()["env"]}
+    pod_namespace = {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in r.container()["env"]}
     expect_equal({k: v for k, v in env.items() if k.startswith("MESHCA_CERT_MANAGER_")},
                  {"MESHCA_CERT_MANAGER_ISSUER_NAME": "meshca-ca",
                   "MESHCA_CERT_MANAGER_ISSUER_KIND": "Issuer",
-                  "MESHCA_CERT_MANAGER_ISSUER_GROUP": "cert-manager.io"},
+                  "MESHCA_CERT_MANAGER_ISSUER_GROUP": "cert-manager.io",
+                  # Requests where the Role grants them; chains checked against the chart's
+                  # CA bundle Secret.
+                  "MESHCA_CERT_MANAGER_NAMESPACE": pod_namespace,
+                  "MESHCA_CERT_MANAGER_CA_BUNDLE_SECRET_NAME": "meshca-ca-bundle",
+                  "MESHCA_CERT_MANAGER_CA_BUNDLE_SECRET_NAMESPACE": pod_namespace},
                  f"{label}: issuer settings in the environment")
 
 
@@ -433,7 +439,7 @@ def check_meshca_accepts(meshca, renderings):
 
         # The same check must be able to fail: an unknown key and a bad value are refused.
         text = renderings[0].one("ConfigMap")["data"]["config.yaml"]
-        for bad, needle in [(text + "certManager:\n  issuerName: x\n", "certManager"),
+        for bad, needle in [(text + "certManagr:\n  issuerName: x\n", "certManagr"),
                             (text.replace("auth: mtls", "auth: mtlss"), "mtlss")]:
             done = run(bad, {})
             check(done.returncode == 2 and needle in done.stderr,
