@@ -16,6 +16,7 @@ use std::process::Output;
 use axum::http::Method;
 use base64::Engine as _;
 use serde_json::Value;
+use support::cli::{failed, ok};
 use support::kube_api::MockKube;
 
 const SECRET_PATH: &str = "/api/v1/namespaces/meshca-system/secrets/meshca-ca-bundle";
@@ -33,33 +34,6 @@ async fn meshca(kube: &MockKube, args: &[&str]) -> Output {
         .output()
         .await
         .expect("the meshca binary runs")
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "meshca failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stdout.contains("PRIVATE KEY") && !stderr.contains("PRIVATE KEY"),
-        "key material in the output"
-    );
-    stdout
-}
-
-fn failed(output: &Output) -> String {
-    assert!(
-        !output.status.success(),
-        "meshca should have failed: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!stderr.contains("PRIVATE KEY"), "key material in: {stderr}");
-    stderr
 }
 
 /// The `root SHA-256:` lines of a bootstrap report.

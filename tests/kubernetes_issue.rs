@@ -17,6 +17,7 @@ use axum::http::Method;
 use base64::Engine as _;
 use meshca::kubernetes::{ManagedTlsSecret, TlsMaterial, Written, list_managed};
 use serde_json::{Value, json};
+use support::cli::{failed, ok};
 use support::kube_api::{MockKube, Recorded};
 
 const WEB_TLS: &str = "/api/v1/namespaces/shop/secrets/web-tls";
@@ -68,33 +69,6 @@ impl Setup {
     fn root_pem(&self) -> Vec<u8> {
         std::fs::read(self.ca_dir.path().join("ca.crt")).unwrap()
     }
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "meshca failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stdout.contains("PRIVATE KEY") && !stderr.contains("PRIVATE KEY"),
-        "key material in the output"
-    );
-    stdout
-}
-
-fn failed(output: &Output) -> String {
-    assert!(
-        !output.status.success(),
-        "meshca should have failed: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!stderr.contains("PRIVATE KEY"), "key material in: {stderr}");
-    stderr
 }
 
 fn calls(requests: &[Recorded]) -> Vec<(String, String)> {

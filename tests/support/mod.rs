@@ -3,6 +3,7 @@
 //! client helpers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cli;
 pub mod envoy;
 pub mod kube_api;
 

@@ -1,0 +1,32 @@
+//! Checks on a finished `meshca` process, shared by the tests that run the binary.
+
+use std::process::Output;
+
+/// Asserts the run succeeded and printed no key material; returns its standard output.
+pub fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "meshca failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stdout.contains("PRIVATE KEY") && !stderr.contains("PRIVATE KEY"),
+        "key material in the output"
+    );
+    stdout
+}
+
+/// Asserts the run failed without printing key material; returns its standard error.
+pub fn failed(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "meshca should have failed: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("PRIVATE KEY"), "key material in: {stderr}");
+    stderr
+}
