@@ -14,10 +14,9 @@ use std::path::Path;
 use std::process::Output;
 
 use axum::http::Method;
-use base64::Engine as _;
 use serde_json::Value;
 use support::cli::{failed, ok};
-use support::kube_api::MockKube;
+use support::kube_api::{MockKube, secret_data};
 
 const SECRET_PATH: &str = "/api/v1/namespaces/meshca-system/secrets/meshca-ca-bundle";
 const SECRETS: &str = "/api/v1/namespaces/meshca-system/secrets";
@@ -45,30 +44,14 @@ fn fingerprints(stdout: &str) -> Vec<String> {
         .collect()
 }
 
-fn secret_data(secret: &Value) -> Vec<(String, Vec<u8>)> {
-    secret["data"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(v.as_str().unwrap())
-                .unwrap();
-            (k.clone(), bytes)
-        })
-        .collect()
-}
-
 fn data_keys(secret: &Value) -> BTreeSet<String> {
-    secret_data(secret).into_iter().map(|(k, _)| k).collect()
+    secret_data(secret).into_keys().collect()
 }
 
 fn value_of(secret: &Value, key: &str) -> Vec<u8> {
     secret_data(secret)
-        .into_iter()
-        .find(|(k, _)| k == key)
+        .remove(key)
         .unwrap_or_else(|| panic!("no {key} in the Secret"))
-        .1
 }
 
 /// SHA-256 of the first certificate of a PEM text, as openssl prints it.

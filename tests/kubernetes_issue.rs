@@ -9,16 +9,15 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use axum::http::Method;
-use base64::Engine as _;
 use meshca::kubernetes::{ManagedTlsSecret, TlsMaterial, Written, list_managed};
 use serde_json::{Value, json};
 use support::cli::{failed, ok};
-use support::kube_api::{MockKube, Recorded};
+use support::kube_api::{MockKube, Recorded, secret_data as data};
 
 const WEB_TLS: &str = "/api/v1/namespaces/shop/secrets/web-tls";
 const SHOP_SECRETS: &str = "/api/v1/namespaces/shop/secrets";
@@ -80,20 +79,6 @@ fn calls(requests: &[Recorded]) -> Vec<(String, String)> {
 
 fn call(method: &str, path: &str) -> (String, String) {
     (method.to_owned(), path.to_owned())
-}
-
-fn data(secret: &Value) -> BTreeMap<String, Vec<u8>> {
-    secret["data"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(v.as_str().unwrap())
-                .unwrap();
-            (k.clone(), bytes)
-        })
-        .collect()
 }
 
 /// Runs openssl with `args`; returns stdout, failing the test on a non-zero exit.

@@ -589,42 +589,13 @@ fn api_error(target: &SecretRef, verb: &str, error: kube::Error) -> ManagedSecre
          and RoleBinding for its ServiceAccount, or for your kubeconfig user)"
     );
     let reason = match error {
-        kube::Error::Api(status) => match status.code {
-            401 => format!(
-                "the API server rejected meshca's credentials on {verb} ({}): check the \
-                 ServiceAccount token mounted into the pod, or the kubeconfig",
-                status.message
-            ),
-            403 => format!(
-                "the API server forbade {verb} ({}): check RBAC: {rbac}",
-                status.message
-            ),
-            404 => format!(
-                "the API server answered 404 to {verb} ({}): check that namespace {namespace} \
-                 exists",
-                status.message
-            ),
-            422 => format!(
-                "the API server refused the Secret as invalid on {verb} ({}): an immutable \
-                 Secret cannot be replaced; delete it and issue again",
-                status.message
-            ),
-            code => format!(
-                "the API server answered {code} {} to {verb} ({}): check the API server's \
-                 health and retry",
-                status.reason, status.message
-            ),
-        },
-        kube::Error::SerdeError(e) => format!(
-            "the API server's answer to {verb} is not a Secret (line {}, column {}): check that \
-             meshca talks to a Kubernetes API server",
-            e.line(),
-            e.column()
+        // Only a replacement (PUT) meets this: Kubernetes refuses to change an immutable Secret.
+        kube::Error::Api(status) if status.code == 422 => format!(
+            "the API server refused the Secret as invalid on {verb} ({}): an immutable \
+             Secret cannot be replaced; delete it and issue again",
+            status.message
         ),
-        other => format!(
-            "could not {verb} the Secret: {other}: check that the Kubernetes API server is \
-             reachable (address, network policy, TLS)"
-        ),
+        other => super::explain_secret_error(verb, namespace, &rbac, other),
     };
     ManagedSecretError::Api {
         secret: target.clone(),

@@ -273,39 +273,7 @@ impl KubernetesSecretStore {
     fn api_error(&self, verb: &str, error: kube::Error) -> StoreError {
         let namespace = &self.namespace;
         let rbac = format!("meshca's ServiceAccount needs get/create on secrets in {namespace}");
-        let reason = match error {
-            kube::Error::Api(status) => match status.code {
-                401 => format!(
-                    "the API server rejected meshca's credentials on {verb} ({}): check the \
-                     ServiceAccount token mounted into the pod, or the kubeconfig",
-                    status.message
-                ),
-                403 => format!(
-                    "the API server forbade {verb} on the Secret ({}): check RBAC: {rbac}",
-                    status.message
-                ),
-                404 => format!(
-                    "the API server answered 404 to {verb} ({}): check that namespace \
-                     {namespace} exists",
-                    status.message
-                ),
-                code => format!(
-                    "the API server answered {code} {} to {verb} ({}): check the API server's \
-                     health and retry; {rbac}",
-                    status.reason, status.message
-                ),
-            },
-            kube::Error::SerdeError(e) => format!(
-                "the API server's answer to {verb} is not a Secret (line {}, column {}): check \
-                 that meshca talks to a Kubernetes API server",
-                e.line(),
-                e.column()
-            ),
-            other => format!(
-                "could not {verb} the Secret: {other}: check that the Kubernetes API server is \
-                 reachable from meshca (address, network policy, TLS)"
-            ),
-        };
+        let reason = crate::kubernetes::explain_secret_error(verb, namespace, &rbac, error);
         StoreError::Backend {
             store: self.describe(),
             reason,

@@ -255,6 +255,22 @@ impl Drop for MockKube {
     }
 }
 
+/// The `data` of a Secret as JSON (a request body or a stored object), decoded.
+pub fn secret_data(secret: &Value) -> BTreeMap<String, Vec<u8>> {
+    use base64::Engine as _;
+    secret["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
+            (k.clone(), bytes)
+        })
+        .collect()
+}
+
 /// A Kubernetes `Status` failure body.
 pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({
