@@ -492,10 +492,6 @@ impl CertificateCache {
                 published += 1;
             }
         }
-        shared
-            .counters
-            .renewed
-            .fetch_add(published as u64, Ordering::Relaxed);
         published
     }
 
@@ -636,19 +632,22 @@ impl Shared {
         use std::collections::hash_map::Entry;
         let not_after = cert.info.not_after;
         let mut entries = self.entries();
+        // Counted before subscribers wake, so whoever sees the new certificate sees the count.
         let (slot, renewal) = match entries.entry(key.clone()) {
             Entry::Occupied(slot) => {
                 let slot = slot.into_mut();
+                self.counters.renewed.fetch_add(1, Ordering::Relaxed);
                 slot.sender.send_replace(cert);
                 (slot, true)
             }
-            Entry::Vacant(vacant) => (
-                vacant.insert(Slot {
+            Entry::Vacant(vacant) => {
+                self.counters.issued.fetch_add(1, Ordering::Relaxed);
+                let slot = vacant.insert(Slot {
                     sender: watch::Sender::new(cert),
                     requested_until: SystemTime::UNIX_EPOCH,
-                }),
-                false,
-            ),
+                });
+                (slot, false)
+            }
         };
         if handed_out {
             slot.requested_until = slot.requested_until.max(not_after);
@@ -676,6 +675,7 @@ impl Shared {
             if current.info.serial != replaces {
                 return false;
             }
+            self.counters.renewed.fetch_add(1, Ordering::Relaxed);
             *current = cert;
             true
         })

@@ -277,12 +277,6 @@ impl Worker {
         let subscribers = waiters.iter().filter(|w| w.subscribe).count();
         let (receivers, renewal) =
             shared.publish(&key, cert.clone(), !waiters.is_empty(), subscribers);
-        let counter = if renewal {
-            &shared.counters.renewed
-        } else {
-            &shared.counters.issued
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
         let mut receivers = receivers.into_iter();
         for waiter in waiters {
             let updates = if waiter.subscribe {
