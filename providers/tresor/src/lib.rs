@@ -24,6 +24,8 @@
 mod authority;
 mod leaf;
 mod profile;
+pub mod rotate;
+mod rotation;
 mod store;
 
 use std::sync::{Arc, PoisonError, RwLock};
@@ -38,7 +40,12 @@ pub use authority::{
     AuthorityError, CaProblem, DEFAULT_INTERMEDIATE_LIFETIME, DEFAULT_ROOT_LIFETIME,
     IntermediateOptions, RootOptions, SigningAuthority,
 };
-pub use store::{CaStore, Created, DirectoryStore, Outcome, StoreError, StoredCa, bootstrap};
+pub use rotation::{AckReport, Rotation, RotationAuthorities, RotationChange, Stage, Swap, unix};
+pub use rotate::{Abort, AckSummary, Advance, RotationError, RotationPolicy};
+pub use store::{
+    CaStore, Created, DirectoryStore, Outcome, Signing, StoreError, StoredCa, bootstrap,
+    bootstrap_signing,
+};
 
 /// The provider's name in logs and metrics.
 pub const NAME: &str = "tresor";
@@ -53,10 +60,18 @@ pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// issuance continues; an issuance in flight finishes with the authority it started with.
 #[derive(Debug)]
 pub struct Tresor {
-    authority: RwLock<Arc<SigningAuthority>>,
+    active: RwLock<Active>,
     clock: Arc<dyn Clock>,
     clock_skew: Duration,
     capabilities: Capabilities,
+}
+
+/// The authority signing now and the bundle handed out as trusted: the authority's own root,
+/// or during a root rotation both roots.
+#[derive(Debug)]
+struct Active {
+    authority: Arc<SigningAuthority>,
+    bundle: TrustBundle,
 }
 
 impl Tresor {
@@ -64,7 +79,10 @@ impl Tresor {
     /// clock-skew allowance ([`DEFAULT_CLOCK_SKEW`]).
     pub fn new(authority: SigningAuthority, clock: Arc<dyn Clock>) -> Self {
         Self {
-            authority: RwLock::new(Arc::new(authority)),
+            active: RwLock::new(Active {
+                bundle: authority.trust_bundle().clone(),
+                authority: Arc::new(authority),
+            }),
             clock,
             clock_skew: DEFAULT_CLOCK_SKEW,
             capabilities: Capabilities {
@@ -86,22 +104,37 @@ impl Tresor {
 
     /// The authority currently signing.
     pub fn authority(&self) -> Arc<SigningAuthority> {
-        // The slot only ever holds a complete Arc, so a poisoned lock still holds a good one.
-        Arc::clone(
-            &self
-                .authority
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        // Only the Arc is cloned: this runs for every leaf signed.
+        let active = self.active.read().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&active.authority)
     }
 
-    /// Puts `authority` in charge of every later issuance and returns the one it replaces.
+    /// Puts `authority` in charge of every later issuance, trusting its root only, and returns
+    /// the one it replaces.
     pub fn replace_authority(&self, authority: SigningAuthority) -> Arc<SigningAuthority> {
-        let mut slot = self
-            .authority
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        std::mem::replace(&mut *slot, Arc::new(authority))
+        let bundle = authority.trust_bundle().clone();
+        self.switch(authority, bundle)
+    }
+
+    /// Puts `authority` in charge of every later issuance and `bundle` (which must contain
+    /// its root) in the trust bundle; returns the authority it replaces. Root rotation uses
+    /// this to sign with one root while trusting two.
+    pub fn switch(&self, authority: SigningAuthority, bundle: TrustBundle) -> Arc<SigningAuthority> {
+        let mut slot = self.active.write().unwrap_or_else(PoisonError::into_inner);
+        let previous = std::mem::replace(
+            &mut *slot,
+            Active {
+                authority: Arc::new(authority),
+                bundle,
+            },
+        );
+        previous.authority
+    }
+
+    fn trusted(&self) -> TrustBundle {
+        // The slot is only ever replaced whole, so a poisoned lock still holds a good value.
+        let active = self.active.read().unwrap_or_else(PoisonError::into_inner);
+        active.bundle.clone()
     }
 
     /// Signs a certificate for `spec` over `key`'s public key, now. This is what
@@ -139,7 +172,7 @@ impl CertificateProvider for Tresor {
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
-        Ok(self.authority().trust_bundle().clone())
+        Ok(self.trusted())
     }
 
     async fn check_health(&self) -> Result<(), ProviderError> {

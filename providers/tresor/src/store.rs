@@ -9,11 +9,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use meshca_provider::Clock;
+use meshca_provider::{Clock, TrustBundle};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::authority::{AuthorityError, CaProblem, RootOptions, SigningAuthority};
+use crate::rotation::{AckReport, Rotation, RotationChange, Swap};
 
 /// Why CA material could not be read, written or used. Never carries key bytes.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,24 @@ pub enum StoreError {
     /// A create conflict, after which the existing material could not be read back.
     #[error("{store} already holds a CA, but it could not be read back: retry")]
     Vanished {
+        /// The store's description.
+        store: String,
+    },
+    /// The root rotation record is unreadable. Nothing was changed.
+    #[error(
+        "refusing to use the root rotation record in {location}: {reason}. Nothing was changed: \
+         restore it from a backup, or, if no rotation should be in progress, move it aside \
+         (the stored CA is still the old root)"
+    )]
+    InvalidRotation {
+        /// Where the record lives.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store does not keep a root rotation.
+    #[error("{store} cannot hold a root rotation")]
+    RotationUnsupported {
         /// The store's description.
         store: String,
     },
@@ -241,6 +260,39 @@ pub trait CaStore: Send + Sync + fmt::Debug {
 
     /// Where the CA lives, for logs: `directory /var/lib/meshca/ca`.
     fn describe(&self) -> String;
+
+    /// The root rotation in progress, if any.
+    async fn load_rotation(&self) -> Result<Option<Rotation>, StoreError> {
+        Ok(None)
+    }
+
+    /// Applies `change` if the stored record's revision is `expected` (`None`: no record is
+    /// stored); otherwise returns what is stored. [`RotationChange::Finish`] replaces the
+    /// stored CA with the record's new root — the one write that may replace CA material, and
+    /// only when the stored CA is the record's old or new root.
+    async fn change_rotation(
+        &self,
+        expected: Option<u64>,
+        change: RotationChange,
+    ) -> Result<Swap, StoreError> {
+        let _ = (expected, change);
+        Err(StoreError::RotationUnsupported {
+            store: self.describe(),
+        })
+    }
+
+    /// Records what this daemon's proxies acknowledged (replacing its previous report).
+    async fn report_acks(&self, report: &AckReport) -> Result<(), StoreError> {
+        let _ = report;
+        Err(StoreError::RotationUnsupported {
+            store: self.describe(),
+        })
+    }
+
+    /// Every daemon's latest report; unreadable ones are left out.
+    async fn ack_reports(&self) -> Result<Vec<AckReport>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Loads the CA from `store`, or creates a new root there when the store is empty.
@@ -263,6 +315,45 @@ pub async fn bootstrap(
     }
 }
 
+/// What Tresor signs with and trusts, as the store says now.
+#[derive(Debug)]
+pub struct Signing {
+    /// The authority that signs: the stored CA, or the rotation's issuing root.
+    pub authority: SigningAuthority,
+    /// The trusted roots: the authority's own, or both roots during a rotation.
+    pub bundle: TrustBundle,
+    /// The rotation in progress.
+    pub rotation: Option<Rotation>,
+    /// How the CA was obtained.
+    pub outcome: Outcome,
+}
+
+/// [`bootstrap`], aware of a root rotation in progress: while a rotation record is stored it
+/// decides which root signs, and both roots are trusted.
+pub async fn bootstrap_signing(
+    store: &dyn CaStore,
+    options: &RootOptions,
+    clock: &dyn Clock,
+) -> Result<Signing, StoreError> {
+    if let Some(rotation) = store.load_rotation().await? {
+        let authorities = rotation.authorities(clock.now())?;
+        let bundle = Rotation::trust_bundle(&authorities);
+        return Ok(Signing {
+            authority: authorities.issuing(rotation.stage),
+            bundle,
+            rotation: Some(rotation),
+            outcome: Outcome::Loaded,
+        });
+    }
+    let (authority, outcome) = bootstrap(store, options, clock).await?;
+    Ok(Signing {
+        bundle: authority.trust_bundle().clone(),
+        authority,
+        rotation: None,
+        outcome,
+    })
+}
+
 /// A CA kept as two files in a directory: `ca.crt` (the certificate chain) and `private.key`
 /// (mode 0600). The directory is created with mode 0700 when missing.
 ///
@@ -283,6 +374,10 @@ impl DirectoryStore {
     /// The private key's file name.
     pub const KEY_FILE: &'static str = "private.key";
     const LOCK_FILE: &'static str = ".meshca-ca.lock";
+    /// The root rotation record's file name (mode 0600: it holds both roots' keys).
+    pub const ROTATION_FILE: &'static str = "rotation.json";
+    /// The directory of the daemons' acknowledgement reports.
+    pub const ACKS_DIR: &'static str = "rotation-acks";
 
     /// A store in `dir` (created on first write).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -405,6 +500,132 @@ impl DirectoryStore {
             source,
         })
     }
+
+    fn rotation_path(&self) -> PathBuf {
+        self.dir.join(Self::ROTATION_FILE)
+    }
+
+    fn read_rotation(&self) -> Result<Option<Rotation>, StoreError> {
+        let path = self.rotation_path();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => Zeroizing::new(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        Rotation::from_json(&bytes, &path.display().to_string()).map(Some)
+    }
+
+    /// Writes `contents` to `name` in the directory, replacing what is there, atomically.
+    fn replace_file(&self, name: &str, contents: &[u8], mode: u32) -> Result<(), StoreError> {
+        replace_file_in(&self.dir, name, contents, mode)
+    }
+
+    fn remove_file(path: &Path) -> Result<(), StoreError> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io {
+                action: "remove",
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    fn change_rotation_locked(
+        &self,
+        expected: Option<u64>,
+        change: RotationChange,
+    ) -> Result<Swap, StoreError> {
+        let current = self.read_rotation()?;
+        if current.as_ref().map(|r| r.revision) != expected {
+            return Ok(Swap::Stale(current));
+        }
+        match change {
+            RotationChange::Begin(record) | RotationChange::Update(record) => {
+                self.replace_file(Self::ROTATION_FILE, &record.to_json(), 0o600)?;
+            }
+            RotationChange::Finish => {
+                let Some(record) = current else {
+                    return Ok(Swap::Stale(None));
+                };
+                // The one overwrite of CA material: only our own old (or, after an
+                // interrupted finish, new) root is replaced.
+                let stored = fs::read_to_string(self.certificate_path()).map_err(|source| {
+                    StoreError::Io {
+                        action: "read",
+                        path: self.certificate_path(),
+                        source,
+                    }
+                })?;
+                if !same_certificates(&stored, record.old.certificate_pem())
+                    && !same_certificates(&stored, record.new.certificate_pem())
+                {
+                    return Err(StoreError::Invalid {
+                        location: self.certificate_path().display().to_string(),
+                        problem: CaProblem::Unreadable {
+                            reason: "it is neither the old nor the new root of the rotation in \
+                                     progress, so finishing the rotation will not replace it"
+                                .into(),
+                        },
+                    });
+                }
+                self.replace_file(Self::KEY_FILE, record.new.key_pem().as_bytes(), 0o600)?;
+                self.replace_file(
+                    Self::CERTIFICATE_FILE,
+                    record.new.certificate_pem().as_bytes(),
+                    0o644,
+                )?;
+                Self::remove_file(&self.rotation_path())?;
+                self.remove_ack_reports()?;
+            }
+            RotationChange::Abort => {
+                Self::remove_file(&self.rotation_path())?;
+                self.remove_ack_reports()?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(Swap::Applied)
+    }
+
+    fn remove_ack_reports(&self) -> Result<(), StoreError> {
+        let dir = self.dir.join(Self::ACKS_DIR);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io {
+                action: "remove",
+                path: dir,
+                source,
+            }),
+        }
+    }
+}
+
+/// Writes `contents` to `dir/name`, replacing what is there, atomically.
+fn replace_file_in(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<(), StoreError> {
+    let temp = TempFile::write(dir, name, contents, mode)?;
+    let path = dir.join(name);
+    fs::rename(&temp.path, &path).map_err(|source| StoreError::Io {
+        action: "replace",
+        path,
+        source,
+    })
+}
+
+/// Whether two PEM texts hold the same certificates (ignoring line wrapping and comments).
+fn same_certificates(a: &str, b: &str) -> bool {
+    use meshca_provider::x509::certificates_from_pem;
+    matches!(
+        (certificates_from_pem(a), certificates_from_pem(b)),
+        (Ok(a), Ok(b)) if a == b
+    )
 }
 
 #[async_trait::async_trait]
@@ -433,6 +654,59 @@ impl CaStore for DirectoryStore {
 
     fn describe(&self) -> String {
         format!("directory {}", self.dir.display())
+    }
+
+    async fn load_rotation(&self) -> Result<Option<Rotation>, StoreError> {
+        if !exists(&self.dir)? {
+            return Ok(None);
+        }
+        let _lock = self.lock_shared()?;
+        self.read_rotation()
+    }
+
+    async fn change_rotation(
+        &self,
+        expected: Option<u64>,
+        change: RotationChange,
+    ) -> Result<Swap, StoreError> {
+        let _lock = self.lock_exclusive()?;
+        self.change_rotation_locked(expected, change)
+    }
+
+    async fn report_acks(&self, report: &AckReport) -> Result<(), StoreError> {
+        let dir = self.dir.join(Self::ACKS_DIR);
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| StoreError::Io {
+                action: "create the directory",
+                path: dir.clone(),
+                source,
+            })?;
+        let name = format!("{}.json", AckReport::key_safe(&report.replica));
+        replace_file_in(&dir, &name, &report.to_json(), 0o644)
+    }
+
+    async fn ack_reports(&self) -> Result<Vec<AckReport>, StoreError> {
+        let dir = self.dir.join(Self::ACKS_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "read",
+                    path: dir,
+                    source,
+                });
+            }
+        };
+        Ok(entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .filter_map(|e| fs::read(e.path()).ok())
+            .filter_map(|bytes| AckReport::from_json(&bytes))
+            .collect())
     }
 }
 
