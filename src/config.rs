@@ -80,6 +80,8 @@ pub struct Config {
     pub cert_manager: meshca_cert_manager::CertManagerSettings,
     /// Renewal policy for cached certificates.
     pub renewal: RenewalConfig,
+    /// Root rotation (Tresor).
+    pub rotation: RotationConfig,
     /// SDS listener settings.
     pub sds: SdsConfig,
     /// Admin (health, metrics) listener.
@@ -99,6 +101,7 @@ impl Default for Config {
             vault: meshca_vault::VaultSettings::default(),
             cert_manager: meshca_cert_manager::CertManagerSettings::default(),
             renewal: RenewalConfig::default(),
+            rotation: RotationConfig::default(),
             sds: SdsConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
@@ -230,6 +233,61 @@ impl Default for RenewalConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             issue_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `rotation.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RotationConfig {
+    /// Stage 1 of a root rotation advances after this long even if some connected proxies
+    /// never acknowledged the new root. Unset: only acknowledgements advance it.
+    #[serde(with = "optional_go", skip_serializing_if = "Option::is_none")]
+    pub ack_deadline: Option<Duration>,
+    /// How often the daemon checks the CA store for rotation changes, and reports what its
+    /// proxies acknowledged.
+    #[serde(with = "serde_go")]
+    pub poll_interval: Duration,
+    /// This daemon's name in acknowledgement reports. Default: `$POD_NAME`, else the host
+    /// name.
+    pub replica: String,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            ack_deadline: None,
+            poll_interval: Duration::from_secs(10),
+            replica: String::new(),
+        }
+    }
+}
+
+/// `Option<Duration>` as an optional Go-style string.
+mod optional_go {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.serialize_str(&meshca_provider::format_duration(*d)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(deserializer)? {
+            Some(text) if !text.is_empty() => meshca_provider::parse_duration(&text)
+                .map(Some)
+                .map_err(D::Error::custom),
+            _ => Ok(None),
         }
     }
 }
@@ -531,6 +589,12 @@ impl Config {
                     .to_owned(),
             });
         }
+        if self.rotation.poll_interval.is_zero() {
+            return Err(ConfigError::InvalidValue {
+                key: "rotation.pollInterval",
+                reason: "must be above zero (default 10s)".to_owned(),
+            });
+        }
         if r.issue_timeout.is_zero() {
             return Err(ConfigError::InvalidValue {
                 key: "renewal.issueTimeout",
@@ -659,6 +723,31 @@ impl Config {
         self.sds.listen.parse().ok()
     }
 
+    /// The root rotation policy: the acknowledgement deadline, how long stage 2 lasts (the
+    /// longest leaf lifetime plus the clock-skew allowance), and when a daemon's report is
+    /// stale (three missed polls).
+    pub fn rotation_policy(&self) -> meshca_tresor::RotationPolicy {
+        meshca_tresor::RotationPolicy {
+            ack_deadline: self.rotation.ack_deadline,
+            longest_leaf: self.certificate_provider.service_cert_validity_duration
+                + self.tresor.clock_skew_allowance,
+            report_freshness: self.rotation.poll_interval * 3,
+        }
+    }
+
+    /// This daemon's name in rotation acknowledgement reports.
+    pub fn replica_name(&self) -> String {
+        if !self.rotation.replica.is_empty() {
+            return self.rotation.replica.clone();
+        }
+        if let Some(pod) = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()) {
+            return pod;
+        }
+        // Outside Kubernetes several daemons may share a host: the process id tells them apart.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    }
+
     /// The admin address, if enabled.
     pub fn admin_listen(&self) -> Option<SocketAddr> {
         self.admin.listen.parse().ok()
@@ -667,6 +756,7 @@ impl Config {
 
 /// Keys whose default is "unset", so they do not appear when the defaults are serialised.
 const OPTIONAL_KEYS: &[&str] = &[
+    "rotation.ackDeadline",
     "vault.address",
     "vault.namespace",
     "vault.caFile",

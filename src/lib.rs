@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod kubernetes;
 pub mod providers;
+pub mod rotation;
 pub mod sds;
 pub mod stores;
 pub mod time;

@@ -35,6 +35,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<meshca::cli::rotate_root::Waiting>() => {
+            // Not a failure: the step's condition does not hold yet.
+            println!("meshca: {err}");
+            ExitCode::from(3)
+        }
         Err(err) => {
             eprintln!("meshca: {err:#}");
             ExitCode::FAILURE

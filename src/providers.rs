@@ -5,27 +5,60 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use meshca_provider::{Clock, SharedProvider};
-use meshca_tresor::{Outcome, RootOptions, SigningAuthority, Tresor};
+use meshca_tresor::{RootOptions, Signing, Tresor};
 
 use crate::config::{Config, ProviderKind};
 use crate::stores::ConfiguredStore;
 
+/// The built-in CA and the store it came from, kept by the daemon to follow root rotations.
+#[derive(Debug)]
+pub struct TresorHandle {
+    /// The provider, whose signing authority and trust bundle a rotation switches.
+    pub tresor: Arc<Tresor>,
+    /// Where the CA and the rotation record live.
+    pub store: Arc<ConfiguredStore>,
+}
+
 /// Builds the configured provider. For Tresor this loads the CA from its store, creating a
-/// root when the store is empty.
+/// root when the store is empty, and follows the stage of a root rotation in progress.
 pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<SharedProvider> {
+    Ok(build_with_handle(config, clock).await?.0)
+}
+
+/// [`build`], also returning the Tresor handle when the provider is Tresor.
+pub async fn build_with_handle(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(SharedProvider, Option<TresorHandle>)> {
     match config.certificate_provider.kind {
         ProviderKind::Tresor => {
             let store = ConfiguredStore::open(config).await?;
-            let (authority, outcome) = tresor_authority(&store, config, clock.as_ref()).await?;
+            let signing = tresor_authority(&store, config, clock.as_ref()).await?;
+            let authority = &signing.authority;
             tracing::info!(
                 store = %store.as_store().describe(),
                 subject = authority.subject(),
                 fingerprint = %authority.trust_bundle().fingerprints().join(","),
-                "tresor: {outcome}"
+                trusted = %signing.bundle.fingerprints().join(","),
+                "tresor: {}",
+                signing.outcome
             );
-            let tresor =
-                Tresor::new(authority, clock).with_clock_skew(config.tresor.clock_skew_allowance);
-            Ok(Arc::new(tresor))
+            if let Some(rotation) = &signing.rotation {
+                tracing::info!(stage = rotation.stage.number(), "tresor: root rotation at {}", rotation.stage);
+            }
+            let tresor = Arc::new(
+                Tresor::new(signing.authority, clock)
+                    .with_clock_skew(config.tresor.clock_skew_allowance)
+                    .with_trust_bundle(signing.bundle),
+            );
+            let provider: SharedProvider = tresor.clone();
+            Ok((
+                provider,
+                Some(TresorHandle {
+                    tresor,
+                    store: Arc::new(store),
+                }),
+            ))
         }
         ProviderKind::Vault => {
             let token_source = match &config.vault.secret {
@@ -47,7 +80,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Sha
             let vault =
                 meshca_vault::VaultProvider::connect_with(&config.vault, token_source).await?;
             tracing::info!(address = %vault.address(), "vault: connected and token checked");
-            Ok(Arc::new(vault))
+            Ok((Arc::new(vault), None))
         }
         ProviderKind::CertManager => {
             let settings = &config.cert_manager;
@@ -59,7 +92,7 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Sha
                 namespace = %settings.namespace,
                 "cert-manager: CA bundle read, stale requests swept"
             );
-            Ok(Arc::new(provider))
+            Ok((Arc::new(provider), None))
         }
     }
 }
@@ -74,14 +107,15 @@ pub fn root_options(config: &Config) -> RootOptions {
     options
 }
 
-/// Loads Tresor's CA from `store`, creating a root when the store is empty.
+/// Loads Tresor's CA from `store`, creating a root when the store is empty; during a root
+/// rotation, the root its stage says signs, and both roots trusted.
 pub async fn tresor_authority(
     store: &ConfiguredStore,
     config: &Config,
     clock: &dyn Clock,
-) -> anyhow::Result<(SigningAuthority, Outcome)> {
+) -> anyhow::Result<Signing> {
     let store = store.as_store();
-    meshca_tresor::bootstrap(store, &root_options(config), clock)
+    meshca_tresor::bootstrap_signing(store, &root_options(config), clock)
         .await
         .with_context(|| format!("cannot start the Tresor CA from {}", store.describe()))
 }

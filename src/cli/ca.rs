@@ -124,7 +124,10 @@ pub async fn bootstrap(config: &Config, args: BootstrapArgs) -> anyhow::Result<(
 async fn bootstrap_tresor(config: &Config, from_files: &[PathBuf]) -> anyhow::Result<()> {
     let store = ConfiguredStore::open(config).await?;
     let (authority, outcome) = match from_files {
-        [] => tresor_authority(&store, config, &SystemClock).await?,
+        [] => {
+            let signing = tresor_authority(&store, config, &SystemClock).await?;
+            (signing.authority, signing.outcome)
+        }
         [cert, key] => {
             let checked = read_import(cert, key)?;
             let outcome = match store.as_store().create(&checked).await? {

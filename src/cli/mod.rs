@@ -10,6 +10,7 @@ pub mod ca;
 pub mod inspect;
 pub mod issue;
 pub mod rotate;
+pub mod rotate_root;
 pub mod serve;
 
 /// meshca: a certificate authority and identity service for service meshes.

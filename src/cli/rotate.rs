@@ -9,6 +9,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::config::Config;
 
+use super::rotate_root::RootAction;
+
 /// `meshca rotate …`
 #[derive(Debug, Subcommand)]
 pub enum RotateCommand {
@@ -22,11 +24,17 @@ pub enum RotateCommand {
         #[arg(long, value_name = "HOST:PORT")]
         admin: Option<SocketAddr>,
     },
+    /// Rotate Tresor's root without downtime, one stage at a time.
+    Root {
+        #[command(subcommand)]
+        action: RootAction,
+    },
 }
 
 /// Runs a rotation command.
 pub async fn run(config: &Config, command: RotateCommand) -> anyhow::Result<()> {
     match command {
+        RotateCommand::Root { action } => super::rotate_root::run(config, action).await,
         RotateCommand::Leaves { identity, admin } => {
             let Some(address) = admin.or_else(|| config.admin_listen()) else {
                 bail!(

@@ -12,6 +12,7 @@ use crate::admin::{AdminState, ProviderHealth, spawn_health_checks};
 use crate::cache::{CacheSettings, CertificateCache};
 use crate::config::{Config, SdsAuth};
 use crate::kubernetes::TokenReviewAuthenticator;
+use crate::rotation::RotationFollower;
 use crate::sds::{
     AuthMode, MtlsSettings, SdsLimits, SdsServer, SdsSettings, SecretSource, UnixPeerMap,
 };
@@ -26,11 +27,11 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     // Listen for SIGTERM before anything else: a signal during startup must drain, not kill.
     let shutdown = shutdown_signal()?;
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let provider = crate::providers::build(&config, clock.clone()).await?;
+    let (provider, tresor) = crate::providers::build_with_handle(&config, clock.clone()).await?;
     let cache = Arc::new(CertificateCache::new(
         provider.clone(),
         cache_settings(&config),
-        clock,
+        clock.clone(),
     ));
     cache
         .refresh_trust_bundle()
@@ -49,6 +50,22 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         sds_auth = config.sds.auth.as_str(),
         "meshca is serving; stop it with SIGTERM or Ctrl-C"
     );
+    // Tresor follows root rotation stages from its store; Vault and cert-manager roots are
+    // rotated outside meshca.
+    let rotation = tresor.map(|handle| {
+        tokio::spawn(
+            RotationFollower {
+                store: handle.store,
+                tresor: handle.tresor,
+                cache: cache.clone(),
+                acks: sds.bundle_acks(),
+                replica: config.replica_name(),
+                poll_interval: config.rotation.poll_interval,
+                clock,
+            }
+            .run(),
+        )
+    });
     let health = Arc::new(ProviderHealth::default());
     let health_checks = spawn_health_checks(
         provider,
@@ -80,6 +97,9 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         })
         .await;
     health_checks.abort();
+    if let Some(rotation) = rotation {
+        rotation.abort();
+    }
     let _ = stop_admin.send(());
     if let Some(admin) = admin {
         let _ = admin.await;

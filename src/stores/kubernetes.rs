@@ -1,10 +1,15 @@
 //! A CA kept in a Kubernetes Secret: [`KubernetesSecretStore`].
 //!
 //! The Secret is of type `Opaque` with two keys, `ca.crt` (the certificate chain, PEM) and
-//! `private.key` (the CA's PKCS#8 key, PEM), and is labelled as meshca's. The store only ever
-//! reads it (GET) or creates it (POST): the API server's create is atomic and fails with
+//! `private.key` (the CA's PKCS#8 key, PEM), and is labelled as meshca's. Bootstrap only reads
+//! it (GET) or creates it (POST): the API server's create is atomic and fails with
 //! `409 AlreadyExists` when the Secret is there, which is what keeps two concurrent creators
-//! from both storing a root. It never updates, patches or deletes the Secret.
+//! from both storing a root.
+//!
+//! A root rotation adds `rotation.json` (the [`Rotation`] record, both roots and keys) and the
+//! daemons' `rotation-acks.<replica>.json` reports to the same Secret. Those changes are
+//! updates (PUT) carrying the `resourceVersion` that was read, so of two concurrent writers
+//! one gets `409 Conflict`, re-reads, and finds the change made. The Secret is never deleted.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,13 +19,16 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use meshca_provider::TrustBundle;
-use meshca_tresor::{CaProblem, CaStore, Created, Outcome, StoreError, StoredCa};
+use meshca_tresor::{
+    AckReport, CaProblem, CaStore, Created, Outcome, Rotation, RotationChange, StoreError,
+    StoredCa, Swap,
+};
 use zeroize::{Zeroize, Zeroizing};
 
 /// A CA kept in one Kubernetes Secret (default `meshca-system/meshca-ca-bundle`).
 ///
-/// meshca's ServiceAccount needs `get` and `create` on `secrets` in the namespace; nothing
-/// more, since the store never changes an existing Secret.
+/// meshca's ServiceAccount needs `get` and `create` on `secrets` in the namespace, and
+/// `update` for root rotation.
 #[derive(Clone)]
 pub struct KubernetesSecretStore {
     client: kube::Client,
@@ -38,6 +46,10 @@ impl KubernetesSecretStore {
     pub const CERTIFICATE_KEY: &'static str = "ca.crt";
     /// The Secret key holding the private key.
     pub const PRIVATE_KEY_KEY: &'static str = "private.key";
+    /// The Secret key holding the root rotation in progress.
+    pub const ROTATION_KEY: &'static str = "rotation.json";
+    /// The prefix of the Secret keys holding the daemons' acknowledgement reports.
+    pub const ACKS_PREFIX: &'static str = "rotation-acks.";
     /// The label that marks the Secret as meshca's.
     pub const MANAGED_BY_LABEL: &'static str = "app.kubernetes.io/managed-by";
 
@@ -261,6 +273,59 @@ impl KubernetesSecretStore {
         })
     }
 
+    /// The rotation record in a Secret read from the API server.
+    fn rotation_in(&self, secret: &Secret) -> Result<Option<Rotation>, StoreError> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(Self::ROTATION_KEY))
+            .map(|ByteString(bytes)| Rotation::from_json(bytes, &self.origin(Self::ROTATION_KEY)))
+            .transpose()
+    }
+
+    /// Reads the Secret, lets `edit` change its data, and writes it back with the
+    /// resourceVersion that was read, re-reading after a conflict. When `edit` returns
+    /// `Some(value)` nothing is written and the value is returned; `None` means written.
+    async fn update_data<T>(
+        &self,
+        mut edit: impl FnMut(
+            &Secret,
+            &mut BTreeMap<String, ByteString>,
+        ) -> Result<Option<T>, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        const ATTEMPTS: usize = 8;
+        for _ in 0..ATTEMPTS {
+            let Some(mut secret) = self.get_secret().await? else {
+                return Err(StoreError::Backend {
+                    store: self.describe(),
+                    reason: "the Secret does not exist: run `meshca bootstrap` first".into(),
+                });
+            };
+            let mut data = secret.data.take().unwrap_or_default();
+            if let Some(outcome) = edit(&secret, &mut data)? {
+                return Ok(Some(outcome));
+            }
+            secret.data = Some(data);
+            match self
+                .api()
+                .replace(&self.name, &PostParams::default(), &secret)
+                .await
+            {
+                Ok(_) => return Ok(None),
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    tracing::debug!(secret = %self.describe(), "update conflict; re-reading");
+                }
+                Err(e) => return Err(self.api_error("update", e)),
+            }
+        }
+        Err(StoreError::Backend {
+            store: self.describe(),
+            reason: format!(
+                "the Secret changed under every one of {ATTEMPTS} attempts to update it: retry"
+            ),
+        })
+    }
+
     async fn get_secret(&self) -> Result<Option<Secret>, StoreError> {
         self.api()
             .get_opt(&self.name)
@@ -305,6 +370,122 @@ impl CaStore for KubernetesSecretStore {
 
     fn describe(&self) -> String {
         format!("Kubernetes Secret {}/{}", self.namespace, self.name)
+    }
+
+    async fn load_rotation(&self) -> Result<Option<Rotation>, StoreError> {
+        match self.get_secret().await? {
+            Some(secret) => self.rotation_in(&secret),
+            None => Ok(None),
+        }
+    }
+
+    async fn change_rotation(
+        &self,
+        expected: Option<u64>,
+        change: RotationChange,
+    ) -> Result<Swap, StoreError> {
+        let unchanged = self
+            .update_data(|secret, data| {
+                let current = self.rotation_in(secret)?;
+                if current.as_ref().map(|r| r.revision) != expected {
+                    return Ok(Some(current));
+                }
+                match &change {
+                    RotationChange::Begin(record) | RotationChange::Update(record) => {
+                        data.insert(
+                            Self::ROTATION_KEY.to_owned(),
+                            ByteString(record.to_json().to_vec()),
+                        );
+                    }
+                    RotationChange::Finish => {
+                        let Some(record) = current else {
+                            return Ok(Some(None));
+                        };
+                        self.check_replaceable(data, &record)?;
+                        data.insert(
+                            Self::CERTIFICATE_KEY.to_owned(),
+                            ByteString(record.new.certificate_pem().as_bytes().to_vec()),
+                        );
+                        data.insert(
+                            Self::PRIVATE_KEY_KEY.to_owned(),
+                            ByteString(record.new.key_pem().as_bytes().to_vec()),
+                        );
+                        Self::remove_rotation(data);
+                    }
+                    RotationChange::Abort => Self::remove_rotation(data),
+                }
+                Ok(None)
+            })
+            .await?;
+        Ok(match unchanged {
+            Some(current) => Swap::Stale(current),
+            None => Swap::Applied,
+        })
+    }
+
+    async fn report_acks(&self, report: &AckReport) -> Result<(), StoreError> {
+        let key = format!(
+            "{}{}.json",
+            Self::ACKS_PREFIX,
+            AckReport::key_safe(&report.replica)
+        );
+        let bytes = report.to_json();
+        self.update_data(|_, data| -> Result<Option<()>, StoreError> {
+            data.insert(key.clone(), ByteString(bytes.clone()));
+            Ok(None)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn ack_reports(&self) -> Result<Vec<AckReport>, StoreError> {
+        let Some(secret) = self.get_secret().await? else {
+            return Ok(Vec::new());
+        };
+        Ok(secret
+            .data
+            .unwrap_or_default()
+            .iter()
+            .filter(|(key, _)| key.starts_with(Self::ACKS_PREFIX))
+            .filter_map(|(_, ByteString(bytes))| AckReport::from_json(bytes))
+            .collect())
+    }
+}
+
+impl KubernetesSecretStore {
+    /// Finishing a rotation replaces `ca.crt` only when it holds the rotation's old or new
+    /// root — never material someone else put there.
+    fn check_replaceable(
+        &self,
+        data: &BTreeMap<String, ByteString>,
+        record: &Rotation,
+    ) -> Result<(), StoreError> {
+        let stored = data
+            .get(Self::CERTIFICATE_KEY)
+            .and_then(|ByteString(bytes)| std::str::from_utf8(bytes).ok())
+            .and_then(|text| TrustBundle::from_pem(text).ok());
+        let ours = |pem: &str| {
+            TrustBundle::from_pem(pem)
+                .ok()
+                .zip(stored.as_ref())
+                .is_some_and(|(a, b)| a.roots() == b.roots())
+        };
+        if ours(record.old.certificate_pem()) || ours(record.new.certificate_pem()) {
+            return Ok(());
+        }
+        Err(StoreError::Invalid {
+            location: self.origin(Self::CERTIFICATE_KEY),
+            problem: CaProblem::Unreadable {
+                reason: "it is neither the old nor the new root of the rotation in progress, so \
+                         finishing the rotation will not replace it"
+                    .into(),
+            },
+        })
+    }
+
+    fn remove_rotation(data: &mut BTreeMap<String, ByteString>) {
+        data.remove(Self::ROTATION_KEY);
+        data.retain(|key, _| !key.starts_with(Self::ACKS_PREFIX));
     }
 }
 

@@ -40,8 +40,8 @@ pub use authority::{
     AuthorityError, CaProblem, DEFAULT_INTERMEDIATE_LIFETIME, DEFAULT_ROOT_LIFETIME,
     IntermediateOptions, RootOptions, SigningAuthority,
 };
-pub use rotation::{AckReport, Rotation, RotationAuthorities, RotationChange, Stage, Swap, unix};
 pub use rotate::{Abort, AckSummary, Advance, RotationError, RotationPolicy};
+pub use rotation::{AckReport, Rotation, RotationAuthorities, RotationChange, Stage, Swap, unix};
 pub use store::{
     CaStore, Created, DirectoryStore, Outcome, Signing, StoreError, StoredCa, bootstrap,
     bootstrap_signing,
@@ -102,6 +102,17 @@ impl Tresor {
         self
     }
 
+    /// Trusts `bundle` (which must contain the authority's root) instead of the authority's
+    /// root alone: how a daemon starts in the middle of a root rotation.
+    #[must_use]
+    pub fn with_trust_bundle(self, bundle: TrustBundle) -> Self {
+        self.active
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bundle = bundle;
+        self
+    }
+
     /// The authority currently signing.
     pub fn authority(&self) -> Arc<SigningAuthority> {
         // Only the Arc is cloned: this runs for every leaf signed.
@@ -119,7 +130,11 @@ impl Tresor {
     /// Puts `authority` in charge of every later issuance and `bundle` (which must contain
     /// its root) in the trust bundle; returns the authority it replaces. Root rotation uses
     /// this to sign with one root while trusting two.
-    pub fn switch(&self, authority: SigningAuthority, bundle: TrustBundle) -> Arc<SigningAuthority> {
+    pub fn switch(
+        &self,
+        authority: SigningAuthority,
+        bundle: TrustBundle,
+    ) -> Arc<SigningAuthority> {
         let mut slot = self.active.write().unwrap_or_else(PoisonError::into_inner);
         let previous = std::mem::replace(
             &mut *slot,
@@ -131,7 +146,9 @@ impl Tresor {
         previous.authority
     }
 
-    fn trusted(&self) -> TrustBundle {
+    /// The roots handed out as trusted (what [`trust_bundle`](CertificateProvider::trust_bundle)
+    /// returns, without the async wrapper).
+    pub fn trusted_bundle(&self) -> TrustBundle {
         // The slot is only ever replaced whole, so a poisoned lock still holds a good value.
         let active = self.active.read().unwrap_or_else(PoisonError::into_inner);
         active.bundle.clone()
@@ -172,7 +189,7 @@ impl CertificateProvider for Tresor {
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
-        Ok(self.trusted())
+        Ok(self.trusted_bundle())
     }
 
     async fn check_health(&self) -> Result<(), ProviderError> {

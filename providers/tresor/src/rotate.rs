@@ -50,7 +50,9 @@ pub enum RotationError {
         store: String,
     },
     /// Advance or abort without a rotation.
-    #[error("no root rotation is in progress in {store}: start one with `meshca rotate root start`")]
+    #[error(
+        "no root rotation is in progress in {store}: start one with `meshca rotate root start`"
+    )]
     NotRotating {
         /// The store's description.
         store: String,
@@ -277,7 +279,10 @@ pub async fn advance(
             (RotationChange::Finish, Advance::Finished)
         }
     };
-    match store.change_rotation(Some(rotation.revision), change).await? {
+    match store
+        .change_rotation(Some(rotation.revision), change)
+        .await?
+    {
         Swap::Applied => Ok(outcome),
         Swap::Stale(now) => Ok(Advance::AlreadyAdvanced(now)),
     }
@@ -332,7 +337,10 @@ pub async fn abort(store: &dyn CaStore, clock: &dyn Clock) -> Result<Abort, Rota
         ),
         Stage::Trusting => (RotationChange::Abort, Abort::Dropped),
     };
-    match store.change_rotation(Some(rotation.revision), change).await? {
+    match store
+        .change_rotation(Some(rotation.revision), change)
+        .await?
+    {
         Swap::Applied => Ok(outcome),
         Swap::Stale(now) => Ok(Abort::AlreadyChanged(now)),
     }

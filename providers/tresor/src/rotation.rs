@@ -140,7 +140,12 @@ impl Rotation {
 
     /// The SHA-256 fingerprint of the new root, as daemons name it in their [`AckReport`]s.
     pub fn new_root_fingerprint(&self, now: SystemTime) -> Result<String, StoreError> {
-        Ok(self.new.authority(now)?.trust_bundle().fingerprints().join(","))
+        Ok(self
+            .new
+            .authority(now)?
+            .trust_bundle()
+            .fingerprints()
+            .join(","))
     }
 
     /// Checks both roots at `now`.

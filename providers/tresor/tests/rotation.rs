@@ -28,7 +28,9 @@ fn policy() -> RotationPolicy {
 async fn store_with_root(clock: &FixedClock) -> (tempfile::TempDir, DirectoryStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = DirectoryStore::new(dir.path().join("ca"));
-    bootstrap(&store, &RootOptions::default(), clock).await.unwrap();
+    bootstrap(&store, &RootOptions::default(), clock)
+        .await
+        .unwrap();
     (dir, store)
 }
 
@@ -171,7 +173,9 @@ async fn the_deadline_advances_without_acknowledgements() {
         .unwrap();
     let waiting = rotate::advance(&store, &policy, &t0).await.unwrap();
     assert!(
-        waiting.to_string().contains("the deadline lets it advance after"),
+        waiting
+            .to_string()
+            .contains("the deadline lets it advance after"),
         "{waiting}"
     );
     let late = FixedClock(t0.0 + Duration::from_secs(600));
@@ -295,7 +299,10 @@ async fn finishing_never_overwrites_a_ca_that_is_not_the_rotations() {
     let foreign = SigningAuthority::generate_root(&RootOptions::default(), &t0).unwrap();
     std::fs::write(store.certificate_path(), foreign.certificate_chain_pem()).unwrap();
     let err = rotate::advance(&store, &policy, &t0).await.unwrap_err();
-    assert!(err.to_string().contains("neither the old nor the new root"), "{err}");
+    assert!(
+        err.to_string().contains("neither the old nor the new root"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read_to_string(store.certificate_path()).unwrap(),
         foreign.certificate_chain_pem()
@@ -328,10 +335,7 @@ async fn an_intermediate_is_not_rotated_here() {
     assert!(err.to_string().contains("meshca bootstrap"), "{err}");
 }
 
-fn sign(
-    authority: &SigningAuthority,
-    now: SystemTime,
-) -> meshca_provider::CertificateChain {
+fn sign(authority: &SigningAuthority, now: SystemTime) -> meshca_provider::CertificateChain {
     let id = SpiffeId::from_short("bookstore/bookstore-v1", &TrustDomain::default()).unwrap();
     let spec = LeafSpec::workload(&id, &[], Duration::from_secs(3600));
     let key = LeafKey::generate(KeyType::P256).unwrap();

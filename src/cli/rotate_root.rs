@@ -1,0 +1,235 @@
+//! `meshca rotate root start|advance|status|abort`: Tresor root rotation, one stage at a time.
+//!
+//! Every step is a compare-and-swap on the rotation record kept with the CA (see
+//! `meshca_tresor::rotate`), so running one by hand while the CronJob runs another is safe.
+//! The daemons follow the stored stage by themselves (see [`crate::rotation`]).
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use meshca_provider::{Clock, SystemClock};
+use meshca_tresor::rotate::{self, Advance};
+use meshca_tresor::{CaStore, Rotation, Stage};
+
+use crate::cli::inspect::rfc3339 as display_time;
+use crate::config::{Config, ProviderKind};
+use crate::stores::ConfiguredStore;
+
+/// `meshca rotate root …`
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum RootAction {
+    /// Stage 1: make a new root and trust it everywhere next to the old one (the old root
+    /// keeps signing). Does nothing if a rotation is already in progress.
+    Start,
+    /// Move one stage on, if its condition holds: 1 → 2 once every connected proxy
+    /// acknowledged the new root (or rotation.ackDeadline passed); 2 → finished once every
+    /// leaf the old root signed has expired. Exits with status 3 when it has to wait.
+    Advance,
+    /// Show the stage, both roots and the proxies' acknowledgements.
+    Status,
+    /// Move one stage back: 2 → 1 makes the old root sign again; 1 → none drops the new root.
+    Abort,
+}
+
+/// A step that could not run yet: printed, and the process exits with status 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Waiting(pub String);
+
+/// What one `meshca rotate` (cron) run did about the root rotation, for its report.
+#[derive(Debug)]
+pub enum CronStep {
+    /// Not Tresor, or no rotation in progress.
+    Idle(String),
+    /// A stage changed, or a rotation is waiting as it should.
+    Progress(String),
+    /// Something an operator should look at.
+    Alert(String),
+}
+
+/// Runs a `meshca rotate root` action.
+pub async fn run(config: &Config, action: RootAction) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let store = store.as_store();
+    let clock = SystemClock;
+    let policy = config.rotation_policy();
+    match action {
+        RootAction::Start => {
+            let (rotation, started) = rotate::start(
+                store,
+                &crate::providers::root_options(config),
+                &policy,
+                &clock,
+            )
+            .await?;
+            if started {
+                println!(
+                    "meshca: root rotation started in {}: {}",
+                    store.describe(),
+                    rotation.stage
+                );
+                println!(
+                    "Running daemons pick this up within rotation.pollInterval ({}) and push both \
+                     roots to their proxies.",
+                    meshca_provider::format_duration(config.rotation.poll_interval)
+                );
+            } else {
+                println!(
+                    "meshca: a root rotation is already in progress in {}; nothing changed",
+                    store.describe()
+                );
+            }
+            print_status(config, store, &rotation).await?;
+            println!("Next: `meshca rotate root advance` once every proxy has the new root.");
+            Ok(())
+        }
+        RootAction::Advance => {
+            let outcome = rotate::advance(store, &policy, &clock).await?;
+            match outcome {
+                Advance::AwaitingAcks { .. } | Advance::AwaitingRetirement { .. } => {
+                    Err(Waiting(format!("{outcome}")).into())
+                }
+                _ => {
+                    println!("meshca: {outcome}");
+                    Ok(())
+                }
+            }
+        }
+        RootAction::Status => match store.load_rotation().await? {
+            Some(rotation) => print_status(config, store, &rotation).await,
+            None => {
+                let ca = store
+                    .load()
+                    .await?
+                    .context("the CA store holds no CA yet: run `meshca bootstrap`")?
+                    .authority(clock.now())?;
+                println!(
+                    "meshca: no root rotation in progress in {}; the CA is {} (SHA-256 {}, \
+                     expires {})",
+                    store.describe(),
+                    ca.subject(),
+                    ca.trust_bundle().fingerprints().join(","),
+                    display_time(ca.not_after())
+                );
+                Ok(())
+            }
+        },
+        RootAction::Abort => {
+            let outcome = rotate::abort(store, &clock).await?;
+            println!("meshca: {outcome}");
+            Ok(())
+        }
+    }
+}
+
+/// One cron run's root rotation step: advances at most one stage.
+pub async fn cron_step(config: &Config) -> CronStep {
+    if config.certificate_provider.kind != ProviderKind::Tresor {
+        return CronStep::Idle(format!(
+            "root rotation: not meshca's ({} rotates its own root; list the new root in \
+             extraTrustedRoots beforehand)",
+            config.certificate_provider.kind.as_str()
+        ));
+    }
+    let store = match open_store(config).await {
+        Ok(store) => store,
+        Err(e) => return CronStep::Alert(format!("root rotation: {e:#}")),
+    };
+    let store = store.as_store();
+    match rotate::advance(store, &config.rotation_policy(), &SystemClock).await {
+        Ok(Advance::AwaitingAcks { acks, deadline }) => {
+            let stuck_for = store
+                .load_rotation()
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| SystemClock.now().duration_since(r.stage_since).ok())
+                .unwrap_or_default();
+            let message = format!(
+                "root rotation: {}",
+                Advance::AwaitingAcks { acks, deadline }
+            );
+            // Waiting for acknowledgements is normal for a while; a day without them is not.
+            if stuck_for > STUCK_AFTER {
+                CronStep::Alert(format!(
+                    "{message} (stuck in stage 1 for {})",
+                    meshca_provider::format_duration(stuck_for)
+                ))
+            } else {
+                CronStep::Progress(message)
+            }
+        }
+        Ok(outcome) => CronStep::Progress(format!("root rotation: {outcome}")),
+        Err(meshca_tresor::RotationError::NotRotating { .. }) => {
+            CronStep::Idle("root rotation: none in progress".to_owned())
+        }
+        Err(e) => CronStep::Alert(format!("root rotation: {e}")),
+    }
+}
+
+/// How long stage 1 may wait for acknowledgements before the cron reports it as stuck.
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+async fn open_store(config: &Config) -> anyhow::Result<ConfiguredStore> {
+    if config.certificate_provider.kind != ProviderKind::Tresor {
+        bail!(
+            "root rotation is for the built-in CA (certificateProvider.kind: tresor); {} rotates \
+             its own root: add the new root to extraTrustedRoots first, so the switch costs no \
+             failed handshakes",
+            config.certificate_provider.kind.as_str()
+        );
+    }
+    ConfiguredStore::open(config).await
+}
+
+async fn print_status(
+    config: &Config,
+    store: &dyn CaStore,
+    rotation: &Rotation,
+) -> anyhow::Result<()> {
+    let now = SystemClock.now();
+    let authorities = rotation.authorities(now)?;
+    println!("rotation:     {}", rotation.stage);
+    println!("store:        {}", store.describe());
+    println!("started:      {}", display_time(rotation.started_at));
+    println!("stage since:  {}", display_time(rotation.stage_since));
+    for (label, root) in [("old root:", &authorities.old), ("new root:", &authorities.new)] {
+        println!(
+            "{label:<13} {} (SHA-256 {}, expires {})",
+            root.subject(),
+            root.trust_bundle().fingerprints().join(","),
+            display_time(root.not_after())
+        );
+    }
+    match rotation.stage {
+        Stage::Trusting => {
+            let acks = rotate::ack_summary(store, rotation, &config.rotation_policy(), now).await?;
+            println!("proxies:      total {}, acked {}", acks.streams(), acks.acked());
+            for report in &acks.reports {
+                println!(
+                    "  {}: {} of {} acknowledged (reported {})",
+                    report.replica,
+                    report.acked.min(report.streams),
+                    report.streams,
+                    display_time(report.written_at())
+                );
+            }
+            if acks.stale > 0 {
+                println!("  ({} stale report(s) ignored)", acks.stale);
+            }
+            let missing = acks.missing();
+            if !missing.is_empty() {
+                println!("waiting for:  {}", missing.join(", "));
+            }
+            match rotation.ack_deadline {
+                Some(deadline) => println!("deadline:     {}", display_time(deadline)),
+                None => println!("deadline:     none (rotation.ackDeadline)"),
+            }
+        }
+        Stage::Issuing => {
+            if let Some(retire_after) = rotation.retire_after {
+                println!("old root leaves the bundles after {}", display_time(retire_after));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The daemon's side of a root rotation: [`RotationFollower`] watches the CA store, applies
+//! each stage to the running Tresor (which root signs, which roots are trusted), pushes the
+//! result over SDS, and reports what the connected proxies acknowledged so that
+//! `meshca rotate root advance` — run by hand or by the CronJob, anywhere — can decide.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshca_provider::{Clock, SpiffeId};
+use rustls_pki_types::CertificateDer;
+use meshca_tresor::{AckReport, Rotation, Stage, Tresor, unix};
+
+use crate::cache::CertificateCache;
+use crate::sds::BundleAcks;
+use crate::stores::ConfiguredStore;
+
+/// Follows the rotation stage stored with the CA.
+#[derive(Debug)]
+pub struct RotationFollower {
+    /// Where the CA and the rotation record live.
+    pub store: Arc<ConfiguredStore>,
+    /// The running CA.
+    pub tresor: Arc<Tresor>,
+    /// The certificates served, re-issued when the signing root changes.
+    pub cache: Arc<CertificateCache>,
+    /// What each connected proxy acknowledged.
+    pub acks: Arc<BundleAcks>,
+    /// This daemon's name in its reports.
+    pub replica: String,
+    /// How often the store is read.
+    pub poll_interval: Duration,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What the follower last applied.
+#[derive(Debug, Default)]
+struct Applied {
+    stage: Option<Stage>,
+    /// The new root's fingerprint while a rotation is in progress.
+    new_root: Option<String>,
+    /// The last report written, to skip writing an identical one before it needs refreshing.
+    report: Option<AckReport>,
+}
+
+impl RotationFollower {
+    /// Runs until the task is dropped. Store errors are logged and retried at the next poll:
+    /// the daemon keeps serving with what it has.
+    pub async fn run(self) {
+        let mut applied = Applied::default();
+        let mut acks = self.acks.changes();
+        let mut failing = false;
+        loop {
+            match self.poll(&mut applied).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("root rotation: the CA store is readable again");
+                    }
+                    failing = false;
+                }
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(
+                        error = %format!("{error:#}"),
+                        "root rotation: cannot read the CA store; serving with the current CA \
+                         and retrying"
+                    );
+                }
+                Err(error) => tracing::debug!(error = %format!("{error:#}"), "still failing"),
+            }
+            let waiting_for_acks = applied.stage == Some(Stage::Trusting);
+            tokio::select! {
+                () = tokio::time::sleep(self.poll_interval) => {}
+                // During stage 1, an acknowledgement is reported promptly (after a short pause
+                // that gathers the others arriving with it).
+                Ok(()) = acks.changed(), if waiting_for_acks => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    acks.borrow_and_update();
+                }
+            }
+        }
+    }
+
+    /// Reads the store once; applies a change; reports acknowledgements during stage 1.
+    async fn poll(&self, applied: &mut Applied) -> anyhow::Result<()> {
+        let store = self.store.as_store();
+        let rotation = store.load_rotation().await?;
+        let now = self.clock.now();
+        let (stage, new_root) = match &rotation {
+            Some(r) => (Some(r.stage), Some(r.new_root_fingerprint(now)?)),
+            None => (None, None),
+        };
+        if (stage, &new_root) != (applied.stage, &applied.new_root) {
+            self.apply(rotation.as_ref()).await?;
+            applied.stage = stage;
+            applied.new_root = new_root.clone();
+            applied.report = None;
+        }
+        if let (Some(Stage::Trusting), Some(root)) = (stage, new_root) {
+            self.report(applied, root).await?;
+        }
+        Ok(())
+    }
+
+    /// Switches the running CA to what `rotation` (or, with none, the stored CA) says, pushes
+    /// the trust bundle, and re-issues every cached certificate if the signing root changed.
+    async fn apply(&self, rotation: Option<&Rotation>) -> anyhow::Result<()> {
+        let store = self.store.as_store();
+        let now = self.clock.now();
+        let (authority, bundle) = match rotation {
+            Some(rotation) => {
+                let authorities = rotation.authorities(now)?;
+                let bundle = Rotation::trust_bundle(&authorities);
+                (authorities.issuing(rotation.stage), bundle)
+            }
+            None => {
+                let Some(stored) = store.load().await? else {
+                    anyhow::bail!("{} no longer holds a CA", store.describe());
+                };
+                let authority = stored.authority(now)?;
+                let bundle = authority.trust_bundle().clone();
+                (authority, bundle)
+            }
+        };
+        let current = self.tresor.authority();
+        let signer_changed = current.certificate() != authority.certificate();
+        if !signer_changed && self.tresor.trusted_bundle() == bundle {
+            return Ok(());
+        }
+        let fingerprints = bundle.fingerprints().join(",");
+        let subject = authority.subject().to_owned();
+        self.tresor.switch(authority, bundle);
+        // Trust first, then the new leaves: a proxy must never receive a leaf its peers'
+        // bundles do not yet hold.
+        self.cache.refresh_trust_bundle().await?;
+        match rotation {
+            Some(rotation) => tracing::info!(
+                stage = rotation.stage.number(),
+                signing = %subject,
+                trusted = %fingerprints,
+                "root rotation: now at {}",
+                rotation.stage
+            ),
+            None => tracing::info!(
+                signing = %subject,
+                trusted = %fingerprints,
+                "root rotation: no rotation in progress; trusting the stored CA only"
+            ),
+        }
+        if signer_changed {
+            let cached = self.cache.certificates().len();
+            self.cache.renew_now(None);
+            tracing::info!(
+                certificates = cached,
+                "root rotation: re-issuing every cached certificate under {subject}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes this daemon's acknowledgement report when it changed, or when the last one is
+    /// about to go stale.
+    async fn report(&self, applied: &mut Applied, root: String) -> anyhow::Result<()> {
+        let Some(new_root) = self.tresor_root(&root) else {
+            return Ok(());
+        };
+        let missing = self.acks.missing(&new_root);
+        let streams = self.acks.streams();
+        let now = self.clock.now();
+        let report = AckReport {
+            replica: self.replica.clone(),
+            root,
+            streams,
+            acked: streams.saturating_sub(missing.len()),
+            missing: missing
+                .iter()
+                .take(AckReport::MAX_MISSING)
+                .map(SpiffeId::short)
+                .collect(),
+            at: unix(now),
+        };
+        let unchanged = applied.report.as_ref().is_some_and(|last| {
+            AckReport { at: last.at, ..report.clone() } == *last
+                && unix(now) < last.at + self.poll_interval.as_secs().max(1)
+        });
+        if unchanged {
+            return Ok(());
+        }
+        self.store.as_store().report_acks(&report).await?;
+        if applied.report.as_ref().map(|r| (r.streams, r.acked)) != Some((streams, report.acked)) {
+            tracing::info!(
+                streams,
+                acked = report.acked,
+                "root rotation: proxies holding the new root"
+            );
+        }
+        applied.report = Some(report);
+        Ok(())
+    }
+
+    /// The new root's certificate, found in the running trust bundle by fingerprint.
+    fn tresor_root(&self, fingerprint: &str) -> Option<CertificateDer<'static>> {
+        let bundle = self.tresor.trusted_bundle();
+        bundle
+            .roots()
+            .iter()
+            .zip(bundle.fingerprints())
+            .find(|(_, f)| f == fingerprint)
+            .map(|(root, _)| root.clone())
+    }
+}
