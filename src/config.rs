@@ -510,8 +510,14 @@ impl Config {
                     known: known.join(", "),
                 });
             }
-            // A value is read as a YAML scalar, so `0.3` is a number and `24h` a string.
-            let value: Value = serde_yaml::from_str(raw).unwrap_or(Value::String(raw.clone()));
+            // A value is read as a YAML scalar, so `0.3` is a number and `24h` a string; an
+            // empty value is the empty string (`--set admin.listen=` disables the listener),
+            // not YAML's null.
+            let value: Value = match serde_yaml::from_str(raw) {
+                Ok(Value::Null) if raw.trim().is_empty() => Value::String(String::new()),
+                Ok(value) => value,
+                Err(_) => Value::String(raw.clone()),
+            };
             set_path(&mut tree, key, value);
             Self::from_value(tree.clone(), &origin)?;
         }
@@ -725,13 +731,13 @@ impl Config {
 
     /// The root rotation policy: the acknowledgement deadline, how long stage 2 lasts (the
     /// longest leaf lifetime plus the clock-skew allowance), and when a daemon's report is
-    /// stale (three missed polls).
+    /// stale (three missed polls, and at least 30s: a busy daemon is not a dead one).
     pub fn rotation_policy(&self) -> meshca_tresor::RotationPolicy {
         meshca_tresor::RotationPolicy {
             ack_deadline: self.rotation.ack_deadline,
             longest_leaf: self.certificate_provider.service_cert_validity_duration
                 + self.tresor.clock_skew_allowance,
-            report_freshness: self.rotation.poll_interval * 3,
+            report_freshness: (self.rotation.poll_interval * 3).max(Duration::from_secs(30)),
         }
     }
 
@@ -910,7 +916,13 @@ mod tests {
     fn optional_keys_are_real_keys() {
         for key in OPTIONAL_KEYS {
             let mut overrides = Overrides::default();
-            let value = if key.ends_with("File") { "/tmp/x" } else { "x" };
+            let value = if key.ends_with("File") {
+                "/tmp/x"
+            } else if key.ends_with("Deadline") {
+                "5m"
+            } else {
+                "x"
+            };
             overrides.set(&format!("{key}={value}")).unwrap();
             Config::load(None, &overrides).unwrap_or_else(|e| panic!("{key}: {e}"));
         }
@@ -922,6 +934,24 @@ mod tests {
             !format!("{config:?}").contains("s.abc"),
             "the token leaked into Debug"
         );
+    }
+
+    #[test]
+    fn an_empty_value_is_an_empty_string_and_rotation_durations_parse() {
+        let mut overrides = Overrides::default();
+        overrides.set("admin.listen=").unwrap();
+        overrides.set("rotation.ackDeadline=1h30m").unwrap();
+        let config = Config::load(None, &overrides).unwrap();
+        assert_eq!(config.admin_listen(), None);
+        assert_eq!(
+            config.rotation.ack_deadline,
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(Config::default().rotation.ack_deadline, None);
+        let mut overrides = Overrides::default();
+        overrides.set("rotation.ackDeadline=soon").unwrap();
+        let err = Config::load(None, &overrides).unwrap_err().to_string();
+        assert!(err.contains("rotation.ackDeadline"), "{err}");
     }
 
     #[test]

@@ -44,7 +44,11 @@ pub async fn build_with_handle(
                 signing.outcome
             );
             if let Some(rotation) = &signing.rotation {
-                tracing::info!(stage = rotation.stage.number(), "tresor: root rotation at {}", rotation.stage);
+                tracing::info!(
+                    stage = rotation.stage.number(),
+                    "tresor: root rotation at {}",
+                    rotation.stage
+                );
             }
             let tresor = Arc::new(
                 Tresor::new(signing.authority, clock)

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshca_provider::{Clock, SpiffeId};
-use rustls_pki_types::CertificateDer;
 use meshca_tresor::{AckReport, Rotation, Stage, Tresor, unix};
+use rustls_pki_types::CertificateDer;
 
 use crate::cache::CertificateCache;
 use crate::sds::BundleAcks;
@@ -180,7 +180,10 @@ impl RotationFollower {
             at: unix(now),
         };
         let unchanged = applied.report.as_ref().is_some_and(|last| {
-            AckReport { at: last.at, ..report.clone() } == *last
+            AckReport {
+                at: last.at,
+                ..report.clone()
+            } == *last
                 && unix(now) < last.at + self.poll_interval.as_secs().max(1)
         });
         if unchanged {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use meshca::sds::{AuthMode, MtlsSettings, Purpose, SdsSettings, UnixPeerMap};
 use meshca_provider::TrustDomain;
+use support::daemon::MeshcaServe;
 use support::envoy::{self, Envoy, bootstrap, free_port, http_get};
 use support::*;
 
@@ -400,55 +401,4 @@ async fn envoys_fed_by_meshca_serve_follow_its_own_renewals() {
         "traffic flows after renewal: {response:?}"
     );
     assert_eq!(response.header("x-peer-identity"), Some(CLIENT_ID));
-}
-
-/// `meshca serve` as a child process, killed on drop.
-struct MeshcaServe {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl MeshcaServe {
-    fn start(args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("meshca.log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    async fn wait_listening(&self, port: u16) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "meshca never listened:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for MeshcaServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

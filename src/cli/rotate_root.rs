@@ -192,7 +192,10 @@ async fn print_status(
     println!("store:        {}", store.describe());
     println!("started:      {}", display_time(rotation.started_at));
     println!("stage since:  {}", display_time(rotation.stage_since));
-    for (label, root) in [("old root:", &authorities.old), ("new root:", &authorities.new)] {
+    for (label, root) in [
+        ("old root:", &authorities.old),
+        ("new root:", &authorities.new),
+    ] {
         println!(
             "{label:<13} {} (SHA-256 {}, expires {})",
             root.subject(),
@@ -203,7 +206,11 @@ async fn print_status(
     match rotation.stage {
         Stage::Trusting => {
             let acks = rotate::ack_summary(store, rotation, &config.rotation_policy(), now).await?;
-            println!("proxies:      total {}, acked {}", acks.streams(), acks.acked());
+            println!(
+                "proxies:      total {}, acked {}",
+                acks.streams(),
+                acks.acked()
+            );
             for report in &acks.reports {
                 println!(
                     "  {}: {} of {} acknowledged (reported {})",
@@ -227,7 +234,10 @@ async fn print_status(
         }
         Stage::Issuing => {
             if let Some(retire_after) = rotation.retire_after {
-                println!("old root leaves the bundles after {}", display_time(retire_after));
+                println!(
+                    "old root leaves the bundles after {}",
+                    display_time(retire_after)
+                );
             }
         }
     }
