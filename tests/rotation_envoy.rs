@@ -1,0 +1,321 @@
+//! The root rotation centre-piece, with real Envoys: a client and a server Envoy fed by
+//! `meshca serve` over SDS carry continuous traffic — a request loop through the client Envoy,
+//! with a new connection and a full TLS handshake (no session resumption) per request — while
+//! `meshca rotate root` goes start → advance → advance. Not one request may fail; at the end
+//! the old root is gone from both validation contexts and the server's leaf verifies under the
+//! new root alone.
+//!
+//! Envoy is found like in `sds_envoy.rs`; without it the test is skipped, except under
+//! `CI=true`, where it fails.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::daemon::MeshcaServe;
+use support::envoy::{self, Envoy, bootstrap, free_port, http_get, normalize_serial};
+
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/ns/sa/client";
+
+/// The same store and rotation policy for the daemon and the CLI: 30s leaves, so stage 2
+/// (the longest leaf lifetime plus 1s of clock skew) lasts about 31s.
+fn common(ca_dir: &Path) -> Vec<String> {
+    [
+        "--ca-dir",
+        ca_dir.to_str().unwrap(),
+        "--set",
+        "rotation.pollInterval=1s",
+        "--set",
+        "certificateProvider.serviceCertValidityDuration=30s",
+        "--set",
+        "tresor.clockSkewAllowance=1s",
+        "--set",
+        "renewal.floor=2s",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn rotate(ca_dir: &Path, action: &str) -> Output {
+    let mut args = common(ca_dir);
+    args.extend(["rotate", "root", action].map(String::from));
+    Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(&args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `advance` until it moves a stage (exit 0); status 3 means "not yet".
+async fn advance(ca_dir: &Path, patience: Duration) -> String {
+    let deadline = Instant::now() + patience;
+    loop {
+        let output = rotate(ca_dir, "advance");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        match output.status.code() {
+            Some(0) => return stdout,
+            Some(3) => assert!(Instant::now() < deadline, "advance kept waiting: {stdout}"),
+            _ => panic!(
+                "advance failed: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The serial of the (single-certificate) CA file, normalised like Envoy's.
+fn root_serial(ca_dir: &Path) -> String {
+    let output = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(ca_dir.join("ca.crt"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    normalize_serial(text.trim().trim_start_matches("serial="))
+}
+
+/// The serials of the CA certificates in the Envoy's validation contexts.
+async fn trusted_serials(envoy: &Envoy) -> BTreeSet<String> {
+    let certs = envoy.certs().await;
+    certs["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|entry| entry["ca_cert"].as_array().cloned().unwrap_or_default())
+        .filter_map(|cert| cert["serial_number"].as_str().map(normalize_serial))
+        .collect()
+}
+
+async fn wait_until_trusted(envoy: &Envoy, want: &BTreeSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = trusted_serials(envoy).await;
+        if &held == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} trusts {held:?}, expected {want:?}",
+            envoy.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_new_leaf(envoy: &Envoy, before: &[String]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = envoy.leaf_serials().await;
+        if !held.is_empty() && held.iter().all(|s| !before.contains(s)) {
+            return held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} still presents {held:?}",
+            envoy.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Makes the client Envoy open a new upstream connection for every request and never resume
+/// a TLS session, so every request is a full handshake against the current certificates.
+fn fresh_handshake_per_request(config: String) -> String {
+    let cluster = "  - name: upstream\n    type: STATIC\n";
+    let tls = "UpstreamTlsContext\n";
+    assert!(config.contains(cluster) && config.contains(tls));
+    config
+        .replacen(
+            cluster,
+            &format!(
+                "{cluster}    typed_extension_protocol_options:\n      \
+                 envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
+                 \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
+                 common_http_protocol_options: {{ max_requests_per_connection: 1 }}\n        \
+                 explicit_http_config: {{ http_protocol_options: {{}} }}\n"
+            ),
+            1,
+        )
+        .replacen(tls, &format!("{tls}        max_session_keys: 0\n"), 1)
+}
+
+/// A counter line from Envoy's `/stats`.
+async fn stat(envoy: &Envoy, name: &str) -> u64 {
+    let response = http_get(envoy.admin, &format!("/stats?filter=^{name}$"))
+        .await
+        .unwrap();
+    response
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
+    let Some(binary) = envoy::binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let sds_port = free_port();
+    let mut args = common(&ca_dir);
+    args.extend(
+        [
+            "serve",
+            "--set",
+            &format!("sds.listen=127.0.0.1:{sds_port}"),
+            "--set",
+            "sds.auth=development",
+            "--set",
+            "admin.listen=",
+        ]
+        .map(String::from),
+    );
+    let daemon = MeshcaServe::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    daemon.wait_listening(sds_port).await;
+    let old_root = root_serial(&ca_dir);
+
+    let server_port = free_port();
+    let server = Envoy::start(
+        &binary,
+        "server",
+        &bootstrap(
+            "envoy-inbound.yaml",
+            None,
+            &[
+                ("NODE_ID", "ns/server".to_owned()),
+                ("ADMIN_PORT", "0".to_owned()),
+                ("LISTEN_PORT", server_port.to_string()),
+                ("ALLOWED_PEER", CLIENT_ID.to_owned()),
+                ("SDS_PORT", sds_port.to_string()),
+            ],
+        ),
+    );
+    let client_port = free_port();
+    let client = Envoy::start(
+        &binary,
+        "client",
+        &fresh_handshake_per_request(bootstrap(
+            "envoy-outbound.yaml",
+            None,
+            &[
+                ("NODE_ID", "ns/client".to_owned()),
+                ("ADMIN_PORT", "0".to_owned()),
+                ("LISTEN_PORT", client_port.to_string()),
+                ("UPSTREAM_PORT", server_port.to_string()),
+                ("UPSTREAM_IDENTITY", "ns/server".to_owned()),
+                ("SDS_PORT", sds_port.to_string()),
+            ],
+        )),
+    );
+    server.wait_ready().await;
+    client.wait_ready().await;
+    let first = http_get(([127, 0, 0, 1], client_port).into(), "/")
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "{first:?}\n{}", client.log_tail());
+
+    // Continuous traffic until told to stop: every outcome counted, every failure kept.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut ok, mut failures) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match http_get(([127, 0, 0, 1], client_port).into(), "/").await {
+                    Ok(response) if response.status == 200 => ok += 1,
+                    Ok(response) => failures.push(format!("{} {}", response.status, response.body)),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failures)
+        }
+    });
+    let handshakes_before = stat(&client, "cluster.upstream.ssl.handshake").await;
+
+    // Stage 1: both Envoys trust old + new; leaves still under the old root.
+    let started = support::cli::ok(&rotate(&ca_dir, "start"));
+    assert!(started.contains("root rotation started"), "{started}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ca_dir.join("rotation.json")).unwrap()).unwrap();
+    let new_root_file = dir.path().join("new-root.pem");
+    std::fs::write(&new_root_file, record["newCertificate"].as_str().unwrap()).unwrap();
+    let new_root = {
+        let output = Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(&new_root_file)
+            .output()
+            .unwrap();
+        normalize_serial(
+            String::from_utf8(output.stdout)
+                .unwrap()
+                .trim()
+                .trim_start_matches("serial="),
+        )
+    };
+    let both = BTreeSet::from([old_root.clone(), new_root.clone()]);
+    wait_until_trusted(&server, &both).await;
+    wait_until_trusted(&client, &both).await;
+    let server_leaf = server.leaf_serials().await;
+    let client_leaf = client.leaf_serials().await;
+
+    // Stage 2, once both proxies acknowledged: new leaves under the new root, pushed.
+    let moved = advance(&ca_dir, Duration::from_secs(30)).await;
+    assert!(moved.contains("advanced to stage 2"), "{moved}");
+    assert!(moved.contains("2 of 2 proxies"), "{moved}");
+    wait_for_new_leaf(&server, &server_leaf).await;
+    wait_for_new_leaf(&client, &client_leaf).await;
+
+    // Finished after the longest leaf lifetime: the old root leaves both bundles.
+    let finished = advance(&ca_dir, Duration::from_secs(90)).await;
+    assert!(finished.contains("rotation finished"), "{finished}");
+    assert_eq!(root_serial(&ca_dir), new_root, "the new root is now the CA");
+    let only_new = BTreeSet::from([new_root.clone()]);
+    wait_until_trusted(&server, &only_new).await;
+    wait_until_trusted(&client, &only_new).await;
+
+    // Traffic keeps flowing with the old root gone: the server's leaf verifies under the new
+    // root alone (the client trusts nothing else), and the server accepts the client's.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = traffic.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the rotation: {:?}\n{}\n{}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(10)],
+        client.log_tail(),
+        daemon.log()
+    );
+    assert!(
+        ok >= 100,
+        "only {ok} requests ran: the loop did not exercise the rotation"
+    );
+    let last = http_get(([127, 0, 0, 1], client_port).into(), "/")
+        .await
+        .unwrap();
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("x-peer-identity"), Some(CLIENT_ID));
+    // Every request was its own full handshake.
+    let handshakes = stat(&client, "cluster.upstream.ssl.handshake").await - handshakes_before;
+    assert!(
+        handshakes >= ok,
+        "{handshakes} handshakes for {ok} requests: connections were reused"
+    );
+    assert_eq!(
+        stat(&client, "cluster.upstream.ssl.session_reused").await,
+        0
+    );
+    assert!(!trusted_serials(&server).await.contains(&old_root));
+}
