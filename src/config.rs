@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshca_provider::duration::serde_go;
-use meshca_provider::{KeyType, SpiffeId, TrustDomain};
+use meshca_provider::{CertificateInfo, KeyType, SpiffeId, TrustBundle, TrustDomain};
+use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
@@ -88,6 +89,13 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Roots trusted besides the provider's own: each entry a PEM file path or inline PEM text
+    /// (starting with `-----BEGIN`), every certificate in it a CA. They are added to every
+    /// trust bundle meshca publishes (SDS validation contexts), for a root rotated outside
+    /// meshca (Vault, cert-manager) or another cluster's root. A string is read as one inline
+    /// PEM entry or as comma-separated paths, so the key also works as a flag or variable.
+    #[serde(deserialize_with = "one_or_many")]
+    pub extra_trusted_roots: Vec<String>,
 }
 
 impl Default for Config {
@@ -105,6 +113,7 @@ impl Default for Config {
             sds: SdsConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            extra_trusted_roots: Vec::new(),
         }
     }
 }
@@ -510,13 +519,18 @@ impl Config {
                     known: known.join(", "),
                 });
             }
-            // A value is read as a YAML scalar, so `0.3` is a number and `24h` a string; an
-            // empty value is the empty string (`--set admin.listen=` disables the listener),
-            // not YAML's null.
-            let value: Value = match serde_yaml::from_str(raw) {
-                Ok(Value::Null) if raw.trim().is_empty() => Value::String(String::new()),
-                Ok(value) => value,
-                Err(_) => Value::String(raw.clone()),
+            // A value is read as a YAML scalar, so `0.3` is a number and `24h` a string; PEM
+            // text is kept as written (YAML would fold its line breaks into spaces); an empty
+            // value is the empty string (`--set admin.listen=` disables the listener), not
+            // YAML's null.
+            let value: Value = if raw.trim_start().starts_with(PEM_BEGIN) {
+                Value::String(raw.clone())
+            } else {
+                match serde_yaml::from_str(raw) {
+                    Ok(Value::Null) if raw.trim().is_empty() => Value::String(String::new()),
+                    Ok(value) => value,
+                    Err(_) => Value::String(raw.clone()),
+                }
             };
             set_path(&mut tree, key, value);
             Self::from_value(tree.clone(), &origin)?;
@@ -666,6 +680,7 @@ impl Config {
                 reason: "unix-peer authentication needs sds.unixSocket".to_owned(),
             });
         }
+        self.extra_trusted_roots()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::InvalidValue {
                 key: "log.level",
@@ -724,6 +739,18 @@ impl Config {
         Ok(peers)
     }
 
+    /// `extraTrustedRoots`, read and checked: every entry (a file, or inline PEM) must hold at
+    /// least one certificate, and every certificate must be a CA. The error names the entry.
+    pub fn extra_trusted_roots(&self) -> Result<TrustBundle, ConfigError> {
+        let mut bundle = TrustBundle::default();
+        for (index, entry) in self.extra_trusted_roots.iter().enumerate() {
+            for root in read_trusted_root(index + 1, entry)? {
+                bundle.push(root);
+            }
+        }
+        Ok(bundle)
+    }
+
     /// The SDS TCP address, if enabled.
     pub fn sds_listen(&self) -> Option<SocketAddr> {
         self.sds.listen.parse().ok()
@@ -779,6 +806,91 @@ const OPTIONAL_KEYS: &[&str] = &[
     "vault.secret.key",
     "vault.secret.namespace",
 ];
+
+/// How inline PEM text starts, as opposed to a file path.
+const PEM_BEGIN: &str = "-----BEGIN";
+
+/// The certificates of one `extraTrustedRoots` entry (1-based `number`), each checked to be a
+/// CA. Inline text is never quoted back in errors: it is named by its position.
+fn read_trusted_root(
+    number: usize,
+    entry: &str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let inline = entry.trim_start().starts_with(PEM_BEGIN);
+    let name = if inline {
+        format!("entry {number} (inline PEM)")
+    } else {
+        format!("entry {number} ({})", entry.trim())
+    };
+    let bad = |reason: String| ConfigError::InvalidValue {
+        key: "extraTrustedRoots",
+        reason: format!("{name}: {reason}"),
+    };
+    let text = if inline {
+        entry.to_owned()
+    } else if entry.trim().is_empty() {
+        return Err(bad(
+            "is empty: give a PEM file path or inline PEM text starting with -----BEGIN \
+             CERTIFICATE-----"
+                .to_owned(),
+        ));
+    } else {
+        std::fs::read_to_string(entry.trim()).map_err(|e| {
+            bad(format!(
+                "cannot read the file: {e}; give a readable PEM file path, or the PEM text \
+                 itself starting with -----BEGIN CERTIFICATE-----"
+            ))
+        })?
+    };
+    let roots = meshca_provider::x509::certificates_from_pem(&text)
+        .map_err(|e| bad(format!("{e}: expected PEM CERTIFICATE blocks")))?;
+    if roots.is_empty() {
+        return Err(bad(
+            "holds no PEM certificate (no -----BEGIN CERTIFICATE----- block): give the CA's \
+             root certificate in PEM"
+                .to_owned(),
+        ));
+    }
+    for (position, root) in roots.iter().enumerate() {
+        let which = if roots.len() > 1 {
+            format!("certificate {} of {}", position + 1, roots.len())
+        } else {
+            "the certificate".to_owned()
+        };
+        let info = CertificateInfo::parse(root)
+            .map_err(|e| bad(format!("{which} cannot be parsed: {e}")))?;
+        if !info.is_ca {
+            return Err(bad(format!(
+                "{which} ({}) is not a CA certificate (basicConstraints CA:true is missing): \
+                 give the root that signs the peers' certificates, not a leaf",
+                info.subject
+            )));
+        }
+    }
+    Ok(roots)
+}
+
+/// Reads a list from a YAML sequence, or from one string: inline PEM as one entry, anything
+/// else as comma-separated paths (how `--set` and `MESHCA_*` give a list).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(deserializer)? {
+        None => Vec::new(),
+        Some(OneOrMany::Many(entries)) => entries,
+        Some(OneOrMany::One(text)) if text.trim_start().starts_with(PEM_BEGIN) => vec![text],
+        Some(OneOrMany::One(text)) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
 
 /// A DNS-1123 label: what Kubernetes accepts as a namespace name.
 pub fn is_dns_label(name: &str) -> bool {

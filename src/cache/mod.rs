@@ -141,6 +141,9 @@ pub struct CacheSettings {
     pub max_concurrent_issues: usize,
     /// How often the trust bundle is re-read from the provider.
     pub trust_refresh: Duration,
+    /// Roots trusted besides the provider's (`extraTrustedRoots`): merged into every bundle
+    /// the cache publishes, after the provider's own roots.
+    pub extra_roots: TrustBundle,
 }
 
 impl Default for CacheSettings {
@@ -157,6 +160,7 @@ impl Default for CacheSettings {
             issue_timeout: Duration::from_secs(30),
             max_concurrent_issues: 64,
             trust_refresh: Duration::from_secs(5 * 60),
+            extra_roots: TrustBundle::default(),
         }
     }
 }
@@ -709,11 +713,13 @@ impl Shared {
             .collect()
     }
 
-    /// Reads the provider's bundle; returns whether it changed.
+    /// Reads the provider's bundle, adds the extra roots, and publishes the result; returns
+    /// whether it changed. Every bundle subscribers see passes through here, so the extra roots
+    /// are in all of them, and leaves are validated against the same merged bundle.
     async fn refresh_trust(&self) -> Result<bool, CacheError> {
         let provider = self.provider.name();
         let after = self.settings.issue_timeout;
-        let bundle = tokio::time::timeout(after, self.provider.trust_bundle())
+        let mut bundle = tokio::time::timeout(after, self.provider.trust_bundle())
             .await
             .map_err(|_| CacheError::Timeout {
                 provider,
@@ -724,6 +730,9 @@ impl Shared {
                 provider,
                 source: Arc::new(e),
             })?;
+        for root in self.settings.extra_roots.roots() {
+            bundle.push(root.clone());
+        }
         let changed = self.trust.send_if_modified(|current| {
             if **current == bundle {
                 return false;

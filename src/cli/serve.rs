@@ -28,9 +28,13 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let (provider, tresor) = crate::providers::build_with_handle(&config, clock.clone()).await?;
+    let extra_roots = trusted_extra_roots(&config, clock.now())?;
     let cache = Arc::new(CertificateCache::new(
         provider.clone(),
-        cache_settings(&config),
+        CacheSettings {
+            extra_roots,
+            ..cache_settings(&config)
+        },
         clock.clone(),
     ));
     cache
@@ -160,6 +164,31 @@ pub fn cache_settings(config: &Config) -> CacheSettings {
         issue_timeout: renewal.issue_timeout,
         ..CacheSettings::default()
     }
+}
+
+/// `extraTrustedRoots`, read once for the daemon's lifetime and announced in the log (an
+/// expired one is kept but warned about: it verifies nothing).
+fn trusted_extra_roots(
+    config: &Config,
+    now: std::time::SystemTime,
+) -> anyhow::Result<meshca_provider::TrustBundle> {
+    let roots = config.extra_trusted_roots()?;
+    if roots.is_empty() {
+        return Ok(roots);
+    }
+    for root in roots.roots() {
+        if let Ok(info) = meshca_provider::CertificateInfo::parse(root)
+            && info.not_after <= now
+        {
+            tracing::warn!(subject = %info.subject, fingerprint = %info.sha256_fingerprint, "an extra trusted root has expired: remove it from extraTrustedRoots");
+        }
+    }
+    tracing::info!(
+        count = roots.roots().len(),
+        fingerprints = %roots.fingerprints().join(","),
+        "trusting extra roots (extraTrustedRoots) in every published trust bundle"
+    );
+    Ok(roots)
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned future resolves on either.

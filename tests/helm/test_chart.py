@@ -340,6 +340,25 @@ def check_inline_vault_token(chart):
     return r
 
 
+def check_extra_trusted_roots(chart):
+    """extraTrustedRoots: inline PEM CA certificates, written into the config as given (and
+    loaded by the real meshca in check_meshca_accepts); absent from the config when empty."""
+    label = "extraTrustedRoots"
+    with tempfile.TemporaryDirectory() as tmp:
+        # `openssl req -x509` makes a self-signed CA (basicConstraints CA:TRUE).
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(Path(tmp, "k.pem")),
+                        "-out", str(Path(tmp, "root.pem")), "-subj", "/CN=chart-extra-root",
+                        "-days", "1"], check=True, capture_output=True)
+        pem = Path(tmp, "root.pem").read_text(encoding="utf-8")
+    check("extraTrustedRoots" not in render(chart, "defaults again", {}).config(),
+          f"{label}: an empty list must not be written to the config")
+    r = render(chart, label, {"extraTrustedRoots": [pem]})
+    check_kubernetes_schemas(r)
+    expect_equal(r.config().get("extraTrustedRoots"), [pem], f"{label}: config")
+    return r
+
+
 def check_vault_secret_elsewhere(chart):
     """vault.secret in another namespace: `get` on that Secret there, nothing more."""
     label = "vault.secret.namespace"
@@ -382,6 +401,7 @@ def check_refusals(chart):
         ({"certificateProvider": {"kind": "tresor", "serviceCertValidityDuration": "3d"}},
          "serviceCertValidityDuration"),
         ({"vault": {"hots": "x"}}, "hots"),
+        ({"extraTrustedRoots": ["/etc/roots/vault.pem"]}, "extraTrustedRoots"),
     ]:
         try:
             chart.validate_schema(values)
@@ -491,7 +511,8 @@ def main():
     check(load_example("cert-manager.yaml")["certManager"]["issuerName"] in issuers,
           f"cert-manager-issuer.yaml does not define the Issuer cert-manager.yaml names: {issuers}")
 
-    for extra in (check_inline_vault_token, check_vault_secret_elsewhere):
+    for extra in (check_inline_vault_token, check_vault_secret_elsewhere,
+                  check_extra_trusted_roots):
         try:
             renderings.append(extra(chart))
         except Exception:

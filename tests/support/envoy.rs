@@ -294,3 +294,92 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// `meshca serve` (this crate's binary) as a child process with its log in a file, killed on
+/// drop.
+pub struct MeshcaServe {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MeshcaServe {
+    /// Runs `meshca <args>` (the arguments include `serve`).
+    pub fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("meshca.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_meshca"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("MESHCA_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until something accepts TCP connections on `port`; fails with the log if the
+    /// process exits first or it takes longer than [`PATIENCE`].
+    pub async fn wait_listening(&mut self, port: u16) {
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("meshca exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meshca never listened on {port}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything meshca has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MeshcaServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rewrites the outbound bootstrap's upstream validation context (`validation_context_sds_secret_config`)
+/// into a `combined_validation_context`: the bundle from the SDS secret `bundle_name` plus a
+/// static exact URI-SAN matcher for `peer_uri`. This is how a proxy accepts a peer whose SPIFFE
+/// ID is in another trust domain than its meshca's: `root-cert-for-mtls-outbound:<ns>/<sa>`
+/// names the peer in meshca's own trust domain.
+pub fn with_peer_matcher(config: &str, bundle_name: &str, peer_uri: &str) -> String {
+    use serde_yaml::{Mapping, Value};
+    let mut doc: Value = serde_yaml::from_str(config).unwrap();
+    let common = &mut doc["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"];
+    let Value::Mapping(common) = common else {
+        panic!("the outbound bootstrap's first cluster has no common_tls_context");
+    };
+    let mut sds = common
+        .remove("validation_context_sds_secret_config")
+        .expect("the outbound bootstrap names a validation_context_sds_secret_config");
+    sds["name"] = Value::String(bundle_name.to_owned());
+    let matcher: Value = serde_yaml::from_str(&format!(
+        "match_typed_subject_alt_names:\n- san_type: URI\n  matcher: {{ exact: \"{peer_uri}\" }}\n"
+    ))
+    .unwrap();
+    let mut combined = Mapping::new();
+    combined.insert("default_validation_context".into(), matcher);
+    combined.insert("validation_context_sds_secret_config".into(), sds);
+    common.insert(
+        "combined_validation_context".into(),
+        Value::Mapping(combined),
+    );
+    serde_yaml::to_string(&doc).unwrap()
+}
