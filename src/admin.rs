@@ -16,13 +16,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meshca_provider::{CertificateInfo, SharedProvider, SpiffeId, TrustDomain};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
-use crate::cache::CertificateCache;
+use crate::cache::{CertificateCache, LatencyHistogram};
 use crate::sds::SdsStats;
 
 /// The provider's health as last checked in the background.
@@ -315,6 +316,35 @@ fn gauge(
     Ok(())
 }
 
+/// `meshca_issuance_duration_seconds{provider, result}`, read from the cache's atomic buckets.
+fn issuance_duration(
+    encoder: &mut DescriptorEncoder,
+    provider: &'static str,
+    histograms: &[LatencyHistogram],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "issuance_duration",
+        "Time to issue one certificate: key, provider call and validation, by result.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for histogram in histograms {
+        let labels: Labels = vec![
+            ("provider".into(), provider.into()),
+            ("result".into(), histogram.result.as_str().into()),
+        ];
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(
+                histogram.sum_seconds,
+                histogram.count,
+                &histogram.buckets,
+                None,
+            )?;
+    }
+    Ok(())
+}
+
 fn unix_seconds(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -359,6 +389,11 @@ impl Collector for Snapshot {
             "Issuances retried after a failure.",
             &provider,
             stats.retries,
+        )?;
+        issuance_duration(
+            e,
+            self.cache.provider().name(),
+            &self.cache.issuance_latency(),
         )?;
         gauge(
             e,

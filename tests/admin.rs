@@ -87,6 +87,214 @@ impl Drop for Daemon {
     }
 }
 
+/// One sample of a Prometheus / OpenMetrics text exposition.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl Sample {
+    fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A parsed exposition: the declared type of each family, and every sample.
+#[derive(Debug)]
+struct Exposition {
+    types: std::collections::HashMap<String, String>,
+    samples: Vec<Sample>,
+}
+
+/// Parses the OpenMetrics text format line by line and panics, naming the line, on anything
+/// that is not `# TYPE`/`# HELP`/`# UNIT`, a sample of a declared family with the suffixes its
+/// type allows, or the final `# EOF`.
+fn parse_exposition(text: &str) -> Exposition {
+    let mut types = std::collections::HashMap::new();
+    let mut samples = Vec::new();
+    let mut ended = false;
+    for (number, line) in text.lines().enumerate() {
+        let at = format!("line {}: {line:?}", number + 1);
+        assert!(!ended, "{at}: after # EOF");
+        if line == "# EOF" {
+            ended = true;
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut parts = comment.splitn(3, ' ');
+            let (kind, family) = (parts.next().unwrap(), parts.next().expect(&at));
+            let rest = parts.next().unwrap_or("");
+            assert!(valid_name(family), "{at}: bad metric name");
+            match kind {
+                "TYPE" => {
+                    let known = [
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "gaugehistogram",
+                        "summary",
+                        "info",
+                        "stateset",
+                        "unknown",
+                    ];
+                    assert!(known.contains(&rest), "{at}: unknown type");
+                    let previous = types.insert(family.to_owned(), rest.to_owned());
+                    assert!(previous.is_none(), "{at}: family declared twice");
+                }
+                "HELP" => {}
+                "UNIT" => assert!(family.ends_with(&format!("_{rest}")), "{at}: unit suffix"),
+                _ => panic!("{at}: unknown comment"),
+            }
+            continue;
+        }
+        let sample = parse_sample(line).unwrap_or_else(|why| panic!("{at}: {why}"));
+        let declared = |suffixes: &[&'static str]| {
+            suffixes.iter().find_map(|suffix| {
+                let family = sample.name.strip_suffix(suffix)?;
+                types
+                    .get(family)
+                    .map(|t| (family.to_owned(), t.clone(), *suffix))
+            })
+        };
+        let (_, kind, suffix) = declared(&["_total", "_bucket", "_count", "_sum", "_created", ""])
+            .unwrap_or_else(|| panic!("{at}: sample of an undeclared family"));
+        let allowed: &[&str] = match kind.as_str() {
+            "counter" => &["_total", "_created"],
+            "histogram" => &["_bucket", "_count", "_sum", "_created"],
+            _ => &[""],
+        };
+        assert!(allowed.contains(&suffix), "{at}: {suffix:?} in a {kind}");
+        if suffix == "_bucket" {
+            assert!(sample.label("le").is_some(), "{at}: bucket without le");
+        }
+        samples.push(sample);
+    }
+    assert!(ended, "the exposition does not end with # EOF");
+    Exposition { types, samples }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// `name{label="value",…} value`
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line
+        .find(['{', ' '])
+        .ok_or("no value after the metric name")?;
+    let name = &line[..name_end];
+    if !valid_name(name) {
+        return Err(format!("bad metric name {name:?}"));
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(mut inner) = rest.strip_prefix('{') {
+        loop {
+            if let Some(after) = inner.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let eq = inner.find("=\"").ok_or("a label without =\"")?;
+            let label = &inner[..eq];
+            if !valid_name(label) || label.contains(':') {
+                return Err(format!("bad label name {label:?}"));
+            }
+            let mut value = String::new();
+            let mut chars = inner[eq + 2..].char_indices();
+            let close = loop {
+                match chars.next().ok_or("unterminated label value")? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next().ok_or("dangling escape")?.1 {
+                        'n' => value.push('\n'),
+                        c @ ('\\' | '"') => value.push(c),
+                        c => return Err(format!("bad escape \\{c}")),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            labels.push((label.to_owned(), value));
+            inner = &inner[eq + 2 + close + 1..];
+            inner = inner.strip_prefix(',').unwrap_or(inner);
+        }
+    }
+    let value = rest.strip_prefix(' ').ok_or("no space before the value")?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        number => number
+            .parse()
+            .map_err(|e| format!("value {number:?}: {e}"))?,
+    };
+    Ok(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+/// Checks the `meshca_issuance_duration_seconds` series of `result`: cumulative buckets up to
+/// `+Inf` equal to `_count`, and returns (count, sum).
+fn issuance_histogram(exposition: &Exposition, provider: &str, result: &str) -> (f64, f64) {
+    let family = "meshca_issuance_duration_seconds";
+    assert_eq!(
+        exposition.types.get(family).map(String::as_str),
+        Some("histogram")
+    );
+    let ours = |sample: &&Sample| {
+        sample.label("provider") == Some(provider) && sample.label("result") == Some(result)
+    };
+    let one = |name: String| {
+        let found: Vec<&Sample> = exposition
+            .samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(ours)
+            .collect();
+        assert_eq!(found.len(), 1, "{name} {result}: {found:?}");
+        found[0].value
+    };
+    let count = one(format!("{family}_count"));
+    let sum = one(format!("{family}_sum"));
+    let buckets: Vec<(f64, f64)> = exposition
+        .samples
+        .iter()
+        .filter(|s| s.name == format!("{family}_bucket"))
+        .filter(ours)
+        .map(|s| {
+            let le = match s.label("le").unwrap() {
+                "+Inf" => f64::INFINITY,
+                bound => bound.parse().unwrap(),
+            };
+            (le, s.value)
+        })
+        .collect();
+    assert!(buckets.len() >= 10, "{result}: {buckets:?}");
+    assert_eq!(buckets.first().unwrap().0, 0.0001, "{buckets:?}");
+    assert_eq!(buckets.last().unwrap().0, f64::INFINITY, "{buckets:?}");
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "buckets must be ascending and cumulative: {buckets:?}"
+    );
+    assert_eq!(buckets.last().unwrap().1, count, "+Inf bucket vs _count");
+    assert!(
+        sum >= 0.0 && (count > 0.0 || sum == 0.0),
+        "{result}: sum {sum}"
+    );
+    (count, sum)
+}
+
 /// The value of the first metric line starting with `series`.
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -190,6 +398,36 @@ async fn metrics_and_health_of_a_tresor_daemon() {
     assert_ne!(
         renewed.leaf_info().unwrap().serial,
         chain.leaf_info().unwrap().serial
+    );
+
+    // Two issuances (the first and the forced one), both successful and timed.
+    let (_, text) = daemon.get("/metrics").await;
+    let exposition = parse_exposition(&text);
+    let issued = metric(
+        &text,
+        "meshca_certificates_issued_total{provider=\"tresor\"}",
+    )
+    .unwrap();
+    let renewed = metric(
+        &text,
+        "meshca_certificates_renewed_total{provider=\"tresor\"}",
+    )
+    .unwrap();
+    assert_eq!(issued + renewed, 2.0, "{text}");
+    let (count, sum) = issuance_histogram(&exposition, "tresor", "success");
+    assert_eq!(count, 2.0, "{text}");
+    assert!(sum > 0.0 && sum < 2.0 * 30.0, "{text}");
+    assert_eq!(
+        issuance_histogram(&exposition, "tresor", "failure"),
+        (0.0, 0.0)
+    );
+    assert_eq!(
+        issuance_histogram(&exposition, "tresor", "rejected"),
+        (0.0, 0.0)
+    );
+    assert!(
+        text.contains("# UNIT meshca_issuance_duration_seconds seconds"),
+        "{text}"
     );
 
     let refused = rotate(vec![

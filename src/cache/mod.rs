@@ -29,6 +29,7 @@
 //! - **Forgetting.** A key with no subscriber whose last handed-out certificate has expired is
 //!   dropped when its next renewal comes due.
 
+mod latency;
 mod policy;
 pub(crate) mod validate;
 mod worker;
@@ -45,6 +46,7 @@ use meshca_provider::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use latency::{IssueResult, LatencyHistogram};
 pub use policy::{Backoff, RenewPolicy, renew_at, renew_in, retry_in};
 
 use worker::{Command, Fetched, Worker};
@@ -453,7 +455,7 @@ impl CertificateCache {
                 // Each issuance in its own task, so they use every runtime thread.
                 tokio::spawn(async move {
                     let replaces = shared.current(&key).map(|cert| cert.info.serial.clone());
-                    let cert = shared.issue(&key).await;
+                    let cert = shared.timed_issue(&key).await;
                     (key, replaces, cert)
                 })
             })
@@ -502,6 +504,12 @@ impl CertificateCache {
     /// Counters and sizes, read without waiting on anything.
     pub fn stats(&self) -> CacheStats {
         self.shared().counters.snapshot()
+    }
+
+    /// How long issuances took (key, provider call, validation), one histogram per
+    /// [`IssueResult`], read without waiting on anything.
+    pub fn issuance_latency(&self) -> Vec<LatencyHistogram> {
+        self.shared().counters.latency.snapshot()
     }
 
     /// The provider behind the cache.
@@ -853,6 +861,7 @@ struct Counters {
     evicted: AtomicU64,
     entries: AtomicUsize,
     in_flight: AtomicUsize,
+    latency: latency::IssuanceLatency,
 }
 
 impl Counters {
