@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             Command::Issue(args) => meshca::cli::issue::run(&config, args).await,
             Command::Inspect { file } => meshca::cli::inspect::run(&file),
             Command::Ca(command) => meshca::cli::ca::run(&config, command).await,
-            Command::Rotate(command) => meshca::cli::rotate::run(&config, command).await,
+            Command::Rotate(args) => meshca::cli::rotate::dispatch(&config, args).await,
         }
     });
     match result {

@@ -10,6 +10,7 @@ pub mod ca;
 pub mod inspect;
 pub mod issue;
 pub mod rotate;
+pub mod rotate_cron;
 pub mod rotate_root;
 pub mod serve;
 
@@ -97,7 +98,7 @@ pub enum Command {
     /// Manage the CA: init, show, export, import, intermediate.
     #[command(subcommand)]
     Ca(ca::CaCommand),
-    /// Rotation steps: re-issue leaves now.
-    #[command(subcommand)]
-    Rotate(rotate::RotateCommand),
+    /// Rotation: without a command, the CronJob's pass (renew managed TLS Secrets inside
+    /// their renewal window, report, exit 1 on what needs attention); `leaves`: re-issue now.
+    Rotate(rotate::RotateArgs),
 }

@@ -4,12 +4,32 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::config::Config;
 
 use super::rotate_root::RootAction;
+
+/// `meshca rotate [COMMAND]`: with no command, the cron pass (`rotate_cron`).
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RotateArgs {
+    /// A single step; without one, the pass the CronJob runs: renew managed TLS Secrets
+    /// inside their renewal window, then report.
+    #[command(subcommand)]
+    pub command: Option<RotateCommand>,
+    #[command(flatten)]
+    pub cron: super::rotate_cron::CronArgs,
+}
+
+/// Runs `meshca rotate`: the command given, or the cron pass.
+pub async fn dispatch(config: &Config, args: RotateArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(command) => run(config, command).await,
+        None => super::rotate_cron::run(config, args.cron).await,
+    }
+}
 
 /// `meshca rotate …`
 #[derive(Debug, Subcommand)]

@@ -8,9 +8,10 @@ use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use meshca_provider::{Clock, SystemClock};
 use meshca_tresor::rotate::{self, Advance};
-use meshca_tresor::{CaStore, Rotation, Stage};
+use meshca_tresor::{CaStore, Rotation, RotationError, Stage};
 
 use crate::cli::inspect::rfc3339 as display_time;
+use crate::cli::rotate_cron::RootRotationStep;
 use crate::config::{Config, ProviderKind};
 use crate::stores::ConfiguredStore;
 
@@ -34,17 +35,6 @@ pub enum RootAction {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Waiting(pub String);
-
-/// What one `meshca rotate` (cron) run did about the root rotation, for its report.
-#[derive(Debug)]
-pub enum CronStep {
-    /// Not Tresor, or no rotation in progress.
-    Idle(String),
-    /// A stage changed, or a rotation is waiting as it should.
-    Progress(String),
-    /// Something an operator should look at.
-    Alert(String),
-}
 
 /// Runs a `meshca rotate root` action.
 pub async fn run(config: &Config, action: RootAction) -> anyhow::Result<()> {
@@ -121,48 +111,46 @@ pub async fn run(config: &Config, action: RootAction) -> anyhow::Result<()> {
     }
 }
 
-/// One cron run's root rotation step: advances at most one stage.
-pub async fn cron_step(config: &Config) -> CronStep {
-    if config.certificate_provider.kind != ProviderKind::Tresor {
-        return CronStep::Idle(format!(
-            "root rotation: not meshca's ({} rotates its own root; list the new root in \
-             extraTrustedRoots beforehand)",
-            config.certificate_provider.kind.as_str()
-        ));
-    }
-    let store = match open_store(config).await {
-        Ok(store) => store,
-        Err(e) => return CronStep::Alert(format!("root rotation: {e:#}")),
-    };
-    let store = store.as_store();
-    match rotate::advance(store, &config.rotation_policy(), &SystemClock).await {
-        Ok(Advance::AwaitingAcks { acks, deadline }) => {
-            let stuck_for = store
-                .load_rotation()
-                .await
-                .ok()
-                .flatten()
-                .and_then(|r| SystemClock.now().duration_since(r.stage_since).ok())
-                .unwrap_or_default();
-            let message = format!(
-                "root rotation: {}",
-                Advance::AwaitingAcks { acks, deadline }
-            );
-            // Waiting for acknowledgements is normal for a while; a day without them is not.
-            if stuck_for > STUCK_AFTER {
-                CronStep::Alert(format!(
-                    "{message} (stuck in stage 1 for {})",
-                    meshca_provider::format_duration(stuck_for)
-                ))
-            } else {
-                CronStep::Progress(message)
+/// The root rotation step of `meshca rotate` (the CronJob pass): advances at most one stage.
+/// `Ok` is the report line; `Err` is what the CronJob should alert on (a store that cannot be
+/// read, unusable CA material, a stage 1 stuck for a day).
+#[derive(Debug)]
+pub struct CronRootStep;
+
+#[async_trait::async_trait]
+impl RootRotationStep for CronRootStep {
+    async fn advance(&self, config: &Config) -> anyhow::Result<String> {
+        if config.certificate_provider.kind != ProviderKind::Tresor {
+            return Ok(format!(
+                "not meshca's ({} rotates its own root; list the new root in \
+                 extraTrustedRoots beforehand)",
+                config.certificate_provider.kind.as_str()
+            ));
+        }
+        let store = open_store(config).await?;
+        let store = store.as_store();
+        match rotate::advance(store, &config.rotation_policy(), &SystemClock).await {
+            Ok(Advance::AwaitingAcks { acks, deadline }) => {
+                let waiting = store
+                    .load_rotation()
+                    .await?
+                    .and_then(|r| SystemClock.now().duration_since(r.stage_since).ok())
+                    .unwrap_or_default();
+                let message = Advance::AwaitingAcks { acks, deadline }.to_string();
+                // Waiting for acknowledgements is normal for a while; a day of it is not.
+                if waiting > STUCK_AFTER {
+                    bail!(
+                        "{message} (stuck in stage 1 for {}: find the proxies that do not \
+                         acknowledge, or set rotation.ackDeadline)",
+                        meshca_provider::format_duration(waiting)
+                    );
+                }
+                Ok(message)
             }
+            Ok(outcome) => Ok(outcome.to_string()),
+            Err(RotationError::NotRotating { .. }) => Ok("none in progress".to_owned()),
+            Err(e) => Err(e.into()),
         }
-        Ok(outcome) => CronStep::Progress(format!("root rotation: {outcome}")),
-        Err(meshca_tresor::RotationError::NotRotating { .. }) => {
-            CronStep::Idle("root rotation: none in progress".to_owned())
-        }
-        Err(e) => CronStep::Alert(format!("root rotation: {e}")),
     }
 }
 

@@ -330,6 +330,16 @@ pub enum Written {
     Replaced,
 }
 
+/// What [`TlsSecretWriter::replace_unchanged`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// The Secret was replaced: it had not changed since it was read.
+    Replaced,
+    /// It had changed or been deleted since it was read: nothing was written, and the writer
+    /// now holds the Secret as read again (or none).
+    Changed,
+}
+
 /// One managed TLS Secret to write: remembers what was last read of it, so that a replace
 /// carries that resourceVersion.
 pub struct TlsSecretWriter {
@@ -366,6 +376,56 @@ impl TlsSecretWriter {
     /// What the existing Secret's annotations record, if it exists.
     pub fn recorded(&self) -> Option<Result<ManagedTlsSecret, ManagedSecretError>> {
         self.current.as_ref().map(ManagedTlsSecret::from_secret)
+    }
+
+    /// The Secret's `tls.crt` (the leaf then its intermediates, PEM) as last read, if it
+    /// exists and has one.
+    pub fn certificate_pem(&self) -> Option<&[u8]> {
+        self.current
+            .as_ref()
+            .and_then(|secret| secret.data.as_ref())
+            .and_then(|data| data.get(CERTIFICATE_KEY))
+            .map(|bytes| bytes.0.as_slice())
+    }
+
+    /// The Secret's resourceVersion as last read.
+    pub fn resource_version(&self) -> Option<&str> {
+        self.current
+            .as_ref()
+            .and_then(|secret| secret.metadata.resource_version.as_deref())
+    }
+
+    /// Replaces the Secret only if nobody changed it since it was read: one PUT carrying the
+    /// resourceVersion that was read, no retry. This is how concurrent renewals agree on one
+    /// winner: on `409 Conflict` (or `404`, deleted meanwhile) nothing is written, the Secret
+    /// is read again — and checked again to be meshca's — and [`Replaced::Changed`] says the
+    /// caller should look at it afresh ([`Self::exists`], [`Self::certificate_pem`]).
+    pub async fn replace_unchanged(
+        &mut self,
+        record: &ManagedTlsSecret,
+        material: &TlsMaterial,
+    ) -> Result<Replaced, ManagedSecretError> {
+        let Some(existing) = &self.current else {
+            return Ok(Replaced::Changed);
+        };
+        let secret = self.secret_for(existing.metadata.clone(), record, material);
+        match self
+            .api
+            .replace(&self.target.name, &PostParams::default(), &secret)
+            .await
+        {
+            Ok(_) => Ok(Replaced::Replaced),
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_not_found() => {
+                tracing::info!(
+                    secret = %self.target,
+                    reason = %status.reason,
+                    "the Secret changed since it was read; nothing written, reading it again"
+                );
+                self.reread().await?;
+                Ok(Replaced::Changed)
+            }
+            Err(error) => Err(api_error(&self.target, "update", error)),
+        }
     }
 
     /// Writes `material` with the annotations of `record`: creates the Secret if it is absent,

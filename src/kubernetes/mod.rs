@@ -6,8 +6,8 @@ mod token_review;
 mod vault_token;
 
 pub use managed_secret::{
-    ListedSecret, ManagedSecretError, ManagedTlsSecret, SecretRef, TlsMaterial, TlsSecretWriter,
-    Written, list_managed,
+    ListedSecret, ManagedSecretError, ManagedTlsSecret, Replaced, SecretRef, TlsMaterial,
+    TlsSecretWriter, Written, list_managed,
 };
 pub use token_review::TokenReviewAuthenticator;
 pub use vault_token::SecretTokenSource;

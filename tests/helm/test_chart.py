@@ -192,7 +192,7 @@ def check_common_wiring(r):
                  f"{label}: PDB selects the Deployment")
 
     cron = r.one("CronJob")
-    expect_equal(cron["spec"]["schedule"], (r.values.get("rotation") or {}).get("schedule", "0 3 * * 0"),
+    expect_equal(cron["spec"]["schedule"], (r.values.get("rotation") or {}).get("schedule", "17 * * * *"),
                  f"{label}: CronJob schedule is rotation.schedule")
     job_pod = cron["spec"]["jobTemplate"]["spec"]["template"]
     job = job_pod["spec"]["containers"][0]
@@ -216,12 +216,15 @@ def check_common_wiring(r):
 
     expected_notes = NOTES_COMMAND.format(name=config["caBundleSecretName"], ns=NAMESPACE)
     check(expected_notes in r.notes, f"{label}: NOTES.txt lacks {expected_notes!r}:\n{r.notes}")
-    check("meshca rotate" in r.notes and "issue #6" in r.notes,
-          f"{label}: NOTES.txt does not say `meshca rotate` is pending")
+    check("runs `meshca rotate`" in r.notes and "renews the managed" in r.notes
+          and "A failed Job means something needs you" in r.notes,
+          f"{label}: NOTES.txt does not say what the `meshca rotate` CronJob does:\n{r.notes}")
 
 
 SECRET_GET = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
 SECRET_CREATE = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+# The CronJob's `meshca rotate`: list managed TLS Secrets, re-read one after a conflict, update it.
+ROTATE_SECRETS = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "get", "update"]}
 CERTIFICATE_REQUESTS = {"apiGroups": ["cert-manager.io"], "resources": ["certificaterequests"],
                         "verbs": ["create", "get", "list", "watch", "delete"]}
 TOKEN_REVIEWS = {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
@@ -236,7 +239,7 @@ def check_tresor(r):
     config = r.config()
     expect_equal(config["tresor"]["store"], "kubernetes", "tresor: tresor.store")
     check("vault" not in config, "tresor: a vault section in the config")
-    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE],
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, ROTATE_SECRETS],
                  "tresor: Role rules")
     check(not r.all("ClusterRole") and not r.all("ClusterRoleBinding"),
           "tresor: cluster-wide RBAC rendered")
@@ -270,7 +273,8 @@ def check_vault_token_secret(r):
     volumes = {v["name"]: v for v in r.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
     expect_equal(volumes["vault-ca"]["secret"]["secretName"], "vault-tls-ca", f"{label}: CA Secret")
     expect_equal(r.role_rules(),
-                 [get_secrets("meshca-ca-bundle", "meshca-vault-token"), SECRET_CREATE],
+                 [get_secrets("meshca-ca-bundle", "meshca-vault-token"), SECRET_CREATE,
+                  ROTATE_SECRETS],
                  f"{label}: Role rules")
     check(not r.all("ClusterRole"), f"{label}: a ClusterRole rendered")
 
@@ -282,7 +286,7 @@ def check_vault_kubernetes_auth(r):
                  f"{label}: vault.kubernetes")
     for other in ["token", "tokenFile", "secret", "appRole"]:
         check(other not in vault, f"{label}: vault.{other} set beside vault.kubernetes")
-    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE],
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, ROTATE_SECRETS],
                  f"{label}: Role rules")
     cluster_role = r.one("ClusterRole")
     expect_equal(cluster_role["rules"], [TOKEN_REVIEWS], f"{label}: ClusterRole rules")
@@ -297,7 +301,8 @@ def check_vault_kubernetes_auth(r):
 def check_cert_manager(r):
     label = "cert-manager"
     check("vault" not in r.config(), f"{label}: a vault section in the config")
-    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), CERTIFICATE_REQUESTS],
+    expect_equal(r.role_rules(),
+                 [get_secrets("meshca-ca-bundle"), ROTATE_SECRETS, CERTIFICATE_REQUESTS],
                  f"{label}: Role rules")
     check(not r.all("ClusterRole"), f"{label}: a ClusterRole rendered")
     pod_namespace = {"fieldRef": {"fieldPath": "metadata.namespace"}}
@@ -335,7 +340,7 @@ def check_inline_vault_token(chart):
     volumes = {v["name"]: v for v in r.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
     expect_equal(volumes["vault-token"]["secret"]["secretName"], secret["metadata"]["name"],
                  f"{label}: token volume")
-    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE],
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, ROTATE_SECRETS],
                  f"{label}: Role rules (the mounted token needs no API access)")
     return r
 
@@ -368,11 +373,23 @@ def check_vault_secret_elsewhere(chart):
     check_kubernetes_schemas(r)
     expect_equal(r.config()["vault"]["secret"], {"name": "tok", "key": "t", "namespace": "vault"},
                  f"{label}: vault.secret")
-    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE],
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, ROTATE_SECRETS],
                  f"{label}: Role rules in the release namespace")
     expect_equal(r.role_rules("vault"), [get_secrets("tok")], f"{label}: Role rules in vault")
     binding = next(b for b in r.all("RoleBinding") if b["metadata"]["namespace"] == "vault")
     expect_equal(binding["subjects"][0]["namespace"], NAMESPACE, f"{label}: binding subject")
+    return r
+
+
+def check_rotation_disabled(chart):
+    """rotation.enabled=false: no CronJob, and no Secret access beyond the daemon's own."""
+    label = "rotation.enabled=false"
+    r = render(chart, label, {"rotation": {"enabled": False}})
+    check_kubernetes_schemas(r)
+    check(not r.all("CronJob"), f"{label}: a CronJob rendered")
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE],
+                 f"{label}: Role rules")
+    check("meshca rotate" not in r.notes, f"{label}: NOTES.txt describes the CronJob")
     return r
 
 
@@ -512,7 +529,7 @@ def main():
           f"cert-manager-issuer.yaml does not define the Issuer cert-manager.yaml names: {issuers}")
 
     for extra in (check_inline_vault_token, check_vault_secret_elsewhere,
-                  check_extra_trusted_roots):
+                  check_extra_trusted_roots, check_rotation_disabled):
         try:
             renderings.append(extra(chart))
         except Exception:

@@ -11,7 +11,8 @@
 //! What it is not: there is no admission, no RBAC (every bearer token is accepted), no watch,
 //! and label selectors support only `key=value` terms. Lists across all namespaces
 //! (`GET /api/v1/secrets`) are answered; a concurrent writer can be simulated with
-//! [`MockKube::touch_after_read`].
+//! [`MockKube::touch_after_read`], and concurrent readers made to meet with
+//! [`MockKube::hold_reads`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ pub struct Recorded {
     pub query: Option<String>,
     pub body: Option<Value>,
     pub bearer: Option<String>,
+    /// The HTTP status answered.
+    pub status: u16,
 }
 
 impl Recorded {
@@ -73,6 +76,9 @@ struct Store {
     /// Object paths whose next GETs are followed by a change, as if another client wrote the
     /// object right after the reader read it: (path, remaining).
     touches: Vec<(String, usize)>,
+    /// Paths whose next GETs wait for each other before being answered: (path, barrier,
+    /// remaining).
+    holds: Vec<(String, Arc<tokio::sync::Barrier>, usize)>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -243,6 +249,19 @@ impl MockKube {
             .push((path.to_owned(), times));
     }
 
+    /// Makes the next `readers` GETs of `path` (an object or a list) wait until all of them
+    /// have arrived, then answers them together from the same state: concurrent clients are
+    /// made to read the same resourceVersion, without timing. A reader that never comes is
+    /// waited for at most a minute, after which the others are answered anyway (so a broken
+    /// test fails on its assertions rather than hanging).
+    pub fn hold_reads(&self, path: &str, readers: usize) {
+        self.store.lock().unwrap().holds.push((
+            path.to_owned(),
+            Arc::new(tokio::sync::Barrier::new(readers)),
+            readers,
+        ));
+    }
+
     /// Where the kubeconfig and other files of this mock live.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -339,26 +358,50 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
+    if method == Method::GET {
+        let barrier = {
+            let mut store = store.lock().unwrap();
+            store
+                .holds
+                .iter_mut()
+                .find(|(p, _, remaining)| *p == path && *remaining > 0)
+                .map(|(_, barrier, remaining)| {
+                    *remaining -= 1;
+                    barrier.clone()
+                })
+        };
+        if let Some(barrier) = barrier {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), barrier.wait()).await;
+        }
+    }
     let mut store = store.lock().unwrap();
+    let index = store.requests.len();
     store.requests.push(Recorded {
         method: method.to_string(),
         path: path.clone(),
         query: query.clone(),
         body: body.clone(),
         bearer,
+        status: 0,
     });
-    if let Some(fault) = store
+    let response = match store
         .faults
         .iter_mut()
         .find(|f| f.remaining > 0 && f.method == method && f.path == path)
     {
-        fault.remaining -= 1;
-        return failure(fault.status, &fault.reason.clone(), &fault.message.clone());
-    }
-    let response = route(&mut store, &method, &path, query.as_deref(), body);
-    if method == Method::GET && response.status() == StatusCode::OK {
-        touch(&mut store, &path);
-    }
+        Some(fault) => {
+            fault.remaining -= 1;
+            failure(fault.status, &fault.reason.clone(), &fault.message.clone())
+        }
+        None => {
+            let response = route(&mut store, &method, &path, query.as_deref(), body);
+            if method == Method::GET && response.status() == StatusCode::OK {
+                touch(&mut store, &path);
+            }
+            response
+        }
+    };
+    store.requests[index].status = response.status().as_u16();
     response
 }
 

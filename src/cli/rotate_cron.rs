@@ -1,0 +1,740 @@
+//! `meshca rotate` with no command: the pass the Helm CronJob runs.
+//!
+//! One pass
+//! 1. runs the root-rotation step ([`RootRotationStep`], Tresor's is
+//!    [`CronRootStep`](crate::cli::rotate_root::CronRootStep)): moves a root rotation in
+//!    progress at most one stage;
+//! 2. lists the meshca-managed `kubernetes.io/tls` Secrets (those `meshca issue --secret`
+//!    writes) and, for each, reads the real NotBefore/NotAfter of its `tls.crt`: a certificate
+//!    inside its renewal window (the cache's policy, `renewal.*`), expired, missing or
+//!    unreadable is issued again through the configured provider — same identity, DNS names,
+//!    lifetime and key type, from the Secret's annotations — and the Secret is replaced; the
+//!    others are not written at all;
+//! 3. prints one line per Secret and the totals, and fails (exit 1) when something needs a
+//!    person: a renewal failed (an expired Secret that could not be renewed among them), a
+//!    Secret's annotations are unusable, the Secrets could not be listed, or the root-rotation
+//!    step failed.
+//!
+//! Several runs may overlap (a slow run and the next schedule, a manual run). Every write is a
+//! replace carrying the resourceVersion that was read, so exactly one run renews a Secret: the
+//! other gets `409 Conflict`, reads the Secret again, finds it no longer due and reports it as
+//! already renewed — not as an error.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use meshca_provider::{
+    CertificateChain, Clock, LeafSpec, SharedProvider, SystemClock, format_duration,
+};
+
+use crate::cache::{RenewPolicy, renew_at};
+use crate::cli::inspect::rfc3339;
+use crate::cli::issue::issue_validated;
+use crate::config::{Config, is_dns_label};
+use crate::kubernetes::managed_secret::MAX_ATTEMPTS;
+use crate::kubernetes::{
+    ManagedTlsSecret, Replaced, SecretRef, TlsMaterial, TlsSecretWriter, list_managed,
+};
+
+/// Options of the cron pass (`meshca rotate` without a command).
+#[derive(Debug, Args)]
+pub struct CronArgs {
+    /// Renew the managed Secrets of this namespace (repeatable). Default: `namespace`, meshca's
+    /// own — what the Helm chart's Role allows.
+    #[arg(long = "namespace", value_name = "NAMESPACE")]
+    pub namespaces: Vec<String>,
+    /// Renew the managed Secrets of every namespace (needs list, get and update on secrets
+    /// cluster-wide).
+    #[arg(long, conflicts_with = "namespaces")]
+    pub all_namespaces: bool,
+}
+
+/// The root-rotation step of a cron pass: advances a root rotation by at most one stage.
+///
+/// Implementations must be safe to run from several overlapping passes (and replicas) at once
+/// and must not wait for a stage's condition: they look, act at most once, and say what they
+/// found.
+#[async_trait::async_trait]
+pub trait RootRotationStep: Send + Sync {
+    /// Runs the step once. `Ok` is the report line's text (what was done or why nothing was,
+    /// e.g. "no rotation in progress"); `Err` is something a CronJob should alert on.
+    async fn advance(&self, config: &Config) -> anyhow::Result<String>;
+}
+
+/// The root-rotation step this build runs in the pass.
+pub fn root_rotation_step() -> Option<&'static dyn RootRotationStep> {
+    Some(&crate::cli::rotate_root::CronRootStep)
+}
+
+/// Runs the pass with this build's root-rotation step, prints the report, and fails when
+/// something needs attention.
+pub async fn run(config: &Config, args: CronArgs) -> anyhow::Result<()> {
+    let scope = Scope::from_args(config, &args)?;
+    let client = crate::kubernetes::connect().await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let report = run_pass(config, client, &scope, clock, root_rotation_step()).await;
+    print!("{report}");
+    let problems = report.problems();
+    if problems > 0 {
+        bail!(
+            "{problems} problem{} need{} attention (see the report above; exit code 1)",
+            if problems == 1 { "" } else { "s" },
+            if problems == 1 { "s" } else { "" },
+        );
+    }
+    Ok(())
+}
+
+/// Which namespaces a pass looks in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// These namespaces.
+    Namespaces(Vec<String>),
+    /// Every namespace.
+    All,
+}
+
+impl Scope {
+    /// From the flags; meshca's own namespace when none is named.
+    pub fn from_args(config: &Config, args: &CronArgs) -> anyhow::Result<Self> {
+        if args.all_namespaces {
+            return Ok(Self::All);
+        }
+        if args.namespaces.is_empty() {
+            return Ok(Self::Namespaces(vec![config.namespace.clone()]));
+        }
+        for namespace in &args.namespaces {
+            if !is_dns_label(namespace) {
+                bail!(
+                    "--namespace {namespace:?} is not a Kubernetes namespace name (lowercase \
+                     letters, digits and '-', at most 63 characters)"
+                );
+            }
+        }
+        let mut namespaces = args.namespaces.clone();
+        namespaces.sort();
+        namespaces.dedup();
+        Ok(Self::Namespaces(namespaces))
+    }
+
+    fn lists(&self) -> Vec<Option<&str>> {
+        match self {
+            Self::Namespaces(namespaces) => namespaces.iter().map(|n| Some(n.as_str())).collect(),
+            Self::All => vec![None],
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Namespaces(namespaces) if namespaces.len() == 1 => {
+                write!(f, "namespace {}", namespaces[0])
+            }
+            Self::Namespaces(namespaces) => write!(f, "namespaces {}", namespaces.join(", ")),
+            Self::All => f.write_str("all namespaces"),
+        }
+    }
+}
+
+/// One pass: the root-rotation step, then every managed Secret in `scope`. Never fails as a
+/// whole: what went wrong is in the report.
+pub async fn run_pass(
+    config: &Config,
+    client: kube::Client,
+    scope: &Scope,
+    clock: Arc<dyn Clock>,
+    root_step: Option<&dyn RootRotationStep>,
+) -> Report {
+    // The root step runs first: a stage that switches issuing to a new root then applies to
+    // the Secrets this same pass renews (the provider is built after it).
+    let root_rotation = match root_step {
+        None => RootRotation::NotChecked,
+        Some(step) => match step.advance(config).await {
+            Ok(summary) => RootRotation::Done(summary),
+            Err(error) => RootRotation::Failed(format!("{error:#}")),
+        },
+    };
+    let policy = crate::cli::serve::cache_settings(config).renew_policy();
+    let mut renewer = Renewer {
+        config,
+        clock,
+        policy,
+        provider: None,
+    };
+    let mut lines = Vec::new();
+    for namespace in scope.lists() {
+        let listed = match list_managed(client.clone(), namespace).await {
+            Ok(listed) => listed,
+            Err(error) => {
+                let scope = SecretRef {
+                    namespace: namespace.unwrap_or("*").to_owned(),
+                    name: "*".to_owned(),
+                };
+                lines.push((
+                    scope,
+                    Outcome::Failed {
+                        reason: format!("cannot list managed Secrets: {error}"),
+                        expired: false,
+                    },
+                ));
+                continue;
+            }
+        };
+        for secret in listed {
+            let target = secret.writer.target().clone();
+            let outcome = renewer.renew_if_due(secret.writer).await;
+            lines.push((target, outcome));
+        }
+    }
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    Report {
+        scope: scope.to_string(),
+        secrets: lines,
+        root_rotation,
+    }
+}
+
+/// Where a certificate stands against the renewal policy at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Standing {
+    /// Outside its renewal window, which opens at `renew_at`.
+    NotDue {
+        /// When the window opens: the first pass after this renews it.
+        renew_at: SystemTime,
+    },
+    /// Inside its renewal window since `since`, not expired.
+    Due {
+        /// When the window opened.
+        since: SystemTime,
+    },
+    /// Expired at `since`.
+    Expired {
+        /// Its NotAfter.
+        since: SystemTime,
+    },
+    /// No certificate can be read from `tls.crt`.
+    Unreadable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Standing {
+    /// Whether a pass renews it now.
+    pub fn is_due(&self) -> bool {
+        !matches!(self, Self::NotDue { .. })
+    }
+}
+
+/// Where the leaf of `certificate_pem` (a Secret's `tls.crt`) stands at `now`: the cache's
+/// renewal point without jitter — a pass runs once per schedule, so the time it prints is the
+/// time it acts on.
+pub fn standing(certificate_pem: Option<&[u8]>, now: SystemTime, policy: &RenewPolicy) -> Standing {
+    let Some(pem) = certificate_pem else {
+        return Standing::Unreadable {
+            reason: "the Secret has no tls.crt".to_owned(),
+        };
+    };
+    let leaf = std::str::from_utf8(pem)
+        .map_err(|_| "tls.crt is not PEM text".to_owned())
+        .and_then(|text| {
+            CertificateChain::from_pem(text).map_err(|e| format!("tls.crt is not a PEM chain: {e}"))
+        })
+        .and_then(|chain| {
+            chain
+                .leaf_info()
+                .map_err(|e| format!("tls.crt's first certificate cannot be parsed: {e}"))
+        });
+    let leaf = match leaf {
+        Ok(leaf) => leaf,
+        Err(reason) => return Standing::Unreadable { reason },
+    };
+    if now >= leaf.not_after {
+        return Standing::Expired {
+            since: leaf.not_after,
+        };
+    }
+    let renew_at = renew_at(leaf.not_before, leaf.not_after, policy, 0.0);
+    if now >= renew_at {
+        Standing::Due { since: renew_at }
+    } else {
+        Standing::NotDue { renew_at }
+    }
+}
+
+/// What the pass did with one Secret.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Issued again and replaced.
+    Renewed {
+        /// Why it was renewed.
+        was: Standing,
+        /// The new leaf's serial, hex.
+        serial: String,
+        /// The new leaf's NotAfter.
+        not_after: SystemTime,
+    },
+    /// Left untouched: its window opens later.
+    NotDue {
+        /// When.
+        renew_at: SystemTime,
+    },
+    /// Another writer (an overlapping run) replaced it first; what it wrote is not due.
+    AlreadyRenewed {
+        /// When the new certificate's window opens.
+        renew_at: SystemTime,
+    },
+    /// Deleted while this pass renewed it; nothing written.
+    Deleted,
+    /// Needs a person.
+    Failed {
+        /// What went wrong and what to do.
+        reason: String,
+        /// The Secret's certificate has expired (or cannot be read): workloads using it fail.
+        expired: bool,
+    },
+}
+
+/// The root-rotation line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootRotation {
+    /// No root-rotation step is plugged into this build.
+    NotChecked,
+    /// The step ran: what it did.
+    Done(String),
+    /// The step failed: why.
+    Failed(String),
+}
+
+/// What a pass did, printed one line per Secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Where it looked.
+    pub scope: String,
+    /// Each Secret and what happened to it, by `namespace/name`.
+    pub secrets: Vec<(SecretRef, Outcome)>,
+    /// The root-rotation step.
+    pub root_rotation: RootRotation,
+}
+
+impl Report {
+    /// How many things a CronJob should alert on.
+    pub fn problems(&self) -> usize {
+        let failed = self
+            .secrets
+            .iter()
+            .filter(|(_, outcome)| matches!(outcome, Outcome::Failed { .. }))
+            .count();
+        failed + usize::from(matches!(self.root_rotation, RootRotation::Failed(_)))
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self
+            .secrets
+            .iter()
+            .filter(|(target, _)| target.name != "*")
+            .count();
+        writeln!(
+            f,
+            "meshca rotate: {count} managed TLS Secret{} in {}",
+            if count == 1 { "" } else { "s" },
+            self.scope
+        )?;
+        let (mut renewed, mut not_due, mut already, mut deleted, mut failed) = (0, 0, 0, 0, 0);
+        for (target, outcome) in &self.secrets {
+            write!(f, "  {target}: ")?;
+            match outcome {
+                Outcome::Renewed {
+                    was,
+                    serial,
+                    not_after,
+                } => {
+                    renewed += 1;
+                    let why = match was {
+                        Standing::Due { since } => format!("due since {}", rfc3339(*since)),
+                        Standing::Expired { since } => {
+                            format!("had expired at {}", rfc3339(*since))
+                        }
+                        Standing::Unreadable { reason } => reason.clone(),
+                        Standing::NotDue { .. } => "renewed".to_owned(),
+                    };
+                    writeln!(
+                        f,
+                        "renewed (serial {serial}, valid until {}; {why})",
+                        rfc3339(*not_after)
+                    )?;
+                }
+                Outcome::NotDue { renew_at } => {
+                    not_due += 1;
+                    writeln!(f, "not due (renews after {})", rfc3339(*renew_at))?;
+                }
+                Outcome::AlreadyRenewed { renew_at } => {
+                    already += 1;
+                    writeln!(
+                        f,
+                        "already renewed by another run (renews after {})",
+                        rfc3339(*renew_at)
+                    )?;
+                }
+                Outcome::Deleted => {
+                    deleted += 1;
+                    writeln!(f, "deleted during this run; nothing written")?;
+                }
+                Outcome::Failed { reason, expired } => {
+                    failed += 1;
+                    let expired = if *expired { "EXPIRED, " } else { "" };
+                    writeln!(f, "failed: {expired}{reason}")?;
+                }
+            }
+        }
+        match &self.root_rotation {
+            RootRotation::NotChecked => writeln!(
+                f,
+                "root rotation: not checked (this meshca has no root-rotation step in its cron \
+                 pass)"
+            )?,
+            RootRotation::Done(summary) => writeln!(f, "root rotation: {summary}")?,
+            RootRotation::Failed(reason) => writeln!(f, "root rotation: failed: {reason}")?,
+        }
+        write!(
+            f,
+            "totals: {renewed} renewed, {not_due} not due, {already} already renewed"
+        )?;
+        if deleted > 0 {
+            write!(f, ", {deleted} deleted meanwhile")?;
+        }
+        writeln!(f, ", {failed} failed")
+    }
+}
+
+/// Renews Secrets through the configured provider, built on first need (a pass where nothing
+/// is due never contacts the backend).
+struct Renewer<'a> {
+    config: &'a Config,
+    clock: Arc<dyn Clock>,
+    policy: RenewPolicy,
+    /// The provider, or why it could not be built (said once per due Secret).
+    provider: Option<Result<SharedProvider, String>>,
+}
+
+/// A certificate issued for one record, kept across a conflict so that a retry with the same
+/// request writes it rather than issuing again.
+struct Prepared {
+    asked: ManagedTlsSecret,
+    record: ManagedTlsSecret,
+    material: TlsMaterial,
+    serial: String,
+}
+
+impl Renewer<'_> {
+    /// Looks at the Secret `writer` holds and renews it if it is due; on a conflicting change
+    /// looks again at what is there now, at most [`MAX_ATTEMPTS`] times.
+    async fn renew_if_due(&mut self, mut writer: TlsSecretWriter) -> Outcome {
+        let mut prepared: Option<Prepared> = None;
+        for attempt in 1..=MAX_ATTEMPTS {
+            if !writer.exists() {
+                return Outcome::Deleted;
+            }
+            let now = self.clock.now();
+            let standing = standing(writer.certificate_pem(), now, &self.policy);
+            let expired = matches!(
+                standing,
+                Standing::Expired { .. } | Standing::Unreadable { .. }
+            );
+            // Unusable annotations are reported even before the Secret is due: when it is,
+            // this pass could not renew it.
+            let asked = match writer.recorded() {
+                Some(Ok(record)) => record,
+                Some(Err(error)) => {
+                    return Outcome::Failed {
+                        reason: error.to_string(),
+                        expired,
+                    };
+                }
+                None => return Outcome::Deleted,
+            };
+            if let Standing::NotDue { renew_at } = standing {
+                return if attempt == 1 {
+                    Outcome::NotDue { renew_at }
+                } else {
+                    Outcome::AlreadyRenewed { renew_at }
+                };
+            }
+            let ready = match prepared.take().filter(|p| same_request(&p.asked, &asked)) {
+                Some(ready) => ready,
+                None => match self.issue(&asked).await {
+                    Ok(ready) => ready,
+                    Err(error) => {
+                        return Outcome::Failed {
+                            reason: format!("{error:#}"),
+                            expired,
+                        };
+                    }
+                },
+            };
+            match writer
+                .replace_unchanged(&ready.record, &ready.material)
+                .await
+            {
+                Ok(Replaced::Replaced) => {
+                    tracing::info!(secret = %writer.target(), serial = %ready.serial, "renewed");
+                    return Outcome::Renewed {
+                        was: standing,
+                        serial: ready.serial.clone(),
+                        not_after: ready.record.not_after,
+                    };
+                }
+                Ok(Replaced::Changed) => prepared = Some(ready),
+                Err(error) => {
+                    return Outcome::Failed {
+                        reason: error.to_string(),
+                        expired,
+                    };
+                }
+            }
+        }
+        Outcome::Failed {
+            reason: format!(
+                "it changed under this run {MAX_ATTEMPTS} times in a row (each update answered \
+                 409): something else keeps writing it; find that writer"
+            ),
+            expired: false,
+        }
+    }
+
+    /// Issues a certificate for `asked` (identity, DNS names, lifetime, key type), validated
+    /// as `meshca issue` does, within `renewal.issueTimeout`.
+    async fn issue(&mut self, asked: &ManagedTlsSecret) -> anyhow::Result<Prepared> {
+        let provider = self.provider().await?;
+        let spec = match &asked.identity {
+            Some(identity) => LeafSpec::workload(identity, &asked.dns, asked.lifetime),
+            None => LeafSpec::server(asked.dns.clone(), asked.lifetime),
+        };
+        let timeout = self.config.renewal.issue_timeout;
+        let issued = tokio::time::timeout(
+            timeout,
+            issue_validated(
+                provider.as_ref(),
+                self.clock.as_ref(),
+                &spec,
+                asked.key_type,
+            ),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "{} did not issue within renewal.issueTimeout ({}): check the backend's health",
+                provider.name(),
+                format_duration(timeout)
+            )
+        })?
+        .with_context(|| format!("{} could not issue it again", provider.name()))?;
+        let (record, material) = issued.for_managed_secret(&asked.dns, asked.lifetime)?;
+        Ok(Prepared {
+            asked: asked.clone(),
+            serial: issued.info.serial_hex(),
+            record,
+            material,
+        })
+    }
+
+    async fn provider(&mut self) -> anyhow::Result<SharedProvider> {
+        let built = match &self.provider {
+            Some(built) => built.clone(),
+            None => {
+                let built = crate::providers::build(self.config, self.clock.clone())
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "cannot set up the {} provider: {e:#}",
+                            self.config.certificate_provider.kind.as_str()
+                        )
+                    });
+                self.provider = Some(built.clone());
+                built
+            }
+        };
+        built.map_err(anyhow::Error::msg)
+    }
+}
+
+/// Whether two records ask for the same certificate (what was issued may differ).
+fn same_request(a: &ManagedTlsSecret, b: &ManagedTlsSecret) -> bool {
+    a.identity == b.identity
+        && a.dns == b.dns
+        && a.lifetime == b.lifetime
+        && a.key_type == b.key_type
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    /// A self-signed certificate valid from `not_before` to `not_after`, PEM.
+    fn certificate(not_before: SystemTime, not_after: SystemTime) -> String {
+        let mut params = rcgen::CertificateParams::new(vec!["web.example.com".into()]).unwrap();
+        params.not_before = time::OffsetDateTime::from(not_before);
+        params.not_after = time::OffsetDateTime::from(not_after);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    fn policy() -> RenewPolicy {
+        RenewPolicy {
+            fraction: 0.5,
+            jitter_fraction: 0.1,
+            floor: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn standing_follows_the_cache_policy_without_jitter() {
+        let pem = certificate(t(0), t(4 * 3600));
+        let pem = Some(pem.as_bytes());
+        // Halfway is the renewal point; jitter_fraction is ignored.
+        assert_eq!(
+            standing(pem, t(3600), &policy()),
+            Standing::NotDue {
+                renew_at: t(2 * 3600)
+            }
+        );
+        assert_eq!(
+            standing(pem, t(2 * 3600), &policy()),
+            Standing::Due { since: t(2 * 3600) }
+        );
+        assert_eq!(
+            standing(pem, t(4 * 3600), &policy()),
+            Standing::Expired { since: t(4 * 3600) }
+        );
+        // The floor: a late fraction still renews a minute before NotAfter.
+        let late = RenewPolicy {
+            fraction: 1.0,
+            ..policy()
+        };
+        assert_eq!(
+            standing(pem, t(4 * 3600 - 60), &late),
+            Standing::Due {
+                since: t(4 * 3600 - 60)
+            }
+        );
+    }
+
+    #[test]
+    fn unreadable_certificates_are_due() {
+        let cases: [(Option<&[u8]>, &str); 4] = [
+            (None, "the Secret has no tls.crt"),
+            (Some(b"\xff\xfe"), "tls.crt is not PEM text"),
+            (Some(b"hello"), "tls.crt is not a PEM chain"),
+            (
+                Some(b"-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n"),
+                "tls.crt's first certificate cannot be parsed",
+            ),
+        ];
+        for (pem, expected) in cases {
+            let got = standing(pem, t(0), &policy());
+            assert!(got.is_due());
+            match got {
+                Standing::Unreadable { reason } => {
+                    assert!(reason.starts_with(expected), "{reason}");
+                }
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+    }
+
+    fn secret(name: &str) -> SecretRef {
+        SecretRef::new("shop", name).unwrap()
+    }
+
+    #[test]
+    fn the_report_has_a_line_per_secret_and_counts_problems() {
+        let report = Report {
+            scope: "namespace shop".into(),
+            secrets: vec![
+                (
+                    secret("a"),
+                    Outcome::Renewed {
+                        was: Standing::Due { since: t(0) },
+                        serial: "0a1b".into(),
+                        not_after: t(HOUR.as_secs()),
+                    },
+                ),
+                (secret("b"), Outcome::NotDue { renew_at: t(60) }),
+                (secret("c"), Outcome::AlreadyRenewed { renew_at: t(120) }),
+                (
+                    secret("d"),
+                    Outcome::Failed {
+                        reason: "vault said no".into(),
+                        expired: true,
+                    },
+                ),
+            ],
+            root_rotation: RootRotation::NotChecked,
+        };
+        assert_eq!(report.problems(), 1);
+        let text = report.to_string();
+        let expected = "meshca rotate: 4 managed TLS Secrets in namespace shop\n\
+             \x20 shop/a: renewed (serial 0a1b, valid until 2027-01-15T09:00:00Z; due since \
+             2027-01-15T08:00:00Z)\n\
+             \x20 shop/b: not due (renews after 2027-01-15T08:01:00Z)\n\
+             \x20 shop/c: already renewed by another run (renews after 2027-01-15T08:02:00Z)\n\
+             \x20 shop/d: failed: EXPIRED, vault said no\n\
+             root rotation: not checked (this meshca has no root-rotation step in its cron \
+             pass)\n\
+             totals: 1 renewed, 1 not due, 1 already renewed, 1 failed\n";
+        assert_eq!(text, expected);
+
+        let failed_root = Report {
+            root_rotation: RootRotation::Failed("stage file unreadable".into()),
+            secrets: Vec::new(),
+            ..report
+        };
+        assert_eq!(failed_root.problems(), 1);
+        assert!(
+            failed_root
+                .to_string()
+                .contains("\nroot rotation: failed: stage file unreadable\n")
+        );
+    }
+
+    #[test]
+    fn scope_defaults_to_meshcas_namespace() {
+        let config = Config::default();
+        let args = |namespaces: &[&str], all: bool| CronArgs {
+            namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+            all_namespaces: all,
+        };
+        assert_eq!(
+            Scope::from_args(&config, &args(&[], false)).unwrap(),
+            Scope::Namespaces(vec!["meshca-system".into()])
+        );
+        assert_eq!(
+            Scope::from_args(&config, &args(&["b", "a", "b"], false)).unwrap(),
+            Scope::Namespaces(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            Scope::from_args(&config, &args(&[], true)).unwrap(),
+            Scope::All
+        );
+        let error = Scope::from_args(&config, &args(&["Shop"], false)).unwrap_err();
+        assert!(
+            error.to_string().contains("--namespace \"Shop\""),
+            "{error}"
+        );
+    }
+}
