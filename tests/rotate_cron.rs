@@ -309,7 +309,10 @@ async fn due_and_expired_secrets_are_renewed_and_fresh_ones_left_alone() {
         stdout.contains("\ntotals: 2 renewed, 1 not due, 0 already renewed, 0 failed\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("\nroot rotation: none in progress"), "{stdout}");
+    assert!(
+        stdout.contains("\nroot rotation: none in progress"),
+        "{stdout}"
+    );
 
     // web-tls: renewed with the same request, under the same CA.
     let renewed = setup.kube.object(WEB_TLS).unwrap();
@@ -592,10 +595,8 @@ async fn overlapping_cron_runs_advance_a_root_rotation_in_the_secret_once() {
     let started = ok(&setup.meshca(&with(&["rotate", "root", "start"])).await);
     assert!(started.contains("root rotation started"), "{started}");
 
-    let (a, b) = tokio::join!(
-        setup.meshca(&with(&["rotate"])),
-        setup.meshca(&with(&["rotate"]))
-    );
+    let cron = with(&["rotate"]);
+    let (a, b) = tokio::join!(setup.meshca(&cron), setup.meshca(&cron));
     let (a, b) = (ok(&a), ok(&b));
     let moved = [&a, &b]
         .iter()
@@ -606,14 +607,20 @@ async fn overlapping_cron_runs_advance_a_root_rotation_in_the_secret_once() {
     let record: Value = serde_json::from_slice(&secret["rotation.json"]).unwrap();
     assert_eq!(record["stage"], "issuing");
     assert_eq!(record["revision"], 2);
-    assert_eq!(secret["ca.crt"], old_root, "ca.crt stays until the rotation finishes");
+    assert_eq!(
+        secret["ca.crt"], old_root,
+        "ca.crt stays until the rotation finishes"
+    );
 
     // Too early: stage 2 lasts the longest leaf lifetime.
     let early = ok(&setup.meshca(&with(&["rotate"])).await);
     assert!(early.contains("root rotation: not advancing"), "{early}");
     tokio::time::sleep(Duration::from_secs(11)).await;
     let finished = ok(&setup.meshca(&with(&["rotate"])).await);
-    assert!(finished.contains("root rotation: rotation finished"), "{finished}");
+    assert!(
+        finished.contains("root rotation: rotation finished"),
+        "{finished}"
+    );
     let secret = data(&setup.kube.object(CA_SECRET).unwrap());
     assert!(!secret.contains_key("rotation.json"), "{:?}", secret.keys());
     assert_eq!(

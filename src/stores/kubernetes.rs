@@ -274,11 +274,11 @@ impl KubernetesSecretStore {
     }
 
     /// The rotation record in a Secret read from the API server.
-    fn rotation_in(&self, secret: &Secret) -> Result<Option<Rotation>, StoreError> {
-        secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(Self::ROTATION_KEY))
+    fn rotation_in(
+        &self,
+        data: &BTreeMap<String, ByteString>,
+    ) -> Result<Option<Rotation>, StoreError> {
+        data.get(Self::ROTATION_KEY)
             .map(|ByteString(bytes)| Rotation::from_json(bytes, &self.origin(Self::ROTATION_KEY)))
             .transpose()
     }
@@ -288,10 +288,7 @@ impl KubernetesSecretStore {
     /// `Some(value)` nothing is written and the value is returned; `None` means written.
     async fn update_data<T>(
         &self,
-        mut edit: impl FnMut(
-            &Secret,
-            &mut BTreeMap<String, ByteString>,
-        ) -> Result<Option<T>, StoreError>,
+        mut edit: impl FnMut(&mut BTreeMap<String, ByteString>) -> Result<Option<T>, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         const ATTEMPTS: usize = 8;
         for _ in 0..ATTEMPTS {
@@ -302,7 +299,7 @@ impl KubernetesSecretStore {
                 });
             };
             let mut data = secret.data.take().unwrap_or_default();
-            if let Some(outcome) = edit(&secret, &mut data)? {
+            if let Some(outcome) = edit(&mut data)? {
                 return Ok(Some(outcome));
             }
             secret.data = Some(data);
@@ -374,7 +371,7 @@ impl CaStore for KubernetesSecretStore {
 
     async fn load_rotation(&self) -> Result<Option<Rotation>, StoreError> {
         match self.get_secret().await? {
-            Some(secret) => self.rotation_in(&secret),
+            Some(secret) => self.rotation_in(&secret.data.unwrap_or_default()),
             None => Ok(None),
         }
     }
@@ -385,8 +382,8 @@ impl CaStore for KubernetesSecretStore {
         change: RotationChange,
     ) -> Result<Swap, StoreError> {
         let unchanged = self
-            .update_data(|secret, data| {
-                let current = self.rotation_in(secret)?;
+            .update_data(|data| {
+                let current = self.rotation_in(data)?;
                 if current.as_ref().map(|r| r.revision) != expected {
                     return Ok(Some(current));
                 }
@@ -430,7 +427,7 @@ impl CaStore for KubernetesSecretStore {
             AckReport::key_safe(&report.replica)
         );
         let bytes = report.to_json();
-        self.update_data(|_, data| -> Result<Option<()>, StoreError> {
+        self.update_data(|data| -> Result<Option<()>, StoreError> {
             data.insert(key.clone(), ByteString(bytes.clone()));
             Ok(None)
         })
