@@ -223,6 +223,9 @@ def check_common_wiring(r):
 
 SECRET_GET = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
 SECRET_CREATE = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+# Tresor's root rotation: the stage and the replicas' acknowledgement reports live in the CA Secret.
+UPDATE_CA = {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["meshca-ca-bundle"],
+             "verbs": ["update"]}
 # The CronJob's `meshca rotate`: list managed TLS Secrets, re-read one after a conflict, update it.
 ROTATE_SECRETS = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "get", "update"]}
 CERTIFICATE_REQUESTS = {"apiGroups": ["cert-manager.io"], "resources": ["certificaterequests"],
@@ -239,7 +242,8 @@ def check_tresor(r):
     config = r.config()
     expect_equal(config["tresor"]["store"], "kubernetes", "tresor: tresor.store")
     check("vault" not in config, "tresor: a vault section in the config")
-    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, ROTATE_SECRETS],
+    expect_equal(r.role_rules(),
+                 [get_secrets("meshca-ca-bundle"), SECRET_CREATE, UPDATE_CA, ROTATE_SECRETS],
                  "tresor: Role rules")
     check(not r.all("ClusterRole") and not r.all("ClusterRoleBinding"),
           "tresor: cluster-wide RBAC rendered")
@@ -387,7 +391,7 @@ def check_rotation_disabled(chart):
     r = render(chart, label, {"rotation": {"enabled": False}})
     check_kubernetes_schemas(r)
     check(not r.all("CronJob"), f"{label}: a CronJob rendered")
-    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE],
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, UPDATE_CA],
                  f"{label}: Role rules")
     check("meshca rotate" not in r.notes, f"{label}: NOTES.txt describes the CronJob")
     return r

@@ -123,6 +123,11 @@ app.kubernetes.io/component: server
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+{{- /* The replica's name in root rotation acknowledgement reports. */}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- if eq .Values.certificateProvider.kind "cert-manager" }}
 - name: MESHCA_CERT_MANAGER_ISSUER_NAME
   value: {{ .Values.certManager.issuerName | quote }}
