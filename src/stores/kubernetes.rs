@@ -415,7 +415,7 @@ impl CaStore for KubernetesSecretStore {
             })
             .await?;
         Ok(match unchanged {
-            Some(current) => Swap::Stale(current),
+            Some(current) => Swap::Stale(current.map(Box::new)),
             None => Swap::Applied,
         })
     }

@@ -142,8 +142,9 @@ pub enum Advance {
         /// When it may finish.
         retire_after: SystemTime,
     },
-    /// Another run changed the rotation first; this is where it stands now.
-    AlreadyAdvanced(Option<Rotation>),
+    /// Another run changed the rotation first; this is its stage now (`None`: finished or
+    /// aborted).
+    AlreadyAdvanced(Option<Stage>),
 }
 
 impl fmt::Display for Advance {
@@ -182,10 +183,9 @@ impl fmt::Display for Advance {
                 display_time(*retire_after)
             ),
             Advance::AlreadyAdvanced(now) => match now {
-                Some(rotation) => write!(
+                Some(stage) => write!(
                     f,
-                    "another run advanced the rotation first; it is at {}",
-                    rotation.stage
+                    "another run advanced the rotation first; it is at {stage}"
                 ),
                 None => f.write_str("another run finished or aborted the rotation first"),
             },
@@ -232,9 +232,9 @@ pub async fn start(
         .await?
     {
         Swap::Applied => Ok((rotation, true)),
-        Swap::Stale(Some(theirs)) => Ok((theirs, false)),
+        Swap::Stale(Some(theirs)) => Ok((*theirs, false)),
         // A rotation was begun and finished between our read and write: start afresh.
-        Swap::Stale(None) => Box::pin(start(store, &options, policy, clock)).await,
+        Swap::Stale(None) => Box::pin(start(store, options, policy, clock)).await,
     }
 }
 
@@ -284,7 +284,7 @@ pub async fn advance(
         .await?
     {
         Swap::Applied => Ok(outcome),
-        Swap::Stale(now) => Ok(Advance::AlreadyAdvanced(now)),
+        Swap::Stale(now) => Ok(Advance::AlreadyAdvanced(now.map(|r| r.stage))),
     }
 }
 
@@ -296,8 +296,8 @@ pub enum Abort {
     BackToTrusting,
     /// Stage 1 → none: the new root is dropped; bundles carry the old root only.
     Dropped,
-    /// Another run changed the rotation first.
-    AlreadyChanged(Option<Rotation>),
+    /// Another run changed the rotation first; its stage now.
+    AlreadyChanged(Option<Stage>),
 }
 
 impl fmt::Display for Abort {
@@ -311,11 +311,12 @@ impl fmt::Display for Abort {
             Abort::Dropped => f.write_str(
                 "rotation aborted: the new root was dropped; trust bundles carry the old root only",
             ),
-            Abort::AlreadyChanged(Some(rotation)) => write!(
-                f,
-                "another run changed the rotation first; it is at {}",
-                rotation.stage
-            ),
+            Abort::AlreadyChanged(Some(stage)) => {
+                write!(
+                    f,
+                    "another run changed the rotation first; it is at {stage}"
+                )
+            }
             Abort::AlreadyChanged(None) => {
                 f.write_str("another run finished or aborted the rotation first")
             }
@@ -342,7 +343,7 @@ pub async fn abort(store: &dyn CaStore, clock: &dyn Clock) -> Result<Abort, Rota
         .await?
     {
         Swap::Applied => Ok(outcome),
-        Swap::Stale(now) => Ok(Abort::AlreadyChanged(now)),
+        Swap::Stale(now) => Ok(Abort::AlreadyChanged(now.map(|r| r.stage))),
     }
 }
 

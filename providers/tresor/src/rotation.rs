@@ -255,7 +255,7 @@ pub enum Swap {
     /// The change was stored.
     Applied,
     /// Someone else changed the record first; this is what is stored now.
-    Stale(Option<Rotation>),
+    Stale(Option<Box<Rotation>>),
 }
 
 /// What one daemon knows about its proxies during stage 1: how many connected streams hold a

@@ -545,7 +545,7 @@ impl DirectoryStore {
     ) -> Result<Swap, StoreError> {
         let current = self.read_rotation()?;
         if current.as_ref().map(|r| r.revision) != expected {
-            return Ok(Swap::Stale(current));
+            return Ok(Swap::Stale(current.map(Box::new)));
         }
         match change {
             RotationChange::Begin(record) | RotationChange::Update(record) => {
