@@ -574,7 +574,9 @@ async fn kubernetes_api_errors_are_explained() {
 
 /// The cron's root rotation step with the CA in a Kubernetes Secret: two overlapping
 /// `meshca rotate` runs move stage 1 → 2 once (updates carry the resourceVersion they read),
-/// and a run after the longest leaf lifetime finishes: the new root becomes `ca.crt`.
+/// the managed Secret signed under the old root is renewed under the new one at once (long
+/// before its own window), and a run after the longest leaf lifetime finishes: the new root
+/// becomes `ca.crt`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_cron_runs_advance_a_root_rotation_in_the_secret_once() {
     const CA_SECRET: &str = "/api/v1/namespaces/meshca-system/secrets/meshca-ca-bundle";
@@ -592,6 +594,19 @@ async fn overlapping_cron_runs_advance_a_root_rotation_in_the_secret_once() {
     let with = |args: &[&'static str]| [flags.as_slice(), args].concat();
     ok(&setup.meshca(&with(&["bootstrap"])).await);
     let old_root = data(&setup.kube.object(CA_SECRET).unwrap())["ca.crt"].clone();
+    const GATEWAY: &str = "/api/v1/namespaces/meshca-system/secrets/gateway-tls";
+    ok(&setup
+        .meshca(&with(&[
+            "issue",
+            "--dns",
+            "gateway.example",
+            "--lifetime",
+            "2h",
+            "--secret",
+            "meshca-system/gateway-tls",
+        ]))
+        .await);
+    let under_old = data(&setup.kube.object(GATEWAY).unwrap())["tls.crt"].clone();
     let started = ok(&setup.meshca(&with(&["rotate", "root", "start"])).await);
     assert!(started.contains("root rotation started"), "{started}");
 
@@ -611,6 +626,30 @@ async fn overlapping_cron_runs_advance_a_root_rotation_in_the_secret_once() {
         secret["ca.crt"], old_root,
         "ca.crt stays until the rotation finishes"
     );
+    // The gateway's certificate (2h, far from its window) was renewed under the new root.
+    let renewed_line = [&a, &b]
+        .iter()
+        .flat_map(|out| out.lines())
+        .find(|line| line.contains("gateway-tls: renewed"))
+        .map(str::to_owned);
+    let renewed_line = renewed_line.unwrap_or_else(|| panic!("{a}\n---\n{b}"));
+    assert!(
+        renewed_line.contains("signed under the root being retired"),
+        "{renewed_line}"
+    );
+    let gateway = data(&setup.kube.object(GATEWAY).unwrap());
+    assert_ne!(gateway["tls.crt"], under_old);
+    let dir = tempfile::tempdir().unwrap();
+    let new_root = dir.path().join("new-root.pem");
+    let leaf = dir.path().join("leaf.pem");
+    std::fs::write(&new_root, record["newCertificate"].as_str().unwrap()).unwrap();
+    std::fs::write(&leaf, &gateway["tls.crt"]).unwrap();
+    openssl(&[
+        "verify",
+        "-CAfile",
+        new_root.to_str().unwrap(),
+        leaf.to_str().unwrap(),
+    ]);
 
     // Too early: stage 2 lasts the longest leaf lifetime.
     let early = ok(&setup.meshca(&with(&["rotate"])).await);

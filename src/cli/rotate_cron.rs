@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use meshca_provider::{
-    CertificateChain, Clock, LeafSpec, SharedProvider, SystemClock, format_duration,
+    CertificateChain, Clock, LeafSpec, SharedProvider, SystemClock, TrustBundle, format_duration,
 };
 
 use crate::cache::{RenewPolicy, renew_at};
@@ -159,11 +159,13 @@ pub async fn run_pass(
         },
     };
     let policy = crate::cli::serve::cache_settings(config).renew_policy();
+    let new_root_only = crate::cli::rotate_root::new_root_while_retiring(config).await;
     let mut renewer = Renewer {
         config,
         clock,
         policy,
         provider: None,
+        new_root_only,
     };
     let mut lines = Vec::new();
     for namespace in scope.lists() {
@@ -221,6 +223,9 @@ pub enum Standing {
         /// Why.
         reason: String,
     },
+    /// Signed under the root a root rotation is retiring (stage 2): renewed now, so that
+    /// nothing under the old root is left when it leaves the trust bundles.
+    UnderRetiringRoot,
 }
 
 impl Standing {
@@ -362,6 +367,9 @@ impl fmt::Display for Report {
                             format!("had expired at {}", rfc3339(*since))
                         }
                         Standing::Unreadable { reason } => reason.clone(),
+                        Standing::UnderRetiringRoot => {
+                            "it was signed under the root being retired".to_owned()
+                        }
                         Standing::NotDue { .. } => "renewed".to_owned(),
                     };
                     writeln!(
@@ -421,6 +429,9 @@ struct Renewer<'a> {
     policy: RenewPolicy,
     /// The provider, or why it could not be built (said once per due Secret).
     provider: Option<Result<SharedProvider, String>>,
+    /// During stage 2 of a root rotation, the new root alone: a Secret whose chain does not
+    /// verify under it is renewed even before its window opens.
+    new_root_only: Option<TrustBundle>,
 }
 
 /// A certificate issued for one record, kept across a conflict so that a retry with the same
@@ -433,6 +444,18 @@ struct Prepared {
 }
 
 impl Renewer<'_> {
+    /// Whether `certificate_pem` is a chain that does not verify under the new root of a root
+    /// rotation at stage 2.
+    fn under_retiring_root(&self, certificate_pem: Option<&[u8]>, now: SystemTime) -> bool {
+        let Some(new_root) = &self.new_root_only else {
+            return false;
+        };
+        certificate_pem
+            .and_then(|pem| std::str::from_utf8(pem).ok())
+            .and_then(|text| CertificateChain::from_pem(text).ok())
+            .is_some_and(|chain| meshca_provider::verify_chain(&chain, new_root, now).is_err())
+    }
+
     /// Looks at the Secret `writer` holds and renews it if it is due; on a conflicting change
     /// looks again at what is there now, at most [`MAX_ATTEMPTS`] times.
     async fn renew_if_due(&mut self, mut writer: TlsSecretWriter) -> Outcome {
@@ -442,7 +465,14 @@ impl Renewer<'_> {
                 return Outcome::Deleted;
             }
             let now = self.clock.now();
-            let standing = standing(writer.certificate_pem(), now, &self.policy);
+            let standing = match standing(writer.certificate_pem(), now, &self.policy) {
+                Standing::NotDue { .. }
+                    if self.under_retiring_root(writer.certificate_pem(), now) =>
+                {
+                    Standing::UnderRetiringRoot
+                }
+                standing => standing,
+            };
             let expired = matches!(
                 standing,
                 Standing::Expired { .. } | Standing::Unreadable { .. }

@@ -154,6 +154,22 @@ impl RootRotationStep for CronRootStep {
     }
 }
 
+/// During stage 2 of a Tresor root rotation, a bundle holding the new root alone (what the
+/// cron pass checks managed Secrets against); `None` otherwise, or when the store cannot be
+/// read (the root step reports that).
+pub async fn new_root_while_retiring(config: &Config) -> Option<meshca_provider::TrustBundle> {
+    if config.certificate_provider.kind != ProviderKind::Tresor {
+        return None;
+    }
+    let store = ConfiguredStore::open(config).await.ok()?;
+    let rotation = store.as_store().load_rotation().await.ok()??;
+    if rotation.stage != Stage::Issuing {
+        return None;
+    }
+    let new_root = rotation.new.authority(SystemClock.now()).ok()?;
+    Some(new_root.trust_bundle().clone())
+}
+
 /// How long stage 1 may wait for acknowledgements before the cron reports it as stuck.
 const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 

@@ -376,6 +376,16 @@ impl CaStore for KubernetesSecretStore {
         }
     }
 
+    async fn load_state(&self) -> Result<(Option<Rotation>, Option<StoredCa>), StoreError> {
+        let Some(secret) = self.get_secret().await? else {
+            return Ok((None, None));
+        };
+        match self.rotation_in(secret.data.as_ref().unwrap_or(&BTreeMap::new()))? {
+            Some(rotation) => Ok((Some(rotation), None)),
+            None => Ok((None, Some(self.stored_ca(secret)?))),
+        }
+    }
+
     async fn change_rotation(
         &self,
         expected: Option<u64>,

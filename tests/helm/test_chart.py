@@ -362,9 +362,13 @@ def check_extra_trusted_roots(chart):
         pem = Path(tmp, "root.pem").read_text(encoding="utf-8")
     check("extraTrustedRoots" not in render(chart, "defaults again", {}).config(),
           f"{label}: an empty list must not be written to the config")
-    r = render(chart, label, {"extraTrustedRoots": [pem]})
+    r = render(chart, label, {"extraTrustedRoots": [pem], "rotation": {"ackDeadline": "24h"}})
     check_kubernetes_schemas(r)
     expect_equal(r.config().get("extraTrustedRoots"), [pem], f"{label}: config")
+    expect_equal(r.config().get("rotation"), {"ackDeadline": "24h"},
+                 "rotation.ackDeadline reaches the config")
+    check("rotation" not in render(chart, "defaults once more", {}).config(),
+          "an empty rotation.ackDeadline must not be written to the config")
     return r
 
 

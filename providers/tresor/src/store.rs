@@ -266,6 +266,16 @@ pub trait CaStore: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// What decides the signing CA: the rotation record when there is one (then the stored CA
+    /// is not read: an interrupted finish may have left it half replaced), else the stored CA.
+    /// Stores that can read both at once (one Secret) override this to read once.
+    async fn load_state(&self) -> Result<(Option<Rotation>, Option<StoredCa>), StoreError> {
+        if let Some(rotation) = self.load_rotation().await? {
+            return Ok((Some(rotation), None));
+        }
+        Ok((None, self.load().await?))
+    }
+
     /// Applies `change` if the stored record's revision is `expected` (`None`: no record is
     /// stored); otherwise returns what is stored. [`RotationChange::Finish`] replaces the
     /// stored CA with the record's new root — the one write that may replace CA material, and
@@ -308,6 +318,15 @@ pub async fn bootstrap(
     if let Some(found) = store.load().await? {
         return Ok((found.authority(clock.now())?, Outcome::Loaded));
     }
+    create_root(store, options, clock).await
+}
+
+/// Makes a root and stores it, or adopts what a concurrent creator stored first.
+async fn create_root(
+    store: &dyn CaStore,
+    options: &RootOptions,
+    clock: &dyn Clock,
+) -> Result<(SigningAuthority, Outcome), StoreError> {
     let authority = SigningAuthority::generate_root(options, clock)?;
     match store.create(&authority.to_stored()).await? {
         Created::Stored => Ok((authority, Outcome::Created)),
@@ -335,7 +354,8 @@ pub async fn bootstrap_signing(
     options: &RootOptions,
     clock: &dyn Clock,
 ) -> Result<Signing, StoreError> {
-    if let Some(rotation) = store.load_rotation().await? {
+    let (rotation, stored) = store.load_state().await?;
+    if let Some(rotation) = rotation {
         let authorities = rotation.authorities(clock.now())?;
         let bundle = Rotation::trust_bundle(&authorities);
         return Ok(Signing {
@@ -345,7 +365,10 @@ pub async fn bootstrap_signing(
             outcome: Outcome::Loaded,
         });
     }
-    let (authority, outcome) = bootstrap(store, options, clock).await?;
+    let (authority, outcome) = match stored {
+        Some(found) => (found.authority(clock.now())?, Outcome::Loaded),
+        None => create_root(store, options, clock).await?,
+    };
     Ok(Signing {
         bundle: authority.trust_bundle().clone(),
         authority,
