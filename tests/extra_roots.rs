@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use meshca::config::{Config, ConfigError, Overrides};
 use meshca_provider::TrustBundle;
-use support::envoy::{MeshcaServe, free_port};
+use support::daemon::MeshcaServe;
+use support::envoy::free_port;
 use support::*;
 
 /// A CA root (rcgen) as PEM.

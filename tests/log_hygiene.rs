@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use meshca_provider::LeafKey;
-use support::envoy::{self, Envoy, bootstrap, free_port, http_get};
+use support::envoy::{self, free_port, http_get, inbound, outbound};
 use support::{SotwClient, channel, node, secrets, tls_of};
 use vault_support::Bao;
 
@@ -223,40 +223,17 @@ async fn an_end_to_end_run_with_envoy_logs_no_key_material() {
 
     // Two Envoys talking mTLS with what meshca serves them.
     let server_port = free_port();
-    let server = Envoy::start(
-        &binary,
-        "server",
-        &bootstrap(
-            "envoy-inbound.yaml",
-            None,
-            &[
-                ("NODE_ID", "ns/server".to_owned()),
-                ("ADMIN_PORT", "0".to_owned()),
-                ("LISTEN_PORT", server_port.to_string()),
-                (
-                    "ALLOWED_PEER",
-                    "spiffe://cluster.local/ns/ns/sa/client".to_owned(),
-                ),
-                ("SDS_PORT", sds_port.clone()),
-            ],
-        ),
-    );
+    let sds_port: u16 = sds_port.parse().unwrap();
+    let server = inbound(&binary, sds_port, server_port, None);
     let client_port = free_port();
-    let client = Envoy::start(
+    let client = outbound(
         &binary,
-        "client",
-        &bootstrap(
-            "envoy-outbound.yaml",
-            None,
-            &[
-                ("NODE_ID", "ns/client".to_owned()),
-                ("ADMIN_PORT", "0".to_owned()),
-                ("LISTEN_PORT", client_port.to_string()),
-                ("UPSTREAM_PORT", server_port.to_string()),
-                ("UPSTREAM_IDENTITY", "ns/server".to_owned()),
-                ("SDS_PORT", sds_port),
-            ],
-        ),
+        "ns/client",
+        "ns/server",
+        sds_port,
+        client_port,
+        server_port,
+        None,
     );
     server.wait_ready().await;
     client.wait_ready().await;

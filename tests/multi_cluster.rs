@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use meshca_provider::{CertificateChain, TrustBundle};
-use support::envoy::{self, Envoy, MeshcaServe, bootstrap, free_port, http_get};
+use support::daemon::MeshcaServe;
+use support::envoy::{self, Envoy, bootstrap, free_port, http_get};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,61 +14,15 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::daemon::MeshcaServe;
-use support::envoy::{self, Envoy, bootstrap, free_port, http_get, normalize_serial};
-
-const CLIENT_ID: &str = "spiffe://cluster.local/ns/ns/sa/client";
-
-/// The same store and rotation policy for the daemon and the CLI: 30s leaves, so stage 2
-/// (the longest leaf lifetime plus 1s of clock skew) lasts about 31s.
-fn common(ca_dir: &Path) -> Vec<String> {
-    [
-        "--ca-dir",
-        ca_dir.to_str().unwrap(),
-        "--set",
-        "rotation.pollInterval=1s",
-        "--set",
-        "certificateProvider.serviceCertValidityDuration=30s",
-        "--set",
-        "tresor.clockSkewAllowance=1s",
-        "--set",
-        "renewal.floor=2s",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn rotate(ca_dir: &Path, action: &str) -> Output {
-    let mut args = common(ca_dir);
-    args.extend(["rotate", "root", action].map(String::from));
-    Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .args(&args)
-        .output()
-        .unwrap()
-}
-
-/// Runs `advance` until it moves a stage (exit 0); status 3 means "not yet".
-async fn advance(ca_dir: &Path, patience: Duration) -> String {
-    let deadline = Instant::now() + patience;
-    loop {
-        let output = rotate(ca_dir, "advance");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        match output.status.code() {
-            Some(0) => return stdout,
-            Some(3) => assert!(Instant::now() < deadline, "advance kept waiting: {stdout}"),
-            _ => panic!(
-                "advance failed: {stdout}{}",
-                String::from_utf8_lossy(&output.stderr)
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
+use support::daemon::{advance_until_moved, rotate_root, serve_for_rotation};
+use support::envoy::{
+    self, CLIENT_ID, Envoy, free_port, http_get, inbound, normalize_serial, outbound_bootstrap,
+};
 
 /// The serial of the (single-certificate) CA file, normalised like Envoy's.
 fn root_serial(ca_dir: &Path) -> String {
@@ -167,54 +121,23 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let sds_port = free_port();
-    let mut args = common(&ca_dir);
-    args.extend(
-        [
-            "serve",
-            "--set",
-            &format!("sds.listen=127.0.0.1:{sds_port}"),
-            "--set",
-            "sds.auth=development",
-            "--set",
-            "admin.listen=",
-        ]
-        .map(String::from),
-    );
-    let daemon = MeshcaServe::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut daemon = serve_for_rotation(&ca_dir, sds_port);
     daemon.wait_listening(sds_port).await;
     let old_root = root_serial(&ca_dir);
 
     let server_port = free_port();
-    let server = Envoy::start(
-        &binary,
-        "server",
-        &bootstrap(
-            "envoy-inbound.yaml",
-            None,
-            &[
-                ("NODE_ID", "ns/server".to_owned()),
-                ("ADMIN_PORT", "0".to_owned()),
-                ("LISTEN_PORT", server_port.to_string()),
-                ("ALLOWED_PEER", CLIENT_ID.to_owned()),
-                ("SDS_PORT", sds_port.to_string()),
-            ],
-        ),
-    );
+    let server = inbound(&binary, sds_port, server_port, None);
     let client_port = free_port();
     let client = Envoy::start(
         &binary,
         "client",
-        &fresh_handshake_per_request(bootstrap(
-            "envoy-outbound.yaml",
+        &fresh_handshake_per_request(outbound_bootstrap(
+            "ns/client",
+            "ns/server",
+            sds_port,
+            client_port,
+            server_port,
             None,
-            &[
-                ("NODE_ID", "ns/client".to_owned()),
-                ("ADMIN_PORT", "0".to_owned()),
-                ("LISTEN_PORT", client_port.to_string()),
-                ("UPSTREAM_PORT", server_port.to_string()),
-                ("UPSTREAM_IDENTITY", "ns/server".to_owned()),
-                ("SDS_PORT", sds_port.to_string()),
-            ],
         )),
     );
     server.wait_ready().await;
@@ -244,7 +167,7 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
     let handshakes_before = stat(&client, "cluster.upstream.ssl.handshake").await;
 
     // Stage 1: both Envoys trust old + new; leaves still under the old root.
-    let started = support::cli::ok(&rotate(&ca_dir, "start"));
+    let started = support::cli::ok(&rotate_root(&ca_dir, &[], "start"));
     assert!(started.contains("root rotation started"), "{started}");
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ca_dir.join("rotation.json")).unwrap()).unwrap();
@@ -270,14 +193,14 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
     let client_leaf = client.leaf_serials().await;
 
     // Stage 2, once both proxies acknowledged: new leaves under the new root, pushed.
-    let moved = advance(&ca_dir, Duration::from_secs(30)).await;
+    let moved = advance_until_moved(&ca_dir, Duration::from_secs(30)).await;
     assert!(moved.contains("advanced to stage 2"), "{moved}");
     assert!(moved.contains("2 of 2 proxies"), "{moved}");
     wait_for_new_leaf(&server, &server_leaf).await;
     wait_for_new_leaf(&client, &client_leaf).await;
 
     // Finished after the longest leaf lifetime: the old root leaves both bundles.
-    let finished = advance(&ca_dir, Duration::from_secs(90)).await;
+    let finished = advance_until_moved(&ca_dir, Duration::from_secs(90)).await;
     assert!(finished.contains("rotation finished"), "{finished}");
     assert_eq!(root_serial(&ca_dir), new_root, "the new root is now the CA");
     let only_new = BTreeSet::from([new_root.clone()]);

@@ -7,60 +7,14 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use meshca_provider::TrustBundle;
-use support::daemon::MeshcaServe;
+use support::daemon::{advance_until_moved, rotate_root, serve_for_rotation};
 use support::envoy::free_port;
 use support::*;
-
-/// Flags shared by the daemon and the CLI: the same store and rotation policy.
-fn common(ca_dir: &Path) -> Vec<String> {
-    [
-        "--ca-dir",
-        ca_dir.to_str().unwrap(),
-        "--set",
-        "rotation.pollInterval=1s",
-        "--set",
-        "certificateProvider.serviceCertValidityDuration=30s",
-        "--set",
-        "tresor.clockSkewAllowance=1s",
-        "--set",
-        "renewal.floor=2s",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn start_daemon(ca_dir: &Path, sds_port: u16) -> MeshcaServe {
-    let mut args = common(ca_dir);
-    args.extend(
-        [
-            "serve",
-            "--set",
-            &format!("sds.listen=127.0.0.1:{sds_port}"),
-            "--set",
-            "sds.auth=development",
-            "--set",
-            "admin.listen=",
-        ]
-        .map(String::from),
-    );
-    MeshcaServe::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-fn rotate(ca_dir: &Path, extra: &[&str], action: &str) -> Output {
-    let mut args = common(ca_dir);
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args.extend(["rotate", "root", action].map(String::from));
-    Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .args(&args)
-        .output()
-        .unwrap()
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -82,34 +36,12 @@ async fn bundle_with(stream: &mut SotwClient, count: usize) -> DiscoveryResponse
     }
 }
 
-/// Calls `advance` until it moves (exit 0) or `patience` runs out; returns its output.
-async fn advance_until_it_moves(ca_dir: &Path, patience: Duration) -> String {
-    let deadline = std::time::Instant::now() + patience;
-    loop {
-        let output = rotate(ca_dir, &[], "advance");
-        match output.status.code() {
-            Some(0) => return stdout(&output),
-            Some(3) => assert!(
-                std::time::Instant::now() < deadline,
-                "advance kept waiting: {}",
-                stdout(&output)
-            ),
-            _ => panic!(
-                "advance failed: {}{}",
-                stdout(&output),
-                String::from_utf8_lossy(&output.stderr)
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_one_waits_for_every_proxy_and_the_daemon_follows_each_stage() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let sds_port = free_port();
-    let daemon = start_daemon(&ca_dir, sds_port);
+    let mut daemon = serve_for_rotation(&ca_dir, sds_port);
     daemon.wait_listening(sds_port).await;
     let url = format!("http://127.0.0.1:{sds_port}");
 
@@ -130,10 +62,10 @@ async fn stage_one_waits_for_every_proxy_and_the_daemon_follows_each_stage() {
     ));
     assert_chains_to(&old_leaf, &old_bundle);
 
-    let started = rotate(&ca_dir, &[], "start");
+    let started = rotate_root(&ca_dir, &[], "start");
     let out = support::cli::ok(&started);
     assert!(out.contains("root rotation started"), "{out}");
-    let again = support::cli::ok(&rotate(&ca_dir, &[], "start"));
+    let again = support::cli::ok(&rotate_root(&ca_dir, &[], "start"));
     assert!(again.contains("already in progress"), "{again}");
 
     // Stage 1 reaches the proxy without a restart: both roots. It does not ACK yet.
@@ -144,7 +76,7 @@ async fn stage_one_waits_for_every_proxy_and_the_daemon_follows_each_stage() {
         .wait_for_log("proxies holding the new root", Duration::from_secs(20))
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let waiting = rotate(&ca_dir, &[], "advance");
+    let waiting = rotate_root(&ca_dir, &[], "advance");
     assert_eq!(waiting.status.code(), Some(3), "{}", stdout(&waiting));
     let message = stdout(&waiting);
     assert!(message.contains("not advancing"), "{message}");
@@ -152,13 +84,13 @@ async fn stage_one_waits_for_every_proxy_and_the_daemon_follows_each_stage() {
         message.contains("ns/client"),
         "the missing proxy is named: {message}"
     );
-    let status = support::cli::ok(&rotate(&ca_dir, &[], "status"));
+    let status = support::cli::ok(&rotate_root(&ca_dir, &[], "status"));
     assert!(status.contains("stage 1"), "{status}");
     assert!(status.contains("acked 0"), "{status}");
 
     // The ACK arrives: the daemon reports it, and advance moves to stage 2.
     trusting.ack(&both, &["ROOTCA"]).await;
-    let advanced = advance_until_it_moves(&ca_dir, Duration::from_secs(20)).await;
+    let advanced = advance_until_moved(&ca_dir, Duration::from_secs(20)).await;
     assert!(advanced.contains("stage 2"), "{advanced}");
 
     // Stage 2: the daemon re-issues under the new root and pushes it; both roots stay.
@@ -177,7 +109,7 @@ async fn stage_one_waits_for_every_proxy_and_the_daemon_follows_each_stage() {
         }
     };
     assert_chains_to(&renewed, &TrustBundle::new(vec![new_root.clone()]));
-    let status = support::cli::ok(&rotate(&ca_dir, &[], "status"));
+    let status = support::cli::ok(&rotate_root(&ca_dir, &[], "status"));
     assert!(status.contains("stage 2"), "{status}");
     assert!(
         status.contains("old root leaves the bundles after"),
@@ -185,18 +117,18 @@ async fn stage_one_waits_for_every_proxy_and_the_daemon_follows_each_stage() {
     );
 
     // Stage 2 lasts the longest leaf lifetime (30s + 1s skew); then the old root goes.
-    let early = rotate(&ca_dir, &[], "advance");
+    let early = rotate_root(&ca_dir, &[], "advance");
     assert_eq!(early.status.code(), Some(3), "{}", stdout(&early));
     assert!(
         stdout(&early).contains("stays trusted until"),
         "{}",
         stdout(&early)
     );
-    let finished = advance_until_it_moves(&ca_dir, Duration::from_secs(60)).await;
+    let finished = advance_until_moved(&ca_dir, Duration::from_secs(60)).await;
     assert!(finished.contains("rotation finished"), "{finished}");
     let last = bundle_with(&mut trusting, 1).await;
     assert_eq!(bundle_in(&last).roots(), [new_root]);
-    let status = support::cli::ok(&rotate(&ca_dir, &[], "status"));
+    let status = support::cli::ok(&rotate_root(&ca_dir, &[], "status"));
     assert!(status.contains("no root rotation in progress"), "{status}");
     drop(daemon);
 }
@@ -206,7 +138,7 @@ async fn the_deadline_advances_past_a_proxy_that_never_acknowledges() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let sds_port = free_port();
-    let daemon = start_daemon(&ca_dir, sds_port);
+    let mut daemon = serve_for_rotation(&ca_dir, sds_port);
     daemon.wait_listening(sds_port).await;
     let url = format!("http://127.0.0.1:{sds_port}");
     let mut silent = SotwClient::open(channel(&url).await, Some(node("ns/stuck")), &["ROOTCA"])
@@ -215,8 +147,8 @@ async fn the_deadline_advances_past_a_proxy_that_never_acknowledges() {
     silent.next().await.unwrap();
 
     let deadline = ["--set", "rotation.ackDeadline=15s"];
-    support::cli::ok(&rotate(&ca_dir, &deadline, "start"));
-    let waiting = rotate(&ca_dir, &deadline, "advance");
+    support::cli::ok(&rotate_root(&ca_dir, &deadline, "start"));
+    let waiting = rotate_root(&ca_dir, &deadline, "advance");
     assert_eq!(waiting.status.code(), Some(3), "{}", stdout(&waiting));
     assert!(
         stdout(&waiting).contains("the deadline lets it advance after"),
@@ -227,7 +159,7 @@ async fn the_deadline_advances_past_a_proxy_that_never_acknowledges() {
     bundle_with(&mut silent, 2).await;
     let patience = std::time::Instant::now() + Duration::from_secs(60);
     let advanced = loop {
-        let output = rotate(&ca_dir, &deadline, "advance");
+        let output = rotate_root(&ca_dir, &deadline, "advance");
         if output.status.code() == Some(0) {
             break stdout(&output);
         }
@@ -248,16 +180,16 @@ async fn a_restarted_daemon_resumes_at_the_persisted_stage_and_advances_happen_o
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let sds_port = free_port();
-    let mut daemon = start_daemon(&ca_dir, sds_port);
+    let mut daemon = serve_for_rotation(&ca_dir, sds_port);
     daemon.wait_listening(sds_port).await;
     let deadline = ["--set", "rotation.ackDeadline=0s"];
-    support::cli::ok(&rotate(&ca_dir, &deadline, "start"));
+    support::cli::ok(&rotate_root(&ca_dir, &deadline, "start"));
 
     // Eight concurrent advances: exactly one moves stage 1 → 2.
     let runs: Vec<_> = (0..8)
         .map(|_| {
             let ca_dir = ca_dir.clone();
-            std::thread::spawn(move || rotate(&ca_dir, &deadline, "advance"))
+            std::thread::spawn(move || rotate_root(&ca_dir, &deadline, "advance"))
         })
         .collect();
     let outputs: Vec<String> = runs
@@ -274,7 +206,7 @@ async fn a_restarted_daemon_resumes_at_the_persisted_stage_and_advances_happen_o
     // A daemon killed and started again in stage 2 trusts both roots and signs with the new.
     daemon.kill();
     let sds_port = free_port();
-    let daemon = start_daemon(&ca_dir, sds_port);
+    let mut daemon = serve_for_rotation(&ca_dir, sds_port);
     daemon.wait_listening(sds_port).await;
     let url = format!("http://127.0.0.1:{sds_port}");
     let mut stream = SotwClient::open(

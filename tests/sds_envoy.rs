@@ -9,64 +9,13 @@ mod support;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::Arc;
 
 use meshca::sds::{AuthMode, MtlsSettings, Purpose, SdsSettings, UnixPeerMap};
 use meshca_provider::TrustDomain;
 use support::daemon::MeshcaServe;
-use support::envoy::{self, Envoy, bootstrap, free_port, http_get};
+use support::envoy::{self, CLIENT_ID, Envoy, bootstrap, free_port, http_get, inbound, outbound};
 use support::*;
-
-const CLIENT_ID: &str = "spiffe://cluster.local/ns/ns/sa/client";
-
-/// An inbound (server-side) Envoy for `ns/server` that admits only `ns/client`.
-fn inbound(
-    binary: &Path,
-    sds_port: u16,
-    listen: u16,
-    cluster: Option<(&str, &[(&str, String)])>,
-) -> Envoy {
-    let mut values = vec![
-        ("NODE_ID", "ns/server".to_owned()),
-        ("ADMIN_PORT", "0".to_owned()),
-        ("LISTEN_PORT", listen.to_string()),
-        ("ALLOWED_PEER", CLIENT_ID.to_owned()),
-        ("SDS_PORT", sds_port.to_string()),
-    ];
-    values.extend(cluster.map(|c| c.1.to_vec()).unwrap_or_default());
-    Envoy::start(
-        binary,
-        "server",
-        &bootstrap("envoy-inbound.yaml", cluster.map(|c| c.0), &values),
-    )
-}
-
-/// An outbound (client-side) Envoy for `node` calling `upstream_identity` at `upstream`.
-fn outbound(
-    binary: &Path,
-    node: &str,
-    upstream_identity: &str,
-    sds_port: u16,
-    listen: u16,
-    upstream: u16,
-    cluster: Option<(&str, &[(&str, String)])>,
-) -> Envoy {
-    let mut values = vec![
-        ("NODE_ID", node.to_owned()),
-        ("ADMIN_PORT", "0".to_owned()),
-        ("LISTEN_PORT", listen.to_string()),
-        ("UPSTREAM_PORT", upstream.to_string()),
-        ("UPSTREAM_IDENTITY", upstream_identity.to_owned()),
-        ("SDS_PORT", sds_port.to_string()),
-    ];
-    values.extend(cluster.map(|c| c.1.to_vec()).unwrap_or_default());
-    Envoy::start(
-        binary,
-        node,
-        &bootstrap("envoy-outbound.yaml", cluster.map(|c| c.0), &values),
-    )
-}
 
 async fn get(port: u16) -> envoy::HttpResponse {
     http_get(([127, 0, 0, 1], port).into(), "/").await.unwrap()
@@ -335,7 +284,7 @@ async fn envoys_fed_by_meshca_serve_follow_its_own_renewals() {
     };
     let dir = tempfile::tempdir().unwrap();
     let sds_port = free_port();
-    let daemon = MeshcaServe::start(&[
+    let mut daemon = MeshcaServe::start(&[
         "--ca-dir",
         dir.path().join("ca").to_str().unwrap(),
         "serve",

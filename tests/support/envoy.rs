@@ -61,6 +61,82 @@ pub fn bootstrap(template: &str, sds_cluster: Option<&str>, values: &[(&str, Str
     text
 }
 
+/// The client's identity in the two-Envoy tests (`ns/client`, default trust domain).
+pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/ns/sa/client";
+
+/// The inbound (server-side) bootstrap for `ns/server` listening on `listen`, admitting only
+/// `allowed_peer`, fed by meshca SDS on `sds_port` (or by the `meshca-sds` cluster snippet
+/// `cluster.0` with its extra placeholders `cluster.1`).
+pub fn inbound_bootstrap(
+    sds_port: u16,
+    listen: u16,
+    allowed_peer: &str,
+    cluster: Option<(&str, &[(&str, String)])>,
+) -> String {
+    let mut values = vec![
+        ("NODE_ID", "ns/server".to_owned()),
+        ("ADMIN_PORT", "0".to_owned()),
+        ("LISTEN_PORT", listen.to_string()),
+        ("ALLOWED_PEER", allowed_peer.to_owned()),
+        ("SDS_PORT", sds_port.to_string()),
+    ];
+    values.extend(cluster.map(|c| c.1.to_vec()).unwrap_or_default());
+    bootstrap("envoy-inbound.yaml", cluster.map(|c| c.0), &values)
+}
+
+/// The outbound (client-side) bootstrap for `node` calling `upstream_identity` (`<ns>/<sa>`)
+/// at `upstream`, listening for plain HTTP on `listen`.
+pub fn outbound_bootstrap(
+    node: &str,
+    upstream_identity: &str,
+    sds_port: u16,
+    listen: u16,
+    upstream: u16,
+    cluster: Option<(&str, &[(&str, String)])>,
+) -> String {
+    let mut values = vec![
+        ("NODE_ID", node.to_owned()),
+        ("ADMIN_PORT", "0".to_owned()),
+        ("LISTEN_PORT", listen.to_string()),
+        ("UPSTREAM_PORT", upstream.to_string()),
+        ("UPSTREAM_IDENTITY", upstream_identity.to_owned()),
+        ("SDS_PORT", sds_port.to_string()),
+    ];
+    values.extend(cluster.map(|c| c.1.to_vec()).unwrap_or_default());
+    bootstrap("envoy-outbound.yaml", cluster.map(|c| c.0), &values)
+}
+
+/// An inbound Envoy for `ns/server` that admits only [`CLIENT_ID`].
+pub fn inbound(
+    binary: &Path,
+    sds_port: u16,
+    listen: u16,
+    cluster: Option<(&str, &[(&str, String)])>,
+) -> Envoy {
+    Envoy::start(
+        binary,
+        "server",
+        &inbound_bootstrap(sds_port, listen, CLIENT_ID, cluster),
+    )
+}
+
+/// An outbound Envoy for `node` calling `upstream_identity` at `upstream`.
+pub fn outbound(
+    binary: &Path,
+    node: &str,
+    upstream_identity: &str,
+    sds_port: u16,
+    listen: u16,
+    upstream: u16,
+    cluster: Option<(&str, &[(&str, String)])>,
+) -> Envoy {
+    Envoy::start(
+        binary,
+        node,
+        &outbound_bootstrap(node, upstream_identity, sds_port, listen, upstream, cluster),
+    )
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -293,65 +369,6 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
-}
-
-/// `meshca serve` (this crate's binary) as a child process with its log in a file, killed on
-/// drop.
-pub struct MeshcaServe {
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl MeshcaServe {
-    /// Runs `meshca <args>` (the arguments include `serve`).
-    pub fn start(args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("meshca.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_meshca"))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env_remove("MESHCA_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// Waits until something accepts TCP connections on `port`; fails with the log if the
-    /// process exits first or it takes longer than [`PATIENCE`].
-    pub async fn wait_listening(&mut self, port: u16) {
-        let deadline = Instant::now() + PATIENCE;
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("meshca exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "meshca never listened on {port}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Everything meshca has logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for MeshcaServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Rewrites the outbound bootstrap's upstream validation context (`validation_context_sds_secret_config`)
