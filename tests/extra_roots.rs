@@ -275,3 +275,34 @@ async fn the_cache_keeps_the_extra_roots_when_the_provider_bundle_changes() {
         "the new provider root, and the extra roots kept (the old root is one of them here)"
     );
 }
+
+/// `meshca issue` writes the same bundle the daemon serves: the provider's root and the extra
+/// roots, in `ca.pem`.
+#[test]
+fn meshca_issue_writes_the_extra_roots_into_ca_pem() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra.pem");
+    std::fs::write(&extra, root_pem("issue-extra")).unwrap();
+    let out = dir.path().join("out");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(["--ca-dir"])
+        .arg(dir.path().join("ca"))
+        .args(["--set"])
+        .arg(format!("extraTrustedRoots={}", extra.display()))
+        .args(["issue", "--identity", "shop/web", "--out-dir"])
+        .arg(&out)
+        .env_remove("MESHCA_CONFIG")
+        .output()
+        .unwrap();
+    support::cli::ok(&output);
+    let written =
+        TrustBundle::from_pem(&std::fs::read_to_string(out.join("ca.pem")).unwrap()).unwrap();
+    let extra_root = TrustBundle::from_pem(&std::fs::read_to_string(&extra).unwrap()).unwrap();
+    assert_eq!(written.roots().len(), 2, "{written:?}");
+    assert!(written.contains(&extra_root.roots()[0]));
+    let own = TrustBundle::from_pem(
+        &std::fs::read_to_string(dir.path().join("ca").join("ca.crt")).unwrap(),
+    )
+    .unwrap();
+    assert!(written.contains(&own.roots()[0]));
+}

@@ -86,7 +86,9 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let provider = crate::providers::build(config, clock.clone()).await?;
-    let issued = issue_validated(provider.as_ref(), clock.as_ref(), &spec, key_type).await?;
+    let issued = issue_validated(provider.as_ref(), clock.as_ref(), &spec, key_type)
+        .await?
+        .with_extra_roots(config)?;
     let info = &issued.info;
 
     let subject = spec
@@ -136,12 +138,26 @@ pub struct Issued {
     pub chain: CertificateChain,
     /// The leaf's key (its `Debug` is redacted).
     pub key: LeafKey,
-    /// The provider's trust bundle.
+    /// The provider's trust bundle (plus `extraTrustedRoots` after
+    /// [`with_extra_roots`](Self::with_extra_roots)).
     pub bundle: TrustBundle,
     /// What the leaf says.
     pub info: CertificateInfo,
     /// The SHA-256 fingerprint of the bundle's root the chain leads to.
     pub root_fingerprint: String,
+}
+
+impl Issued {
+    /// Adds `extraTrustedRoots` to the bundle written beside the certificate (`ca.pem`, a
+    /// managed Secret's `ca.crt`), so it trusts what the daemon's SDS bundles trust.
+    pub fn with_extra_roots(mut self, config: &Config) -> anyhow::Result<Self> {
+        for root in config.extra_trusted_roots()?.roots() {
+            if !self.bundle.contains(root) {
+                self.bundle.push(root.clone());
+            }
+        }
+        Ok(self)
+    }
 }
 
 impl Issued {

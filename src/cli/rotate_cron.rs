@@ -564,7 +564,8 @@ impl Renewer<'_> {
                 format_duration(timeout)
             )
         })?
-        .with_context(|| format!("{} could not issue it again", provider.name()))?;
+        .with_context(|| format!("{} could not issue it again", provider.name()))?
+        .with_extra_roots(self.config)?;
         let (record, material) = issued.for_managed_secret(&asked.dns, asked.lifetime)?;
         Ok(Prepared {
             asked: asked.clone(),
