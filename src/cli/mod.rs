@@ -98,7 +98,8 @@ pub enum Command {
     /// Manage the CA: init, show, export, import, intermediate.
     #[command(subcommand)]
     Ca(ca::CaCommand),
-    /// Rotation: without a command, the CronJob's pass (renew managed TLS Secrets inside
-    /// their renewal window, report, exit 1 on what needs attention); `leaves`: re-issue now.
+    /// Rotation: without a command, the CronJob's pass (move a root rotation at most one
+    /// stage, renew managed TLS Secrets inside their renewal window, report, exit 1 on what
+    /// needs attention); `root`: Tresor root rotation by hand; `leaves`: re-issue now.
     Rotate(rotate::RotateArgs),
 }
