@@ -72,10 +72,10 @@ async fn stage_one_waits_for_every_proxy_and_the_daemon_follows_each_stage() {
     let both = bundle_with(&mut trusting, 2).await;
     let both_bundle = bundle_in(&both);
     assert!(both_bundle.contains(&old_bundle.roots()[0]));
+    // The daemon has reported its proxies (0 of 1 acknowledged): advance must wait.
     daemon
         .wait_for_log("proxies holding the new root", Duration::from_secs(20))
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let waiting = rotate_root(&ca_dir, &[], "advance");
     assert_eq!(waiting.status.code(), Some(3), "{}", stdout(&waiting));
     let message = stdout(&waiting);
