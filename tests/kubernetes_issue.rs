@@ -16,7 +16,7 @@ use std::process::Output;
 use axum::http::Method;
 use meshca::kubernetes::{ManagedTlsSecret, TlsMaterial, Written, list_managed};
 use serde_json::{Value, json};
-use support::cli::{failed, ok};
+use support::cli::{failed, ok, openssl};
 use support::kube_api::{MockKube, Recorded, secret_data as data};
 
 const WEB_TLS: &str = "/api/v1/namespaces/shop/secrets/web-tls";
@@ -79,21 +79,6 @@ fn calls(requests: &[Recorded]) -> Vec<(String, String)> {
 
 fn call(method: &str, path: &str) -> (String, String) {
     (method.to_owned(), path.to_owned())
-}
-
-/// Runs openssl with `args`; returns stdout, failing the test on a non-zero exit.
-fn openssl(args: &[&str]) -> String {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Writes the Secret's values to files in `dir`; returns (tls.crt, tls.key, ca.crt) paths.

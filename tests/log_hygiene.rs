@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use meshca_provider::LeafKey;
-use support::envoy::{self, free_port, http_get, inbound, outbound};
+use support::envoy::{self, MtlsPair, free_port, http_get};
 use support::{SotwClient, channel, node, secrets, tls_of};
 use vault_support::Bao;
 
@@ -222,21 +222,12 @@ async fn an_end_to_end_run_with_envoy_logs_no_key_material() {
     let sds_port = daemon.sds.port().to_string();
 
     // Two Envoys talking mTLS with what meshca serves them.
-    let server_port = free_port();
-    let sds_port: u16 = sds_port.parse().unwrap();
-    let server = inbound(&binary, sds_port, server_port, None);
-    let client_port = free_port();
-    let client = outbound(
-        &binary,
-        "ns/client",
-        "ns/server",
-        sds_port,
+    let MtlsPair {
+        server,
+        client,
         client_port,
-        server_port,
-        None,
-    );
-    server.wait_ready().await;
-    client.wait_ready().await;
+        ..
+    } = MtlsPair::start(&binary, sds_port.parse().unwrap()).await;
     let through_envoys = || async {
         let response = http_get(([127, 0, 0, 1], client_port).into(), "/")
             .await

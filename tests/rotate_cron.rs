@@ -22,7 +22,7 @@ use meshca::config::Config;
 use meshca::kubernetes::{SecretRef, TlsSecretWriter};
 use meshca_provider::{Clock, KeyType, LeafSpec, SpiffeId, TrustDomain};
 use serde_json::{Value, json};
-use support::cli::{failed, ok};
+use support::cli::{failed, ok, openssl};
 use support::kube_api::{MockKube, Recorded, secret_data as data};
 
 const SHOP_SECRETS: &str = "/api/v1/namespaces/shop/secrets";
@@ -130,21 +130,6 @@ impl Setup {
     fn root_path(&self) -> std::path::PathBuf {
         self.ca_dir.path().join("ca.crt")
     }
-}
-
-/// Runs openssl with `args`; returns stdout, failing the test on a non-zero exit.
-fn openssl(args: &[&str]) -> String {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// What openssl says of a Secret's certificate: (serial, notAfter as RFC 3339), after checking

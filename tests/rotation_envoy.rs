@@ -14,7 +14,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,13 +24,8 @@ use support::envoy::{
 };
 
 /// The serial of the (single-certificate) CA file, normalised like Envoy's.
-fn root_serial(ca_dir: &Path) -> String {
-    let output = Command::new("openssl")
-        .args(["x509", "-noout", "-serial", "-in"])
-        .arg(ca_dir.join("ca.crt"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8(output.stdout).unwrap();
+fn serial_of(file: &Path) -> String {
+    let text = support::cli::openssl(&["x509", "-noout", "-serial", "-in", file.to_str().unwrap()]);
     normalize_serial(text.trim().trim_start_matches("serial="))
 }
 
@@ -123,7 +117,7 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
     let sds_port = free_port();
     let mut daemon = serve_for_rotation(&ca_dir, sds_port);
     daemon.wait_listening(sds_port).await;
-    let old_root = root_serial(&ca_dir);
+    let old_root = serial_of(&ca_dir.join("ca.crt"));
 
     let server_port = free_port();
     let server = inbound(&binary, sds_port, server_port, None);
@@ -173,19 +167,7 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
         serde_json::from_slice(&std::fs::read(ca_dir.join("rotation.json")).unwrap()).unwrap();
     let new_root_file = dir.path().join("new-root.pem");
     std::fs::write(&new_root_file, record["newCertificate"].as_str().unwrap()).unwrap();
-    let new_root = {
-        let output = Command::new("openssl")
-            .args(["x509", "-noout", "-serial", "-in"])
-            .arg(&new_root_file)
-            .output()
-            .unwrap();
-        normalize_serial(
-            String::from_utf8(output.stdout)
-                .unwrap()
-                .trim()
-                .trim_start_matches("serial="),
-        )
-    };
+    let new_root = serial_of(&new_root_file);
     let both = BTreeSet::from([old_root.clone(), new_root.clone()]);
     wait_until_trusted(&server, &both).await;
     wait_until_trusted(&client, &both).await;
@@ -202,7 +184,11 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
     // Finished after the longest leaf lifetime: the old root leaves both bundles.
     let finished = advance_until_moved(&ca_dir, Duration::from_secs(90)).await;
     assert!(finished.contains("rotation finished"), "{finished}");
-    assert_eq!(root_serial(&ca_dir), new_root, "the new root is now the CA");
+    assert_eq!(
+        serial_of(&ca_dir.join("ca.crt")),
+        new_root,
+        "the new root is now the CA"
+    );
     let only_new = BTreeSet::from([new_root.clone()]);
     wait_until_trusted(&server, &only_new).await;
     wait_until_trusted(&client, &only_new).await;

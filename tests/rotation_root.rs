@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use meshca_provider::TrustBundle;
-use support::daemon::{advance_until_moved, rotate_root, serve_for_rotation};
+use support::daemon::{MeshcaServe, advance_until_moved, rotate_root, serve_for_rotation};
 use support::envoy::free_port;
 use support::*;
 
@@ -36,14 +36,19 @@ async fn bundle_with(stream: &mut SotwClient, count: usize) -> DiscoveryResponse
     }
 }
 
+/// `meshca serve` for rotation on a fresh CA directory (`<dir>/ca`), and its SDS URL.
+async fn start_daemon() -> (tempfile::TempDir, MeshcaServe, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let sds_port = free_port();
+    let mut daemon = serve_for_rotation(&dir.path().join("ca"), sds_port);
+    daemon.wait_listening(sds_port).await;
+    (dir, daemon, format!("http://127.0.0.1:{sds_port}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_one_waits_for_every_proxy_and_the_daemon_follows_each_stage() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, daemon, url) = start_daemon().await;
     let ca_dir = dir.path().join("ca");
-    let sds_port = free_port();
-    let mut daemon = serve_for_rotation(&ca_dir, sds_port);
-    daemon.wait_listening(sds_port).await;
-    let url = format!("http://127.0.0.1:{sds_port}");
 
     // A proxy holding the trust bundle, and one holding its certificate.
     let mut trusting = SotwClient::open(channel(&url).await, Some(node("ns/client")), &["ROOTCA"])
@@ -135,12 +140,8 @@ async fn stage_one_waits_for_every_proxy_and_the_daemon_follows_each_stage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_advances_past_a_proxy_that_never_acknowledges() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, daemon, url) = start_daemon().await;
     let ca_dir = dir.path().join("ca");
-    let sds_port = free_port();
-    let mut daemon = serve_for_rotation(&ca_dir, sds_port);
-    daemon.wait_listening(sds_port).await;
-    let url = format!("http://127.0.0.1:{sds_port}");
     let mut silent = SotwClient::open(channel(&url).await, Some(node("ns/stuck")), &["ROOTCA"])
         .await
         .unwrap();

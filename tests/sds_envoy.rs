@@ -14,7 +14,9 @@ use std::sync::Arc;
 use meshca::sds::{AuthMode, MtlsSettings, Purpose, SdsSettings, UnixPeerMap};
 use meshca_provider::TrustDomain;
 use support::daemon::MeshcaServe;
-use support::envoy::{self, CLIENT_ID, Envoy, bootstrap, free_port, http_get, inbound, outbound};
+use support::envoy::{
+    self, CLIENT_ID, Envoy, MtlsPair, bootstrap, free_port, http_get, inbound, outbound,
+};
 use support::*;
 
 async fn get(port: u16) -> envoy::HttpResponse {
@@ -30,18 +32,12 @@ async fn envoys_talk_mtls_with_certificates_from_meshca_and_survive_renewal() {
     let sds = RunningSds::start(dev_settings(), source.clone()).await;
     let sds_port = sds.tcp.unwrap().port();
 
-    let server_port = free_port();
-    let server = inbound(&binary, sds_port, server_port, None);
-    let client_port = free_port();
-    let client = outbound(
-        &binary,
-        "ns/client",
-        "ns/server",
-        sds_port,
-        client_port,
+    let MtlsPair {
+        server,
+        client,
         server_port,
-        None,
-    );
+        client_port,
+    } = MtlsPair::start(&binary, sds_port).await;
     // Another identity: the server's SAN matcher must refuse it.
     let intruder_port = free_port();
     let intruder = outbound(
@@ -299,20 +295,12 @@ async fn envoys_fed_by_meshca_serve_follow_its_own_renewals() {
     ]);
     daemon.wait_listening(sds_port).await;
 
-    let server_port = free_port();
-    let server = inbound(&binary, sds_port, server_port, None);
-    let client_port = free_port();
-    let client = outbound(
-        &binary,
-        "ns/client",
-        "ns/server",
-        sds_port,
+    let MtlsPair {
+        server,
+        client,
         client_port,
-        server_port,
-        None,
-    );
-    server.wait_ready().await;
-    client.wait_ready().await;
+        ..
+    } = MtlsPair::start(&binary, sds_port).await;
     let response = get(client_port).await;
     assert_eq!(response.status, 200, "{response:?}\n{}", client.log_tail());
     assert_eq!(response.header("x-peer-identity"), Some(CLIENT_ID));

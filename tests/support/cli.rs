@@ -30,3 +30,18 @@ pub fn failed(output: &Output) -> String {
     assert!(!stderr.contains("PRIVATE KEY"), "key material in: {stderr}");
     stderr
 }
+
+/// Runs openssl with `args`; returns stdout, failing the test on a non-zero exit.
+pub fn openssl(args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

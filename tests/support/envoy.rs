@@ -137,6 +137,41 @@ pub fn outbound(
     )
 }
 
+/// A server Envoy (`ns/server`, admitting only [`CLIENT_ID`]) and a client Envoy (`ns/client`)
+/// calling it over mTLS, both fed by meshca SDS on loopback `sds_port`, both ready.
+pub struct MtlsPair {
+    pub server: Envoy,
+    pub client: Envoy,
+    pub server_port: u16,
+    /// Where the client Envoy takes plain HTTP requests for the server.
+    pub client_port: u16,
+}
+
+impl MtlsPair {
+    pub async fn start(binary: &Path, sds_port: u16) -> Self {
+        let server_port = free_port();
+        let server = inbound(binary, sds_port, server_port, None);
+        let client_port = free_port();
+        let client = outbound(
+            binary,
+            "ns/client",
+            "ns/server",
+            sds_port,
+            client_port,
+            server_port,
+            None,
+        );
+        server.wait_ready().await;
+        client.wait_ready().await;
+        Self {
+            server,
+            client,
+            server_port,
+            client_port,
+        }
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
