@@ -5,10 +5,11 @@
 //! Every check here mirrors what a peer proxy will check, so a chain that passes will be
 //! accepted, and one that fails is kept away from subscribers.
 
-use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use meshca_provider::{CertificateChain, CertificateInfo, LeafKey, LeafSpec, TrustBundle};
+use meshca_provider::{
+    CertificateChain, CertificateInfo, LeafKey, LeafSpec, SpiffeId, TrustBundle,
+};
 
 /// Why a chain was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,17 +91,24 @@ fn check_validity(info: &CertificateInfo, now: SystemTime) -> Result<(), Rejecti
 }
 
 fn check_names(info: &CertificateInfo, spec: &LeafSpec) -> Result<(), Rejection> {
-    let expected_uris: Vec<String> = spec.spiffe_id.iter().map(ToString::to_string).collect();
-    if info.uri_sans != expected_uris {
+    let uris_match = match &spec.spiffe_id {
+        Some(id) => matches!(info.uri_sans.as_slice(), [uri] if uri == id.as_uri()),
+        None => info.uri_sans.is_empty(),
+    };
+    if !uris_match {
+        let expected: Vec<&str> = spec.spiffe_id.iter().map(SpiffeId::as_uri).collect();
         return Err(Rejection::new(format!(
             "URI SANs are {:?} but the request was for {:?}; the provider must put exactly the \
              SPIFFE ID in the certificate",
-            info.uri_sans, expected_uris
+            info.uri_sans, expected
         )));
     }
-    let got: BTreeSet<&str> = info.dns_sans.iter().map(String::as_str).collect();
-    let wanted: BTreeSet<&str> = spec.dns_names.iter().map(String::as_str).collect();
-    if got != wanted {
+    // The same set of names, in any order (a handful each: no need for a set).
+    let got = &info.dns_sans;
+    let wanted = &spec.dns_names;
+    if !(got.iter().all(|name| wanted.contains(name))
+        && wanted.iter().all(|name| got.contains(name)))
+    {
         return Err(Rejection::new(format!(
             "DNS SANs are {:?} but the request was for {:?}; check the provider's allowed \
              domains and whether it adds names of its own",

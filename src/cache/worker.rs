@@ -11,7 +11,6 @@
 //! fresh issuance follows.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::future::pending;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -103,11 +102,22 @@ impl Worker {
                 .max(std::time::Duration::from_secs(1)),
         );
         trust_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // One timer for the earliest deadline, moved only when that deadline changes: a new
+        // sleep per loop turn would register and cancel a timer around every command.
+        let wake = sleep_until(Instant::now());
+        tokio::pin!(wake);
+        let mut armed_for = None;
         loop {
             self.start_ready();
             let limit = self.shared.settings.max_concurrent_issues.max(1);
             let has_room = self.running.len() < limit;
             let next_due = self.timers.first().map(|(at, _)| *at);
+            if next_due != armed_for {
+                if let Some(at) = next_due {
+                    wake.as_mut().reset(at);
+                }
+                armed_for = next_due;
+            }
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle(command),
@@ -115,7 +125,10 @@ impl Worker {
                 },
                 Some(done) = self.running.join_next_with_id() => self.finish(done),
                 // Only worth waking for a deadline when it could be started.
-                () = sleep_until_some(next_due), if has_room => {}
+                () = &mut wake, if has_room && armed_for.is_some() => {
+                    // Fired: re-arm on the next turn even if the earliest deadline is the same.
+                    armed_for = None;
+                }
                 _ = trust_tick.tick() => {
                     if self.trust_refresh.is_empty() {
                         let shared = self.shared.clone();
@@ -402,11 +415,4 @@ fn set_due(
         timers.remove(&(previous, key.clone()));
     }
     timers.insert((at, key.clone()));
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => pending().await,
-    }
 }

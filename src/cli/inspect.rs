@@ -75,7 +75,7 @@ fn write_info(out: &mut String, info: &CertificateInfo, now: SystemTime) {
     field(out, "Serial", &info.serial_hex());
     field(out, "Key", &info.key_description);
     field(out, "CA", if info.is_ca { "yes" } else { "no" });
-    field(out, "SHA-256", &info.sha256_fingerprint);
+    field(out, "SHA-256", &info.sha256_fingerprint.to_string());
 }
 
 fn time_left(info: &CertificateInfo, now: SystemTime) -> String {

@@ -257,7 +257,7 @@ fn issuing_root(chain: &CertificateChain, bundle: &TrustBundle) -> anyhow::Resul
     let top = chain.certificates().last().context("the chain is empty")?;
     let top_info = CertificateInfo::parse(top)?;
     if bundle.contains(top) {
-        return Ok(top_info.sha256_fingerprint);
+        return Ok(top_info.sha256_fingerprint.to_string());
     }
     let roots = bundle
         .roots()
@@ -269,7 +269,7 @@ fn issuing_root(chain: &CertificateChain, bundle: &TrustBundle) -> anyhow::Resul
             _ => top_info.issuer == root.subject,
         };
         if issued {
-            return Ok(root.sha256_fingerprint);
+            return Ok(root.sha256_fingerprint.to_string());
         }
     }
     bail!("no root of the bundle issued {}", top_info.subject)

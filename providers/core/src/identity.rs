@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The trust domain used when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -59,8 +60,10 @@ pub enum IdentityError {
 }
 
 /// A SPIFFE trust domain, such as `cluster.local`: lowercase letters, digits, `.`, `-`, `_`.
+///
+/// Cheap to clone: the name is shared.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TrustDomain(String);
+pub struct TrustDomain(Arc<str>);
 
 impl TrustDomain {
     /// Validates a trust domain name.
@@ -83,7 +86,7 @@ impl TrustDomain {
                 "only lowercase letters, digits, '.', '-' and '_' are allowed",
             ));
         }
-        Ok(Self(name.to_owned()))
+        Ok(Self(name.into()))
     }
 
     /// The trust domain's name.
@@ -94,7 +97,7 @@ impl TrustDomain {
 
 impl Default for TrustDomain {
     fn default() -> Self {
-        Self(DEFAULT_TRUST_DOMAIN.to_owned())
+        Self(DEFAULT_TRUST_DOMAIN.into())
     }
 }
 
@@ -118,11 +121,16 @@ impl fmt::Debug for TrustDomain {
 }
 
 /// A workload identity: trust domain, namespace and service account.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Held as its URI, built once: the cache clones, hashes and compares identities on every
+/// issuance, so a clone is two reference-count increments and hashing reads one string.
+#[derive(Clone)]
 pub struct SpiffeId {
     trust_domain: TrustDomain,
-    namespace: String,
-    service_account: String,
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    uri: Arc<str>,
+    /// Where the namespace ends in `uri` (it starts after the trust domain and `/ns/`).
+    namespace_end: usize,
 }
 
 impl SpiffeId {
@@ -134,11 +142,17 @@ impl SpiffeId {
     ) -> Result<Self, IdentityError> {
         validate_namespace(namespace)?;
         validate_service_account(service_account)?;
+        let uri = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+        let namespace_end = Self::namespace_start(&trust_domain) + namespace.len();
         Ok(Self {
             trust_domain,
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
+            uri: uri.into(),
+            namespace_end,
         })
+    }
+
+    fn namespace_start(trust_domain: &TrustDomain) -> usize {
+        "spiffe://".len() + trust_domain.as_str().len() + "/ns/".len()
     }
 
     /// Parses the `<namespace>/<service-account>` form used on the command line and in Envoy
@@ -160,25 +174,67 @@ impl SpiffeId {
 
     /// The Kubernetes namespace.
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.uri[Self::namespace_start(&self.trust_domain)..self.namespace_end]
     }
 
     /// The Kubernetes service account.
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.uri[self.namespace_end + "/sa/".len()..]
+    }
+
+    /// The URI form, `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>` (what
+    /// `Display` writes), without allocating.
+    pub fn as_uri(&self) -> &str {
+        &self.uri
     }
 
     /// The certificate common name and first DNS SAN: `<sa>.<ns>.<trust-domain>`.
     pub fn common_name(&self) -> String {
         format!(
             "{}.{}.{}",
-            self.service_account, self.namespace, self.trust_domain
+            self.service_account(),
+            self.namespace(),
+            self.trust_domain
         )
     }
 
     /// The `<namespace>/<service-account>` form.
     pub fn short(&self) -> String {
-        format!("{}/{}", self.namespace, self.service_account)
+        format!("{}/{}", self.namespace(), self.service_account())
+    }
+
+    /// The parts in the order identities sort by.
+    fn parts(&self) -> (&TrustDomain, &str, &str) {
+        (&self.trust_domain, self.namespace(), self.service_account())
+    }
+}
+
+// The URI determines the parts and the parts the URI (none of them may contain '/'), so
+// equality and hashing need only the URI.
+impl PartialEq for SpiffeId {
+    fn eq(&self, other: &Self) -> bool {
+        self.uri == other.uri
+    }
+}
+
+impl Eq for SpiffeId {}
+
+impl std::hash::Hash for SpiffeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.uri.hash(state);
+    }
+}
+
+impl PartialOrd for SpiffeId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// By trust domain, then namespace, then service account.
+impl Ord for SpiffeId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
     }
 }
 
@@ -205,11 +261,7 @@ impl FromStr for SpiffeId {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        f.write_str(&self.uri)
     }
 }
 

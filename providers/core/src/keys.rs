@@ -150,8 +150,9 @@ pub struct LeafKey {
     /// The raw public key (EC point, or PKCS#1 RSAPublicKey), as it goes in the SPKI bit string.
     public_key: Vec<u8>,
     /// The parsed key, made on the first CSR and kept: backends that need a CSR per renewal
-    /// should not re-parse (and, for ECDSA, re-derive) the key each time.
-    csr_signer: OnceLock<rcgen::KeyPair>,
+    /// should not re-parse (and, for ECDSA, re-derive) the key each time. Boxed: most keys
+    /// never make a CSR, and every cached certificate holds its key.
+    csr_signer: OnceLock<Box<rcgen::KeyPair>>,
 }
 
 impl LeafKey {
@@ -307,10 +308,12 @@ impl LeafKey {
             Some(signer) => signer,
             None => {
                 let parsed = self.signing_key()?;
-                self.csr_signer.get_or_init(|| parsed)
+                self.csr_signer.get_or_init(|| Box::new(parsed))
             }
         };
-        let csr = params.serialize_request(signer).map_err(csr_error)?;
+        let csr = params
+            .serialize_request(signer.as_ref())
+            .map_err(csr_error)?;
         Ok(csr.der().to_vec())
     }
 }

@@ -215,7 +215,7 @@ pub struct CertificateInfo {
     /// The public key algorithm and size, e.g. `ECDSA P-256` or `RSA 2048`.
     pub key_description: String,
     /// SHA-256 of the DER certificate, colon-separated hex.
-    pub sha256_fingerprint: String,
+    pub sha256_fingerprint: Fingerprint,
     /// Subject key identifier.
     pub subject_key_id: Option<Vec<u8>>,
     /// Authority key identifier.
@@ -304,7 +304,7 @@ impl CertificateInfo {
             dns_sans,
             is_ca: cert.is_ca(),
             key_description: describe_key(&cert),
-            sha256_fingerprint: Fingerprint(sha256(der)).to_string(),
+            sha256_fingerprint: Fingerprint(sha256(der)),
             subject_key_id,
             authority_key_id,
             public_key: cert.public_key().subject_public_key.data.to_vec(),
@@ -521,7 +521,7 @@ mod fast {
             dns_sans: Vec::new(),
             is_ca: false,
             key_description: key_description.to_owned(),
-            sha256_fingerprint: Fingerprint(sha256(der)).to_string(),
+            sha256_fingerprint: Fingerprint(sha256(der)),
             subject_key_id: None,
             authority_key_id: None,
             public_key: public_key.to_vec(),
@@ -862,7 +862,7 @@ mod tests {
         assert_eq!(info.dns_sans, ["a.example"]);
         assert_eq!(info.uri_sans, ["spiffe://cluster.local/ns/a/sa/b"]);
         assert_eq!(info.key_description, "ECDSA P-256");
-        assert_eq!(info.sha256_fingerprint.len(), 32 * 3 - 1);
+        assert_eq!(info.sha256_fingerprint.to_string().len(), 32 * 3 - 1);
         let chain = CertificateChain::from_pem(&pem_text).unwrap();
         assert_eq!(chain.leaf().as_ref(), cert.der().as_ref());
         assert_eq!(chain.to_pem(), pem_text);

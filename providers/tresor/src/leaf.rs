@@ -10,12 +10,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use meshca_provider::{KeyType, LeafKey, LeafSpec};
+use meshca_provider::{KeyType, LeafKey, LeafSpec, SpiffeId};
 use rcgen::SigningKey;
-use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::authority::AuthorityError;
-use crate::profile::{self, SERIAL_LEN};
+use crate::profile;
 
 const SEQUENCE: u8 = 0x30;
 const INTEGER: u8 = 0x02;
@@ -118,7 +117,7 @@ impl LeafTemplate {
         clock_skew: Duration,
         ca_not_after: SystemTime,
     ) -> Result<Vec<u8>, AuthorityError> {
-        let serial = random_serial()?;
+        let serial = profile::serial_bytes();
         let tbs = self.to_be_signed(spec, key, &serial, now, clock_skew, ca_not_after)?;
         let signature = signer.sign(&tbs).map_err(|e| AuthorityError::Sign {
             reason: e.to_string(),
@@ -206,9 +205,8 @@ impl LeafTemplate {
         out: &mut Vec<u8>,
         spec: &LeafSpec,
     ) -> Result<(), AuthorityError> {
-        let uri = spec.spiffe_id.as_ref().map(ToString::to_string);
         let mut names = Vec::with_capacity(160);
-        if let Some(uri) = &uri {
+        if let Some(uri) = spec.spiffe_id.as_ref().map(SpiffeId::as_uri) {
             profile::check_ia5(uri)?;
             tlv(&mut names, URI_NAME, uri.as_bytes());
         }
@@ -289,19 +287,6 @@ fn write_time(out: &mut [u8], at: time::OffsetDateTime) -> usize {
     n + 3
 }
 
-fn random_serial() -> Result<[u8; SERIAL_LEN], AuthorityError> {
-    let rng = SystemRandom::new();
-    let mut bytes = [0u8; SERIAL_LEN];
-    loop {
-        rng.fill(&mut bytes).map_err(|_| AuthorityError::Random)?;
-        bytes[0] &= 0x7f;
-        // A zero serial is not allowed (RFC 5280 §4.1.2.2); 2^-127 odds, but cheap to rule out.
-        if bytes.iter().any(|b| *b != 0) {
-            return Ok(bytes);
-        }
-    }
-}
-
 /// Length of a TLV whose contents are `content_len` bytes long.
 fn len_of(content_len: usize) -> usize {
     1 + length_octets(content_len) + content_len
@@ -339,6 +324,7 @@ fn tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::profile::SERIAL_LEN;
     use meshca_provider::{SpiffeId, TrustDomain};
     use rcgen::{Issuer, KeyPair, PublicKeyData};
     use x509_parser::prelude::{FromDer, X509Certificate};

@@ -7,13 +7,13 @@ use std::time::{Duration, SystemTime};
 
 #[cfg(test)]
 use meshca_provider::{KeyType, LeafSpec};
+use rand::RngCore;
 #[cfg(test)]
 use rcgen::ExtendedKeyUsagePurpose;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose, SanType,
     SerialNumber,
 };
-use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 
 use crate::authority::{AuthorityError, IntermediateOptions, RootOptions};
@@ -220,14 +220,23 @@ pub(crate) fn to_datetime(t: SystemTime) -> Result<OffsetDateTime, AuthorityErro
 }
 
 fn random_serial() -> Result<SerialNumber, AuthorityError> {
-    let rng = SystemRandom::new();
+    Ok(SerialNumber::from_slice(&serial_bytes()))
+}
+
+/// A random positive serial of [`SERIAL_LEN`] bytes, never zero (RFC 5280 §4.1.2.2).
+///
+/// From the thread's CSPRNG (ChaCha, seeded and periodically reseeded from the OS), not a
+/// `getrandom` call per certificate: serials must be unpredictable, and a system call per
+/// issuance was a measurable part of the issuance path.
+pub(crate) fn serial_bytes() -> [u8; SERIAL_LEN] {
+    let mut rng = rand::rng();
     let mut bytes = [0u8; SERIAL_LEN];
     loop {
-        rng.fill(&mut bytes).map_err(|_| AuthorityError::Random)?;
+        rng.fill_bytes(&mut bytes);
         bytes[0] &= 0x7f;
-        // A zero serial is not allowed (RFC 5280 §4.1.2.2); 2^-127 odds, but cheap to rule out.
+        // A zero serial: 2^-127 odds, but cheap to rule out.
         if bytes.iter().any(|b| *b != 0) {
-            return Ok(SerialNumber::from_slice(&bytes));
+            return bytes;
         }
     }
 }

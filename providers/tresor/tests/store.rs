@@ -31,6 +31,7 @@ fn fingerprint(authority: &SigningAuthority) -> String {
     CertificateInfo::parse(authority.certificate())
         .unwrap()
         .sha256_fingerprint
+        .to_string()
 }
 
 fn mode(path: &Path) -> u32 {
