@@ -72,6 +72,8 @@ enum Mode {
     WrongKey,
     ForeignCa,
     ServerAuthOnly,
+    /// A bug in the provider.
+    Panic,
 }
 
 /// One `issue` call as the fake saw it.
@@ -223,6 +225,7 @@ impl CertificateProvider for FakeProvider {
         let other_key = (mode == Mode::WrongKey).then(|| LeafKey::generate(KeyType::P256).unwrap());
         let public = other_key.as_ref().unwrap_or(request.key);
         let chain = match mode {
+            Mode::Panic => panic!("the fake provider's own bug"),
             Mode::Fail => {
                 return Err(ProviderError::Unavailable {
                     provider: "fake",
@@ -684,6 +687,39 @@ async fn a_failed_first_issuance_is_reported_and_retried_by_the_next_caller() {
     h.provider.set_mode(Mode::Good);
     h.cache.certificate(&wanted).await.unwrap();
     assert_eq!(h.provider.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_provider_fails_that_issuance_and_the_cache_carries_on() {
+    let h = harness(CacheSettings {
+        max_concurrent_issues: 2,
+        ..settings()
+    });
+    h.provider.set_mode(Mode::Panic);
+    for round in 0..3 {
+        let error = h
+            .cache
+            .certificate(&key(&format!("a/panic-{round}"), Purpose::Default))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CacheError::Internal { .. }), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("panicked") && text.contains("own bug"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spiffe://cluster.local/ns/a/sa/panic-"),
+            "{text}"
+        );
+    }
+    // More panics than issuer slots, and issuance still works afterwards, concurrently too.
+    h.provider.set_mode(Mode::Good);
+    let (one, two) = (key("a/b", Purpose::Default), key("c/d", Purpose::Default));
+    let (first, second) = tokio::join!(h.cache.certificate(&one), h.cache.certificate(&two));
+    first.unwrap();
+    second.unwrap();
+    assert_eq!(h.cache.stats().in_flight, 0);
 }
 
 #[tokio::test(start_paused = true)]
