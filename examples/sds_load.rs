@@ -29,13 +29,12 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use envoy_types::pb::envoy::config::core::v3::{Node, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use meshca::cache::{CertKey, CertificateCache, Purpose};
 use meshca::cli::serve::{cache_settings, sds_settings};
 use meshca::config::{Config, SdsAuth};
 use meshca::sds::convert::SECRET_TYPE_URL;
-use meshca::sds::{SdsServer, SecretSource};
+use meshca::sds::{PATH_STREAM, SdsCodec, SdsServer, SecretSource};
 use meshca::time::TokioClock;
 use meshca_provider::x509::sha256;
 use meshca_provider::{CertificateChain, CertificateInfo, Clock, SpiffeId, TrustDomain};
@@ -561,8 +560,17 @@ async fn client_stream(
         ..DiscoveryRequest::default()
     })
     .await?;
-    let mut inbound = SecretDiscoveryServiceClient::new(channel)
-        .stream_secrets(ReceiverStream::new(rx))
+    // tonic's client with the codec meshca's server uses: its default 8 KiB buffers per
+    // stream would make the load tool, which shares the machine's cores with the server, the
+    // heavier side of every stream.
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let mut inbound = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            http::uri::PathAndQuery::from_static(PATH_STREAM),
+            SdsCodec::<DiscoveryRequest, DiscoveryResponse>::default(),
+        )
         .await?
         .into_inner();
     while let Some(mut response) = inbound.message().await? {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use meshca_provider::TrustDomain;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -25,9 +24,12 @@ pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod names;
+mod service;
 pub mod source;
 pub mod stats;
 mod stream;
+
+pub use service::{PATH_STREAM, SdsCodec};
 mod tls;
 pub mod transport;
 
@@ -336,8 +338,10 @@ impl BoundSdsServer {
             drain: drain.clone(),
             next_stream: AtomicU64::new(1),
         });
-        let service = SecretDiscoveryServiceServer::from_arc(Arc::new(stream::SdsService(shared)))
-            .max_decoding_message_size(settings.limits.max_message_bytes);
+        let service = service::SdsRouter::new(
+            Arc::new(stream::SdsService(shared)),
+            settings.limits.max_message_bytes,
+        );
         let incoming = transport::accept(self.listeners, tls, drain.clone());
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
