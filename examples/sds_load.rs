@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use clap::Parser;
 use envoy_types::pb::envoy::config::core::v3::{Node, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
@@ -34,17 +35,16 @@ use meshca::cache::{CertKey, CertificateCache, Purpose};
 use meshca::cli::serve::{cache_settings, sds_settings};
 use meshca::config::{Config, SdsAuth};
 use meshca::sds::convert::SECRET_TYPE_URL;
-use meshca::sds::{PATH_STREAM, SdsCodec, SdsServer, SecretSource};
+use meshca::sds::{PATH_STREAM, SdsServer, SecretSource};
 use meshca::time::TokioClock;
 use meshca_provider::x509::sha256;
 use meshca_provider::{CertificateChain, CertificateInfo, Clock, SpiffeId, TrustDomain};
 use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -404,16 +404,15 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
     // (B) the SDS server in its own process.
     let mut server = Server::start(args, "--serve-only")?;
     let address = server.expect("ready").await?.remove(0);
-    let url = format!("http://{address}");
-    let mut channels = Vec::with_capacity(args.connections);
+    let mut connections = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        channels.push(
-            Endpoint::from_shared(url.clone())?
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to the SDS server at {url}"))?,
-        );
+        connections.push(connect(&address).await?);
     }
+    // Every stream's request is made before the clock starts: a proxy arrives with its own.
+    let uri: http::Uri = format!("http://{address}{PATH_STREAM}").parse()?;
+    let opening: Vec<(http::Request<()>, Bytes)> = (0..n)
+        .map(|stream| (grpc_request(&uri), first_request(stream)))
+        .collect();
     let rss_before = server.rss_kib()?;
     let server_cpu = cpu_time(server.pid)?;
     let client_cpu = cpu_time(std::process::id())?;
@@ -426,11 +425,11 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
         patience: args.patience,
     };
     let opened = Instant::now();
-    for stream in 0..n {
-        let channel = channels[stream % channels.len()].clone();
+    for (stream, (request, first)) in opening.into_iter().enumerate() {
+        let connection = connections[stream % connections.len()].clone();
         let events = events.clone();
         tokio::spawn(async move {
-            if let Err(status) = client_stream(channel, stream, &events).await {
+            if let Err(status) = client_stream(connection, request, first, stream, &events).await {
                 let _ = events.send(Event::Failed {
                     stream,
                     error: status.to_string(),
@@ -540,57 +539,147 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One stream, as a single-secret Envoy: asks for `default` with its node id, ACKs every
-/// response, reports the serial of each certificate it receives.
-async fn client_stream(
-    channel: Channel,
-    stream: usize,
-    events: &mpsc::UnboundedSender<Event>,
-) -> Result<(), anyhow::Error> {
-    let (tx, rx) = mpsc::channel(4);
-    let names = vec!["default".to_owned()];
-    tx.send(DiscoveryRequest {
+/// One HTTP/2 connection to the SDS server, its driver spawned.
+///
+/// The load client speaks gRPC over h2 directly rather than through tonic's client: it shares
+/// the machine's two cores with the server it measures, and tonic's client stack (a buffer task
+/// in front of hyper's dispatcher, a request queue per stream) cost it more CPU per stream than
+/// the server spends on the same stream. What goes over the wire is the same: HTTP/2 streams
+/// carrying length-prefixed protobuf messages, as Envoy's gRPC client sends them.
+async fn connect(address: &str) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
+    let tcp = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("cannot connect to the SDS server at {address}"))?;
+    tcp.set_nodelay(true)?;
+    let (send, connection) = h2::client::handshake(tcp)
+        .await
+        .context("HTTP/2 handshake with the SDS server failed")?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("SDS connection failed: {e}");
+        }
+    });
+    Ok(send)
+}
+
+/// The headers of a `StreamSecrets` call.
+fn grpc_request(uri: &http::Uri) -> http::Request<()> {
+    http::Request::builder()
+        .method(http::Method::POST)
+        .uri(uri.clone())
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(())
+        .expect("a valid request")
+}
+
+/// Stream `stream`'s first request, framed: it asks for `default` with its node id.
+fn first_request(stream: usize) -> Bytes {
+    grpc_frame(&DiscoveryRequest {
         node: Some(Node {
             id: short_name(stream),
             cluster: "load".to_owned(),
             ..Node::default()
         }),
-        resource_names: names.clone(),
+        resource_names: vec!["default".to_owned()],
         type_url: SECRET_TYPE_URL.to_owned(),
         ..DiscoveryRequest::default()
     })
-    .await?;
-    // tonic's client with the codec meshca's server uses: its default 8 KiB buffers per
-    // stream would make the load tool, which shares the machine's cores with the server, the
-    // heavier side of every stream.
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await?;
-    let mut inbound = grpc
-        .streaming(
-            tonic::Request::new(ReceiverStream::new(rx)),
-            http::uri::PathAndQuery::from_static(PATH_STREAM),
-            SdsCodec::<DiscoveryRequest, DiscoveryResponse>::default(),
-        )
-        .await?
-        .into_inner();
-    while let Some(mut response) = inbound.message().await? {
-        ensure!(
-            response.resources.len() == 1,
-            "expected one resource, got {}",
-            response.resources.len()
-        );
-        let secret = std::mem::take(&mut response.resources[0].value);
-        let _ = events.send(Event::Response { stream, secret });
-        tx.send(DiscoveryRequest {
-            version_info: response.version_info,
-            response_nonce: response.nonce,
-            resource_names: names.clone(),
-            type_url: SECRET_TYPE_URL.to_owned(),
-            ..DiscoveryRequest::default()
-        })
-        .await?;
+}
+
+/// A gRPC message on the wire: uncompressed flag, big-endian length, protobuf bytes.
+fn grpc_frame(message: &impl Message) -> Bytes {
+    let len = message.encoded_len();
+    let mut frame = BytesMut::with_capacity(5 + len);
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(len).expect("a small message"));
+    message.encode(&mut frame).expect("capacity reserved");
+    frame.freeze()
+}
+
+/// The next whole gRPC message at the front of `buffer`, if it has arrived.
+fn next_message(buffer: &mut BytesMut) -> anyhow::Result<Option<Bytes>> {
+    if buffer.len() < 5 {
+        return Ok(None);
     }
-    Ok(())
+    ensure!(buffer[0] == 0, "the server sent a compressed message");
+    let len = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+    if buffer.len() < 5 + len {
+        return Ok(None);
+    }
+    buffer.advance(5);
+    Ok(Some(buffer.split_to(len).freeze()))
+}
+
+/// One stream, as a single-secret Envoy: sends its first request, ACKs every response,
+/// reports each certificate it receives.
+async fn client_stream(
+    connection: h2::client::SendRequest<Bytes>,
+    request: http::Request<()>,
+    first: Bytes,
+    stream: usize,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Result<(), anyhow::Error> {
+    let mut connection = connection.ready().await?;
+    let (response, mut outbound) = connection.send_request(request, false)?;
+    outbound.send_data(first, false)?;
+    let response = response.await?;
+    ensure!(
+        response.status() == http::StatusCode::OK,
+        "HTTP status {}",
+        response.status()
+    );
+    // A call refused at once ends with its status in the headers (a trailers-only response).
+    grpc_status(response.headers())?;
+    let mut body = response.into_body();
+    let mut buffer = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buffer.extend_from_slice(&chunk);
+        while let Some(message) = next_message(&mut buffer)? {
+            let mut response = DiscoveryResponse::decode(message)?;
+            ensure!(
+                response.resources.len() == 1,
+                "expected one resource, got {}",
+                response.resources.len()
+            );
+            let secret = std::mem::take(&mut response.resources[0].value);
+            let _ = events.send(Event::Response { stream, secret });
+            outbound.send_data(
+                grpc_frame(&DiscoveryRequest {
+                    version_info: response.version_info,
+                    response_nonce: response.nonce,
+                    resource_names: vec!["default".to_owned()],
+                    type_url: SECRET_TYPE_URL.to_owned(),
+                    ..DiscoveryRequest::default()
+                }),
+                false,
+            )?;
+        }
+    }
+    // The server ended the stream: a gRPC status other than OK is a failure.
+    match body.trailers().await? {
+        Some(trailers) => grpc_status(&trailers),
+        None => Ok(()),
+    }
+}
+
+/// Fails on a `grpc-status` other than OK in `headers`.
+fn grpc_status(headers: &http::HeaderMap) -> anyhow::Result<()> {
+    match headers
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap_or("?"))
+    {
+        None | Some("0") => Ok(()),
+        Some(code) => {
+            let message = headers
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            bail!("the server ended the stream with gRPC status {code}: {message}")
+        }
+    }
 }
 
 /// The serial of the leaf in an encoded `tls_certificate` secret.
