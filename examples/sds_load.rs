@@ -41,7 +41,7 @@ use meshca_provider::x509::sha256;
 use meshca_provider::{CertificateChain, CertificateInfo, Clock, SpiffeId, TrustDomain};
 use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -54,6 +54,10 @@ struct Args {
     /// HTTP/2 connections the streams are spread over.
     #[arg(long, default_value_t = 100)]
     connections: usize,
+    /// How the streams reach the server: `tcp` (loopback) or `unix` (a Unix socket, as proxies
+    /// on the same node reach a node-local agent).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
     /// Threads of the clients' runtime (1: a current-thread runtime).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
@@ -66,6 +70,12 @@ struct Args {
     /// Internal: time a fresh cache issuing `--streams` certificates.
     #[arg(long, hide = true)]
     cache_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    Tcp,
+    Unix,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,12 +109,18 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(drive(&args))
 }
 
-/// `meshca serve`'s configuration for the load: development mode on loopback, Tresor with a
-/// directory store in `dir`, room for every stream.
-fn daemon_config(streams: usize, dir: &Path) -> Config {
+/// `meshca serve`'s configuration for the load: development mode on loopback TCP or a Unix
+/// socket, Tresor with a directory store in `dir`, room for every stream.
+fn daemon_config(streams: usize, transport: Transport, dir: &Path) -> Config {
     let mut config = Config::default();
     config.tresor.directory = dir.join("ca");
-    config.sds.listen = "127.0.0.1:0".to_owned();
+    match transport {
+        Transport::Tcp => config.sds.listen = "127.0.0.1:0".to_owned(),
+        Transport::Unix => {
+            config.sds.listen = String::new();
+            config.sds.unix_socket = dir.join("sds.sock").display().to_string();
+        }
+    }
     config.sds.auth = SdsAuth::Development;
     config.sds.max_streams = config.sds.max_streams.max(streams + 16);
     config
@@ -126,7 +142,7 @@ fn short_name(stream: usize) -> String {
 /// (A): N distinct identities asked for at once, each holding its receiver as a stream would.
 async fn cache_only(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = daemon_config(args.streams, dir.path());
+    let config = daemon_config(args.streams, args.transport, dir.path());
     let cache = daemon_cache(&config).await?;
     let rss_before = vm_rss_kib(std::process::id())?;
     let cpu_before = cpu_time(std::process::id())?;
@@ -162,10 +178,16 @@ async fn cache_only(args: &Args) -> anyhow::Result<()> {
 /// The server process: `meshca serve` in development mode, answering the driver's commands.
 async fn serve(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = daemon_config(args.streams, dir.path());
+    let config = daemon_config(args.streams, args.transport, dir.path());
     let cache = daemon_cache(&config).await?;
     let sds = SdsServer::new(sds_settings(&config).await?)?.bind().await?;
-    let address = sds.tcp_address().context("no TCP address")?;
+    let address = match args.transport {
+        Transport::Tcp => sds.tcp_address().context("no TCP address")?.to_string(),
+        Transport::Unix => format!(
+            "unix:{}",
+            sds.unix_path().context("no Unix socket")?.display()
+        ),
+    };
     let stats = sds.stats();
     let source: Arc<dyn SecretSource> = Arc::new(cache.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -254,6 +276,11 @@ impl Server {
             .arg(flag)
             .arg("--streams")
             .arg(args.streams.to_string())
+            .arg("--transport")
+            .arg(match args.transport {
+                Transport::Tcp => "tcp",
+                Transport::Unix => "unix",
+            })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -409,7 +436,12 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
         connections.push(connect(&address).await?);
     }
     // Every stream's request is made before the clock starts: a proxy arrives with its own.
-    let uri: http::Uri = format!("http://{address}{PATH_STREAM}").parse()?;
+    let authority = if address.starts_with("unix:") {
+        "localhost"
+    } else {
+        address.as_str()
+    };
+    let uri: http::Uri = format!("http://{authority}{PATH_STREAM}").parse()?;
     let opening: Vec<(http::Request<()>, Bytes)> = (0..n)
         .map(|stream| (grpc_request(&uri), first_request(stream)))
         .collect();
@@ -496,11 +528,12 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
     let per_stream = rss_after.saturating_sub(rss_before) as f64 / n as f64;
     let cache_per_cert = cache_rss[1].saturating_sub(cache_rss[0]) as f64 / n as f64;
     println!(
-        "| streams | connections | (A) cache alone issues N | (B) first cert on all streams | B/A | per stream p50 / p99 | push of issued certs to all | re-issue + push to all | server RSS per stream |"
+        "| transport | streams | connections | (A) cache alone issues N | (B) first cert on all streams | B/A | per stream p50 / p99 | push of issued certs to all | re-issue + push to all | server RSS per stream |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {n} | {} | {:.0} ms | {:.0} ms | {:.2} | {:.0} / {:.0} ms | {:.0} ms | {:.0} ms | {per_stream:.1} KiB |",
+        "| {:?} | {n} | {} | {:.0} ms | {:.0} ms | {:.2} | {:.0} / {:.0} ms | {:.0} ms | {:.0} ms | {per_stream:.1} KiB |",
+        args.transport,
         args.connections,
         ms(issue_alone),
         ms(all_first),
@@ -547,11 +580,30 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
 /// the server spends on the same stream. What goes over the wire is the same: HTTP/2 streams
 /// carrying length-prefixed protobuf messages, as Envoy's gRPC client sends them.
 async fn connect(address: &str) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
-    let tcp = TcpStream::connect(address)
-        .await
-        .with_context(|| format!("cannot connect to the SDS server at {address}"))?;
-    tcp.set_nodelay(true)?;
-    let (send, connection) = h2::client::handshake(tcp)
+    let failed = || format!("cannot connect to the SDS server at {address}");
+    match address.strip_prefix("unix:") {
+        Some(path) => handshake(UnixStream::connect(path).await.with_context(failed)?).await,
+        None => {
+            let tcp = TcpStream::connect(address).await.with_context(failed)?;
+            tcp.set_nodelay(true)?;
+            handshake(tcp).await
+        }
+    }
+}
+
+/// Envoy's default `initial_stream_window_size` and `initial_connection_window_size`.
+const ENVOY_WINDOW: u32 = 256 * 1024 * 1024;
+
+async fn handshake<T>(io: T) -> anyhow::Result<h2::client::SendRequest<Bytes>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Flow-control windows as Envoy's defaults (256 MiB per stream and per connection): the
+    // server never waits for the client's WINDOW_UPDATE frames, as with real proxies.
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(ENVOY_WINDOW)
+        .initial_connection_window_size(ENVOY_WINDOW)
+        .handshake(io)
         .await
         .context("HTTP/2 handshake with the SDS server failed")?;
     tokio::spawn(async move {

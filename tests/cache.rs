@@ -813,3 +813,90 @@ async fn a_request_racing_the_first_bundle_read_succeeds() {
     assert_eq!(served.issued_by, "fake");
     assert_eq!(cache.stats().rejected, 0, "{:?}", cache.stats());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_goes_away_mid_issuance_hands_the_key_to_those_still_waiting() {
+    let h = harness(settings());
+    *h.provider.latency.lock().unwrap() = Duration::from_secs(1);
+    let wanted = key("a/leaver", Purpose::Default);
+    // The first caller issues in its own task and is cancelled half-way; the second, which
+    // arrived meanwhile, waits for the same key and must still get a certificate.
+    let first = tokio::spawn({
+        let (cache, wanted) = (h.cache.clone(), wanted.clone());
+        async move { cache.certificate(&wanted).await }
+    });
+    run_for(Duration::from_millis(100)).await;
+    let second = tokio::spawn({
+        let (cache, wanted) = (h.cache.clone(), wanted.clone());
+        async move { cache.subscribe(wanted).await }
+    });
+    run_for(Duration::from_millis(100)).await;
+    assert_eq!(h.cache.stats().in_flight, 1);
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let receiver = tokio::time::timeout(Duration::from_secs(60), second)
+        .await
+        .expect("the waiting caller was never answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        h.provider.calls(),
+        2,
+        "the abandoned issuance, then one for the waiter"
+    );
+    let stats = h.cache.stats();
+    assert_eq!((stats.issued, stats.in_flight, stats.failures), (1, 0, 0));
+    assert_eq!(
+        receiver.borrow().info.serial,
+        h.cache.cached(&wanted).unwrap().info.serial
+    );
+
+    // A caller that goes away with nobody waiting leaves nothing behind: the next one issues.
+    let gone = tokio::spawn({
+        let cache = h.cache.clone();
+        async move { cache.certificate(&key("a/alone", Purpose::Default)).await }
+    });
+    run_for(Duration::from_millis(100)).await;
+    gone.abort();
+    let _ = gone.await;
+    run_for(Duration::from_secs(5)).await;
+    assert_eq!(h.cache.stats().in_flight, 0);
+    assert!(h.cache.cached(&key("a/alone", Purpose::Default)).is_none());
+    h.cache
+        .certificate(&key("a/alone", Purpose::Default))
+        .await
+        .unwrap();
+    assert_eq!(h.provider.calls(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_issuing_themselves_stay_within_the_issuance_limit() {
+    let h = harness(CacheSettings {
+        max_concurrent_issues: 2,
+        ..settings()
+    });
+    *h.provider.latency.lock().unwrap() = Duration::from_secs(1);
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let cache = h.cache.clone();
+        requests.spawn(async move {
+            cache
+                .certificate(&key(&format!("a/sa-{i}"), Purpose::Default))
+                .await
+        });
+    }
+    // Two issue at once (the first two callers, in their own tasks); the other three queue
+    // through the worker and start as slots free up.
+    run_for(Duration::from_millis(500)).await;
+    assert_eq!(h.cache.stats().in_flight, 2);
+    assert_eq!(h.provider.calls(), 2);
+    run_for(Duration::from_secs(1)).await;
+    assert_eq!(h.cache.stats().in_flight, 2);
+    assert_eq!(h.provider.calls(), 4);
+    for result in requests.join_all().await {
+        result.unwrap();
+    }
+    let stats = h.cache.stats();
+    assert_eq!((stats.issued, stats.in_flight), (5, 0));
+    assert_eq!(h.provider.calls(), 5);
+}

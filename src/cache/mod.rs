@@ -15,9 +15,17 @@
 //!   failure counts, and the renewal timers (an ordered set of deadlines; the worker sleeps until
 //!   the first). Because one task decides, concurrent requests for a key coalesce into one
 //!   issuance without locks, and there is no periodic rescan of every certificate.
-//! - **Callers outrank background work.** Issuance runs in tasks the worker spawns, at most
-//!   [`CacheSettings::max_concurrent_issues`] at a time; when slots are scarce, keys with a
-//!   waiting caller start before due renewals.
+//! - **A caller that misses issues in its own task.** The first caller to find no valid
+//!   certificate claims the key in the entries map (under the same lock as the lookup) and runs
+//!   the issuance itself, then publishes and tells the worker, which schedules the renewal and
+//!   answers anyone who asked meanwhile. A claim is what makes issuance single-flight: a second
+//!   caller finding the key claimed waits through the worker. The cold path so costs no task
+//!   spawn and no round trip; a caller that goes away mid-issuance hands the key back to the
+//!   worker, and a panicking provider fails that issuance only.
+//! - **Callers outrank background work.** At most [`CacheSettings::max_concurrent_issues`]
+//!   issuances run at once (one semaphore for callers' and the worker's); a caller finding no
+//!   free slot queues through the worker, which starts keys with waiting callers before due
+//!   renewals.
 //! - **Policy is pure.** When to renew ([`renew_at`]) and when to retry ([`retry_in`]) are
 //!   functions of the certificate's real NotBefore/NotAfter, the settings and a random draw.
 //! - **Validate, then publish; keep the last good one.** A new chain must verify against the
@@ -34,17 +42,19 @@ mod policy;
 pub(crate) mod validate;
 mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use futures::FutureExt as _;
 use meshca_provider::{
     CertificateChain, CertificateInfo, Clock, IssueRequest, KeyError, KeyType, LeafKey, LeafSpec,
     ProviderError, SharedProvider, SpiffeId, TrustBundle, format_duration,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 pub use latency::{IssueResult, LatencyHistogram};
 pub use policy::{Backoff, RenewPolicy, renew_at, renew_in, retry_in};
@@ -357,11 +367,13 @@ impl CertificateCache {
     /// Starts the cache and its worker task. Must be called inside a tokio runtime.
     pub fn new(provider: SharedProvider, settings: CacheSettings, clock: Arc<dyn Clock>) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
+        let issue_slots = Arc::new(Semaphore::new(settings.max_concurrent_issues.max(1)));
         let shared = Arc::new(Shared {
             provider,
             settings,
             clock,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
+            issue_slots,
             trust: watch::Sender::new(Arc::new(TrustBundle::default())),
             counters: Counters::default(),
         });
@@ -374,10 +386,7 @@ impl CertificateCache {
     /// The current valid certificate for `key`, issuing one if there is none. Concurrent calls
     /// for one key share a single issuance.
     pub async fn certificate(&self, key: &CertKey) -> Result<Arc<ServedCertificate>, CacheError> {
-        if let Some(cert) = self.shared().lookup(key, false) {
-            return Ok(cert.cert);
-        }
-        Ok(self.fetch(key.clone(), false).await?.cert)
+        Ok(self.obtain(key, false).await?.cert)
     }
 
     /// A receiver holding a valid certificate for `key` (issued first if need be); every later
@@ -386,10 +395,7 @@ impl CertificateCache {
         &self,
         key: CertKey,
     ) -> Result<watch::Receiver<Arc<ServedCertificate>>, CacheError> {
-        let fetched = match self.shared().lookup(&key, true) {
-            Some(fetched) => fetched,
-            None => self.fetch(key, true).await?,
-        };
+        let fetched = self.obtain(&key, true).await?;
         fetched.updates.ok_or_else(|| CacheError::Internal {
             reason: "a subscription was answered without a receiver".to_owned(),
         })
@@ -405,6 +411,7 @@ impl CertificateCache {
     pub fn certificates(&self) -> Vec<(CertKey, Arc<ServedCertificate>)> {
         let entries = self.shared().entries();
         entries
+            .slots
             .iter()
             .map(|(key, slot)| (key.clone(), slot.sender.borrow().clone()))
             .collect()
@@ -521,6 +528,37 @@ impl CertificateCache {
         &self.handle.shared
     }
 
+    /// The published certificate if it is valid; otherwise issued here, or awaited through the
+    /// worker when another issuance of the key is running or every issuance slot is taken.
+    async fn obtain(&self, key: &CertKey, subscribe: bool) -> Result<Fetched, CacheError> {
+        match self.shared().lookup_or_claim(key, subscribe) {
+            Lookup::Cached(fetched) => Ok(fetched),
+            Lookup::Claimed(slot) => self.issue_here(key, subscribe, slot).await,
+            Lookup::Busy => self.fetch(key.clone(), subscribe).await,
+        }
+    }
+
+    /// Issues for `key`, claimed by this caller, in the caller's task; publishes the result and
+    /// hands scheduling (renewal, other waiters) to the worker.
+    async fn issue_here(
+        &self,
+        key: &CertKey,
+        subscribe: bool,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<Fetched, CacheError> {
+        let claim = CallerClaim {
+            handle: &self.handle,
+            key,
+            ended: false,
+        };
+        let result = AssertUnwindSafe(self.shared().timed_issue(key))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panicked(key, panic.as_ref())));
+        drop(slot);
+        claim.end(result, subscribe)
+    }
+
     async fn fetch(&self, key: CertKey, subscribe: bool) -> Result<Fetched, CacheError> {
         let (reply, answer) = oneshot::channel();
         self.handle
@@ -541,6 +579,78 @@ impl fmt::Debug for CertificateCache {
             .field("provider", &self.shared().provider.name())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+/// A key claimed by a caller issuing in its own task. Ending it publishes (or not), releases
+/// the claim and tells the worker in one critical section, so the worker sees the issuances of
+/// a key end in the order they did. Dropped without ending (the caller went away), it hands the
+/// key back to the worker, which serves anyone waiting for it.
+struct CallerClaim<'a> {
+    handle: &'a Handle,
+    key: &'a CertKey,
+    ended: bool,
+}
+
+impl CallerClaim<'_> {
+    fn end(
+        mut self,
+        result: Result<Arc<ServedCertificate>, CacheError>,
+        subscribe: bool,
+    ) -> Result<Fetched, CacheError> {
+        self.ended = true;
+        let shared = &self.handle.shared;
+        let mut entries = shared.entries();
+        let (answer, renewal) = match &result {
+            Ok(cert) => {
+                let (mut receivers, renewal) =
+                    shared.publish_locked(&mut entries, self.key, cert.clone(), true, subscribe);
+                let fetched = Fetched {
+                    cert: cert.clone(),
+                    updates: receivers.take(),
+                };
+                (Ok(fetched), renewal)
+            }
+            Err(error) => {
+                shared.counters.failed(error);
+                (Err(error.clone()), false)
+            }
+        };
+        shared.release_locked(&mut entries, self.key);
+        // A send error means the worker is gone (shutting down): nothing left to schedule.
+        let _ = self.handle.commands.send(Command::Issued {
+            key: self.key.clone(),
+            result,
+            renewal,
+        });
+        answer
+    }
+}
+
+impl Drop for CallerClaim<'_> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let shared = &self.handle.shared;
+        let mut entries = shared.entries();
+        shared.release_locked(&mut entries, self.key);
+        let _ = self
+            .handle
+            .commands
+            .send(Command::Abandoned(self.key.clone()));
+    }
+}
+
+/// The error for an issuance that panicked (a bug in a provider or in meshca).
+fn panicked(key: &CertKey, panic: &(dyn std::any::Any + Send)) -> CacheError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    CacheError::Internal {
+        reason: format!("issuing for {key} failed unexpectedly: the issuance panicked: {message}"),
     }
 }
 
@@ -587,10 +697,42 @@ struct Shared {
     provider: SharedProvider,
     settings: CacheSettings,
     clock: Arc<dyn Clock>,
-    /// Published certificates. Locked only for map operations, never across an `.await`.
-    entries: Mutex<HashMap<CertKey, Slot>>,
+    /// Published certificates and running issuances. Locked only for map operations, never
+    /// across an `.await`.
+    entries: Mutex<Entries>,
+    /// One permit per issuance running, by a caller or the worker.
+    issue_slots: Arc<Semaphore>,
     trust: watch::Sender<Arc<TrustBundle>>,
     counters: Counters,
+}
+
+/// What the entries lock guards.
+#[derive(Default)]
+struct Entries {
+    /// Published certificates.
+    slots: HashMap<CertKey, Slot>,
+    /// Keys with an issuance running, by a caller or by the worker: at most one per key.
+    issuing: HashSet<CertKey>,
+}
+
+/// What a caller's lookup found.
+enum Lookup {
+    /// A valid published certificate.
+    Cached(Fetched),
+    /// Nothing valid, and this caller now holds the key's claim and an issuance slot.
+    Claimed(OwnedSemaphorePermit),
+    /// Nothing valid, and the key is being issued already or no slot is free: ask the worker.
+    Busy,
+}
+
+/// What the worker's attempt to claim a key found.
+pub(super) enum WorkerClaim {
+    /// The worker holds the claim.
+    Claimed,
+    /// Another issuance of the key is running; its end serves the key's waiters.
+    Busy,
+    /// A valid certificate was published meanwhile (asked only for keys with waiters).
+    Cached,
 }
 
 /// A published certificate.
@@ -602,7 +744,7 @@ struct Slot {
 }
 
 impl Shared {
-    fn entries(&self) -> MutexGuard<'_, HashMap<CertKey, Slot>> {
+    fn entries(&self) -> MutexGuard<'_, Entries> {
         // A panic while holding this lock leaves the map consistent (every operation on it is a
         // single insert/remove/read), so a poisoned lock is still safe to use.
         self.entries
@@ -614,26 +756,100 @@ impl Shared {
     /// out (and subscribing, if asked) under the same lock the evictor takes.
     fn lookup(&self, key: &CertKey, subscribe: bool) -> Option<Fetched> {
         let now = self.clock.now();
+        lookup_locked(&mut self.entries(), key, subscribe, now)
+    }
+
+    /// A caller's lookup: the valid certificate, or else the key's claim and an issuance slot
+    /// if both are free, in one critical section.
+    fn lookup_or_claim(&self, key: &CertKey, subscribe: bool) -> Lookup {
+        let now = self.clock.now();
         let mut entries = self.entries();
-        let slot = entries.get_mut(key)?;
-        let cert = slot.sender.borrow().clone();
-        if cert.info.not_after <= now {
-            return None;
+        if let Some(fetched) = lookup_locked(&mut entries, key, subscribe, now) {
+            return Lookup::Cached(fetched);
         }
-        slot.requested_until = slot.requested_until.max(cert.info.not_after);
-        let updates = subscribe.then(|| slot.sender.subscribe());
-        Some(Fetched { cert, updates })
+        if entries.issuing.contains(key) {
+            return Lookup::Busy;
+        }
+        let Ok(slot) = self.issue_slots.clone().try_acquire_owned() else {
+            return Lookup::Busy;
+        };
+        self.claim_locked(&mut entries, key);
+        Lookup::Claimed(slot)
+    }
+
+    /// The worker's lookup for a waiting caller: the valid certificate, or whether the key is
+    /// being issued (whose end will answer the caller).
+    pub(super) fn lookup_or_issuing(
+        &self,
+        key: &CertKey,
+        subscribe: bool,
+    ) -> Result<Fetched, bool> {
+        let now = self.clock.now();
+        let mut entries = self.entries();
+        lookup_locked(&mut entries, key, subscribe, now)
+            .ok_or_else(|| entries.issuing.contains(key))
+    }
+
+    /// The worker claims `key` for an issuance of its own; `unless_cached` for keys started for
+    /// waiting callers, who need no issuance if a valid certificate was published meanwhile.
+    pub(super) fn worker_claim(&self, key: &CertKey, unless_cached: bool) -> WorkerClaim {
+        let now = self.clock.now();
+        let mut entries = self.entries();
+        if entries.issuing.contains(key) {
+            return WorkerClaim::Busy;
+        }
+        let valid = |slot: &Slot| slot.sender.borrow().info.not_after > now;
+        if unless_cached && entries.slots.get(key).is_some_and(valid) {
+            return WorkerClaim::Cached;
+        }
+        self.claim_locked(&mut entries, key);
+        WorkerClaim::Claimed
+    }
+
+    /// Whether an issuance of `key` is running.
+    pub(super) fn is_issuing(&self, key: &CertKey) -> bool {
+        self.entries().issuing.contains(key)
+    }
+
+    /// Keys being issued now, optionally only those of `identity`.
+    pub(super) fn issuing_keys(&self, identity: Option<&SpiffeId>) -> HashSet<CertKey> {
+        self.entries()
+            .issuing
+            .iter()
+            .filter(|key| identity.is_none_or(|id| &key.identity == id))
+            .cloned()
+            .collect()
+    }
+
+    fn claim_locked(&self, entries: &mut Entries, key: &CertKey) {
+        entries.issuing.insert(key.clone());
+        self.counters
+            .in_flight
+            .store(entries.issuing.len(), Ordering::Relaxed);
+    }
+
+    /// Ends the issuance of `key` without publishing (it failed, panicked or was abandoned).
+    pub(super) fn release(&self, key: &CertKey) {
+        self.release_locked(&mut self.entries(), key);
+    }
+
+    fn release_locked(&self, entries: &mut Entries, key: &CertKey) {
+        entries.issuing.remove(key);
+        self.counters
+            .in_flight
+            .store(entries.issuing.len(), Ordering::Relaxed);
     }
 
     fn current(&self, key: &CertKey) -> Option<Arc<ServedCertificate>> {
         self.entries()
+            .slots
             .get(key)
             .map(|slot| slot.sender.borrow().clone())
     }
 
-    /// Publishes `cert` for `key`, waking subscribers. Returns `subscribers` new receivers for
-    /// waiting callers that asked to subscribe, and whether it replaces a certificate (a
-    /// renewal); `handed_out` records that callers got it.
+    /// Publishes `cert` for `key`, waking subscribers, and ends the key's issuance. Returns
+    /// `subscribers` new receivers for waiting callers that asked to subscribe, and whether it
+    /// replaces a certificate (a renewal); `handed_out` records that callers got it.
     fn publish(
         &self,
         key: &CertKey,
@@ -641,11 +857,32 @@ impl Shared {
         handed_out: bool,
         subscribers: usize,
     ) -> (Vec<watch::Receiver<Arc<ServedCertificate>>>, bool) {
+        let mut entries = self.entries();
+        let (first, renewal) =
+            self.publish_locked(&mut entries, key, cert, handed_out, subscribers > 0);
+        let slot = &entries.slots[key];
+        let receivers = first
+            .into_iter()
+            .chain((1..subscribers).map(|_| slot.sender.subscribe()))
+            .collect();
+        self.release_locked(&mut entries, key);
+        (receivers, renewal)
+    }
+
+    /// [`publish`](Self::publish) under a held lock, with at most one receiver; the caller
+    /// releases the claim.
+    fn publish_locked(
+        &self,
+        entries: &mut Entries,
+        key: &CertKey,
+        cert: Arc<ServedCertificate>,
+        handed_out: bool,
+        subscribe: bool,
+    ) -> (Option<watch::Receiver<Arc<ServedCertificate>>>, bool) {
         use std::collections::hash_map::Entry;
         let not_after = cert.info.not_after;
-        let mut entries = self.entries();
         // Counted before subscribers wake, so whoever sees the new certificate sees the count.
-        let (slot, renewal) = match entries.entry(key.clone()) {
+        let (slot, renewal) = match entries.slots.entry(key.clone()) {
             Entry::Occupied(slot) => {
                 let slot = slot.into_mut();
                 self.counters.renewed.fetch_add(1, Ordering::Relaxed);
@@ -664,11 +901,11 @@ impl Shared {
         if handed_out {
             slot.requested_until = slot.requested_until.max(not_after);
         }
-        let receivers = (0..subscribers).map(|_| slot.sender.subscribe()).collect();
+        let receiver = subscribe.then(|| slot.sender.subscribe());
         self.counters
             .entries
-            .store(entries.len(), Ordering::Relaxed);
-        (receivers, renewal)
+            .store(entries.slots.len(), Ordering::Relaxed);
+        (receiver, renewal)
     }
 
     /// Publishes `cert` for `key` if the certificate published now has serial `replaces`;
@@ -680,7 +917,7 @@ impl Shared {
         cert: Arc<ServedCertificate>,
     ) -> bool {
         let entries = self.entries();
-        let Some(slot) = entries.get(key) else {
+        let Some(slot) = entries.slots.get(key) else {
             return false;
         };
         slot.sender.send_if_modified(|current| {
@@ -698,16 +935,16 @@ impl Shared {
     fn evict_if_unused(&self, key: &CertKey) -> bool {
         let now = self.clock.now();
         let mut entries = self.entries();
-        let Some(slot) = entries.get(key) else {
+        let Some(slot) = entries.slots.get(key) else {
             return true;
         };
         if slot.sender.receiver_count() > 0 || slot.requested_until > now {
             return false;
         }
-        entries.remove(key);
+        entries.slots.remove(key);
         self.counters
             .entries
-            .store(entries.len(), Ordering::Relaxed);
+            .store(entries.slots.len(), Ordering::Relaxed);
         self.counters.evicted.fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -715,6 +952,7 @@ impl Shared {
     /// Identities with a published certificate, optionally only those of `identity`.
     fn published_keys(&self, identity: Option<&SpiffeId>) -> Vec<CertKey> {
         self.entries()
+            .slots
             .keys()
             .filter(|key| identity.is_none_or(|id| &key.identity == id))
             .cloned()
@@ -865,6 +1103,14 @@ struct Counters {
 }
 
 impl Counters {
+    /// Counts a failed issuance, once, by whoever ran it.
+    fn failed(&self, error: &CacheError) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if matches!(error, CacheError::Invalid { .. }) {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn snapshot(&self) -> CacheStats {
         CacheStats {
             issued: self.issued.load(Ordering::Relaxed),
@@ -877,6 +1123,23 @@ impl Counters {
             in_flight: self.in_flight.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The valid published certificate for `key`, handed out (and subscribed to, if asked).
+fn lookup_locked(
+    entries: &mut Entries,
+    key: &CertKey,
+    subscribe: bool,
+    now: SystemTime,
+) -> Option<Fetched> {
+    let slot = entries.slots.get_mut(key)?;
+    let cert = slot.sender.borrow().clone();
+    if cert.info.not_after <= now {
+        return None;
+    }
+    slot.requested_until = slot.requested_until.max(cert.info.not_after);
+    let updates = subscribe.then(|| slot.sender.subscribe());
+    Some(Fetched { cert, updates })
 }
 
 /// RFC 3339 for logs and messages.

@@ -1,14 +1,15 @@
 //! The single task that decides what gets issued when.
 //!
 //! The worker owns all per-key scheduling state, so none of it needs a lock: who is waiting
-//! for a key, whether an issuance is in flight, how often it failed, and when it is due next.
-//! It reacts to four things: a request from a caller, an issuance finishing, the earliest
-//! deadline passing, and the trust-bundle refresh tick.
+//! for a key, how often it failed, and when it is due next. Which keys are being issued is
+//! the one thing it shares (the claims in the entries map), because callers issue too. It
+//! reacts to five things: a request from a caller, a caller's issuance ending, one of its own
+//! issuances finishing, the earliest deadline passing, and the trust-bundle refresh tick.
 //!
-//! Issuances run as tasks in a `JoinSet`, each producing a result for one key; the worker
-//! applies results in the order they finish. A key is in flight at most once: callers arriving
-//! meanwhile are added to its waiters, and a `renew_now` arriving meanwhile sets `reissue` so a
-//! fresh issuance follows.
+//! The worker's own issuances (renewals, retries, and first issuances for callers who found no
+//! free slot) run as tasks in a `JoinSet`. A key is issued at most once at a time, by whoever
+//! holds its claim: callers arriving meanwhile are added to its waiters, and a `renew_now`
+//! arriving meanwhile sets `reissue` so a fresh issuance follows.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,12 +17,14 @@ use std::sync::atomic::Ordering;
 
 use meshca_provider::SpiffeId;
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
 use super::latency::IssueResult;
-use super::{CacheError, CertKey, ServedCertificate, Shared, renew_in, retry_in, rfc3339};
+use super::{
+    CacheError, CertKey, ServedCertificate, Shared, WorkerClaim, renew_in, retry_in, rfc3339,
+};
 
 /// What the handles ask of the worker.
 pub(super) enum Command {
@@ -33,6 +36,15 @@ pub(super) enum Command {
     },
     /// Re-issue the keys of one identity, or all keys.
     RenewNow(Option<SpiffeId>),
+    /// A caller's issuance of `key` ended: published (`renewal` if it replaced a certificate)
+    /// or failed (already counted). Its claim is released.
+    Issued {
+        key: CertKey,
+        result: Result<Arc<ServedCertificate>, CacheError>,
+        renewal: bool,
+    },
+    /// A caller's issuance of `key` ended without a result: the caller went away.
+    Abandoned(CertKey),
 }
 
 /// The answer to a fetch.
@@ -55,10 +67,9 @@ struct KeyState {
     due: Option<Instant>,
     /// Queued in `Worker::urgent`.
     queued: bool,
-    in_flight: bool,
     /// Consecutive failed issuances.
     failures: u32,
-    /// `renew_now` arrived while an issuance was in flight.
+    /// `renew_now` arrived while an issuance was running.
     reissue: bool,
 }
 
@@ -109,8 +120,7 @@ impl Worker {
         let mut armed_for = None;
         loop {
             self.start_ready();
-            let limit = self.shared.settings.max_concurrent_issues.max(1);
-            let has_room = self.running.len() < limit;
+            let has_room = self.shared.issue_slots.available_permits() > 0;
             let next_due = self.timers.first().map(|(at, _)| *at);
             if next_due != armed_for {
                 if let Some(at) = next_due {
@@ -153,32 +163,80 @@ impl Worker {
                 reply,
             } => {
                 // Published between the caller's own lookup and now?
-                if let Some(fetched) = self.shared.lookup(&key, subscribe) {
-                    let _ = reply.send(Ok(fetched));
-                    return;
-                }
+                let issuing = match self.shared.lookup_or_issuing(&key, subscribe) {
+                    Ok(fetched) => {
+                        let _ = reply.send(Ok(fetched));
+                        return;
+                    }
+                    Err(issuing) => issuing,
+                };
                 let state = self.keys.entry(key.clone()).or_default();
                 state.waiters.push(Waiter { subscribe, reply });
-                if !state.in_flight && !state.queued {
+                // A running issuance answers the waiter when it ends.
+                if !issuing && !state.queued {
                     state.queued = true;
                     self.urgent.push_back(key);
                 }
             }
             Command::RenewNow(identity) => {
                 let now = Instant::now();
-                // First issuances still running may predate the request (e.g. a root switch).
-                for (key, state) in &mut self.keys {
-                    if state.in_flight && identity.as_ref().is_none_or(|id| &key.identity == id) {
-                        state.reissue = true;
-                    }
+                // Issuances still running may predate the request (e.g. a root switch): each is
+                // followed by another.
+                let issuing = self.shared.issuing_keys(identity.as_ref());
+                for key in &issuing {
+                    self.keys.entry(key.clone()).or_default().reissue = true;
                 }
                 for key in self.shared.published_keys(identity.as_ref()) {
-                    let state = self.keys.entry(key.clone()).or_default();
-                    if state.in_flight {
-                        state.reissue = true;
-                    } else {
+                    if !issuing.contains(&key) {
                         self.schedule(&key, now);
                     }
+                }
+            }
+            Command::Issued {
+                key,
+                result,
+                renewal,
+            } => {
+                let state = self.keys.entry(key.clone()).or_default();
+                if state.failures > 0 {
+                    self.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                let waiters = std::mem::take(&mut state.waiters);
+                match result {
+                    Ok(cert) => {
+                        for waiter in waiters {
+                            let answer =
+                                self.shared.lookup(&key, waiter.subscribe).ok_or_else(|| {
+                                    CacheError::Internal {
+                                        reason: format!(
+                                            "the certificate just issued for {key} is gone"
+                                        ),
+                                    }
+                                });
+                            let _ = waiter.reply.send(answer);
+                        }
+                        self.renew_later(key, &cert, renewal);
+                    }
+                    Err(error) => self.failed(key, error, waiters),
+                }
+            }
+            Command::Abandoned(key) => {
+                let published = self.shared.current(&key).is_some();
+                let state = self.keys.entry(key.clone()).or_default();
+                if !state.waiters.is_empty() {
+                    // Someone else still wants it: the worker issues instead.
+                    if !state.queued {
+                        state.queued = true;
+                        self.urgent.push_back(key);
+                    }
+                } else if published {
+                    // An expired certificate whose renewal came due while the caller held the
+                    // claim: renew it now.
+                    if state.due.is_none() {
+                        self.schedule(&key, Instant::now());
+                    }
+                } else {
+                    self.keys.remove(&key);
                 }
             }
         }
@@ -187,12 +245,11 @@ impl Worker {
     /// Starts issuances while there is room: keys with waiting callers first, then keys whose
     /// background deadline has passed.
     fn start_ready(&mut self) {
-        let limit = self.shared.settings.max_concurrent_issues.max(1);
         let now = Instant::now();
-        while self.running.len() < limit {
+        while let Ok(slot) = self.shared.issue_slots.clone().try_acquire_owned() {
             if let Some(key) = self.urgent.pop_front() {
                 // Clears `queued`; starts unless an issuance is already running.
-                self.start(key);
+                self.start(key, slot, true);
                 continue;
             }
             let Some((at, key)) = self.timers.first().cloned() else {
@@ -205,16 +262,16 @@ impl Worker {
             if let Some(state) = self.keys.get_mut(&key) {
                 state.due = None;
             }
-            self.due(key);
+            self.due(key, slot);
         }
     }
 
     /// A key's renewal or retry time has come: renew it, unless nobody uses it any more.
-    fn due(&mut self, key: CertKey) {
+    fn due(&mut self, key: CertKey, slot: OwnedSemaphorePermit) {
         let Some(state) = self.keys.get(&key) else {
             return;
         };
-        if state.in_flight || state.queued {
+        if state.queued || self.shared.is_issuing(&key) {
             // Its completion (or the caller's issuance) schedules what comes next.
             return;
         }
@@ -223,20 +280,29 @@ impl Worker {
             tracing::debug!(identity = %key.identity, purpose = %key.purpose, "dropped unused certificate");
             return;
         }
-        self.start(key);
+        self.start(key, slot, false);
     }
 
-    /// Starts an issuance for `key`, taking it off the urgent queue; nothing if one is
-    /// already running (its completion serves the key's waiters).
-    fn start(&mut self, key: CertKey) {
+    /// Starts an issuance for `key` in `slot`, taking it off the urgent queue; nothing if one
+    /// is already running (its end serves the key's waiters). `for_waiters`: started for
+    /// callers, who are answered at once if a valid certificate was published meanwhile.
+    fn start(&mut self, key: CertKey, slot: OwnedSemaphorePermit, for_waiters: bool) {
         let Some(state) = self.keys.get_mut(&key) else {
             return;
         };
         state.queued = false;
-        if state.in_flight {
-            return;
+        match self.shared.worker_claim(&key, for_waiters) {
+            WorkerClaim::Claimed => {}
+            WorkerClaim::Busy => return,
+            WorkerClaim::Cached => {
+                for waiter in std::mem::take(&mut state.waiters) {
+                    if let Some(fetched) = self.shared.lookup(&key, waiter.subscribe) {
+                        let _ = waiter.reply.send(Ok(fetched));
+                    }
+                }
+                return;
+            }
         }
-        state.in_flight = true;
         state.reissue = false;
         if state.failures > 0 {
             self.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -248,13 +314,10 @@ impl Worker {
         let task_key = key.clone();
         let handle = self.running.spawn(async move {
             let result = shared.timed_issue(&task_key).await;
+            drop(slot);
             (task_key, result)
         });
         self.running_keys.insert(handle.id(), key);
-        self.shared
-            .counters
-            .in_flight
-            .store(self.running.len(), Ordering::Relaxed);
     }
 
     fn finish(&mut self, done: Result<(Id, Outcome), JoinError>) {
@@ -271,14 +334,11 @@ impl Worker {
                 (key, Err(CacheError::Internal { reason }))
             }
         };
-        self.shared
-            .counters
-            .in_flight
-            .store(self.running.len(), Ordering::Relaxed);
-        let Some(state) = self.keys.get_mut(&key) else {
-            return;
-        };
-        state.in_flight = false;
+        if let Err(error) = &result {
+            self.shared.release(&key);
+            self.shared.counters.failed(error);
+        }
+        let state = self.keys.entry(key.clone()).or_default();
         let waiters = std::mem::take(&mut state.waiters);
         match result {
             Ok(cert) => self.published(key, cert, waiters),
@@ -304,7 +364,12 @@ impl Worker {
                 updates,
             }));
         }
+        self.renew_later(key, &cert, renewal);
+    }
 
+    /// Schedules the renewal of `key`'s newly published `cert`.
+    fn renew_later(&mut self, key: CertKey, cert: &ServedCertificate, renewal: bool) {
+        let shared = &self.shared;
         let now = shared.clock.now();
         let jitter = rand::rng().random_range(-1.0..=1.0);
         let info = &cert.info;
@@ -340,12 +405,10 @@ impl Worker {
         set_due(&mut self.timers, state, &key, at);
     }
 
+    /// A failed issuance (already counted) of `key`: answers the waiters, and retries with
+    /// backoff if a previous certificate is still being served.
     fn failed(&mut self, key: CertKey, error: CacheError, waiters: Vec<Waiter>) {
         let shared = &self.shared;
-        shared.counters.failures.fetch_add(1, Ordering::Relaxed);
-        if matches!(error, CacheError::Invalid { .. }) {
-            shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
-        }
         for waiter in waiters {
             let _ = waiter.reply.send(Err(error.clone()));
         }
