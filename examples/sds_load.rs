@@ -54,6 +54,10 @@ struct Args {
     /// HTTP/2 connections the streams are spread over.
     #[arg(long, default_value_t = 100)]
     connections: usize,
+    /// Rounds of (A) then (B) (after one uncounted warm-up of (A)); B/A is reported per round
+    /// and as the median, since (A) alone moves by ±20% between runs on a shared machine.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// How the streams reach the server: `tcp` (loopback) or `unix` (a Unix socket, as proxies
     /// on the same node reach a node-local agent).
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
@@ -81,8 +85,8 @@ enum Transport {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(
-        args.streams > 0 && args.connections > 0 && args.client_threads > 0,
-        "--streams, --connections and --client-threads must be at least 1"
+        args.streams > 0 && args.connections > 0 && args.client_threads > 0 && args.rounds > 0,
+        "--streams, --connections, --client-threads and --rounds must be at least 1"
     );
     if args.serve_only || args.cache_only {
         // The runtime `meshca serve` uses: multi-threaded, one worker per CPU.
@@ -415,6 +419,41 @@ impl Progress {
 }
 
 async fn drive(args: &Args) -> anyhow::Result<()> {
+    // A warm-up (A), not counted: the first process of a run pays for loading this binary and
+    // for cold caches, and that fell on the first (A) alone.
+    let mut warm_up = Server::start(args, "--cache-only")?;
+    warm_up.expect("issued").await?;
+    warm_up.stop().await?;
+
+    println!(
+        "| round | transport | streams | connections | (A) cache alone issues N | (B) first cert on all streams | B/A | per stream p50 / p99 | push of issued certs to all | re-issue + push to all | server RSS per stream |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut ratios = Vec::with_capacity(args.rounds);
+    let mut details = Vec::with_capacity(args.rounds);
+    for index in 1..=args.rounds {
+        let (ratio, detail) = round(args, index).await?;
+        ratios.push(ratio);
+        details.push(detail);
+    }
+    println!();
+    for detail in details {
+        println!("{detail}");
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "\nB/A over {} rounds: median {:.2}, lowest {:.2}, highest {:.2}",
+        ratios.len(),
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+    Ok(())
+}
+
+/// One round: (A) in a fresh process, then (B), the push and the re-issue against a fresh
+/// server process. Prints the round's row; returns B/A and the round's CPU and memory details.
+async fn round(args: &Args, index: usize) -> anyhow::Result<(f64, String)> {
     let n = args.streams;
 
     // (A) the cache alone.
@@ -528,11 +567,7 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
     let per_stream = rss_after.saturating_sub(rss_before) as f64 / n as f64;
     let cache_per_cert = cache_rss[1].saturating_sub(cache_rss[0]) as f64 / n as f64;
     println!(
-        "| transport | streams | connections | (A) cache alone issues N | (B) first cert on all streams | B/A | per stream p50 / p99 | push of issued certs to all | re-issue + push to all | server RSS per stream |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {:?} | {n} | {} | {:.0} ms | {:.0} ms | {:.2} | {:.0} / {:.0} ms | {:.0} ms | {:.0} ms | {per_stream:.1} KiB |",
+        "| {index} | {:?} | {n} | {} | {:.0} ms | {:.0} ms | {:.2} | {:.0} / {:.0} ms | {:.0} ms | {:.0} ms | {per_stream:.1} KiB |",
         args.transport,
         args.connections,
         ms(issue_alone),
@@ -543,8 +578,8 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
         ms(push_time),
         ms(reissue_time),
     );
-    println!(
-        "\nCPU time (server + clients): (A) {:.0} ms; (B) {:.0} + {:.0} ms; push {:.0} + {:.0} ms; \
+    let cpu = format!(
+        "round {index}: CPU time (server + clients): (A) {:.0} ms; (B) {:.0} + {:.0} ms; push {:.0} + {:.0} ms; \
          re-issue + push {:.0} + {:.0} ms",
         ms(issue_alone_cpu),
         ms(first_server_cpu),
@@ -554,8 +589,8 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
         ms(reissue_cpu.0),
         ms(reissue_cpu.1),
     );
-    println!(
-        "server RSS {rss_before} → {rss_after} KiB with the streams open ({rss_end} KiB at the end); \
+    let memory = format!(
+        "round {index}: server RSS {rss_before} → {rss_after} KiB with the streams open ({rss_end} KiB at the end); \
          the cache alone grew {cache_per_cert:.1} KiB per certificate ({} → {} KiB); staging the \
          {n} re-issued certificates took {:.0} ms; server counters: {} responses, {} pushes, {} ACKs, \
          {} NACKs; cache: {} issued, {} renewed",
@@ -569,7 +604,10 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
         stats[4],
         stats[5],
     );
-    Ok(())
+    Ok((
+        all_first.as_secs_f64() / issue_alone.as_secs_f64(),
+        format!("{cpu}\n{memory}"),
+    ))
 }
 
 /// One HTTP/2 connection to the SDS server, its driver spawned.

@@ -23,9 +23,9 @@
 //!   spawn and no round trip; a caller that goes away mid-issuance hands the key back to the
 //!   worker, and a panicking provider fails that issuance only.
 //! - **Callers outrank background work.** At most [`CacheSettings::max_concurrent_issues`]
-//!   issuances run at once (one semaphore for callers' and the worker's); a caller finding no
-//!   free slot queues through the worker, which starts keys with waiting callers before due
-//!   renewals.
+//!   issuances run at once, callers' and the worker's together (the claims are counted under
+//!   the same lock); a caller finding no free slot queues through the worker, which starts keys
+//!   with waiting callers before due renewals.
 //! - **Policy is pure.** When to renew ([`renew_at`]) and when to retry ([`retry_in`]) are
 //!   functions of the certificate's real NotBefore/NotAfter, the settings and a random draw.
 //! - **Validate, then publish; keep the last good one.** A new chain must verify against the
@@ -54,7 +54,7 @@ use meshca_provider::{
     CertificateChain, CertificateInfo, Clock, IssueRequest, KeyError, KeyType, LeafKey, LeafSpec,
     ProviderError, SharedProvider, SpiffeId, TrustBundle, format_duration,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use latency::{IssueResult, LatencyHistogram};
 pub use policy::{Backoff, RenewPolicy, renew_at, renew_in, retry_in};
@@ -367,13 +367,13 @@ impl CertificateCache {
     /// Starts the cache and its worker task. Must be called inside a tokio runtime.
     pub fn new(provider: SharedProvider, settings: CacheSettings, clock: Arc<dyn Clock>) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
-        let issue_slots = Arc::new(Semaphore::new(settings.max_concurrent_issues.max(1)));
+        let issue_limit = settings.max_concurrent_issues.max(1);
         let shared = Arc::new(Shared {
             provider,
             settings,
             clock,
             entries: Mutex::new(Entries::default()),
-            issue_slots,
+            issue_limit,
             trust: watch::Sender::new(Arc::new(TrustBundle::default())),
             counters: Counters::default(),
         });
@@ -533,19 +533,14 @@ impl CertificateCache {
     async fn obtain(&self, key: &CertKey, subscribe: bool) -> Result<Fetched, CacheError> {
         match self.shared().lookup_or_claim(key, subscribe) {
             Lookup::Cached(fetched) => Ok(fetched),
-            Lookup::Claimed(slot) => self.issue_here(key, subscribe, slot).await,
+            Lookup::Claimed => self.issue_here(key, subscribe).await,
             Lookup::Busy => self.fetch(key.clone(), subscribe).await,
         }
     }
 
     /// Issues for `key`, claimed by this caller, in the caller's task; publishes the result and
     /// hands scheduling (renewal, other waiters) to the worker.
-    async fn issue_here(
-        &self,
-        key: &CertKey,
-        subscribe: bool,
-        slot: OwnedSemaphorePermit,
-    ) -> Result<Fetched, CacheError> {
+    async fn issue_here(&self, key: &CertKey, subscribe: bool) -> Result<Fetched, CacheError> {
         let claim = CallerClaim {
             handle: &self.handle,
             key,
@@ -555,7 +550,6 @@ impl CertificateCache {
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| Err(panicked(key, panic.as_ref())));
-        drop(slot);
         claim.end(result, subscribe)
     }
 
@@ -700,8 +694,8 @@ struct Shared {
     /// Published certificates and running issuances. Locked only for map operations, never
     /// across an `.await`.
     entries: Mutex<Entries>,
-    /// One permit per issuance running, by a caller or the worker.
-    issue_slots: Arc<Semaphore>,
+    /// How many issuances may run at once (`max_concurrent_issues`): claims beyond it wait.
+    issue_limit: usize,
     trust: watch::Sender<Arc<TrustBundle>>,
     counters: Counters,
 }
@@ -719,8 +713,8 @@ struct Entries {
 enum Lookup {
     /// A valid published certificate.
     Cached(Fetched),
-    /// Nothing valid, and this caller now holds the key's claim and an issuance slot.
-    Claimed(OwnedSemaphorePermit),
+    /// Nothing valid, and this caller now holds the key's claim (one of the issuance slots).
+    Claimed,
     /// Nothing valid, and the key is being issued already or no slot is free: ask the worker.
     Busy,
 }
@@ -733,6 +727,8 @@ pub(super) enum WorkerClaim {
     Busy,
     /// A valid certificate was published meanwhile (asked only for keys with waiters).
     Cached,
+    /// Every issuance slot is taken.
+    Full,
 }
 
 /// A published certificate.
@@ -759,22 +755,19 @@ impl Shared {
         lookup_locked(&mut self.entries(), key, subscribe, now)
     }
 
-    /// A caller's lookup: the valid certificate, or else the key's claim and an issuance slot
-    /// if both are free, in one critical section.
+    /// A caller's lookup: the valid certificate, or else the key's claim if it and an issuance
+    /// slot are free, in one critical section.
     fn lookup_or_claim(&self, key: &CertKey, subscribe: bool) -> Lookup {
         let now = self.clock.now();
         let mut entries = self.entries();
         if let Some(fetched) = lookup_locked(&mut entries, key, subscribe, now) {
             return Lookup::Cached(fetched);
         }
-        if entries.issuing.contains(key) {
+        if entries.issuing.len() >= self.issue_limit || entries.issuing.contains(key) {
             return Lookup::Busy;
         }
-        let Ok(slot) = self.issue_slots.clone().try_acquire_owned() else {
-            return Lookup::Busy;
-        };
         self.claim_locked(&mut entries, key);
-        Lookup::Claimed(slot)
+        Lookup::Claimed
     }
 
     /// The worker's lookup for a waiting caller: the valid certificate, or whether the key is
@@ -802,8 +795,16 @@ impl Shared {
         if unless_cached && entries.slots.get(key).is_some_and(valid) {
             return WorkerClaim::Cached;
         }
+        if entries.issuing.len() >= self.issue_limit {
+            return WorkerClaim::Full;
+        }
         self.claim_locked(&mut entries, key);
         WorkerClaim::Claimed
+    }
+
+    /// Whether an issuance slot is free now.
+    pub(super) fn has_room(&self) -> bool {
+        self.counters.in_flight.load(Ordering::Relaxed) < self.issue_limit
     }
 
     /// Whether an issuance of `key` is running.

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 use meshca_provider::SpiffeId;
 use rand::Rng;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
@@ -120,7 +120,7 @@ impl Worker {
         let mut armed_for = None;
         loop {
             self.start_ready();
-            let has_room = self.shared.issue_slots.available_permits() > 0;
+            let has_room = self.shared.has_room();
             let next_due = self.timers.first().map(|(at, _)| *at);
             if next_due != armed_for {
                 if let Some(at) = next_due {
@@ -246,10 +246,17 @@ impl Worker {
     /// background deadline has passed.
     fn start_ready(&mut self) {
         let now = Instant::now();
-        while let Ok(slot) = self.shared.issue_slots.clone().try_acquire_owned() {
+        while self.shared.has_room() {
             if let Some(key) = self.urgent.pop_front() {
                 // Clears `queued`; starts unless an issuance is already running.
-                self.start(key, slot, true);
+                if !self.start(key.clone(), true) {
+                    // A caller took the last slot meanwhile: first in line when one frees up.
+                    if let Some(state) = self.keys.get_mut(&key) {
+                        state.queued = true;
+                    }
+                    self.urgent.push_front(key);
+                    break;
+                }
                 continue;
             }
             let Some((at, key)) = self.timers.first().cloned() else {
@@ -262,45 +269,62 @@ impl Worker {
             if let Some(state) = self.keys.get_mut(&key) {
                 state.due = None;
             }
-            self.due(key, slot);
+            if !self.due(key.clone()) {
+                // No slot after all: due again as soon as there is one.
+                self.schedule(&key, at);
+                break;
+            }
         }
     }
 
     /// A key's renewal or retry time has come: renew it, unless nobody uses it any more.
-    fn due(&mut self, key: CertKey, slot: OwnedSemaphorePermit) {
+    /// Returns false if no issuance slot was free.
+    fn due(&mut self, key: CertKey) -> bool {
         let Some(state) = self.keys.get(&key) else {
-            return;
+            return true;
         };
         if state.queued || self.shared.is_issuing(&key) {
             // Its completion (or the caller's issuance) schedules what comes next.
-            return;
+            return true;
         }
         if self.shared.evict_if_unused(&key) {
             self.keys.remove(&key);
             tracing::debug!(identity = %key.identity, purpose = %key.purpose, "dropped unused certificate");
-            return;
+            return true;
         }
-        self.start(key, slot, false);
+        self.start(key, false)
     }
 
-    /// Starts an issuance for `key` in `slot`, taking it off the urgent queue; nothing if one
-    /// is already running (its end serves the key's waiters). `for_waiters`: started for
-    /// callers, who are answered at once if a valid certificate was published meanwhile.
-    fn start(&mut self, key: CertKey, slot: OwnedSemaphorePermit, for_waiters: bool) {
+    /// Starts an issuance for `key`, taking it off the urgent queue; nothing if one is already
+    /// running (its end serves the key's waiters). `for_waiters`: started for callers, who are
+    /// answered at once if a valid certificate was published meanwhile. Returns false if no
+    /// issuance slot was free.
+    fn start(&mut self, key: CertKey, for_waiters: bool) -> bool {
         let Some(state) = self.keys.get_mut(&key) else {
-            return;
+            return true;
         };
         state.queued = false;
         match self.shared.worker_claim(&key, for_waiters) {
             WorkerClaim::Claimed => {}
-            WorkerClaim::Busy => return,
+            WorkerClaim::Busy => return true,
+            WorkerClaim::Full => return false,
             WorkerClaim::Cached => {
+                let mut unanswered = Vec::new();
                 for waiter in std::mem::take(&mut state.waiters) {
-                    if let Some(fetched) = self.shared.lookup(&key, waiter.subscribe) {
-                        let _ = waiter.reply.send(Ok(fetched));
+                    match self.shared.lookup(&key, waiter.subscribe) {
+                        Some(fetched) => {
+                            let _ = waiter.reply.send(Ok(fetched));
+                        }
+                        // Expired in between: these callers need an issuance after all.
+                        None => unanswered.push(waiter),
                     }
                 }
-                return;
+                if !unanswered.is_empty() {
+                    state.waiters = unanswered;
+                    state.queued = true;
+                    self.urgent.push_back(key);
+                }
+                return true;
             }
         }
         state.reissue = false;
@@ -314,10 +338,10 @@ impl Worker {
         let task_key = key.clone();
         let handle = self.running.spawn(async move {
             let result = shared.timed_issue(&task_key).await;
-            drop(slot);
             (task_key, result)
         });
         self.running_keys.insert(handle.id(), key);
+        true
     }
 
     fn finish(&mut self, done: Result<(Id, Outcome), JoinError>) {

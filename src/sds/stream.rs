@@ -15,6 +15,7 @@
 //! subscription changes are applied (delta, where requests are incremental).
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,7 +31,7 @@ use futures::stream::BoxStream;
 use meshca_provider::{SpiffeId, TrustBundle, TrustDomain};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_stream::StreamMap;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -827,23 +828,25 @@ trait Protocol: Send + 'static {
 /// a slow client holds at most what HTTP/2 flow control lets it hold, and a change that happens
 /// meanwhile is sent as the latest state (the watch channels keep only that).
 fn responses<P: Protocol>(
-    stream: P,
+    mut stream: P,
     inbound: Streaming<P::Request>,
     first: Option<P::Response>,
 ) -> ResponseStream<P::Response> {
     // The stream's state stays in one box for the stream's life: `unfold` holds it both between
     // responses and inside the future making the next one, and 10,000 streams each carrying
     // two copies of it inline added up (docs/BENCHMARKS.md, SDS memory per stream).
+    let drain = Box::pin(stream.subs().shared.drain.clone().cancelled_owned());
     let open = Box::new(Open {
         stream,
         inbound,
         first,
+        drain,
     });
     futures::stream::unfold(Some(open), |state| async move {
         let mut open = state?;
         let next = match open.first.take() {
             Some(response) => Ok((response, false)),
-            None => next_response(&mut open.stream, &mut open.inbound).await,
+            None => next_response(&mut open.stream, &mut open.inbound, &mut open.drain).await,
         };
         match next {
             Ok((response, push)) => {
@@ -867,18 +870,22 @@ struct Open<P: Protocol> {
     inbound: Streaming<P::Request>,
     /// The answer to the first request, made before the stream was returned to tonic.
     first: Option<P::Response>,
+    /// The server's drain signal, registered once for the stream's life: a fresh `cancelled()`
+    /// per wake-up cloned the token and registered and removed a waiter, each under a lock
+    /// every stream of the server shares.
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 /// Waits for the next response to send (and whether it is a push), or for the stream's end.
 async fn next_response<P: Protocol>(
     stream: &mut P,
     inbound: &mut Streaming<P::Request>,
+    drain: &mut Pin<Box<WaitForCancellationFutureOwned>>,
 ) -> Result<(P::Response, bool), Exit> {
-    let drain = stream.subs().shared.drain.clone();
     loop {
         tokio::select! {
             biased;
-            () = drain.cancelled() => return Err(Exit::Draining),
+            () = drain.as_mut() => return Err(Exit::Draining),
             message = inbound.message() => match message {
                 Ok(Some(request)) => {
                     // Boxed: handling a request can subscribe and issue, a future several
