@@ -644,10 +644,10 @@ where
         .handshake(io)
         .await
         .context("HTTP/2 handshake with the SDS server failed")?;
+    // A connection that fails ends its streams, which report it; the reset when the server
+    // process quits at the end of a round is expected.
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            eprintln!("SDS connection failed: {e}");
-        }
+        let _ = connection.await;
     });
     Ok(send)
 }
@@ -688,7 +688,7 @@ fn grpc_frame(message: &impl Message) -> Bytes {
 }
 
 /// The next whole gRPC message at the front of `buffer`, if it has arrived.
-fn next_message(buffer: &mut BytesMut) -> anyhow::Result<Option<Bytes>> {
+fn next_message(buffer: &mut Bytes) -> anyhow::Result<Option<Bytes>> {
     if buffer.len() < 5 {
         return Ok(None);
     }
@@ -698,7 +698,7 @@ fn next_message(buffer: &mut BytesMut) -> anyhow::Result<Option<Bytes>> {
         return Ok(None);
     }
     buffer.advance(5);
-    Ok(Some(buffer.split_to(len).freeze()))
+    Ok(Some(buffer.split_to(len)))
 }
 
 /// One stream, as a single-secret Envoy: sends its first request, ACKs every response,
@@ -722,12 +722,17 @@ async fn client_stream(
     // A call refused at once ends with its status in the headers (a trailers-only response).
     grpc_status(response.headers())?;
     let mut body = response.into_body();
-    let mut buffer = BytesMut::new();
+    let mut partial = BytesMut::new();
     while let Some(chunk) = body.data().await {
-        let chunk = chunk?;
+        let mut chunk = chunk?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        buffer.extend_from_slice(&chunk);
-        while let Some(message) = next_message(&mut buffer)? {
+        // A DATA frame usually carries exactly one whole message, read in place; only the
+        // pieces of a message split across frames are gathered in `partial`.
+        if !partial.is_empty() {
+            partial.extend_from_slice(&chunk);
+            chunk = partial.split().freeze();
+        }
+        while let Some(message) = next_message(&mut chunk)? {
             let mut response = DiscoveryResponse::decode(message)?;
             ensure!(
                 response.resources.len() == 1,
@@ -747,6 +752,7 @@ async fn client_stream(
                 false,
             )?;
         }
+        partial.extend_from_slice(&chunk);
     }
     // The server ended the stream: a gRPC status other than OK is a failure.
     match body.trailers().await? {
