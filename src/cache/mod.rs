@@ -10,11 +10,9 @@
 //!   senders behind a short `std` mutex that is never held across an `.await`; a caller whose
 //!   key holds a valid certificate is answered from there without involving the worker.
 //!   Counters are atomics, so [`CertificateCache::stats`] (readiness) takes no lock at all.
-//! - **One owner of scheduling.** Everything else goes through a single worker task
-//!   (`worker.rs`) that owns the per-key state: which issuance is in flight, who waits on it,
-//!   failure counts, and the renewal timers (an ordered set of deadlines; the worker sleeps until
-//!   the first). Because one task decides, concurrent requests for a key coalesce into one
-//!   issuance without locks, and there is no periodic rescan of every certificate.
+//! - **One owner of scheduling.** A single worker task (`worker.rs`) owns the per-key state:
+//!   who waits for a key, failure counts, and the renewal timers (an ordered set of deadlines;
+//!   the worker sleeps until the first). There is no periodic rescan of every certificate.
 //! - **A caller that misses issues in its own task.** The first caller to find no valid
 //!   certificate claims the key in the entries map (under the same lock as the lookup) and runs
 //!   the issuance itself, then publishes and tells the worker, which schedules the renewal and
