@@ -595,11 +595,16 @@ impl CallerClaim<'_> {
         let mut entries = shared.entries();
         let (answer, renewal) = match &result {
             Ok(cert) => {
-                let (mut receivers, renewal) =
-                    shared.publish_locked(&mut entries, self.key, cert.clone(), true, subscribe);
+                let (mut receivers, renewal) = shared.publish_locked(
+                    &mut entries,
+                    self.key,
+                    cert.clone(),
+                    true,
+                    usize::from(subscribe),
+                );
                 let fetched = Fetched {
                     cert: cert.clone(),
-                    updates: receivers.take(),
+                    updates: receivers.pop(),
                 };
                 (Ok(fetched), renewal)
             }
@@ -857,27 +862,20 @@ impl Shared {
         subscribers: usize,
     ) -> (Vec<watch::Receiver<Arc<ServedCertificate>>>, bool) {
         let mut entries = self.entries();
-        let (first, renewal) =
-            self.publish_locked(&mut entries, key, cert, handed_out, subscribers > 0);
-        let slot = &entries.slots[key];
-        let receivers = first
-            .into_iter()
-            .chain((1..subscribers).map(|_| slot.sender.subscribe()))
-            .collect();
+        let published = self.publish_locked(&mut entries, key, cert, handed_out, subscribers);
         self.release_locked(&mut entries, key);
-        (receivers, renewal)
+        published
     }
 
-    /// [`publish`](Self::publish) under a held lock, with at most one receiver; the caller
-    /// releases the claim.
+    /// [`publish`](Self::publish) under a held lock; the caller releases the claim.
     fn publish_locked(
         &self,
         entries: &mut Entries,
         key: &CertKey,
         cert: Arc<ServedCertificate>,
         handed_out: bool,
-        subscribe: bool,
-    ) -> (Option<watch::Receiver<Arc<ServedCertificate>>>, bool) {
+        subscribers: usize,
+    ) -> (Vec<watch::Receiver<Arc<ServedCertificate>>>, bool) {
         use std::collections::hash_map::Entry;
         let not_after = cert.info.not_after;
         // Counted before subscribers wake, so whoever sees the new certificate sees the count.
@@ -900,11 +898,11 @@ impl Shared {
         if handed_out {
             slot.requested_until = slot.requested_until.max(not_after);
         }
-        let receiver = subscribe.then(|| slot.sender.subscribe());
+        let receivers = (0..subscribers).map(|_| slot.sender.subscribe()).collect();
         self.counters
             .entries
             .store(entries.slots.len(), Ordering::Relaxed);
-        (receiver, renewal)
+        (receivers, renewal)
     }
 
     /// Publishes `cert` for `key` if the certificate published now has serial `replaces`;

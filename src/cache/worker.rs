@@ -204,17 +204,7 @@ impl Worker {
                 let waiters = std::mem::take(&mut state.waiters);
                 match result {
                     Ok(cert) => {
-                        for waiter in waiters {
-                            let answer =
-                                self.shared.lookup(&key, waiter.subscribe).ok_or_else(|| {
-                                    CacheError::Internal {
-                                        reason: format!(
-                                            "the certificate just issued for {key} is gone"
-                                        ),
-                                    }
-                                });
-                            let _ = waiter.reply.send(answer);
-                        }
+                        self.answer_from_published(&key, waiters);
                         self.renew_later(key, &cert, renewal);
                     }
                     Err(error) => self.failed(key, error, waiters),
@@ -309,21 +299,8 @@ impl Worker {
             WorkerClaim::Busy => return true,
             WorkerClaim::Full => return false,
             WorkerClaim::Cached => {
-                let mut unanswered = Vec::new();
-                for waiter in std::mem::take(&mut state.waiters) {
-                    match self.shared.lookup(&key, waiter.subscribe) {
-                        Some(fetched) => {
-                            let _ = waiter.reply.send(Ok(fetched));
-                        }
-                        // Expired in between: these callers need an issuance after all.
-                        None => unanswered.push(waiter),
-                    }
-                }
-                if !unanswered.is_empty() {
-                    state.waiters = unanswered;
-                    state.queued = true;
-                    self.urgent.push_back(key);
-                }
+                let waiters = std::mem::take(&mut state.waiters);
+                self.answer_from_published(&key, waiters);
                 return true;
             }
         }
@@ -342,6 +319,29 @@ impl Worker {
         });
         self.running_keys.insert(handle.id(), key);
         true
+    }
+
+    /// Answers `waiters` from `key`'s published certificate (someone else just issued it). One
+    /// that expired in between sends them back to the urgent queue for an issuance after all.
+    fn answer_from_published(&mut self, key: &CertKey, waiters: Vec<Waiter>) {
+        let mut unanswered = Vec::new();
+        for waiter in waiters {
+            match self.shared.lookup(key, waiter.subscribe) {
+                Some(fetched) => {
+                    let _ = waiter.reply.send(Ok(fetched));
+                }
+                None => unanswered.push(waiter),
+            }
+        }
+        if unanswered.is_empty() {
+            return;
+        }
+        let state = self.keys.entry(key.clone()).or_default();
+        state.waiters.append(&mut unanswered);
+        if !state.queued {
+            state.queued = true;
+            self.urgent.push_back(key.clone());
+        }
     }
 
     fn finish(&mut self, done: Result<(Id, Outcome), JoinError>) {
