@@ -102,7 +102,7 @@ where
 }
 
 /// tonic's prost codec with [`BufferSettings`] for SDS messages: what meshca's SDS server
-/// uses, and what a client opening many SDS streams (the load tool) can use as well.
+/// uses, and what a tonic client opening many SDS streams can use as well.
 pub struct SdsCodec<T, U>(PhantomData<(T, U)>);
 
 impl<T, U> std::fmt::Debug for SdsCodec<T, U> {

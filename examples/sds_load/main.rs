@@ -26,16 +26,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use clap::Parser;
 use envoy_types::pb::envoy::config::core::v3::{Node, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use meshca::cache::{CertKey, CertificateCache, Purpose};
 use meshca::cli::serve::{cache_settings, sds_settings};
 use meshca::config::{Config, SdsAuth};
 use meshca::sds::convert::SECRET_TYPE_URL;
-use meshca::sds::{PATH_STREAM, SdsServer, SecretSource};
+use meshca::sds::{SdsServer, SecretSource};
 use meshca::time::TokioClock;
 use meshca_provider::x509::sha256;
 use meshca_provider::{CertificateChain, CertificateInfo, Clock, SpiffeId, TrustDomain};
@@ -45,6 +45,10 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+
+use http2::Event;
+
+mod http2;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -341,20 +345,6 @@ impl Server {
     }
 }
 
-/// What a client stream reports.
-enum Event {
-    /// A response arrived; its one resource (an encoded `Secret`) is checked after the timed
-    /// phase, so that the client's parsing does not take CPU from the server while it is timed.
-    Response {
-        stream: usize,
-        secret: Vec<u8>,
-    },
-    Failed {
-        stream: usize,
-        error: String,
-    },
-}
-
 /// Per-stream progress: how many responses each stream has had and the serial it holds.
 struct Progress {
     serials: Vec<String>,
@@ -363,12 +353,21 @@ struct Progress {
     patience: Duration,
 }
 
+/// What every stream received in one phase, not yet checked.
+struct Arrived {
+    /// Each stream's time to its response, in arrival order.
+    latencies: Vec<Duration>,
+    /// Each stream's `Secret`, by stream.
+    secrets: Vec<Vec<u8>>,
+}
+
 impl Progress {
-    /// Waits until every stream has had `round` responses; returns each stream's time to it.
-    async fn wait_round(&mut self, round: u32, started: Instant) -> anyhow::Result<Vec<Duration>> {
+    /// Waits until every stream has had `round` responses. Returns as the last one arrives,
+    /// so that the caller can stop the clock before the responses are checked.
+    async fn wait_round(&mut self, round: u32, started: Instant) -> anyhow::Result<Arrived> {
         let n = self.serials.len();
         let mut latencies = Vec::with_capacity(n);
-        let mut received = vec![Vec::new(); n];
+        let mut secrets = vec![Vec::new(); n];
         let deadline = started + self.patience;
         while latencies.len() < n {
             let event = tokio::time::timeout_at(
@@ -383,7 +382,7 @@ impl Progress {
                     self.patience
                 )
             })?
-            .context("every stream task ended")?;
+            .context("every connection task ended")?;
             match event {
                 Event::Response { stream, secret } => {
                     self.responses[stream] += 1;
@@ -392,13 +391,20 @@ impl Progress {
                         "stream {stream} got response {} while waiting for response {round}",
                         self.responses[stream]
                     );
-                    received[stream] = secret;
+                    secrets[stream] = secret;
                     latencies.push(started.elapsed());
                 }
                 Event::Failed { stream, error } => bail!("stream {stream} failed: {error}"),
             }
         }
-        for (stream, secret) in received.into_iter().enumerate() {
+        Ok(Arrived { latencies, secrets })
+    }
+
+    /// Reads the leaf serial out of every stream's new secret, which must differ from the
+    /// serial it held before. Done after the clock stopped: parsing 10,000 PEM chains is the
+    /// client's work, and took about 90 ms of a phase's wall time when it was inside it.
+    fn check(&mut self, secrets: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        for (stream, secret) in secrets.into_iter().enumerate() {
             let serial = leaf_serial(&secret).with_context(|| format!("stream {stream}"))?;
             ensure!(
                 serial != self.serials[stream],
@@ -406,7 +412,7 @@ impl Progress {
             );
             self.serials[stream] = serial;
         }
-        Ok(latencies)
+        Ok(())
     }
 
     fn digest(&self) -> String {
@@ -474,16 +480,20 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<(f64, String)> {
     for _ in 0..args.connections {
         connections.push(connect(&address).await?);
     }
-    // Every stream's request is made before the clock starts: a proxy arrives with its own.
+    // Every stream's request is made and framed before the clock starts: a proxy arrives with
+    // its own. Stream i goes on connection i mod C.
     let authority = if address.starts_with("unix:") {
         "localhost"
     } else {
         address.as_str()
     };
-    let uri: http::Uri = format!("http://{authority}{PATH_STREAM}").parse()?;
-    let opening: Vec<(http::Request<()>, Bytes)> = (0..n)
-        .map(|stream| (grpc_request(&uri), first_request(stream)))
-        .collect();
+    let mut calls = vec![Vec::new(); connections.len()];
+    for stream in 0..n {
+        calls[stream % connections.len()].push((stream, first_request(stream)));
+    }
+    for (connection, calls) in connections.iter_mut().zip(calls) {
+        connection.open(authority, calls)?;
+    }
     let rss_before = server.rss_kib()?;
     let server_cpu = cpu_time(server.pid)?;
     let client_cpu = cpu_time(std::process::id())?;
@@ -496,24 +506,17 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<(f64, String)> {
         patience: args.patience,
     };
     let opened = Instant::now();
-    for (stream, (request, first)) in opening.into_iter().enumerate() {
-        let connection = connections[stream % connections.len()].clone();
-        let events = events.clone();
-        tokio::spawn(async move {
-            if let Err(status) = client_stream(connection, request, first, stream, &events).await {
-                let _ = events.send(Event::Failed {
-                    stream,
-                    error: status.to_string(),
-                });
-            }
-        });
+    for connection in connections {
+        tokio::spawn(connection.run(events.clone()));
     }
     drop(events);
-    let mut first = progress.wait_round(1, opened).await?;
+    let arrived = progress.wait_round(1, opened).await?;
     let all_first = opened.elapsed();
     let first_server_cpu = cpu_time(server.pid)? - server_cpu;
     let first_client_cpu = cpu_time(std::process::id())? - client_cpu;
     let rss_after = server.rss_kib()?;
+    progress.check(arrived.secrets)?;
+    let mut first = arrived.latencies;
     let published = server.ask("digest", "digest").await?.remove(0);
     ensure!(
         progress.digest() == published,
@@ -531,12 +534,13 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<(f64, String)> {
     let cpu = (cpu_time(server.pid)?, cpu_time(std::process::id())?);
     let pushed = Instant::now();
     server.ask("publish", "published").await?;
-    progress.wait_round(2, pushed).await?;
+    let arrived = progress.wait_round(2, pushed).await?;
     let push_time = pushed.elapsed();
     let push_cpu = (
         cpu_time(server.pid)? - cpu.0,
         cpu_time(std::process::id())? - cpu.1,
     );
+    progress.check(arrived.secrets)?;
     ensure!(
         progress.digest() == staged[2],
         "the streams do not hold the staged certificates"
@@ -546,12 +550,13 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<(f64, String)> {
     let cpu = (cpu_time(server.pid)?, cpu_time(std::process::id())?);
     let reissued = Instant::now();
     server.ask("reissue", "ok").await?;
-    progress.wait_round(3, reissued).await?;
+    let arrived = progress.wait_round(3, reissued).await?;
     let reissue_time = reissued.elapsed();
     let reissue_cpu = (
         cpu_time(server.pid)? - cpu.0,
         cpu_time(std::process::id())? - cpu.1,
     );
+    progress.check(arrived.secrets)?;
     let published = server.ask("digest", "digest").await?.remove(0);
     ensure!(
         progress.digest() == published,
@@ -610,62 +615,25 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<(f64, String)> {
     ))
 }
 
-/// One HTTP/2 connection to the SDS server, its driver spawned.
-///
-/// The load client speaks gRPC over h2 directly rather than through tonic's client: it shares
-/// the machine's two cores with the server it measures, and tonic's client stack (a buffer task
-/// in front of hyper's dispatcher, a request queue per stream) cost it more CPU per stream than
-/// the server spends on the same stream. What goes over the wire is the same: HTTP/2 streams
-/// carrying length-prefixed protobuf messages, as Envoy's gRPC client sends them.
-async fn connect(address: &str) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
+/// One HTTP/2 connection to the SDS server, past its SETTINGS exchange.
+async fn connect(address: &str) -> anyhow::Result<http2::Connection> {
     let failed = || format!("cannot connect to the SDS server at {address}");
-    match address.strip_prefix("unix:") {
-        Some(path) => handshake(UnixStream::connect(path).await.with_context(failed)?).await,
+    let io: Box<dyn http2::Io> = match address.strip_prefix("unix:") {
+        Some(path) => Box::new(UnixStream::connect(path).await.with_context(failed)?),
         None => {
             let tcp = TcpStream::connect(address).await.with_context(failed)?;
             tcp.set_nodelay(true)?;
-            handshake(tcp).await
+            Box::new(tcp)
         }
-    }
-}
-
-/// Envoy's default `initial_stream_window_size` and `initial_connection_window_size`.
-const ENVOY_WINDOW: u32 = 256 * 1024 * 1024;
-
-async fn handshake<T>(io: T) -> anyhow::Result<h2::client::SendRequest<Bytes>>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    // Flow-control windows as Envoy's defaults (256 MiB per stream and per connection): the
-    // server never waits for the client's WINDOW_UPDATE frames, as with real proxies.
-    let (send, connection) = h2::client::Builder::new()
-        .initial_window_size(ENVOY_WINDOW)
-        .initial_connection_window_size(ENVOY_WINDOW)
-        .handshake(io)
+    };
+    http2::Connection::handshake(io)
         .await
-        .context("HTTP/2 handshake with the SDS server failed")?;
-    // A connection that fails ends its streams, which report it; the reset when the server
-    // process quits at the end of a round is expected.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(send)
-}
-
-/// The headers of a `StreamSecrets` call.
-fn grpc_request(uri: &http::Uri) -> http::Request<()> {
-    http::Request::builder()
-        .method(http::Method::POST)
-        .uri(uri.clone())
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .body(())
-        .expect("a valid request")
+        .with_context(|| format!("HTTP/2 with the SDS server at {address} failed"))
 }
 
 /// Stream `stream`'s first request, framed: it asks for `default` with its node id.
 fn first_request(stream: usize) -> Bytes {
-    grpc_frame(&DiscoveryRequest {
+    http2::grpc_frame(&DiscoveryRequest {
         node: Some(Node {
             id: short_name(stream),
             cluster: "load".to_owned(),
@@ -677,108 +645,6 @@ fn first_request(stream: usize) -> Bytes {
     })
 }
 
-/// A gRPC message on the wire: uncompressed flag, big-endian length, protobuf bytes.
-fn grpc_frame(message: &impl Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut frame = BytesMut::with_capacity(5 + len);
-    frame.put_u8(0);
-    frame.put_u32(u32::try_from(len).expect("a small message"));
-    message.encode(&mut frame).expect("capacity reserved");
-    frame.freeze()
-}
-
-/// The next whole gRPC message at the front of `buffer`, if it has arrived.
-fn next_message(buffer: &mut Bytes) -> anyhow::Result<Option<Bytes>> {
-    if buffer.len() < 5 {
-        return Ok(None);
-    }
-    ensure!(buffer[0] == 0, "the server sent a compressed message");
-    let len = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
-    if buffer.len() < 5 + len {
-        return Ok(None);
-    }
-    buffer.advance(5);
-    Ok(Some(buffer.split_to(len)))
-}
-
-/// One stream, as a single-secret Envoy: sends its first request, ACKs every response,
-/// reports each certificate it receives.
-async fn client_stream(
-    connection: h2::client::SendRequest<Bytes>,
-    request: http::Request<()>,
-    first: Bytes,
-    stream: usize,
-    events: &mpsc::UnboundedSender<Event>,
-) -> Result<(), anyhow::Error> {
-    let mut connection = connection.ready().await?;
-    let (response, mut outbound) = connection.send_request(request, false)?;
-    outbound.send_data(first, false)?;
-    let response = response.await?;
-    ensure!(
-        response.status() == http::StatusCode::OK,
-        "HTTP status {}",
-        response.status()
-    );
-    // A call refused at once ends with its status in the headers (a trailers-only response).
-    grpc_status(response.headers())?;
-    let mut body = response.into_body();
-    let mut partial = BytesMut::new();
-    while let Some(chunk) = body.data().await {
-        let mut chunk = chunk?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        // A DATA frame usually carries exactly one whole message, read in place; only the
-        // pieces of a message split across frames are gathered in `partial`.
-        if !partial.is_empty() {
-            partial.extend_from_slice(&chunk);
-            chunk = partial.split().freeze();
-        }
-        while let Some(message) = next_message(&mut chunk)? {
-            let mut response = DiscoveryResponse::decode(message)?;
-            ensure!(
-                response.resources.len() == 1,
-                "expected one resource, got {}",
-                response.resources.len()
-            );
-            let secret = std::mem::take(&mut response.resources[0].value);
-            let _ = events.send(Event::Response { stream, secret });
-            outbound.send_data(
-                grpc_frame(&DiscoveryRequest {
-                    version_info: response.version_info,
-                    response_nonce: response.nonce,
-                    resource_names: vec!["default".to_owned()],
-                    type_url: SECRET_TYPE_URL.to_owned(),
-                    ..DiscoveryRequest::default()
-                }),
-                false,
-            )?;
-        }
-        partial.extend_from_slice(&chunk);
-    }
-    // The server ended the stream: a gRPC status other than OK is a failure.
-    match body.trailers().await? {
-        Some(trailers) => grpc_status(&trailers),
-        None => Ok(()),
-    }
-}
-
-/// Fails on a `grpc-status` other than OK in `headers`.
-fn grpc_status(headers: &http::HeaderMap) -> anyhow::Result<()> {
-    match headers
-        .get("grpc-status")
-        .map(|v| v.to_str().unwrap_or("?"))
-    {
-        None | Some("0") => Ok(()),
-        Some(code) => {
-            let message = headers
-                .get("grpc-message")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            bail!("the server ended the stream with gRPC status {code}: {message}")
-        }
-    }
-}
-
-/// The serial of the leaf in an encoded `tls_certificate` secret.
 fn leaf_serial(secret: &[u8]) -> anyhow::Result<String> {
     let secret = Secret::decode(secret)?;
     let Some(secret::Type::TlsCertificate(tls)) = secret.r#type else {
@@ -817,4 +683,155 @@ fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no VmRSS in {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The load tool's client against meshca's real SDS server, in process: if the HTTP/2
+    //! driver got framing, HPACK, flow control or ACKs wrong, these fail before a benchmark
+    //! could report a figure from it.
+
+    use super::*;
+
+    /// A development-mode SDS server over a fresh Tresor cache on loopback TCP.
+    struct Running {
+        cache: CertificateCache,
+        stats: Arc<meshca::sds::SdsStats>,
+        address: String,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<Result<(), meshca::sds::SdsError>>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start(streams: usize) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let config = daemon_config(streams, Transport::Tcp, dir.path());
+        let cache = daemon_cache(&config).await.unwrap();
+        let sds = SdsServer::new(sds_settings(&config).await.unwrap())
+            .unwrap()
+            .bind()
+            .await
+            .unwrap();
+        let address = sds.tcp_address().unwrap().to_string();
+        let stats = sds.stats();
+        let source: Arc<dyn SecretSource> = Arc::new(cache.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(sds.serve(source, async {
+            let _ = stopped.await;
+        }));
+        Running {
+            cache,
+            stats,
+            address,
+            stop,
+            server,
+            _dir: dir,
+        }
+    }
+
+    /// Opens `calls` spread over `connections` connections and drives them.
+    async fn open(
+        address: &str,
+        connections: usize,
+        calls: Vec<(usize, Bytes)>,
+        n: usize,
+    ) -> Progress {
+        let mut opened = Vec::new();
+        let mut spread = vec![Vec::new(); connections];
+        for (i, call) in calls.into_iter().enumerate() {
+            spread[i % connections].push(call);
+        }
+        for calls in spread {
+            let mut connection = connect(address).await.unwrap();
+            connection.open(address, calls).unwrap();
+            opened.push(connection);
+        }
+        let (events, received) = mpsc::unbounded_channel();
+        for connection in opened {
+            tokio::spawn(connection.run(events.clone()));
+        }
+        Progress {
+            serials: vec![String::new(); n],
+            responses: vec![0; n],
+            received,
+            patience: Duration::from_secs(60),
+        }
+    }
+
+    fn cache_digest(cache: &CertificateCache) -> String {
+        let certificates = cache.certificates();
+        digest(certificates.iter().map(|(k, c)| (&k.identity, &c.info)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_get_their_certificates_and_every_renewal_until_the_server_drains() {
+        let n = 60;
+        let server = start(n).await;
+        let calls = (0..n).map(|s| (s, first_request(s))).collect();
+        let mut progress = open(&server.address, 3, calls, n).await;
+
+        let arrived = progress.wait_round(1, Instant::now()).await.unwrap();
+        progress.check(arrived.secrets).unwrap();
+        assert_eq!(progress.digest(), cache_digest(&server.cache));
+
+        // A renewal reaches every stream (a new serial each: `check` fails on an old one).
+        server.cache.renew_now(None);
+        let arrived = progress.wait_round(2, Instant::now()).await.unwrap();
+        progress.check(arrived.secrets).unwrap();
+        assert_eq!(progress.digest(), cache_digest(&server.cache));
+
+        // Every response was ACKed with its nonce (the server counts no other), none NACKed.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.stats.snapshot().acks < 2 * n as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} ACKs counted",
+                server.stats.snapshot().acks,
+                2 * n
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stats = server.stats.snapshot();
+        assert_eq!((stats.acks, stats.nacks), (2 * n as u64, 0));
+
+        // Draining ends every stream with UNAVAILABLE in its trailers, decoded from HPACK.
+        server.stop.send(()).unwrap();
+        let mut ended = 0;
+        while let Some(event) = progress.received.recv().await {
+            match event {
+                Event::Failed { error, .. } => {
+                    assert!(error.contains("gRPC status 14"), "{error}");
+                    ended += 1;
+                }
+                Event::Response { stream, .. } => panic!("stream {stream}: a third response"),
+            }
+        }
+        assert_eq!(ended, n);
+        server.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_call_reports_the_servers_status_and_message() {
+        let server = start(2).await;
+        // No node id: development mode cannot tell who is calling.
+        let anonymous = http2::grpc_frame(&DiscoveryRequest {
+            resource_names: vec!["default".to_owned()],
+            type_url: SECRET_TYPE_URL.to_owned(),
+            ..DiscoveryRequest::default()
+        });
+        let mut progress = open(&server.address, 1, vec![(0, anonymous)], 1).await;
+        match progress.received.recv().await.unwrap() {
+            Event::Failed { stream, error } => {
+                assert_eq!(stream, 0);
+                assert!(error.contains("gRPC status 16"), "{error}");
+                assert!(
+                    error.contains("node"),
+                    "the server's message is kept: {error}"
+                );
+            }
+            Event::Response { .. } => panic!("an anonymous caller got a certificate"),
+        }
+        server.stop.send(()).unwrap();
+        server.server.await.unwrap().unwrap();
+    }
 }
