@@ -14,8 +14,10 @@
 //! - the server's resident memory (VmRSS from /proc/<pid>/status) before and after the streams
 //!   open, divided by N.
 //!
-//! Every stream ACKs each response as Envoy does and checks what it got: the serials all
-//! streams hold are compared (by digest) with what the server's cache published.
+//! Every stream ACKs each response as Envoy does and checks what it got, after the phase's
+//! clock has stopped: the serials all streams hold are compared (by digest) with what the
+//! server's cache published. The streams are driven by this tool's own HTTP/2 client
+//! (`http2.rs`): it shares the two cores with the server it measures.
 //!
 //! `cargo build --release --example sds_load && target/release/examples/sds_load --streams 10000`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
