@@ -40,7 +40,6 @@ const FRAME_HEADER: usize = 9;
 mod frame {
     pub const DATA: u8 = 0x0;
     pub const HEADERS: u8 = 0x1;
-    pub const PRIORITY: u8 = 0x2;
     pub const RST_STREAM: u8 = 0x3;
     pub const SETTINGS: u8 = 0x4;
     pub const PUSH_PROMISE: u8 = 0x5;
@@ -308,10 +307,9 @@ impl Connection {
         }
         match kind {
             frame::DATA => {
-                let length = payload.len() as u32;
-                self.received(stream, length);
-                let data = unpad(flags, payload)?;
                 let call = self.call(stream)?;
+                self.received(call, payload.len() as u32);
+                let data = unpad(flags, payload)?;
                 self.on_data(call, data, events)?;
                 if flags & flag::END_STREAM != 0 {
                     self.end(call, "the server ended the stream without trailers", events);
@@ -405,7 +403,6 @@ impl Connection {
             }
             frame::PUSH_PROMISE => bail!("the server pushed a stream although push is disabled"),
             // PING acknowledgements, PRIORITY and unknown frame types need no answer.
-            frame::PING | frame::PRIORITY => {}
             _ => {}
         }
         Ok(())
@@ -447,20 +444,17 @@ impl Connection {
 
     /// Counts received DATA against the windows this client granted, and grants them again
     /// once half is used.
-    fn received(&mut self, stream: u32, length: u32) {
+    fn received(&mut self, call: usize, length: u32) {
         self.unacknowledged += length;
         if self.unacknowledged >= ENVOY_WINDOW / 2 {
             put_window_update(&mut self.write, 0, self.unacknowledged);
             self.unacknowledged = 0;
         }
-        if let Ok(call) = self.call(stream) {
-            let call_state = &mut self.calls[call];
-            call_state.unacknowledged += length;
-            if call_state.unacknowledged >= ENVOY_WINDOW / 2 && !call_state.ended {
-                let increment = call_state.unacknowledged;
-                call_state.unacknowledged = 0;
-                put_window_update(&mut self.write, stream, increment);
-            }
+        let state = &mut self.calls[call];
+        state.unacknowledged += length;
+        if state.unacknowledged >= ENVOY_WINDOW / 2 && !state.ended {
+            let increment = std::mem::take(&mut state.unacknowledged);
+            put_window_update(&mut self.write, stream_id(call), increment);
         }
     }
 

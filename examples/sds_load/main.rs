@@ -533,32 +533,16 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<(f64, String)> {
         staged[0]
     );
     let stage_time = Duration::from_micros(staged[1].parse()?);
-    let cpu = (cpu_time(server.pid)?, cpu_time(std::process::id())?);
-    let pushed = Instant::now();
-    server.ask("publish", "published").await?;
-    let arrived = progress.wait_round(2, pushed).await?;
-    let push_time = pushed.elapsed();
-    let push_cpu = (
-        cpu_time(server.pid)? - cpu.0,
-        cpu_time(std::process::id())? - cpu.1,
-    );
-    progress.check(arrived.secrets)?;
+    let (push_time, push_cpu) =
+        pushed_phase(&mut server, &mut progress, 2, "publish", "published").await?;
     ensure!(
         progress.digest() == staged[2],
         "the streams do not hold the staged certificates"
     );
 
     // Forced re-issue of everything, pushed as each certificate is made.
-    let cpu = (cpu_time(server.pid)?, cpu_time(std::process::id())?);
-    let reissued = Instant::now();
-    server.ask("reissue", "ok").await?;
-    let arrived = progress.wait_round(3, reissued).await?;
-    let reissue_time = reissued.elapsed();
-    let reissue_cpu = (
-        cpu_time(server.pid)? - cpu.0,
-        cpu_time(std::process::id())? - cpu.1,
-    );
-    progress.check(arrived.secrets)?;
+    let (reissue_time, reissue_cpu) =
+        pushed_phase(&mut server, &mut progress, 3, "reissue", "ok").await?;
     let published = server.ask("digest", "digest").await?.remove(0);
     ensure!(
         progress.digest() == published,
@@ -615,6 +599,30 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<(f64, String)> {
         all_first.as_secs_f64() / issue_alone.as_secs_f64(),
         format!("{cpu}\n{memory}"),
     ))
+}
+
+/// A phase in which the server pushes to every stream: sends `command` to the server process
+/// and waits until every stream has had response `round`. Returns the time from the command
+/// to the last response and the (server, client) CPU time it took; the responses are checked
+/// after that.
+async fn pushed_phase(
+    server: &mut Server,
+    progress: &mut Progress,
+    round: u32,
+    command: &str,
+    answer: &str,
+) -> anyhow::Result<(Duration, (Duration, Duration))> {
+    let cpu = (cpu_time(server.pid)?, cpu_time(std::process::id())?);
+    let started = Instant::now();
+    server.ask(command, answer).await?;
+    let arrived = progress.wait_round(round, started).await?;
+    let elapsed = started.elapsed();
+    let cpu = (
+        cpu_time(server.pid)? - cpu.0,
+        cpu_time(std::process::id())? - cpu.1,
+    );
+    progress.check(arrived.secrets)?;
+    Ok((elapsed, cpu))
 }
 
 /// One HTTP/2 connection to the SDS server, past its SETTINGS exchange.
