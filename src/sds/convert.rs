@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::Any;
-use meshca_provider::x509::{Fingerprint, sha256};
+use meshca_provider::x509::sha256;
 use meshca_provider::{SpiffeId, TrustBundle};
 use prost::Message;
 
@@ -121,7 +121,9 @@ pub fn pack(secret: &Secret) -> Any {
 /// A short content version of a certificate: its leaf's SHA-256, so two streams holding the
 /// same certificate report the same version and a restart with new keys reports a new one.
 pub fn certificate_version(certificate: &ServedCertificate) -> String {
-    short_hash(certificate.chain.leaf())
+    // The leaf's fingerprint was computed when it was issued; every response and push renders
+    // this version, so it is not hashed again here.
+    short_hex(&certificate.info.sha256_fingerprint.0)
 }
 
 /// A short content version of a bundle as served with an optional peer matcher.
@@ -137,8 +139,18 @@ pub fn bundle_version(bundle: &TrustBundle, peer: Option<&SpiffeId>) -> String {
 }
 
 fn short_hash(bytes: &[u8]) -> String {
-    let digest = Fingerprint(sha256(bytes));
-    digest.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+    short_hex(&sha256(bytes))
+}
+
+/// The first 8 bytes of a SHA-256 digest as 16 lowercase hex digits.
+fn short_hex(digest: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(16);
+    for b in &digest[..8] {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 fn inline(bytes: Vec<u8>) -> DataSource {
@@ -206,6 +218,21 @@ mod tests {
         let key_pem = String::from_utf8(data(tls.private_key.as_ref())).unwrap();
         let reloaded = LeafKey::from_pem(&key_pem).unwrap();
         assert_eq!(reloaded.public_key_spki(), served.key.public_key_spki());
+    }
+
+    #[test]
+    fn certificate_version_is_the_start_of_the_leafs_sha256() {
+        let (der, key) = self_signed("a.example");
+        let served = ServedCertificate {
+            info: CertificateInfo::parse(&der).unwrap(),
+            chain: CertificateChain::new(vec![der.clone()]).unwrap(),
+            key,
+            issued_by: "test",
+        };
+        let digest = sha256(&der);
+        let expected: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(certificate_version(&served), expected);
+        assert_eq!(short_hash(&der), expected);
     }
 
     #[test]

@@ -26,8 +26,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use meshca_provider::{SpiffeId, TrustBundle, TrustDomain};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_stream::StreamMap;
@@ -297,6 +297,13 @@ async fn first_message<T>(
     stream: u64,
     inbound: &mut Streaming<T>,
 ) -> Result<Option<T>, Status> {
+    // A proxy usually sends its first request with the stream's headers: take it without
+    // arming the timer. (`message` is cancel-safe: a partial message stays in `inbound`.)
+    if !shared.drain.is_cancelled()
+        && let Some(message) = inbound.message().now_or_never()
+    {
+        return message;
+    }
     let timeout = shared.limits.first_request_timeout;
     tokio::select! {
         () = shared.drain.cancelled() => Err(shared.refuse(Some(stream), None, RequestError::ShuttingDown)),
