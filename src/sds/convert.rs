@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::Any;
-use meshca_provider::x509::sha256;
+use meshca_provider::x509::{Fingerprint, sha256};
 use meshca_provider::{SpiffeId, TrustBundle};
 use prost::Message;
 
@@ -123,7 +123,7 @@ pub fn pack(secret: &Secret) -> Any {
 pub fn certificate_version(certificate: &ServedCertificate) -> String {
     // The leaf's fingerprint was computed when it was issued; every response and push renders
     // this version, so it is not hashed again here.
-    short_hex(&certificate.info.sha256_fingerprint.0)
+    certificate.info.sha256_fingerprint.short_hex()
 }
 
 /// A short content version of a bundle as served with an optional peer matcher.
@@ -139,18 +139,7 @@ pub fn bundle_version(bundle: &TrustBundle, peer: Option<&SpiffeId>) -> String {
 }
 
 fn short_hash(bytes: &[u8]) -> String {
-    short_hex(&sha256(bytes))
-}
-
-/// The first 8 bytes of a SHA-256 digest as 16 lowercase hex digits.
-fn short_hex(digest: &[u8; 32]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(16);
-    for b in &digest[..8] {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
+    Fingerprint(sha256(bytes)).short_hex()
 }
 
 fn inline(bytes: Vec<u8>) -> DataSource {

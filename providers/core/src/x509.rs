@@ -391,9 +391,16 @@ impl fmt::Display for Fingerprint {
     }
 }
 
+impl Fingerprint {
+    /// The first 8 bytes as 16 lowercase hex digits: a short content version or label.
+    pub fn short_hex(&self) -> String {
+        hex(&self.0[..8], "")
+    }
+}
+
 impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex(&self.0[..8], ""))
+        write!(f, "sha256:{}", self.short_hex())
     }
 }
 
