@@ -437,17 +437,15 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
         "| round | transport | streams | connections | (A) cache alone issues N | (B) first cert on all streams | B/A | per stream p50 / p99 | push of issued certs to all | re-issue + push to all | server RSS per stream |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut ratios = Vec::with_capacity(args.rounds);
-    let mut details = Vec::with_capacity(args.rounds);
+    let mut rounds = Vec::with_capacity(args.rounds);
     for index in 1..=args.rounds {
-        let (ratio, detail) = round(args, index).await?;
-        ratios.push(ratio);
-        details.push(detail);
+        rounds.push(round(args, index).await?);
     }
     println!();
-    for detail in details {
-        println!("{detail}");
+    for round in &rounds {
+        println!("{}", round.detail);
     }
+    let mut ratios: Vec<f64> = rounds.iter().map(|r| r.ratio).collect();
     ratios.sort_by(f64::total_cmp);
     println!(
         "\nB/A over {} rounds: median {:.2}, lowest {:.2}, highest {:.2}",
@@ -456,12 +454,40 @@ async fn drive(args: &Args) -> anyhow::Result<()> {
         ratios[0],
         ratios[ratios.len() - 1]
     );
+    // Medians of each CPU figure apart: (B)'s wall time is the two processes' CPU over the
+    // cores, so these say which side's work moved B/A.
+    let median_ms = |cpu: fn(&RoundResult) -> Duration| {
+        let mut values: Vec<Duration> = rounds.iter().map(cpu).collect();
+        values.sort();
+        values[values.len() / 2].as_secs_f64() * 1e3
+    };
+    let alone = median_ms(|r| r.alone_cpu);
+    let server = median_ms(|r| r.server_cpu);
+    let client = median_ms(|r| r.client_cpu);
+    println!(
+        "CPU medians: (A) {alone:.0} ms; (B) server {server:.0} ms, clients {client:.0} ms; \
+         server (B) / (A) {:.2}; (server + clients) / (A) {:.2}",
+        server / alone,
+        (server + client) / alone
+    );
     Ok(())
+}
+
+/// What one round reports beyond its table row.
+struct RoundResult {
+    /// B/A, wall time.
+    ratio: f64,
+    /// CPU time of (A), and of the server and the clients in (B).
+    alone_cpu: Duration,
+    server_cpu: Duration,
+    client_cpu: Duration,
+    /// The round's CPU and memory lines.
+    detail: String,
 }
 
 /// One round: (A) in a fresh process, then (B), the push and the re-issue against a fresh
 /// server process. Prints the round's row; returns B/A and the round's CPU and memory details.
-async fn round(args: &Args, index: usize) -> anyhow::Result<(f64, String)> {
+async fn round(args: &Args, index: usize) -> anyhow::Result<RoundResult> {
     let n = args.streams;
 
     // (A) the cache alone.
@@ -595,10 +621,13 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<(f64, String)> {
         stats[4],
         stats[5],
     );
-    Ok((
-        all_first.as_secs_f64() / issue_alone.as_secs_f64(),
-        format!("{cpu}\n{memory}"),
-    ))
+    Ok(RoundResult {
+        ratio: all_first.as_secs_f64() / issue_alone.as_secs_f64(),
+        alone_cpu: issue_alone_cpu,
+        server_cpu: first_server_cpu,
+        client_cpu: first_client_cpu,
+        detail: format!("{cpu}\n{memory}"),
+    })
 }
 
 /// A phase in which the server pushes to every stream: sends `command` to the server process
