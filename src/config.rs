@@ -127,6 +127,14 @@ pub struct ProviderConfig {
     /// Lifetime asked for service certificates (advisory: the backend may cap it).
     #[serde(with = "serde_go")]
     pub service_cert_validity_duration: Duration,
+    /// Longest lifetime of a workload certificate (one with a SPIFFE ID), whoever asks:
+    /// longer requests are refused, naming this key.
+    #[serde(with = "serde_go")]
+    pub max_service_cert_validity_duration: Duration,
+    /// Longest lifetime of a server certificate (DNS names only: `meshca issue --dns`, managed
+    /// TLS Secrets): longer requests are refused, naming this key.
+    #[serde(with = "serde_go")]
+    pub max_server_cert_validity_duration: Duration,
     /// Key type of service certificates.
     pub key_type: KeyType,
 }
@@ -136,6 +144,8 @@ impl Default for ProviderConfig {
         Self {
             kind: ProviderKind::Tresor,
             service_cert_validity_duration: Duration::from_secs(24 * 3600),
+            max_service_cert_validity_duration: crate::lifetime::DEFAULT_MAX_WORKLOAD_LIFETIME,
+            max_server_cert_validity_duration: crate::lifetime::DEFAULT_MAX_SERVER_LIFETIME,
             key_type: KeyType::P256,
         }
     }
@@ -573,16 +583,7 @@ impl Config {
                 ),
             });
         }
-        let lifetime = self.certificate_provider.service_cert_validity_duration;
-        if lifetime < Duration::from_secs(10) {
-            return Err(ConfigError::InvalidValue {
-                key: "certificateProvider.serviceCertValidityDuration",
-                reason: format!(
-                    "{} is too short to renew in time: use at least 10s (default 24h)",
-                    meshca_provider::format_duration(lifetime)
-                ),
-            });
-        }
+        self.check_lifetimes()?;
         let r = &self.renewal;
         if !(r.fraction > 0.0 && r.fraction < 1.0) {
             return Err(ConfigError::InvalidValue {
@@ -641,12 +642,6 @@ impl Config {
                 });
             }
         }
-        if self.tresor.root_validity_duration < lifetime {
-            return Err(ConfigError::InvalidValue {
-                key: "tresor.rootValidityDuration",
-                reason: "the root must outlive the service certificates it signs".to_owned(),
-            });
-        }
         for (key, text) in [
             ("sds.listen", &self.sds.listen),
             ("admin.listen", &self.admin.listen),
@@ -691,6 +686,41 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The leaf lifetime policy ([`crate::lifetime`]): both maxima above the minimum, the
+    /// default workload lifetime inside its range, a generated root able to cover the longest
+    /// leaf.
+    fn check_lifetimes(&self) -> Result<(), ConfigError> {
+        use crate::lifetime::{LeafKind, LifetimePolicy, MAX_SERVER_KEY, MAX_WORKLOAD_KEY};
+        let provider = &self.certificate_provider;
+        for (kind, key) in [
+            (LeafKind::Workload, MAX_WORKLOAD_KEY),
+            (LeafKind::Server, MAX_SERVER_KEY),
+        ] {
+            let policy = LifetimePolicy::new(provider, kind);
+            policy
+                .check(policy.max)
+                .map_err(|e| ConfigError::InvalidValue {
+                    key,
+                    reason: e.to_string(),
+                })?;
+        }
+        LifetimePolicy::new(provider, LeafKind::Workload)
+            .check(provider.service_cert_validity_duration)
+            .map_err(|e| ConfigError::InvalidValue {
+                key: "certificateProvider.serviceCertValidityDuration",
+                reason: format!("{e} (default 24h)"),
+            })?;
+        crate::lifetime::check_ca_lifetime(
+            "root (tresor.rootValidityDuration)",
+            self.tresor.root_validity_duration,
+            provider,
+        )
+        .map_err(|e| ConfigError::InvalidValue {
+            key: "tresor.rootValidityDuration",
+            reason: e.to_string(),
+        })
     }
 
     /// The trust domain, validated by [`Config::validate`].
@@ -1169,6 +1199,11 @@ mod tests {
             ("renewal.fraction", "1.5"),
             ("renewal.jitter", "0.6"),
             ("certificateProvider.serviceCertValidityDuration", "1s"),
+            ("certificateProvider.serviceCertValidityDuration", "2161h"),
+            ("certificateProvider.maxServiceCertValidityDuration", "5s"),
+            ("certificateProvider.maxServerCertValidityDuration", "0s"),
+            ("tresor.rootValidityDuration", "0s"),
+            ("tresor.rootValidityDuration", "720h"),
             ("sds.listen", "localhost"),
             ("trustDomain", "Not Valid"),
             ("renewal.issueTimeout", "0s"),
@@ -1186,5 +1221,50 @@ mod tests {
                 "{key}={value}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn lifetimes_outside_the_policy_name_the_limit_and_its_key() {
+        let load = |pairs: &[&str]| {
+            let mut overrides = Overrides::default();
+            for pair in pairs {
+                overrides.set(pair).unwrap();
+            }
+            Config::load(None, &overrides)
+        };
+        let err = load(&["certificateProvider.serviceCertValidityDuration=2200h"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("certificateProvider.serviceCertValidityDuration")
+                && err.contains("2200h is greater than the maximum allowed 2160h")
+                && err.contains("raise certificateProvider.maxServiceCertValidityDuration"),
+            "{err}"
+        );
+        // Raising the maximum makes room for it; the root must still cover the longest leaf.
+        let config = load(&[
+            "certificateProvider.serviceCertValidityDuration=2200h",
+            "certificateProvider.maxServiceCertValidityDuration=2200h",
+        ])
+        .unwrap();
+        assert_eq!(
+            config
+                .certificate_provider
+                .max_service_cert_validity_duration,
+            Duration::from_secs(2200 * 3600)
+        );
+        let err = load(&["tresor.rootValidityDuration=4000h"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tresor.rootValidityDuration")
+                && err.contains("shorter than the longest leaf it must cover (8760h"),
+            "{err}"
+        );
+        load(&[
+            "tresor.rootValidityDuration=4000h",
+            "certificateProvider.maxServerCertValidityDuration=4000h",
+        ])
+        .unwrap();
     }
 }

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod kubernetes;
+pub mod lifetime;
 pub mod providers;
 pub mod rotation;
 pub mod sds;

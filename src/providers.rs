@@ -119,7 +119,21 @@ pub async fn tresor_authority(
     clock: &dyn Clock,
 ) -> anyhow::Result<Signing> {
     let store = store.as_store();
-    meshca_tresor::bootstrap_signing(store, &root_options(config), clock)
+    let starting = || format!("cannot start the Tresor CA from {}", store.describe());
+    let signing = meshca_tresor::bootstrap_signing(store, &root_options(config), clock)
         .await
-        .with_context(|| format!("cannot start the Tresor CA from {}", store.describe()))
+        .with_context(starting)?;
+    // An intermediate made for another cluster's trust domain is refused, not used to sign
+    // identities in this one.
+    signing
+        .authority
+        .check_trust_domain(&config.trust_domain())
+        .map_err(|problem| {
+            anyhow::anyhow!(
+                "refusing to use the CA in {}: {problem}. Nothing was changed",
+                store.describe()
+            )
+        })
+        .with_context(starting)?;
+    Ok(signing)
 }

@@ -407,7 +407,7 @@ async fn unusable_annotations_fail_the_run_and_write_nothing() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let web_line = line(&stdout, "shop/web-tls");
     assert!(
-        web_line.starts_with("failed: Secret shop/web-tls: annotation meshca.io/lifetime is not a Go duration above zero (\"soon\")"),
+        web_line.starts_with("failed: Secret shop/web-tls: annotation meshca.io/lifetime is not a Go duration of at least 10s (\"soon\")"),
         "{web_line}"
     );
     assert!(
@@ -430,6 +430,41 @@ async fn unusable_annotations_fail_the_run_and_write_nothing() {
     assert!(
         stderr.contains("2 problems need attention (see the report above; exit code 1)"),
         "{stderr}"
+    );
+    assert!(setup.kube.writes().is_empty(), "{:?}", setup.kube.writes());
+}
+
+/// A managed Secret whose lifetime annotation asks for more than the configured maximum is
+/// not renewed with it (nor silently shortened): the run fails it, naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifetime_above_the_maximum_is_refused_at_renewal() {
+    let setup = Setup::new().await;
+    setup
+        .plant("web-tls", Some("shop/web"), &[], 50 * MINUTE, 60 * MINUTE)
+        .await;
+    setup.kube.clear_requests();
+    let output = setup
+        .meshca(&[
+            "--set",
+            "certificateProvider.serviceCertValidityDuration=20m",
+            "--set",
+            "certificateProvider.maxServiceCertValidityDuration=30m",
+            "rotate",
+            "--namespace",
+            "shop",
+        ])
+        .await;
+    failed(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let web_line = line(&stdout, "shop/web-tls");
+    assert!(
+        web_line.starts_with("failed: ")
+            && web_line.contains("meshca.io/lifetime annotation")
+            && web_line.contains(
+                "requested lifetime 1h is greater than the maximum allowed 30m \
+                 (certificateProvider.maxServiceCertValidityDuration)"
+            ),
+        "{web_line}"
     );
     assert!(setup.kube.writes().is_empty(), "{:?}", setup.kube.writes());
 }

@@ -199,12 +199,14 @@ impl CacheSettings {
         let invalid = |field: &'static str, reason: String| {
             Err(CacheError::InvalidSettings { field, reason })
         };
-        if self.lifetime < Duration::from_secs(60) {
+        // The same minimum as every other path (`crate::lifetime`).
+        if self.lifetime < crate::lifetime::MIN_LEAF_LIFETIME {
             return invalid(
                 "lifetime",
                 format!(
-                    "{} is too short: use at least 1m",
-                    format_duration(self.lifetime)
+                    "{} is too short: use at least {}",
+                    format_duration(self.lifetime),
+                    format_duration(crate::lifetime::MIN_LEAF_LIFETIME)
                 ),
             );
         }

@@ -49,7 +49,9 @@ pub enum CaCommand {
         /// The cluster's trust domain (default: this configuration's trustDomain).
         #[arg(long = "for-trust-domain")]
         for_trust_domain: Option<String>,
-        /// Lifetime of the intermediate (cut short where this CA ends).
+        /// Lifetime of the intermediate: at least the longest leaf lifetime allowed
+        /// (certificateProvider.maxServerCertValidityDuration or maxServiceCertValidityDuration,
+        /// whichever is longer), and ending before this CA does.
         #[arg(long, default_value = "8760h", value_parser = parse_duration_arg)]
         lifetime: Duration,
         /// Directory to create: ca.crt (intermediate + chain to the root), private.key (0600).
@@ -129,7 +131,7 @@ async fn bootstrap_tresor(config: &Config, from_files: &[PathBuf]) -> anyhow::Re
             (signing.authority, signing.outcome)
         }
         [cert, key] => {
-            let checked = read_import(cert, key)?;
+            let checked = read_import(cert, key, &config.trust_domain())?;
             let outcome = match store.as_store().create(&checked).await? {
                 Created::Stored => "imported the CA",
                 Created::AlreadyExists(found) if same_certificate(&found, &checked) => {
@@ -240,14 +242,19 @@ fn check_roots(bundle: &TrustBundle, now: std::time::SystemTime) -> anyhow::Resu
     Ok(())
 }
 
-fn read_import(cert: &Path, key: &Path) -> anyhow::Result<StoredCa> {
+/// Reads and checks CA material to import: usable (see [`StoredCa::import`]), and, for an
+/// intermediate with a SPIFFE ID, made for `trust_domain`.
+fn read_import(cert: &Path, key: &Path, trust_domain: &TrustDomain) -> anyhow::Result<StoredCa> {
+    let refusing = || format!("refusing to import {} / {}", cert.display(), key.display());
     let offered = StoredCa::read_files(cert, key)?;
-    StoredCa::import(
-        offered.certificate_pem(),
-        offered.key_pem(),
-        SystemClock.now(),
-    )
-    .with_context(|| format!("refusing to import {} / {}", cert.display(), key.display()))
+    let now = SystemClock.now();
+    let checked = StoredCa::import(offered.certificate_pem(), offered.key_pem(), now)
+        .with_context(refusing)?;
+    checked
+        .authority(now)?
+        .check_trust_domain(trust_domain)
+        .with_context(refusing)?;
+    Ok(checked)
 }
 
 fn same_certificate(a: &StoredCa, b: &StoredCa) -> bool {
@@ -266,8 +273,7 @@ pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
         CaCommand::Show => {
             let stored = load_existing(config).await?;
             let chain = meshca_provider::x509::certificates_from_pem(stored.certificate_pem())?;
-            print!("{}", inspect::describe(&chain, SystemClock.now())?);
-            Ok(())
+            crate::cli::print_stdout(&inspect::describe(&chain, SystemClock.now())?)
         }
         CaCommand::Export { out } => {
             let stored = load_existing(config).await?;
@@ -279,12 +285,12 @@ pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot write {}", path.display()))?;
                     eprintln!("meshca: wrote the trust bundle to {}", path.display());
                 }
-                None => print!("{pem}"),
+                None => crate::cli::print_stdout(&pem)?,
             }
             Ok(())
         }
         CaCommand::Import { cert, key } => {
-            let checked = read_import(&cert, &key)?;
+            let checked = read_import(&cert, &key, &config.trust_domain())?;
             let store = ConfiguredStore::open(config).await?;
             store_new(store.as_store(), &checked).await?;
             println!(
@@ -299,12 +305,22 @@ pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
             lifetime,
             out_dir,
         } => {
-            let stored = load_existing(config).await?;
-            let authority = stored.authority(SystemClock.now())?;
+            let what = "intermediate (--lifetime)";
+            crate::lifetime::check_ca_lifetime(what, lifetime, &config.certificate_provider)?;
             let trust_domain = match for_trust_domain {
                 Some(name) => TrustDomain::new(&name)?,
                 None => config.trust_domain(),
             };
+            let stored = load_existing(config).await?;
+            let now = SystemClock.now();
+            let authority = stored.authority(now)?;
+            crate::lifetime::check_within_issuer(
+                what,
+                lifetime,
+                now,
+                authority.subject(),
+                authority.not_after(),
+            )?;
             let mut options = IntermediateOptions::new(cluster.clone(), trust_domain);
             options.lifetime = lifetime;
             let intermediate = authority.sign_intermediate(&options, &SystemClock)?;

@@ -14,8 +14,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let certificates = read_certificates(&bytes)
         .with_context(|| format!("{} holds no readable certificate", path.display()))?;
-    print!("{}", describe(&certificates, SystemTime::now())?);
-    Ok(())
+    crate::cli::print_stdout(&describe(&certificates, SystemTime::now())?)
 }
 
 fn read_certificates(bytes: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {

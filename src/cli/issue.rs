@@ -1,9 +1,7 @@
 //! `meshca issue`: one certificate to files or to a managed `kubernetes.io/tls` Secret, for
 //! bootstrap client certificates, webhooks and gateways.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +14,10 @@ use meshca_provider::{
 
 use crate::cache::validate::{ChainCheck, validate};
 use crate::cli::ca::parse_duration_arg;
+use crate::cli::out_dir::{OutDir, OutFile};
 use crate::config::Config;
 use crate::kubernetes::{ManagedTlsSecret, SecretRef, TlsMaterial, TlsSecretWriter, Written};
+use crate::lifetime::LifetimePolicy;
 
 /// `meshca issue` options.
 #[derive(Debug, Args)]
@@ -34,7 +34,10 @@ pub struct IssueArgs {
     /// Extra DNS name (repeatable). Without --identity, a server certificate for these names.
     #[arg(long = "dns", value_name = "NAME")]
     pub dns: Vec<String>,
-    /// Lifetime (default: certificateProvider.serviceCertValidityDuration).
+    /// Lifetime (default: certificateProvider.serviceCertValidityDuration): at least 10s, at
+    /// most certificateProvider.maxServiceCertValidityDuration (2160h) with --identity, or
+    /// certificateProvider.maxServerCertValidityDuration (8760h) for a server certificate; and
+    /// never past the CA's own expiry. A longer request is refused, not shortened.
     #[arg(long, value_parser = parse_duration_arg)]
     pub lifetime: Option<Duration>,
     /// Key type (default: certificateProvider.keyType).
@@ -50,31 +53,46 @@ pub struct IssueArgs {
     pub secret: Option<SecretRef>,
 }
 
+/// The files `--out-dir` receives, in the order they are listed.
+const OUT_FILES: [&str; 3] = ["cert.pem", "key.pem", "ca.pem"];
+
 /// Issues the certificate and writes it to files or to a managed Secret.
+///
+/// Everything the command line says is checked before the CA store, a Secret or the backend
+/// is touched, so a bad argument creates nothing; the report is printed only once everything
+/// was written.
 pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
-    let lifetime = args
-        .lifetime
-        .unwrap_or(config.certificate_provider.service_cert_validity_duration);
-    if lifetime.is_zero() {
-        bail!("--lifetime must be above zero");
-    }
     let key_type = args
         .key_type
         .unwrap_or(config.certificate_provider.key_type);
+    let requested = args
+        .lifetime
+        .unwrap_or(config.certificate_provider.service_cert_validity_duration);
     let spec = match &args.identity {
         Some(identity) => {
             let id = SpiffeId::from_short(identity, &config.trust_domain())
                 .with_context(|| format!("--identity {identity}"))?;
-            LeafSpec::workload(&id, &args.dns, lifetime)
+            LeafSpec::workload(&id, &args.dns, requested)
         }
         None if args.dns.is_empty() => {
             bail!(
                 "say what to certify: --identity <namespace>/<service-account>, or --dns NAME for a server certificate"
             )
         }
-        None => LeafSpec::server(args.dns.clone(), lifetime),
+        None => LeafSpec::server(args.dns.clone(), requested),
     };
+    let lifetime = LifetimePolicy::for_spec(&config.certificate_provider, &spec)
+        .check(requested)
+        .with_context(|| match args.lifetime {
+            Some(_) => "--lifetime".to_owned(),
+            None => "certificateProvider.serviceCertValidityDuration (the default --lifetime)"
+                .to_owned(),
+        })?;
 
+    let out_dir = match &args.out_dir {
+        Some(dir) => Some(OutDir::prepare(dir, &OUT_FILES)?),
+        None => None,
+    };
     // Refuse a Secret meshca may not write before issuing anything for it.
     let writer = match &args.secret {
         Some(target) => {
@@ -95,18 +113,15 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
         .spiffe_id
         .as_ref()
         .map_or_else(|| spec.dns_names.join(", "), ToString::to_string);
-    println!(
-        "meshca: issued {subject} ({key_type}, serial {})",
-        info.serial_hex()
-    );
-    println!(
-        "  valid {} → {} ({})",
+    let mut report = format!(
+        "meshca: issued {subject} ({key_type}, serial {})\n  valid {} → {} ({})\n",
+        info.serial_hex(),
         crate::cli::inspect::rfc3339(info.not_before),
         crate::cli::inspect::rfc3339(info.not_after),
         format_duration(info.lifetime())
     );
 
-    match (writer, &args.out_dir) {
+    match (writer, out_dir) {
         (Some(mut writer), _) => {
             let (record, material) = issued.for_managed_secret(&args.dns, lifetime)?;
             let written = writer.write(&record, &material).await?;
@@ -115,19 +130,19 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
                 Written::Replaced => "replaced",
             };
             let target = writer.target();
-            println!(
+            report.push_str(&format!(
                 "  {verb} Secret {target} (kubernetes.io/tls: tls.crt, tls.key, ca.crt), managed \
-                 by meshca"
-            );
-            println!("  root SHA-256: {}", record.root_fingerprint);
-            println!("Show: {}", target.show_certificate_command());
+                 by meshca\n  root SHA-256: {}\nShow: {}\n",
+                record.root_fingerprint,
+                target.show_certificate_command()
+            ));
         }
-        (None, Some(out_dir)) => write_files(out_dir, &issued)?,
+        (None, Some(out_dir)) => report.push_str(&write_files(&out_dir, &issued)?),
         (None, None) => {
             bail!("say where to write the certificate: --out-dir DIR or --secret NAMESPACE/NAME")
         }
     }
-    Ok(())
+    crate::cli::print_stdout(&report)
 }
 
 /// A certificate issued and checked: what `meshca issue` writes, and what `meshca rotate`
@@ -230,24 +245,43 @@ pub async fn issue_validated(
     })
 }
 
-fn write_files(out_dir: &Path, issued: &Issued) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let cert_path = out_dir.join("cert.pem");
-    let key_path = out_dir.join("key.pem");
-    let ca_path = out_dir.join("ca.pem");
-    write_file(&key_path, issued.key.private_key_pem().as_bytes(), 0o600)?;
-    write_file(&cert_path, issued.chain.to_pem().as_bytes(), 0o644)?;
-    write_file(&ca_path, issued.bundle.to_pem().as_bytes(), 0o644)?;
-    println!("  {}  certificate chain", cert_path.display());
-    println!("  {}  private key (mode 0600)", key_path.display());
-    println!("  {}  trust bundle", ca_path.display());
-    println!(
-        "Verify: openssl verify -CAfile {} {}",
+/// Writes the set, all at once (see [`OutDir`]), and says where it went.
+fn write_files(out_dir: &OutDir, issued: &Issued) -> anyhow::Result<String> {
+    let key = issued.key.private_key_pem();
+    let chain = issued.chain.to_pem();
+    let bundle = issued.bundle.to_pem();
+    let [cert_name, key_name, ca_name] = OUT_FILES;
+    out_dir.write(&[
+        OutFile {
+            name: cert_name,
+            contents: chain.as_bytes(),
+            mode: 0o644,
+        },
+        OutFile {
+            name: key_name,
+            contents: key.as_bytes(),
+            mode: 0o600,
+        },
+        OutFile {
+            name: ca_name,
+            contents: bundle.as_bytes(),
+            mode: 0o644,
+        },
+    ])?;
+    let (cert_path, key_path, ca_path) = (
+        out_dir.path(cert_name),
+        out_dir.path(key_name),
+        out_dir.path(ca_name),
+    );
+    Ok(format!(
+        "  {}  certificate chain\n  {}  private key (mode 0600)\n  {}  trust bundle\n\
+         Verify: openssl verify -CAfile {} {}\n",
+        cert_path.display(),
+        key_path.display(),
+        ca_path.display(),
         ca_path.display(),
         cert_path.display()
-    );
-    Ok(())
+    ))
 }
 
 /// The SHA-256 fingerprint of the root of `bundle` that `chain` leads to: the chain's last
@@ -273,29 +307,4 @@ fn issuing_root(chain: &CertificateChain, bundle: &TrustBundle) -> anyhow::Resul
         }
     }
     bail!("no root of the bundle issued {}", top_info.subject)
-}
-
-/// Writes `contents` to `path` through a temporary file in the same directory created with
-/// `mode` (so a key is never readable by others, not even briefly), then renames it into place.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&temp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,5 +1,6 @@
 //! The `meshca` command line.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -9,6 +10,7 @@ use crate::config::{Config, LogFormat, Overrides};
 pub mod ca;
 pub mod inspect;
 pub mod issue;
+pub mod out_dir;
 pub mod rotate;
 pub mod rotate_cron;
 pub mod rotate_root;
@@ -102,4 +104,18 @@ pub enum Command {
     /// stage, renew managed TLS Secrets inside their renewal window, report, exit 1 on what
     /// needs attention); `root`: Tresor root rotation by hand; `leaves`: re-issue now.
     Rotate(rotate::RotateArgs),
+}
+
+/// Writes `text` to standard output, in one piece.
+///
+/// A reader that went away (`meshca inspect chain.pem | head -1`) is not an error: what it did
+/// not want is dropped and the command ends quietly, with status 0. (`println!` would panic.)
+/// Other write errors are reported.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to standard output")),
+    }
 }

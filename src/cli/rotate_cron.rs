@@ -34,10 +34,11 @@ use crate::cache::{RenewPolicy, renew_at};
 use crate::cli::inspect::rfc3339;
 use crate::cli::issue::issue_validated;
 use crate::config::{Config, is_dns_label};
-use crate::kubernetes::managed_secret::MAX_ATTEMPTS;
+use crate::kubernetes::managed_secret::{LIFETIME_ANNOTATION, MAX_ATTEMPTS};
 use crate::kubernetes::{
     ManagedTlsSecret, Replaced, SecretRef, TlsMaterial, TlsSecretWriter, list_managed,
 };
+use crate::lifetime::LifetimePolicy;
 
 /// Options of the cron pass (`meshca rotate` without a command).
 #[derive(Debug, Args)]
@@ -541,11 +542,16 @@ impl Renewer<'_> {
     /// Issues a certificate for `asked` (identity, DNS names, lifetime, key type), validated
     /// as `meshca issue` does, within `renewal.issueTimeout`.
     async fn issue(&mut self, asked: &ManagedTlsSecret) -> anyhow::Result<Prepared> {
-        let provider = self.provider().await?;
         let spec = match &asked.identity {
             Some(identity) => LeafSpec::workload(identity, &asked.dns, asked.lifetime),
             None => LeafSpec::server(asked.dns.clone(), asked.lifetime),
         };
+        // The annotation is checked like `meshca issue --lifetime`: a Secret edited (or
+        // written under a laxer configuration) to ask for more is refused, not renewed.
+        LifetimePolicy::for_spec(&self.config.certificate_provider, &spec)
+            .check(asked.lifetime)
+            .with_context(|| format!("its {LIFETIME_ANNOTATION} annotation"))?;
+        let provider = self.provider().await?;
         let timeout = self.config.renewal.issue_timeout;
         let issued = tokio::time::timeout(
             timeout,

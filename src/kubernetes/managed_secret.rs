@@ -270,13 +270,18 @@ impl ManagedTlsSecret {
             ));
         }
         let lifetime = read(LIFETIME_ANNOTATION)?;
+        // The maximum depends on the configuration: `meshca rotate` checks it when it renews.
+        let min = crate::lifetime::MIN_LEAF_LIFETIME;
         let lifetime = parse_duration(lifetime)
             .ok()
-            .filter(|d| !d.is_zero())
+            .filter(|d| *d >= min)
             .ok_or_else(|| {
                 problem(
                     LIFETIME_ANNOTATION,
-                    format!("is not a Go duration above zero ({lifetime:?})"),
+                    format!(
+                        "is not a Go duration of at least {} ({lifetime:?})",
+                        format_duration(min)
+                    ),
                 )
             })?;
         let key_type = read(KEY_TYPE_ANNOTATION)?;
@@ -745,6 +750,7 @@ mod tests {
     fn unreadable_annotations_are_named() {
         let cases = [
             (LIFETIME_ANNOTATION, "soon", "is not a Go duration"),
+            (LIFETIME_ANNOTATION, "5s", "of at least 10s"),
             (KEY_TYPE_ANNOTATION, "dsa", "is not a key type"),
             (NOT_AFTER_ANNOTATION, "tomorrow", "is not an RFC 3339 time"),
             (IDENTITY_ANNOTATION, "web", "is not a SPIFFE ID"),

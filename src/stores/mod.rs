@@ -52,7 +52,11 @@ impl ConfiguredStore {
         match self {
             Self::Directory(store) => vec![
                 format!("CA certificate: {}", store.certificate_path().display()),
-                format!("private key:    {} (mode 0600)", store.key_path().display()),
+                format!(
+                    "private key:    {} ({})",
+                    store.key_path().display(),
+                    file_mode(&store.key_path())
+                ),
             ],
             Self::Kubernetes(store) => vec![format!(
                 "Secret:         {}/{} (type Opaque, keys {} and {})",
@@ -73,5 +77,14 @@ impl ConfiguredStore {
             ),
             Self::Kubernetes(store) => store.show_root_command(),
         }
+    }
+}
+
+/// `mode 0600` as the file system has it now (not what meshca meant to write).
+fn file_mode(path: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    match std::fs::metadata(path) {
+        Ok(meta) => format!("mode {:04o}", meta.permissions().mode() & 0o7777),
+        Err(e) => format!("mode unknown: {e}"),
     }
 }

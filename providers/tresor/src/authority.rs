@@ -116,6 +116,23 @@ pub enum AuthorityError {
         /// When the chain stopped being valid.
         not_after: String,
     },
+    /// The leaf asked for would outlive the CA chain that vouches for it.
+    #[error(
+        "a certificate of {lifetime} asked for now would end at {ends}, after its CA {subject} \
+         expires ({not_after}): ask for a lifetime of at most {at_most}, or rotate the CA"
+    )]
+    OutlivesCa {
+        /// The lifetime asked for, as written in configuration (`24h`).
+        lifetime: String,
+        /// When the leaf would end.
+        ends: String,
+        /// The signing CA's subject.
+        subject: String,
+        /// The earliest NotAfter along the CA chain.
+        not_after: String,
+        /// The longest lifetime that would still fit, as written in configuration.
+        at_most: String,
+    },
     /// The CA's path length constraint forbids signing another CA.
     #[error(
         "{subject} may only sign leaf certificates (path length 0): sign per-cluster \
@@ -237,6 +254,21 @@ pub enum CaProblem {
     KeyMismatch {
         /// The CA certificate's subject.
         subject: String,
+    },
+    /// A CA whose SPIFFE ID names a trust domain other than the one meshca serves.
+    #[error(
+        "{subject} is a CA for trust domain {found} (its SPIFFE ID is spiffe://{found}), but \
+         this meshca serves trust domain {configured}: set trustDomain (--trust-domain) to \
+         {found} to serve that trust domain, or use an intermediate made for {configured} \
+         (meshca ca intermediate --for-trust-domain {configured})"
+    )]
+    ForeignTrustDomain {
+        /// The CA certificate's subject.
+        subject: String,
+        /// The trust domain its SPIFFE ID names.
+        found: String,
+        /// The trust domain meshca is configured with.
+        configured: String,
     },
     /// A subject name meshca cannot reproduce exactly as the issuer of what it signs.
     #[error("cannot issue under {subject}: {reason}")]
@@ -438,8 +470,8 @@ impl SigningAuthority {
     /// Signs a leaf for `spec` over `key`'s public key (no CSR) and returns it with the
     /// intermediates above it (never the root).
     ///
-    /// NotBefore is `now − clock_skew`; NotAfter is `now + spec.lifetime`, cut short where the
-    /// CA chain ends.
+    /// NotBefore is `now − clock_skew`; NotAfter is `now + spec.lifetime`. A leaf that would
+    /// end after the CA chain is refused ([`AuthorityError::OutlivesCa`]), not cut short.
     pub fn sign_leaf(
         &self,
         spec: &LeafSpec,
@@ -448,6 +480,7 @@ impl SigningAuthority {
         clock_skew: Duration,
     ) -> Result<CertificateChain, AuthorityError> {
         self.check_not_expired(now)?;
+        self.check_covers(now, spec.lifetime)?;
         let leaf = self.template.sign(
             spec,
             key,
@@ -493,13 +526,55 @@ impl SigningAuthority {
         &self.subject
     }
 
+    /// The trust domains the CA certificate's SPIFFE IDs (URI SANs `spiffe://<trust-domain>`)
+    /// name: the one a per-cluster intermediate was made for. Empty for a CA without a SPIFFE
+    /// ID (meshca's roots, most imported CAs).
+    pub fn spiffe_trust_domains(&self) -> Vec<String> {
+        let Ok((_, ca)) = X509Certificate::from_der(&self.certificate) else {
+            return Vec::new();
+        };
+        let Ok(Some(names)) = ca.subject_alternative_name() else {
+            return Vec::new();
+        };
+        names
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => {
+                    let rest = uri.strip_prefix("spiffe://")?;
+                    Some(rest.split('/').next().unwrap_or_default().to_owned())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Refuses a CA whose SPIFFE ID names another trust domain than `configured`: leaves it
+    /// signed in `configured` would carry IDs its own certificate disowns. A CA without a
+    /// SPIFFE ID passes.
+    pub fn check_trust_domain(&self, configured: &TrustDomain) -> Result<(), CaProblem> {
+        match self
+            .spiffe_trust_domains()
+            .into_iter()
+            .find(|found| found != configured.as_str())
+        {
+            None => Ok(()),
+            Some(found) => Err(CaProblem::ForeignTrustDomain {
+                subject: self.subject.clone(),
+                found,
+                configured: configured.to_string(),
+            }),
+        }
+    }
+
     /// The CA key's type.
     pub fn key_type(&self) -> KeyType {
         self.key.key_type()
     }
 
     /// The earliest NotAfter along the chain: certificates issued later than this would not
-    /// verify, and leaves are cut short to end by then.
+    /// verify, and leaves that would end later are refused.
     pub fn not_after(&self) -> SystemTime {
         self.not_after
     }
@@ -608,6 +683,27 @@ impl SigningAuthority {
             .map_err(|_| CaProblem::KeyMismatch {
                 subject: self.subject.clone(),
             })
+    }
+
+    /// Whether a leaf of `lifetime` made at `now` ends (in whole seconds, as X.509 writes it)
+    /// no later than this CA's chain.
+    fn check_covers(&self, now: SystemTime, lifetime: Duration) -> Result<(), AuthorityError> {
+        let whole = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        let ends = now.checked_add(lifetime);
+        if ends.is_some_and(|ends| whole(ends) <= whole(self.not_after)) {
+            return Ok(());
+        }
+        let at_most = Duration::from_secs(whole(self.not_after).saturating_sub(whole(now)));
+        Err(AuthorityError::OutlivesCa {
+            lifetime: meshca_provider::format_duration(lifetime),
+            ends: ends.map_or_else(|| "beyond the year 9999".to_owned(), display_time),
+            subject: self.subject.clone(),
+            not_after: display_time(self.not_after),
+            at_most: meshca_provider::format_duration(at_most),
+        })
     }
 
     fn check_not_expired(&self, now: SystemTime) -> Result<(), AuthorityError> {
@@ -752,6 +848,56 @@ mod tests {
             east.sign_intermediate(&options, &SystemClock),
             Err(AuthorityError::PathLength { .. })
         ));
+    }
+
+    #[test]
+    fn a_leaf_that_would_outlive_its_ca_is_refused_not_cut_short() {
+        let options = RootOptions {
+            lifetime: Duration::from_secs(3600),
+            ..RootOptions::default()
+        };
+        let root = SigningAuthority::generate_root(&options, &SystemClock).unwrap();
+        let key = LeafKey::generate(KeyType::P256).unwrap();
+        let id = meshca_provider::SpiffeId::from_short("a/b", &TrustDomain::default()).unwrap();
+        let now = SystemTime::now();
+        let fits = LeafSpec::workload(&id, &[], Duration::from_secs(1800));
+        root.sign_leaf(&fits, &key, now, Duration::from_secs(60))
+            .unwrap();
+        let long = LeafSpec::workload(&id, &[], Duration::from_secs(24 * 3600));
+        let err = root
+            .sign_leaf(&long, &key, now, Duration::from_secs(60))
+            .unwrap_err();
+        assert!(matches!(err, AuthorityError::OutlivesCa { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("a certificate of 24h")
+                && text.contains(&display_time(root.not_after()))
+                && text.contains("rotate the CA"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_intermediate_belongs_to_the_trust_domain_it_was_made_for() {
+        let root = SigningAuthority::generate_root(&RootOptions::default(), &SystemClock).unwrap();
+        assert!(root.spiffe_trust_domains().is_empty());
+        root.check_trust_domain(&TrustDomain::new("any.example").unwrap())
+            .unwrap();
+        let b = TrustDomain::new("b.example").unwrap();
+        let options = IntermediateOptions::new("b", b.clone());
+        let east = root.sign_intermediate(&options, &SystemClock).unwrap();
+        assert_eq!(east.spiffe_trust_domains(), ["b.example"]);
+        east.check_trust_domain(&b).unwrap();
+        let err = east
+            .check_trust_domain(&TrustDomain::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("trust domain b.example")
+                && err.contains("serves trust domain cluster.local")
+                && err.contains("--trust-domain"),
+            "{err}"
+        );
     }
 
     #[test]

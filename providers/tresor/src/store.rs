@@ -54,6 +54,31 @@ pub enum StoreError {
     /// A new root could not be made.
     #[error("could not create a new root CA: {0}")]
     Generate(#[from] AuthorityError),
+    /// A CA store path that is not a regular file (a FIFO would block the reader forever).
+    #[error(
+        "{} is a {kind}, not a regular file: meshca keeps its CA in regular files. Nothing was \
+         changed: replace it with the file it should be",
+        path.display()
+    )]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead: `FIFO`, `directory`, `socket`, …
+        kind: &'static str,
+    },
+    /// A file holding CA keys that users other than its owner may read or write.
+    #[error(
+        "{} holds the CA's private key but its mode is {mode:04o}, open to group or others: \
+         refusing to use it. Nothing was changed: fix it with `chmod 600 {}`, and consider the \
+         key exposed if others could read it",
+        path.display(), path.display()
+    )]
+    KeyNotPrivate {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A create conflict, after which the existing material could not be read back.
     #[error("{store} already holds a CA, but it could not be read back: retry")]
     Vanished {
@@ -427,7 +452,11 @@ impl DirectoryStore {
         let (certificate, key) = (self.certificate_path(), self.key_path());
         match (exists(&certificate)?, exists(&key)?) {
             (false, false) => Ok(None),
-            (true, true) => StoredCa::read_files(&certificate, &key).map(Some),
+            (true, true) => {
+                check_store_file(&certificate, false)?;
+                check_store_file(&key, true)?;
+                StoredCa::read_files(&certificate, &key).map(Some)
+            }
             (true, false) => Err(StoreError::Incomplete {
                 present: certificate.display().to_string(),
                 missing: key.display().to_string(),
@@ -530,6 +559,11 @@ impl DirectoryStore {
 
     fn read_rotation(&self) -> Result<Option<Rotation>, StoreError> {
         let path = self.rotation_path();
+        if !exists(&path)? {
+            return Ok(None);
+        }
+        // It holds both roots' keys.
+        check_store_file(&path, true)?;
         let bytes = match fs::read(&path) {
             Ok(bytes) => Zeroizing::new(bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -745,6 +779,45 @@ fn exists(path: &Path) -> Result<bool, StoreError> {
     }
 }
 
+/// Checks, before it is opened, that a file of the store is a regular file (opening a FIFO
+/// for reading would block until a writer comes), and for a file holding keys that neither
+/// group nor others have any access to it. Symlinks are followed: a store may be a mounted
+/// volume.
+fn check_store_file(path: &Path, holds_keys: bool) -> Result<(), StoreError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = fs::metadata(path).map_err(|source| StoreError::Io {
+        action: "inspect",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_fifo() {
+            "FIFO"
+        } else if kind.is_dir() {
+            "directory"
+        } else if kind.is_socket() {
+            "socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "device"
+        } else {
+            "special file"
+        };
+        return Err(StoreError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if holds_keys && mode & 0o077 != 0 {
+        return Err(StoreError::KeyNotPrivate {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 fn open_lock_file(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
@@ -863,5 +936,49 @@ mod tests {
             Zeroizing::new("-----BEGIN PRIVATE KEY-----\nSECRET\n".into()),
         );
         assert!(!format!("{stored:?}").contains("SECRET"));
+    }
+
+    #[tokio::test]
+    async fn a_key_open_to_others_is_refused_with_the_chmod_that_fixes_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::new(dir.path());
+        let root = SigningAuthority::generate_root(&RootOptions::default(), &SystemClock)
+            .unwrap()
+            .to_stored();
+        store.create(&root).await.unwrap();
+        let key = store.key_path();
+        let before = fs::read(&key).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+            let err = store.load().await.unwrap_err();
+            assert!(matches!(err, StoreError::KeyNotPrivate { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("chmod 600 {}", key.display()))
+                    && text.contains(&format!("{mode:04o}")),
+                "{text}"
+            );
+            assert_eq!(fs::read(&key).unwrap(), before);
+            assert_eq!(
+                fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+                mode,
+                "the mode was left as found"
+            );
+        }
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(store.load().await.unwrap().is_some());
+    }
+
+    #[test]
+    fn a_directory_where_the_key_should_be_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("private.key")).unwrap();
+        let err = check_store_file(&dir.path().join("private.key"), true).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is a directory, not a regular file"),
+            "{err}"
+        );
     }
 }

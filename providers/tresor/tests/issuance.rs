@@ -295,15 +295,24 @@ fn two_clusters_under_one_root_trust_each_other() {
     verify_everywhere(&from_east, &bundle_of(&west), SystemTime::now());
 }
 
+/// A leaf that would outlive its CA is refused, naming the CA's end — not cut short to it.
 #[test]
 fn a_leaf_never_outlives_its_ca() {
     let mut options = RootOptions::default();
     options.lifetime = Duration::from_secs(3600);
     let short_root = SigningAuthority::generate_root(&options, &SystemClock).unwrap();
-    let ca_end = short_root.not_after();
     let tresor = Tresor::new(short_root, Arc::new(SystemClock));
-    let (_, chain) = issue(&tresor, &workload_spec(), KeyType::P256);
-    assert_eq!(chain.leaf_info().unwrap().not_after, ca_end);
+    let key = LeafKey::generate(KeyType::P256).unwrap();
+    let err = tresor.sign(&workload_spec(), &key).unwrap_err();
+    assert!(matches!(err, ProviderError::Ca { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("after its CA") && err.to_string().contains("rotate the CA"),
+        "{err}"
+    );
+    let mut fits = workload_spec();
+    fits.lifetime = Duration::from_secs(1800);
+    let (_, chain) = issue(&tresor, &fits, KeyType::P256);
+    assert!(chain.leaf_info().unwrap().not_after <= tresor.authority().not_after());
 }
 
 #[test]
