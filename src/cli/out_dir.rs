@@ -42,41 +42,52 @@ pub struct OutFile<'a> {
     pub mode: u32,
 }
 
-/// An output directory checked and locked for writing: see the module docs.
+/// An output directory, checked: see the module docs.
 #[derive(Debug)]
 pub struct OutDir {
     dir: PathBuf,
     names: Vec<&'static str>,
-    _lock: File,
 }
 
 impl OutDir {
-    /// Creates `dir` if needed, takes its lock, and checks that each of `names` is absent, a
-    /// file or a symlink — before anything is issued, so a bad directory costs nothing.
+    /// Checks, without changing anything, that `dir` is (or can become) a directory and that
+    /// each of `names` in it is absent, a file or a symlink — before anything is issued, so a
+    /// bad directory costs nothing. [`write`](Self::write) creates and locks it.
     pub fn prepare(dir: &Path, names: &[&'static str]) -> anyhow::Result<Self> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .with_context(|| format!("cannot create --out-dir {}", dir.display()))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .with_context(|| {
-                format!(
-                    "cannot write in --out-dir {}: choose a directory this user may write",
-                    dir.display()
-                )
-            })?;
-        lock.lock()
-            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
-        for name in names {
-            let path = dir.join(name);
+        let out = Self {
+            dir: dir.to_path_buf(),
+            names: names.to_vec(),
+        };
+        // The nearest part of the path that exists must be a directory.
+        let existing = dir
+            .ancestors()
+            .find(|p| p.as_os_str().is_empty() || fs::symlink_metadata(p).is_ok())
+            .unwrap_or(Path::new("."));
+        let existing = if existing.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            existing
+        };
+        let is_dir = fs::metadata(existing)
+            .with_context(|| format!("cannot inspect {}", existing.display()))?
+            .is_dir();
+        if !is_dir {
+            bail!(
+                "cannot use --out-dir {}: {} is not a directory. Nothing was written",
+                dir.display(),
+                existing.display()
+            );
+        }
+        if existing == dir {
+            out.check_names()?;
+        }
+        Ok(out)
+    }
+
+    /// Each name absent, a file or a symlink.
+    fn check_names(&self) -> anyhow::Result<()> {
+        for name in &self.names {
+            let path = self.dir.join(name);
             match fs::symlink_metadata(&path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -92,15 +103,40 @@ impl OutDir {
                     } else {
                         "special file"
                     },
-                    dir.display()
+                    self.dir.display()
                 ),
             }
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            names: names.to_vec(),
-            _lock: lock,
-        })
+        Ok(())
+    }
+
+    /// Creates the directory if needed and takes its lock (released when the file is
+    /// dropped).
+    fn create_and_lock(&self) -> anyhow::Result<File> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&self.dir)
+            .with_context(|| format!("cannot create --out-dir {}", self.dir.display()))?;
+        let lock_path = self.dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| {
+                format!(
+                    "cannot write in --out-dir {}: choose a directory this user may write",
+                    self.dir.display()
+                )
+            })?;
+        // File::lock is Rust 1.89; meshca-tresor, which meshca depends on, already needs 1.89.
+        #[allow(clippy::incompatible_msrv)]
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        Ok(lock)
     }
 
     /// The path `name` is visible at.
@@ -111,6 +147,9 @@ impl OutDir {
     /// Replaces the set with `files` (whose names are those given to
     /// [`prepare`](Self::prepare)), all at once.
     pub fn write(&self, files: &[OutFile<'_>]) -> anyhow::Result<()> {
+        let _lock = self.create_and_lock()?;
+        // Again under the lock: the directory may have changed while the certificate was made.
+        self.check_names()?;
         let version = self.new_version_dir()?;
         let written = self
             .fill(&version, files)
@@ -382,5 +421,14 @@ mod tests {
         let err = OutDir::prepare(dir, &NAMES).unwrap_err().to_string();
         assert!(err.contains("ca.pem is a directory"), "{err}");
         assert_eq!(entries(dir), before);
+
+        // Checking creates nothing; a file on the path is named.
+        let absent = dir.join("new").join("sub");
+        OutDir::prepare(&absent, &NAMES).unwrap();
+        assert!(!dir.join("new").exists());
+        let err = OutDir::prepare(&dir.join("cert.pem").join("sub"), &NAMES)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a directory"), "{err}");
     }
 }

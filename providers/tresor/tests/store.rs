@@ -131,7 +131,14 @@ fn stored_root() -> StoredCa {
 
 fn write_pair(store: &DirectoryStore, certificate: &str, key: &str) {
     fs::write(store.certificate_path(), certificate).unwrap();
+    write_key(store, key);
+}
+
+/// Writes the key file private, as the store requires.
+fn write_key(store: &DirectoryStore, key: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
     fs::write(store.key_path(), key).unwrap();
+    fs::set_permissions(store.key_path(), fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn assert_names(err: &StoreError, path: &Path, words: &[&str]) {
@@ -283,19 +290,25 @@ async fn half_a_ca_is_refused() {
 }
 
 #[tokio::test]
-async fn a_read_failure_is_an_error_naming_the_file() {
-    // A directory where the certificate file should be: reading it fails even for root.
+async fn a_directory_instead_of_a_file_is_an_error_naming_it() {
+    // A directory where the certificate file should be: refused before any read.
     let key = stored_root().key_pem().to_owned();
     let (err, store, _dir) = refused(|store| {
         fs::create_dir(store.certificate_path()).unwrap();
-        fs::write(store.key_path(), &key).unwrap();
+        write_key(store, &key);
     })
     .await;
     assert!(
-        matches!(err, StoreError::Io { action: "read", .. }),
+        matches!(
+            err,
+            StoreError::NotRegularFile {
+                kind: "directory",
+                ..
+            }
+        ),
         "{err:?}"
     );
-    assert_names(&err, &store.certificate_path(), &["could not read"]);
+    assert_names(&err, &store.certificate_path(), &["not a regular file"]);
 }
 
 #[test]
