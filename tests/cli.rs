@@ -607,6 +607,25 @@ fn out_dir_is_replaced_whole_or_left_as_it_was() {
         public_key(&out.join("cert.pem"), false),
         public_key(&out.join("key.pem"), true)
     );
+
+    // A failure after the certificate was issued, at the switch itself (`..data` became a
+    // directory holding the same files): still nothing printed, the set still whole.
+    std::fs::remove_dir(out.join("ca.pem")).unwrap();
+    std::os::unix::fs::symlink("..data/ca.pem", out.join("ca.pem")).unwrap();
+    let version = std::fs::read_link(out.join("..data")).unwrap();
+    std::fs::remove_file(out.join("..data")).unwrap();
+    std::fs::rename(out.join(&version), out.join("..data")).unwrap();
+    let stderr = failed(&meshca(&ca, &issue), &issue);
+    assert!(stderr.contains("..data"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("cert.pem")).unwrap(), second[0]);
+    assert_eq!(std::fs::read(out.join("key.pem")).unwrap(), second[1]);
+    assert_eq!(std::fs::read(out.join("ca.pem")).unwrap(), second[2]);
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("..meshca-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 /// `meshca inspect big.pem | head -1`: the reader goes away; meshca ends quietly.

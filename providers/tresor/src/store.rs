@@ -69,8 +69,9 @@ pub enum StoreError {
     /// A file holding CA keys that users other than its owner may read or write.
     #[error(
         "{} holds the CA's private key but its mode is {mode:04o}, open to group or others: \
-         refusing to use it. Nothing was changed: fix it with `chmod 600 {}`, and consider the \
-         key exposed if others could read it",
+         refusing to use it. Nothing was changed: fix it with `chmod 600 {}` (for a mounted \
+         Kubernetes volume, `defaultMode: 0400`), and consider the key exposed if others could \
+         read it",
         path.display(), path.display()
     )]
     KeyNotPrivate {
