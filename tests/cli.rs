@@ -642,6 +642,7 @@ fn a_closed_stdout_is_not_a_panic() {
         vec!["inspect", big.to_str().unwrap()],
         vec!["ca", "show"],
         vec!["ca", "export"],
+        vec!["ca", "init"],
     ] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshca"))
             .arg("--ca-dir")

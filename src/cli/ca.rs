@@ -1,5 +1,6 @@
 //! `meshca bootstrap` and `meshca ca …`: the CA store.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use meshca_tresor::{
     CaStore, Created, DirectoryStore, IntermediateOptions, Outcome, SigningAuthority, StoredCa,
 };
 
-use crate::cli::inspect;
+use crate::cli::{inspect, print_stdout};
 use crate::config::{Config, ProviderKind, StoreKind};
 use crate::providers::tresor_authority;
 use crate::stores::{ConfiguredStore, KubernetesSecretStore};
@@ -140,9 +141,11 @@ async fn bootstrap_tresor(config: &Config, from_files: &[PathBuf]) -> anyhow::Re
                 Created::AlreadyExists(found) => refuse_replacing(store.as_store(), &found)?,
             };
             let authority = checked.authority(SystemClock.now())?;
-            println!("meshca: {outcome} in {}", store.as_store().describe());
-            describe_authority(&store, &authority);
-            return Ok(());
+            return print_stdout(&format!(
+                "meshca: {outcome} in {}\n{}",
+                store.as_store().describe(),
+                describe_authority(&store, &authority)
+            ));
         }
         [_] => bail!(
             "--from-files needs the CA certificate and its key with Tresor: --from-files \
@@ -150,24 +153,30 @@ async fn bootstrap_tresor(config: &Config, from_files: &[PathBuf]) -> anyhow::Re
         ),
         _ => unreachable!("clap allows one or two files"),
     };
-    println!("meshca: {outcome} in {}", store.as_store().describe());
-    describe_authority(&store, &authority);
-    Ok(())
+    print_stdout(&format!(
+        "meshca: {outcome} in {}\n{}",
+        store.as_store().describe(),
+        describe_authority(&store, &authority)
+    ))
 }
 
-fn describe_authority(store: &ConfiguredStore, authority: &SigningAuthority) {
+/// Where the CA is and what it is, for `bootstrap`'s report.
+fn describe_authority(store: &ConfiguredStore, authority: &SigningAuthority) -> String {
+    let mut out = String::new();
     for line in store.locations() {
-        println!("  {line}");
+        let _ = writeln!(out, "  {line}");
     }
-    println!("  subject:        {}", authority.subject());
+    let _ = writeln!(out, "  subject:        {}", authority.subject());
     for fingerprint in authority.trust_bundle().fingerprints() {
-        println!("  root SHA-256:   {fingerprint}");
+        let _ = writeln!(out, "  root SHA-256:   {fingerprint}");
     }
-    println!(
+    let _ = writeln!(
+        out,
         "  expires:        {}",
         inspect::rfc3339(authority.not_after())
     );
-    println!("Show the root with:\n  {}", store.show_root_command());
+    let _ = writeln!(out, "Show the root with:\n  {}", store.show_root_command());
+    out
 }
 
 /// With Vault or cert-manager the CA's key stays in the backend: the Secret carries the trust
@@ -201,21 +210,22 @@ async fn publish_bundle(config: &Config, from_files: &[PathBuf]) -> anyhow::Resu
         Outcome::Loaded => "found",
         Outcome::Adopted => "found (published concurrently)",
     };
-    println!(
-        "meshca: {verb} the {kind} trust bundle in {}",
+    let mut out = format!(
+        "meshca: {verb} the {kind} trust bundle in {}\n",
         secret.describe()
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  Secret:         {}/{} (type Opaque, key {} only: the key stays in {kind})",
         secret.namespace(),
         secret.name(),
         KubernetesSecretStore::CERTIFICATE_KEY
     );
     for fingerprint in bundle.fingerprints() {
-        println!("  root SHA-256:   {fingerprint}");
+        let _ = writeln!(out, "  root SHA-256:   {fingerprint}");
     }
-    println!("Show the root with:\n  {}", secret.show_root_command());
-    Ok(())
+    let _ = writeln!(out, "Show the root with:\n  {}", secret.show_root_command());
+    print_stdout(&out)
 }
 
 /// A trust bundle worth publishing: at least one certificate, each a CA, none expired.
@@ -273,7 +283,7 @@ pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
         CaCommand::Show => {
             let stored = load_existing(config).await?;
             let chain = meshca_provider::x509::certificates_from_pem(stored.certificate_pem())?;
-            crate::cli::print_stdout(&inspect::describe(&chain, SystemClock.now())?)
+            print_stdout(&inspect::describe(&chain, SystemClock.now())?)
         }
         CaCommand::Export { out } => {
             let stored = load_existing(config).await?;
@@ -285,7 +295,7 @@ pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot write {}", path.display()))?;
                     eprintln!("meshca: wrote the trust bundle to {}", path.display());
                 }
-                None => crate::cli::print_stdout(&pem)?,
+                None => print_stdout(&pem)?,
             }
             Ok(())
         }
@@ -293,11 +303,10 @@ pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
             let checked = read_import(&cert, &key, &config.trust_domain())?;
             let store = ConfiguredStore::open(config).await?;
             store_new(store.as_store(), &checked).await?;
-            println!(
-                "meshca: imported the CA into {}",
+            print_stdout(&format!(
+                "meshca: imported the CA into {}\n",
                 store.as_store().describe()
-            );
-            Ok(())
+            ))
         }
         CaCommand::Intermediate {
             cluster,
@@ -326,17 +335,14 @@ pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
             let intermediate = authority.sign_intermediate(&options, &SystemClock)?;
             let out = DirectoryStore::new(&out_dir);
             store_new(&out, &intermediate.to_stored()).await?;
-            println!(
-                "meshca: wrote the intermediate for cluster {cluster} to {}",
-                out.describe()
-            );
-            println!(
-                "Use it in that cluster with --ca-dir {} (or: meshca ca import --cert {} --key {})",
+            print_stdout(&format!(
+                "meshca: wrote the intermediate for cluster {cluster} to {}\nUse it in that \
+                 cluster with --ca-dir {} (or: meshca ca import --cert {} --key {})\n",
+                out.describe(),
                 out_dir.display(),
                 out.certificate_path().display(),
                 out.key_path().display()
-            );
-            Ok(())
+            ))
         }
     }
 }
