@@ -158,11 +158,12 @@ impl OutDir {
             let _ = fs::remove_dir_all(self.dir.join(&version));
             return Err(error);
         }
-        if let Err(error) = self.point_data_at(&version) {
+        if let Err(error) = self.replace_with_link(DATA_LINK, Path::new(&version)) {
             let _ = fs::remove_dir_all(self.dir.join(&version));
             return Err(error);
         }
-        // The new set is in place: what follows only tidies up.
+        // The new set is in place (even if what follows fails, `version` must stay).
+        sync_dir(&self.dir)?;
         self.link_names()?;
         self.remove_versions_except(&version);
         sync_dir(&self.dir)
