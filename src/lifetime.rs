@@ -310,9 +310,9 @@ mod tests {
     #[test]
     fn the_kind_follows_the_spiffe_id() {
         let id = meshca_provider::SpiffeId::from_short("a/b", &Default::default()).unwrap();
-        let workload = LeafSpec::workload(&id, &["x.example".into()], HOUR);
+        let workload = LeafSpec::workload(&id, &["x.example".parse().unwrap()], HOUR);
         assert_eq!(LeafKind::of(&workload), LeafKind::Workload);
-        let server = LeafSpec::server(vec!["x.example".into()], HOUR);
+        let server = LeafSpec::server(vec!["x.example".parse().unwrap()], HOUR);
         assert_eq!(LeafKind::of(&server), LeafKind::Server);
         let policy = LifetimePolicy::for_spec(&config(), &server);
         assert_eq!(policy.max_key, MAX_SERVER_KEY);

@@ -170,7 +170,7 @@ impl FakeProvider {
         for name in &spec.dns_names {
             params
                 .subject_alt_names
-                .push(SanType::DnsName(name.clone().try_into().unwrap()));
+                .push(SanType::DnsName(name.as_str().try_into().unwrap()));
         }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -361,7 +361,7 @@ async fn each_purpose_gets_its_own_key_and_serial() {
             cert.info.uri_sans,
             ["spiffe://cluster.local/ns/bookstore/sa/bookstore-v1"]
         );
-        assert_eq!(cert.info.dns_sans, ["bookstore-v1.bookstore.cluster.local"]);
+        assert!(cert.info.dns_sans.is_empty(), "{:?}", cert.info.dns_sans);
         assert_eq!(cert.issued_by, "fake");
         serials.push(cert.info.serial.clone());
         keys.push(cert.key.public_key_spki());

@@ -106,7 +106,7 @@ impl Setup {
         let provider = meshca::providers::build(&self.config(), clock.clone())
             .await
             .unwrap();
-        let dns: Vec<String> = dns.iter().map(|d| (*d).to_owned()).collect();
+        let dns: Vec<meshca_provider::DnsName> = dns.iter().map(|d| d.parse().unwrap()).collect();
         let spec = match identity {
             Some(short) => LeafSpec::workload(
                 &SpiffeId::from_short(short, &TrustDomain::default()).unwrap(),

@@ -49,8 +49,8 @@ use std::time::{Duration, SystemTime};
 
 use futures::FutureExt as _;
 use meshca_provider::{
-    CertificateChain, CertificateInfo, Clock, IssueRequest, KeyError, KeyType, LeafKey, LeafSpec,
-    ProviderError, SharedProvider, SpiffeId, TrustBundle, format_duration,
+    CertificateChain, CertificateInfo, Clock, DnsName, IssueRequest, KeyError, KeyType, LeafKey,
+    LeafSpec, ProviderError, SharedProvider, SpiffeId, TrustBundle, format_duration,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -143,8 +143,9 @@ pub struct CacheSettings {
     pub backoff_initial: Duration,
     /// Longest delay between retries.
     pub backoff_max: Duration,
-    /// DNS SANs added to every workload certificate after `<sa>.<ns>.<trust-domain>`.
-    pub extra_dns: Vec<String>,
+    /// DNS SANs added to every workload certificate (none by default: a workload certificate
+    /// names its SPIFFE ID alone).
+    pub extra_dns: Vec<DnsName>,
     /// How long one provider call (issue or trust bundle) may take.
     pub issue_timeout: Duration,
     /// How many issuances may run at once.

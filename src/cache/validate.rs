@@ -103,12 +103,12 @@ fn check_names(info: &CertificateInfo, spec: &LeafSpec) -> Result<(), Rejection>
             info.uri_sans, expected
         )));
     }
-    // The same set of names, in any order (a handful each: no need for a set).
+    // The same set of names, in any order and case (a handful each: no need for a set).
     let got = &info.dns_sans;
     let wanted = &spec.dns_names;
-    if !(got.iter().all(|name| wanted.contains(name))
-        && wanted.iter().all(|name| got.contains(name)))
-    {
+    let has = |names: &[String], name: &str| names.iter().any(|n| n.eq_ignore_ascii_case(name));
+    let asked = |name: &str| wanted.iter().any(|n| n.eq_ignore_ascii_case(name));
+    if !(got.iter().all(|name| asked(name)) && wanted.iter().all(|name| has(got, name))) {
         return Err(Rejection::new(format!(
             "DNS SANs are {:?} but the request was for {:?}; check the provider's allowed \
              domains and whether it adds names of its own",
@@ -242,7 +242,8 @@ mod link_tests {
         key: &LeafKey,
         spec: &LeafSpec,
     ) -> CertificateChain {
-        let mut params = rcgen::CertificateParams::new(spec.dns_names.clone()).unwrap();
+        let names: Vec<String> = spec.dns_names.iter().map(ToString::to_string).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
         params.subject_alt_names.push(rcgen::SanType::URI(
             spec.spiffe_id
                 .as_ref()

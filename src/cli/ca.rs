@@ -166,7 +166,11 @@ fn describe_authority(store: &ConfiguredStore, authority: &SigningAuthority) -> 
     for line in store.locations() {
         let _ = writeln!(out, "  {line}");
     }
-    let _ = writeln!(out, "  subject:        {}", authority.subject());
+    let _ = writeln!(
+        out,
+        "  subject:        {}",
+        inspect::printable(authority.subject())
+    );
     for fingerprint in authority.trust_bundle().fingerprints() {
         let _ = writeln!(out, "  root SHA-256:   {fingerprint}");
     }
@@ -238,13 +242,13 @@ fn check_roots(bundle: &TrustBundle, now: std::time::SystemTime) -> anyhow::Resu
         if !info.is_ca {
             bail!(
                 "{} is not a CA certificate (basicConstraints CA:false): give the issuing root",
-                info.subject
+                inspect::printable(&info.subject)
             );
         }
         if info.not_after <= now {
             bail!(
                 "{} expired at {}: a bundle with an expired root would break every proxy",
-                info.subject,
+                inspect::printable(&info.subject),
                 inspect::rfc3339(info.not_after)
             );
         }

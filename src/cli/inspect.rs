@@ -1,5 +1,10 @@
 //! `meshca inspect FILE`: what a person needs to know about a certificate file.
+//!
+//! Everything taken from a certificate goes through [`printable`] before it reaches a terminal:
+//! a subject, a SAN or an issuer may hold any bytes, and an escape sequence in one could
+//! otherwise rewrite what the person reading sees (move the cursor, recolour, retitle, hide).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::SystemTime;
@@ -54,7 +59,7 @@ pub fn describe(certificates: &[CertificateDer<'_>], now: SystemTime) -> anyhow:
 
 fn write_info(out: &mut String, info: &CertificateInfo, now: SystemTime) {
     let field = |out: &mut String, name: &str, value: &str| {
-        let _ = writeln!(out, "  {:<14}{value}", format!("{name}:"));
+        let _ = writeln!(out, "  {:<14}{}", format!("{name}:"), printable(value));
     };
     field(out, "Subject", &info.subject);
     if let Some(spiffe) = info.uri_sans.iter().find(|u| u.starts_with("spiffe://")) {
@@ -75,6 +80,45 @@ fn write_info(out: &mut String, info: &CertificateInfo, now: SystemTime) {
     field(out, "Key", &info.key_description);
     field(out, "CA", if info.is_ca { "yes" } else { "no" });
     field(out, "SHA-256", &info.sha256_fingerprint.to_string());
+}
+
+/// `text` with everything that is not plainly printable escaped, for a terminal: control
+/// characters (C0 such as ESC, CR, BEL; DEL; C1 such as CSI U+009B) as `\x1b`, invisible
+/// formatting characters that reorder or hide text (bidirectional overrides and isolates,
+/// zero-width characters, line and paragraph separators, the byte-order mark) as `\u{202e}`,
+/// and the backslash itself as `\\` so an escape cannot be forged. Other text, non-ASCII
+/// letters included, is left as it is.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if needs_escape(c) && u32::from(c) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c == '\\'
+        || c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+        )
 }
 
 fn time_left(info: &CertificateInfo, now: SystemTime) -> String {
@@ -126,6 +170,60 @@ mod tests {
         assert!(text.contains("Key:          ECDSA P-256"), "{text}");
         let later = describe(&[cert.der().clone()], start + Duration::from_secs(90_000)).unwrap();
         assert!(later.contains("EXPIRED 1h ago"), "{later}");
+    }
+
+    /// A certificate whose CN, DNS SAN, URI SAN and issuer hold terminal escape sequences:
+    /// clear screen, a window title ending in BEL, a CSI in its one-character C1 form, a
+    /// carriage return that would overwrite the line, DEL, and a right-to-left override.
+    #[test]
+    fn control_characters_from_a_certificate_never_reach_the_terminal() {
+        let hostile = "evil\u{1b}[2J\u{1b}]0;owned\u{7}\r\u{9b}31m\u{7f}\u{202e}gro.elpmaxe";
+        let issuer_key = rcgen::KeyPair::generate().unwrap();
+        let mut issuer_params = rcgen::CertificateParams::default();
+        issuer_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("issuer {hostile}"));
+        issuer_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer_cert = issuer_params.self_signed(&issuer_key).unwrap();
+        let issuer = rcgen::Issuer::new(issuer_params, issuer_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, hostile);
+        // rcgen checks IA5String only for ASCII: C0 controls and DEL get through, as they would
+        // in a certificate from anywhere.
+        params.subject_alt_names = vec![
+            rcgen::SanType::DnsName("a\u{1b}[2J.example".try_into().unwrap()),
+            rcgen::SanType::URI("spiffe://td/\u{1b}]0;x\u{7}".try_into().unwrap()),
+        ];
+        let leaf = params.signed_by(&key, &issuer).unwrap();
+        let text = describe(
+            &[leaf.der().clone(), issuer_cert.der().clone()],
+            SystemTime::now(),
+        )
+        .unwrap();
+        let raw: Vec<char> = text
+            .chars()
+            .filter(|c| *c != '\n' && needs_escape(*c) && *c != '\\')
+            .collect();
+        assert!(raw.is_empty(), "unescaped {raw:?} in {text:?}");
+        assert!(text.contains("\\x1b[2J"), "{text}");
+        assert!(text.contains("\\x9b31m"), "{text}");
+        assert!(text.contains("\\u{202e}"), "{text}");
+        assert!(text.contains("issuer evil"), "{text}");
+        assert!(text.contains("a\\x1b[2J.example"), "{text}");
+    }
+
+    #[test]
+    fn printable_text_is_left_alone_and_escapes_cannot_be_forged() {
+        assert!(matches!(
+            printable("spiffe://cluster.local/ns/a/sa/b"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(printable("Bücher GmbH"), "Bücher GmbH");
+        assert_eq!(printable("a\\x1b"), "a\\\\x1b");
+        assert_eq!(printable("a\u{1b}b\tc\u{85}"), "a\\x1bb\\x09c\\x85");
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use meshca_provider::{
-    CertificateChain, CertificateInfo, CertificateProvider, Clock, IssueRequest, KeyType, LeafKey,
-    LeafSpec, SpiffeId, SystemClock, TrustBundle, format_duration,
+    CertificateChain, CertificateInfo, CertificateProvider, Clock, DnsName, IssueRequest, KeyType,
+    LeafKey, LeafSpec, SpiffeId, SystemClock, TrustBundle, format_duration,
 };
 
 use crate::cache::validate::{ChainCheck, validate};
@@ -31,9 +31,14 @@ pub struct IssueArgs {
     /// Workload identity `<namespace>/<service-account>`: the certificate carries its SPIFFE ID.
     #[arg(long)]
     pub identity: Option<String>,
-    /// Extra DNS name (repeatable). Without --identity, a server certificate for these names.
+    /// DNS name (repeatable), a valid hostname: with --identity, added beside the SPIFFE ID
+    /// (a workload certificate has none unless asked); without, a server certificate for these
+    /// names. Duplicates are dropped; names are written in lowercase.
     #[arg(long = "dns", value_name = "NAME")]
     pub dns: Vec<String>,
+    /// Accept a wildcard name (`--dns '*.example.com'`, the whole leftmost label only).
+    #[arg(long)]
+    pub allow_wildcard: bool,
     /// Lifetime (default: certificateProvider.serviceCertValidityDuration): at least 10s, at
     /// most certificateProvider.maxServiceCertValidityDuration (2160h) with --identity, or
     /// certificateProvider.maxServerCertValidityDuration (8760h) for a server certificate; and
@@ -65,6 +70,7 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
     let key_type = args
         .key_type
         .unwrap_or(config.certificate_provider.key_type);
+    let dns = dns_names(&args.dns, args.allow_wildcard)?;
     let requested = args
         .lifetime
         .unwrap_or(config.certificate_provider.service_cert_validity_duration);
@@ -72,14 +78,14 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
         Some(identity) => {
             let id = SpiffeId::from_short(identity, &config.trust_domain())
                 .with_context(|| format!("--identity {identity}"))?;
-            LeafSpec::workload(&id, &args.dns, requested)
+            LeafSpec::workload(&id, &dns, requested)
         }
-        None if args.dns.is_empty() => {
+        None if dns.is_empty() => {
             bail!(
                 "say what to certify: --identity <namespace>/<service-account>, or --dns NAME for a server certificate"
             )
         }
-        None => LeafSpec::server(args.dns.clone(), requested),
+        None => LeafSpec::server(dns.clone(), requested),
     };
     let lifetime = LifetimePolicy::for_spec(&config.certificate_provider, &spec)
         .check(requested)
@@ -109,10 +115,17 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
         .with_extra_roots(config)?;
     let info = &issued.info;
 
-    let subject = spec
-        .spiffe_id
-        .as_ref()
-        .map_or_else(|| spec.dns_names.join(", "), ToString::to_string);
+    let subject = match &spec.spiffe_id {
+        Some(id) => id.to_string(),
+        None => spec
+            .dns_names
+            .iter()
+            .map(DnsName::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    // Printed from what was asked, but escaped all the same: nothing reaches the terminal raw.
+    let subject = crate::cli::inspect::printable(&subject);
     let mut report = format!(
         "meshca: issued {subject} ({key_type}, serial {})\n  valid {} → {} ({})\n",
         info.serial_hex(),
@@ -123,7 +136,7 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
 
     match (writer, out_dir) {
         (Some(mut writer), _) => {
-            let (record, material) = issued.for_managed_secret(&args.dns, lifetime)?;
+            let (record, material) = issued.for_managed_secret(&dns, lifetime)?;
             let written = writer.write(&record, &material).await?;
             let verb = match written {
                 Written::Created => "created",
@@ -143,6 +156,25 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
         }
     }
     crate::cli::print_stdout(&report)
+}
+
+/// The `--dns` names, each a valid hostname, each once; a wildcard only with
+/// `--allow-wildcard`. Checked here rather than by clap, whose refusal would echo the raw
+/// value (control characters included) to the terminal; ours shows it escaped.
+fn dns_names(texts: &[String], wildcard_allowed: bool) -> anyhow::Result<Vec<DnsName>> {
+    let mut names = Vec::with_capacity(texts.len());
+    for text in texts {
+        let name = DnsName::with_wildcard(text).with_context(|| "--dns".to_owned())?;
+        if name.is_wildcard() && !wildcard_allowed {
+            bail!(
+                "--dns {name} is a wildcard name, valid for every name one label below {}: add \
+                 --allow-wildcard if that is what you mean",
+                &name[2..]
+            );
+        }
+        names.push(name);
+    }
+    Ok(meshca_provider::dns::dedup(names))
 }
 
 /// A certificate issued and checked: what `meshca issue` writes, and what `meshca rotate`
@@ -180,7 +212,7 @@ impl Issued {
     /// are what was asked for (recorded so that a renewal asks for the same).
     pub fn for_managed_secret(
         &self,
-        dns: &[String],
+        dns: &[DnsName],
         lifetime: Duration,
     ) -> anyhow::Result<(ManagedTlsSecret, TlsMaterial)> {
         let identity = self
@@ -192,7 +224,7 @@ impl Issued {
             .context("the certificate's URI SAN is not a SPIFFE ID")?;
         let record = ManagedTlsSecret {
             identity,
-            dns: dns.to_vec(),
+            dns: meshca_provider::dns::dedup(dns.iter().cloned()),
             lifetime,
             key_type: self.key.key_type(),
             not_before: self.info.not_before,

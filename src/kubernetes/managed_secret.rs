@@ -23,7 +23,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
-use meshca_provider::{KeyType, SpiffeId, format_duration, parse_duration};
+use meshca_provider::{DnsName, KeyType, SpiffeId, format_duration, parse_duration};
 use zeroize::Zeroizing;
 
 use crate::config::{is_dns_label, is_dns_subdomain};
@@ -194,8 +194,8 @@ impl fmt::Display for SecretRef {
 pub struct ManagedTlsSecret {
     /// The workload identity certified; `None` for a server certificate.
     pub identity: Option<SpiffeId>,
-    /// The extra DNS names asked for (without the name derived from the identity).
-    pub dns: Vec<String>,
+    /// The DNS names asked for, each a valid hostname, each once.
+    pub dns: Vec<DnsName>,
     /// The lifetime asked for.
     pub lifetime: Duration,
     /// The key type.
@@ -219,7 +219,14 @@ impl ManagedTlsSecret {
                     .map(ToString::to_string)
                     .unwrap_or_default(),
             ),
-            (DNS_ANNOTATION, self.dns.join(",")),
+            (
+                DNS_ANNOTATION,
+                self.dns
+                    .iter()
+                    .map(DnsName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             (LIFETIME_ANNOTATION, format_duration(self.lifetime)),
             (KEY_TYPE_ANNOTATION, self.key_type.name().to_owned()),
             (NOT_BEFORE_ANNOTATION, rfc3339(self.not_before)),
@@ -257,12 +264,19 @@ impl ManagedTlsSecret {
                 )
             })?),
         };
-        let dns: Vec<String> = read(DNS_ANNOTATION)?
+        // Each name is checked as `meshca issue --dns` checks it, so an edited annotation cannot
+        // put a name in a certificate that the command line would refuse. A wildcard is kept:
+        // it is on record because `meshca issue --allow-wildcard` wrote it.
+        let dns = read(DNS_ANNOTATION)?
             .split(',')
             .map(str::trim)
             .filter(|name| !name.is_empty())
-            .map(str::to_owned)
-            .collect();
+            .map(|name| {
+                DnsName::with_wildcard(name)
+                    .map_err(|e| problem(DNS_ANNOTATION, format!("holds an invalid name ({e})")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let dns = meshca_provider::dns::dedup(dns);
         if identity.is_none() && dns.is_empty() {
             return Err(problem(
                 DNS_ANNOTATION,
@@ -693,7 +707,10 @@ mod tests {
     fn record() -> ManagedTlsSecret {
         ManagedTlsSecret {
             identity: Some(SpiffeId::from_short("shop/web", &TrustDomain::default()).unwrap()),
-            dns: vec!["web.example.com".into(), "web.shop.svc".into()],
+            dns: vec![
+                "web.example.com".parse().unwrap(),
+                "web.shop.svc".parse().unwrap(),
+            ],
             lifetime: Duration::from_secs(90 * 60),
             key_type: KeyType::Rsa2048,
             not_before: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
@@ -773,6 +790,35 @@ mod tests {
             message.contains("meshca.io/root-sha256 is missing"),
             "{message}"
         );
+    }
+
+    /// An edited annotation cannot put a name in a certificate that `meshca issue --dns`
+    /// would refuse; duplicates are dropped.
+    #[test]
+    fn dns_annotations_hold_valid_hostnames_only() {
+        for (value, rule) in [
+            ("web.example.com,a..b", "empty label"),
+            ("1.2.3.4", "IP address"),
+            ("foo.", "final dot"),
+            ("-x.com", "starts or ends with '-'"),
+            ("x\u{1b}[2J.example", "control character"),
+        ] {
+            let mut annotations = record().annotations();
+            annotations.insert(DNS_ANNOTATION.into(), value.into());
+            let message = ManagedTlsSecret::from_secret(&secret_with(annotations))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(DNS_ANNOTATION), "{message}");
+            assert!(message.contains(rule), "{value:?}: {message}");
+            assert!(!message.contains('\u{1b}'), "{message:?}");
+        }
+        let mut annotations = record().annotations();
+        annotations.insert(
+            DNS_ANNOTATION.into(),
+            "Web.Example.com, web.example.com,web.shop.svc".into(),
+        );
+        let read = ManagedTlsSecret::from_secret(&secret_with(annotations)).unwrap();
+        assert_eq!(read.dns, ["web.example.com", "web.shop.svc"]);
     }
 
     #[test]

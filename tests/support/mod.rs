@@ -83,13 +83,21 @@ impl TestCa {
         TrustBundle::new(vec![self.root.clone()])
     }
 
-    /// A workload certificate per SPEC's profile (CN, URI + DNS SANs, both EKUs).
+    /// A workload certificate: URI SAN the SPIFFE ID, both EKUs, and — unlike what meshca
+    /// issues — CN and DNS SAN `<sa>.<ns>.<trust-domain>`, so that test clients can verify an
+    /// SDS server holding one by hostname.
     pub fn issue(&self, identity: &SpiffeId, lifetime: Duration) -> ServedCertificate {
         let key = LeafKey::generate(KeyType::P256).unwrap();
-        let mut params = rcgen::CertificateParams::new(vec![identity.common_name()]).unwrap();
+        let host = format!(
+            "{}.{}.{}",
+            identity.service_account(),
+            identity.namespace(),
+            identity.trust_domain()
+        );
+        let mut params = rcgen::CertificateParams::new(vec![host.clone()]).unwrap();
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, identity.common_name());
+            .push(rcgen::DnType::CommonName, host);
         params.subject_alt_names.push(rcgen::SanType::URI(
             identity.to_string().try_into().unwrap(),
         ));

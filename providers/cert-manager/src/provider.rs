@@ -810,7 +810,12 @@ impl fmt::Debug for CertManagerProvider {
 /// The identity a request is for: the SPIFFE ID, else the first DNS name.
 fn identity_of(spec: &LeafSpec) -> String {
     spec.spiffe_id.as_ref().map_or_else(
-        || spec.dns_names.first().cloned().unwrap_or_default(),
+        || {
+            spec.dns_names
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        },
         ToString::to_string,
     )
 }

@@ -14,8 +14,8 @@ use rustls_pki_types::{ServerName, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::{
-    CertificateChain, CertificateProvider, Clock, IssueRequest, KeyType, LeafKey, LeafSpec,
-    ProviderError, SpiffeId, SystemClock, TrustBundle, TrustDomain,
+    CertificateChain, CertificateProvider, Clock, DnsName, IssueRequest, KeyType, LeafKey,
+    LeafSpec, ProviderError, SpiffeId, SystemClock, TrustBundle, TrustDomain,
 };
 
 /// Runs the whole suite with default settings against `provider`, issuing identities in
@@ -109,12 +109,15 @@ impl Conformance {
                 return report.failures;
             }
         };
-        let workload =
-            LeafSpec::workload(&id, &["workload.conformance.svc".to_owned()], self.lifetime);
-        let server = LeafSpec::server(
-            vec!["conformance-webhook.meshca-system.svc".to_owned()],
-            self.lifetime,
-        );
+        // The default workload profile: the SPIFFE ID alone, no DNS name, no subject.
+        let workload = LeafSpec::workload(&id, &[], self.lifetime);
+        let server = match "conformance-webhook.meshca-system.svc".parse() {
+            Ok(name) => LeafSpec::server(vec![name], self.lifetime),
+            Err(e) => {
+                report.fail("setup", format!("{e}"));
+                return report.failures;
+            }
+        };
 
         let key_types: Vec<KeyType> = self
             .key_types
@@ -252,8 +255,12 @@ impl Conformance {
                 format!("want exactly {want_uris:?}, got {:?}", info.uri_sans),
             );
         }
-        let mut want_dns = spec.dns_names.clone();
-        let mut got_dns = info.dns_sans.clone();
+        let mut want_dns: Vec<String> = spec.dns_names.iter().map(ToString::to_string).collect();
+        let mut got_dns: Vec<String> = info
+            .dns_sans
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
         want_dns.sort();
         got_dns.sort();
         if got_dns != want_dns {
@@ -262,13 +269,18 @@ impl Conformance {
                 format!("want exactly {want_dns:?}, got {:?}", info.dns_sans),
             );
         }
-        if let Some(cn) = &spec.common_name
-            && info.common_name.as_ref() != Some(cn)
-        {
-            report.fail(
+        match (&spec.common_name, &info.common_name) {
+            (Some(want), got) if got.as_ref() != Some(want) => {
+                report.fail(&check("common name"), format!("want {want:?}, got {got:?}"))
+            }
+            (None, Some(got)) => report.fail(
                 &check("common name"),
-                format!("want {cn:?}, got {:?}", info.common_name),
-            );
+                format!(
+                    "want none (a workload certificate's subject is empty), got {got:?}: a \
+                     common name is a hostname to verifiers that fall back to it"
+                ),
+            ),
+            _ => {}
         }
         if info.is_ca {
             report.fail(
@@ -411,7 +423,7 @@ fn verify(
     .map_err(|e| format!("webpki rejects the chain: {e}"))
 }
 
-fn verify_names(chain: &CertificateChain, dns_names: &[String]) -> Result<(), String> {
+fn verify_names(chain: &CertificateChain, dns_names: &[DnsName]) -> Result<(), String> {
     let leaf = webpki::EndEntityCert::try_from(chain.leaf()).map_err(|e| e.to_string())?;
     for name in dns_names {
         let server_name =

@@ -188,16 +188,6 @@ impl SpiffeId {
         &self.uri
     }
 
-    /// The certificate common name and first DNS SAN: `<sa>.<ns>.<trust-domain>`.
-    pub fn common_name(&self) -> String {
-        format!(
-            "{}.{}.{}",
-            self.service_account(),
-            self.namespace(),
-            self.trust_domain
-        )
-    }
-
     /// The `<namespace>/<service-account>` form.
     pub fn short(&self) -> String {
         format!("{}/{}", self.namespace(), self.service_account())
@@ -342,7 +332,6 @@ mod tests {
         assert_eq!(id.trust_domain().as_str(), "cluster.local");
         assert_eq!(id.namespace(), "bookstore");
         assert_eq!(id.service_account(), "bookstore-v2");
-        assert_eq!(id.common_name(), "bookstore-v2.bookstore.cluster.local");
         assert_eq!(id.short(), "bookstore/bookstore-v2");
         let short =
             SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();

@@ -3,14 +3,15 @@
 //! The entry point is [`CertificateProvider`]: the daemon makes a [`LeafKey`], describes the
 //! certificate it wants in a [`LeafSpec`], and a provider turns that into a signed
 //! [`CertificateChain`] and reports its [`TrustBundle`]. Everything a backend and the daemon
-//! must agree on lives here — identities ([`SpiffeId`]), Go-style durations, key types, X.509
-//! parsing helpers — and nothing that wires a runtime.
+//! must agree on lives here — identities ([`SpiffeId`]), DNS names ([`DnsName`]), Go-style
+//! durations, key types, X.509 parsing helpers — and nothing that wires a runtime.
 
 #![forbid(unsafe_code)]
 
 pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod dns;
 pub mod duration;
 pub mod identity;
 pub mod keys;
@@ -20,6 +21,7 @@ pub mod verify;
 pub mod x509;
 
 pub use clock::{Clock, SystemClock};
+pub use dns::{DnsName, DnsNameError, DnsNameProblem};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use identity::{DEFAULT_TRUST_DOMAIN, IdentityError, SpiffeId, TrustDomain};
 pub use keys::{KeyError, KeyType, LeafKey};

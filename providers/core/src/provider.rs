@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{CertificateChain, KeyError, KeyType, LeafKey, SpiffeId, TrustBundle};
+use crate::{CertificateChain, DnsName, KeyError, KeyType, LeafKey, SpiffeId, TrustBundle};
 
 /// A provider shared across the daemon.
 pub type SharedProvider = Arc<dyn CertificateProvider>;
@@ -77,14 +77,22 @@ impl Capabilities {
 }
 
 /// The certificate the daemon wants: names and lifetime. The key comes separately.
+///
+/// The profile (SPEC "Identity and certificate profile"): a workload certificate names its
+/// SPIFFE ID as a URI SAN and nothing else unless DNS names were explicitly asked for, and has
+/// an empty subject. No DNS name is ever derived from the identity: `<sa>.<ns>.<trust-domain>`
+/// can be a Kubernetes Service's name (namespace `svc`, service account `payments.prod` →
+/// `payments.prod.svc.cluster.local`), and a common name is a hostname to verifiers that fall
+/// back to it (OpenSSL's `X509_check_host` does when there is no DNS SAN).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafSpec {
-    /// Subject common name. Omitted when longer than X.509's 64-character limit.
+    /// Subject common name: for server certificates, their first DNS name when it fits X.509's
+    /// 64-character limit; never for workload certificates.
     pub common_name: Option<String>,
     /// The workload identity (URI SAN), for service and bootstrap certificates.
     pub spiffe_id: Option<SpiffeId>,
-    /// DNS SANs, in order.
-    pub dns_names: Vec<String>,
+    /// DNS SANs, in order, each once: only names explicitly asked for, each a valid hostname.
+    pub dns_names: Vec<DnsName>,
     /// Requested lifetime (advisory).
     pub lifetime: Duration,
 }
@@ -93,30 +101,25 @@ pub struct LeafSpec {
 const MAX_COMMON_NAME: usize = 64;
 
 impl LeafSpec {
-    /// A service certificate: CN and first DNS SAN `<sa>.<ns>.<trust-domain>`, URI SAN the
-    /// SPIFFE ID, then `extra_dns` (duplicates dropped).
-    pub fn workload(id: &SpiffeId, extra_dns: &[String], lifetime: Duration) -> Self {
-        let cn = id.common_name();
-        let mut dns_names = vec![cn.clone()];
-        for name in extra_dns {
-            if !dns_names.contains(name) {
-                dns_names.push(name.clone());
-            }
-        }
+    /// A service certificate: the SPIFFE ID as URI SAN, an empty subject, and the DNS names
+    /// explicitly asked for (`dns_names`, duplicates dropped) — none by default.
+    pub fn workload(id: &SpiffeId, dns_names: &[DnsName], lifetime: Duration) -> Self {
         Self {
-            common_name: (cn.len() <= MAX_COMMON_NAME).then_some(cn),
+            common_name: None,
             spiffe_id: Some(id.clone()),
-            dns_names,
+            dns_names: crate::dns::dedup(dns_names.iter().cloned()),
             lifetime,
         }
     }
 
-    /// A server certificate for a webhook or gateway: CN the first DNS name, no SPIFFE ID.
-    pub fn server(dns_names: Vec<String>, lifetime: Duration) -> Self {
+    /// A server certificate for a webhook or gateway: DNS SANs `dns_names` (duplicates
+    /// dropped), CN the first of them, no SPIFFE ID.
+    pub fn server(dns_names: Vec<DnsName>, lifetime: Duration) -> Self {
+        let dns_names = crate::dns::dedup(dns_names);
         let common_name = dns_names
             .first()
             .filter(|n| n.len() <= MAX_COMMON_NAME)
-            .cloned();
+            .map(ToString::to_string);
         Self {
             common_name,
             spiffe_id: None,
@@ -208,29 +211,41 @@ mod tests {
     use super::*;
     use crate::TrustDomain;
 
+    fn dns(names: &[&str]) -> Vec<DnsName> {
+        names.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
     #[test]
-    fn workload_spec_follows_the_profile() {
+    fn workload_spec_carries_the_spiffe_id_alone_by_default() {
+        // The collision of issue #16: namespace `svc`, service account `payments.prod`. The old
+        // profile's derived name was payments.prod.svc.cluster.local, Service `payments` of
+        // namespace `prod`.
+        let id = SpiffeId::from_short("svc/payments.prod", &TrustDomain::default()).unwrap();
+        let spec = LeafSpec::workload(&id, &[], Duration::from_secs(3600));
+        assert_eq!(spec.common_name, None);
+        assert!(spec.dns_names.is_empty(), "{:?}", spec.dns_names);
+        assert_eq!(spec.spiffe_id.as_ref(), Some(&id));
+    }
+
+    #[test]
+    fn explicit_names_are_kept_once_in_order() {
         let id = SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();
         let spec = LeafSpec::workload(
             &id,
-            &[
-                "bookstore-v2.bookstore.cluster.local".into(),
-                "bookstore".into(),
-            ],
+            &dns(&["bookstore", "Bookstore.svc", "BOOKSTORE", "bookstore.svc"]),
             Duration::from_secs(3600),
         );
-        assert_eq!(
-            spec.common_name.as_deref(),
-            Some("bookstore-v2.bookstore.cluster.local")
+        assert_eq!(spec.common_name, None);
+        assert_eq!(spec.dns_names, ["bookstore", "bookstore.svc"]);
+        let server = LeafSpec::server(
+            dns(&["hook.svc", "HOOK.svc", "a.hook.svc"]),
+            Duration::from_secs(60),
         );
+        assert_eq!(server.common_name.as_deref(), Some("hook.svc"));
+        assert_eq!(server.dns_names, ["hook.svc", "a.hook.svc"]);
+        let long = format!("{}.example", "a".repeat(60));
         assert_eq!(
-            spec.dns_names,
-            ["bookstore-v2.bookstore.cluster.local", "bookstore"]
-        );
-        let long = SpiffeId::from_short(&format!("{}/sa", "n".repeat(60)), &TrustDomain::default())
-            .unwrap();
-        assert_eq!(
-            LeafSpec::workload(&long, &[], Duration::ZERO).common_name,
+            LeafSpec::server(dns(&[&long]), Duration::ZERO).common_name,
             None
         );
     }
@@ -238,7 +253,7 @@ mod tests {
     #[test]
     fn csr_carries_the_requested_names() {
         let id = SpiffeId::from_short("a/b", &TrustDomain::default()).unwrap();
-        let spec = LeafSpec::workload(&id, &[], Duration::from_secs(60));
+        let spec = LeafSpec::workload(&id, &dns(&["b.example"]), Duration::from_secs(60));
         let key = LeafKey::generate(KeyType::P256).unwrap();
         let der = IssueRequest {
             spec: &spec,
@@ -259,10 +274,7 @@ mod tests {
                 .any(|n| n.contains("spiffe://cluster.local/ns/a/sa/b")),
             "{names:?}"
         );
-        assert!(
-            names.iter().any(|n| n.contains("b.a.cluster.local")),
-            "{names:?}"
-        );
+        assert!(names.iter().any(|n| n.contains("b.example")), "{names:?}");
     }
 
     #[test]
@@ -281,7 +293,7 @@ mod tests {
             Err(ProviderError::Unsupported { .. })
         ));
         assert!(caps.check(&spec, KeyType::P256).is_err());
-        let server = LeafSpec::server(vec!["x.svc".into()], Duration::from_secs(60));
+        let server = LeafSpec::server(dns(&["x.svc"]), Duration::from_secs(60));
         assert!(caps.check(&server, KeyType::P256).is_ok());
     }
 }

@@ -321,7 +321,7 @@ impl SigningAuthority {
     pub fn generate_root(options: &RootOptions, clock: &dyn Clock) -> Result<Self, AuthorityError> {
         let key = LeafKey::generate(options.key_type)?;
         let signer = key.signing_key()?;
-        let params = profile::root_params(options, clock.now())?;
+        let params = profile::root_params(options, key.public_key(), clock.now())?;
         let certificate = params.self_signed(&signer).map_err(sign_error)?;
         let der = certificate.der().clone();
         Self::assemble(der.clone(), Vec::new(), der, key, signer).map_err(|problem| {
@@ -442,7 +442,7 @@ impl SigningAuthority {
         }
         let key = LeafKey::generate(options.key_type)?;
         let signer = key.signing_key()?;
-        let params = profile::intermediate_params(options, now, self.not_after)?;
+        let params = profile::intermediate_params(options, key.public_key(), now, self.not_after)?;
         let certificate = params
             .signed_by(&signer, &self.issuer)
             .map_err(sign_error)?;

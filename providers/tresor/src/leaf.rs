@@ -188,7 +188,7 @@ impl LeafTemplate {
             KEY_USAGE_EC
         });
         extensions.extend_from_slice(EXTENDED_KEY_USAGE);
-        write_subject_key_id(&mut extensions, &spki);
+        write_subject_key_id(&mut extensions, key.public_key());
         extensions.extend_from_slice(BASIC_CONSTRAINTS_END_ENTITY);
         header(&mut body, 0xa3, len_of(extensions.len()));
         tlv(&mut body, SEQUENCE, &extensions);
@@ -210,8 +210,8 @@ impl LeafTemplate {
             profile::check_ia5(uri)?;
             tlv(&mut names, URI_NAME, uri.as_bytes());
         }
+        // DnsName holds ASCII hostnames only: nothing to check.
         for name in &spec.dns_names {
-            profile::check_ia5(name)?;
             tlv(&mut names, DNS_NAME, name.as_bytes());
         }
         let critical: &[u8] = if spec.common_name.is_none() {
@@ -230,11 +230,11 @@ impl LeafTemplate {
     }
 }
 
-/// subjectKeyIdentifier: the first 20 bytes of SHA-256 over the SubjectPublicKeyInfo (what
-/// rcgen's default key identifier method computes).
-fn write_subject_key_id(out: &mut Vec<u8>, spki: &[u8]) {
-    let digest = ring::digest::digest(&ring::digest::SHA256, spki);
-    let key_id = &digest.as_ref()[..20];
+/// subjectKeyIdentifier: RFC 7093 method 1 over the leaf's raw public key
+/// ([`profile::key_identifier`], written here without allocating).
+fn write_subject_key_id(out: &mut Vec<u8>, subject_public_key: &[u8]) {
+    let digest = ring::digest::digest(&ring::digest::SHA256, subject_public_key);
+    let key_id = &digest.as_ref()[..profile::KEY_ID_LEN];
     header(out, SEQUENCE, OID_SKI.len() + 2 + 2 + key_id.len());
     out.extend_from_slice(OID_SKI);
     header(out, OCTET_STRING, 2 + key_id.len());
@@ -337,6 +337,7 @@ mod tests {
                 key_type,
                 ..Default::default()
             },
+            key.public_key(),
             SystemTime::now(),
         )
         .unwrap();
@@ -367,21 +368,28 @@ mod tests {
         let td = TrustDomain::default();
         let id = SpiffeId::from_short("bookstore/bookstore-v2", &td).unwrap();
         let long = SpiffeId::from_short(&format!("ns/{}", "a".repeat(60)), &td).unwrap();
+        let dns = |names: &[&str]| -> Vec<meshca_provider::DnsName> {
+            names
+                .iter()
+                .map(|n| meshca_provider::DnsName::with_wildcard(n).unwrap())
+                .collect()
+        };
+        let long_name = format!("{}.example", "a".repeat(60));
         vec![
+            // The default workload profile: no subject, critical SAN with the SPIFFE ID alone.
             LeafSpec::workload(&id, &[], Duration::from_secs(24 * 3600)),
             LeafSpec::workload(
                 &id,
-                &["bookstore".into(), "bookstore.svc".into()],
+                &dns(&["bookstore", "bookstore.svc"]),
                 Duration::from_secs(600),
             ),
-            // A common name over 64 characters: no subject, critical SANs.
             LeafSpec::workload(&long, &[], Duration::from_secs(3600)),
-            LeafSpec::server(vec!["webhook.meshca.svc".into()], Duration::from_secs(3600)),
+            LeafSpec::server(dns(&["webhook.meshca.svc"]), Duration::from_secs(3600)),
+            // A first name over 64 characters: no common name, critical SANs.
+            LeafSpec::server(dns(&[&long_name, "b.example"]), Duration::from_secs(3600)),
+            LeafSpec::server(dns(&["*.gateway.example"]), Duration::from_secs(3600)),
             // Ends after 2049: GeneralizedTime.
-            LeafSpec::server(
-                vec!["far.example".into()],
-                Duration::from_secs(40 * 365 * 86400),
-            ),
+            LeafSpec::server(dns(&["far.example"]), Duration::from_secs(40 * 365 * 86400)),
         ]
     }
 
@@ -401,8 +409,15 @@ mod tests {
                         s
                     }] {
                         let far = SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000);
-                        let mut params =
-                            profile::leaf_params(&spec, leaf_type, now, skew, far).unwrap();
+                        let mut params = profile::leaf_params(
+                            &spec,
+                            leaf_type,
+                            key.public_key(),
+                            now,
+                            skew,
+                            far,
+                        )
+                        .unwrap();
                         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
                         let reference = params.signed_by(&key, &issuer).unwrap();
                         let ours = template
@@ -458,10 +473,10 @@ mod tests {
             tbs(&nameless),
             Err(AuthorityError::InvalidName { .. })
         ));
-        let unicode = LeafSpec::server(vec!["bücher.example".into()], Duration::from_secs(60));
-        let err = tbs(&unicode).unwrap_err();
-        assert!(err.to_string().contains("bücher.example"), "{err}");
-        let forever = LeafSpec::server(vec!["a.example".into()], Duration::from_secs(u64::MAX));
+        let forever = LeafSpec::server(
+            vec!["a.example".parse().unwrap()],
+            Duration::from_secs(u64::MAX),
+        );
         assert!(matches!(
             tbs(&forever),
             Err(AuthorityError::InvalidValidity { .. })

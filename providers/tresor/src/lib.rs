@@ -32,8 +32,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use meshca_provider::{
-    Capabilities, CertificateChain, CertificateProvider, Clock, IssueRequest, KeyType, LeafKey,
-    LeafSpec, ProviderError, TrustBundle,
+    Capabilities, CertificateChain, CertificateProvider, Clock, DnsName, IssueRequest, KeyType,
+    LeafKey, LeafSpec, ProviderError, TrustBundle,
 };
 
 pub use authority::{
@@ -166,7 +166,7 @@ impl Tresor {
     /// Signs a server certificate (webhook, gateway): CN and SANs `dns_names`, no SPIFFE ID.
     pub fn sign_server(
         &self,
-        dns_names: Vec<String>,
+        dns_names: Vec<DnsName>,
         lifetime: Duration,
         key: &LeafKey,
     ) -> Result<CertificateChain, ProviderError> {

@@ -11,8 +11,8 @@ use rand::RngCore;
 #[cfg(test)]
 use rcgen::ExtendedKeyUsagePurpose;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose, SanType,
-    SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyIdMethod,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -35,11 +35,13 @@ pub(crate) const ORGANIZATION: &str = "meshca";
 /// which is tested against these parameters signed by rcgen, byte for byte.
 ///
 /// `not_after` is clamped to `ca_not_after` so that a leaf never outlives the chain that
-/// vouches for it (the requested lifetime is advisory).
+/// vouches for it (the requested lifetime is advisory). `subject_public_key` is the leaf key's
+/// raw public key (the SPKI's BIT STRING contents), for the subject key identifier.
 #[cfg(test)]
 pub(crate) fn leaf_params(
     spec: &LeafSpec,
     key_type: KeyType,
+    subject_public_key: &[u8],
     now: SystemTime,
     clock_skew: Duration,
     ca_not_after: SystemTime,
@@ -77,6 +79,7 @@ pub(crate) fn leaf_params(
     };
     // ExplicitNoCa writes a critical basicConstraints CA:FALSE and a subjectKeyIdentifier.
     params.is_ca = IsCa::ExplicitNoCa;
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(subject_public_key));
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
     let (not_before, not_after) = validity(now, clock_skew, spec.lifetime)?;
@@ -103,12 +106,31 @@ pub(crate) fn check_ia5(name: &str) -> Result<(), AuthorityError> {
         .map_err(|e| name_error(name, e))
 }
 
-/// Parameters for a self-signed root.
+/// The subject key identifier of a key: RFC 7093 §2 method 1, the leftmost 160 bits of the
+/// SHA-256 hash of the subjectPublicKey BIT STRING's value (without tag, length and
+/// unused-bits octet) — `subject_public_key` is that value ([`LeafKey::public_key`]).
+///
+/// Set explicitly on every certificate meshca makes: rcgen's default hashes the whole
+/// SubjectPublicKeyInfo, which is neither an RFC 5280 §4.2.1.2 nor an RFC 7093 method.
+///
+/// [`LeafKey::public_key`]: meshca_provider::LeafKey::public_key
+pub(crate) fn key_identifier(subject_public_key: &[u8]) -> Vec<u8> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, subject_public_key);
+    digest.as_ref()[..KEY_ID_LEN].to_vec()
+}
+
+/// Length of a key identifier: 160 bits (RFC 7093 §2).
+pub(crate) const KEY_ID_LEN: usize = 20;
+
+/// Parameters for a self-signed root over the key whose raw public key is
+/// `subject_public_key`.
 pub(crate) fn root_params(
     options: &RootOptions,
+    subject_public_key: &[u8],
     now: SystemTime,
 ) -> Result<CertificateParams, AuthorityError> {
     let mut params = ca_params(&options.common_name, options.organization.as_deref())?;
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(subject_public_key));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let (not_before, not_after) = validity(now, CA_BACKDATE, options.lifetime)?;
     params.not_before = not_before;
@@ -119,6 +141,7 @@ pub(crate) fn root_params(
 /// Parameters for a per-cluster intermediate, which may sign leaves only (path length 0).
 pub(crate) fn intermediate_params(
     options: &IntermediateOptions,
+    subject_public_key: &[u8],
     now: SystemTime,
     issuer_not_after: SystemTime,
 ) -> Result<CertificateParams, AuthorityError> {
@@ -131,6 +154,7 @@ pub(crate) fn intermediate_params(
     }
     let common_name = format!("meshca intermediate {cluster}");
     let mut params = ca_params(&common_name, Some(ORGANIZATION))?;
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(subject_public_key));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     let uri = format!("spiffe://{}", options.trust_domain);
     let value = uri.clone().try_into().map_err(|e| name_error(&uri, e))?;
@@ -162,11 +186,9 @@ fn ca_params(
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    // keyCertSign and cRLSign only (SPIFFE X.509-SVID Appendix A): a CA key signs
+    // certificates and CRLs, never a TLS handshake.
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
     Ok(params)
@@ -256,8 +278,15 @@ mod tests {
 
     fn spec() -> LeafSpec {
         let id = SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();
-        LeafSpec::workload(&id, &["bookstore".into()], Duration::from_secs(24 * 3600))
+        LeafSpec::workload(
+            &id,
+            &["bookstore".parse().unwrap()],
+            Duration::from_secs(24 * 3600),
+        )
     }
+
+    /// A raw public key, for the subject key identifier (its value does not matter here).
+    const PUBLIC_KEY: &[u8] = &[4; 65];
 
     fn far_future() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000)
@@ -269,6 +298,7 @@ mod tests {
         let params = leaf_params(
             &spec(),
             KeyType::P256,
+            PUBLIC_KEY,
             now,
             Duration::from_secs(60),
             far_future(),
@@ -282,18 +312,40 @@ mod tests {
     fn leaf_never_outlives_its_ca() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let ca_end = now + Duration::from_secs(600);
-        let params =
-            leaf_params(&spec(), KeyType::P256, now, Duration::from_secs(60), ca_end).unwrap();
+        let params = leaf_params(
+            &spec(),
+            KeyType::P256,
+            PUBLIC_KEY,
+            now,
+            Duration::from_secs(60),
+            ca_end,
+        )
+        .unwrap();
         assert_eq!(params.not_after.unix_timestamp(), 1_700_000_600);
     }
 
     #[test]
     fn key_usage_depends_on_the_key_type() {
         let now = SystemTime::now();
-        let ec = leaf_params(&spec(), KeyType::P384, now, Duration::ZERO, far_future()).unwrap();
+        let ec = leaf_params(
+            &spec(),
+            KeyType::P384,
+            PUBLIC_KEY,
+            now,
+            Duration::ZERO,
+            far_future(),
+        )
+        .unwrap();
         assert_eq!(ec.key_usages, [KeyUsagePurpose::DigitalSignature]);
-        let rsa =
-            leaf_params(&spec(), KeyType::Rsa2048, now, Duration::ZERO, far_future()).unwrap();
+        let rsa = leaf_params(
+            &spec(),
+            KeyType::Rsa2048,
+            PUBLIC_KEY,
+            now,
+            Duration::ZERO,
+            far_future(),
+        )
+        .unwrap();
         assert_eq!(
             rsa.key_usages,
             [
@@ -301,6 +353,45 @@ mod tests {
                 KeyUsagePurpose::KeyEncipherment
             ]
         );
+    }
+
+    #[test]
+    fn ca_certificates_sign_certificates_and_crls_only() {
+        let now = SystemTime::now();
+        let root = root_params(&RootOptions::default(), PUBLIC_KEY, now).unwrap();
+        let options = IntermediateOptions::new("east", Default::default());
+        let intermediate = intermediate_params(&options, PUBLIC_KEY, now, far_future()).unwrap();
+        for params in [root, intermediate] {
+            assert_eq!(
+                params.key_usages,
+                [KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign]
+            );
+        }
+    }
+
+    #[test]
+    fn key_identifiers_follow_rfc_7093_method_1() {
+        // SHA-256 of the public key's bits, leftmost 160 bits: the BIT STRING's value, not the
+        // whole SubjectPublicKeyInfo (what rcgen hashes by default).
+        let digest = ring::digest::digest(&ring::digest::SHA256, PUBLIC_KEY);
+        assert_eq!(key_identifier(PUBLIC_KEY), digest.as_ref()[..20]);
+        let now = SystemTime::now();
+        let root = root_params(&RootOptions::default(), PUBLIC_KEY, now).unwrap();
+        let leaf = leaf_params(
+            &spec(),
+            KeyType::P256,
+            PUBLIC_KEY,
+            now,
+            Duration::ZERO,
+            far_future(),
+        )
+        .unwrap();
+        for params in [root, leaf] {
+            assert_eq!(
+                params.key_identifier_method,
+                KeyIdMethod::PreSpecified(digest.as_ref()[..20].to_vec())
+            );
+        }
     }
 
     #[test]
@@ -317,16 +408,29 @@ mod tests {
         let now = SystemTime::now();
         let nameless = LeafSpec::server(vec![], Duration::from_secs(60));
         assert!(matches!(
-            leaf_params(&nameless, KeyType::P256, now, Duration::ZERO, far_future()),
+            leaf_params(
+                &nameless,
+                KeyType::P256,
+                PUBLIC_KEY,
+                now,
+                Duration::ZERO,
+                far_future()
+            ),
             Err(AuthorityError::InvalidName { .. })
         ));
-        let unicode = LeafSpec::server(vec!["bücher.example".into()], Duration::from_secs(60));
-        let err =
-            leaf_params(&unicode, KeyType::P256, now, Duration::ZERO, far_future()).unwrap_err();
-        assert!(err.to_string().contains("bücher.example"), "{err}");
-        let forever = LeafSpec::server(vec!["a.example".into()], Duration::from_secs(u64::MAX));
+        let forever = LeafSpec::server(
+            vec!["a.example".parse().unwrap()],
+            Duration::from_secs(u64::MAX),
+        );
         assert!(matches!(
-            leaf_params(&forever, KeyType::P256, now, Duration::ZERO, far_future()),
+            leaf_params(
+                &forever,
+                KeyType::P256,
+                PUBLIC_KEY,
+                now,
+                Duration::ZERO,
+                far_future()
+            ),
             Err(AuthorityError::InvalidValidity { .. })
         ));
     }

@@ -35,13 +35,23 @@ fn bookstore() -> SpiffeId {
 }
 
 fn workload_spec() -> LeafSpec {
-    LeafSpec::workload(&bookstore(), &["bookstore.bookstore.svc".into()], DAY)
+    LeafSpec::workload(
+        &bookstore(),
+        &["bookstore.bookstore.svc".parse().unwrap()],
+        DAY,
+    )
 }
 
 fn issue(tresor: &Tresor, spec: &LeafSpec, key_type: KeyType) -> (LeafKey, CertificateChain) {
     let key = LeafKey::generate(key_type).unwrap();
     let chain = tresor.sign(spec, &key).unwrap();
     (key, chain)
+}
+
+/// RFC 7093 §2 method 1: the leftmost 160 bits of SHA-256 over the subjectPublicKey bits.
+fn rfc7093_method_1(cert: &X509Certificate<'_>) -> Vec<u8> {
+    let bits = &cert.public_key().subject_public_key.data;
+    ring::digest::digest(&ring::digest::SHA256, bits).as_ref()[..20].to_vec()
 }
 
 fn ski(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
@@ -68,26 +78,18 @@ fn a_workload_leaf_follows_the_profile_field_by_field() {
     let (_, leaf) = X509Certificate::from_der(chain.leaf()).unwrap();
     let (_, issuer) = X509Certificate::from_der(&ca_der).unwrap();
 
-    // Subject and names.
-    let cn: Vec<_> = leaf
-        .subject()
-        .iter_common_name()
-        .map(|c| c.as_str().unwrap())
-        .collect();
-    assert_eq!(cn, ["bookstore-v2.bookstore.cluster.local"]);
+    // Subject and names: an empty subject, so a critical SAN (RFC 5280 §4.2.1.6) with the
+    // SPIFFE ID and the DNS name asked for, nothing derived from the identity.
+    assert_eq!(leaf.subject().iter().count(), 0, "{}", leaf.subject());
     assert_eq!(leaf.issuer().as_raw(), issuer.subject().as_raw());
+    let san = leaf.subject_alternative_name().unwrap().unwrap();
+    assert!(san.critical, "an empty subject needs a critical SAN");
     let info = CertificateInfo::parse(chain.leaf()).unwrap();
     assert_eq!(
         info.uri_sans,
         ["spiffe://cluster.local/ns/bookstore/sa/bookstore-v2"]
     );
-    assert_eq!(
-        info.dns_sans,
-        [
-            "bookstore-v2.bookstore.cluster.local",
-            "bookstore.bookstore.svc"
-        ]
-    );
+    assert_eq!(info.dns_sans, ["bookstore.bookstore.svc"]);
     assert_eq!(leaf.public_key().raw, key.public_key_spki().as_slice());
 
     // Usages.
@@ -106,8 +108,9 @@ fn a_workload_leaf_follows_the_profile_field_by_field() {
     assert!(bc.critical, "basicConstraints must be critical");
     assert!(!bc.value.ca);
 
-    // Key identifiers: SKI present, AKI = the issuer's SKI.
-    assert!(ski(&leaf).is_some());
+    // Key identifiers: SKI by RFC 7093 method 1 (SHA-256 of the public key bits, leftmost 160
+    // bits), AKI = the issuer's SKI.
+    assert_eq!(ski(&leaf), Some(rfc7093_method_1(&leaf)));
     let aki = leaf
         .extensions()
         .iter()
@@ -214,13 +217,90 @@ fn large_rsa_keys_are_signed_too() {
     }
 }
 
+/// Issue #16: with trust domain cluster.local, namespace `svc` and service account
+/// `payments.prod`, the old profile's CN and DNS SAN `<sa>.<ns>.<trust-domain>` was
+/// `payments.prod.svc.cluster.local` — the DNS name of Service `payments` in namespace `prod`.
+#[test]
+fn a_workload_certificate_is_not_valid_for_any_hostname() {
+    let tresor = Tresor::new(root(KeyType::P256), Arc::new(SystemClock));
+    let id = SpiffeId::from_short("svc/payments.prod", &TrustDomain::default()).unwrap();
+    let (_, chain) = issue(&tresor, &LeafSpec::workload(&id, &[], DAY), KeyType::P256);
+    let info = chain.leaf_info().unwrap();
+    assert_eq!(
+        info.uri_sans,
+        ["spiffe://cluster.local/ns/svc/sa/payments.prod"]
+    );
+    assert!(info.dns_sans.is_empty(), "{:?}", info.dns_sans);
+    assert_eq!(
+        info.common_name, None,
+        "a common name is a hostname to OpenSSL"
+    );
+    let leaf = webpki::EndEntityCert::try_from(chain.leaf()).unwrap();
+    let service =
+        rustls_pki_types::ServerName::try_from("payments.prod.svc.cluster.local").unwrap();
+    assert!(leaf.verify_is_valid_for_subject_name(&service).is_err());
+
+    // OpenSSL, which falls back to the subject CN when there is no DNS SAN, agrees.
+    let dir = tempfile::tempdir().unwrap();
+    let (leaf_pem, root_pem) = (dir.path().join("leaf.pem"), dir.path().join("root.pem"));
+    std::fs::write(&leaf_pem, chain.to_pem()).unwrap();
+    std::fs::write(&root_pem, bundle_of(&tresor).to_pem()).unwrap();
+    let output = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&root_pem)
+        .args(["-verify_hostname", "payments.prod.svc.cluster.local"])
+        .arg(&leaf_pem)
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "openssl accepted the workload certificate for a Service's name: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[test]
+fn ca_certificates_sign_certificates_and_crls_only() {
+    let root = root(KeyType::P256);
+    let intermediate = root
+        .sign_intermediate(
+            &IntermediateOptions::new("east", TrustDomain::default()),
+            &SystemClock,
+        )
+        .unwrap();
+    for der in [root.certificate(), intermediate.certificate()] {
+        let (_, cert) = X509Certificate::from_der(der).unwrap();
+        let ku = cert.key_usage().unwrap().unwrap();
+        assert!(ku.critical);
+        assert!(
+            ku.value.key_cert_sign() && ku.value.crl_sign(),
+            "{}",
+            ku.value
+        );
+        assert!(
+            !ku.value.digital_signature(),
+            "SPIFFE X.509-SVID Appendix A: a CA's keyUsage is keyCertSign and cRLSign only \
+             ({})",
+            cert.subject()
+        );
+        assert_eq!(ku.value.flags, 0b110_0000, "{}", ku.value);
+        assert_eq!(
+            ski(&cert),
+            Some(rfc7093_method_1(&cert)),
+            "{}",
+            cert.subject()
+        );
+    }
+}
+
 #[test]
 fn server_certificates_carry_dns_names_only() {
     let tresor = Tresor::new(root(KeyType::P256), Arc::new(SystemClock));
     let key = LeafKey::generate(KeyType::P256).unwrap();
     let chain = tresor
         .sign_server(
-            vec!["meshca-webhook.meshca-system.svc".into()],
+            vec!["meshca-webhook.meshca-system.svc".parse().unwrap()],
             Duration::from_secs(365 * 24 * 3600),
             &key,
         )
@@ -544,7 +624,7 @@ async fn the_conformance_suite_runs_against_the_given_clock() {
 struct Broken {
     inner: Tresor,
     capabilities: Capabilities,
-    drop_dns: bool,
+    adds_names: bool,
     include_root: bool,
 }
 
@@ -558,8 +638,10 @@ impl CertificateProvider for Broken {
     }
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<CertificateChain, ProviderError> {
         let mut spec = request.spec.clone();
-        if self.drop_dns {
-            spec.dns_names.truncate(1);
+        if self.adds_names {
+            // As a Vault role that adds names of its own would.
+            spec.dns_names.push("added.example".parse().unwrap());
+            spec.common_name = Some("added.example".into());
         }
         let chain = self.inner.sign(&spec, request.key)?;
         if !self.include_root {
@@ -576,7 +658,7 @@ impl CertificateProvider for Broken {
 
 #[tokio::test]
 async fn the_conformance_suite_catches_broken_providers() {
-    let broken = |drop_dns, include_root, key_types: Vec<KeyType>| Broken {
+    let broken = |adds_names, include_root, key_types: Vec<KeyType>| Broken {
         inner: Tresor::new(root(KeyType::P256), Arc::new(SystemClock)),
         capabilities: Capabilities {
             max_lifetime: None,
@@ -585,7 +667,7 @@ async fn the_conformance_suite_catches_broken_providers() {
             needs_csr: false,
             signs_in_process: false,
         },
-        drop_dns,
+        adds_names,
         include_root,
     };
     let mut suite = Conformance::new(TrustDomain::default());
@@ -601,6 +683,10 @@ async fn the_conformance_suite_catches_broken_providers() {
     );
     assert!(
         failures.contains(&"p256 workload: DNS SANs".to_owned()),
+        "{failures:?}"
+    );
+    assert!(
+        failures.contains(&"p256 workload: common name".to_owned()),
         "{failures:?}"
     );
 

@@ -173,7 +173,7 @@ async fn main() {
     let id = SpiffeId::from_short("bench/bench", &TrustDomain::default()).unwrap();
     let spec = LeafSpec::workload(
         &id,
-        &["bench.bench.svc".to_owned()],
+        &["bench.bench.svc".parse().unwrap()],
         Duration::from_secs(3600),
     );
     let key = LeafKey::generate(KeyType::P256).unwrap();

@@ -78,7 +78,7 @@ impl<'a> IssueBody<'a> {
             .dns_names
             .iter()
             .filter(|name| Some(name.as_str()) != cn)
-            .map(String::as_str)
+            .map(meshca_provider::DnsName::as_str)
             .collect::<Vec<_>>()
             .join(",");
         Self {
@@ -309,13 +309,14 @@ mod tests {
         let id = SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();
         let spec = LeafSpec::workload(
             &id,
-            &["bookstore-v2.bookstore.svc".into()],
+            &["bookstore-v2.bookstore.svc".parse().unwrap()],
             Duration::from_secs(1200),
         );
         let body = serde_json::to_value(IssueBody::sign(&spec, "CSR".into())).unwrap();
         assert_eq!(body["ttl"], "1200s");
         assert_eq!(body["csr"], "CSR");
-        assert_eq!(body["common_name"], "bookstore-v2.bookstore.cluster.local");
+        // No common name: Vault would add it to the DNS SANs (the role has require_cn=false).
+        assert!(body.get("common_name").is_none(), "{body}");
         assert_eq!(body["alt_names"], "bookstore-v2.bookstore.svc");
         assert_eq!(
             body["uri_sans"],
@@ -324,8 +325,14 @@ mod tests {
         assert_eq!(body["format"], "pem");
         assert_eq!(body["exclude_cn_from_sans"], false);
 
-        let server = LeafSpec::server(vec!["hook.svc".into()], Duration::ZERO);
+        let bare = LeafSpec::workload(&id, &[], Duration::from_secs(1200));
+        let body = serde_json::to_value(IssueBody::sign(&bare, "CSR".into())).unwrap();
+        assert!(body.get("common_name").is_none(), "{body}");
+        assert!(body.get("alt_names").is_none(), "{body}");
+
+        let server = LeafSpec::server(vec!["hook.svc".parse().unwrap()], Duration::ZERO);
         let body = serde_json::to_value(IssueBody::sign(&server, "CSR".into())).unwrap();
+        assert_eq!(body["common_name"], "hook.svc");
         assert!(body.get("alt_names").is_none(), "{body}");
         assert!(body.get("uri_sans").is_none(), "{body}");
         assert!(body.get("ttl").is_none(), "{body}");

@@ -35,7 +35,8 @@ async fn issue(
 
 fn workload(short: &str, lifetime: Duration) -> LeafSpec {
     let id = SpiffeId::from_short(short, &TrustDomain::default()).unwrap();
-    LeafSpec::workload(&id, &[format!("{}.svc", id.service_account())], lifetime)
+    let name = format!("{}.svc", id.service_account()).parse().unwrap();
+    LeafSpec::workload(&id, &[name], lifetime)
 }
 
 /// rustls-webpki, for both TLS directions.
@@ -119,7 +120,7 @@ async fn issues_for_several_identities_with_chains_to_vaults_root() {
         assert_eq!(info.common_name, spec.common_name);
         let mut dns = info.dns_sans.clone();
         dns.sort();
-        let mut want = spec.dns_names.clone();
+        let mut want: Vec<String> = spec.dns_names.iter().map(ToString::to_string).collect();
         want.sort();
         assert_eq!(dns, want, "{short}");
         assert!(
@@ -240,7 +241,7 @@ async fn a_role_without_spiffe_uri_sans_is_a_readable_refusal() {
     assert!(message.contains("pki/roles/meshca"), "{message}");
     // Server certificates, without a SPIFFE ID, are still fine.
     let server = LeafSpec::server(
-        vec!["hook.meshca-system.svc".into()],
+        vec!["hook.meshca-system.svc".parse().unwrap()],
         Duration::from_secs(600),
     );
     issue(&provider, &server, KeyType::P256).await.unwrap();

@@ -144,7 +144,10 @@ async fn a_token_without_pki_policy_is_refused_with_the_path_to_grant() {
         "role unreadable: cap unknown"
     );
     let key = LeafKey::generate(KeyType::P256).unwrap();
-    let spec = LeafSpec::server(vec!["hook.svc".into()], std::time::Duration::from_secs(600));
+    let spec = LeafSpec::server(
+        vec!["hook.svc".parse().unwrap()],
+        std::time::Duration::from_secs(600),
+    );
     let err = provider
         .issue(&IssueRequest {
             spec: &spec,
@@ -169,7 +172,10 @@ async fn https_with_vault_ca_file_works_and_without_it_is_refused() {
     let provider = VaultProvider::connect(&settings).await.unwrap();
     assert!(provider.address().starts_with("https://"));
     let key = LeafKey::generate(KeyType::P256).unwrap();
-    let spec = LeafSpec::server(vec!["hook.svc".into()], std::time::Duration::from_secs(600));
+    let spec = LeafSpec::server(
+        vec!["hook.svc".parse().unwrap()],
+        std::time::Duration::from_secs(600),
+    );
     provider
         .issue(&IssueRequest {
             spec: &spec,

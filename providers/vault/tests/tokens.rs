@@ -32,7 +32,7 @@ async fn dev_with_pki_and_policy() -> Bao {
 async fn issue(provider: &VaultProvider) -> Result<CertificateChain, ProviderError> {
     let key = LeafKey::generate(KeyType::P256).unwrap();
     let spec = LeafSpec::server(
-        vec!["hook.meshca-system.svc".into()],
+        vec!["hook.meshca-system.svc".parse().unwrap()],
         Duration::from_secs(600),
     );
     provider
