@@ -289,6 +289,9 @@ impl LeafKey {
             reason: e.to_string(),
         };
         let mut params = rcgen::CertificateParams::default();
+        // rcgen's default subject is CN "rcgen self signed cert", which a backend that takes
+        // the CSR's subject (Vault's use_csr_common_name) would put in the certificate.
+        params.distinguished_name = rcgen::DistinguishedName::new();
         if let Some(cn) = &spec.common_name {
             params
                 .distinguished_name

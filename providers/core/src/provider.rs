@@ -262,6 +262,13 @@ mod tests {
         .csr_der()
         .unwrap();
         let csr = rcgen::CertificateSigningRequestParams::from_der(&der.into()).unwrap();
+        // A workload CSR has an empty subject (not rcgen's default CN).
+        assert_eq!(
+            csr.params.distinguished_name.iter().count(),
+            0,
+            "{:?}",
+            csr.params.distinguished_name
+        );
         let names: Vec<_> = csr
             .params
             .subject_alt_names
