@@ -338,5 +338,8 @@ fn issuing_root(chain: &CertificateChain, bundle: &TrustBundle) -> anyhow::Resul
             return Ok(root.sha256_fingerprint.to_string());
         }
     }
-    bail!("no root of the bundle issued {}", top_info.subject)
+    bail!(
+        "no root of the bundle issued {}",
+        crate::cli::inspect::printable(&top_info.subject)
+    )
 }

@@ -96,7 +96,7 @@ pub async fn run(config: &Config, action: RootAction) -> anyhow::Result<()> {
                     "meshca: no root rotation in progress in {}; the CA is {} (SHA-256 {}, \
                      expires {})",
                     store.describe(),
-                    ca.subject(),
+                    crate::cli::inspect::printable(ca.subject()),
                     ca.trust_bundle().fingerprints().join(","),
                     display_time(ca.not_after())
                 );
@@ -202,7 +202,7 @@ async fn print_status(
     ] {
         println!(
             "{label:<13} {} (SHA-256 {}, expires {})",
-            root.subject(),
+            crate::cli::inspect::printable(root.subject()),
             root.trust_bundle().fingerprints().join(","),
             display_time(root.not_after())
         );
