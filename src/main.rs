@@ -77,11 +77,14 @@ fn init_logging(log: &LogConfig) {
 }
 
 /// Tells the user why meshca stopped: the whole error chain on one line, as a JSON log event
-/// when JSON logs were asked for.
+/// when JSON logs were asked for. Control characters in it (a certificate's subject quoted in
+/// a refusal, say) are escaped, so an error cannot rewrite the terminal either.
 fn report(format: LogFormat, err: &anyhow::Error) {
+    let message = format!("{err:#}");
+    let message = meshca::cli::inspect::printable_message(&message);
     match format {
-        LogFormat::Json => tracing::error!(target: "meshca", "meshca: {err:#}"),
-        LogFormat::Text => eprintln!("meshca: {err:#}"),
+        LogFormat::Json => tracing::error!(target: "meshca", "meshca: {message}"),
+        LogFormat::Text => eprintln!("meshca: {message}"),
     }
 }
 

@@ -199,7 +199,7 @@ fn hostile_certificates_cannot_rewrite_the_terminal() {
     ];
     params.subject_alt_names = vec![
         rcgen::SanType::DnsName("x\u{1b}[31m.example".try_into().unwrap()),
-        rcgen::SanType::URI("spiffe://td/\u{1b}[2J".try_into().unwrap()),
+        rcgen::SanType::URI("spiffe://cluster.local/\u{1b}[2J".try_into().unwrap()),
     ];
     let cert = params.self_signed(&key).unwrap();
     let cert_path = tmp.path().join("hostile.pem");
@@ -223,7 +223,7 @@ fn hostile_certificates_cannot_rewrite_the_terminal() {
     let shown = ok(&meshca(&ca, &["inspect", cert_path.to_str().unwrap()]));
     check("inspect", &shown);
     assert!(shown.contains("x\\x1b[31m.example"), "{shown}");
-    assert!(shown.contains("spiffe://td/\\x1b[2J"), "{shown}");
+    assert!(shown.contains("spiffe://cluster.local/\\x1b[2J"), "{shown}");
 
     // The same certificate as a CA meshca holds: `ca show` prints it the same way.
     let imported = meshca(
@@ -239,4 +239,27 @@ fn hostile_certificates_cannot_rewrite_the_terminal() {
     );
     ok(&imported);
     check("ca show", &ok(&meshca(&ca, &["ca", "show"])));
+
+    // A refusal that quotes the certificate (here: another trust domain) is escaped too.
+    let refused = meshca(
+        &tmp.path().join("other"),
+        &[
+            "--trust-domain",
+            "other.example",
+            "ca",
+            "import",
+            "--cert",
+            cert_path.to_str().unwrap(),
+            "--key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("CA pwn\\x1b]0;owned"), "{stderr}");
+    let raw: Vec<char> = stderr
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(raw.is_empty(), "the refusal printed {raw:?}: {stderr:?}");
 }

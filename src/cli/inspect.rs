@@ -108,6 +108,26 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`printable`] for messages meshca writes itself (errors quoting certificate data): the same
+/// escapes, except that a backslash is left alone (messages quote names with `{:?}`, whose
+/// own escapes use it).
+pub fn printable_message(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c != '\\' && needs_escape(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for part in text.split_inclusive('\\') {
+        match part.strip_suffix('\\') {
+            Some(before) => {
+                out.push_str(&printable(before));
+                out.push('\\');
+            }
+            None => out.push_str(&printable(part)),
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn needs_escape(c: char) -> bool {
     c == '\\'
         || c.is_control()
@@ -224,6 +244,11 @@ mod tests {
         assert_eq!(printable("Bücher GmbH"), "Bücher GmbH");
         assert_eq!(printable("a\\x1b"), "a\\\\x1b");
         assert_eq!(printable("a\u{1b}b\tc\u{85}"), "a\\x1bb\\x09c\\x85");
+        assert_eq!(
+            printable_message("\"x\\u{1b}\" from CN=a\u{1b}[2J"),
+            "\"x\\u{1b}\" from CN=a\\x1b[2J"
+        );
+        assert!(matches!(printable_message("C:\\dir"), Cow::Borrowed(_)));
     }
 
     #[test]
