@@ -132,8 +132,6 @@ impl OutDir {
                     self.dir.display()
                 )
             })?;
-        // File::lock is Rust 1.89; meshca-tresor, which meshca depends on, already needs 1.89.
-        #[allow(clippy::incompatible_msrv)]
         lock.lock()
             .with_context(|| format!("cannot lock {}", lock_path.display()))?;
         Ok(lock)
