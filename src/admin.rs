@@ -1,19 +1,32 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics` (Prometheus / OpenMetrics text).
+//! The admin listener: `/healthz`, `/readyz` and `/metrics` (Prometheus / OpenMetrics text),
+//! and `POST /rotate/leaves`, the one route that changes state.
 //!
 //! Nothing here waits on issuance: readiness reads an atomic kept by a background health check
 //! and a snapshot of the cache; metrics are read from counters and snapshots at scrape time.
+//!
+//! **Who may change state.** Reads are open to whoever reaches the listener (probes and
+//! Prometheus must); every route that changes state sits behind [`require_token`]: it needs
+//! `Authorization: Bearer <token>` matching the file `admin.tokenFile` names, compared in
+//! constant time, and answers 403 while no token is configured. A token, rather than "mutating
+//! routes only on loopback", because in Kubernetes the listener must be reachable on the pod IP
+//! (kubelet probes, scraping) and every container of the pod shares its loopback; a token works
+//! the same in both places and tells the log which credential asked. The token itself is never
+//! logged: a request is logged with its remote address and the token's fingerprint.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Extension, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Router, middleware};
 use meshca_provider::{CertificateInfo, SharedProvider, SpiffeId, TrustDomain};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -22,6 +35,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
+use zeroize::Zeroizing;
 
 use crate::cache::{CertificateCache, LatencyHistogram};
 use crate::sds::SdsStats;
@@ -107,12 +121,137 @@ pub fn spawn_health_checks(
     })
 }
 
+/// Shortest admin token accepted: 32 characters (e.g. 24 random bytes in base64), so that
+/// guessing it over the network is hopeless.
+pub const MIN_TOKEN_LENGTH: usize = 32;
+
+/// Why the admin token could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The token file could not be read.
+    #[error(
+        "cannot read the admin token file {path} (admin.tokenFile): {source}; create it with \
+         `head -c 32 /dev/urandom | base64 > {path} && chmod 600 {path}`, or unset \
+         admin.tokenFile to disable POST /rotate/leaves"
+    )]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The token is too short to resist guessing.
+    #[error(
+        "the admin token in {path} (admin.tokenFile) has {length} characters, fewer than \
+         {MIN_TOKEN_LENGTH}: write a random one, e.g. `head -c 32 /dev/urandom | base64 > {path}`"
+    )]
+    TokenTooShort {
+        /// The file.
+        path: PathBuf,
+        /// Characters found (surrounding whitespace excluded).
+        length: usize,
+    },
+}
+
+/// The bearer token guarding the admin routes that change state. Redacted in `Debug`; only
+/// its [fingerprint](AdminToken::fingerprint) may be logged.
+pub struct AdminToken {
+    token: Zeroizing<String>,
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AdminToken({})", self.fingerprint())
+    }
+}
+
+impl AdminToken {
+    /// Reads the token from `path`: its content without surrounding whitespace (a trailing
+    /// newline from `echo` or `base64` is not part of it), at least [`MIN_TOKEN_LENGTH`]
+    /// characters.
+    pub fn read(path: &Path) -> Result<Self, AdminError> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            AdminError::TokenFile {
+                path: path.to_owned(),
+                source,
+            }
+        })?);
+        let token = text.trim();
+        if token.chars().count() < MIN_TOKEN_LENGTH {
+            return Err(AdminError::TokenTooShort {
+                path: path.to_owned(),
+                length: token.chars().count(),
+            });
+        }
+        Ok(Self {
+            token: Zeroizing::new(token.to_owned()),
+        })
+    }
+
+    /// The value to send as `Authorization: Bearer <value>`.
+    pub fn bearer(&self) -> &str {
+        &self.token
+    }
+
+    /// `sha256:` and the first 16 hex digits of the token's SHA-256: names the token in logs
+    /// without revealing it.
+    pub fn fingerprint(&self) -> String {
+        let digest = meshca_provider::x509::sha256(self.token.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+
+    /// Whether `presented` is this token. Both are hashed first, so the comparison takes the
+    /// same time whatever the presented value and wherever it differs.
+    pub fn matches(&self, presented: &str) -> bool {
+        let expected = meshca_provider::x509::sha256(self.token.as_bytes());
+        let given = meshca_provider::x509::sha256(presented.as_bytes());
+        expected
+            .iter()
+            .zip(given.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// How the admin listener behaves (`admin.*`).
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// The file holding the token of the routes that change state; `None` disables them.
+    /// Read again on every such request, so a rotated Secret takes effect without a restart.
+    pub token_file: Option<PathBuf>,
+    /// Label the certificate expiry gauge with every identity (see [`crate::config::AdminConfig`]).
+    pub per_identity_metrics: bool,
+}
+
+impl AdminSettings {
+    /// The settings from `admin.*`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            token_file: config.admin_token_file().map(Path::to_owned),
+            per_identity_metrics: config.admin.per_identity_metrics,
+        }
+    }
+
+    /// Reads the token once, so that a daemon with an unusable `admin.tokenFile` does not start.
+    /// Returns the token's fingerprint, for the startup log.
+    pub fn check(&self) -> Result<Option<String>, AdminError> {
+        self.token_file
+            .as_deref()
+            .map(|path| AdminToken::read(path).map(|t| t.fingerprint()))
+            .transpose()
+    }
+}
+
 /// What the admin endpoints read.
 pub struct AdminState {
     cache: Arc<CertificateCache>,
     trust_domain: TrustDomain,
     sds: Arc<SdsStats>,
     health: Arc<ProviderHealth>,
+    settings: AdminSettings,
+    unauthorized: Arc<AtomicU64>,
     registry: Registry,
 }
 
@@ -129,18 +268,24 @@ impl AdminState {
         trust_domain: TrustDomain,
         sds: Arc<SdsStats>,
         health: Arc<ProviderHealth>,
+        settings: AdminSettings,
     ) -> Arc<Self> {
+        let unauthorized = Arc::new(AtomicU64::new(0));
         let mut registry = Registry::with_prefix("meshca");
         registry.register_collector(Box::new(Snapshot {
             cache: cache.clone(),
             sds: sds.clone(),
             health: health.clone(),
+            per_identity: settings.per_identity_metrics,
+            unauthorized: unauthorized.clone(),
         }));
         Arc::new(Self {
             cache,
             trust_domain,
             sds,
             health,
+            settings,
+            unauthorized,
             registry,
         })
     }
@@ -186,13 +331,17 @@ impl AdminState {
     }
 }
 
-/// The admin routes.
+/// The admin routes. Every route that changes state is in `mutating`, behind
+/// [`require_token`]; the others answer GET (and HEAD) only.
 pub fn router(state: Arc<AdminState>) -> Router {
+    let mutating = Router::new()
+        .route("/rotate/leaves", post(rotate_leaves))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/rotate/leaves", post(rotate_leaves))
+        .merge(mutating)
         .with_state(state)
 }
 
@@ -202,9 +351,93 @@ pub async fn serve(
     state: Arc<AdminState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Who asked for a state change: put in the request by [`require_token`] for the log.
+#[derive(Debug, Clone)]
+struct Caller {
+    /// The peer's address ("unknown" when the listener does not record it).
+    remote: String,
+    /// The fingerprint of the token it presented.
+    token: String,
+}
+
+/// Lets a request through only with `Authorization: Bearer <the token in admin.tokenFile>`.
+/// No token configured: 403 saying how to configure one. No or another token: 401. Refusals
+/// are counted (`meshca_admin_unauthorized_total`) and logged at debug level only, so that a
+/// flood of bad requests does not become a flood of log lines.
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let remote = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |ConnectInfo(a)| a.to_string());
+    let route = format!("{} {}", request.method(), request.uri().path());
+    let Some(path) = state.settings.token_file.as_deref() else {
+        state.unauthorized.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%remote, %route, "admin request refused: no admin.tokenFile configured");
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "{route} is disabled: this daemon has no admin token. Set admin.tokenFile to a \
+                 file holding a random token of at least {MIN_TOKEN_LENGTH} characters (e.g. \
+                 `head -c 32 /dev/urandom | base64 > FILE`), restart, and send it as \
+                 `Authorization: Bearer <token>` (`meshca rotate leaves` reads admin.tokenFile)\n"
+            ),
+        )
+            .into_response();
+    };
+    let token = match AdminToken::read(path) {
+        Ok(token) => token,
+        Err(e) => {
+            tracing::error!(%remote, %route, "admin request refused: {e}");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the daemon cannot read its admin token (admin.tokenFile): see its log\n",
+            )
+                .into_response();
+        }
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let refusal = match presented {
+        None => Some(
+            "this route needs `Authorization: Bearer <token>`, the token in the \
+                      daemon's admin.tokenFile",
+        ),
+        Some(given) if !token.matches(given) => {
+            Some("the bearer token is not the one in the daemon's admin.tokenFile")
+        }
+        Some(_) => None,
+    };
+    if let Some(why) = refusal {
+        state.unauthorized.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%remote, %route, "admin request refused: {why}");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"meshca-admin\"")],
+            format!("{why}\n"),
+        )
+            .into_response();
+    }
+    request.extensions_mut().insert(Caller {
+        remote,
+        token: token.fingerprint(),
+    });
+    next.run(request).await
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
@@ -221,6 +454,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 /// `POST /rotate/leaves[?identity=ns/sa]`: re-issue now (a suspected key leak) and push.
 async fn rotate_leaves(
     State(state): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<RotateQuery>,
 ) -> Response {
     let identity = match query.identity.as_deref().filter(|i| !i.is_empty()) {
@@ -246,7 +480,13 @@ async fn rotate_leaves(
         .count();
     state.cache.renew_now(identity.as_ref());
     let whose = identity.map_or_else(|| "every identity".to_owned(), |id| id.to_string());
-    tracing::warn!(certificates = held, identity = %whose, "forced re-issue requested");
+    tracing::warn!(
+        certificates = held,
+        identity = %whose,
+        remote = %caller.remote,
+        token = %caller.token,
+        "forced re-issue requested"
+    );
     (
         StatusCode::ACCEPTED,
         format!("re-issuing {held} certificate(s) of {whose}; proxies get them as they arrive\n"),
@@ -279,6 +519,9 @@ struct Snapshot {
     cache: Arc<CertificateCache>,
     sds: Arc<SdsStats>,
     health: Arc<ProviderHealth>,
+    /// Label the expiry gauge with every identity (`admin.perIdentityMetrics`).
+    per_identity: bool,
+    unauthorized: Arc<AtomicU64>,
 }
 
 type Labels = Vec<(Cow<'static, str>, Cow<'static, str>)>;
@@ -408,24 +651,56 @@ impl Collector for Snapshot {
             &[(provider.clone(), stats.entries as i64)],
         )?;
 
-        let expiries: Vec<(Labels, i64)> = self
-            .cache
-            .certificates()
-            .into_iter()
-            .map(|(key, served)| {
-                let labels: Labels = vec![
-                    ("identity".into(), key.identity.to_string().into()),
-                    ("purpose".into(), key.purpose.as_str().into()),
-                ];
-                (labels, unix_seconds(served.info.not_after))
-            })
-            .collect();
+        let certificates = self.cache.certificates();
+        // By purpose: (count, earliest NotAfter). A handful of purposes, whatever the number of
+        // identities.
+        let mut by_purpose: std::collections::BTreeMap<&'static str, (i64, i64)> =
+            std::collections::BTreeMap::new();
+        for (key, served) in &certificates {
+            let expiry = unix_seconds(served.info.not_after);
+            let entry = by_purpose
+                .entry(key.purpose.as_str())
+                .or_insert((0, i64::MAX));
+            entry.0 += 1;
+            entry.1 = entry.1.min(expiry);
+        }
+        let purpose = |p: &'static str| -> Labels { vec![("purpose".into(), p.into())] };
         gauge(
             e,
-            "certificate_expiry_timestamp_seconds",
-            "NotAfter of each cached certificate (Unix time).",
-            &expiries,
+            "cached_certificates_by_purpose",
+            "Keys holding a published certificate, by purpose.",
+            &by_purpose
+                .iter()
+                .map(|(p, (count, _))| (purpose(p), *count))
+                .collect::<Vec<_>>(),
         )?;
+        gauge(
+            e,
+            "certificate_expiry_earliest_timestamp_seconds",
+            "Earliest NotAfter among the cached certificates of each purpose (Unix time).",
+            &by_purpose
+                .iter()
+                .map(|(p, (_, earliest))| (purpose(p), *earliest))
+                .collect::<Vec<_>>(),
+        )?;
+        if self.per_identity {
+            let expiries: Vec<(Labels, i64)> = certificates
+                .iter()
+                .map(|(key, served)| {
+                    let labels: Labels = vec![
+                        ("identity".into(), key.identity.to_string().into()),
+                        ("purpose".into(), key.purpose.as_str().into()),
+                    ];
+                    (labels, unix_seconds(served.info.not_after))
+                })
+                .collect();
+            gauge(
+                e,
+                "certificate_expiry_timestamp_seconds",
+                "NotAfter of each cached certificate (Unix time); admin.perIdentityMetrics.",
+                &expiries,
+            )?;
+        }
 
         let roots: Vec<(Labels, i64)> = self
             .cache
@@ -527,6 +802,13 @@ impl Collector for Snapshot {
             "SDS requests refused as invalid or over a limit.",
             &none,
             sds.rejected,
+        )?;
+        counter(
+            e,
+            "admin_unauthorized",
+            "Admin requests to change state refused for a missing, wrong or unconfigured token.",
+            &none,
+            self.unauthorized.load(Ordering::Relaxed),
         )?;
         Ok(())
     }

@@ -398,14 +398,25 @@ pub enum SdsAuth {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Address of `/healthz`, `/readyz`, `/metrics`; empty to disable.
+    /// Address of `/healthz`, `/readyz`, `/metrics` and `POST /rotate/leaves`; empty to disable.
     pub listen: String,
+    /// A file holding the bearer token that routes changing state (`POST /rotate/leaves`)
+    /// require (`Authorization: Bearer <token>`); `meshca rotate leaves` reads the same file.
+    /// Unset: those routes answer 403 and nothing can change the daemon's state over HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Label `meshca_certificate_expiry_timestamp_seconds` with every cached identity. Off by
+    /// default: one series per workload is a cardinality problem at 10,000 identities, and it
+    /// lists every workload to whoever can scrape. The aggregates are always exported.
+    pub per_identity_metrics: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:15014".to_owned(),
+            token_file: None,
+            per_identity_metrics: false,
         }
     }
 }
@@ -815,11 +826,20 @@ impl Config {
     pub fn admin_listen(&self) -> Option<SocketAddr> {
         self.admin.listen.parse().ok()
     }
+
+    /// `admin.tokenFile`, if set (an empty value is unset).
+    pub fn admin_token_file(&self) -> Option<&Path> {
+        self.admin
+            .token_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
 }
 
 /// Keys whose default is "unset", so they do not appear when the defaults are serialised.
 const OPTIONAL_KEYS: &[&str] = &[
     "rotation.ackDeadline",
+    "admin.tokenFile",
     "vault.address",
     "vault.namespace",
     "vault.caFile",

@@ -1,5 +1,6 @@
 //! The admin listener of a real `meshca serve`: `/metrics` after an SDS exchange, `/readyz`
-//! following a real OpenBao going away and coming back, and logs free of key material.
+//! following a real OpenBao going away and coming back, logs free of key material, and routes
+//! that change state refused without the admin token.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -303,9 +304,197 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// One HTTP/1.1 request with `Connection: close` and extra header lines: (status, body).
+async fn request(address: SocketAddr, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for header in headers {
+        text.push_str(header);
+        text.push_str("\r\n");
+    }
+    text.push_str("Content-Length: 0\r\n\r\n");
+    stream.write_all(text.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// A token file (`admin.tokenFile`) in `dir` holding `token` and a newline, as `echo` or
+/// `base64` write it.
+fn token_file(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    let path = dir.join("admin-token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path
+}
+
+const TOKEN: &str = "admin-test-token-0123456789abcdefghijkl";
+
+/// `meshca rotate leaves …` with the extra global flags `global`.
+async fn rotate_leaves(global: &[String], args: &[String]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .args(global)
+        .arg("rotate")
+        .arg("leaves")
+        .args(args)
+        .env_remove("MESHCA_CONFIG")
+        .output()
+        .await
+        .unwrap()
+}
+
+/// The defaults: no admin token, so nothing changes state over HTTP (every non-GET route
+/// refused, the reason saying how to enable it), and no per-identity metric labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_nothing_changes_state_and_metrics_name_no_workload() {
+    let daemon = Daemon::start(&[]);
+    daemon.wait_readyz(200).await;
+    let mut stream = SotwClient::open(
+        channel(&format!("http://{}", daemon.sds)).await,
+        Some(node("bookstore/bookstore-v2")),
+        &["default"],
+    )
+    .await
+    .unwrap();
+    let response = stream.next().await.unwrap();
+    let (chain, _) = tls_of(&secrets(&response.resources)[0]);
+
+    let (status, body) = request(daemon.admin, "POST", "/rotate/leaves", &[]).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin.tokenFile"), "{body}");
+    // A bearer token is no way in when none is configured.
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let (status, _) = request(daemon.admin, "POST", "/rotate/leaves", &[&bearer]).await;
+    assert_eq!(status, 403);
+    // No other method changes anything anywhere.
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/rotate/leaves",
+            "/rotate",
+            "/",
+        ] {
+            let (status, body) = request(daemon.admin, method, path, &[]).await;
+            assert!(
+                (400..500).contains(&status),
+                "{method} {path} answered {status}: {body}"
+            );
+        }
+    }
+    let done = rotate_leaves(&[], &["--admin".into(), daemon.admin.to_string()]).await;
+    let said = String::from_utf8_lossy(&done.stderr);
+    assert!(!done.status.success());
+    assert!(
+        said.contains("refused: 403") && said.contains("admin.tokenFile"),
+        "{said}"
+    );
+
+    // Nothing was re-issued.
+    let (_, text) = daemon.get("/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "meshca_certificates_renewed_total{provider=\"tresor\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "meshca_admin_unauthorized_total").unwrap() >= 3.0,
+        "{text}"
+    );
+    drop(stream);
+    assert!(!daemon.log().contains("forced re-issue requested"));
+
+    // Metrics: the aggregates, and no series naming a workload.
+    parse_exposition(&text);
+    assert!(!text.contains("bookstore"), "a workload is named:\n{text}");
+    assert!(!text.contains("identity="), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "meshca_cached_certificates_by_purpose{purpose=\"default\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let expiry = chain
+        .leaf_info()
+        .unwrap()
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    assert_eq!(
+        metric(
+            &text,
+            "meshca_certificate_expiry_earliest_timestamp_seconds{purpose=\"default\"}"
+        ),
+        Some(expiry),
+        "{text}"
+    );
+}
+
+/// A token that is too short or unreadable stops the daemon at start, naming the setting.
+#[tokio::test]
+async fn an_unusable_admin_token_file_stops_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = token_file(dir.path(), "short");
+    for (file, needle) in [
+        (short, "fewer than 32"),
+        (
+            dir.path().join("absent"),
+            "cannot read the admin token file",
+        ),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
+            .arg("--ca-dir")
+            .arg(dir.path().join("ca"))
+            .args([
+                "--set",
+                "sds.auth=development",
+                "--set",
+                "sds.listen=127.0.0.1:0",
+            ])
+            .args(["--set", "admin.listen=127.0.0.1:0"])
+            .arg("--set")
+            .arg(format!("admin.tokenFile={}", file.display()))
+            .arg("serve")
+            .env_remove("MESHCA_CONFIG")
+            .output()
+            .await
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{said}");
+        assert!(
+            said.contains(needle) && said.contains("admin.tokenFile"),
+            "{said}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_of_a_tresor_daemon() {
-    let daemon = Daemon::start(&[]);
+    let tokens = tempfile::tempdir().unwrap();
+    let token = token_file(tokens.path(), TOKEN);
+    let with_token = [
+        "--set".to_owned(),
+        format!("admin.tokenFile={}", token.display()),
+    ];
+    let daemon = Daemon::start(&[
+        with_token[0].clone(),
+        with_token[1].clone(),
+        "--set".to_owned(),
+        "admin.perIdentityMetrics=true".to_owned(),
+    ]);
     daemon.wait_readyz(200).await;
     assert_eq!(daemon.get("/healthz").await, (200, "ok\n".to_owned()));
 
@@ -361,24 +550,32 @@ async fn metrics_and_health_of_a_tresor_daemon() {
         "{text}"
     );
 
-    // `meshca rotate leaves` asks the daemon to re-issue now; the stream gets the new one.
-    let rotate = |args: Vec<String>| async move {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
-            .arg("rotate")
-            .arg("leaves")
-            .args(args)
-            .env_remove("MESHCA_CONFIG")
-            .output()
-            .await
-            .unwrap()
-    };
+    // Without the token, or with another one, nothing happens.
+    let (status, body) = request(daemon.admin, "POST", "/rotate/leaves", &[]).await;
+    assert_eq!(status, 401, "{body}");
+    let wrong = "Authorization: Bearer admin-test-token-0123456789abcdefghijkX";
+    let (status, _) = request(daemon.admin, "POST", "/rotate/leaves", &[wrong]).await;
+    assert_eq!(status, 401);
+    let no_token = rotate_leaves(&[], &["--admin".into(), daemon.admin.to_string()]).await;
+    let said = String::from_utf8_lossy(&no_token.stderr);
+    assert!(!no_token.status.success());
+    assert!(
+        said.contains("refused: 401") && said.contains("--token-file"),
+        "{said}"
+    );
+
+    // `meshca rotate leaves` reads admin.tokenFile and asks the daemon to re-issue now; the
+    // stream gets the new one.
     let admin = daemon.admin.to_string();
-    let done = rotate(vec![
-        "--identity".into(),
-        "bookstore/bookstore-v2".into(),
-        "--admin".into(),
-        admin.clone(),
-    ])
+    let done = rotate_leaves(
+        &with_token,
+        &[
+            "--identity".into(),
+            "bookstore/bookstore-v2".into(),
+            "--admin".into(),
+            admin.clone(),
+        ],
+    )
     .await;
     let said = String::from_utf8_lossy(&done.stdout);
     assert!(
@@ -392,6 +589,20 @@ async fn metrics_and_health_of_a_tresor_daemon() {
         ),
         "{said}"
     );
+    // The log says who asked: the remote address and the token's fingerprint, never the token.
+    let log = daemon.log();
+    let asked = log
+        .lines()
+        .find(|l| l.contains("forced re-issue requested"))
+        .unwrap_or_else(|| panic!("no rotation line:\n{log}"));
+    let fingerprint = meshca::admin::AdminToken::read(&token)
+        .unwrap()
+        .fingerprint();
+    assert!(
+        asked.contains("remote=127.0.0.1:") && asked.contains(&fingerprint),
+        "{asked}"
+    );
+    assert!(!log.contains(TOKEN), "the admin token is in the log");
     let pushed = stream.next().await.unwrap();
     stream.ack(&pushed, &["default"]).await;
     let (renewed, _) = tls_of(&secrets(&pushed.resources)[0]);
@@ -430,16 +641,23 @@ async fn metrics_and_health_of_a_tresor_daemon() {
         "{text}"
     );
 
-    let refused = rotate(vec![
-        "--identity".into(),
-        "not an identity".into(),
-        "--admin".into(),
-        admin,
-    ])
+    let refused = rotate_leaves(
+        &with_token,
+        &[
+            "--identity".into(),
+            "not an identity".into(),
+            "--admin".into(),
+            admin,
+        ],
+    )
     .await;
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("refused: 400"));
-    let nobody = rotate(vec!["--admin".into(), format!("127.0.0.1:{}", free_port())]).await;
+    let nobody = rotate_leaves(
+        &with_token,
+        &["--admin".into(), format!("127.0.0.1:{}", free_port())],
+    )
+    .await;
     assert!(!nobody.status.success());
     assert!(String::from_utf8_lossy(&nobody.stderr).contains("is `meshca serve` running there"));
 

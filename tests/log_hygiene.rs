@@ -202,6 +202,9 @@ fn key_file(dir: &Path) -> LeafKey {
     LeafKey::from_pem(&std::fs::read_to_string(dir.join("key.pem")).unwrap()).unwrap()
 }
 
+/// The admin bearer token `meshca rotate leaves` sends; it must never reach a log.
+const ADMIN_TOKEN: &str = "log-hygiene-admin-token-0123456789abcdef";
+
 fn global(pairs: &[String]) -> Vec<String> {
     pairs
         .iter()
@@ -216,7 +219,14 @@ async fn an_end_to_end_run_with_envoy_logs_no_key_material() {
     };
     let work = tempfile::tempdir().unwrap();
     let ca_dir: PathBuf = work.path().join("ca");
-    let global = vec!["--ca-dir".to_owned(), ca_dir.display().to_string()];
+    let token_file = work.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
+    let global = vec![
+        "--ca-dir".to_owned(),
+        ca_dir.display().to_string(),
+        "--set".to_owned(),
+        format!("admin.tokenFile={}", token_file.display()),
+    ];
     let mut daemon = Daemon::start(&global);
     daemon.wait_ready().await;
     let sds_port = daemon.sds.port().to_string();
@@ -285,7 +295,7 @@ async fn an_end_to_end_run_with_envoy_logs_no_key_material() {
     drop((server_stream, client_stream, server, client));
     captured.push(daemon.stop("meshca serve"));
 
-    check_logs(&captured, &keys, &[]);
+    check_logs(&captured, &keys, &[("the admin token", ADMIN_TOKEN)]);
     let serve = &captured.last().unwrap().stderr;
     assert!(
         serve
@@ -299,11 +309,15 @@ async fn an_end_to_end_run_with_envoy_logs_no_key_material() {
 async fn a_vault_backed_run_logs_no_key_material_nor_token() {
     let bao = Bao::dev().await;
     bao.pki("pki", "meshca log hygiene root").await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
     let global = global(&[
         "certificateProvider.kind=vault".to_owned(),
         "vault.host=127.0.0.1".to_owned(),
         format!("vault.port={}", bao.port),
         format!("vault.token={}", bao.root_token),
+        format!("admin.tokenFile={}", token_file.display()),
     ]);
     let mut daemon = Daemon::start(&global);
     daemon.wait_ready().await;
@@ -348,7 +362,10 @@ async fn a_vault_backed_run_logs_no_key_material_nor_token() {
     check_logs(
         &captured,
         &keys,
-        &[("the Vault root token", &bao.root_token)],
+        &[
+            ("the Vault root token", &bao.root_token),
+            ("the admin token", ADMIN_TOKEN),
+        ],
     );
     let serve = &captured.last().unwrap().stderr;
     assert!(

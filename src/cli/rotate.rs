@@ -1,12 +1,15 @@
 //! `meshca rotate …`: rotation steps run from the command line or a CronJob.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use zeroize::Zeroizing;
 
+use crate::admin::AdminToken;
 use crate::config::Config;
 
 use super::rotate_root::RootAction;
@@ -43,6 +46,9 @@ pub enum RotateCommand {
         /// The daemon's admin address (default: admin.listen).
         #[arg(long, value_name = "HOST:PORT")]
         admin: Option<SocketAddr>,
+        /// The file holding the daemon's admin bearer token (default: admin.tokenFile).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Rotate Tresor's root without downtime, one stage at a time.
     Root {
@@ -55,26 +61,50 @@ pub enum RotateCommand {
 pub async fn run(config: &Config, command: RotateCommand) -> anyhow::Result<()> {
     match command {
         RotateCommand::Root { action } => super::rotate_root::run(config, action).await,
-        RotateCommand::Leaves { identity, admin } => {
+        RotateCommand::Leaves {
+            identity,
+            admin,
+            token_file,
+        } => {
             let Some(address) = admin.or_else(|| config.admin_listen()) else {
                 bail!(
                     "no admin address: the daemon's admin listener is disabled (admin.listen) — \
                      pass --admin HOST:PORT of a daemon that has one"
                 );
             };
+            let token = match token_file.as_deref().or_else(|| config.admin_token_file()) {
+                Some(path) => Some(AdminToken::read(path)?),
+                None => None,
+            };
             let mut path = "/rotate/leaves".to_owned();
             if let Some(identity) = &identity {
                 path.push_str("?identity=");
                 path.push_str(&percent_encode(identity));
             }
-            let (status, body) = post(address, &path).await.with_context(|| {
-                format!(
-                    "cannot reach the meshca daemon's admin listener at {address}: is `meshca \
-                     serve` running there (admin.listen)?"
-                )
-            })?;
+            let (status, body) = post(address, &path, token.as_ref())
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot reach the meshca daemon's admin listener at {address}: is \
+                         `meshca serve` running there (admin.listen)?"
+                    )
+                })?;
             if status != 202 {
-                bail!("the daemon at {address} refused: {status} {}", body.trim());
+                let hint = match (status, &token) {
+                    (401, None) => {
+                        " (no token sent: pass --token-file or set admin.tokenFile to the \
+                         daemon's token file)"
+                    }
+                    (401, Some(_)) => {
+                        " (the token sent is not the daemon's: use the file its admin.tokenFile \
+                         names)"
+                    }
+                    _ => "",
+                };
+                bail!(
+                    "the daemon at {address} refused: {status} {}{hint}",
+                    body.trim()
+                );
             }
             println!("meshca: {}", body.trim());
             Ok(())
@@ -82,14 +112,23 @@ pub async fn run(config: &Config, command: RotateCommand) -> anyhow::Result<()> 
     }
 }
 
-/// A bare HTTP/1.1 POST to the admin listener (loopback, plain text): (status, body).
-async fn post(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+/// A bare HTTP/1.1 POST to the admin listener (plain text), with the bearer token when there
+/// is one: (status, body).
+async fn post(
+    address: SocketAddr,
+    path: &str,
+    token: Option<&AdminToken>,
+) -> std::io::Result<(u16, String)> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(address).await?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: \
-             close\r\n\r\n"
-        );
+        let authorization = token
+            .map(|t| Zeroizing::new(format!("Authorization: Bearer {}\r\n", t.bearer())))
+            .unwrap_or_default();
+        let request = Zeroizing::new(format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\n{}Content-Length: 0\r\nConnection: \
+             close\r\n\r\n",
+            authorization.as_str()
+        ));
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;

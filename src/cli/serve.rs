@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use meshca_provider::{Clock, SpiffeId};
 
-use crate::admin::{AdminState, ProviderHealth, spawn_health_checks};
+use crate::admin::{AdminSettings, AdminState, ProviderHealth, spawn_health_checks};
 use crate::cache::{CacheSettings, CertificateCache};
 use crate::config::{Config, SdsAuth};
 use crate::kubernetes::TokenReviewAuthenticator;
@@ -80,13 +80,31 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = match config.admin_listen() {
         Some(address) => {
+            let settings = AdminSettings::from_config(&config);
+            let token = settings.check()?;
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| {
                     format!("cannot open the admin listener on {address} (admin.listen)")
                 })?;
-            tracing::info!(address = %listener.local_addr()?, "admin: /healthz /readyz /metrics");
-            let state = AdminState::new(cache.clone(), config.trust_domain(), sds.stats(), health);
+            match &token {
+                Some(fingerprint) => tracing::info!(
+                    address = %listener.local_addr()?,
+                    token = %fingerprint,
+                    "admin: /healthz /readyz /metrics; POST /rotate/leaves with the admin.tokenFile bearer token"
+                ),
+                None => tracing::info!(
+                    address = %listener.local_addr()?,
+                    "admin: /healthz /readyz /metrics; POST /rotate/leaves disabled (no admin.tokenFile)"
+                ),
+            }
+            let state = AdminState::new(
+                cache.clone(),
+                config.trust_domain(),
+                sds.stats(),
+                health,
+                settings,
+            );
             Some(tokio::spawn(crate::admin::serve(listener, state, async {
                 let _ = admin_stopped.await;
             })))
