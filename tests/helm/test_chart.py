@@ -150,6 +150,15 @@ def check_common_wiring(r):
     expect_equal(config["sds"]["listen"], "0.0.0.0:15010", f"{label}: sds.listen")
     expect_equal(config["sds"]["auth"], "mtls", f"{label}: sds.auth")
     expect_equal(config["admin"]["listen"], "0.0.0.0:15014", f"{label}: admin.listen")
+    # The admin port is reachable through the Service: nothing there may change state without
+    # a token, and no metric may list every workload unless asked for.
+    admin_token = (r.values.get("admin") or {}).get("tokenSecret", {}).get("name")
+    if not admin_token:
+        check("tokenFile" not in config["admin"],
+              f"{label}: admin.tokenFile set without admin.tokenSecret")
+    expect_equal(config["admin"]["perIdentityMetrics"],
+                 (r.values.get("admin") or {}).get("perIdentityMetrics", False),
+                 f"{label}: admin.perIdentityMetrics")
     sa = r.one("ServiceAccount")["metadata"]["name"]
     expect_equal(config["sds"]["serverIdentity"], f"{NAMESPACE}/{sa}",
                  f"{label}: sds.serverIdentity is the ServiceAccount's identity")
@@ -389,6 +398,38 @@ def check_vault_secret_elsewhere(chart):
     return r
 
 
+def check_admin_token(chart):
+    """admin.tokenSecret: the Secret's key mounted read-only (0400) and named by admin.tokenFile,
+    so `POST /rotate/leaves` works with that token; without it the route is disabled."""
+    label = "admin.tokenSecret"
+    defaults = render(chart, "defaults (admin)", {})
+    pod = defaults.one("Deployment")["spec"]["template"]["spec"]
+    check(all(v["name"] != "admin-token" for v in pod["volumes"]),
+          f"{label}: an admin-token volume without admin.tokenSecret")
+    check("POST /rotate/leaves is disabled" in defaults.notes,
+          f"{label}: NOTES.txt does not say the mutating route is disabled:\n{defaults.notes}")
+    r = render(chart, label, {"admin": {"tokenSecret": {"name": "meshca-admin-token", "key": "t"},
+                                        "perIdentityMetrics": True}})
+    check_kubernetes_schemas(r)
+    admin = r.config()["admin"]
+    expect_equal(admin.get("tokenFile"), "/var/run/secrets/meshca/admin-token/token",
+                 f"{label}: admin.tokenFile")
+    expect_equal(admin.get("perIdentityMetrics"), True, f"{label}: admin.perIdentityMetrics")
+    mounts = {m["name"]: m for m in r.container()["volumeMounts"]}
+    expect_equal(mounts.get("admin-token"),
+                 {"name": "admin-token", "mountPath": "/var/run/secrets/meshca/admin-token",
+                  "readOnly": True}, f"{label}: token mount")
+    volumes = {v["name"]: v for v in r.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
+    expect_equal(volumes.get("admin-token", {}).get("secret"),
+                 {"secretName": "meshca-admin-token", "defaultMode": 0o400,
+                  "items": [{"key": "t", "path": "token"}]}, f"{label}: token volume")
+    check("needs the bearer token in Secret meshca-admin-token" in r.notes,
+          f"{label}: NOTES.txt does not name the token Secret:\n{r.notes}")
+    expect_equal(r.role_rules(), defaults.role_rules(),
+                 f"{label}: Role rules (the mounted token needs no API access)")
+    return r
+
+
 def check_rotation_disabled(chart):
     """rotation.enabled=false: no CronJob, and no Secret access beyond the daemon's own."""
     label = "rotation.enabled=false"
@@ -427,6 +468,8 @@ def check_refusals(chart):
          "serviceCertValidityDuration"),
         ({"vault": {"hots": "x"}}, "hots"),
         ({"extraTrustedRoots": ["/etc/roots/vault.pem"]}, "extraTrustedRoots"),
+        ({"admin": {"tokenSecret": {"name": "Not A Secret"}}}, "tokenSecret"),
+        ({"admin": {"token": "inline"}}, "token"),
     ]:
         try:
             chart.validate_schema(values)
@@ -537,7 +580,7 @@ def main():
           f"cert-manager-issuer.yaml does not define the Issuer cert-manager.yaml names: {issuers}")
 
     for extra in (check_inline_vault_token, check_vault_secret_elsewhere,
-                  check_extra_trusted_roots, check_rotation_disabled):
+                  check_extra_trusted_roots, check_rotation_disabled, check_admin_token):
         try:
             renderings.append(extra(chart))
         except Exception:

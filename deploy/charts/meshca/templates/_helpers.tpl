@@ -56,6 +56,7 @@ app.kubernetes.io/component: server
 {{- define "meshca.configPath" -}}/etc/meshca/config.yaml{{- end }}
 {{- define "meshca.vaultTokenPath" -}}/var/run/secrets/meshca/vault-token/token{{- end }}
 {{- define "meshca.vaultCaPath" -}}/var/run/secrets/meshca/vault-ca/ca.crt{{- end }}
+{{- define "meshca.adminTokenPath" -}}/var/run/secrets/meshca/admin-token/token{{- end }}
 
 {{/* Checks the values cannot express in the schema: exactly one Vault credential. */}}
 {{- define "meshca.validate" -}}
@@ -89,6 +90,15 @@ app.kubernetes.io/component: server
     secretName: {{ include "meshca.vaultTokenSecretName" . }}
     defaultMode: 0400
 {{- end }}
+{{- if .Values.admin.tokenSecret.name }}
+- name: admin-token
+  secret:
+    secretName: {{ .Values.admin.tokenSecret.name }}
+    defaultMode: 0400
+    items:
+      - key: {{ .Values.admin.tokenSecret.key }}
+        path: token
+{{- end }}
 {{- if and (eq .Values.certificateProvider.kind "vault") .Values.vault.caSecret.name }}
 - name: vault-ca
   secret:
@@ -108,6 +118,11 @@ app.kubernetes.io/component: server
 {{- if and (eq .Values.certificateProvider.kind "vault") .Values.vault.token }}
 - name: vault-token
   mountPath: {{ include "meshca.vaultTokenPath" . | dir }}
+  readOnly: true
+{{- end }}
+{{- if .Values.admin.tokenSecret.name }}
+- name: admin-token
+  mountPath: {{ include "meshca.adminTokenPath" . | dir }}
   readOnly: true
 {{- end }}
 {{- if and (eq .Values.certificateProvider.kind "vault") .Values.vault.caSecret.name }}
