@@ -332,6 +332,16 @@ pub struct SdsConfig {
     /// With `auth: unix-peer`: comma-separated `uid=<ns>/<sa>` pairs, e.g.
     /// `1337=bookstore/bookstore-v2,1338=bookstore/bookbuyer`.
     pub unix_peers: String,
+    /// File mode of the Unix socket, in octal (`0660`). Connecting needs write permission, so
+    /// this decides which local users can reach the listener at all. Empty: `0600` with
+    /// `auth: development` (whoever connects is believed, so only meshca's own user), `0666`
+    /// otherwise (every caller is authenticated on the connection: uid, token or certificate).
+    #[serde(deserialize_with = "octal_mode")]
+    pub unix_socket_mode: String,
+    /// Group of the Unix socket: a group name or a numeric gid. Empty: meshca's own group.
+    /// With a mode such as `0660`, only members of this group can connect.
+    #[serde(deserialize_with = "string_or_number")]
+    pub unix_socket_group: String,
     /// Streams open at once; more are refused with RESOURCE_EXHAUSTED.
     pub max_streams: usize,
     /// Resource names in one request.
@@ -350,6 +360,8 @@ impl Default for SdsConfig {
             token_audiences: String::new(),
             server_identity: "meshca-system/meshca".to_owned(),
             unix_peers: String::new(),
+            unix_socket_mode: String::new(),
+            unix_socket_group: String::new(),
             max_streams: limits.max_streams,
             max_names_per_request: limits.max_names_per_request,
             max_message_bytes: limits.max_message_bytes,
@@ -680,6 +692,8 @@ impl Config {
             }
         })?;
         self.unix_peers()?;
+        self.unix_socket_mode()?;
+        self.unix_socket_group()?;
         if self.sds.auth == SdsAuth::UnixPeer && self.sds.unix_socket.is_empty() {
             return Err(ConfigError::InvalidValue {
                 key: "sds.auth",
@@ -778,6 +792,53 @@ impl Config {
             peers.insert(uid, identity);
         }
         Ok(peers)
+    }
+
+    /// `sds.unixSocketMode`, if set: the permission bits (at most `0777`).
+    pub fn unix_socket_mode(&self) -> Result<Option<u32>, ConfigError> {
+        let text = self.sds.unix_socket_mode.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let digits = text.strip_prefix("0o").unwrap_or(text);
+        match u32::from_str_radix(digits, 8) {
+            Ok(mode) if mode <= 0o777 => Ok(Some(mode)),
+            _ => Err(ConfigError::InvalidValue {
+                key: "sds.unixSocketMode",
+                reason: format!(
+                    "{text:?} is not a file mode: write permission bits in octal, e.g. 0660 \
+                     (owner and group) or 0600 (meshca's user only)"
+                ),
+            }),
+        }
+    }
+
+    /// `sds.unixSocketGroup`, if set, as a gid: a number, or a name looked up in /etc/group.
+    pub fn unix_socket_group(&self) -> Result<Option<u32>, ConfigError> {
+        let text = self.sds.unix_socket_group.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(gid) = text.parse::<u32>() {
+            return Ok(Some(gid));
+        }
+        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        groups
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let gid = fields.nth(1)?.parse::<u32>().ok()?;
+                (name == text).then_some(gid)
+            })
+            .next()
+            .map(Some)
+            .ok_or_else(|| ConfigError::InvalidValue {
+                key: "sds.unixSocketGroup",
+                reason: format!(
+                    "no group {text:?} in /etc/group: give an existing group name or a numeric gid"
+                ),
+            })
     }
 
     /// `extraTrustedRoots`, read and checked: every entry (a file, or inline PEM) must hold at
@@ -918,6 +979,41 @@ fn read_trusted_root(
         }
     }
     Ok(roots)
+}
+
+/// A file mode written in octal. YAML reads `0660` as a string, but `660` and `0o660` as
+/// numbers, which would be ambiguous: a number is refused with the spelling to use.
+fn octal_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    use serde::de::Error as _;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Text(String),
+        Number(u64),
+    }
+    match Option::<Mode>::deserialize(deserializer)? {
+        None => Ok(String::new()),
+        Some(Mode::Text(text)) => Ok(text),
+        Some(Mode::Number(n)) => Err(D::Error::custom(format!(
+            "sds.unixSocketMode {n} is read as a decimal number: write the octal mode with a \
+             leading zero, as a string if need be (\"0660\")"
+        ))),
+    }
+}
+
+/// A name or a number (`--set sds.unixSocketGroup=1337` is a YAML number), kept as text.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Option::<Text>::deserialize(deserializer)? {
+        None => String::new(),
+        Some(Text::Text(text)) => text,
+        Some(Text::Number(n)) => n.to_string(),
+    })
 }
 
 /// Reads a list from a YAML sequence, or from one string: inline PEM as one entry, anything
@@ -1165,6 +1261,27 @@ mod tests {
     }
 
     #[test]
+    fn unix_socket_mode_is_octal_and_group_a_name_or_gid() {
+        let load = |pairs: &[&str]| {
+            let mut overrides = Overrides::default();
+            for pair in pairs {
+                overrides.set(pair).unwrap();
+            }
+            Config::load(None, &overrides)
+        };
+        let config = load(&["sds.unixSocketMode=0660", "sds.unixSocketGroup=0"]).unwrap();
+        assert_eq!(config.unix_socket_mode().unwrap(), Some(0o660));
+        assert_eq!(config.unix_socket_group().unwrap(), Some(0));
+        let config = load(&["sds.unixSocketGroup=root"]).unwrap();
+        assert_eq!(config.unix_socket_group().unwrap(), Some(0));
+        assert_eq!(Config::default().unix_socket_mode().unwrap(), None);
+        // 660 without the leading zero is a YAML number: refused, not read as 0o1224.
+        let file = write("sds:\n  unixSocketMode: 660\n");
+        let err = Config::load(Some(file.path()), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("leading zero"), "{err}");
+    }
+
+    #[test]
     fn env_names_follow_the_keys() {
         assert_eq!(
             env_name("certificateProvider.kind"),
@@ -1229,6 +1346,9 @@ mod tests {
             ("renewal.issueTimeout", "0s"),
             ("log.level", "meshca=loud"),
             ("sds.unixPeers", "1000:a/b"),
+            ("sds.unixSocketMode", "0999"),
+            ("sds.unixSocketMode", "01777"),
+            ("sds.unixSocketGroup", "no-such-group-here"),
             ("sds.unixPeers", "root=a/b"),
             ("sds.serverIdentity", "meshca"),
             ("sds.auth", "unix-peer"),

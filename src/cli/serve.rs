@@ -159,9 +159,15 @@ pub async fn sds_settings(config: &Config) -> anyhow::Result<SdsSettings> {
         max_message_bytes: config.sds.max_message_bytes,
         ..SdsLimits::default()
     };
+    let default_access = crate::sds::UnixSocketAccess::default_for(&auth);
+    let unix_access = crate::sds::UnixSocketAccess {
+        mode: config.unix_socket_mode()?.unwrap_or(default_access.mode),
+        group: config.unix_socket_group()?,
+    };
     Ok(SdsSettings {
         tcp: config.sds_listen(),
         unix: Some(PathBuf::from(&config.sds.unix_socket)).filter(|p| !p.as_os_str().is_empty()),
+        unix_access: Some(unix_access),
         auth,
         trust_domain,
         limits,

@@ -39,7 +39,7 @@ pub use names::{NameError, ResourceName};
 pub use source::{Purpose, SecretSource, ServedCertificate, SourceError};
 pub use stats::{BundleAcks, SdsStats, SdsStatsSnapshot};
 pub use tls::TlsError;
-pub use transport::{PeerInfo, PeerTransport};
+pub use transport::{PeerInfo, PeerTransport, UnixSocketAccess};
 
 /// Where and how the SDS server listens.
 #[derive(Debug, Clone)]
@@ -48,6 +48,9 @@ pub struct SdsSettings {
     pub tcp: Option<SocketAddr>,
     /// Unix socket path to listen on, if any. A stale socket file is replaced; a live one is not.
     pub unix: Option<PathBuf>,
+    /// Who may connect to the Unix socket (its mode and group); `None`:
+    /// [`UnixSocketAccess::default_for`] the authentication mode.
+    pub unix_access: Option<UnixSocketAccess>,
     /// How callers are authenticated.
     pub auth: AuthMode,
     /// The trust domain of `<ns>/<sa>` resource names and node ids.
@@ -62,6 +65,7 @@ impl SdsSettings {
         Self {
             tcp: Some(address),
             unix: None,
+            unix_access: None,
             auth,
             trust_domain: TrustDomain::default(),
             limits: SdsLimits::default(),
@@ -73,6 +77,7 @@ impl SdsSettings {
         Self {
             tcp: None,
             unix: Some(path.into()),
+            unix_access: None,
             auth,
             trust_domain: TrustDomain::default(),
             limits: SdsLimits::default(),
@@ -233,8 +238,12 @@ impl SdsServer {
 
     /// Binds the listeners (so their addresses are known before serving).
     pub async fn bind(self) -> Result<BoundSdsServer, SdsError> {
-        let listeners =
-            transport::Listeners::bind(self.settings.tcp, self.settings.unix.as_deref()).await?;
+        let access = self
+            .settings
+            .unix_access
+            .unwrap_or_else(|| UnixSocketAccess::default_for(&self.settings.auth));
+        let unix = self.settings.unix.as_deref().map(|path| (path, access));
+        let listeners = transport::Listeners::bind(self.settings.tcp, unix).await?;
         Ok(BoundSdsServer {
             server: self,
             listeners,
