@@ -813,3 +813,51 @@ impl Collector for Snapshot {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn token_in(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("token");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_token_is_read_trimmed_compared_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "0123456789abcdef0123456789abcdef-admin";
+        let token = AdminToken::read(&token_in(dir.path(), &format!("{secret}\n"))).unwrap();
+        assert_eq!(token.bearer(), secret);
+        assert!(token.matches(secret));
+        assert!(!token.matches(&format!("{secret}x")));
+        assert!(!token.matches(&secret[1..]));
+        assert!(!token.matches(""));
+        let fingerprint = token.fingerprint();
+        assert!(fingerprint.starts_with("sha256:") && fingerprint.len() == 7 + 16);
+        let shown = format!("{token:?} {fingerprint}");
+        assert!(
+            !shown.contains(secret) && !shown.contains("0123456789"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_short_or_missing_token_is_refused_with_the_setting_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = AdminToken::read(&token_in(dir.path(), "  short\n")).unwrap_err();
+        assert!(matches!(short, AdminError::TokenTooShort { length: 5, .. }));
+        assert!(short.to_string().contains("admin.tokenFile"), "{short}");
+        let missing = AdminToken::read(&dir.path().join("absent")).unwrap_err();
+        assert!(matches!(missing, AdminError::TokenFile { .. }));
+        assert!(missing.to_string().contains("admin.tokenFile"), "{missing}");
+        let settings = AdminSettings {
+            token_file: Some(dir.path().join("absent")),
+            per_identity_metrics: false,
+        };
+        assert!(settings.check().is_err());
+        assert_eq!(AdminSettings::default().check().unwrap(), None);
+    }
+}
