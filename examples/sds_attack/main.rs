@@ -5,7 +5,8 @@
 //! - **A**, development mode (the node id is believed) on loopback TCP *and* a Unix socket,
 //!   with `sds.maxStreams` lowered (`--max-streams`) so that floods reach the limit; a real
 //!   Envoy 1.40 takes its secrets from A over TCP;
-//! - **B**, mTLS on loopback TCP (the production mode).
+//! - **B**, mTLS on loopback TCP (the production mode); a second real Envoy takes its secrets
+//!   from B with a bootstrap client certificate from `meshca issue`.
 //!
 //! The phases, each bounded in count and time, run one after the other:
 //! 1. *unauthenticated streams*: `--streams` calls without a node id (refused), then as many
@@ -20,8 +21,8 @@
 //! 5. *NACK storm*: one stream NACKs its response `--nacks` times with an `error_detail` of
 //!    `--nack-detail-bytes`.
 //!
-//! Then `meshca rotate leaves` (with A's admin token) forces a renewal, and Envoy must present
-//! the new certificate with no SDS update rejected. Throughout, the tool reads each server's
+//! Then `meshca rotate leaves` (with the daemons' admin token) forces a renewal on each, and
+//! each Envoy must present the new certificate with no SDS update rejected. Throughout, the tool reads each server's
 //! memory (VmHWM and VmRSS from /proc/<pid>/status) and the size of its log, and at the end
 //! checks them against `--max-rss-mib` and `--max-log-growth-bytes`: it exits 1 when a bound
 //! is exceeded or Envoy lost or failed to renew its certificate. It reports what it sees (the
@@ -109,7 +110,7 @@ fn main() -> anyhow::Result<()> {
     let report = runtime.block_on(run(&args))?;
     println!("{report}");
     if !report.passed() {
-        bail!("the adversarial run exceeded a bound or Envoy lost its certificates (see above)");
+        bail!("the adversarial run exceeded a bound or an Envoy lost its certificates (see above)");
     }
     Ok(())
 }
@@ -277,7 +278,8 @@ struct Report {
     /// Per server: (name, log bytes at start, VmHWM KiB, log bytes at end).
     totals: Vec<(&'static str, u64, u64, u64)>,
     bounds: (u64, u64),
-    envoy: Result<String, String>,
+    /// Per Envoy: what it did, or how it failed.
+    envoys: Vec<(&'static str, Result<String, String>)>,
 }
 
 impl Report {
@@ -302,7 +304,7 @@ impl Report {
     }
 
     fn passed(&self) -> bool {
-        self.exceeded().is_empty() && self.envoy.is_ok()
+        self.exceeded().is_empty() && self.envoys.iter().all(|(_, r)| r.is_ok())
     }
 }
 
@@ -346,9 +348,11 @@ impl std::fmt::Display for Report {
                 },
             )?;
         }
-        match &self.envoy {
-            Ok(what) => writeln!(f, "  envoy: ok — {what}")?,
-            Err(what) => writeln!(f, "  envoy: FAILED — {what}")?,
+        for (name, result) in &self.envoys {
+            match result {
+                Ok(what) => writeln!(f, "  {name}: ok — {what}")?,
+                Err(what) => writeln!(f, "  {name}: FAILED — {what}")?,
+            }
         }
         let verdict = if self.passed() { "PASS" } else { "FAIL" };
         write!(f, "result: {verdict}")
@@ -378,67 +382,102 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     )?;
     a.wait_ready().await?;
     let tls_dir = dir.path().join("tls-client");
-    let issued = Command::new(&binary)
-        .arg("--ca-dir")
-        .arg(dir.path().join("ca"))
-        .args(["issue", "--identity", "attack/tls-client", "--out-dir"])
-        .arg(&tls_dir)
-        .env_remove("MESHCA_CONFIG")
-        .output()?;
-    ensure!(
-        issued.status.success(),
-        "meshca issue failed: {}",
-        String::from_utf8_lossy(&issued.stderr)
-    );
+    issue(&binary, dir.path(), "attack/tls-client", &tls_dir)?;
     let mut b = Server::start(
         &binary,
         "B (mTLS: TCP)",
         dir.path(),
-        &["sds.auth=mtls".to_owned()],
+        &[
+            "sds.auth=mtls".to_owned(),
+            format!("admin.tokenFile={}", token_file.display()),
+        ],
         None,
     )?;
     b.wait_ready().await?;
 
-    // A real Envoy on A, ready with its secrets before anything hostile happens.
-    let envoy = envoy::Envoy::start(
+    // Real Envoys on A (development mode) and B (mTLS with a bootstrap certificate), ready with
+    // their secrets before anything hostile happens.
+    let allowed = "spiffe://cluster.local/ns/ns/sa/client";
+    let envoy_a = envoy::Envoy::start(
         &envoy_binary,
-        "envoy",
+        "Envoy on A",
+        &envoy::inbound_bootstrap(a.sds.port(), envoy::free_port(), allowed, None),
+    );
+    let bootstrap = dir.path().join("envoy-b");
+    issue(&binary, dir.path(), "ns/server", &bootstrap)?;
+    let mtls_cluster = [
+        ("SDS_ADDRESS", "127.0.0.1".to_owned()),
+        (
+            "BOOTSTRAP_CERT",
+            bootstrap.join("cert.pem").display().to_string(),
+        ),
+        (
+            "BOOTSTRAP_KEY",
+            bootstrap.join("key.pem").display().to_string(),
+        ),
+        (
+            "BOOTSTRAP_CA",
+            bootstrap.join("ca.pem").display().to_string(),
+        ),
+        (
+            "SDS_SERVER_ID",
+            "spiffe://cluster.local/ns/meshca-system/sa/meshca".to_owned(),
+        ),
+    ];
+    let envoy_b = envoy::Envoy::start(
+        &envoy_binary,
+        "Envoy on B",
         &envoy::inbound_bootstrap(
-            a.sds.port(),
+            b.sds.port(),
             envoy::free_port(),
-            "spiffe://cluster.local/ns/ns/sa/client",
-            None,
+            allowed,
+            Some(("sds-cluster-mtls.yaml", &mtls_cluster)),
         ),
     );
-    envoy.wait_ready().await;
-    let first_serials = envoy.leaf_serials().await;
-    ensure!(!first_serials.is_empty(), "Envoy holds no certificate");
+    envoy_a.wait_ready().await;
+    envoy_b.wait_ready().await;
+    let first_a = envoy_a.leaf_serials().await;
+    let first_b = envoy_b.leaf_serials().await;
+    ensure!(
+        !first_a.is_empty() && !first_b.is_empty(),
+        "an Envoy holds no certificate"
+    );
+    let envoys = [&envoy_a, &envoy_b];
 
     let start_logs = [a.log_bytes(), b.log_bytes()];
     let mut phases = Vec::new();
     let tls = tls_connector(&tls_dir)?;
 
     let mut phase = unauthenticated_streams(args, &a).await?;
-    finish(&mut phase, &mut [&mut a, &mut b], &envoy).await;
+    finish(&mut phase, &mut [&mut a, &mut b], &envoys).await;
     phases.push(phase);
 
     let mut phase = idle_connections(args, &a, &b, &tls).await?;
-    finish(&mut phase, &mut [&mut a, &mut b], &envoy).await;
+    finish(&mut phase, &mut [&mut a, &mut b], &envoys).await;
     phases.push(phase);
 
     let mut phase = big_node_ids(args, &a).await?;
-    finish(&mut phase, &mut [&mut a, &mut b], &envoy).await;
+    finish(&mut phase, &mut [&mut a, &mut b], &envoys).await;
     phases.push(phase);
 
     let mut phase = delta_versions(args, &a).await?;
-    finish(&mut phase, &mut [&mut a, &mut b], &envoy).await;
+    finish(&mut phase, &mut [&mut a, &mut b], &envoys).await;
     phases.push(phase);
 
     let mut phase = nack_storm(args, &a).await?;
-    finish(&mut phase, &mut [&mut a, &mut b], &envoy).await;
+    finish(&mut phase, &mut [&mut a, &mut b], &envoys).await;
     phases.push(phase);
 
-    let envoy_result = renewal(&binary, &a, &token_file, &envoy, &first_serials).await;
+    let envoys = vec![
+        (
+            "Envoy on A",
+            renewal(&binary, &a, &token_file, &envoy_a, &first_a).await,
+        ),
+        (
+            "Envoy on B",
+            renewal(&binary, &b, &token_file, &envoy_b, &first_b).await,
+        ),
+    ];
     let totals = vec![
         (a.name, start_logs[0], a.memory().0, a.log_bytes()),
         (b.name, start_logs[1], b.memory().0, b.log_bytes()),
@@ -448,12 +487,29 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         phases,
         totals,
         bounds: (args.max_rss_mib, args.max_log_growth_bytes),
-        envoy: envoy_result,
+        envoys,
     })
 }
 
-/// Records the servers' memory and logs after a phase, and whether they and Envoy are well.
-async fn finish(phase: &mut Phase, servers: &mut [&mut Server], envoy: &envoy::Envoy) {
+/// `meshca issue` of `identity` from the run's CA into `out` (cert.pem, key.pem, ca.pem).
+fn issue(binary: &Path, dir: &Path, identity: &str, out: &Path) -> anyhow::Result<()> {
+    let issued = Command::new(binary)
+        .arg("--ca-dir")
+        .arg(dir.join("ca"))
+        .args(["issue", "--identity", identity, "--out-dir"])
+        .arg(out)
+        .env_remove("MESHCA_CONFIG")
+        .output()?;
+    ensure!(
+        issued.status.success(),
+        "meshca issue --identity {identity} failed: {}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    Ok(())
+}
+
+/// Records the servers' memory and logs after a phase, and whether they and the Envoys are well.
+async fn finish(phase: &mut Phase, servers: &mut [&mut Server], envoys: &[&envoy::Envoy]) {
     for server in servers.iter_mut() {
         if !server.alive() {
             phase.notes.push(format!(
@@ -467,11 +523,15 @@ async fn finish(phase: &mut Phase, servers: &mut [&mut Server], envoy: &envoy::E
             .servers
             .push((server.name, hwm, rss, server.log_bytes()));
     }
-    let ready = envoy::http_get(envoy.admin, "/ready")
-        .await
-        .map(|r| r.status)
-        .unwrap_or(0);
-    phase.notes.push(format!("Envoy /ready answers {ready}"));
+    for envoy in envoys {
+        let ready = envoy::http_get(envoy.admin, "/ready")
+            .await
+            .map(|r| r.status)
+            .unwrap_or(0);
+        phase
+            .notes
+            .push(format!("{}: /ready answers {ready}", envoy.name));
+    }
 }
 
 async fn channel_tcp(address: SocketAddr) -> anyhow::Result<Channel> {
@@ -934,8 +994,10 @@ async fn renewal(
     }
     let deadline = Instant::now() + PATIENCE;
     let renewed = loop {
+        // Renewed: a serial it did not hold appeared and one it held left (a bootstrap client
+        // certificate read from a file stays).
         let now = envoy.leaf_serials().await;
-        if !now.is_empty() && now.iter().all(|s| !before.contains(s)) {
+        if now.iter().any(|s| !before.contains(s)) && before.iter().any(|s| !now.contains(s)) {
             break now;
         }
         if Instant::now() > deadline {
@@ -1084,7 +1146,8 @@ mod tests {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let report = runtime.block_on(run(&args)).unwrap();
         println!("{report}");
-        assert!(report.envoy.is_ok(), "{report}");
+        assert_eq!(report.envoys.len(), 2, "{report}");
+        assert!(report.envoys.iter().all(|(_, r)| r.is_ok()), "{report}");
         assert_eq!(report.phases.len(), 5, "{report}");
         for phase in &report.phases {
             assert!(!phase.notes.iter().any(|n| n.contains("DIED")), "{report}");
