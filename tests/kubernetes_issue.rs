@@ -639,7 +639,7 @@ async fn the_kubernetes_ca_store_signs_the_managed_secret() {
             .meshca(&with_store(&[
                 "issue",
                 "--identity",
-                "shop/web",
+                "meshca-system/web",
                 "--secret",
                 "meshca-system/meshca-ca-bundle",
             ]))
@@ -737,4 +737,33 @@ async fn list_managed_finds_what_issue_wrote() {
         setup.kube.object(WEB_TLS).unwrap()["metadata"]["annotations"]["meshca.io/lifetime"],
         "3h"
     );
+}
+
+/// A managed Secret certifies an identity of its own namespace only: `--identity` of another
+/// namespace is refused before the API server, the CA or the backend is touched (the cron
+/// renews a Secret's annotated identity, so a Secret in namespace `a` for `b/sa` would hand
+/// `b`'s identity to whoever can read Secrets in `a`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_of_another_namespace_is_refused() {
+    let setup = Setup::new().await;
+    let output = setup
+        .meshca(&["issue", "--identity", "b/sa", "--secret", "a/x"])
+        .await;
+    let stderr = failed(&output);
+    assert!(
+        stderr.contains("--identity b/sa is in namespace b, but --secret a/x is in namespace a"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--secret b/<name>"), "{stderr}");
+    assert!(
+        setup.kube.requests().is_empty(),
+        "{:?}",
+        setup.kube.requests()
+    );
+    assert!(!setup.ca_dir.path().join("ca.crt").exists());
+
+    // The same namespace is fine.
+    ok(&setup
+        .meshca(&["issue", "--identity", "a/sa", "--secret", "a/x"])
+        .await);
 }

@@ -87,6 +87,22 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
         }
         None => LeafSpec::server(dns.clone(), requested),
     };
+    // A managed Secret certifies a workload of its own namespace: one in namespace A holding
+    // B's identity would give it to whoever can read Secrets in A, and `meshca rotate` refuses
+    // to renew it.
+    if let (Some(target), Some(id)) = (&args.secret, &spec.spiffe_id)
+        && id.namespace() != target.namespace
+    {
+        bail!(
+            "--identity {short} is in namespace {id_ns}, but --secret {target} is in namespace \
+             {ns}: a managed Secret holds an identity of its own namespace only (whoever can \
+             read Secrets in {ns} would hold {short}'s key). Write it to a Secret of namespace \
+             {id_ns}: --secret {id_ns}/<name>",
+            short = id.short(),
+            id_ns = id.namespace(),
+            ns = target.namespace,
+        );
+    }
     let lifetime = LifetimePolicy::for_spec(&config.certificate_provider, &spec)
         .check(requested)
         .with_context(|| match args.lifetime {
