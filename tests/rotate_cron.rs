@@ -102,6 +102,20 @@ impl Setup {
         ago: Duration,
         lifetime: Duration,
     ) -> Value {
+        self.plant_in("shop", name, identity, dns, ago, lifetime)
+            .await
+    }
+
+    /// [`Self::plant`] in `namespace`.
+    async fn plant_in(
+        &self,
+        namespace: &str,
+        name: &str,
+        identity: Option<&str>,
+        dns: &[&str],
+        ago: Duration,
+        lifetime: Duration,
+    ) -> Value {
         let clock = Arc::new(StoppedClock(SystemTime::now() - ago));
         let provider = meshca::providers::build(&self.config(), clock.clone())
             .await
@@ -119,12 +133,14 @@ impl Setup {
             .await
             .unwrap();
         let (record, material) = issued.for_managed_secret(&dns, lifetime).unwrap();
-        let target = SecretRef::new("shop", name).unwrap();
+        let target = SecretRef::new(namespace, name).unwrap();
         let mut writer = TlsSecretWriter::open(self.kube.client().await, target)
             .await
             .unwrap();
         writer.write(&record, &material).await.unwrap();
-        self.kube.object(&format!("{SHOP_SECRETS}/{name}")).unwrap()
+        self.kube
+            .object(&format!("/api/v1/namespaces/{namespace}/secrets/{name}"))
+            .unwrap()
     }
 
     fn root_path(&self) -> std::path::PathBuf {
@@ -699,4 +715,248 @@ async fn overlapping_cron_runs_advance_a_root_rotation_in_the_secret_once() {
     assert!(status.contains("no root rotation in progress"), "{status}");
     let idle = ok(&setup.meshca(&with(&["rotate"])).await);
     assert!(idle.contains("root rotation: none in progress"), "{idle}");
+}
+
+/// The URI and DNS SANs of every certificate stored in any managed Secret's `tls.crt`.
+fn stored_names(setup: &Setup, paths: &[&str]) -> Vec<String> {
+    paths
+        .iter()
+        .filter_map(|path| setup.kube.object(path))
+        .filter(|secret| data(secret).contains_key("tls.crt"))
+        .map(|secret| subject_alt_names(&secret))
+        .collect()
+}
+
+/// Someone who may only write Secrets in namespace `attacker` labels a Secret as meshca's and
+/// annotates it with the identity of `payments/payments` — once on a Secret meshca issued for
+/// `attacker/web` (the annotation edited), once on a Secret with no certificate at all. The
+/// cron, even with `--all-namespaces`, renews neither: both are failures that need a person,
+/// nothing is written, and no certificate for `payments` exists anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_naming_another_namespaces_identity_is_not_renewed() {
+    const EDITED: &str = "/api/v1/namespaces/attacker/secrets/edited-tls";
+    const EMPTY: &str = "/api/v1/namespaces/attacker/secrets/empty-tls";
+    let setup = Setup::new().await;
+    let mut edited = setup
+        .plant_in(
+            "attacker",
+            "edited-tls",
+            Some("attacker/web"),
+            &[],
+            50 * MINUTE,
+            60 * MINUTE,
+        )
+        .await;
+    let payments = "spiffe://cluster.local/ns/payments/sa/payments";
+    edited["metadata"]["annotations"]["meshca.io/identity"] = json!(payments);
+    setup.kube.put_object(EDITED, edited);
+    let mut empty = setup.kube.object(EDITED).unwrap();
+    empty["data"] = json!({});
+    empty["metadata"]["resourceVersion"] = json!(null);
+    setup.kube.put_object(EMPTY, empty);
+    let before = [
+        setup.kube.object(EDITED).unwrap(),
+        setup.kube.object(EMPTY).unwrap(),
+    ];
+    setup.kube.clear_requests();
+
+    let output = setup.meshca(&["rotate", "--all-namespaces"]).await;
+    let stderr = failed(&output);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for secret in ["attacker/edited-tls", "attacker/empty-tls"] {
+        let l = line(&stdout, secret);
+        assert!(l.starts_with("failed: "), "{l}");
+        assert!(
+            l.contains(&format!(
+                "its meshca.io/identity {payments} is not in the Secret's namespace attacker"
+            )),
+            "{l}"
+        );
+        assert!(l.contains("not renewed"), "{l}");
+    }
+    assert!(
+        stdout.contains("\ntotals: 0 renewed, 0 not due, 0 already renewed, 2 failed\n"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("2 problems need attention"), "{stderr}");
+    assert!(setup.kube.writes().is_empty(), "{:?}", setup.kube.writes());
+    assert_eq!(
+        [
+            setup.kube.object(EDITED).unwrap(),
+            setup.kube.object(EMPTY).unwrap()
+        ],
+        before
+    );
+    for names in stored_names(&setup, &[EDITED, EMPTY]) {
+        assert!(!names.contains("/ns/payments/"), "{names}");
+    }
+}
+
+/// A certificate copied from somewhere (a TLS handshake shows it to anyone) with a key that
+/// is not its own: the Secret proves nothing, and is not renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_certificate_with_another_key_is_refused() {
+    const COPY: &str = "/api/v1/namespaces/shop/secrets/copy-tls";
+    let setup = Setup::new().await;
+    let web = setup
+        .plant(
+            "web-tls",
+            Some("shop/web"),
+            &["web.example.com"],
+            50 * MINUTE,
+            60 * MINUTE,
+        )
+        .await;
+    // A Secret meshca issued to someone else in the namespace lends its own (valid) key.
+    let other = setup
+        .plant("other-tls", Some("shop/other"), &[], MINUTE, 120 * MINUTE)
+        .await;
+    let mut copy = web.clone();
+    copy["data"]["tls.key"] = other["data"]["tls.key"].clone();
+    copy["metadata"]["resourceVersion"] = json!(null);
+    setup.kube.put_object(COPY, copy);
+    let before = setup.kube.object(COPY).unwrap();
+    setup.kube.clear_requests();
+
+    let output = setup.rotate().await;
+    failed(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let l = line(&stdout, "shop/copy-tls");
+    assert!(
+        l.starts_with("failed: ")
+            && l.contains("tls.key is not the private key of the certificate in tls.crt")
+            && l.contains("not renewed")
+            && l.contains("meshca issue --secret shop/copy-tls"),
+        "{l}"
+    );
+    // The genuine Secret is renewed as usual; the copy is left as it was.
+    assert!(
+        line(&stdout, "shop/web-tls").starts_with("renewed (serial "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\ntotals: 1 renewed, 1 not due, 0 already renewed, 1 failed\n"),
+        "{stdout}"
+    );
+    assert_eq!(setup.kube.object(COPY).unwrap(), before);
+    assert!(puts(&setup.kube.requests(), COPY).is_empty());
+}
+
+/// A DNS name added to the annotation that the current certificate does not hold (another
+/// namespace's Service name) is not granted by a renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_name_the_certificate_does_not_hold_is_refused() {
+    let setup = Setup::new().await;
+    let mut web = setup
+        .plant(
+            "web-tls",
+            None,
+            &["web.example.com"],
+            50 * MINUTE,
+            60 * MINUTE,
+        )
+        .await;
+    web["metadata"]["annotations"]["meshca.io/dns-names"] =
+        json!("web.example.com,payments.prod.svc.cluster.local");
+    setup.kube.put_object(WEB_TLS, web);
+    let before = setup.kube.object(WEB_TLS).unwrap();
+    setup.kube.clear_requests();
+
+    let output = setup.rotate().await;
+    failed(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let l = line(&stdout, "shop/web-tls");
+    assert!(
+        l.starts_with("failed: ")
+            && l.contains("payments.prod.svc.cluster.local")
+            && l.contains("the certificate in tls.crt holds DNS names [\"web.example.com\"]")
+            && l.contains("not renewed"),
+        "{l}"
+    );
+    assert!(setup.kube.writes().is_empty(), "{:?}", setup.kube.writes());
+    assert_eq!(setup.kube.object(WEB_TLS).unwrap(), before);
+}
+
+/// A certificate from another CA (self-signed here, for the Secret's own names, with its own
+/// key) was not issued by meshca: not renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_is_refused() {
+    let setup = Setup::new().await;
+    let mut web = setup
+        .plant(
+            "web-tls",
+            None,
+            &["web.example.com"],
+            50 * MINUTE,
+            60 * MINUTE,
+        )
+        .await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    // Inside its renewal window, like the certificate it replaces.
+    let mut params = rcgen::CertificateParams::new(vec!["web.example.com".into()]).unwrap();
+    params.not_before = time::OffsetDateTime::from(SystemTime::now() - 50 * MINUTE);
+    params.not_after = time::OffsetDateTime::from(SystemTime::now() + 10 * MINUTE);
+    let foreign = params.self_signed(&key).unwrap();
+    use base64::Engine as _;
+    let b64 = |text: String| base64::engine::general_purpose::STANDARD.encode(text);
+    web["data"]["tls.crt"] = json!(b64(foreign.pem()));
+    web["data"]["tls.key"] = json!(b64(key.serialize_pem()));
+    setup.kube.put_object(WEB_TLS, web);
+    setup.kube.clear_requests();
+
+    let output = setup.rotate().await;
+    failed(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let l = line(&stdout, "shop/web-tls");
+    assert!(
+        l.starts_with("failed: ")
+            && l.contains("does not chain to a root of the trust bundle meshca serves")
+            && l.contains("not renewed"),
+        "{l}"
+    );
+    assert!(setup.kube.writes().is_empty(), "{:?}", setup.kube.writes());
+}
+
+/// A managed Secret with no certificate or no key (labels and annotations written by hand, or
+/// its data emptied) proves nothing: earlier versions issued it afresh; now it is refused,
+/// EXPIRED (workloads reading it have nothing usable), and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_without_certificate_or_key_is_not_issued_afresh() {
+    const BLANK: &str = "/api/v1/namespaces/shop/secrets/blank-tls";
+    const KEYLESS: &str = "/api/v1/namespaces/shop/secrets/keyless-tls";
+    let setup = Setup::new().await;
+    let web = setup
+        .plant("web-tls", Some("shop/web"), &[], 50 * MINUTE, 60 * MINUTE)
+        .await;
+    let mut blank = web.clone();
+    blank["data"] = json!({});
+    blank["metadata"]["resourceVersion"] = json!(null);
+    setup.kube.put_object(BLANK, blank);
+    let mut keyless = web.clone();
+    keyless["data"].as_object_mut().unwrap().remove("tls.key");
+    keyless["metadata"]["resourceVersion"] = json!(null);
+    setup.kube.put_object(KEYLESS, keyless);
+    setup.kube.clear_requests();
+
+    let output = setup.rotate().await;
+    failed(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let blank_line = line(&stdout, "shop/blank-tls");
+    assert!(
+        blank_line.starts_with("failed: EXPIRED, the Secret has no tls.crt; not renewed")
+            && blank_line.contains("meshca issue --secret shop/blank-tls"),
+        "{blank_line}"
+    );
+    let keyless_line = line(&stdout, "shop/keyless-tls");
+    assert!(
+        keyless_line.starts_with("failed: the Secret has no tls.key; not renewed"),
+        "{keyless_line}"
+    );
+    assert!(
+        line(&stdout, "shop/web-tls").starts_with("renewed (serial "),
+        "{stdout}"
+    );
+    assert!(puts(&setup.kube.requests(), BLANK).is_empty());
+    assert!(puts(&setup.kube.requests(), KEYLESS).is_empty());
 }

@@ -6,14 +6,37 @@
 //!    progress at most one stage;
 //! 2. lists the meshca-managed `kubernetes.io/tls` Secrets (those `meshca issue --secret`
 //!    writes) and, for each, reads the real NotBefore/NotAfter of its `tls.crt`: a certificate
-//!    inside its renewal window (the cache's policy, `renewal.*`), expired, missing or
-//!    unreadable is issued again through the configured provider — same identity, DNS names,
-//!    lifetime and key type, from the Secret's annotations — and the Secret is replaced; the
-//!    others are not written at all;
+//!    inside its renewal window (the cache's policy, `renewal.*`) or expired is issued again
+//!    through the configured provider — same identity, DNS names, lifetime and key type, from
+//!    the Secret's annotations — and the Secret is replaced; the others are not written at all;
 //! 3. prints one line per Secret and the totals, and fails (exit 1) when something needs a
 //!    person: a renewal failed (an expired Secret that could not be renewed among them), a
-//!    Secret's annotations are unusable, the Secrets could not be listed, or the root-rotation
-//!    step failed.
+//!    Secret's annotations are unusable or name an identity of another namespace, a due
+//!    Secret does not prove it holds what it asks for (below), the Secrets could not be
+//!    listed, or the root-rotation step failed.
+//!
+//! # What a renewal may grant
+//!
+//! Labels and annotations are written by whoever may write Secrets in a namespace, a much
+//! weaker right than holding a workload's key. So a renewal grants only what an authorised
+//! issuance already granted to that Secret ([`check_proof`]):
+//! - the identity on record is in the Secret's own namespace
+//!   ([`ManagedTlsSecret::check_namespace`], checked on every pass, due or not);
+//! - the current `tls.crt` chains to the trust bundle of the configured provider (the roots
+//!   meshca issues under; `extraTrustedRoots` are other CAs' roots and do not count), with
+//!   signatures verified by webpki;
+//! - its SANs are exactly what the renewal would ask for: the annotated SPIFFE ID as the only
+//!   URI SAN (none for a server certificate) and the annotated DNS names, no more, no fewer;
+//! - the current `tls.key` is that certificate's private key (proof of possession: a
+//!   certificate copied from a TLS handshake does not pass).
+//!
+//! A Secret failing any of these is not renewed: its line says what failed and to have an
+//! admin run `meshca issue --secret` again. A Secret with no readable `tls.crt` or `tls.key`
+//! proves nothing and is refused the same way. An expired certificate whose key matches is
+//! still renewed: its chain is verified as of one second before its NotAfter (signatures, the
+//! validity of every certificate of the chain then, a root the provider still serves now), so
+//! a cron that did not run for a while recovers on its own; what it proves is the same grant,
+//! and a root removed from the bundle (a finished root rotation) is not accepted.
 //!
 //! Several runs may overlap (a slow run and the next schedule, a manual run). Every write is a
 //! replace carrying the resourceVersion that was read, so exactly one run renews a Secret: the
@@ -22,19 +45,24 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use meshca_provider::{
-    CertificateChain, Clock, LeafSpec, SharedProvider, SystemClock, TrustBundle, format_duration,
+    CertificateChain, Clock, LeafKey, LeafSpec, SharedProvider, SystemClock, TrustBundle,
+    format_duration,
 };
+use zeroize::Zeroizing;
 
 use crate::cache::{RenewPolicy, renew_at};
 use crate::cli::inspect::rfc3339;
 use crate::cli::issue::issue_validated;
 use crate::config::{Config, is_dns_label};
-use crate::kubernetes::managed_secret::{LIFETIME_ANNOTATION, MAX_ATTEMPTS};
+use crate::kubernetes::managed_secret::{
+    CERTIFICATE_KEY, DNS_ANNOTATION, IDENTITY_ANNOTATION, LIFETIME_ANNOTATION, MAX_ATTEMPTS,
+    PRIVATE_KEY_KEY,
+};
 use crate::kubernetes::{
     ManagedTlsSecret, Replaced, SecretRef, TlsMaterial, TlsSecretWriter, list_managed,
 };
@@ -166,6 +194,7 @@ pub async fn run_pass(
         clock,
         policy,
         provider: None,
+        bundle: None,
         new_root_only,
     };
     let mut lines = Vec::new();
@@ -219,7 +248,8 @@ pub enum Standing {
         /// Its NotAfter.
         since: SystemTime,
     },
-    /// No certificate can be read from `tls.crt`.
+    /// No certificate can be read from `tls.crt`. Due, but such a Secret proves nothing and is
+    /// refused ([`check_proof`]).
     Unreadable {
         /// Why.
         reason: String,
@@ -430,6 +460,9 @@ struct Renewer<'a> {
     policy: RenewPolicy,
     /// The provider, or why it could not be built (said once per due Secret).
     provider: Option<Result<SharedProvider, String>>,
+    /// The provider's trust bundle, read once per pass (after the root-rotation step): what a
+    /// due Secret's certificate must chain to.
+    bundle: Option<TrustBundle>,
     /// During stage 2 of a root rotation, the new root alone: a Secret whose chain does not
     /// verify under it is renewed even before its window opens.
     new_root_only: Option<TrustBundle>,
@@ -490,11 +523,23 @@ impl Renewer<'_> {
                 }
                 None => return Outcome::Deleted,
             };
+            if let Err(error) = asked.check_namespace(writer.target()) {
+                return Outcome::Failed {
+                    reason: error.to_string(),
+                    expired,
+                };
+            }
             if let Standing::NotDue { renew_at } = standing {
                 return if attempt == 1 {
                     Outcome::NotDue { renew_at }
                 } else {
                     Outcome::AlreadyRenewed { renew_at }
+                };
+            }
+            if let Err(what) = self.check_proof(&writer, &asked, now).await {
+                return Outcome::Failed {
+                    reason: what,
+                    expired,
                 };
             }
             let ready = match prepared.take().filter(|p| same_request(&p.asked, &asked)) {
@@ -542,10 +587,7 @@ impl Renewer<'_> {
     /// Issues a certificate for `asked` (identity, DNS names, lifetime, key type), validated
     /// as `meshca issue` does, within `renewal.issueTimeout`.
     async fn issue(&mut self, asked: &ManagedTlsSecret) -> anyhow::Result<Prepared> {
-        let spec = match &asked.identity {
-            Some(identity) => LeafSpec::workload(identity, &asked.dns, asked.lifetime),
-            None => LeafSpec::server(asked.dns.clone(), asked.lifetime),
-        };
+        let spec = spec_for(asked);
         // The annotation is checked like `meshca issue --lifetime`: a Secret edited (or
         // written under a laxer configuration) to ask for more is refused, not renewed.
         LifetimePolicy::for_spec(&self.config.certificate_provider, &spec)
@@ -581,6 +623,49 @@ impl Renewer<'_> {
         })
     }
 
+    /// Whether the Secret `writer` holds proves that `asked` was granted to it
+    /// ([`check_proof`]); `Err` is the report's reason: what failed and what to do.
+    async fn check_proof(
+        &mut self,
+        writer: &TlsSecretWriter,
+        asked: &ManagedTlsSecret,
+        now: SystemTime,
+    ) -> Result<(), String> {
+        let bundle = self
+            .trust_bundle()
+            .await
+            .map_err(|e| format!("cannot check it before renewing it: {e:#}"))?;
+        check_proof(
+            writer.certificate_pem(),
+            writer.private_key_pem(),
+            &spec_for(asked),
+            &bundle,
+            now,
+        )
+        .map_err(|what| {
+            format!(
+                "{what}; not renewed: meshca renews only a certificate it issued for exactly the \
+                 annotated names, held with its own key. If this Secret should hold it, have an \
+                 admin issue it again with `meshca issue --secret {} …`; otherwise delete it",
+                writer.target()
+            )
+        })
+    }
+
+    /// The provider's trust bundle, read on first need.
+    async fn trust_bundle(&mut self) -> anyhow::Result<TrustBundle> {
+        if let Some(bundle) = &self.bundle {
+            return Ok(bundle.clone());
+        }
+        let provider = self.provider().await?;
+        let bundle = provider
+            .trust_bundle()
+            .await
+            .with_context(|| format!("{} could not give its trust bundle", provider.name()))?;
+        self.bundle = Some(bundle.clone());
+        Ok(bundle)
+    }
+
     async fn provider(&mut self) -> anyhow::Result<SharedProvider> {
         let built = match &self.provider {
             Some(built) => built.clone(),
@@ -599,6 +684,142 @@ impl Renewer<'_> {
         };
         built.map_err(anyhow::Error::msg)
     }
+}
+
+/// What a renewal of `asked` requests.
+fn spec_for(asked: &ManagedTlsSecret) -> LeafSpec {
+    match &asked.identity {
+        Some(identity) => LeafSpec::workload(identity, &asked.dns, asked.lifetime),
+        None => LeafSpec::server(asked.dns.clone(), asked.lifetime),
+    }
+}
+
+/// Why a managed Secret's `tls.crt` and `tls.key` do not prove that what its annotations ask
+/// for was granted to it. Never carries Secret data; names from the certificate are shown
+/// with `Debug` (control characters escaped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProofError {
+    /// `tls.crt` or `tls.key` is absent.
+    #[error("the Secret has no {key}")]
+    Missing {
+        /// The data key.
+        key: &'static str,
+    },
+    /// `tls.crt` or `tls.key` cannot be read.
+    #[error("{key} is unreadable ({reason})")]
+    Unreadable {
+        /// The data key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The chain does not verify up to a root of the provider's trust bundle.
+    #[error(
+        "the certificate in tls.crt does not chain to a root of the trust bundle meshca serves \
+         ({reason})"
+    )]
+    Untrusted {
+        /// webpki's reason.
+        reason: String,
+    },
+    /// The leaf's URI SANs are not the annotated identity.
+    #[error(
+        "its {IDENTITY_ANNOTATION} annotation asks for URI SANs {wanted:?} but the certificate \
+         in tls.crt holds URI SANs {held:?}"
+    )]
+    OtherIdentity {
+        /// What a renewal would ask for.
+        wanted: Vec<String>,
+        /// What the certificate holds.
+        held: Vec<String>,
+    },
+    /// The leaf's DNS SANs are not the annotated DNS names.
+    #[error(
+        "its {DNS_ANNOTATION} annotation asks for DNS names {wanted:?} but the certificate in \
+         tls.crt holds DNS names {held:?}"
+    )]
+    OtherNames {
+        /// What a renewal would ask for.
+        wanted: Vec<String>,
+        /// What the certificate holds.
+        held: Vec<String>,
+    },
+    /// `tls.key` is not the leaf's private key.
+    #[error("tls.key is not the private key of the certificate in tls.crt")]
+    KeyMismatch,
+}
+
+/// Checks that a managed Secret's `tls.crt` and `tls.key` prove an authorised issuance of
+/// what `spec` (the renewal's request) asks for: the chain verifies up to a root of `bundle`
+/// (webpki: signatures, validity, key usage); its leaf's SANs are exactly `spec`'s (URI SAN the
+/// SPIFFE ID or none, DNS SANs the same set in any order and case); `tls.key` is the leaf's
+/// private key. An expired leaf is verified as of one second before its NotAfter, so only time
+/// is forgiven.
+pub fn check_proof(
+    certificate_pem: Option<&[u8]>,
+    key_pem: Option<&[u8]>,
+    spec: &LeafSpec,
+    bundle: &TrustBundle,
+    now: SystemTime,
+) -> Result<(), ProofError> {
+    let unreadable = |key: &'static str, reason: String| ProofError::Unreadable { key, reason };
+    let text = |key: &'static str, pem: Option<&[u8]>| {
+        let pem = pem.ok_or(ProofError::Missing { key })?;
+        std::str::from_utf8(pem)
+            .map(str::to_owned)
+            .map_err(|_| unreadable(key, "not PEM text".to_owned()))
+    };
+    let chain = CertificateChain::from_pem(&text(CERTIFICATE_KEY, certificate_pem)?)
+        .map_err(|e| unreadable(CERTIFICATE_KEY, format!("not a PEM chain: {e}")))?;
+    let leaf = chain.leaf_info().map_err(|e| {
+        unreadable(
+            CERTIFICATE_KEY,
+            format!("its first certificate cannot be parsed: {e}"),
+        )
+    })?;
+    let at = if now >= leaf.not_after {
+        leaf.not_after
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(leaf.not_after)
+    } else {
+        now
+    };
+    meshca_provider::verify_chain(&chain, bundle, at).map_err(|e| ProofError::Untrusted {
+        reason: e.to_string(),
+    })?;
+    let wanted: Vec<String> = spec
+        .spiffe_id
+        .iter()
+        .map(|id| id.as_uri().to_owned())
+        .collect();
+    if leaf.uri_sans != wanted {
+        return Err(ProofError::OtherIdentity {
+            wanted,
+            held: leaf.uri_sans.clone(),
+        });
+    }
+    let wanted: Vec<String> = spec
+        .dns_names
+        .iter()
+        .map(|n| n.as_str().to_owned())
+        .collect();
+    let held = &leaf.dns_sans;
+    let has = |names: &[String], name: &str| names.iter().any(|n| n.eq_ignore_ascii_case(name));
+    if !(held.iter().all(|n| has(&wanted, n)) && wanted.iter().all(|n| has(held, n))) {
+        return Err(ProofError::OtherNames {
+            wanted,
+            held: held.clone(),
+        });
+    }
+    // LeafKey reads the key with ring, which refuses a PKCS#8 document whose public half does
+    // not belong to its private half; so a matching public half proves possession.
+    let key = LeafKey::from_pem(&Zeroizing::new(text(PRIVATE_KEY_KEY, key_pem)?))
+        .map_err(|e| unreadable(PRIVATE_KEY_KEY, e.to_string()))?;
+    if key.public_key() != leaf.public_key.as_slice() {
+        return Err(ProofError::KeyMismatch);
+    }
+    Ok(())
 }
 
 /// Whether two records ask for the same certificate (what was issued may differ).

@@ -110,6 +110,25 @@ pub enum ManagedSecretError {
         /// What failed and what to check.
         reason: String,
     },
+    /// The identity on record is in another namespace than the Secret: refused, since anyone
+    /// who can write Secrets in a namespace could otherwise have meshca certify another
+    /// namespace's workloads into it.
+    #[error(
+        "Secret {secret}: its {IDENTITY_ANNOTATION} {identity} is not in the Secret's namespace \
+         {}; not renewed: a managed Secret holds an identity of its own namespace only. Delete \
+         it; if {} needs a certificate in a Secret, have an admin run `meshca issue --identity \
+         {} --secret {}/<name>`",
+        secret.namespace,
+        identity.short(),
+        identity.short(),
+        identity.namespace()
+    )]
+    ForeignIdentity {
+        /// `namespace/name`.
+        secret: SecretRef,
+        /// The identity on record.
+        identity: SpiffeId,
+    },
     /// Every attempt met a concurrent change.
     #[error(
         "Secret {secret} kept changing while meshca wrote it (gave up after {attempts} attempts, \
@@ -324,6 +343,22 @@ impl ManagedTlsSecret {
     }
 }
 
+impl ManagedTlsSecret {
+    /// Refuses a record whose identity is not in `target`'s namespace (a server certificate,
+    /// with no identity, passes): a managed Secret certifies a workload of its own namespace.
+    pub fn check_namespace(&self, target: &SecretRef) -> Result<(), ManagedSecretError> {
+        match &self.identity {
+            Some(identity) if identity.namespace() != target.namespace => {
+                Err(ManagedSecretError::ForeignIdentity {
+                    secret: target.clone(),
+                    identity: identity.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The PEM texts a managed Secret holds. `Debug` shows none of them.
 pub struct TlsMaterial {
     /// The leaf then its intermediates.
@@ -404,6 +439,16 @@ impl TlsSecretWriter {
             .as_ref()
             .and_then(|secret| secret.data.as_ref())
             .and_then(|data| data.get(CERTIFICATE_KEY))
+            .map(|bytes| bytes.0.as_slice())
+    }
+
+    /// The Secret's `tls.key` (PKCS#8 PEM) as last read, if it exists and has one. Secret
+    /// data: never log it.
+    pub fn private_key_pem(&self) -> Option<&[u8]> {
+        self.current
+            .as_ref()
+            .and_then(|secret| secret.data.as_ref())
+            .and_then(|data| data.get(PRIVATE_KEY_KEY))
             .map(|bytes| bytes.0.as_slice())
     }
 
@@ -819,6 +864,28 @@ mod tests {
         );
         let read = ManagedTlsSecret::from_secret(&secret_with(annotations)).unwrap();
         assert_eq!(read.dns, ["web.example.com", "web.shop.svc"]);
+    }
+
+    #[test]
+    fn an_identity_must_be_in_the_secrets_namespace() {
+        let own = SecretRef::new("shop", "web-tls").unwrap();
+        record().check_namespace(&own).unwrap();
+        let other = SecretRef::new("attacker", "web-tls").unwrap();
+        let message = record().check_namespace(&other).unwrap_err().to_string();
+        assert!(
+            message.contains(
+                "its meshca.io/identity spiffe://cluster.local/ns/shop/sa/web is not in the \
+                 Secret's namespace attacker; not renewed"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("meshca issue --identity shop/web --secret shop/<name>"),
+            "{message}"
+        );
+        let mut server = record();
+        server.identity = None;
+        server.check_namespace(&other).unwrap();
     }
 
     #[test]
