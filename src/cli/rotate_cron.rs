@@ -34,7 +34,7 @@
 //! admin run `meshca issue --secret` again. A Secret with no readable `tls.crt` or `tls.key`
 //! proves nothing and is refused the same way. An expired certificate whose key matches is
 //! still renewed: its chain is verified as of one second before its NotAfter (signatures, the
-//! validity of every certificate of the chain then, a root the provider still serves now), so
+//! validity of the leaf and intermediates then, a root the provider still serves now), so
 //! a cron that did not run for a while recovers on its own; what it proves is the same grant,
 //! and a root removed from the bundle (a finished root rotation) is not accepted.
 //!
@@ -913,6 +913,112 @@ mod tests {
                 other => panic!("{expected}: {other:?}"),
             }
         }
+    }
+
+    /// A root valid from `t(0)` to `t(until)` (same subject for every call: only the key tells
+    /// two roots apart).
+    fn root(
+        until: u64,
+    ) -> (
+        rcgen::Issuer<'static, rcgen::KeyPair>,
+        rustls_pki_types::CertificateDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "meshca root");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        params.not_before = time::OffsetDateTime::from(t(0));
+        params.not_after = time::OffsetDateTime::from(t(until));
+        let der = params.self_signed(&key).unwrap().der().clone();
+        (rcgen::Issuer::new(params, key), der)
+    }
+
+    /// A leaf for `spec` signed by `issuer`, valid from `t(0)` for an hour: (chain PEM, key PEM).
+    fn leaf_pem(
+        issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+        spec: &LeafSpec,
+    ) -> (String, zeroize::Zeroizing<String>) {
+        let key = LeafKey::generate(meshca_provider::KeyType::P256).unwrap();
+        let names: Vec<String> = spec.dns_names.iter().map(ToString::to_string).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        if let Some(id) = &spec.spiffe_id {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(id.to_string().try_into().unwrap()));
+        }
+        params.not_before = time::OffsetDateTime::from(t(0));
+        params.not_after = time::OffsetDateTime::from(t(3600));
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, issuer).unwrap();
+        (cert.pem(), key.private_key_pem())
+    }
+
+    fn web_spec() -> LeafSpec {
+        let id = meshca_provider::SpiffeId::from_short(
+            "shop/web",
+            &meshca_provider::TrustDomain::default(),
+        )
+        .unwrap();
+        LeafSpec::workload(&id, &["web.example.com".parse().unwrap()], HOUR)
+    }
+
+    /// Only time is forgiven: an expired leaf with its key is accepted under the root that
+    /// signed it, and refused under a lookalike root (same subject, another key).
+    #[test]
+    fn an_expired_certificate_proves_its_grant_only_time_is_forgiven() {
+        const YEAR: u64 = 365 * 24 * 3600;
+        let (issuer, root_der) = root(YEAR);
+        let (_, lookalike) = root(YEAR);
+        let spec = web_spec();
+        let (crt, key) = leaf_pem(&issuer, &spec);
+        let (crt, key) = (Some(crt.as_bytes()), Some(key.as_bytes()));
+        let bundle = TrustBundle::new(vec![root_der]);
+        for now in [t(60), t(3600), t(10 * 24 * 3600), t(2 * YEAR)] {
+            check_proof(crt, key, &spec, &bundle, now).unwrap();
+        }
+        let wrong = TrustBundle::new(vec![lookalike]);
+        let error = check_proof(crt, key, &spec, &wrong, t(60)).unwrap_err();
+        assert!(matches!(error, ProofError::Untrusted { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("the certificate in tls.crt does not chain to a root"),
+            "{error}"
+        );
+    }
+
+    /// The identity and names on record must be exactly the certificate's.
+    #[test]
+    fn the_names_on_record_must_be_the_certificates() {
+        let (issuer, root_der) = root(24 * 3600);
+        let bundle = TrustBundle::new(vec![root_der]);
+        let spec = web_spec();
+        let (crt, key) = leaf_pem(&issuer, &spec);
+        let (crt, key) = (Some(crt.as_bytes()), Some(key.as_bytes()));
+        let other = meshca_provider::SpiffeId::from_short(
+            "payments/payments",
+            &meshca_provider::TrustDomain::default(),
+        )
+        .unwrap();
+        let asked = LeafSpec::workload(&other, &spec.dns_names, HOUR);
+        let error = check_proof(crt, key, &asked, &bundle, t(60)).unwrap_err();
+        assert!(matches!(error, ProofError::OtherIdentity { .. }), "{error}");
+        // Fewer names than the certificate holds is not the same grant either.
+        let id = spec.spiffe_id.clone().unwrap();
+        let fewer = LeafSpec::workload(&id, &[], HOUR);
+        let error = check_proof(crt, key, &fewer, &bundle, t(60)).unwrap_err();
+        assert!(matches!(error, ProofError::OtherNames { .. }), "{error}");
+        // Case does not matter.
+        let upper = LeafSpec::workload(&id, &["WEB.example.com".parse().unwrap()], HOUR);
+        check_proof(crt, key, &upper, &bundle, t(60)).unwrap();
+        let error = check_proof(crt, Some(b"junk"), &spec, &bundle, t(60)).unwrap_err();
+        assert!(
+            matches!(error, ProofError::Unreadable { key: "tls.key", .. }),
+            "{error}"
+        );
     }
 
     fn secret(name: &str) -> SecretRef {
