@@ -132,12 +132,13 @@ async fn bad_tokens_are_unauthenticated_and_other_identities_denied() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
-    // Rejections are not cached: each attempt is reviewed.
+    // A rejection is remembered briefly: retrying the same token is not reviewed again.
     let before = reviews(&kube).len();
-    first_response(&sds, Some("forged"), &["default"])
+    let status = first_response(&sds, Some("forged"), &["default"])
         .await
         .unwrap_err();
-    assert_eq!(reviews(&kube).len(), before + 1);
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(reviews(&kube).len(), before);
 
     // A valid token asking for someone else's certificate.
     let status = first_response(
@@ -177,4 +178,34 @@ async fn api_server_trouble_is_unavailable_with_a_hint() {
             .iter()
             .all(|r| r["spec"]["audiences"].is_null())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_costs_one_review_per_token() {
+    let Setup { kube, sds } = setup(&["meshca"]).await;
+    for _ in 0..20 {
+        let status = first_response(&sds, Some("flood"), &["default"])
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let flood: Vec<_> = reviews(&kube)
+        .into_iter()
+        .filter(|r| r["spec"]["token"] == "flood")
+        .collect();
+    assert_eq!(
+        flood.len(),
+        1,
+        "one TokenReview for 20 calls with one bad token"
+    );
+    // Every refusal is counted, cached or not.
+    assert_eq!(sds.stats.snapshot().unauthenticated, 20);
+    // Another token is reviewed on its own, and a good token is unaffected.
+    first_response(&sds, Some("other-bad"), &["default"])
+        .await
+        .unwrap_err();
+    first_response(&sds, Some("token-bookstore"), &["default"])
+        .await
+        .unwrap();
+    assert_eq!(reviews(&kube).len(), 3);
 }

@@ -24,14 +24,28 @@ const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// An accepted token is cached (by its SHA-256, never the token itself) until it expires (the
 /// `exp` claim, read only after the API server accepted the token) or `max_cache_age` passes,
 /// whichever is first: the cap bounds how long a token the API server has since invalidated
-/// (its pod deleted) keeps working. Rejections are not cached.
+/// (its pod deleted) keeps working.
+///
+/// A rejected token is remembered too, for [`Self::DEFAULT_REJECTION_CACHE_AGE`], so a caller
+/// retrying a bad token (or a flood of them) costs one TokenReview per token and period, not
+/// one per call. A review that could not be made (API server unreachable) is not remembered.
+/// Both caches are bounded ([`Self::MAX_CACHE_ENTRIES`] each): when full, expired entries are
+/// dropped, and if none has expired, all of them.
 pub struct TokenReviewAuthenticator {
     client: kube::Client,
     audiences: Vec<String>,
     trust_domain: TrustDomain,
     max_cache_age: Duration,
+    rejection_cache_age: Duration,
     max_cache_entries: usize,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    rejected: Mutex<HashMap<[u8; 32], Rejected>>,
+}
+
+#[derive(Clone)]
+struct Rejected {
+    error: TokenError,
+    until: Instant,
 }
 
 #[derive(Clone)]
@@ -43,6 +57,10 @@ struct Cached {
 impl TokenReviewAuthenticator {
     /// Accepted tokens are trusted again without a review for at most this long.
     pub const DEFAULT_MAX_CACHE_AGE: Duration = Duration::from_secs(300);
+    /// A rejected token is refused again without a review for this long.
+    pub const DEFAULT_REJECTION_CACHE_AGE: Duration = Duration::from_secs(15);
+    /// Entries of each cache (accepted, rejected).
+    pub const MAX_CACHE_ENTRIES: usize = 100_000;
 
     /// Reviews tokens with `client`; `audiences` are sent with each review (empty: the API
     /// server's own audience, i.e. the pod's default token).
@@ -52,9 +70,42 @@ impl TokenReviewAuthenticator {
             audiences,
             trust_domain,
             max_cache_age: Self::DEFAULT_MAX_CACHE_AGE,
-            max_cache_entries: 100_000,
+            rejection_cache_age: Self::DEFAULT_REJECTION_CACHE_AGE,
+            max_cache_entries: Self::MAX_CACHE_ENTRIES,
             cache: Mutex::default(),
+            rejected: Mutex::default(),
         }
+    }
+
+    /// Changes how long a rejected token is refused without a new review (zero: not at all).
+    #[must_use]
+    pub fn with_rejection_cache_age(mut self, age: Duration) -> Self {
+        self.rejection_cache_age = age;
+        self
+    }
+
+    fn cached_rejection(&self, digest: &[u8; 32]) -> Option<TokenError> {
+        let rejected = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        rejected
+            .get(digest)
+            .filter(|r| r.until > Instant::now())
+            .map(|r| r.error.clone())
+    }
+
+    fn remember_rejection(&self, digest: [u8; 32], error: &TokenError) {
+        if self.rejection_cache_age.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut rejected = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        make_room(&mut rejected, self.max_cache_entries, now, |r| r.until);
+        rejected.insert(
+            digest,
+            Rejected {
+                error: error.clone(),
+                until: now + self.rejection_cache_age,
+            },
+        );
     }
 
     /// Changes how long an accepted token is trusted without a new review.
@@ -78,12 +129,7 @@ impl TokenReviewAuthenticator {
             .map_or(self.max_cache_age, |left| left.min(self.max_cache_age));
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= self.max_cache_entries {
-            cache.retain(|_, c| c.until > now);
-            if cache.len() >= self.max_cache_entries {
-                cache.clear();
-            }
-        }
+        make_room(&mut cache, self.max_cache_entries, now, |c| c.until);
         cache.insert(
             digest,
             Cached {
@@ -154,9 +200,21 @@ impl TokenAuthenticator for TokenReviewAuthenticator {
         if let Some(identity) = self.cached(&digest) {
             return Ok(identity);
         }
-        let identity = self.review(token).await?;
-        self.remember(digest, identity.clone(), token);
-        Ok(identity)
+        if let Some(error) = self.cached_rejection(&digest) {
+            return Err(error);
+        }
+        match self.review(token).await {
+            Ok(identity) => {
+                self.remember(digest, identity.clone(), token);
+                Ok(identity)
+            }
+            Err(error) => {
+                if matches!(error, TokenError::Rejected { .. }) {
+                    self.remember_rejection(digest, &error);
+                }
+                Err(error)
+            }
+        }
     }
 }
 
@@ -167,6 +225,22 @@ impl fmt::Debug for TokenReviewAuthenticator {
             .field("trust_domain", &self.trust_domain)
             .field("max_cache_age", &self.max_cache_age)
             .finish_non_exhaustive()
+    }
+}
+
+/// Makes room for one more entry in a cache of at most `max` entries: drops the expired ones,
+/// and if that is not enough, everything (a flood of distinct tokens must not grow it).
+fn make_room<V>(
+    cache: &mut HashMap<[u8; 32], V>,
+    max: usize,
+    now: Instant,
+    until: impl Fn(&V) -> Instant,
+) {
+    if cache.len() >= max {
+        cache.retain(|_, v| until(v) > now);
+        if cache.len() >= max {
+            cache.clear();
+        }
     }
 }
 
@@ -208,6 +282,20 @@ mod tests {
     fn jwt(claims: &str) -> String {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!("{}.{}.c2lnbmF0dXJl", b64(r#"{"alg":"RS256"}"#), b64(claims))
+    }
+
+    #[test]
+    fn a_full_cache_drops_expired_entries_first_then_everything() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(10);
+        let mut cache: HashMap<[u8; 32], Instant> =
+            [([1; 32], now), ([2; 32], later), ([3; 32], later)].into();
+        make_room(&mut cache, 3, now, |until| *until);
+        assert_eq!(cache.len(), 2, "the expired entry went");
+        make_room(&mut cache, 3, now, |until| *until);
+        assert_eq!(cache.len(), 2, "room enough: nothing dropped");
+        make_room(&mut cache, 2, now, |until| *until);
+        assert!(cache.is_empty(), "full of live entries: all dropped");
     }
 
     #[test]
