@@ -344,10 +344,24 @@ pub struct SdsConfig {
     pub unix_socket_group: String,
     /// Streams open at once; more are refused with RESOURCE_EXHAUSTED.
     pub max_streams: usize,
+    /// Streams one identity (all proxies of a service account together) may hold at once.
+    pub max_streams_per_identity: usize,
+    /// Connections open at once on all SDS listeners; more are closed when accepted.
+    pub max_connections: usize,
     /// Resource names in one request.
     pub max_names_per_request: usize,
     /// Largest request message, in bytes.
     pub max_message_bytes: usize,
+    /// How long a TLS client may take to complete its handshake.
+    #[serde(with = "serde_go")]
+    pub handshake_timeout: Duration,
+    /// How long a connection may take to send the HTTP/2 preface once accepted (after the TLS
+    /// handshake with mTLS).
+    #[serde(with = "serde_go")]
+    pub preface_timeout: Duration,
+    /// How long a new stream may take to send its first request.
+    #[serde(with = "serde_go")]
+    pub first_request_timeout: Duration,
 }
 
 impl Default for SdsConfig {
@@ -363,9 +377,104 @@ impl Default for SdsConfig {
             unix_socket_mode: String::new(),
             unix_socket_group: String::new(),
             max_streams: limits.max_streams,
+            max_streams_per_identity: limits.max_streams_per_identity,
+            max_connections: limits.max_connections,
             max_names_per_request: limits.max_names_per_request,
             max_message_bytes: limits.max_message_bytes,
+            handshake_timeout: limits.handshake_timeout,
+            preface_timeout: limits.preface_timeout,
+            first_request_timeout: limits.first_request_timeout,
         }
+    }
+}
+
+impl SdsConfig {
+    /// The limits as the SDS server takes them.
+    pub fn limits(&self) -> crate::sds::SdsLimits {
+        crate::sds::SdsLimits {
+            max_streams: self.max_streams,
+            max_streams_per_identity: self.max_streams_per_identity,
+            max_connections: self.max_connections,
+            max_names_per_request: self.max_names_per_request,
+            max_message_bytes: self.max_message_bytes,
+            handshake_timeout: self.handshake_timeout,
+            preface_timeout: self.preface_timeout,
+            first_request_timeout: self.first_request_timeout,
+            ..crate::sds::SdsLimits::default()
+        }
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let defaults = crate::sds::SdsLimits::default();
+        for (key, value, default) in [
+            ("sds.maxStreams", self.max_streams, defaults.max_streams),
+            (
+                "sds.maxStreamsPerIdentity",
+                self.max_streams_per_identity,
+                defaults.max_streams_per_identity,
+            ),
+            (
+                "sds.maxConnections",
+                self.max_connections,
+                defaults.max_connections,
+            ),
+            (
+                "sds.maxNamesPerRequest",
+                self.max_names_per_request,
+                defaults.max_names_per_request,
+            ),
+            (
+                "sds.maxMessageBytes",
+                self.max_message_bytes,
+                defaults.max_message_bytes,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::InvalidValue {
+                    key,
+                    reason: format!("must be at least 1 (default {default})"),
+                });
+            }
+        }
+        for (key, value) in [
+            ("sds.maxStreams", self.max_streams),
+            ("sds.maxConnections", self.max_connections),
+        ] {
+            if value > tokio::sync::Semaphore::MAX_PERMITS {
+                return Err(ConfigError::InvalidValue {
+                    key,
+                    reason: format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+                });
+            }
+        }
+        for (key, value, default) in [
+            (
+                "sds.handshakeTimeout",
+                self.handshake_timeout,
+                defaults.handshake_timeout,
+            ),
+            (
+                "sds.prefaceTimeout",
+                self.preface_timeout,
+                defaults.preface_timeout,
+            ),
+            (
+                "sds.firstRequestTimeout",
+                self.first_request_timeout,
+                defaults.first_request_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::InvalidValue {
+                    key,
+                    reason: format!(
+                        "must be above zero (default {})",
+                        meshca_provider::format_duration(default)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -694,6 +803,7 @@ impl Config {
         self.unix_peers()?;
         self.unix_socket_mode()?;
         self.unix_socket_group()?;
+        self.sds.validate_limits()?;
         if self.sds.auth == SdsAuth::UnixPeer && self.sds.unix_socket.is_empty() {
             return Err(ConfigError::InvalidValue {
                 key: "sds.auth",
@@ -1352,6 +1462,11 @@ mod tests {
             ("sds.unixPeers", "root=a/b"),
             ("sds.serverIdentity", "meshca"),
             ("sds.auth", "unix-peer"),
+            ("sds.maxStreamsPerIdentity", "0"),
+            ("sds.maxConnections", "0"),
+            ("sds.handshakeTimeout", "0s"),
+            ("sds.prefaceTimeout", "0s"),
+            ("sds.firstRequestTimeout", "0s"),
         ] {
             let mut overrides = Overrides::default();
             overrides.set(&format!("{key}={value}")).unwrap();

@@ -13,9 +13,7 @@ use crate::cache::{CacheSettings, CertificateCache};
 use crate::config::{Config, SdsAuth};
 use crate::kubernetes::TokenReviewAuthenticator;
 use crate::rotation::RotationFollower;
-use crate::sds::{
-    AuthMode, MtlsSettings, SdsLimits, SdsServer, SdsSettings, SecretSource, UnixPeerMap,
-};
+use crate::sds::{AuthMode, MtlsSettings, SdsServer, SdsSettings, SecretSource, UnixPeerMap};
 use crate::time::TokioClock;
 
 /// `meshca serve` options (everything else is configuration).
@@ -153,12 +151,7 @@ pub async fn sds_settings(config: &Config) -> anyhow::Result<SdsSettings> {
             AuthMode::Mtls(mtls)
         }
     };
-    let limits = SdsLimits {
-        max_streams: config.sds.max_streams,
-        max_names_per_request: config.sds.max_names_per_request,
-        max_message_bytes: config.sds.max_message_bytes,
-        ..SdsLimits::default()
-    };
+    let limits = config.sds.limits();
     let default_access = crate::sds::UnixSocketAccess::default_for(&auth);
     let unix_access = crate::sds::UnixSocketAccess {
         mode: config.unix_socket_mode()?.unwrap_or(default_access.mode),

@@ -68,17 +68,14 @@ pub struct MtlsSettings {
     /// and renewed like any other. Clients verify its URI SAN, or its DNS SAN
     /// `<sa>.<ns>.<trust-domain>` (the certificate's CN).
     pub server_identity: SpiffeId,
-    /// How long a TLS handshake may take before the connection is dropped.
-    pub handshake_timeout: std::time::Duration,
 }
 
 impl MtlsSettings {
-    /// The default server identity `meshca-system/meshca` in `trust_domain`, 10 s handshakes.
+    /// The default server identity `meshca-system/meshca` in `trust_domain`.
     pub fn new(trust_domain: &TrustDomain) -> Self {
         Self {
             server_identity: SpiffeId::new(trust_domain.clone(), "meshca-system", "meshca")
                 .expect("meshca-system/meshca is a valid identity"),
-            handshake_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -161,6 +158,20 @@ pub enum AuthError {
     /// The token was rejected or could not be checked.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The caller proved an identity in a trust domain meshca does not serve (a client
+    /// certificate from another cluster's CA trusted through `extraTrustedRoots`, say).
+    #[error(
+        "{identity} is in trust domain {found}, but this meshca serves {served}: a caller \
+         authenticates with an identity of the configured trustDomain only"
+    )]
+    ForeignTrustDomain {
+        /// The caller's identity.
+        identity: String,
+        /// Its trust domain.
+        found: String,
+        /// The trust domain meshca serves (`trustDomain`).
+        served: String,
+    },
     /// Development mode: the node id and metadata name no valid identity.
     #[error(
         "development mode: cannot read an identity from the Envoy node ({reason}); set node.id \
@@ -183,9 +194,26 @@ impl Authenticator {
         Self { mode, trust_domain }
     }
 
+    /// Whether [`Authenticator::authenticate`] needs the Envoy node of the first request
+    /// (development mode); every other mode authenticates from the connection and metadata.
+    pub(crate) fn needs_node(&self) -> bool {
+        matches!(self.mode, AuthMode::Development)
+    }
+
     /// The caller's identity from the connection (`peer`), the call's metadata, and the Envoy
-    /// node of the first request.
+    /// node of the first request; always in the served trust domain.
     pub(crate) async fn authenticate(
+        &self,
+        peer: Option<&PeerInfo>,
+        metadata: &MetadataMap,
+        node: Option<&Node>,
+    ) -> Result<SpiffeId, AuthError> {
+        let identity = self.identity(peer, metadata, node).await?;
+        check_trust_domain(&identity, &self.trust_domain)?;
+        Ok(identity)
+    }
+
+    async fn identity(
         &self,
         peer: Option<&PeerInfo>,
         metadata: &MetadataMap,
@@ -226,6 +254,20 @@ impl Authenticator {
             AuthMode::Development => identity_from_node(node, &self.trust_domain),
         }
     }
+}
+
+/// Refuses an authenticated `identity` outside the trust domain meshca `serves`. Every API that
+/// authenticates callers checks this before serving them: a certificate chaining to a trusted
+/// root proves an identity, but only identities of the served trust domain get certificates.
+pub fn check_trust_domain(identity: &SpiffeId, serves: &TrustDomain) -> Result<(), AuthError> {
+    if identity.trust_domain() == serves {
+        return Ok(());
+    }
+    Err(AuthError::ForeignTrustDomain {
+        identity: identity.to_string(),
+        found: identity.trust_domain().to_string(),
+        served: serves.to_string(),
+    })
 }
 
 /// The single SPIFFE URI SAN of a (verified) client certificate.
@@ -388,6 +430,25 @@ mod tests {
             auth.authenticate(Some(&tcp), &md, None).await,
             Err(AuthError::NoCredential { .. })
         ));
+    }
+
+    #[test]
+    fn only_the_served_trust_domain_is_accepted() {
+        let served = TrustDomain::default();
+        let own = SpiffeId::from_short("ns/client", &served).unwrap();
+        assert!(check_trust_domain(&own, &served).is_ok());
+        let other = TrustDomain::new("other.example").unwrap();
+        let foreign = SpiffeId::new(other, "ns", "client").unwrap();
+        let err = check_trust_domain(&foreign, &served).unwrap_err();
+        assert!(
+            matches!(err, AuthError::ForeignTrustDomain { .. }),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("other.example") && message.contains("cluster.local"),
+            "{message}"
+        );
     }
 
     struct Fixed;

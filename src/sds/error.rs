@@ -26,10 +26,11 @@ pub enum RequestError {
         /// The one served.
         expected: &'static str,
     },
-    /// Too many resource names in one request or one delta stream.
+    /// Too many resource names in one request or one delta stream (delta: subscriptions and
+    /// unsubscriptions together, and `initial_resource_versions`).
     #[error(
-        "{count} resource names requested on one stream, the limit is {limit}: split them over \
-         several streams or raise the SDS max-names-per-request limit"
+        "{count} resource names in one request or held by one stream, the limit is {limit}: \
+         split them over several streams or raise sds.maxNamesPerRequest"
     )]
     TooManyNames {
         /// Names asked for.
@@ -40,11 +41,44 @@ pub enum RequestError {
     /// The server holds as many streams as it is allowed to.
     #[error(
         "this meshca SDS server already serves {limit} streams: retry later, add replicas, or \
-         raise the SDS max-streams limit"
+         raise sds.maxStreams"
     )]
     TooManyStreams {
         /// The configured limit.
         limit: usize,
+    },
+    /// The caller's identity holds as many streams as one identity may.
+    #[error(
+        "{identity} already holds {limit} SDS streams (all its proxies together): close unused \
+         streams or raise sds.maxStreamsPerIdentity"
+    )]
+    TooManyStreamsForIdentity {
+        /// The caller.
+        identity: String,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The request's Envoy node is larger than meshca accepts.
+    #[error(
+        "the request's node.{field} is {size} bytes, the limit is {limit}: Envoy node ids are \
+         short and meshca reads only NAMESPACE and SERVICE_ACCOUNT from the metadata"
+    )]
+    NodeTooLarge {
+        /// `id` or the whole node (`metadata and the rest`).
+        field: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A request could not be read: not a valid protobuf message of the method's type
+    /// (INVALID_ARGUMENT), or larger than sds.maxMessageBytes (OUT_OF_RANGE).
+    #[error("unreadable SDS request: {reason}")]
+    Unreadable {
+        /// The gRPC code tonic's decoder chose.
+        code: Code,
+        /// Why.
+        reason: String,
     },
     /// The certificate source could not produce a certificate.
     #[error(transparent)]
@@ -71,10 +105,13 @@ impl RequestError {
             }
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Name(NameError::NotYours { .. }) => Code::PermissionDenied,
-            Self::Name(NameError::Malformed { .. }) | Self::WrongType { .. } => {
-                Code::InvalidArgument
-            }
-            Self::TooManyNames { .. } | Self::TooManyStreams { .. } => Code::ResourceExhausted,
+            Self::Name(NameError::Malformed { .. })
+            | Self::WrongType { .. }
+            | Self::NodeTooLarge { .. } => Code::InvalidArgument,
+            Self::Unreadable { code, .. } => *code,
+            Self::TooManyNames { .. }
+            | Self::TooManyStreams { .. }
+            | Self::TooManyStreamsForIdentity { .. } => Code::ResourceExhausted,
             Self::NoFirstRequest { .. } => Code::DeadlineExceeded,
             Self::Source(SourceError::Refused { .. }) => Code::FailedPrecondition,
             Self::Source(_) | Self::ShuttingDown => Code::Unavailable,

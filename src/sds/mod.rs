@@ -28,12 +28,16 @@ mod service;
 pub mod source;
 pub mod stats;
 mod stream;
+mod throttle;
 
-pub use service::{PATH_STREAM, SdsCodec};
+pub use service::{PATH_STREAM, SdsCodec, SdsDecoder};
 mod tls;
 pub mod transport;
 
-pub use auth::{AuthError, AuthMode, MtlsSettings, TokenAuthenticator, TokenError, UnixPeerMap};
+pub use auth::{
+    AuthError, AuthMode, MtlsSettings, TokenAuthenticator, TokenError, UnixPeerMap,
+    check_trust_domain,
+};
 pub use error::RequestError;
 pub use names::{NameError, ResourceName};
 pub use source::{Purpose, SecretSource, ServedCertificate, SourceError};
@@ -85,19 +89,34 @@ impl SdsSettings {
     }
 }
 
-/// Limits that keep one proxy (or a flood of them) from exhausting the server.
+/// Limits that keep one proxy (or a flood of them) from exhausting the server. docs/SECURITY.md
+/// ("SDS listener limits") lists them with the per-stream memory bound they give.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SdsLimits {
-    /// Streams (SotW and delta) open at once; more are refused with RESOURCE_EXHAUSTED.
+    /// Streams (SotW and delta) open at once; more are refused with RESOURCE_EXHAUSTED. A
+    /// stream takes its slot only once its caller is authenticated.
     pub max_streams: usize,
+    /// Streams one identity may hold at once (every replica of a service account together);
+    /// more are refused with RESOURCE_EXHAUSTED, so one caller cannot take every slot.
+    pub max_streams_per_identity: usize,
+    /// Connections open at once, on all listeners together; a connection beyond it is closed
+    /// as soon as it is accepted.
+    pub max_connections: usize,
     /// Resource names in one request (and held by one delta stream); more are refused with
     /// RESOURCE_EXHAUSTED. Envoy asks for one name per stream.
     pub max_names_per_request: usize,
-    /// Largest request message accepted, in bytes (gRPC OUT_OF_RANGE beyond).
+    /// Largest request message accepted, in bytes (gRPC OUT_OF_RANGE beyond). A stream's
+    /// receive buffer grows to its largest request and keeps that size: this is most of the
+    /// per-stream memory bound. Everything meshca accepts in a request (a node of at most
+    /// 64 KiB, `max_names_per_request` names of at most 512 bytes) fits well within 256 KiB.
     pub max_message_bytes: usize,
-    /// How long a new stream may wait before sending its first request; a stream holds one of
-    /// `max_streams` while it waits.
+    /// How long a new stream may wait before sending its first request.
     pub first_request_timeout: Duration,
+    /// How long a TLS client may take to complete its handshake.
+    pub handshake_timeout: Duration,
+    /// How long a connection may take, once accepted (after the TLS handshake on a TLS
+    /// listener), to send the HTTP/2 client preface; a connection that sends nothing is closed.
+    pub preface_timeout: Duration,
     /// How long shutdown waits for connections to close after streams were told to reconnect.
     pub drain_timeout: Duration,
 }
@@ -106,13 +125,25 @@ impl Default for SdsLimits {
     fn default() -> Self {
         Self {
             max_streams: 10_000,
+            max_streams_per_identity: 1_000,
+            max_connections: 20_000,
             max_names_per_request: 64,
-            max_message_bytes: 1 << 20,
+            max_message_bytes: 256 * 1024,
             first_request_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            preface_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// HTTP/2 streams one connection may have open at once (more are refused with
+/// REFUSED_STREAM). Envoy multiplexes all its SDS streams, one per secret name, over one
+/// connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
+/// The largest request header block accepted (a service-account token is 1–2 KiB).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Why the SDS server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -202,9 +233,11 @@ impl SdsServer {
         }
         let limits = &settings.limits;
         for (setting, value) in [
-            ("limits.maxStreams", limits.max_streams),
-            ("limits.maxNamesPerRequest", limits.max_names_per_request),
-            ("limits.maxMessageBytes", limits.max_message_bytes),
+            ("sds.maxStreams", limits.max_streams),
+            ("sds.maxStreamsPerIdentity", limits.max_streams_per_identity),
+            ("sds.maxConnections", limits.max_connections),
+            ("sds.maxNamesPerRequest", limits.max_names_per_request),
+            ("sds.maxMessageBytes", limits.max_message_bytes),
         ] {
             if value == 0 {
                 return Err(SdsError::InvalidSettings {
@@ -213,11 +246,27 @@ impl SdsServer {
                 });
             }
         }
-        if limits.max_streams > Semaphore::MAX_PERMITS {
-            return Err(SdsError::InvalidSettings {
-                setting: "limits.maxStreams",
-                reason: format!("must be at most {}", Semaphore::MAX_PERMITS),
-            });
+        for (setting, value) in [
+            ("sds.maxStreams", limits.max_streams),
+            ("sds.maxConnections", limits.max_connections),
+        ] {
+            if value > Semaphore::MAX_PERMITS {
+                return Err(SdsError::InvalidSettings {
+                    setting,
+                    reason: format!("must be at most {}", Semaphore::MAX_PERMITS),
+                });
+            }
+        }
+        for (setting, value) in [
+            ("sds.handshakeTimeout", limits.handshake_timeout),
+            ("sds.prefaceTimeout", limits.preface_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(SdsError::InvalidSettings {
+                    setting,
+                    reason: "must be above zero (default 10s)".to_owned(),
+                });
+            }
         }
         Ok(Self {
             settings,
@@ -310,7 +359,7 @@ impl BoundSdsServer {
                     .await
                     .map_err(SdsError::ServerCertificate)?;
                 let config = tls::server_config(certificate, source.trust_bundle())?;
-                Some((TlsAcceptor::from(Arc::new(config)), mtls.handshake_timeout))
+                Some(TlsAcceptor::from(Arc::new(config)))
             }
             _ => None,
         };
@@ -336,6 +385,7 @@ impl BoundSdsServer {
         );
 
         let drain = CancellationToken::new();
+        let accept_stats = stats.clone();
         let shared = Arc::new(stream::Shared {
             source,
             auth: auth::Authenticator::new(settings.auth.clone(), settings.trust_domain.clone()),
@@ -344,17 +394,31 @@ impl BoundSdsServer {
             limits: settings.limits.clone(),
             stats,
             acks,
+            per_identity: std::sync::Mutex::default(),
             drain: drain.clone(),
             next_stream: AtomicU64::new(1),
+            refusal_log: throttle::SharedThrottle::new(Duration::from_secs(10), 20),
+            nack_log: throttle::SharedThrottle::new(Duration::from_secs(10), 20),
         });
         let service = service::SdsRouter::new(
             Arc::new(stream::SdsService(shared)),
             settings.limits.max_message_bytes,
         );
-        let incoming = transport::accept(self.listeners, tls, drain.clone());
+        let incoming = transport::accept(
+            self.listeners,
+            transport::AcceptSettings {
+                tls,
+                limits: settings.limits.clone(),
+                stats: accept_stats,
+            },
+            drain.clone(),
+        );
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // tonic leaves both unlimited unless set.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
             .add_service(service)
             .serve_with_incoming_shutdown(
                 ReceiverStream::new(incoming),

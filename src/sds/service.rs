@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 use tonic::body::Body;
-use tonic::codec::{BufferSettings, Codec};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::codegen::{BoxFuture, StdError, http};
 use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
 use tonic::{Request, Response, Status, Streaming};
@@ -125,14 +125,49 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = SdsDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
+        SdsDecoder(ProstCodec::<T, U>::raw_decoder(BufferSettings::new(
+            DECODE_BUFFER,
+            YIELD_THRESHOLD,
+        )))
+    }
+}
+
+/// tonic's prost decoder, but a message that is not valid protobuf is the caller's error
+/// (INVALID_ARGUMENT, counted as a rejected request), not the server's (tonic says INTERNAL).
+pub struct SdsDecoder<U>(ProstDecoder<U>);
+
+impl<U> std::fmt::Debug for SdsDecoder<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SdsDecoder")
+    }
+}
+
+impl<U: prost::Message + Default> Decoder for SdsDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.0.decode(src).map_err(|status| {
+            Status::invalid_argument(format!(
+                "the message is not a valid {}: {}",
+                std::any::type_name::<U>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("message"),
+                status.message()
+            ))
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }
 

@@ -16,8 +16,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -43,6 +43,7 @@ use super::error::RequestError;
 use super::names::{Resolved, ResourceName};
 use super::source::{Purpose, SecretSource, ServedCertificate};
 use super::stats::{BundleAcks, SdsStats};
+use super::throttle::{CallerText, SharedThrottle};
 use super::transport::PeerInfo;
 
 /// What every stream of one server shares.
@@ -54,9 +55,24 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<SdsStats>,
     pub(crate) acks: Arc<BundleAcks>,
     pub(crate) stream_slots: Arc<Semaphore>,
+    /// Streams held by each identity, for `max_streams_per_identity`.
+    pub(crate) per_identity: Mutex<HashMap<SpiffeId, usize>>,
     pub(crate) drain: CancellationToken,
     pub(crate) next_stream: AtomicU64,
+    /// Log lines for refusals and NACKs, which callers can cause at will.
+    pub(crate) refusal_log: SharedThrottle,
+    pub(crate) nack_log: SharedThrottle,
 }
+
+/// The longest Envoy node id accepted. Envoy's own are short; Istio-style ids
+/// (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`) stay well under it.
+pub(crate) const MAX_NODE_ID_BYTES: usize = 1024;
+/// The largest Envoy node accepted (encoded: id, metadata, locality, extensions…). meshca reads
+/// two metadata fields; proxies' metadata is a few KiB.
+pub(crate) const MAX_NODE_BYTES: usize = 64 * 1024;
+/// Versions longer than this in a delta stream's `initial_resource_versions` are not meshca's
+/// (they are short hashes) and are not kept.
+const MAX_VERSION_BYTES: usize = 128;
 
 impl Shared {
     /// Counts, logs and converts a refusal. Every error a caller sees goes through here.
@@ -67,25 +83,48 @@ impl Shared {
         error: RequestError,
     ) -> Status {
         let caller = caller.map(ToString::to_string);
-        match error.code() {
-            Code::Unauthenticated => {
-                SdsStats::bump(&self.stats.unauthenticated);
-                info!(?stream, error = %error, "SDS caller not authenticated");
+        let code = error.code();
+        let counter = match code {
+            Code::Unauthenticated => Some(&self.stats.unauthenticated),
+            Code::PermissionDenied => Some(&self.stats.permission_denied),
+            Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange => {
+                Some(&self.stats.rejected)
             }
-            Code::PermissionDenied => {
-                SdsStats::bump(&self.stats.permission_denied);
-                warn!(?stream, ?caller, error = %error, "SDS request denied");
+            _ => None,
+        };
+        match counter {
+            // Refusals are counted each, logged at most `burst` per period: a caller can cause
+            // them as fast as it can open streams.
+            Some(counter) => {
+                SdsStats::bump(counter);
+                if let Some(held_back) = self.refusal_log.ready() {
+                    match code {
+                        Code::Unauthenticated => {
+                            info!(?stream, error = %error, held_back, "SDS caller not authenticated")
+                        }
+                        Code::PermissionDenied => {
+                            warn!(?stream, ?caller, error = %error, held_back, "SDS request denied")
+                        }
+                        _ => {
+                            info!(?stream, ?caller, error = %error, held_back, "SDS request rejected")
+                        }
+                    }
+                }
             }
-            Code::InvalidArgument | Code::ResourceExhausted => {
-                SdsStats::bump(&self.stats.rejected);
-                info!(?stream, ?caller, error = %error, "SDS request rejected");
-            }
-            _ => debug!(?stream, ?caller, error = %error, "SDS call ended"),
+            None => debug!(?stream, ?caller, error = %error, "SDS call ended"),
         }
         error.into()
     }
 
-    fn check_request(&self, type_url: &str, names: usize) -> Result<(), RequestError> {
+    /// Checks what every request carries before anything of it is used: the type URL, the
+    /// number of names, the size of the Envoy node.
+    fn check_request(
+        &self,
+        type_url: &str,
+        names: usize,
+        node: Option<&Node>,
+    ) -> Result<(), RequestError> {
+        check_node(node)?;
         if !type_url.is_empty() && type_url != SECRET_TYPE_URL {
             return Err(RequestError::WrongType {
                 type_url: type_url.chars().take(200).collect(),
@@ -101,17 +140,31 @@ impl Shared {
         Ok(())
     }
 
-    fn open_stream(self: &Arc<Self>) -> Result<StreamSlot, RequestError> {
+    /// Takes a slot for an authenticated caller's stream, under the global and the
+    /// per-identity limit.
+    fn open_stream(self: &Arc<Self>, caller: &SpiffeId) -> Result<StreamSlot, RequestError> {
         let permit = self.stream_slots.clone().try_acquire_owned().map_err(|_| {
             RequestError::TooManyStreams {
                 limit: self.limits.max_streams,
             }
         })?;
+        {
+            let mut held = lock(&self.per_identity);
+            let count = held.entry(caller.clone()).or_insert(0);
+            if *count >= self.limits.max_streams_per_identity {
+                return Err(RequestError::TooManyStreamsForIdentity {
+                    identity: caller.to_string(),
+                    limit: self.limits.max_streams_per_identity,
+                });
+            }
+            *count += 1;
+        }
         SdsStats::bump(&self.stats.streams_open);
         SdsStats::bump(&self.stats.streams_total);
         Ok(StreamSlot {
             id: self.next_stream.fetch_add(1, Ordering::Relaxed),
-            stats: self.stats.clone(),
+            shared: self.clone(),
+            caller: caller.clone(),
             _permit: permit,
         })
     }
@@ -126,17 +179,67 @@ impl Shared {
     }
 }
 
-/// One open stream's share of the stream limit and the open-streams gauge.
+/// One open stream's share of the stream limits and the open-streams gauge.
 struct StreamSlot {
     id: u64,
-    stats: Arc<SdsStats>,
+    shared: Arc<Shared>,
+    caller: SpiffeId,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .streams_open
+            .fetch_sub(1, Ordering::Relaxed);
+        let mut held = lock(&self.shared.per_identity);
+        if let Some(count) = held.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.caller);
+            }
+        }
     }
+}
+
+/// The Envoy node of a request, if any, within [`MAX_NODE_ID_BYTES`] and [`MAX_NODE_BYTES`].
+fn check_node(node: Option<&Node>) -> Result<(), RequestError> {
+    let Some(node) = node else {
+        return Ok(());
+    };
+    if node.id.len() > MAX_NODE_ID_BYTES {
+        return Err(RequestError::NodeTooLarge {
+            field: "id",
+            size: node.id.len(),
+            limit: MAX_NODE_ID_BYTES,
+        });
+    }
+    let size = prost::Message::encoded_len(node);
+    if size > MAX_NODE_BYTES {
+        return Err(RequestError::NodeTooLarge {
+            field: "metadata (the whole node)",
+            size,
+            limit: MAX_NODE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// A request that could not be read: decoding errors and oversized messages are the caller's
+/// (refused and counted); anything else means the connection is gone.
+fn unreadable(status: &Status) -> Option<RequestError> {
+    matches!(status.code(), Code::InvalidArgument | Code::OutOfRange).then(|| {
+        RequestError::Unreadable {
+            code: status.code(),
+            reason: status.message().to_owned(),
+        }
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Holders only adjust counters, each in one step: a panic leaves nothing half-written.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The gRPC service.
@@ -226,7 +329,11 @@ impl SecretDiscoveryService for SdsService {
         let shared = self.0.clone();
         let (metadata, extensions, request) = request.into_parts();
         shared
-            .check_request(&request.type_url, request.resource_names.len())
+            .check_request(
+                &request.type_url,
+                request.resource_names.len(),
+                request.node.as_ref(),
+            )
             .map_err(|e| shared.refuse(None, None, e))?;
         let caller = shared
             .authenticate(
@@ -262,26 +369,47 @@ struct Opened<T> {
     subs: Subscriptions,
 }
 
-/// What every stream does before serving, SotW or delta: take a slot under the stream limit,
-/// wait (bounded) for the first request, authenticate the caller from its transport, metadata
-/// and node. `None` when the client went away without asking for anything.
+/// What every stream does before serving, SotW or delta: authenticate the caller from its
+/// transport and metadata, take a slot under the global and per-identity stream limits, wait
+/// (bounded) for the first request. An unauthenticated stream never holds a slot. Development
+/// mode reads the identity from the first request's node, so there the first request comes
+/// before authentication (a stream waiting for it holds no slot either). `None` when the
+/// client went away without asking for anything.
 async fn open<T>(
     shared: &Arc<Shared>,
     request: Request<Streaming<T>>,
     node: impl Fn(&T) -> Option<&Node>,
     kind: &'static str,
 ) -> Result<Option<Opened<T>>, Status> {
-    let slot = shared
-        .open_stream()
-        .map_err(|e| shared.refuse(None, None, e))?;
     let (metadata, extensions, mut inbound) = request.into_parts();
-    let Some(first) = first_message(shared, slot.id, &mut inbound).await? else {
-        return Ok(None);
+    let peer = extensions.get::<PeerInfo>();
+    let (caller, first) = if shared.auth.needs_node() {
+        let Some(first) = first_message(shared, None, &mut inbound).await? else {
+            return Ok(None);
+        };
+        check_node(node(&first)).map_err(|e| shared.refuse(None, None, e))?;
+        let caller = shared
+            .authenticate(peer, &metadata, node(&first))
+            .await
+            .map_err(|e| shared.refuse(None, None, e))?;
+        (caller, Some(first))
+    } else {
+        let caller = shared
+            .authenticate(peer, &metadata, None)
+            .await
+            .map_err(|e| shared.refuse(None, None, e))?;
+        (caller, None)
     };
-    let caller = shared
-        .authenticate(extensions.get::<PeerInfo>(), &metadata, node(&first))
-        .await
-        .map_err(|e| shared.refuse(Some(slot.id), None, e))?;
+    let slot = shared
+        .open_stream(&caller)
+        .map_err(|e| shared.refuse(None, Some(&caller), e))?;
+    let first = match first {
+        Some(first) => first,
+        None => match first_message(shared, Some(slot.id), &mut inbound).await? {
+            Some(first) => first,
+            None => return Ok(None),
+        },
+    };
     debug!(stream = slot.id, %caller, kind, "SDS stream opened");
     let subs = Subscriptions::new(shared.clone(), caller, slot.id, true);
     Ok(Some(Opened {
@@ -294,23 +422,29 @@ async fn open<T>(
 
 async fn first_message<T>(
     shared: &Shared,
-    stream: u64,
+    stream: Option<u64>,
     inbound: &mut Streaming<T>,
 ) -> Result<Option<T>, Status> {
+    let read = |message: Result<Option<T>, Status>| {
+        message.map_err(|status| match unreadable(&status) {
+            Some(error) => shared.refuse(stream, None, error),
+            None => status,
+        })
+    };
     // A proxy usually sends its first request with the stream's headers: take it without
     // arming the timer. (`message` is cancel-safe: a partial message stays in `inbound`.)
     if !shared.drain.is_cancelled()
         && let Some(message) = inbound.message().now_or_never()
     {
-        return message;
+        return read(message);
     }
     let timeout = shared.limits.first_request_timeout;
     tokio::select! {
-        () = shared.drain.cancelled() => Err(shared.refuse(Some(stream), None, RequestError::ShuttingDown)),
+        () = shared.drain.cancelled() => Err(shared.refuse(stream, None, RequestError::ShuttingDown)),
         () = tokio::time::sleep(timeout) => {
-            Err(shared.refuse(Some(stream), None, RequestError::NoFirstRequest { timeout }))
+            Err(shared.refuse(stream, None, RequestError::NoFirstRequest { timeout }))
         }
-        message = inbound.message() => message,
+        message = inbound.message() => read(message),
     }
 }
 
@@ -531,6 +665,9 @@ struct Sent {
     nonce: String,
     versions: Vec<(String, String)>,
     bundle: Option<Arc<TrustBundle>>,
+    /// An ACK or NACK of this response was counted: a repeated one is not counted or logged
+    /// again (a proxy answers each response once; a NACK storm is one NACK).
+    answered: bool,
 }
 
 /// A state-of-the-world `StreamSecrets` stream.
@@ -575,26 +712,33 @@ impl SotwStream {
         &mut self,
         request: DiscoveryRequest,
     ) -> Result<Option<DiscoveryResponse>, RequestError> {
-        self.subs
-            .shared
-            .check_request(&request.type_url, request.resource_names.len())?;
-        if let Some(last) = &self.last
+        self.subs.shared.check_request(
+            &request.type_url,
+            request.resource_names.len(),
+            request.node.as_ref(),
+        )?;
+        if let Some(last) = &mut self.last
             && !request.response_nonce.is_empty()
         {
             if request.response_nonce != last.nonce {
-                debug!(stream = self.slot.id, nonce = %request.response_nonce, "stale SDS nonce ignored");
+                debug!(stream = self.slot.id, nonce = %CallerText(&request.response_nonce), "stale SDS nonce ignored");
                 return Ok(None);
             }
-            match &request.error_detail {
-                Some(detail) => self.nacked(&request.version_info, detail),
-                None => {
-                    SdsStats::bump(&self.subs.shared.stats.acks);
-                    self.acked_version = Some(request.version_info.clone());
-                    if let Some(bundle) = &last.bundle {
-                        self.subs
-                            .shared
-                            .acks
-                            .acknowledged(self.slot.id, bundle.clone());
+            if !std::mem::replace(&mut last.answered, true) {
+                let shared = &self.subs.shared;
+                match &request.error_detail {
+                    Some(detail) => {
+                        SdsStats::bump(&shared.stats.nacks);
+                        log_nack(shared, self.slot.id, &self.subs.caller, &self.names, detail);
+                    }
+                    None => {
+                        SdsStats::bump(&shared.stats.acks);
+                        // The nonce matched: the version acknowledged is the one sent (never
+                        // the caller's text, which would be stored for the stream's life).
+                        self.acked_version = Some(last.nonce.clone());
+                        if let Some(bundle) = &last.bundle {
+                            shared.acks.acknowledged(self.slot.id, bundle.clone());
+                        }
                     }
                 }
             }
@@ -607,19 +751,6 @@ impl SotwStream {
         self.subs.replace(&names).await?;
         self.names = names;
         Ok(self.respond(false))
-    }
-
-    fn nacked(&self, version: &str, detail: &RpcStatus) {
-        SdsStats::bump(&self.subs.shared.stats.nacks);
-        warn!(
-            stream = self.slot.id,
-            caller = %self.subs.caller,
-            names = ?self.names,
-            rejected_version = version,
-            code = detail.code,
-            detail = %detail.message,
-            "proxy rejected an SDS response (NACK); it keeps its previous secrets"
-        );
     }
 
     /// The response for the current state; `None` for a push that would change nothing.
@@ -650,6 +781,7 @@ impl SotwStream {
             nonce,
             versions,
             bundle,
+            answered: false,
         });
         Some(response)
     }
@@ -699,39 +831,63 @@ impl DeltaStream {
         request: DeltaDiscoveryRequest,
     ) -> Result<Option<DeltaDiscoveryResponse>, RequestError> {
         let shared = self.subs.shared.clone();
-        shared.check_request(&request.type_url, request.resource_names_subscribe.len())?;
+        // Subscriptions and unsubscriptions count together; `initial_resource_versions` (only
+        // read on the first request) against the same limit on its own.
+        shared.check_request(
+            &request.type_url,
+            request
+                .resource_names_subscribe
+                .len()
+                .saturating_add(request.resource_names_unsubscribe.len()),
+            request.node.as_ref(),
+        )?;
+        if request.initial_resource_versions.len() > shared.limits.max_names_per_request {
+            return Err(RequestError::TooManyNames {
+                count: request.initial_resource_versions.len(),
+                limit: shared.limits.max_names_per_request,
+            });
+        }
         if !request.response_nonce.is_empty() {
-            match &self.last {
-                Some(last) if last.nonce == request.response_nonce => match &request.error_detail {
-                    Some(detail) => {
-                        SdsStats::bump(&shared.stats.nacks);
-                        warn!(
-                            stream = self.slot.id,
-                            caller = %self.subs.caller,
-                            code = detail.code,
-                            detail = %detail.message,
-                            "proxy rejected an SDS delta response (NACK); it keeps its previous secrets"
-                        );
-                    }
-                    None => {
-                        SdsStats::bump(&shared.stats.acks);
-                        if let Some(bundle) = &last.bundle {
-                            shared.acks.acknowledged(self.slot.id, bundle.clone());
+            match &mut self.last {
+                Some(last) if last.nonce == request.response_nonce => {
+                    if !std::mem::replace(&mut last.answered, true) {
+                        match &request.error_detail {
+                            Some(detail) => {
+                                SdsStats::bump(&shared.stats.nacks);
+                                let names: Vec<&String> =
+                                    last.versions.iter().map(|(n, _)| n).collect();
+                                log_nack(&shared, self.slot.id, &self.subs.caller, &names, detail);
+                            }
+                            None => {
+                                SdsStats::bump(&shared.stats.acks);
+                                if let Some(bundle) = &last.bundle {
+                                    shared.acks.acknowledged(self.slot.id, bundle.clone());
+                                }
+                            }
                         }
                     }
-                },
+                }
                 // Delta requests are incremental: a stale nonce's ACK is ignored, but its
                 // subscription changes below still apply.
                 _ => {
-                    debug!(stream = self.slot.id, nonce = %request.response_nonce, "stale SDS delta nonce")
+                    debug!(stream = self.slot.id, nonce = %CallerText(&request.response_nonce), "stale SDS delta nonce")
                 }
             }
         }
-        if std::mem::take(&mut self.first) {
-            self.client_versions
-                .extend(request.initial_resource_versions);
-        }
         let subscribe = dedup(request.resource_names_subscribe);
+        if std::mem::take(&mut self.first) {
+            // Only versions of names this request subscribes to, and only ones that can be
+            // meshca's, are kept: the rest would be stored for nothing.
+            self.client_versions
+                .extend(
+                    request
+                        .initial_resource_versions
+                        .into_iter()
+                        .filter(|(name, version)| {
+                            version.len() <= MAX_VERSION_BYTES && subscribe.contains(name)
+                        }),
+                );
+        }
         let unsubscribe: HashSet<&String> = request
             .resource_names_unsubscribe
             .iter()
@@ -799,6 +955,7 @@ impl DeltaStream {
             nonce,
             versions,
             bundle,
+            answered: false,
         });
         Some(response)
     }
@@ -903,6 +1060,9 @@ async fn next_response<P: Protocol>(
                 }
                 Ok(None) => return Err(Exit::ClientGone),
                 Err(status) => {
+                    if let Some(error) = unreadable(&status) {
+                        return Err(Exit::Refused(error));
+                    }
                     debug!(stream = stream.subs().stream, kind = P::KIND, %status, "SDS stream read failed");
                     return Err(Exit::ClientGone);
                 }
@@ -932,6 +1092,27 @@ fn finish<P: Protocol>(stream: &mut P, exit: Exit) -> Option<Status> {
         }
         Exit::Draining => Some(subs.refuse(RequestError::ShuttingDown)),
         Exit::Refused(error) => Some(subs.refuse(error)),
+    }
+}
+
+/// Logs a NACK (at most `burst` per period over all streams), its detail cut and escaped.
+fn log_nack<N: std::fmt::Debug>(
+    shared: &Shared,
+    stream: u64,
+    caller: &SpiffeId,
+    names: &[N],
+    detail: &RpcStatus,
+) {
+    if let Some(held_back) = shared.nack_log.ready() {
+        warn!(
+            stream,
+            %caller,
+            ?names,
+            code = detail.code,
+            detail = %CallerText(&detail.message),
+            held_back,
+            "proxy rejected an SDS response (NACK); it keeps its previous secrets"
+        );
     }
 }
 

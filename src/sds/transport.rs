@@ -10,17 +10,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::future::Future;
+use std::time::Instant;
+
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tracing::{debug, info, warn};
 
-use super::SdsError;
+use super::stats::SdsStats;
+use super::throttle::{SharedThrottle, Throttle};
+use super::{SdsError, SdsLimits};
 
 /// What is known about the other end of an SDS connection; available to handlers as a request
 /// extension.
@@ -51,12 +57,42 @@ pub enum PeerTransport {
     },
 }
 
-/// One accepted connection.
-pub(crate) enum Connection {
+/// One accepted connection: its stream, the deadline for its HTTP/2 preface, and its share of
+/// `max_connections`.
+pub(crate) struct Connection {
+    io: Io,
+    preface: Option<PrefaceDeadline>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The stream of a connection, by listener kind.
+enum Io {
     Tcp(TcpStream),
     Unix(UnixStream),
     TlsTcp(Box<TlsStream<TcpStream>>),
     TlsUnix(Box<TlsStream<UnixStream>>),
+}
+
+/// The length of the HTTP/2 client preface (RFC 9113, 3.4), which a client sends first.
+const PREFACE_LEN: usize = 24;
+
+/// Reading fails once `sleep` ends unless the client preface has been read by then: hyper
+/// waits for a preface without a limit, and a connection that never sends one would be held
+/// forever. Dropped once the preface is in; after it, HTTP/2 keepalive pings find dead peers.
+struct PrefaceDeadline {
+    left: usize,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl PrefaceDeadline {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            left: PREFACE_LEN,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
 }
 
 fn tcp_peer(stream: &TcpStream) -> PeerTransport {
@@ -91,20 +127,20 @@ impl Connected for Connection {
     type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> PeerInfo {
-        match self {
-            Self::Tcp(s) => PeerInfo {
+        match &self.io {
+            Io::Tcp(s) => PeerInfo {
                 transport: tcp_peer(s),
                 certificates: None,
             },
-            Self::Unix(s) => PeerInfo {
+            Io::Unix(s) => PeerInfo {
                 transport: unix_peer(s),
                 certificates: None,
             },
-            Self::TlsTcp(s) => PeerInfo {
+            Io::TlsTcp(s) => PeerInfo {
                 transport: tcp_peer(s.get_ref().0),
                 certificates: peer_chain(s),
             },
-            Self::TlsUnix(s) => PeerInfo {
+            Io::TlsUnix(s) => PeerInfo {
                 transport: unix_peer(s.get_ref().0),
                 certificates: peer_chain(s),
             },
@@ -113,12 +149,12 @@ impl Connected for Connection {
 }
 
 macro_rules! delegate {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self.get_mut() {
-            Connection::Tcp($s) => $call,
-            Connection::Unix($s) => $call,
-            Connection::TlsTcp($s) => $call,
-            Connection::TlsUnix($s) => $call,
+    ($io:expr, $s:ident => $call:expr) => {
+        match $io {
+            Io::Tcp($s) => $call,
+            Io::Unix($s) => $call,
+            Io::TlsTcp($s) => $call,
+            Io::TlsUnix($s) => $call,
         }
     };
 }
@@ -129,7 +165,26 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+        let this = self.get_mut();
+        let Some(deadline) = &mut this.preface else {
+            return delegate!(&mut this.io, s => Pin::new(s).poll_read(cx, buf));
+        };
+        if deadline.sleep.as_mut().poll(cx).is_ready() {
+            debug!(timeout = ?deadline.timeout, "SDS connection sent no HTTP/2 preface in time; closing it");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 client preface within sds.prefaceTimeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let result = delegate!(&mut this.io, s => Pin::new(s).poll_read(cx, buf));
+        if let Poll::Ready(Ok(())) = result {
+            deadline.left = deadline.left.saturating_sub(buf.filled().len() - before);
+            if deadline.left == 0 {
+                this.preface = None;
+            }
+        }
+        result
     }
 }
 
@@ -139,15 +194,15 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+        delegate!(&mut self.get_mut().io, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_flush(cx))
+        delegate!(&mut self.get_mut().io, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+        delegate!(&mut self.get_mut().io, s => Pin::new(s).poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -155,16 +210,11 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+        delegate!(&mut self.get_mut().io, s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Tcp(s) => s.is_write_vectored(),
-            Self::Unix(s) => s.is_write_vectored(),
-            Self::TlsTcp(s) => s.is_write_vectored(),
-            Self::TlsUnix(s) => s.is_write_vectored(),
-        }
+        delegate!(&self.io, s => s.is_write_vectored())
     }
 }
 
@@ -319,96 +369,261 @@ async fn bind_unix(path: &Path, access: UnixSocketAccess) -> Result<UnixSocket, 
     })
 }
 
+/// What the accept loops need besides the listeners.
+pub(crate) struct AcceptSettings {
+    /// TLS on every listener, if configured.
+    pub(crate) tls: Option<TlsAcceptor>,
+    /// The connection, TLS-handshake and preface limits.
+    pub(crate) limits: SdsLimits,
+    /// Where refused handshakes are counted.
+    pub(crate) stats: Arc<SdsStats>,
+}
+
 /// Accepts on every listener until `stop` is cancelled, handing connections (after the TLS
-/// handshake, done off the accept loop) to the returned receiver.
+/// handshake, done off the accept loop) to the returned receiver. At most `max_connections`
+/// are open at once (TLS handshakes in progress included); one more is closed when accepted.
 pub(crate) fn accept(
     listeners: Listeners,
-    tls: Option<(TlsAcceptor, Duration)>,
+    settings: AcceptSettings,
     stop: CancellationToken,
 ) -> mpsc::Receiver<Result<Connection, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
+    let shared = Arc::new(AcceptShared {
+        slots: Arc::new(Semaphore::new(settings.limits.max_connections)),
+        settings,
+        tx,
+        over_limit: SharedThrottle::new(WARN_EVERY, 1),
+    });
     if let Some(listener) = listeners.tcp {
-        let (tx, tls, stop) = (tx.clone(), tls.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    () = stop.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                match accepted {
-                    Ok((stream, remote)) => {
-                        debug!(%remote, "SDS TCP connection");
-                        let _ = stream.set_nodelay(true);
-                        hand_over(
-                            stream,
-                            Connection::Tcp,
-                            |s| Connection::TlsTcp(Box::new(s)),
-                            &tls,
-                            &tx,
-                        );
-                    }
-                    Err(e) => accept_failed(&e).await,
-                }
-            }
-        });
+        tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
     }
     if let Some(socket) = listeners.unix {
         tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    () = stop.cancelled() => return,
-                    accepted = socket.listener.accept() => accepted,
-                };
-                match accepted {
-                    Ok((stream, _)) => hand_over(
-                        stream,
-                        Connection::Unix,
-                        |s| Connection::TlsUnix(Box::new(s)),
-                        &tls,
-                        &tx,
-                    ),
-                    Err(e) => accept_failed(&e).await,
-                }
-            }
+            // `socket` (and the file removal on drop) lives as long as the loop.
+            let listener = &socket.listener;
+            accept_loop(listener, shared, stop).await;
         });
     }
     rx
 }
 
-fn hand_over<S>(
-    stream: S,
-    plain: fn(S) -> Connection,
-    secured: fn(TlsStream<S>) -> Connection,
-    tls: &Option<(TlsAcceptor, Duration)>,
-    tx: &mpsc::Sender<Result<Connection, io::Error>>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let tx = tx.clone();
-    match tls.clone() {
-        None => {
-            tokio::spawn(async move {
-                let _ = tx.send(Ok(plain(stream))).await;
-            });
-        }
-        Some((acceptor, timeout)) => {
-            tokio::spawn(async move {
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(secured(tls))).await;
-                    }
-                    // Failed handshakes are the client's problem (wrong CA, no certificate);
-                    // they are logged at debug to keep a port scan from flooding the log.
-                    Ok(Err(e)) => debug!(error = %e, "SDS TLS handshake failed"),
-                    Err(_) => debug!(?timeout, "SDS TLS handshake timed out"),
+/// At most one warning per this long for a repeated accept failure or refusal.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+struct AcceptShared {
+    settings: AcceptSettings,
+    slots: Arc<Semaphore>,
+    tx: mpsc::Sender<Result<Connection, io::Error>>,
+    over_limit: SharedThrottle,
+}
+
+/// A listener the accept loop can take connections from.
+trait Listener: Send + Sync {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    fn plain(stream: Self::Stream) -> Io;
+    fn secured(stream: TlsStream<Self::Stream>) -> Io;
+}
+
+impl Listener for TcpListener {
+    type Stream = TcpStream;
+
+    async fn accept(&self) -> io::Result<TcpStream> {
+        let (stream, remote) = TcpListener::accept(self).await?;
+        debug!(%remote, "SDS TCP connection");
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    fn plain(stream: TcpStream) -> Io {
+        Io::Tcp(stream)
+    }
+
+    fn secured(stream: TlsStream<TcpStream>) -> Io {
+        Io::TlsTcp(Box::new(stream))
+    }
+}
+
+impl Listener for &UnixListener {
+    type Stream = UnixStream;
+
+    async fn accept(&self) -> io::Result<UnixStream> {
+        Ok(UnixListener::accept(self).await?.0)
+    }
+
+    fn plain(stream: UnixStream) -> Io {
+        Io::Unix(stream)
+    }
+
+    fn secured(stream: TlsStream<UnixStream>) -> Io {
+        Io::TlsUnix(Box::new(stream))
+    }
+}
+
+async fn accept_loop<L: Listener>(listener: L, shared: Arc<AcceptShared>, stop: CancellationToken) {
+    let mut failures = AcceptFailures::default();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(stream) => {
+                failures.succeeded();
+                hand_over::<L>(stream, &shared);
+            }
+            Err(error) => {
+                let pause = failures.failed(&error, Instant::now());
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
                 }
-            });
+            }
         }
     }
 }
 
-async fn accept_failed(error: &io::Error) {
-    warn!(%error, "SDS listener failed to accept a connection");
-    // Out of file descriptors and similar: don't spin.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
+    let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+        // Closed right away (dropped): the client sees a reset and retries elsewhere or later.
+        let limit = shared.settings.limits.max_connections;
+        if let Some(suppressed) = shared.over_limit.ready() {
+            warn!(
+                limit,
+                refused_since_last_warning = suppressed,
+                "SDS connection refused: sds.maxConnections connections are open; raise it or \
+                 add replicas"
+            );
+        }
+        return;
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let limits = &shared.settings.limits;
+        let io = match &shared.settings.tls {
+            None => L::plain(stream),
+            Some(acceptor) => {
+                let timeout = limits.handshake_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => L::secured(tls),
+                    // A refused or abandoned handshake is an unauthenticated caller (no or a
+                    // wrong client certificate, or a port scan): counted, and logged at debug
+                    // to keep a scan from flooding the log.
+                    Ok(Err(e)) => {
+                        SdsStats::bump(&shared.settings.stats.unauthenticated);
+                        debug!(error = %e, "SDS TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        SdsStats::bump(&shared.settings.stats.unauthenticated);
+                        debug!(
+                            ?timeout,
+                            "SDS TLS handshake timed out (sds.handshakeTimeout)"
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        let connection = Connection {
+            io,
+            preface: Some(PrefaceDeadline::new(limits.preface_timeout)),
+            _slot: slot,
+        };
+        let _ = shared.tx.send(Ok(connection)).await;
+    });
+}
+
+/// Paces an accept loop whose `accept` fails (out of file descriptors, most often): it pauses
+/// before the next attempt, longer while failures go on, and warns at most once per
+/// [`WARN_EVERY`] with the number of failures since the last warning.
+#[derive(Debug)]
+struct AcceptFailures {
+    pause: Duration,
+    warnings: Throttle,
+}
+
+impl Default for AcceptFailures {
+    fn default() -> Self {
+        Self {
+            pause: Self::FIRST_PAUSE,
+            warnings: Throttle::new(WARN_EVERY, 1),
+        }
+    }
+}
+
+impl AcceptFailures {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+    /// Notes a failure; returns how long to pause before accepting again.
+    fn failed(&mut self, error: &io::Error, now: Instant) -> Duration {
+        if let Some(suppressed) = self.warnings.ready(now) {
+            let hint = match error.raw_os_error() {
+                Some(code) if code == EMFILE || code == ENFILE => {
+                    "out of file descriptors: raise the open-files limit (ulimit -n, \
+                     LimitNOFILE) or lower sds.maxConnections"
+                }
+                _ => "retrying",
+            };
+            warn!(%error, failures_since_last_warning = suppressed, hint, "SDS listener cannot accept connections");
+        }
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(Self::MAX_PAUSE);
+        pause
+    }
+
+    /// Notes a successful accept: the next failure starts pausing briefly again.
+    fn succeeded(&mut self) {
+        self.pause = Self::FIRST_PAUSE;
+    }
+}
+
+/// `EMFILE` and `ENFILE` on Linux and the BSDs.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_file_descriptors_pauses_and_warns_once_per_period() {
+        let emfile = io::Error::from_raw_os_error(EMFILE);
+        let start = Instant::now();
+        let mut failures = AcceptFailures::default();
+        // 10,000 failed accepts within one period: growing pauses, capped, and the throttle
+        // lets exactly one warning through.
+        let mut total = Duration::ZERO;
+        let mut pauses = Vec::new();
+        for i in 0..10_000u32 {
+            let pause = failures.failed(&emfile, start + Duration::from_micros(u64::from(i)));
+            total += pause;
+            pauses.push(pause);
+        }
+        assert_eq!(pauses[0], AcceptFailures::FIRST_PAUSE);
+        assert!(
+            pauses.windows(2).all(|w| w[0] <= w[1]),
+            "pauses never shrink"
+        );
+        assert_eq!(*pauses.last().unwrap(), AcceptFailures::MAX_PAUSE);
+        assert_eq!(
+            failures.warnings.held_back(),
+            9_999,
+            "one warning, the rest held back"
+        );
+        assert!(total > Duration::from_secs(1000), "the loop does not spin");
+        failures.succeeded();
+        assert_eq!(
+            failures.failed(&emfile, start + WARN_EVERY),
+            AcceptFailures::FIRST_PAUSE,
+            "a success resets the pause"
+        );
+        assert_eq!(
+            failures.warnings.held_back(),
+            0,
+            "the next period warns again"
+        );
+    }
 }
