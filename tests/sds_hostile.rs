@@ -625,3 +625,42 @@ async fn a_nack_storm_is_one_nack() {
         "a response already NACKed is not ACKed by a later request"
     );
 }
+
+#[tokio::test]
+async fn every_refusal_of_a_caller_is_counted_as_unauthenticated() {
+    use std::os::unix::fs::MetadataExt;
+    // Development mode: no node, or a node naming no identity.
+    let sds = RunningSds::start(dev_settings(), setup()).await;
+    let ch = channel(&sds.url()).await;
+    for bad in [None, Some(node("sidecar~1.2.3.4"))] {
+        let status = SotwClient::open(ch.clone(), bad, &["default"])
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let status = SecretDiscoveryServiceClient::new(ch)
+        .fetch_secrets(request(None, &["default"]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(sds.stats.snapshot().unauthenticated, 3);
+
+    // Unix peer credentials: a uid nobody mapped.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sds.sock");
+    let my_uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let mut map = meshca::sds::UnixPeerMap::default();
+    map.insert(my_uid.wrapping_add(1), id("ns/a"));
+    let sds = RunningSds::start(SdsSettings::unix(&socket, AuthMode::UnixPeer(map)), setup()).await;
+    let status = SotwClient::open(
+        unix_channel(&socket).await,
+        Some(node("ns/a")),
+        &["default"],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(sds.stats.snapshot().unauthenticated, 1);
+}

@@ -588,6 +588,55 @@ const ENFILE: i32 = 23;
 mod tests {
     use super::*;
 
+    /// A listener whose every accept fails with EMFILE, counting the attempts.
+    struct OutOfDescriptors(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Listener for OutOfDescriptors {
+        type Stream = TcpStream;
+
+        async fn accept(&self) -> io::Result<TcpStream> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(io::Error::from_raw_os_error(EMFILE))
+        }
+
+        fn plain(stream: TcpStream) -> Io {
+            Io::Tcp(stream)
+        }
+
+        fn secured(stream: TlsStream<TcpStream>) -> Io {
+            Io::TlsTcp(Box::new(stream))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_accept_loop_out_of_file_descriptors_does_not_spin() {
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, _rx) = mpsc::channel(1);
+        let shared = Arc::new(AcceptShared {
+            settings: AcceptSettings {
+                tls: None,
+                limits: SdsLimits::default(),
+                stats: Arc::default(),
+            },
+            slots: Arc::new(Semaphore::new(1)),
+            tx,
+            over_limit: SharedThrottle::new(WARN_EVERY, 1),
+        });
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(accept_loop(
+            OutOfDescriptors(attempts.clone()),
+            shared,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        stop.cancel();
+        running.await.unwrap();
+        // Pauses of 10, 20, 40 … 640 ms, then 1 s: about 16 attempts in 10 s (a fixed 100 ms
+        // pause made 100, a log line each).
+        let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((10..=20).contains(&attempts), "{attempts} accepts in 10 s");
+    }
+
     #[test]
     fn running_out_of_file_descriptors_pauses_and_warns_once_per_period() {
         let emfile = io::Error::from_raw_os_error(EMFILE);
