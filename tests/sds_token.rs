@@ -209,3 +209,28 @@ async fn a_flood_of_bad_tokens_costs_one_review_per_token() {
         .unwrap();
     assert_eq!(reviews(&kube).len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_with_one_bad_token_are_reviewed_at_most_as_often_as_reviews_run_at_once()
+{
+    let Setup { kube, sds } = setup(&["meshca"]).await;
+    let sds = Arc::new(sds);
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let sds = sds.clone();
+            tokio::spawn(async move { first_response(&sds, Some("storm"), &["default"]).await })
+        })
+        .collect();
+    for call in calls {
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let storm = reviews(&kube)
+        .into_iter()
+        .filter(|r| r["spec"]["token"] == "storm")
+        .count();
+    assert!(
+        (1..=TokenReviewAuthenticator::MAX_CONCURRENT_REVIEWS).contains(&storm),
+        "{storm} TokenReviews for 100 concurrent calls with one token"
+    );
+}

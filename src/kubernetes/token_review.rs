@@ -31,6 +31,11 @@ const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// one per call. A review that could not be made (API server unreachable) is not remembered.
 /// Both caches are bounded ([`Self::MAX_CACHE_ENTRIES`] each): when full, expired entries are
 /// dropped, and if none has expired, all of them.
+///
+/// At most [`Self::MAX_CONCURRENT_REVIEWS`] reviews are in flight at once; further callers wait
+/// for one to finish, then look at the caches again (a flood of one token is reviewed by the
+/// first callers only). SDS authenticates a stream before it takes a slot, so this, not the
+/// stream limit, is what bounds the API calls unauthenticated callers cause.
 pub struct TokenReviewAuthenticator {
     client: kube::Client,
     audiences: Vec<String>,
@@ -40,6 +45,7 @@ pub struct TokenReviewAuthenticator {
     max_cache_entries: usize,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     rejected: Mutex<HashMap<[u8; 32], Rejected>>,
+    reviews: tokio::sync::Semaphore,
 }
 
 #[derive(Clone)]
@@ -61,6 +67,8 @@ impl TokenReviewAuthenticator {
     pub const DEFAULT_REJECTION_CACHE_AGE: Duration = Duration::from_secs(15);
     /// Entries of each cache (accepted, rejected).
     pub const MAX_CACHE_ENTRIES: usize = 100_000;
+    /// TokenReviews in flight at once.
+    pub const MAX_CONCURRENT_REVIEWS: usize = 32;
 
     /// Reviews tokens with `client`; `audiences` are sent with each review (empty: the API
     /// server's own audience, i.e. the pod's default token).
@@ -74,6 +82,7 @@ impl TokenReviewAuthenticator {
             max_cache_entries: Self::MAX_CACHE_ENTRIES,
             cache: Mutex::default(),
             rejected: Mutex::default(),
+            reviews: tokio::sync::Semaphore::new(Self::MAX_CONCURRENT_REVIEWS),
         }
     }
 
@@ -197,11 +206,21 @@ impl TokenReviewAuthenticator {
 impl TokenAuthenticator for TokenReviewAuthenticator {
     async fn authenticate(&self, token: &str) -> Result<SpiffeId, TokenError> {
         let digest = sha256(token.as_bytes());
-        if let Some(identity) = self.cached(&digest) {
-            return Ok(identity);
+        let cached = || match self.cached(&digest) {
+            Some(identity) => Some(Ok(identity)),
+            None => self.cached_rejection(&digest).map(Err),
+        };
+        if let Some(answer) = cached() {
+            return answer;
         }
-        if let Some(error) = self.cached_rejection(&digest) {
-            return Err(error);
+        let _in_flight = self
+            .reviews
+            .acquire()
+            .await
+            .expect("the review semaphore is never closed");
+        // Another call may have reviewed this token while this one waited.
+        if let Some(answer) = cached() {
+            return answer;
         }
         match self.review(token).await {
             Ok(identity) => {

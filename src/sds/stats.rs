@@ -24,11 +24,14 @@ pub struct SdsStats {
     pub acks: AtomicU64,
     /// Requests rejecting a response (`error_detail` set).
     pub nacks: AtomicU64,
-    /// Calls refused with UNAUTHENTICATED.
+    /// Callers refused as unauthenticated: calls refused with UNAUTHENTICATED (no or a bad
+    /// credential, a foreign trust domain, an unmapped uid, a node naming no identity), and TLS
+    /// handshakes refused or abandoned on an mTLS listener.
     pub unauthenticated: AtomicU64,
     /// Calls refused with PERMISSION_DENIED.
     pub permission_denied: AtomicU64,
-    /// Calls refused with INVALID_ARGUMENT or RESOURCE_EXHAUSTED.
+    /// Calls refused with INVALID_ARGUMENT, RESOURCE_EXHAUSTED or OUT_OF_RANGE (malformed or
+    /// oversized requests, limits reached).
     pub rejected: AtomicU64,
 }
 

@@ -359,8 +359,6 @@ impl SecretDiscoveryService for SdsService {
     }
 }
 
-/// Waits for a stream's first request (needed to authenticate in development mode). `None` when
-/// the client closed the stream without asking for anything.
 /// A stream past its prologue: it holds a slot, its first request, and an authenticated caller.
 struct Opened<T> {
     slot: StreamSlot,
@@ -420,6 +418,8 @@ async fn open<T>(
     }))
 }
 
+/// Waits (at most `first_request_timeout`) for a stream's first request. `None` when the
+/// client closed the stream without asking for anything.
 async fn first_message<T>(
     shared: &Shared,
     stream: Option<u64>,
