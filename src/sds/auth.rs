@@ -304,7 +304,11 @@ fn identity_from_node(
     node: Option<&Node>,
     trust_domain: &TrustDomain,
 ) -> Result<SpiffeId, AuthError> {
-    let bad = |reason: String| AuthError::BadNode { reason };
+    // The reason quotes what the caller sent: cut, so metadata values of any size stay short
+    // in the status and the log.
+    let bad = |reason: String| AuthError::BadNode {
+        reason: super::throttle::cut(reason),
+    };
     let node = node.ok_or_else(|| bad("the first request carries no node".to_owned()))?;
     let field = |key: &str| {
         node.metadata
@@ -395,6 +399,24 @@ mod tests {
             assert!(matches!(err, AuthError::BadNode { .. }), "{err:?}");
             assert!(err.to_string().contains("SERVICE_ACCOUNT"));
         }
+    }
+
+    #[tokio::test]
+    async fn a_huge_metadata_value_is_not_echoed_whole() {
+        let huge = "n".repeat(60_000);
+        let err = dev()
+            .authenticate(
+                None,
+                &MetadataMap::new(),
+                Some(&node(
+                    "",
+                    &[("NAMESPACE", &huge), ("SERVICE_ACCOUNT", "sa")],
+                )),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuthError::BadNode { .. }), "{err:?}");
+        assert!(err.to_string().len() < 2048, "{}", err.to_string().len());
     }
 
     #[tokio::test]

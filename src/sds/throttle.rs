@@ -93,6 +93,19 @@ impl std::fmt::Display for CallerText<'_> {
     }
 }
 
+/// `text` cut to at most [`MAX_LOGGED_BYTES`] (at a character boundary), marked when cut.
+pub(crate) fn cut(mut text: String) -> String {
+    if text.len() > MAX_LOGGED_BYTES {
+        let mut end = MAX_LOGGED_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -111,6 +124,17 @@ mod tests {
         assert_eq!(throttle.ready(start + Duration::from_secs(10)), Some(3));
         assert_eq!(throttle.ready(start + Duration::from_secs(11)), Some(0));
         assert_eq!(throttle.ready(start + Duration::from_secs(12)), None);
+    }
+
+    #[test]
+    fn cut_keeps_short_text_and_cuts_long_text_at_a_character_boundary() {
+        assert_eq!(cut("short".to_owned()), "short");
+        let long = cut("é".repeat(1000));
+        assert!(
+            long.ends_with('…') && long.len() <= MAX_LOGGED_BYTES + 3,
+            "{}",
+            long.len()
+        );
     }
 
     #[test]
