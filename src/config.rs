@@ -362,6 +362,9 @@ pub struct SdsConfig {
     /// How long a new stream may take to send its first request.
     #[serde(with = "serde_go")]
     pub first_request_timeout: Duration,
+    /// How long a connection may carry no SDS stream before it is closed.
+    #[serde(with = "serde_go")]
+    pub connection_idle_timeout: Duration,
 }
 
 impl Default for SdsConfig {
@@ -384,6 +387,7 @@ impl Default for SdsConfig {
             handshake_timeout: limits.handshake_timeout,
             preface_timeout: limits.preface_timeout,
             first_request_timeout: limits.first_request_timeout,
+            connection_idle_timeout: limits.connection_idle_timeout,
         }
     }
 }
@@ -400,6 +404,7 @@ impl SdsConfig {
             handshake_timeout: self.handshake_timeout,
             preface_timeout: self.preface_timeout,
             first_request_timeout: self.first_request_timeout,
+            connection_idle_timeout: self.connection_idle_timeout,
             ..crate::sds::SdsLimits::default()
         }
     }
@@ -462,6 +467,11 @@ impl SdsConfig {
                 "sds.firstRequestTimeout",
                 self.first_request_timeout,
                 defaults.first_request_timeout,
+            ),
+            (
+                "sds.connectionIdleTimeout",
+                self.connection_idle_timeout,
+                defaults.connection_idle_timeout,
             ),
         ] {
             if value.is_zero() {
@@ -1467,6 +1477,7 @@ mod tests {
             ("sds.handshakeTimeout", "0s"),
             ("sds.prefaceTimeout", "0s"),
             ("sds.firstRequestTimeout", "0s"),
+            ("sds.connectionIdleTimeout", "0s"),
         ] {
             let mut overrides = Overrides::default();
             overrides.set(&format!("{key}={value}")).unwrap();

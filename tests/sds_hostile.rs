@@ -664,3 +664,43 @@ async fn every_refusal_of_a_caller_is_counted_as_unauthenticated() {
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert_eq!(sds.stats.snapshot().unauthenticated, 1);
 }
+
+/// The HTTP/2 client preface and an empty SETTINGS frame: a connection, but no stream.
+const PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test]
+async fn connections_without_a_stream_are_closed_after_the_idle_timeout() {
+    let source = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sds.sock");
+    let mut settings = dev_settings();
+    settings.unix = Some(socket.clone());
+    settings.limits.connection_idle_timeout = Duration::from_millis(300);
+    let sds = RunningSds::start(settings, source.clone()).await;
+
+    // A preface and settings, then nothing (keepalive pings would take 40 s to notice).
+    let mut tcp = tokio::net::TcpStream::connect(sds.tcp.unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    closed_by_server(tcp).await;
+    let mut unix = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    unix.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+    closed_by_server(unix).await;
+
+    // A connection whose stream stays open outlives the timeout many times over: the renewal
+    // is pushed on the same stream.
+    let mut stream = SotwClient::open(channel(&sds.url()).await, Some(node("ns/a")), &["default"])
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap();
+    stream.ack(&first, &["default"]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    source.renew(&id("ns/a"), meshca::sds::Purpose::Default);
+    let pushed = stream
+        .next()
+        .await
+        .expect("the stream outlived the idle timeout");
+    assert_ne!(pushed.version_info, first.version_info);
+}

@@ -433,6 +433,7 @@ mod tests {
                 pid: None,
             },
             certificates: None,
+            activity: None,
         };
         assert_eq!(
             auth.authenticate(Some(&peer(1000)), &md, None)
@@ -447,6 +448,7 @@ mod tests {
         let tcp = PeerInfo {
             transport: PeerTransport::Tcp { remote: None },
             certificates: None,
+            activity: None,
         };
         assert!(matches!(
             auth.authenticate(Some(&tcp), &md, None).await,

@@ -117,6 +117,9 @@ pub struct SdsLimits {
     /// How long a connection may take, once accepted (after the TLS handshake on a TLS
     /// listener), to send the HTTP/2 client preface; a connection that sends nothing is closed.
     pub preface_timeout: Duration,
+    /// How long a connection may carry no stream holding a slot (after its preface, or after
+    /// its last stream closed) before it is closed.
+    pub connection_idle_timeout: Duration,
     /// How long shutdown waits for connections to close after streams were told to reconnect.
     pub drain_timeout: Duration,
 }
@@ -132,6 +135,7 @@ impl Default for SdsLimits {
             first_request_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             preface_timeout: Duration::from_secs(10),
+            connection_idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -260,11 +264,12 @@ impl SdsServer {
         for (setting, value) in [
             ("sds.handshakeTimeout", limits.handshake_timeout),
             ("sds.prefaceTimeout", limits.preface_timeout),
+            ("sds.connectionIdleTimeout", limits.connection_idle_timeout),
         ] {
             if value.is_zero() {
                 return Err(SdsError::InvalidSettings {
                     setting,
-                    reason: "must be above zero (default 10s)".to_owned(),
+                    reason: "must be above zero".to_owned(),
                 });
             }
         }

@@ -44,7 +44,7 @@ use super::names::{Resolved, ResourceName};
 use super::source::{Purpose, SecretSource, ServedCertificate};
 use super::stats::{BundleAcks, SdsStats};
 use super::throttle::{CallerText, SharedThrottle};
-use super::transport::PeerInfo;
+use super::transport::{Busy, PeerInfo};
 
 /// What every stream of one server shares.
 pub(crate) struct Shared {
@@ -142,7 +142,11 @@ impl Shared {
 
     /// Takes a slot for an authenticated caller's stream, under the global and the
     /// per-identity limit.
-    fn open_stream(self: &Arc<Self>, caller: &SpiffeId) -> Result<StreamSlot, RequestError> {
+    fn open_stream(
+        self: &Arc<Self>,
+        caller: &SpiffeId,
+        peer: Option<&PeerInfo>,
+    ) -> Result<StreamSlot, RequestError> {
         let permit = self.stream_slots.clone().try_acquire_owned().map_err(|_| {
             RequestError::TooManyStreams {
                 limit: self.limits.max_streams,
@@ -161,10 +165,12 @@ impl Shared {
         }
         SdsStats::bump(&self.stats.streams_open);
         SdsStats::bump(&self.stats.streams_total);
+        let connection = busy(peer);
         Ok(StreamSlot {
             id: self.next_stream.fetch_add(1, Ordering::Relaxed),
             shared: self.clone(),
             caller: caller.clone(),
+            _connection: connection,
             _permit: permit,
         })
     }
@@ -184,6 +190,8 @@ struct StreamSlot {
     id: u64,
     shared: Arc<Shared>,
     caller: SpiffeId,
+    /// Keeps the connection from its idle timeout.
+    _connection: Option<Busy>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -201,6 +209,11 @@ impl Drop for StreamSlot {
             }
         }
     }
+}
+
+/// Marks the caller's connection busy (not idle) while the guard lives.
+fn busy(peer: Option<&PeerInfo>) -> Option<Busy> {
+    peer.and_then(|p| p.activity.as_ref()).map(|a| a.busy())
 }
 
 /// The Envoy node of a request, if any, within [`MAX_NODE_ID_BYTES`] and [`MAX_NODE_BYTES`].
@@ -343,6 +356,8 @@ impl SecretDiscoveryService for SdsService {
             )
             .await
             .map_err(|e| shared.refuse(None, None, e))?;
+        // An answer may wait on issuance: the connection is not idle meanwhile.
+        let _busy = busy(extensions.get::<PeerInfo>());
         let names = dedup(request.resource_names);
         let mut subs = Subscriptions::new(shared.clone(), caller, u64::MAX, false);
         subs.replace(&names).await.map_err(|e| subs.refuse(e))?;
@@ -399,7 +414,7 @@ async fn open<T>(
         (caller, None)
     };
     let slot = shared
-        .open_stream(&caller)
+        .open_stream(&caller, peer)
         .map_err(|e| shared.refuse(None, Some(&caller), e))?;
     let first = match first {
         Some(first) => first,

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use rustls_pki_types::CertificateDer;
@@ -36,6 +37,8 @@ pub struct PeerInfo {
     pub transport: PeerTransport,
     /// The verified client certificate chain (leaf first), on TLS listeners.
     pub certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The connection's stream count, for its idle timeout.
+    pub(crate) activity: Option<Arc<ConnectionActivity>>,
 }
 
 /// The peer's transport-level identity.
@@ -57,11 +60,10 @@ pub enum PeerTransport {
     },
 }
 
-/// One accepted connection: its stream, the deadline for its HTTP/2 preface, and its share of
-/// `max_connections`.
+/// One accepted connection: its stream, its timer, and its share of `max_connections`.
 pub(crate) struct Connection {
     io: Io,
-    preface: Option<PrefaceDeadline>,
+    timer: ConnectionTimer,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -76,21 +78,122 @@ enum Io {
 /// The length of the HTTP/2 client preface (RFC 9113, 3.4), which a client sends first.
 const PREFACE_LEN: usize = 24;
 
-/// Reading fails once `sleep` ends unless the client preface has been read by then: hyper
-/// waits for a preface without a limit, and a connection that never sends one would be held
-/// forever. Dropped once the preface is in; after it, HTTP/2 keepalive pings find dead peers.
-struct PrefaceDeadline {
-    left: usize,
-    timeout: Duration,
+/// How many streams holding a slot one connection carries, and since when it carries none;
+/// shared by the connection and its streams ([`PeerInfo`]).
+#[derive(Debug)]
+pub(crate) struct ConnectionActivity {
+    streams: AtomicUsize,
+    /// Milliseconds after `opened` when the last stream closed.
+    idle_since: AtomicU64,
+    opened: Instant,
+}
+
+impl ConnectionActivity {
+    fn new() -> Self {
+        Self {
+            streams: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            opened: Instant::now(),
+        }
+    }
+
+    /// Marks the connection busy (an authenticated stream or call) until the guard is dropped.
+    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    fn done(&self) {
+        if self.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.idle_since.store(since, Ordering::Release);
+        }
+    }
+
+    /// When the connection became idle, if it is not busy now.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.streams.load(Ordering::Acquire) == 0)
+            .then(|| self.opened + Duration::from_millis(self.idle_since.load(Ordering::Acquire)))
+    }
+}
+
+/// An authenticated stream or call in progress on a connection: the connection is not idle.
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<ConnectionActivity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
+
+/// Closes a connection (reading fails) that does not send the HTTP/2 client preface within
+/// `preface_timeout` — hyper waits for one without a limit — or that carries no stream holding
+/// a slot for `idle_timeout`: HTTP/2 keepalive only finds peers that stopped answering pings,
+/// and a connection that answers them but never gets an authenticated stream would otherwise
+/// hold one of `max_connections` forever.
+///
+/// One timer per connection. While streams are open it fires once per `idle_timeout` and is
+/// re-armed (no per-stream or per-message timer work); once the last stream closes, the next
+/// firing closes the connection if nothing was opened since.
+struct ConnectionTimer {
+    /// Preface bytes not read yet; 0 once it is in.
+    preface_left: usize,
+    preface_timeout: Duration,
+    idle_timeout: Duration,
+    activity: Arc<ConnectionActivity>,
     sleep: Pin<Box<Sleep>>,
 }
 
-impl PrefaceDeadline {
-    fn new(timeout: Duration) -> Self {
+impl ConnectionTimer {
+    fn new(limits: &SdsLimits) -> Self {
         Self {
-            left: PREFACE_LEN,
-            timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            preface_left: PREFACE_LEN,
+            preface_timeout: limits.preface_timeout,
+            idle_timeout: limits.connection_idle_timeout,
+            activity: Arc::new(ConnectionActivity::new()),
+            sleep: Box::pin(tokio::time::sleep(limits.preface_timeout)),
+        }
+    }
+
+    /// `Err` when the connection is to be closed; otherwise the timer is armed with `cx`.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if self.preface_left > 0 {
+                debug!(timeout = ?self.preface_timeout, "SDS connection sent no HTTP/2 preface in time; closing it");
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 client preface within sds.prefaceTimeout",
+                ));
+            }
+            let now = Instant::now();
+            let next = match self.activity.idle_since() {
+                Some(since) if now.saturating_duration_since(since) >= self.idle_timeout => {
+                    debug!(timeout = ?self.idle_timeout, "SDS connection idle without a stream; closing it");
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no SDS stream on the connection within sds.connectionIdleTimeout",
+                    ));
+                }
+                Some(since) => since + self.idle_timeout,
+                None => now + self.idle_timeout,
+            };
+            self.sleep.as_mut().reset(next.into());
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, bytes: usize) {
+        if self.preface_left > 0 {
+            self.preface_left = self.preface_left.saturating_sub(bytes);
+            if self.preface_left == 0 {
+                // Idle from now on until a stream opens.
+                let since =
+                    u64::try_from(self.activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+                self.activity.idle_since.store(since, Ordering::Release);
+                let deadline = Instant::now() + self.idle_timeout;
+                self.sleep.as_mut().reset(deadline.into());
+            }
         }
     }
 }
@@ -127,22 +230,27 @@ impl Connected for Connection {
     type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> PeerInfo {
+        let activity = Some(self.timer.activity.clone());
         match &self.io {
             Io::Tcp(s) => PeerInfo {
                 transport: tcp_peer(s),
                 certificates: None,
+                activity,
             },
             Io::Unix(s) => PeerInfo {
                 transport: unix_peer(s),
                 certificates: None,
+                activity,
             },
             Io::TlsTcp(s) => PeerInfo {
                 transport: tcp_peer(s.get_ref().0),
                 certificates: peer_chain(s),
+                activity,
             },
             Io::TlsUnix(s) => PeerInfo {
                 transport: unix_peer(s.get_ref().0),
                 certificates: peer_chain(s),
+                activity,
             },
         }
     }
@@ -166,23 +274,13 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let Some(deadline) = &mut this.preface else {
-            return delegate!(&mut this.io, s => Pin::new(s).poll_read(cx, buf));
-        };
-        if deadline.sleep.as_mut().poll(cx).is_ready() {
-            debug!(timeout = ?deadline.timeout, "SDS connection sent no HTTP/2 preface in time; closing it");
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no HTTP/2 client preface within sds.prefaceTimeout",
-            )));
+        if let Err(e) = this.timer.check(cx) {
+            return Poll::Ready(Err(e));
         }
         let before = buf.filled().len();
         let result = delegate!(&mut this.io, s => Pin::new(s).poll_read(cx, buf));
         if let Poll::Ready(Ok(())) = result {
-            deadline.left = deadline.left.saturating_sub(buf.filled().len() - before);
-            if deadline.left == 0 {
-                this.preface = None;
-            }
+            this.timer.read(buf.filled().len() - before);
         }
         result
     }
@@ -527,7 +625,7 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
         };
         let connection = Connection {
             io,
-            preface: Some(PrefaceDeadline::new(limits.preface_timeout)),
+            timer: ConnectionTimer::new(limits),
             _slot: slot,
         };
         let _ = shared.tx.send(Ok(connection)).await;
