@@ -104,10 +104,11 @@ impl ConnectionActivity {
     }
 
     fn done(&self) {
-        if self.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.idle_since.store(since, Ordering::Release);
-        }
+        // Stored before the count drops, so whoever sees no stream also sees when the last
+        // one closed (a value stored while others stay open is overwritten by the last).
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since.store(now, Ordering::Release);
+        self.streams.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// When the connection became idle, if it is not busy now.
