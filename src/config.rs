@@ -1333,6 +1333,31 @@ mod tests {
     }
 
     #[test]
+    fn sds_limits_reach_the_server_settings() {
+        let defaults = crate::sds::SdsLimits::default();
+        assert_eq!(Config::default().sds.limits(), defaults);
+        let mut overrides = Overrides::default();
+        for setting in [
+            "sds.maxStreamsPerIdentity=5",
+            "sds.maxConnections=300",
+            "sds.handshakeTimeout=3s",
+            "sds.prefaceTimeout=2s",
+            "sds.connectionIdleTimeout=2m",
+            "sds.firstRequestTimeout=45s",
+        ] {
+            overrides.set(setting).unwrap();
+        }
+        let limits = Config::load(None, &overrides).unwrap().sds.limits();
+        assert_eq!(limits.max_streams_per_identity, 5);
+        assert_eq!(limits.max_connections, 300);
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(limits.preface_timeout, Duration::from_secs(2));
+        assert_eq!(limits.connection_idle_timeout, Duration::from_secs(120));
+        assert_eq!(limits.first_request_timeout, Duration::from_secs(45));
+        assert_eq!(limits.max_streams, defaults.max_streams);
+    }
+
+    #[test]
     fn cert_manager_section_is_configurable() {
         let file = write("certManager:\n  issuerKind: ClusterIssuer\n  timeout: 2m\n");
         let overrides = Overrides::from_env([(
