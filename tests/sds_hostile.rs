@@ -704,3 +704,70 @@ async fn connections_without_a_stream_are_closed_after_the_idle_timeout() {
         .expect("the stream outlived the idle timeout");
     assert_ne!(pushed.version_info, first.version_info);
 }
+
+/// An HTTP/2 frame header: length, type, flags, stream id.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A StreamSecrets request header block (HPACK, static-table names, no Huffman).
+fn stream_secrets_headers() -> Vec<u8> {
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    block.push(0x04); // :path, literal value
+    block.push(u8::try_from(PATH_STREAM.len()).unwrap());
+    block.extend_from_slice(PATH_STREAM.as_bytes());
+    block.extend_from_slice(&[0x01, 0x01, b'x']); // :authority x
+    block.extend_from_slice(&[0x0f, 0x10, 16]); // content-type (static index 31)
+    block.extend_from_slice(b"application/grpc");
+    block
+}
+
+#[tokio::test]
+async fn one_connection_cannot_open_more_streams_than_the_per_connection_limit() {
+    let sds = RunningSds::start(dev_settings(), setup()).await;
+    let mut tcp = tokio::net::TcpStream::connect(sds.tcp.unwrap())
+        .await
+        .unwrap();
+    let limit = meshca::sds::MAX_STREAMS_PER_CONNECTION;
+    let headers = stream_secrets_headers();
+    let mut out = PREFACE_AND_SETTINGS.to_vec();
+    // Streams that never send a request: each waits for one (development mode), holding
+    // no slot; the connection may hold only `limit` of them.
+    for i in 0..=limit {
+        out.extend(frame(0x1, 0x4, 2 * i + 1, &headers)); // HEADERS, END_HEADERS
+    }
+    tcp.write_all(&out).await.unwrap();
+    let refused = tokio::time::timeout(PATIENCE, async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the server closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 9 {
+                let len =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, stream) = (
+                    buf[3],
+                    u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff,
+                );
+                let payload: Vec<u8> = buf[9..9 + len].to_vec();
+                buf.drain(..9 + len);
+                // RST_STREAM with REFUSED_STREAM (7).
+                if kind == 0x3 && payload == [0, 0, 0, 7] {
+                    return stream;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a stream beyond the per-connection limit is refused");
+    assert_eq!(refused, 2 * limit + 1, "the first stream over the limit");
+}
