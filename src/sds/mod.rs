@@ -149,6 +149,10 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// The largest request header block accepted (a service-account token is 1–2 KiB).
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
+/// HTTP/2 receive window of a stream and of a connection: request bytes a connection can make
+/// the server hold before it reads them.
+pub const RECEIVE_WINDOW_BYTES: u32 = 256 * 1024;
+
 /// Why the SDS server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -424,6 +428,11 @@ impl BoundSdsServer {
             // tonic leaves both unlimited unless set.
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+            // What a client may send before the server reads it (hyper's default: 1 MiB
+            // each). SDS requests are a few hundred bytes; this bounds what a connection
+            // can make the server buffer, and does not limit what the server sends.
+            .initial_stream_window_size(Some(RECEIVE_WINDOW_BYTES))
+            .initial_connection_window_size(Some(RECEIVE_WINDOW_BYTES))
             .add_service(service)
             .serve_with_incoming_shutdown(
                 ReceiverStream::new(incoming),
