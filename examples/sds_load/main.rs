@@ -812,6 +812,9 @@ mod tests {
         let arrived = progress.wait_round(1, Instant::now()).await.unwrap();
         progress.check(arrived.secrets).unwrap();
         assert_eq!(progress.digest(), cache_digest(&server.cache));
+        // The first responses' ACKs are counted before the renewal is pushed: an ACK that
+        // reached the server after the push would carry a stale nonce and rightly not count.
+        wait_for_acks(&server.stats, n as u64).await;
 
         // A renewal reaches every stream (a new serial each: `check` fails on an old one).
         server.cache.renew_now(None);
@@ -820,16 +823,7 @@ mod tests {
         assert_eq!(progress.digest(), cache_digest(&server.cache));
 
         // Every response was ACKed with its nonce (the server counts no other), none NACKed.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while server.stats.snapshot().acks < 2 * n as u64 {
-            assert!(
-                Instant::now() < deadline,
-                "{} of {} ACKs counted",
-                server.stats.snapshot().acks,
-                2 * n
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_acks(&server.stats, 2 * n as u64).await;
         let stats = server.stats.snapshot();
         assert_eq!((stats.acks, stats.nacks), (2 * n as u64, 0));
 
@@ -847,6 +841,19 @@ mod tests {
         }
         assert_eq!(ended, n);
         server.server.await.unwrap().unwrap();
+    }
+
+    /// Waits until the server has counted `expected` ACKs (30 s at most).
+    async fn wait_for_acks(stats: &meshca::sds::SdsStats, expected: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stats.snapshot().acks < expected {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {expected} ACKs counted",
+                stats.snapshot().acks,
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,7 +197,9 @@ fn trusted_extra_roots(
         if let Ok(info) = meshca_provider::CertificateInfo::parse(root)
             && info.not_after <= now
         {
-            tracing::warn!(subject = %info.subject, fingerprint = %info.sha256_fingerprint, "an extra trusted root has expired: remove it from extraTrustedRoots");
+            // The subject comes from a file an operator listed; escaped like every certificate text
+            // meshca prints, so a hostile root cannot write control sequences into a text log.
+            tracing::warn!(subject = %super::inspect::printable(&info.subject), fingerprint = %info.sha256_fingerprint, "an extra trusted root has expired: remove it from extraTrustedRoots");
         }
     }
     tracing::info!(
