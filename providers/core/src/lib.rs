@@ -4,13 +4,15 @@
 //! certificate it wants in a [`LeafSpec`], and a provider turns that into a signed
 //! [`CertificateChain`] and reports its [`TrustBundle`]. Everything a backend and the daemon
 //! must agree on lives here — identities ([`SpiffeId`]), DNS names ([`DnsName`]), Go-style
-//! durations, key types, X.509 parsing helpers — and nothing that wires a runtime.
+//! durations, key types, X.509 parsing helpers, verified PKCS#10 requests ([`VerifiedCsr`]) —
+//! and nothing that wires a runtime.
 
 #![forbid(unsafe_code)]
 
 pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod csr;
 pub mod dns;
 pub mod duration;
 pub mod identity;
@@ -21,6 +23,7 @@ pub mod verify;
 pub mod x509;
 
 pub use clock::{Clock, SystemClock};
+pub use csr::{CsrError, CsrSignatureAlgorithm, MAX_CSR_LEN, VerifiedCsr};
 pub use dns::{DnsName, DnsNameError, DnsNameProblem};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use identity::{DEFAULT_TRUST_DOMAIN, IdentityError, SpiffeId, TrustDomain};
