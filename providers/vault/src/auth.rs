@@ -93,14 +93,18 @@ pub(crate) struct Lease {
     pub(crate) first_ttl: Duration,
 }
 
+/// TTLs longer than this (Vault's own maximum is far shorter) are taken as this: the arithmetic
+/// on `Instant`s stays in range whatever a server answers.
+const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
+
 impl Lease {
     fn new(ttl_secs: u64, renewable: bool, first_ttl_secs: u64) -> Self {
-        let ttl = Duration::from_secs(ttl_secs);
+        let ttl = Duration::from_secs(ttl_secs.min(MAX_TTL_SECS));
         Self {
             ttl,
             renewable,
             granted_at: Instant::now(),
-            first_ttl: Duration::from_secs(first_ttl_secs).max(ttl),
+            first_ttl: Duration::from_secs(first_ttl_secs.min(MAX_TTL_SECS)).max(ttl),
         }
     }
 
@@ -110,11 +114,11 @@ impl Lease {
 
     /// Two thirds into the TTL: late enough not to renew needlessly, early enough to survive
     /// a few failed attempts.
-    fn renew_at(&self) -> Instant {
+    pub(crate) fn renew_at(&self) -> Instant {
         self.granted_at + self.ttl * 2 / 3
     }
 
-    fn remaining(&self, now: Instant) -> Duration {
+    pub(crate) fn remaining(&self, now: Instant) -> Duration {
         (self.granted_at + self.ttl).saturating_duration_since(now)
     }
 }
@@ -142,14 +146,27 @@ pub(crate) fn next_check(
     wait
 }
 
+/// The `data` of `lookup-self`.
 #[derive(Deserialize)]
-struct LookupData {
+pub(crate) struct LookupData {
     #[serde(default)]
     ttl: Option<u64>,
     #[serde(default)]
     renewable: Option<bool>,
     #[serde(default)]
     creation_ttl: Option<u64>,
+}
+
+impl LookupData {
+    /// The token's lease as of now.
+    pub(crate) fn lease(&self) -> Lease {
+        let ttl = self.ttl.unwrap_or(0);
+        Lease::new(
+            ttl,
+            self.renewable.unwrap_or(false),
+            self.creation_ttl.unwrap_or(ttl),
+        )
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -552,7 +569,7 @@ async fn read_source(source: &SharedTokenSource) -> Result<Secret, VaultError> {
     Ok(Secret::new(trimmed))
 }
 
-fn token_from_auth(auth: AuthBlock) -> Result<Token, String> {
+pub(crate) fn token_from_auth(auth: AuthBlock) -> Result<Token, String> {
     let lease = Lease::new(auth.lease_duration, auth.renewable, auth.lease_duration);
     Token::new(auth.client_token, lease)
 }
@@ -581,12 +598,7 @@ async fn lookup(
         path: LOOKUP_SELF.to_owned(),
         reason: "the lookup answer has no data".to_owned(),
     })?;
-    let ttl = data.ttl.unwrap_or(0);
-    Ok(Lease::new(
-        ttl,
-        data.renewable.unwrap_or(false),
-        data.creation_ttl.unwrap_or(ttl),
-    ))
+    Ok(data.lease())
 }
 
 /// `renew-self`: extends the token by its default increment.
@@ -642,6 +654,18 @@ pub(crate) fn api_error(http: &VaultHttp, path: &str, error: ApiError) -> VaultE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_ttl_is_a_far_renewal_not_a_panic() {
+        // Found writing the vault_response fuzz target: a TTL near u64::MAX seconds overflowed
+        // `Duration * 2` and `Instant + Duration`.
+        let lease = Lease::new(u64::MAX, true, u64::MAX);
+        let now = Instant::now();
+        assert!(lease.renew_at() > now + Duration::from_secs(365 * 24 * 3600));
+        assert!(lease.remaining(now) > Duration::from_secs(365 * 24 * 3600));
+        let wait = next_check(&lease, now, None, false, false).unwrap();
+        assert!(wait > Duration::from_secs(365 * 24 * 3600));
+    }
 
     fn lease(ttl: u64, granted_secs_ago: u64) -> (Lease, Instant) {
         let now = Instant::now();

@@ -200,30 +200,39 @@ impl VaultHttp {
         let bytes = response.bytes().await.map_err(|e| ApiError::Unreachable {
             reason: error_chain(&e),
         })?;
-        if !status.is_success() {
-            return Err(ApiError::Status {
-                status: status.as_u16(),
-                errors: error_messages(&bytes),
-            });
-        }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Envelope {
-                data: None,
-                auth: None,
-                warnings: None,
-            });
-        }
-        let envelope: Envelope<T> =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed {
-                reason: format!("the answer to {path} is not what Vault returns there: {e}"),
-            })?;
-        if let Some(warnings) = envelope.warnings.as_deref().filter(|w| !w.is_empty()) {
-            // Vault warns, for instance, that common_name is ignored on roles that take names
-            // from the CSR: harmless on every call, so not worth more than debug.
-            tracing::debug!(path, ?warnings, "Vault answered with warnings");
-        }
-        Ok(envelope)
+        decode_answer(path, status.as_u16(), &bytes)
     }
+}
+
+/// Reads Vault's answer to `path`: the envelope of a 2xx (empty for an empty body, as a 204
+/// has), else the status with Vault's error messages.
+pub(crate) fn decode_answer<T: DeserializeOwned>(
+    path: &str,
+    status: u16,
+    bytes: &[u8],
+) -> Result<Envelope<T>, ApiError> {
+    if !(200..300).contains(&status) {
+        return Err(ApiError::Status {
+            status,
+            errors: error_messages(bytes),
+        });
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Envelope {
+            data: None,
+            auth: None,
+            warnings: None,
+        });
+    }
+    let envelope: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| ApiError::Malformed {
+        reason: format!("the answer to {path} is not what Vault returns there: {e}"),
+    })?;
+    if let Some(warnings) = envelope.warnings.as_deref().filter(|w| !w.is_empty()) {
+        // Vault warns, for instance, that common_name is ignored on roles that take names
+        // from the CSR: harmless on every call, so not worth more than debug.
+        tracing::debug!(path, ?warnings, "Vault answered with warnings");
+    }
+    Ok(envelope)
 }
 
 /// Vault's `{"errors": [...]}`, or a short, printable excerpt of a body that is not that (a

@@ -22,6 +22,8 @@
 
 mod auth;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod pki;
 mod provider;

@@ -1,7 +1,7 @@
 //! The PKI secrets engine's side: request bodies, answers, role reading and what Vault's
 //! refusals mean for the person who has to fix the role.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use meshca_provider::x509::certificates_from_pem;
 use meshca_provider::{CertificateInfo, KeyType, LeafSpec};
@@ -134,6 +134,28 @@ impl Issued {
             (_, Some(issuing)) if !issuing.trim().is_empty() => std::slice::from_ref(issuing),
             _ => &[],
         }
+    }
+
+    /// The leaf certificate and its NotAfter.
+    pub(crate) fn leaf(&self) -> Result<(CertificateDer<'static>, SystemTime), String> {
+        let leaf = certificates_from_pem(&self.certificate)
+            .map_err(|e| format!("the certificate is not PEM: {e}"))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no certificate in the answer".to_owned())?;
+        // Vault states the leaf's NotAfter as `expiration`; reading it saves parsing the leaf
+        // (the daemon parses and validates the whole chain anyway).
+        let not_after = match self.expiration {
+            Some(secs) => SystemTime::UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .ok_or_else(|| format!("the answer's expiration {secs} is not a time"))?,
+            None => {
+                CertificateInfo::parse(&leaf)
+                    .map_err(|e| format!("the certificate is unreadable: {e}"))?
+                    .not_after
+            }
+        };
+        Ok((leaf, not_after))
     }
 }
 
@@ -371,6 +393,18 @@ mod tests {
         assert_eq!(role("rsa", 0).key_types().len(), 3);
         assert_eq!(role("any", 0).key_types(), KeyType::ALL);
         assert!(role("ed25519", 0).key_types().is_empty());
+    }
+
+    #[test]
+    fn an_expiration_past_the_end_of_time_is_an_error_not_a_panic() {
+        // Found writing the vault_response fuzz target: `SystemTime + Duration` panicked.
+        let issued: Issued = serde_json::from_str(
+            r#"{"certificate": "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
+                "expiration": 18446744073709551615}"#,
+        )
+        .unwrap();
+        let error = issued.leaf().unwrap_err();
+        assert!(error.contains("18446744073709551615"), "{error}");
     }
 
     #[test]

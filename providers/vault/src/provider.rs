@@ -4,10 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use meshca_provider::x509::{certificates_from_pem, pem_block};
+use meshca_provider::x509::pem_block;
 use meshca_provider::{
-    Capabilities, CertificateChain, CertificateInfo, CertificateProvider, IssueRequest, KeyType,
-    LeafKey, LeafSpec, ProviderError, TrustBundle, format_duration,
+    Capabilities, CertificateChain, CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec,
+    ProviderError, TrustBundle, format_duration,
 };
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
@@ -360,29 +360,16 @@ impl VaultProvider {
         asked: Duration,
         started: SystemTime,
     ) -> Result<CertificateChain, ProviderError> {
-        let path = &self.paths.sign;
-        let leaf = certificates_from_pem(&issued.certificate)
-            .map_err(|e| self.invalid(path, format!("the certificate is not PEM: {e}")))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| self.invalid(path, "no certificate in the answer".to_owned()))?;
-        // Vault states the leaf's NotAfter as `expiration`; reading it saves parsing the leaf
-        // (the daemon parses and validates the whole chain anyway).
-        let not_after = match issued.expiration {
-            Some(secs) => SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
-            None => {
-                CertificateInfo::parse(&leaf)
-                    .map_err(|e| self.invalid(path, format!("the certificate is unreadable: {e}")))?
-                    .not_after
-            }
-        };
+        let (leaf, not_after) = issued
+            .leaf()
+            .map_err(|reason| self.invalid(&self.paths.sign, reason))?;
         self.note_lifetime(asked, started, not_after);
         let intermediates = self.intermediates(issued.ca_pems())?;
         let mut certificates = Vec::with_capacity(1 + intermediates.len());
         certificates.push(leaf);
         certificates.extend(intermediates.iter().cloned());
         CertificateChain::new(certificates)
-            .ok_or_else(|| self.invalid(path, "empty chain".to_owned()))
+            .ok_or_else(|| self.invalid(&self.paths.sign, "empty chain".to_owned()))
     }
 
     fn intermediates(
