@@ -252,8 +252,17 @@ impl CertificateInfo {
         Self::parse_full(der)
     }
 
-    /// Parses a DER certificate with x509-parser.
-    fn parse_full(der: &[u8]) -> Result<Self, X509Error> {
+    /// The DER walker alone: `None` where [`parse`](Self::parse) would hand over to
+    /// x509-parser. For the differential fuzz target (`fuzz/`), not an API.
+    #[doc(hidden)]
+    pub fn parse_fast(der: &[u8]) -> Option<Self> {
+        fast::parse(der)
+    }
+
+    /// Parses a DER certificate with x509-parser alone. Public for the differential fuzz
+    /// target (`fuzz/`), not an API.
+    #[doc(hidden)]
+    pub fn parse_full(der: &[u8]) -> Result<Self, X509Error> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| X509Error::Malformed {
             reason: e.to_string(),
         })?;
@@ -481,9 +490,13 @@ mod fast {
     pub(super) fn parse(der: &[u8]) -> Option<CertificateInfo> {
         let (certificate, _) = expect(der, SEQUENCE)?;
         let (tbs, rest) = expect(certificate, SEQUENCE)?;
-        let (_, rest) = expect(rest, SEQUENCE)?;
-        let (_, rest) = expect(rest, 0x03)?;
-        if !rest.is_empty() {
+        let (algorithm, rest) = expect(rest, SEQUENCE)?;
+        let (signature, rest) = expect(rest, 0x03)?;
+        if !rest.is_empty() || !known_signature_algorithm(algorithm) {
+            return None;
+        }
+        // A signature is whole bytes: no unused bits (x509-parser checks the count).
+        if signature.first() != Some(&0) {
             return None;
         }
         // Version: v3 only.
@@ -492,7 +505,10 @@ mod fast {
             return None;
         }
         let (serial, rest) = expect(rest, 0x02)?;
-        let (_, rest) = expect(rest, SEQUENCE)?;
+        let (algorithm, rest) = expect(rest, SEQUENCE)?;
+        if !known_signature_algorithm(algorithm) {
+            return None;
+        }
         let (issuer, rest) = expect(rest, SEQUENCE)?;
         let (validity, rest) = expect(rest, SEQUENCE)?;
         let (subject, rest) = expect(rest, SEQUENCE)?;
@@ -556,6 +572,19 @@ mod fast {
             extension_value(&mut info, oid, value)?;
         }
         Some(info)
+    }
+
+    /// The contents of an AlgorithmIdentifier meshca's and common CAs' certificates are
+    /// signed with, encoded exactly so: ECDSA with SHA-256/384 (no parameters), RSA PKCS#1 v1.5
+    /// with SHA-256/384/512 (NULL parameters). Anything else goes to x509-parser.
+    fn known_signature_algorithm(contents: &[u8]) -> bool {
+        const ECDSA: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+        const RSA: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+        match contents {
+            [prefix @ .., 0x02 | 0x03] if prefix == ECDSA => true,
+            [prefix @ .., 0x0b..=0x0d, 0x05, 0x00] if prefix == RSA => true,
+            _ => false,
+        }
     }
 
     fn whole<'a>((content, rest): (&'a [u8], &'a [u8])) -> Option<&'a [u8]> {
@@ -845,6 +874,20 @@ mod tests {
         }
         // All but the IP-address leaves.
         assert_eq!(fast_reads, certificates.len() - 4);
+    }
+
+    /// Inputs the x509_der fuzz target found where the DER walker accepted what x509-parser
+    /// refuses (`fuzz/`): both must now give x509-parser's answer.
+    #[test]
+    fn the_fast_path_refuses_what_x509_parser_refuses() {
+        // A meshca root whose signature BIT STRING claims 0xe7 unused bits.
+        let crashes: [&[u8]; 1] = [include_bytes!("../testdata/x509/signature-unused-bits.der")];
+        for der in crashes {
+            let full = CertificateInfo::parse_full(der);
+            assert!(full.is_err(), "{full:?}");
+            assert_eq!(fast::parse(der), None);
+            assert_eq!(CertificateInfo::parse(der), full);
+        }
     }
 
     fn self_signed() -> (rcgen::Certificate, String) {
