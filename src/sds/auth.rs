@@ -300,7 +300,10 @@ fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-fn identity_from_node(
+/// The identity a development-mode caller claims in its Envoy node: `NAMESPACE` and
+/// `SERVICE_ACCOUNT` metadata, else a `<ns>/<sa>` node id, in `trust_domain`. Public for the
+/// fuzz targets (`fuzz/`).
+pub fn identity_from_node(
     node: Option<&Node>,
     trust_domain: &TrustDomain,
 ) -> Result<SpiffeId, AuthError> {
