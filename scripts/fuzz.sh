@@ -12,13 +12,13 @@
 #
 # Environment:
 #   FUZZ_TARGET_DIR  cargo target directory for the instrumented build (default fuzz/target)
-#   FUZZ_JOBS        cargo build jobs (default: cargo's)
+#   CARGO_BUILD_JOBS cargo build jobs (cargo's own variable; cargo fuzz has no -j)
 #   FUZZ_ARGS        extra libFuzzer flags for every run, e.g. "-max_len=4096"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -65,18 +65,14 @@ target_dir=$(realpath -m "${FUZZ_TARGET_DIR:-fuzz/target}")
 # -O: optimised, as fuzzing needs the speed; -a: with debug assertions, so that arithmetic
 # overflow is a crash rather than a silently wrong value.
 build_flags=(-O -a --target-dir "$target_dir")
-jobs=()
-if [[ -n "${FUZZ_JOBS:-}" ]]; then
-    jobs=(--jobs "$FUZZ_JOBS")
-fi
 
 echo "== building ${#targets[@]} fuzz target(s) (cargo +nightly fuzz build)"
 build_start=$SECONDS
 if [[ $# -eq 0 ]]; then
-    cargo +nightly fuzz build "${build_flags[@]}" "${jobs[@]}"
+    cargo +nightly fuzz build "${build_flags[@]}"
 else
     for target in "${targets[@]}"; do
-        cargo +nightly fuzz build "${build_flags[@]}" "${jobs[@]}" "$target"
+        cargo +nightly fuzz build "${build_flags[@]}" "$target"
     done
 fi
 echo "== built in $((SECONDS - build_start)) s"
