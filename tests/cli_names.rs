@@ -5,29 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod support;
 
-fn meshca(ca_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .arg("--ca-dir")
-        .arg(ca_dir)
-        .args(args)
-        .env_remove("MESHCA_CONFIG")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the meshca binary runs")
-}
+use std::process::Command;
 
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "meshca failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use support::cli::{meshca, ok};
 
 /// Issue #16's collision: trust domain cluster.local, namespace `svc`, service account
 /// `payments.prod`. The old certificate carried CN and DNS SAN

@@ -1,6 +1,20 @@
 //! Checks on a finished `meshca` process, shared by the tests that run the binary.
 
-use std::process::Output;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs the `meshca` binary with the CA store in `ca_dir`, no configuration file from the
+/// environment and no colour.
+pub fn meshca(ca_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshca"))
+        .arg("--ca-dir")
+        .arg(ca_dir)
+        .args(args)
+        .env_remove("MESHCA_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the meshca binary runs")
+}
 
 /// Asserts the run succeeded and printed no key material; returns its standard output.
 pub fn ok(output: &Output) -> String {
