@@ -92,6 +92,14 @@ impl Setup {
         self.meshca(&["rotate", "--namespace", "shop"]).await
     }
 
+    /// `meshca rotate --namespace shop`, which must fail (without key material in its output);
+    /// returns its standard output, the per-Secret report.
+    async fn rotate_failing(&self) -> String {
+        let output = self.rotate().await;
+        failed(&output);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Writes the managed Secret `shop/<name>` as `meshca issue --secret` does, with a
     /// certificate issued `ago` for `lifetime` (Tresor back-dates NotBefore by a minute more).
     async fn plant(
@@ -595,9 +603,7 @@ async fn kubernetes_api_errors_are_explained() {
     setup
         .kube
         .fail(Method::PUT, WEB_TLS, 403, "Forbidden", forbidden_update, 1);
-    let output = setup.rotate().await;
-    failed(&output);
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = setup.rotate_failing().await;
     let web_line = line(&stdout, "shop/web-tls");
     assert!(
         web_line.starts_with("failed: Secret shop/web-tls: the API server forbade update (")
@@ -819,9 +825,7 @@ async fn a_copied_certificate_with_another_key_is_refused() {
     let before = setup.kube.object(COPY).unwrap();
     setup.kube.clear_requests();
 
-    let output = setup.rotate().await;
-    failed(&output);
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = setup.rotate_failing().await;
     let l = line(&stdout, "shop/copy-tls");
     assert!(
         l.starts_with("failed: ")
@@ -863,9 +867,7 @@ async fn a_dns_name_the_certificate_does_not_hold_is_refused() {
     let before = setup.kube.object(WEB_TLS).unwrap();
     setup.kube.clear_requests();
 
-    let output = setup.rotate().await;
-    failed(&output);
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = setup.rotate_failing().await;
     let l = line(&stdout, "shop/web-tls");
     assert!(
         l.starts_with("failed: ")
@@ -905,9 +907,7 @@ async fn a_certificate_from_another_ca_is_refused() {
     setup.kube.put_object(WEB_TLS, web);
     setup.kube.clear_requests();
 
-    let output = setup.rotate().await;
-    failed(&output);
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = setup.rotate_failing().await;
     let l = line(&stdout, "shop/web-tls");
     assert!(
         l.starts_with("failed: ")
@@ -939,9 +939,7 @@ async fn a_secret_without_certificate_or_key_is_not_issued_afresh() {
     setup.kube.put_object(KEYLESS, keyless);
     setup.kube.clear_requests();
 
-    let output = setup.rotate().await;
-    failed(&output);
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = setup.rotate_failing().await;
     let blank_line = line(&stdout, "shop/blank-tls");
     assert!(
         blank_line.starts_with("failed: EXPIRED, the Secret has no tls.crt; not renewed")
