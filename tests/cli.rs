@@ -3,30 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-fn meshca(ca_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .arg("--ca-dir")
-        .arg(ca_dir)
-        .args(args)
-        .env_remove("MESHCA_CONFIG")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the meshca binary runs")
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "meshca failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use support::cli::{meshca, ok};
 
 fn openssl_verify(args: &[&Path]) -> Output {
     let mut command = Command::new("openssl");
