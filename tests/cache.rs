@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use meshca::cache::{CacheError, CacheSettings, CertKey, CertificateCache, Purpose};
 use meshca::time::TokioClock;
 use meshca_provider::{
-    Capabilities, CertificateChain, CertificateProvider, Clock, IssueRequest, KeyType, LeafKey,
-    LeafSpec, ProviderError, SpiffeId, TrustBundle,
+    Capabilities, CertificateChain, CertificateProvider, Clock, CsrNames, IssueRequest, KeyType,
+    LeafKey, LeafSpec, ProviderError, SpiffeId, SubjectKey, TrustBundle,
 };
 use rand::Rng;
 use rcgen::{
@@ -126,7 +126,7 @@ impl FakeProvider {
                 max_lifetime: None,
                 key_types: vec![KeyType::P256, KeyType::P384],
                 uri_sans: true,
-                needs_csr: false,
+                csr_names: CsrNames::Decided,
                 signs_in_process: false,
             },
         });
@@ -223,7 +223,10 @@ impl CertificateProvider for FakeProvider {
             (now - BACKDATE, now + spec.lifetime)
         };
         let other_key = (mode == Mode::WrongKey).then(|| LeafKey::generate(KeyType::P256).unwrap());
-        let public = other_key.as_ref().unwrap_or(request.key);
+        let SubjectKey::Generated(requested) = request.key else {
+            panic!("the cache asks for certificates of keys it made");
+        };
+        let public = other_key.as_ref().unwrap_or(requested);
         let chain = match mode {
             Mode::Panic => panic!("the fake provider's own bug"),
             Mode::Fail => {

@@ -101,10 +101,7 @@ async fn issue_one(provider: &VaultProvider) {
     let spec = LeafSpec::workload(&id, &[], Duration::from_secs(1200));
     let key = LeafKey::generate(KeyType::P256).unwrap();
     let chain = provider
-        .issue(&IssueRequest {
-            spec: &spec,
-            key: &key,
-        })
+        .issue(&IssueRequest::generated(&spec, &key))
         .await
         .unwrap();
     assert_eq!(chain.leaf_info().unwrap().uri_sans, [id.to_string()]);
@@ -252,10 +249,7 @@ async fn a_token_kept_in_a_secret_is_read_and_followed_when_it_changes() {
     let spec = LeafSpec::workload(&id, &[], Duration::from_secs(1200));
     let key = LeafKey::generate(KeyType::P256).unwrap();
     let error = provider
-        .issue(&IssueRequest {
-            spec: &spec,
-            key: &key,
-        })
+        .issue(&IssueRequest::generated(&spec, &key))
         .await
         .unwrap_err()
         .to_string();

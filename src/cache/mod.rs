@@ -1004,10 +1004,6 @@ impl Shared {
             provider,
             source: Arc::new(e),
         };
-        self.provider
-            .capabilities()
-            .check(&spec, settings.key_type)
-            .map_err(provider_error)?;
         let leaf_key = generate_key(settings.key_type).await.map_err(|e| match e {
             KeyGenError::Key(e) => CacheError::Key {
                 identity: identity.clone(),
@@ -1015,10 +1011,11 @@ impl Shared {
             },
             KeyGenError::Task(reason) => CacheError::Internal { reason },
         })?;
-        let request = IssueRequest {
-            spec: &spec,
-            key: &leaf_key,
-        };
+        let request = IssueRequest::generated(&spec, &leaf_key);
+        self.provider
+            .capabilities()
+            .check(&request)
+            .map_err(provider_error)?;
         let after = settings.issue_timeout;
         let chain = tokio::time::timeout(after, self.provider.issue(&request))
             .await

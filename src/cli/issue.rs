@@ -264,11 +264,12 @@ pub async fn issue_validated(
     spec: &LeafSpec,
     key_type: KeyType,
 ) -> anyhow::Result<Issued> {
-    provider.capabilities().check(spec, key_type)?;
     let key = tokio::task::spawn_blocking(move || LeafKey::generate(key_type))
         .await
         .context("key generation was interrupted")??;
-    let chain = provider.issue(&IssueRequest { spec, key: &key }).await?;
+    let request = IssueRequest::generated(spec, &key);
+    provider.capabilities().check(&request)?;
+    let chain = provider.issue(&request).await?;
     let bundle = provider.trust_bundle().await?;
     let check = ChainCheck::for_provider(provider.capabilities());
     let info = validate(&chain, &bundle, spec, &key, clock.now(), check).map_err(|rejection| {

@@ -14,7 +14,8 @@ use kube::core::Status;
 use meshca_provider::x509::{pem_block, sha256};
 use meshca_provider::{
     Capabilities, CertificateChain, CertificateInfo, CertificateProvider, ChainError, Clock,
-    IssueRequest, KeyType, LeafSpec, ProviderError, SystemClock, TrustBundle, verify_chain,
+    CsrNames, IssueRequest, KeyType, LeafSpec, ProviderError, SubjectKey, SystemClock, TrustBundle,
+    verify_chain,
 };
 use rustls_pki_types::CertificateDer;
 
@@ -117,7 +118,8 @@ impl CertManagerProvider {
                 key_types: KeyType::ALL.to_vec(),
                 // The CA and Vault issuers copy URI SANs from the CSR; ACME issuers cannot.
                 uri_sans: true,
-                needs_csr: true,
+                // A CertificateRequest is signed for what its CSR asks.
+                csr_names: CsrNames::FromCsr,
                 signs_in_process: false,
             },
             clock: Arc::new(SystemClock),
@@ -725,8 +727,13 @@ impl CertificateProvider for CertManagerProvider {
     }
 
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<CertificateChain, ProviderError> {
-        self.capabilities
-            .check(request.spec, request.key.key_type())?;
+        // The issuance pipeline has checked the capabilities (for a caller's CSR: that it asks
+        // for exactly the decided names, since cert-manager certifies what the CSR says).
+        if let SubjectKey::Caller(_) = request.key {
+            return Err(ProviderError::Unsupported {
+                what: "certificates for a caller's key (CSR) yet".to_owned(),
+            });
+        }
         let csr = request.csr_der()?;
         let object = self.request_object(request.spec, &csr);
         let created = self

@@ -43,7 +43,7 @@ async fn issue(
     Result<meshca_provider::CertificateChain, ProviderError>,
 ) {
     let key = LeafKey::generate(KeyType::P256).unwrap();
-    let result = provider.issue(&IssueRequest { spec, key: &key }).await;
+    let result = provider.issue(&IssueRequest::generated(spec, &key)).await;
     (key, result)
 }
 
@@ -588,10 +588,7 @@ async fn an_abandoned_issuance_still_deletes_its_request() {
     // The daemon gives up first (its own issue timeout drops the future).
     let abandoned = tokio::time::timeout(
         Duration::from_secs(5),
-        provider.issue(&IssueRequest {
-            spec: &spec,
-            key: &key,
-        }),
+        provider.issue(&IssueRequest::generated(&spec, &key)),
     )
     .await;
     assert!(abandoned.is_err());

@@ -186,7 +186,7 @@ impl Conformance {
                 return None;
             }
         };
-        match provider.issue(&IssueRequest { spec, key: &key }).await {
+        match provider.issue(&IssueRequest::generated(spec, &key)).await {
             Ok(chain) => Some((key, chain)),
             Err(e) => {
                 report.fail(check, format!("issuance failed: {e}"));
@@ -371,7 +371,13 @@ impl Conformance {
             Ok(key) => key,
             Err(e) => return report.fail(&check, e.to_string()),
         };
-        match provider.issue(&IssueRequest { spec, key: &key }).await {
+        // As the daemon's issuance pipeline asks: capabilities first, then the backend.
+        let request = IssueRequest::generated(spec, &key);
+        let outcome = match provider.capabilities().check(&request) {
+            Ok(()) => provider.issue(&request).await,
+            Err(refused) => Err(refused),
+        };
+        match outcome {
             Err(ProviderError::Unsupported { .. }) => {}
             Err(other) => report.fail(&check, format!("got a different error: {other}")),
             Ok(_) => report.fail(&check, "the provider issued a certificate"),

@@ -101,6 +101,19 @@ pub enum CsrError {
          carries: it was altered, or signed with another key"
     )]
     BadSignature,
+    /// The request asks for names or extensions other than the ones meshca decided, for a
+    /// backend that certifies what a request asks for (see [`VerifiedCsr::requests_exactly`]).
+    #[error(
+        "the certificate signing request asks for {found}, but this certificate may only name \
+         {allowed}: request exactly those names (an empty subject unless a common name is \
+         listed) and no other extensions"
+    )]
+    NamesDiffer {
+        /// What the request asks for that differs, as printable text.
+        found: String,
+        /// What meshca allows for this caller.
+        allowed: String,
+    },
 }
 
 /// The signature algorithms a [`VerifiedCsr`] may be signed with.
@@ -161,13 +174,32 @@ impl fmt::Display for CsrSignatureAlgorithm {
 /// holds the private key of [`subject_public_key_info`](Self::subject_public_key_info).
 ///
 /// Only the key is exposed. The subject and requested extensions are deliberately not: a
-/// certificate's names come from who the caller is, never from what the caller asks for.
+/// certificate's names come from who the caller is, never from what the caller asks for. The
+/// one use of them is [`requests_exactly`](Self::requests_exactly), for backends that certify
+/// what a request says (cert-manager): there the request itself must already say only what
+/// meshca decided.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VerifiedCsr {
+    der: Vec<u8>,
     spki: Vec<u8>,
     public_key: Vec<u8>,
     key_type: KeyType,
     signature_algorithm: CsrSignatureAlgorithm,
+    requested: Requested,
+}
+
+/// What a request asks to be certified, read once at parse time, compared, never trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Requested {
+    /// Subject attributes, each as `short-name=value` (a common name as `CN=…`).
+    subject: Vec<String>,
+    /// URI SANs.
+    uris: Vec<String>,
+    /// DNS SANs, lowercased.
+    dns_names: Vec<String>,
+    /// Anything else: other SAN types, extensions other than SAN/keyUsage/extKeyUsage, a CA
+    /// basicConstraints, unreadable attributes.
+    other: Vec<String>,
 }
 
 impl VerifiedCsr {
@@ -218,10 +250,12 @@ impl VerifiedCsr {
             .verify(info.raw, &csr.signature_value.data)
             .map_err(|_| CsrError::BadSignature)?;
         Ok(Self {
+            der: der.to_vec(),
             spki: spki.raw.to_vec(),
             public_key: spki.subject_public_key.data.to_vec(),
             key_type,
             signature_algorithm,
+            requested: requested_of(&csr),
         })
     }
 
@@ -282,6 +316,130 @@ impl VerifiedCsr {
     pub fn signature_algorithm(&self) -> CsrSignatureAlgorithm {
         self.signature_algorithm
     }
+
+    /// The request exactly as the caller sent it (DER), for a backend that must be handed the
+    /// caller's own proof of possession (Vault's `pki/sign`, cert-manager).
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// Checks that the request asks for exactly what `spec` decides and nothing else: the
+    /// subject is empty, or only `CN=<spec.common_name>` when the spec has one; the URI SANs
+    /// are the spec's SPIFFE ID alone (or none); the DNS SANs are the spec's names (in any
+    /// order and case); no other SAN type, no extension but subjectAltName, keyUsage and
+    /// extKeyUsage, and no CA basicConstraints.
+    ///
+    /// Backends that take the names meshca passes do not need this; a backend that certifies
+    /// what the request says (cert-manager's CertificateRequest) does, before it is forwarded.
+    pub fn requests_exactly(&self, spec: &crate::LeafSpec) -> Result<(), CsrError> {
+        let mut allowed = Requested::default();
+        if let Some(cn) = &spec.common_name {
+            allowed.subject.push(format!("CN={cn}"));
+        }
+        if let Some(id) = &spec.spiffe_id {
+            allowed.uris.push(id.to_string());
+        }
+        allowed.dns_names = spec
+            .dns_names
+            .iter()
+            .map(|n| n.as_str().to_ascii_lowercase())
+            .collect();
+        let mut asked = self.requested.clone();
+        // A request that leaves the subject empty is fine where a common name is allowed.
+        if asked.subject.is_empty() {
+            allowed.subject.clear();
+        }
+        allowed.dns_names.sort();
+        allowed.dns_names.dedup();
+        asked.dns_names.sort();
+        asked.dns_names.dedup();
+        if asked == allowed {
+            return Ok(());
+        }
+        Err(CsrError::NamesDiffer {
+            found: escape(&asked.describe()),
+            allowed: escape(&allowed.describe()),
+        })
+    }
+}
+
+impl Requested {
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let subject = if self.subject.is_empty() {
+            "an empty subject".to_owned()
+        } else {
+            format!("subject {}", self.subject.join(", "))
+        };
+        parts.push(subject);
+        parts.extend(self.uris.iter().map(|u| format!("URI {u}")));
+        parts.extend(self.dns_names.iter().map(|d| format!("DNS {d}")));
+        parts.extend(self.other.iter().cloned());
+        parts.join("; ")
+    }
+}
+
+/// A caller's text made safe for messages and logs: control, format (bidi) and other
+/// non-printable characters escaped.
+fn escape(text: &str) -> String {
+    text.chars().flat_map(char::escape_debug).collect()
+}
+
+/// Reads what the request asks for. Nothing here can fail the parse: anything unusual is kept
+/// in `other`, which [`VerifiedCsr::requests_exactly`] refuses.
+fn requested_of(csr: &X509CertificationRequest<'_>) -> Requested {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::ParsedCriAttribute;
+
+    let info = &csr.certification_request_info;
+    let mut requested = Requested::default();
+    for attribute in info.subject.iter_attributes() {
+        let name = x509_parser::objects::oid2abbrev(
+            attribute.attr_type(),
+            x509_parser::objects::oid_registry(),
+        )
+        .map_or_else(|_| attribute.attr_type().to_id_string(), ToOwned::to_owned);
+        let value = attribute.as_str().unwrap_or("<not a string>");
+        requested.subject.push(format!("{name}={value}"));
+    }
+    for attribute in info.iter_attributes() {
+        match attribute.parsed_attribute() {
+            ParsedCriAttribute::ExtensionRequest(request) => {
+                for extension in &request.extensions {
+                    match extension.parsed_extension() {
+                        ParsedExtension::SubjectAlternativeName(san) => {
+                            for name in &san.general_names {
+                                match name {
+                                    GeneralName::URI(uri) => requested.uris.push((*uri).to_owned()),
+                                    GeneralName::DNSName(dns) => {
+                                        requested.dns_names.push(dns.to_ascii_lowercase());
+                                    }
+                                    other => requested.other.push(format!("SAN {other}")),
+                                }
+                            }
+                        }
+                        ParsedExtension::KeyUsage(_) | ParsedExtension::ExtendedKeyUsage(_) => {}
+                        ParsedExtension::BasicConstraints(bc) if !bc.ca => {}
+                        ParsedExtension::BasicConstraints(_) => {
+                            requested
+                                .other
+                                .push("a CA certificate (basicConstraints cA)".to_owned());
+                        }
+                        _ => requested
+                            .other
+                            .push(format!("extension {}", oid_name(&extension.oid))),
+                    }
+                }
+            }
+            ParsedCriAttribute::ChallengePassword(_) => {
+                requested.other.push("a challenge password".to_owned());
+            }
+            _ => requested
+                .other
+                .push(format!("attribute {}", oid_name(&attribute.oid))),
+        }
+    }
+    requested
 }
 
 impl fmt::Debug for VerifiedCsr {

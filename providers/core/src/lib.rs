@@ -29,7 +29,8 @@ pub use duration::{DurationError, format_duration, parse_duration};
 pub use identity::{DEFAULT_TRUST_DOMAIN, IdentityError, SpiffeId, TrustDomain};
 pub use keys::{KeyError, KeyType, LeafKey};
 pub use provider::{
-    Capabilities, CertificateProvider, IssueRequest, LeafSpec, ProviderError, SharedProvider,
+    Capabilities, CertificateProvider, CsrNames, IssueRequest, LeafSpec, ProviderError,
+    SharedProvider, SubjectKey,
 };
 #[cfg(feature = "verify")]
 pub use verify::{ChainError, verify_chain};

@@ -32,8 +32,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use meshca_provider::{
-    Capabilities, CertificateChain, CertificateProvider, Clock, DnsName, IssueRequest, KeyType,
-    LeafKey, LeafSpec, ProviderError, TrustBundle,
+    Capabilities, CertificateChain, CertificateProvider, Clock, CsrNames, DnsName, IssueRequest,
+    KeyType, LeafKey, LeafSpec, ProviderError, SubjectKey, TrustBundle,
 };
 
 pub use authority::{
@@ -89,7 +89,7 @@ impl Tresor {
                 max_lifetime: None,
                 key_types: KeyType::ALL.to_vec(),
                 uri_sans: true,
-                needs_csr: false,
+                csr_names: CsrNames::Decided,
                 signs_in_process: true,
             },
         }
@@ -157,7 +157,8 @@ impl Tresor {
     /// Signs a certificate for `spec` over `key`'s public key, now. This is what
     /// [`issue`](CertificateProvider::issue) does, without the async wrapper.
     pub fn sign(&self, spec: &LeafSpec, key: &LeafKey) -> Result<CertificateChain, ProviderError> {
-        self.capabilities.check(spec, key.key_type())?;
+        self.capabilities
+            .check(&IssueRequest::generated(spec, key))?;
         self.authority()
             .sign_leaf(spec, key, self.clock.now(), self.clock_skew)
             .map_err(provider_error)
@@ -185,7 +186,16 @@ impl CertificateProvider for Tresor {
     }
 
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<CertificateChain, ProviderError> {
-        self.sign(request.spec, request.key)
+        // The issuance pipeline has checked the capabilities.
+        match request.key {
+            SubjectKey::Generated(key) => self
+                .authority()
+                .sign_leaf(request.spec, key, self.clock.now(), self.clock_skew)
+                .map_err(provider_error),
+            SubjectKey::Caller(_) => Err(ProviderError::Unsupported {
+                what: "certificates for a caller's key (CSR) yet".to_owned(),
+            }),
+        }
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {

@@ -104,10 +104,7 @@ impl Bench {
                 self.raw(self.sign_body(csr)).await;
             }
             Mode::Meshca => {
-                let request = IssueRequest {
-                    spec: &self.spec,
-                    key: &self.key,
-                };
+                let request = IssueRequest::generated(&self.spec, &self.key);
                 self.provider.issue(&request).await.expect("meshca issue");
             }
         }

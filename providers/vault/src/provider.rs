@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use meshca_provider::x509::pem_block;
 use meshca_provider::{
-    Capabilities, CertificateChain, CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec,
-    ProviderError, TrustBundle, format_duration,
+    Capabilities, CertificateChain, CertificateProvider, CsrNames, IssueRequest, KeyType, LeafKey,
+    LeafSpec, ProviderError, SubjectKey, TrustBundle, format_duration,
 };
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
@@ -126,7 +126,8 @@ impl VaultProvider {
             // Vault PKI can always carry URI SANs; a role that forbids them is a policy
             // refusal with its own message (see `pki::rejection_hint`).
             uri_sans: true,
-            needs_csr: settings.issue_mode == IssueMode::Sign,
+            // pki/sign is given the names as parameters (see `IssueBody::sign`).
+            csr_names: CsrNames::Decided,
             signs_in_process: false,
         };
         if let Some(role) = &role {
@@ -436,8 +437,13 @@ impl CertificateProvider for VaultProvider {
     }
 
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<CertificateChain, ProviderError> {
-        let key_type = request.key.key_type();
-        self.capabilities.check(request.spec, key_type)?;
+        // The issuance pipeline has checked the capabilities.
+        let key_type = request.key_type();
+        if let SubjectKey::Caller(_) = request.key {
+            return Err(ProviderError::Unsupported {
+                what: "certificates for a caller's key (CSR) yet".to_owned(),
+            });
+        }
         if self.mode == IssueMode::Issue {
             return Err(ProviderError::Unsupported {
                 what: "certificates for meshca's own keys with vault.issueMode=issue (Vault \

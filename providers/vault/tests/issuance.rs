@@ -30,7 +30,10 @@ async fn issue(
     key_type: KeyType,
 ) -> Result<CertificateChain, ProviderError> {
     let key = LeafKey::generate(key_type).unwrap();
-    provider.issue(&IssueRequest { spec, key: &key }).await
+    let request = IssueRequest::generated(spec, &key);
+    // As the daemon's issuance pipeline does: capabilities first, once.
+    provider.capabilities().check(&request)?;
+    provider.issue(&request).await
 }
 
 fn workload(short: &str, lifetime: Duration) -> LeafSpec {
@@ -282,7 +285,6 @@ async fn issue_mode_returns_vaults_key_and_refuses_the_daemons() {
         ..bao.settings(&bao.root_token)
     };
     let provider = VaultProvider::connect(&settings).await.unwrap();
-    assert!(!provider.capabilities().needs_csr);
     let spec = workload("a/b", Duration::from_secs(600));
     let err = issue(&provider, &spec, KeyType::P256).await.unwrap_err();
     assert!(matches!(err, ProviderError::Unsupported { .. }), "{err:?}");

@@ -18,12 +18,7 @@ async fn issue(provider: &VaultProvider) -> Result<CertificateChain, ProviderErr
     let key = LeafKey::generate(KeyType::P256).unwrap();
     let id = SpiffeId::from_short("bookstore/bookstore", &TrustDomain::default()).unwrap();
     let spec = LeafSpec::workload(&id, &[], Duration::from_secs(600));
-    provider
-        .issue(&IssueRequest {
-            spec: &spec,
-            key: &key,
-        })
-        .await
+    provider.issue(&IssueRequest::generated(&spec, &key)).await
 }
 
 fn assert_unavailable(

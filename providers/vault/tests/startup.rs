@@ -149,10 +149,7 @@ async fn a_token_without_pki_policy_is_refused_with_the_path_to_grant() {
         std::time::Duration::from_secs(600),
     );
     let err = provider
-        .issue(&IssueRequest {
-            spec: &spec,
-            key: &key,
-        })
+        .issue(&IssueRequest::generated(&spec, &key))
         .await
         .unwrap_err();
     assert!(matches!(err, ProviderError::Unauthorized { .. }), "{err:?}");
@@ -177,10 +174,7 @@ async fn https_with_vault_ca_file_works_and_without_it_is_refused() {
         std::time::Duration::from_secs(600),
     );
     provider
-        .issue(&IssueRequest {
-            spec: &spec,
-            key: &key,
-        })
+        .issue(&IssueRequest::generated(&spec, &key))
         .await
         .unwrap();
 

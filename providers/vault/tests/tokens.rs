@@ -35,12 +35,7 @@ async fn issue(provider: &VaultProvider) -> Result<CertificateChain, ProviderErr
         vec!["hook.meshca-system.svc".parse().unwrap()],
         Duration::from_secs(600),
     );
-    provider
-        .issue(&IssueRequest {
-            spec: &spec,
-            key: &key,
-        })
-        .await
+    provider.issue(&IssueRequest::generated(&spec, &key)).await
 }
 
 fn app_role_settings(bao: &Bao, role_id: String, secret_id: String) -> VaultSettings {
