@@ -1,0 +1,352 @@
+//! `sds.*`: the SDS listeners, how callers authenticate, and the hostile-input limits.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use meshca_provider::SpiffeId;
+use meshca_provider::duration::serde_go;
+use serde::{Deserialize, Serialize};
+
+use super::forms::{octal_mode, string_or_number};
+use super::{Config, ConfigError};
+
+/// `sds.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SdsConfig {
+    /// TCP address of the SDS gRPC listener; empty to disable.
+    pub listen: String,
+    /// Unix socket path of the SDS listener; empty to disable.
+    pub unix_socket: String,
+    /// How callers prove who they are: `mtls` (a client certificate issued by meshca),
+    /// `unix-peer` (the Unix socket peer's uid, mapped by `unixPeers`), `token` (a Kubernetes
+    /// service-account token, checked with TokenReview; loopback and Unix sockets only), or
+    /// `development` (the Envoy node id is believed; loopback and Unix sockets only).
+    pub auth: SdsAuth,
+    /// With `auth: token`: comma-separated audiences a token must be meant for (empty: the API
+    /// server's own audience, i.e. the pod's default token).
+    pub token_audiences: String,
+    /// The identity of the SDS endpoint's own certificate with `auth: mtls`, `<ns>/<sa>`.
+    pub server_identity: String,
+    /// With `auth: unix-peer`: comma-separated `uid=<ns>/<sa>` pairs, e.g.
+    /// `1337=bookstore/bookstore-v2,1338=bookstore/bookbuyer`.
+    pub unix_peers: String,
+    /// File mode of the Unix socket, in octal (`0660`). Connecting needs write permission, so
+    /// this decides which local users can reach the listener at all. Empty: `0600` with
+    /// `auth: development` (whoever connects is believed, so only meshca's own user), `0666`
+    /// otherwise (every caller is authenticated on the connection: uid, token or certificate).
+    #[serde(deserialize_with = "octal_mode")]
+    pub unix_socket_mode: String,
+    /// Group of the Unix socket: a group name or a numeric gid. Empty: meshca's own group.
+    /// With a mode such as `0660`, only members of this group can connect.
+    #[serde(deserialize_with = "string_or_number")]
+    pub unix_socket_group: String,
+    /// Streams open at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// Streams one identity (all proxies of a service account together) may hold at once.
+    pub max_streams_per_identity: usize,
+    /// Connections open at once on all SDS listeners; more are closed when accepted.
+    pub max_connections: usize,
+    /// Resource names in one request.
+    pub max_names_per_request: usize,
+    /// Largest request message, in bytes.
+    pub max_message_bytes: usize,
+    /// How long a TLS client may take to complete its handshake.
+    #[serde(with = "serde_go")]
+    pub handshake_timeout: Duration,
+    /// How long a connection may take to send the HTTP/2 preface once accepted (after the TLS
+    /// handshake with mTLS).
+    #[serde(with = "serde_go")]
+    pub preface_timeout: Duration,
+    /// How long a new stream may take to send its first request.
+    #[serde(with = "serde_go")]
+    pub first_request_timeout: Duration,
+    /// How long a connection may carry no SDS stream before it is closed.
+    #[serde(with = "serde_go")]
+    pub connection_idle_timeout: Duration,
+}
+
+impl Default for SdsConfig {
+    fn default() -> Self {
+        let limits = crate::sds::SdsLimits::default();
+        Self {
+            listen: "127.0.0.1:15010".to_owned(),
+            unix_socket: String::new(),
+            auth: SdsAuth::Mtls,
+            token_audiences: String::new(),
+            server_identity: "meshca-system/meshca".to_owned(),
+            unix_peers: String::new(),
+            unix_socket_mode: String::new(),
+            unix_socket_group: String::new(),
+            max_streams: limits.max_streams,
+            max_streams_per_identity: limits.max_streams_per_identity,
+            max_connections: limits.max_connections,
+            max_names_per_request: limits.max_names_per_request,
+            max_message_bytes: limits.max_message_bytes,
+            handshake_timeout: limits.handshake_timeout,
+            preface_timeout: limits.preface_timeout,
+            first_request_timeout: limits.first_request_timeout,
+            connection_idle_timeout: limits.connection_idle_timeout,
+        }
+    }
+}
+
+impl SdsConfig {
+    /// The limits as the SDS server takes them.
+    pub fn limits(&self) -> crate::sds::SdsLimits {
+        crate::sds::SdsLimits {
+            max_streams: self.max_streams,
+            max_streams_per_identity: self.max_streams_per_identity,
+            max_connections: self.max_connections,
+            max_names_per_request: self.max_names_per_request,
+            max_message_bytes: self.max_message_bytes,
+            handshake_timeout: self.handshake_timeout,
+            preface_timeout: self.preface_timeout,
+            first_request_timeout: self.first_request_timeout,
+            connection_idle_timeout: self.connection_idle_timeout,
+            ..crate::sds::SdsLimits::default()
+        }
+    }
+
+    pub(super) fn validate_limits(&self) -> Result<(), ConfigError> {
+        let defaults = crate::sds::SdsLimits::default();
+        for (key, value, default) in [
+            ("sds.maxStreams", self.max_streams, defaults.max_streams),
+            (
+                "sds.maxStreamsPerIdentity",
+                self.max_streams_per_identity,
+                defaults.max_streams_per_identity,
+            ),
+            (
+                "sds.maxConnections",
+                self.max_connections,
+                defaults.max_connections,
+            ),
+            (
+                "sds.maxNamesPerRequest",
+                self.max_names_per_request,
+                defaults.max_names_per_request,
+            ),
+            (
+                "sds.maxMessageBytes",
+                self.max_message_bytes,
+                defaults.max_message_bytes,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::InvalidValue {
+                    key,
+                    reason: format!("must be at least 1 (default {default})"),
+                });
+            }
+        }
+        for (key, value) in [
+            ("sds.maxStreams", self.max_streams),
+            ("sds.maxConnections", self.max_connections),
+        ] {
+            if value > tokio::sync::Semaphore::MAX_PERMITS {
+                return Err(ConfigError::InvalidValue {
+                    key,
+                    reason: format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+                });
+            }
+        }
+        for (key, value, default) in [
+            (
+                "sds.handshakeTimeout",
+                self.handshake_timeout,
+                defaults.handshake_timeout,
+            ),
+            (
+                "sds.prefaceTimeout",
+                self.preface_timeout,
+                defaults.preface_timeout,
+            ),
+            (
+                "sds.firstRequestTimeout",
+                self.first_request_timeout,
+                defaults.first_request_timeout,
+            ),
+            (
+                "sds.connectionIdleTimeout",
+                self.connection_idle_timeout,
+                defaults.connection_idle_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::InvalidValue {
+                    key,
+                    reason: format!(
+                        "must be above zero (default {})",
+                        meshca_provider::format_duration(default)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SdsAuth {
+    /// The configuration name: `mtls`, `unix-peer`, `token`, `development`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SdsAuth::Mtls => "mtls",
+            SdsAuth::UnixPeer => "unix-peer",
+            SdsAuth::Token => "token",
+            SdsAuth::Development => "development",
+        }
+    }
+}
+
+/// SDS caller authentication modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SdsAuth {
+    /// A client certificate issued by meshca.
+    Mtls,
+    /// Unix socket peer credentials.
+    UnixPeer,
+    /// A Kubernetes service-account token (TokenReview).
+    Token,
+    /// Trust the Envoy node id (development only).
+    Development,
+}
+
+impl Config {
+    /// `sds.tokenAudiences` as a list.
+    pub fn token_audiences(&self) -> Vec<String> {
+        self.sds
+            .token_audiences
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `sds.unixPeers` as a map.
+    pub fn unix_peers(&self) -> Result<HashMap<u32, SpiffeId>, ConfigError> {
+        let mut peers = HashMap::new();
+        for pair in self
+            .sds
+            .unix_peers
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let bad = |reason: String| ConfigError::InvalidValue {
+                key: "sds.unixPeers",
+                reason: format!(
+                    "{pair:?}: {reason}; write uid=<namespace>/<service-account>, comma-separated"
+                ),
+            };
+            let (uid, identity) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("no '='".to_owned()))?;
+            let uid: u32 = uid
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("{uid:?} is not a uid")))?;
+            let identity = SpiffeId::from_short(identity.trim(), &self.trust_domain())
+                .map_err(|e| bad(e.to_string()))?;
+            peers.insert(uid, identity);
+        }
+        Ok(peers)
+    }
+
+    /// `sds.unixSocketMode`, if set: the permission bits (at most `0777`).
+    pub fn unix_socket_mode(&self) -> Result<Option<u32>, ConfigError> {
+        let text = self.sds.unix_socket_mode.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let digits = text.strip_prefix("0o").unwrap_or(text);
+        match u32::from_str_radix(digits, 8) {
+            Ok(mode) if mode <= 0o777 => Ok(Some(mode)),
+            _ => Err(ConfigError::InvalidValue {
+                key: "sds.unixSocketMode",
+                reason: format!(
+                    "{text:?} is not a file mode: write permission bits in octal, e.g. 0660 \
+                     (owner and group) or 0600 (meshca's user only)"
+                ),
+            }),
+        }
+    }
+
+    /// `sds.unixSocketGroup`, if set, as a gid: a number, or a name looked up in /etc/group.
+    pub fn unix_socket_group(&self) -> Result<Option<u32>, ConfigError> {
+        let text = self.sds.unix_socket_group.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(gid) = text.parse::<u32>() {
+            return Ok(Some(gid));
+        }
+        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        groups
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let gid = fields.nth(1)?.parse::<u32>().ok()?;
+                (name == text).then_some(gid)
+            })
+            .next()
+            .map(Some)
+            .ok_or_else(|| ConfigError::InvalidValue {
+                key: "sds.unixSocketGroup",
+                reason: format!(
+                    "no group {text:?} in /etc/group: give an existing group name or a numeric gid"
+                ),
+            })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::testing::{load, write};
+    use crate::config::{Config, Overrides};
+
+    #[test]
+    fn sds_limits_reach_the_server_settings() {
+        let defaults = crate::sds::SdsLimits::default();
+        assert_eq!(Config::default().sds.limits(), defaults);
+        let mut overrides = Overrides::default();
+        for setting in [
+            "sds.maxStreamsPerIdentity=5",
+            "sds.maxConnections=300",
+            "sds.handshakeTimeout=3s",
+            "sds.prefaceTimeout=2s",
+            "sds.connectionIdleTimeout=2m",
+            "sds.firstRequestTimeout=45s",
+        ] {
+            overrides.set(setting).unwrap();
+        }
+        let limits = Config::load(None, &overrides).unwrap().sds.limits();
+        assert_eq!(limits.max_streams_per_identity, 5);
+        assert_eq!(limits.max_connections, 300);
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(limits.preface_timeout, Duration::from_secs(2));
+        assert_eq!(limits.connection_idle_timeout, Duration::from_secs(120));
+        assert_eq!(limits.first_request_timeout, Duration::from_secs(45));
+        assert_eq!(limits.max_streams, defaults.max_streams);
+    }
+
+    #[test]
+    fn unix_socket_mode_is_octal_and_group_a_name_or_gid() {
+        let config = load(&["sds.unixSocketMode=0660", "sds.unixSocketGroup=0"]).unwrap();
+        assert_eq!(config.unix_socket_mode().unwrap(), Some(0o660));
+        assert_eq!(config.unix_socket_group().unwrap(), Some(0));
+        let config = load(&["sds.unixSocketGroup=root"]).unwrap();
+        assert_eq!(config.unix_socket_group().unwrap(), Some(0));
+        assert_eq!(Config::default().unix_socket_mode().unwrap(), None);
+        // 660 without the leading zero is a YAML number: refused, not read as 0o1224.
+        let file = write("sds:\n  unixSocketMode: 660\n");
+        let err = Config::load(Some(file.path()), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("leading zero"), "{err}");
+    }
+}
