@@ -898,3 +898,69 @@ fn an_intermediate_of_another_trust_domain_is_refused() {
     with_domain.extend(import);
     ok(&meshca(&target, &with_domain));
 }
+
+/// `vault.issueMode: issue` would make Vault generate the private key, which meshca's contract
+/// (meshca or the caller holds the key) cannot honour: every way of giving it stops the
+/// configuration from loading, before anything is created, with what to use instead.
+#[test]
+fn vault_issue_mode_issue_is_refused_when_the_configuration_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let out = tmp.path().join("out");
+    let config = tmp.path().join("meshca.yaml");
+    std::fs::write(
+        &config,
+        "certificateProvider:\n  kind: vault\nvault:\n  address: http://127.0.0.1:1\n  \
+         token: s.unused\n  issueMode: issue\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let out_dir = out.to_str().unwrap();
+    let runs: &[&[&str]] = &[
+        &["--config", config, "serve"],
+        &[
+            "--config",
+            config,
+            "issue",
+            "--identity",
+            "a/b",
+            "--out-dir",
+            out_dir,
+        ],
+        &[
+            "--set",
+            "vault.issueMode=issue",
+            "issue",
+            "--identity",
+            "a/b",
+            "--out-dir",
+            out_dir,
+        ],
+        // Refused whichever provider is selected: the value is never usable.
+        &["--set", "vault.issueMode=issue", "serve"],
+    ];
+    for args in runs {
+        let output = meshca_within_deadline(&ca, args);
+        let stderr = failed(&output, args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("vault.issueMode: issue is not supported")
+                && stderr.contains("use vault.issueMode: sign"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!ca.exists() && !out.exists(), "something was created");
+    // `sign` is still the accepted spelling.
+    ok(&meshca(
+        &ca,
+        &[
+            "--set",
+            "vault.issueMode=sign",
+            "issue",
+            "--identity",
+            "a/b",
+            "--out-dir",
+            out_dir,
+        ],
+    ));
+}

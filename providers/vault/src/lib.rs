@@ -34,8 +34,9 @@ pub use provider::VaultProvider;
 pub use settings::{
     AppRoleSettings, DEFAULT_APPROLE_MOUNT, DEFAULT_KUBERNETES_MOUNT, DEFAULT_PKI_PATH,
     DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_ROLE, DEFAULT_SERVICE_ACCOUNT_TOKEN_FILE,
-    IssueMode, KubernetesAuthSettings, Protocol, Secret, SecretIdSource, SettingsError,
-    SharedTokenSource, TOKEN_ENV, TokenSecretRef, TokenSource, VaultAuth, VaultSettings,
+    ISSUE_MODE_ISSUE_REFUSED, IssueMode, KubernetesAuthSettings, Protocol, Secret, SecretIdSource,
+    SettingsError, SharedTokenSource, TOKEN_ENV, TokenSecretRef, TokenSource, VaultAuth,
+    VaultSettings,
 };
 
 /// The provider's name in logs and metrics.

@@ -8,15 +8,12 @@ use meshca_provider::{CertificateInfo, KeyType, LeafSpec};
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::settings::Secret;
-
 /// The API paths of one mount + role.
 #[derive(Debug, Clone)]
 pub(crate) struct PkiPaths {
     pub(crate) mount: String,
     pub(crate) role_name: String,
     pub(crate) sign: String,
-    pub(crate) issue: String,
     pub(crate) role: String,
     pub(crate) ca_chain: String,
 }
@@ -27,14 +24,13 @@ impl PkiPaths {
             mount: mount.to_owned(),
             role_name: role.to_owned(),
             sign: format!("{mount}/sign/{role}"),
-            issue: format!("{mount}/issue/{role}"),
             role: format!("{mount}/roles/{role}"),
             ca_chain: format!("{mount}/cert/ca_chain"),
         }
     }
 }
 
-/// Body of `sign/<role>` and `issue/<role>`.
+/// Body of `sign/<role>`.
 #[derive(Debug, Serialize)]
 pub(crate) struct IssueBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,8 +47,6 @@ pub(crate) struct IssueBody<'a> {
     ttl: Option<String>,
     format: &'static str,
     exclude_cn_from_sans: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    private_key_format: Option<&'static str>,
 }
 
 impl<'a> IssueBody<'a> {
@@ -60,14 +54,6 @@ impl<'a> IssueBody<'a> {
     pub(crate) fn sign(spec: &'a LeafSpec, csr_pem: String) -> Self {
         Self {
             csr: Some(csr_pem),
-            ..Self::names(spec)
-        }
-    }
-
-    /// An `issue` request for `spec`: Vault makes the key and returns it as PKCS#8.
-    pub(crate) fn issue(spec: &'a LeafSpec) -> Self {
-        Self {
-            private_key_format: Some("pkcs8"),
             ..Self::names(spec)
         }
     }
@@ -89,7 +75,6 @@ impl<'a> IssueBody<'a> {
             ttl: ttl_seconds(spec.lifetime),
             format: "pem",
             exclude_cn_from_sans: false,
-            private_key_format: None,
         }
     }
 }
@@ -103,7 +88,7 @@ pub(crate) fn ttl_seconds(lifetime: Duration) -> Option<String> {
     Some(format!("{secs}s"))
 }
 
-/// The `data` of a `sign`/`issue` answer.
+/// The `data` of a `sign` answer.
 #[derive(Deserialize)]
 pub(crate) struct Issued {
     pub(crate) certificate: String,
@@ -111,8 +96,6 @@ pub(crate) struct Issued {
     pub(crate) ca_chain: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) issuing_ca: Option<String>,
-    #[serde(default)]
-    pub(crate) private_key: Option<Secret>,
     /// The leaf's NotAfter, in Unix seconds.
     #[serde(default)]
     pub(crate) expiration: Option<u64>,

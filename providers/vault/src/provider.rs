@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use meshca_provider::x509::pem_block;
 use meshca_provider::{
-    Capabilities, CertificateChain, CertificateProvider, CsrNames, IssueRequest, KeyType, LeafKey,
-    LeafSpec, ProviderError, SubjectKey, TrustBundle, format_duration,
+    Capabilities, CertificateChain, CertificateProvider, CsrNames, IssueRequest, KeyType,
+    ProviderError, SubjectKey, TrustBundle, format_duration,
 };
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
@@ -18,9 +18,7 @@ use crate::auth::{Credentials, api_error, check_token, keep_token_fresh};
 use crate::error::VaultError;
 use crate::http::{ApiError, Envelope, Method, VaultHttp};
 use crate::pki::{self, CaChain, IssueBody, Issued, PkiPaths, RoleData};
-use crate::settings::{
-    IssueMode, SettingsError, SharedTokenSource, TokenSource, VaultAuth, VaultSettings,
-};
+use crate::settings::{SettingsError, SharedTokenSource, TokenSource, VaultAuth, VaultSettings};
 
 /// A leaf shorter than asked by more than this counts as capped by the role (Vault stamps
 /// NotAfter from its own clock, a little after meshca asked).
@@ -45,7 +43,6 @@ pub struct VaultProvider {
     http: Arc<VaultHttp>,
     credentials: Arc<Credentials>,
     paths: PkiPaths,
-    mode: IssueMode,
     capabilities: Capabilities,
     /// Vault sends the same CA chain with every leaf; it is parsed once per distinct chain.
     intermediates: Mutex<Option<CachedIntermediates>>,
@@ -67,7 +64,6 @@ impl std::fmt::Debug for VaultProvider {
             .field("pki_path", &self.paths.mount)
             .field("role", &self.paths.role_name)
             .field("auth", &self.credentials.method().kind())
-            .field("mode", &self.mode)
             .field("capabilities", &self.capabilities)
             .finish_non_exhaustive()
     }
@@ -164,7 +160,6 @@ impl VaultProvider {
             http,
             credentials,
             paths,
-            mode: settings.issue_mode,
             capabilities,
             intermediates: Mutex::new(None),
             lifetime_cap: Mutex::new(None),
@@ -185,34 +180,6 @@ impl VaultProvider {
             .lifetime_cap
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Issues through `<pkiPath>/issue/<role>`: Vault makes the key (of the role's key type)
-    /// and returns it with the chain. For `vault.issueMode: issue`, where the role may not sign
-    /// CSRs; the private key crossed the network, so prefer `sign` where possible.
-    pub async fn issue_with_generated_key(
-        &self,
-        spec: &LeafSpec,
-    ) -> Result<(CertificateChain, LeafKey), ProviderError> {
-        let started = SystemTime::now();
-        let answer: Envelope<Issued> = self
-            .call(
-                Method::Post,
-                &self.paths.issue,
-                Some(&IssueBody::issue(spec)),
-                None,
-            )
-            .await?;
-        let issued = self.data(answer, &self.paths.issue)?;
-        let key_pem = issued.private_key.as_ref().ok_or_else(|| {
-            self.invalid(
-                &self.paths.issue,
-                "the answer carries no private key".to_owned(),
-            )
-        })?;
-        let key = LeafKey::from_pem(key_pem.expose())?;
-        let chain = self.chain(&issued, spec.lifetime, started)?;
-        Ok((chain, key))
     }
 
     /// A call with the current token; a 403 with a replaceable token logs in again and
@@ -442,13 +409,6 @@ impl CertificateProvider for VaultProvider {
         if let SubjectKey::Caller(_) = request.key {
             return Err(ProviderError::Unsupported {
                 what: "certificates for a caller's key (CSR) yet".to_owned(),
-            });
-        }
-        if self.mode == IssueMode::Issue {
-            return Err(ProviderError::Unsupported {
-                what: "certificates for meshca's own keys with vault.issueMode=issue (Vault \
-                       makes the key there): set vault.issueMode=sign"
-                    .to_owned(),
             });
         }
         let csr = pem_block("CERTIFICATE REQUEST", &request.csr_der()?);

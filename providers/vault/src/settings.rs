@@ -78,7 +78,8 @@ pub struct VaultSettings {
     /// when it changes. Read by meshca's Kubernetes integration: see [`TokenSource`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<TokenSecretRef>,
-    /// `sign` (a CSR over the daemon's key, the default) or `issue` (Vault makes the key).
+    /// `sign`, the only mode: a CSR over a key meshca or its caller holds. `issue` is refused
+    /// when the settings are read (see [`IssueMode`]).
     pub issue_mode: IssueMode,
     /// Longest one HTTP call to Vault may take.
     #[serde(with = "serde_go")]
@@ -210,21 +211,40 @@ impl Protocol {
     }
 }
 
-/// Which PKI endpoint issues certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Which PKI endpoint issues certificates: `<pkiPath>/sign/<role>`, always.
+///
+/// meshca's contract is that meshca, or the caller behind a CSR, holds the private key, and the
+/// backend certifies that key. `<pkiPath>/issue/<role>` makes Vault generate the key instead,
+/// so `issueMode: issue` cannot honour the contract: it is refused when the settings are read
+/// ([`ISSUE_MODE_ISSUE_REFUSED`] says what to use instead), not accepted and then failing
+/// every issuance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IssueMode {
-    /// `<pkiPath>/sign/<role>` with a CSR made over the daemon's key. The private key never
-    /// leaves meshca. This is what [`CertificateProvider::issue`] uses.
-    ///
-    /// [`CertificateProvider::issue`]: meshca_provider::CertificateProvider::issue
+    /// `<pkiPath>/sign/<role>` with a CSR over a key meshca or its caller holds. The private
+    /// key never leaves its holder.
     #[default]
     Sign,
-    /// `<pkiPath>/issue/<role>`: Vault generates the key and returns it. For backends whose
-    /// policy forbids CSR signing. The provider contract certifies the daemon's key, so in this
-    /// mode `issue` is refused with `Unsupported`; use
-    /// [`VaultProvider::issue_with_generated_key`](crate::VaultProvider::issue_with_generated_key).
-    Issue,
+}
+
+/// Why `vault.issueMode: issue` is refused, and what to use instead.
+pub const ISSUE_MODE_ISSUE_REFUSED: &str = "vault.issueMode: issue is not supported: it makes \
+    Vault generate the private key (pki/issue), but meshca certifies only keys that meshca or \
+    the caller holds; use vault.issueMode: sign (the default; or remove the setting), with a \
+    Vault policy granting update on <pkiPath>/sign/<role>";
+
+impl<'de> Deserialize<'de> for IssueMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "sign" => Ok(IssueMode::Sign),
+            "issue" => Err(D::Error::custom(ISSUE_MODE_ISSUE_REFUSED)),
+            other => Err(D::Error::custom(format!(
+                "unknown vault.issueMode {other:?}: the only mode is sign (the default)"
+            ))),
+        }
+    }
 }
 
 /// A secret string (token, secret ID): redacted in `Debug` and when serialised, wiped on drop.
@@ -791,6 +811,24 @@ mod tests {
         assert!(dumped.contains("\"pkiPath\":\"pki_int/\""), "{dumped}");
         assert!(!dumped.contains("s.abc"), "the token leaked: {dumped}");
         assert!(!format!("{settings:?}").contains("s.abc"));
+    }
+
+    #[test]
+    fn issue_mode_issue_is_refused_naming_what_to_use_instead() {
+        let settings: VaultSettings = serde_yaml::from_str("issueMode: sign\n").unwrap();
+        assert_eq!(settings.issue_mode, IssueMode::Sign);
+        let err = serde_yaml::from_str::<VaultSettings>("issueMode: issue\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(ISSUE_MODE_ISSUE_REFUSED), "{err}");
+        assert!(err.contains("use vault.issueMode: sign"), "{err}");
+        let err = serde_yaml::from_str::<VaultSettings>("issueMode: signn\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"signn\"") && err.contains("only mode is sign"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use meshca_provider::{
     CertificateChain, CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, ProviderError,
     SpiffeId, TrustBundle, TrustDomain,
 };
-use meshca_vault::{IssueMode, VaultProvider, VaultSettings};
+use meshca_vault::{VaultProvider, VaultSettings};
 use rustls_pki_types::UnixTime;
 use serde_json::json;
 use support::Bao;
@@ -275,39 +275,6 @@ async fn key_types_the_role_refuses_are_unsupported_before_any_call() {
     )
     .await
     .unwrap();
-}
-
-#[tokio::test]
-async fn issue_mode_returns_vaults_key_and_refuses_the_daemons() {
-    let bao = dev_with_pki().await;
-    let settings = VaultSettings {
-        issue_mode: IssueMode::Issue,
-        ..bao.settings(&bao.root_token)
-    };
-    let provider = VaultProvider::connect(&settings).await.unwrap();
-    let spec = workload("a/b", Duration::from_secs(600));
-    let err = issue(&provider, &spec, KeyType::P256).await.unwrap_err();
-    assert!(matches!(err, ProviderError::Unsupported { .. }), "{err:?}");
-
-    let (chain, key) = provider.issue_with_generated_key(&spec).await.unwrap();
-    assert_eq!(key.key_type(), KeyType::P256);
-    let leaf = x509_spki(chain.leaf());
-    assert_eq!(
-        leaf,
-        key.public_key_spki(),
-        "the returned key is the certified one"
-    );
-    assert_eq!(
-        chain.leaf_info().unwrap().uri_sans,
-        [spec.spiffe_id.unwrap().to_string()]
-    );
-}
-
-fn x509_spki(der: &[u8]) -> Vec<u8> {
-    // The SPKI is what LeafKey::public_key_spki returns; compare through rcgen-free parsing.
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).unwrap();
-    cert.public_key().raw.to_vec()
 }
 
 #[tokio::test]
