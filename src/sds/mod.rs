@@ -4,7 +4,7 @@
 //! [`SdsLimits`]), then [`SdsServer::serve`] it over a [`SecretSource`] until a shutdown future
 //! resolves. Data flow per stream: proxy → listener (TCP/Unix, optional mTLS) → authentication
 //! ([`auth`]) → resource names ([`names`]) → the source's `watch` receivers → `Secret`
-//! resources ([`convert`]) → pushed again on every change (`stream.rs`).
+//! resources ([`convert`]) → pushed again on every change (`stream/`).
 
 use std::future::Future;
 use std::net::SocketAddr;
