@@ -923,3 +923,61 @@ async fn mtls_follows_server_renewals_and_root_rotation() {
     source.set_bundle(rotated);
     assert!(fetch().await, "after rotation the new root authenticates");
 }
+
+/// Nonces that name no current response, through the path both protocols share: a
+/// state-of-the-world stream answers a first request carrying a nonce from elsewhere (a proxy
+/// reconnecting after a server restart) and counts no ACK for it; a delta request answering an
+/// older response counts no ACK either, but its subscription changes apply.
+#[tokio::test]
+async fn nonces_that_name_no_current_response() {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    let source = setup();
+    let sds = RunningSds::start(dev_settings(), source.clone()).await;
+
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        version_info: "41".to_owned(),
+        response_nonce: "41".to_owned(),
+        ..request(Some(node("ns/client")), &["default"])
+    })
+    .await
+    .unwrap();
+    let mut sotw = SecretDiscoveryServiceClient::new(channel(&sds.url()).await)
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), sotw.message())
+        .await
+        .expect("the first request is answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(secrets(&first.resources).len(), 1);
+    assert_eq!(sds.stats.snapshot().acks, 0);
+
+    let mut delta = DeltaClient::open(channel(&sds.url()).await, node("ns/server"), &["ROOTCA"])
+        .await
+        .unwrap();
+    let older = delta.next().await.unwrap();
+    delta
+        .send(Some(&older), &["service-cert-inbound:ns/server"], &[])
+        .await;
+    let newer = delta.next().await.unwrap();
+    assert_eq!(newer.resources[0].name, "service-cert-inbound:ns/server");
+    assert_eq!(sds.stats.snapshot().acks, 1);
+    // Answers `older` while `newer` is the last response: stale.
+    delta
+        .send(Some(&older), &["root-cert-for-mtls-inbound"], &["ROOTCA"])
+        .await;
+    let answer = delta.next().await.unwrap();
+    let names: Vec<&str> = answer.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["root-cert-for-mtls-inbound"]);
+    assert_eq!(sds.stats.snapshot().acks, 1, "a stale nonce is no ACK");
+    // ROOTCA was unsubscribed: a bundle change reaches only the name still held.
+    let mut bundle = source.ca().bundle();
+    bundle.push(TestCa::new("other").root().clone());
+    source.set_bundle(bundle);
+    let pushed = delta.next().await.unwrap();
+    let names: Vec<&str> = pushed.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["root-cert-for-mtls-inbound"]);
+}
