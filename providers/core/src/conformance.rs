@@ -5,6 +5,15 @@
 //! provider. Each issued chain is checked field by field and verified with rustls-webpki
 //! against the provider's own [`trust_bundle`](CertificateProvider::trust_bundle), for server
 //! and client authentication. A failure panics with the provider's name and every failed check.
+//!
+//! Both key sources of an [`IssueRequest`] are covered: keys meshca makes, and callers' keys
+//! from verified CSRs (P-256, and RSA 2048 when the provider declares it) — the certificate
+//! carries the CSR's public key and exactly the spec's names. A caller's CSR that asks for
+//! other names (another SPIFFE ID, extra DNS names, a subject with O= and CN=) gets meshca's
+//! names only from a [`CsrNames::Decided`] backend, and is refused by
+//! [`Capabilities::check`](crate::Capabilities::check) for a [`CsrNames::FromCsr`] one. Every
+//! request is asked as the daemon's issuance pipeline asks: capabilities first, then the
+//! backend.
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,8 +23,9 @@ use rustls_pki_types::{ServerName, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::{
-    CertificateChain, CertificateProvider, Clock, DnsName, IssueRequest, KeyType, LeafKey,
-    LeafSpec, ProviderError, SpiffeId, SystemClock, TrustBundle, TrustDomain,
+    CertificateChain, CertificateProvider, Clock, CsrError, CsrNames, DnsName, IssueRequest,
+    KeyType, LeafKey, LeafSpec, ProviderError, SpiffeId, SystemClock, TrustBundle, TrustDomain,
+    VerifiedCsr,
 };
 
 /// Runs the whole suite with default settings against `provider`, issuing identities in
@@ -141,20 +151,43 @@ impl Conformance {
                     &bundle,
                     &workload,
                     key_type,
-                    "workload",
+                    KeySource::Generated,
                     &mut report,
                 )
                 .await;
             }
         }
-        if let Some(&key_type) = key_types.first() {
-            self.check_leaf(provider, &bundle, &server, key_type, "server", &mut report)
+        // Callers' keys: P-256, and RSA when the provider signs it.
+        let spec = if capabilities.uri_sans {
+            &workload
+        } else {
+            &server
+        };
+        for key_type in [KeyType::P256, KeyType::Rsa2048] {
+            if capabilities.key_types.contains(&key_type) {
+                self.check_leaf(
+                    provider,
+                    &bundle,
+                    spec,
+                    key_type,
+                    KeySource::Caller,
+                    &mut report,
+                )
                 .await;
-            let spec = if capabilities.uri_sans {
-                &workload
-            } else {
-                &server
-            };
+                self.check_other_names(provider, &bundle, spec, key_type, &mut report)
+                    .await;
+            }
+        }
+        if let Some(&key_type) = key_types.first() {
+            self.check_leaf(
+                provider,
+                &bundle,
+                &server,
+                key_type,
+                KeySource::Generated,
+                &mut report,
+            )
+            .await;
             self.check_distinct_serials(provider, spec, key_type, &mut report)
                 .await;
             if !capabilities.uri_sans {
@@ -171,14 +204,19 @@ impl Conformance {
         report.failures
     }
 
+    /// Asks for a certificate for `spec` as the daemon's issuance pipeline does (capabilities
+    /// first), for a new key of `key_type`: one meshca made, or a caller's, proven by a CSR
+    /// that asks for exactly the spec's names. Returns the SubjectPublicKeyInfo the leaf must
+    /// carry, and the chain.
     async fn issue(
         &self,
         provider: &dyn CertificateProvider,
         spec: &LeafSpec,
         key_type: KeyType,
+        source: KeySource,
         report: &mut Report,
         check: &str,
-    ) -> Option<(LeafKey, CertificateChain)> {
+    ) -> Option<(Vec<u8>, CertificateChain)> {
         let key = match LeafKey::generate(key_type) {
             Ok(key) => key,
             Err(e) => {
@@ -186,12 +224,21 @@ impl Conformance {
                 return None;
             }
         };
-        match provider.issue(&IssueRequest::generated(spec, &key)).await {
-            Ok(chain) => Some((key, chain)),
-            Err(e) => {
-                report.fail(check, format!("issuance failed: {e}"));
-                None
+        let csr;
+        let request = match source {
+            KeySource::Generated => IssueRequest::generated(spec, &key),
+            KeySource::Caller => {
+                csr = match key.csr_der(spec).map(|der| VerifiedCsr::from_der(&der)) {
+                    Ok(Ok(csr)) => csr,
+                    Ok(Err(e)) => return report.fail_with(check, format!("the CSR: {e}")),
+                    Err(e) => return report.fail_with(check, format!("the CSR: {e}")),
+                };
+                IssueRequest::for_caller(spec, &csr)
             }
+        };
+        match ask(provider, &request).await {
+            Ok(chain) => Some((request.key.subject_public_key_info().into_owned(), chain)),
+            Err(e) => report.fail_with(check, format!("issuance failed: {e}")),
         }
     }
 
@@ -201,17 +248,113 @@ impl Conformance {
         bundle: &TrustBundle,
         spec: &LeafSpec,
         key_type: KeyType,
-        kind: &str,
+        source: KeySource,
         report: &mut Report,
     ) {
+        let kind = match (source, spec.spiffe_id.is_some()) {
+            (KeySource::Generated, true) => "workload",
+            (KeySource::Generated, false) => "server",
+            (KeySource::Caller, true) => "caller-key workload",
+            (KeySource::Caller, false) => "caller-key server",
+        };
         let name = format!("{key_type} {kind}");
-        let check = |what: &str| format!("{name}: {what}");
-        let Some((key, chain)) = self
-            .issue(provider, spec, key_type, report, &check("issue"))
+        let Some((spki, chain)) = self
+            .issue(
+                provider,
+                spec,
+                key_type,
+                source,
+                report,
+                &format!("{name}: issue"),
+            )
             .await
         else {
             return;
         };
+        self.check_chain(bundle, spec, &spki, &chain, &name, report);
+    }
+
+    /// A caller's CSR asks for another identity, extra DNS names and a subject: a backend that
+    /// takes meshca's names certifies the spec's names only; for one that certifies what a CSR
+    /// says, the capability check refuses the request before the backend is asked.
+    async fn check_other_names(
+        &self,
+        provider: &dyn CertificateProvider,
+        bundle: &TrustBundle,
+        spec: &LeafSpec,
+        key_type: KeyType,
+        report: &mut Report,
+    ) {
+        let name = format!("{key_type} caller-key CSR asking for other names");
+        let check = format!("{name}: issue");
+        let key = match LeafKey::generate(key_type) {
+            Ok(key) => key,
+            Err(e) => return report.fail(&check, format!("could not make a {key_type} key: {e}")),
+        };
+        let csr = match self.greedy_csr(&key) {
+            Ok(csr) => csr,
+            Err(e) => return report.fail(&check, format!("could not make the CSR: {e}")),
+        };
+        let request = IssueRequest::for_caller(spec, &csr);
+        match provider.capabilities().csr_names {
+            CsrNames::Decided => match ask(provider, &request).await {
+                Ok(chain) => {
+                    let spki = csr.subject_public_key_info().to_vec();
+                    self.check_chain(bundle, spec, &spki, &chain, &name, report);
+                }
+                Err(e) => report.fail(&check, format!("issuance failed: {e}")),
+            },
+            CsrNames::FromCsr => match provider.capabilities().check(&request) {
+                Err(ProviderError::Csr(CsrError::NamesDiffer { .. })) => {}
+                Err(other) => report.fail(
+                    &format!("{name}: refused by the capability check"),
+                    format!("refused with a different error: {other}"),
+                ),
+                Ok(()) => report.fail(
+                    &format!("{name}: refused by the capability check"),
+                    "the capability check let it through to a backend that certifies what a \
+                     CSR asks for",
+                ),
+            },
+        }
+    }
+
+    /// A CSR for `key` asking for what no caller may choose: another workload's SPIFFE ID,
+    /// a DNS name nobody asked meshca for, and a subject with an organisation and a common
+    /// name.
+    fn greedy_csr(&self, key: &LeafKey) -> Result<VerifiedCsr, String> {
+        let other = SpiffeId::new(self.trust_domain.clone(), "kube-system", "admin")
+            .map_err(|e| e.to_string())?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Not meshca");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "evil.example");
+        params.subject_alt_names = vec![
+            rcgen::SanType::URI(other.to_string().try_into().map_err(|e| format!("{e}"))?),
+            rcgen::SanType::DnsName("evil.example".try_into().map_err(|e| format!("{e}"))?),
+        ];
+        let signer = key.signing_key().map_err(|e| e.to_string())?;
+        let csr = params
+            .serialize_request(&signer)
+            .map_err(|e| e.to_string())?;
+        VerifiedCsr::from_der(csr.der()).map_err(|e| e.to_string())
+    }
+
+    /// Checks an issued chain field by field: it certifies `spki` and exactly `spec`'s names.
+    fn check_chain(
+        &self,
+        bundle: &TrustBundle,
+        spec: &LeafSpec,
+        spki: &[u8],
+        chain: &CertificateChain,
+        name: &str,
+        report: &mut Report,
+    ) {
+        let check = |what: &str| format!("{name}: {what}");
         let now = self.clock.now();
         let info = match chain.leaf_info() {
             Ok(info) => info,
@@ -232,10 +375,31 @@ impl Conformance {
         }
         match X509Certificate::from_der(chain.leaf()) {
             Ok((_, leaf)) => {
-                if leaf.public_key().raw != key.public_key_spki().as_slice() {
+                if leaf.public_key().raw != spki {
                     report.fail(
                         &check("public key"),
                         "the leaf does not certify the request's key",
+                    );
+                }
+                let want_subject = usize::from(spec.common_name.is_some());
+                let subject: Vec<String> = leaf
+                    .subject()
+                    .iter_attributes()
+                    .map(|a| format!("{}", a.attr_type()))
+                    .collect();
+                if subject.len() != want_subject {
+                    report.fail(
+                        &check("subject"),
+                        format!(
+                            "want {} (a common name only when the spec has one), got \
+                             attributes {subject:?} in {}",
+                            if want_subject == 0 {
+                                "an empty subject"
+                            } else {
+                                "one attribute"
+                            },
+                            leaf.subject()
+                        ),
                     );
                 }
                 match leaf.extended_key_usage() {
@@ -326,11 +490,11 @@ impl Conformance {
             (webpki::KeyUsage::server_auth(), "verifies for serverAuth"),
             (webpki::KeyUsage::client_auth(), "verifies for clientAuth"),
         ] {
-            if let Err(e) = verify(&chain, bundle, now, usage) {
+            if let Err(e) = verify(chain, bundle, now, usage) {
                 report.fail(&check(label), e);
             }
         }
-        if let Err(e) = verify_names(&chain, &spec.dns_names) {
+        if let Err(e) = verify_names(chain, &spec.dns_names) {
             report.fail(&check("DNS names verify"), e);
         }
     }
@@ -345,7 +509,17 @@ impl Conformance {
         let check = "two issuances for one identity get distinct serials";
         let mut serials = Vec::new();
         for _ in 0..2 {
-            let Some((_, chain)) = self.issue(provider, spec, key_type, report, check).await else {
+            let Some((_, chain)) = self
+                .issue(
+                    provider,
+                    spec,
+                    key_type,
+                    KeySource::Generated,
+                    report,
+                    check,
+                )
+                .await
+            else {
                 return;
             };
             match chain.leaf_info() {
@@ -371,18 +545,31 @@ impl Conformance {
             Ok(key) => key,
             Err(e) => return report.fail(&check, e.to_string()),
         };
-        // As the daemon's issuance pipeline asks: capabilities first, then the backend.
-        let request = IssueRequest::generated(spec, &key);
-        let outcome = match provider.capabilities().check(&request) {
-            Ok(()) => provider.issue(&request).await,
-            Err(refused) => Err(refused),
-        };
-        match outcome {
+        match ask(provider, &IssueRequest::generated(spec, &key)).await {
             Err(ProviderError::Unsupported { .. }) => {}
             Err(other) => report.fail(&check, format!("got a different error: {other}")),
             Ok(_) => report.fail(&check, "the provider issued a certificate"),
         }
     }
+}
+
+/// Where the key of a requested certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeySource {
+    /// A key meshca made ([`IssueRequest::generated`]).
+    Generated,
+    /// A caller's key, from its CSR ([`IssueRequest::for_caller`]).
+    Caller,
+}
+
+/// Asks `provider` as the daemon's issuance pipeline does: capabilities first, then the
+/// backend.
+async fn ask(
+    provider: &dyn CertificateProvider,
+    request: &IssueRequest<'_>,
+) -> Result<CertificateChain, ProviderError> {
+    provider.capabilities().check(request)?;
+    provider.issue(request).await
 }
 
 #[derive(Default)]
@@ -396,6 +583,12 @@ impl Report {
             check: check.to_owned(),
             detail: detail.into(),
         });
+    }
+
+    /// Records a failure and gives up on the check.
+    fn fail_with<T>(&mut self, check: &str, detail: impl Into<String>) -> Option<T> {
+        self.fail(check, detail);
+        None
     }
 }
 

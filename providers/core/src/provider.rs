@@ -179,6 +179,46 @@ pub enum SubjectKey<'a> {
     Caller(&'a VerifiedCsr),
 }
 
+impl<'a> SubjectKey<'a> {
+    /// The key's type.
+    pub fn key_type(&self) -> KeyType {
+        match self {
+            SubjectKey::Generated(key) => key.key_type(),
+            SubjectKey::Caller(csr) => csr.key_type(),
+        }
+    }
+
+    /// The public key: the SubjectPublicKeyInfo's BIT STRING contents (an uncompressed EC
+    /// point, or an RSAPublicKey).
+    pub fn public_key(&self) -> &'a [u8] {
+        match self {
+            SubjectKey::Generated(key) => key.public_key(),
+            SubjectKey::Caller(csr) => csr.public_key(),
+        }
+    }
+
+    /// The DER SubjectPublicKeyInfo a certificate for this key embeds: written for a key
+    /// meshca made, as the caller's CSR carried it for a caller's key.
+    pub fn subject_public_key_info(&self) -> Cow<'a, [u8]> {
+        match self {
+            SubjectKey::Generated(key) => Cow::Owned(key.public_key_spki()),
+            SubjectKey::Caller(csr) => Cow::Borrowed(csr.subject_public_key_info()),
+        }
+    }
+}
+
+impl<'a> From<&'a LeafKey> for SubjectKey<'a> {
+    fn from(key: &'a LeafKey) -> Self {
+        SubjectKey::Generated(key)
+    }
+}
+
+impl<'a> From<&'a VerifiedCsr> for SubjectKey<'a> {
+    fn from(csr: &'a VerifiedCsr) -> Self {
+        SubjectKey::Caller(csr)
+    }
+}
+
 impl<'a> IssueRequest<'a> {
     /// A request for a key meshca made.
     pub fn generated(spec: &'a LeafSpec, key: &'a LeafKey) -> Self {
@@ -198,19 +238,13 @@ impl<'a> IssueRequest<'a> {
 
     /// The type of the key to certify.
     pub fn key_type(&self) -> KeyType {
-        match self.key {
-            SubjectKey::Generated(key) => key.key_type(),
-            SubjectKey::Caller(csr) => csr.key_type(),
-        }
+        self.key.key_type()
     }
 
     /// The public key to certify: the SubjectPublicKeyInfo's BIT STRING contents (an
     /// uncompressed EC point, or an RSAPublicKey).
     pub fn public_key(&self) -> &'a [u8] {
-        match self.key {
-            SubjectKey::Generated(key) => key.public_key(),
-            SubjectKey::Caller(csr) => csr.public_key(),
-        }
+        self.key.public_key()
     }
 
     /// A PKCS#10 CSR (DER) for this request. For a key meshca made, built on demand (only

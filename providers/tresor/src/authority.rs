@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use meshca_provider::x509::{Fingerprint, certificates_from_pem, certificates_to_pem, sha256};
 use meshca_provider::{
-    CertificateChain, Clock, KeyError, KeyType, LeafKey, LeafSpec, PemError, TrustBundle,
-    TrustDomain,
+    CertificateChain, Clock, KeyError, KeyType, LeafKey, LeafSpec, PemError, SubjectKey,
+    TrustBundle, TrustDomain,
 };
 use rcgen::{Issuer, KeyPair};
 use rustls_pki_types::CertificateDer;
@@ -467,15 +467,16 @@ impl SigningAuthority {
         Ok(intermediate)
     }
 
-    /// Signs a leaf for `spec` over `key`'s public key (no CSR) and returns it with the
-    /// intermediates above it (never the root).
+    /// Signs a leaf for `spec` over `key`'s public key — a [`LeafKey`] meshca made, or a
+    /// caller's key from a [`VerifiedCsr`](meshca_provider::VerifiedCsr), whose names are not
+    /// read — and returns it with the intermediates above it (never the root).
     ///
     /// NotBefore is `now − clock_skew`; NotAfter is `now + spec.lifetime`. A leaf that would
     /// end after the CA chain is refused ([`AuthorityError::OutlivesCa`]), not cut short.
-    pub fn sign_leaf(
+    pub fn sign_leaf<'k>(
         &self,
         spec: &LeafSpec,
-        key: &LeafKey,
+        key: impl Into<SubjectKey<'k>>,
         now: SystemTime,
         clock_skew: Duration,
     ) -> Result<CertificateChain, AuthorityError> {
@@ -483,7 +484,7 @@ impl SigningAuthority {
         self.check_covers(now, spec.lifetime)?;
         let leaf = self.template.sign(
             spec,
-            key,
+            key.into(),
             self.issuer.key(),
             now,
             clock_skew,

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use meshca_provider::{KeyType, LeafKey, LeafSpec, SpiffeId};
+use meshca_provider::{KeyType, LeafSpec, SpiffeId, SubjectKey};
 use rcgen::SigningKey;
 
 use crate::authority::AuthorityError;
@@ -108,10 +108,13 @@ impl LeafTemplate {
 
     /// Signs a leaf for `spec` over `key`'s public key with `signer`: the profile of
     /// [`profile::leaf_params`]. Returns the DER certificate.
+    ///
+    /// A key meshca made and a caller's key (from a verified CSR) get the same certificate:
+    /// only the public key is read from a CSR, never its subject, names or extensions.
     pub(crate) fn sign(
         &self,
         spec: &LeafSpec,
-        key: &LeafKey,
+        key: SubjectKey<'_>,
         signer: &impl SigningKey,
         now: SystemTime,
         clock_skew: Duration,
@@ -138,7 +141,7 @@ impl LeafTemplate {
     fn to_be_signed(
         &self,
         spec: &LeafSpec,
-        key: &LeafKey,
+        key: SubjectKey<'_>,
         serial: &[u8],
         now: SystemTime,
         clock_skew: Duration,
@@ -175,8 +178,7 @@ impl LeafTemplate {
             None => body.extend_from_slice(&[SEQUENCE, 0]),
         }
 
-        let spki = key.public_key_spki();
-        body.extend_from_slice(&spki);
+        body.extend_from_slice(&key.subject_public_key_info());
 
         // Extensions, in the order rcgen writes them.
         let mut extensions = Vec::with_capacity(320);
@@ -325,7 +327,7 @@ fn tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
 mod tests {
     use super::*;
     use crate::profile::SERIAL_LEN;
-    use meshca_provider::{SpiffeId, TrustDomain};
+    use meshca_provider::{LeafKey, SpiffeId, TrustDomain, VerifiedCsr};
     use rcgen::{Issuer, KeyPair, PublicKeyData};
     use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -421,7 +423,7 @@ mod tests {
                         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
                         let reference = params.signed_by(&key, &issuer).unwrap();
                         let ours = template
-                            .to_be_signed(&spec, &key, &serial, now, skew, far)
+                            .to_be_signed(&spec, (&key).into(), &serial, now, skew, far)
                             .unwrap();
                         assert_eq!(
                             ours,
@@ -429,6 +431,47 @@ mod tests {
                             "CA {ca_type}, leaf {leaf_type}, {spec:?}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_callers_key_gets_the_certificate_a_generated_key_gets() {
+        // The caller's CSR asks for someone else's identity, extra DNS names and a subject
+        // (a server spec has CN=): none of it reaches the certificate, which is byte for byte
+        // the one meshca writes for the same public key and the spec's names.
+        let td = TrustDomain::default();
+        let theirs = SpiffeId::from_short("kube-system/admin", &td).unwrap();
+        let asks = [
+            LeafSpec::workload(
+                &theirs,
+                &["evil.example".parse().unwrap()],
+                Duration::from_secs(60),
+            ),
+            LeafSpec::server(
+                vec!["evil.example".parse().unwrap()],
+                Duration::from_secs(60),
+            ),
+        ];
+        let now = SystemTime::now();
+        let far = now + Duration::from_secs(86400 * 365);
+        let (_, template) = issuer(KeyType::P256);
+        for leaf_type in [KeyType::P256, KeyType::P384, KeyType::Rsa2048] {
+            let key = LeafKey::generate(leaf_type).unwrap();
+            for asked in &asks {
+                let csr = VerifiedCsr::from_der(&key.csr_der(asked).unwrap()).unwrap();
+                for spec in specs() {
+                    let tbs = |key: SubjectKey<'_>| {
+                        template
+                            .to_be_signed(&spec, key, &[7; SERIAL_LEN], now, Duration::ZERO, far)
+                            .unwrap()
+                    };
+                    assert_eq!(
+                        tbs(SubjectKey::Caller(&csr)),
+                        tbs(SubjectKey::Generated(&key)),
+                        "leaf {leaf_type}, CSR {asked:?}, spec {spec:?}"
+                    );
                 }
             }
         }
@@ -444,7 +487,7 @@ mod tests {
             let der = template
                 .sign(
                     &spec,
-                    &key,
+                    (&key).into(),
                     issuer.key(),
                     now,
                     Duration::from_secs(60),
@@ -466,7 +509,14 @@ mod tests {
         let now = SystemTime::now();
         let far = now + Duration::from_secs(86400 * 365);
         let tbs = |spec: &LeafSpec| {
-            template.to_be_signed(spec, &key, &[1; SERIAL_LEN], now, Duration::ZERO, far)
+            template.to_be_signed(
+                spec,
+                (&key).into(),
+                &[1; SERIAL_LEN],
+                now,
+                Duration::ZERO,
+                far,
+            )
         };
         let nameless = LeafSpec::server(vec![], Duration::from_secs(60));
         assert!(matches!(

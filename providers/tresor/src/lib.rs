@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use meshca_provider::{
     Capabilities, CertificateChain, CertificateProvider, Clock, CsrNames, DnsName, IssueRequest,
-    KeyType, LeafKey, LeafSpec, ProviderError, SubjectKey, TrustBundle,
+    KeyType, LeafKey, LeafSpec, ProviderError, TrustBundle,
 };
 
 pub use authority::{
@@ -186,16 +186,11 @@ impl CertificateProvider for Tresor {
     }
 
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<CertificateChain, ProviderError> {
-        // The issuance pipeline has checked the capabilities.
-        match request.key {
-            SubjectKey::Generated(key) => self
-                .authority()
-                .sign_leaf(request.spec, key, self.clock.now(), self.clock_skew)
-                .map_err(provider_error),
-            SubjectKey::Caller(_) => Err(ProviderError::Unsupported {
-                what: "certificates for a caller's key (CSR) yet".to_owned(),
-            }),
-        }
+        // The issuance pipeline has checked the capabilities. A caller's key is signed
+        // directly: only its public key is read from the CSR, the names are the spec's.
+        self.authority()
+            .sign_leaf(request.spec, request.key, self.clock.now(), self.clock_skew)
+            .map_err(provider_error)
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {

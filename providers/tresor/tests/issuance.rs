@@ -14,12 +14,13 @@ use common::{FixedClock, Purpose, openssl_verify, run_openssl, verify_everywhere
 use meshca_provider::conformance::{Conformance, run_all};
 use meshca_provider::{
     Capabilities, CertificateChain, CertificateInfo, CertificateProvider, CsrNames, IssueRequest,
-    KeyType, LeafKey, LeafSpec, ProviderError, SpiffeId, SystemClock, TrustBundle, TrustDomain,
+    KeyType, LeafKey, LeafSpec, ProviderError, SpiffeId, SubjectKey, SystemClock, TrustBundle,
+    TrustDomain,
 };
 use meshca_tresor::{
     CaProblem, IntermediateOptions, RootOptions, SigningAuthority, StoreError, StoredCa, Tresor,
 };
-use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const SKEW: Duration = Duration::from_secs(60);
@@ -626,6 +627,37 @@ struct Broken {
     capabilities: Capabilities,
     adds_names: bool,
     include_root: bool,
+    for_callers: CallerFault,
+}
+
+/// What a broken provider gets wrong about callers' keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallerFault {
+    /// Nothing.
+    None,
+    /// Certifies the URI and DNS names the caller's CSR asks for instead of the spec's.
+    CopiesCsrNames,
+    /// Certifies a key of its own instead of the caller's.
+    OwnKey,
+}
+
+/// The URI and DNS names a CSR asks for, read as a careless backend would.
+fn requested_names(csr: &[u8]) -> (Vec<String>, Vec<String>) {
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(csr).unwrap();
+    let (mut uris, mut dns) = (vec![], vec![]);
+    for extension in csr.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(san) = extension {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+                    GeneralName::DNSName(name) => dns.push((*name).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    (uris, dns)
 }
 
 #[async_trait::async_trait]
@@ -643,13 +675,20 @@ impl CertificateProvider for Broken {
             spec.dns_names.push("added.example".parse().unwrap());
             spec.common_name = Some("added.example".into());
         }
-        let chain = self
-            .inner
-            .issue(&IssueRequest {
-                spec: &spec,
-                ..*request
-            })
-            .await?;
+        let own_key = LeafKey::generate(request.key_type()).unwrap();
+        let mut key = request.key;
+        if let SubjectKey::Caller(csr) = key {
+            match self.for_callers {
+                CallerFault::None => {}
+                CallerFault::CopiesCsrNames => {
+                    let (uris, dns) = requested_names(csr.der());
+                    spec.spiffe_id = uris.first().map(|uri| uri.parse().unwrap());
+                    spec.dns_names = dns.iter().map(|n| n.parse().unwrap()).collect();
+                }
+                CallerFault::OwnKey => key = SubjectKey::Generated(&own_key),
+            }
+        }
+        let chain = self.inner.issue(&IssueRequest { spec: &spec, key }).await?;
         if !self.include_root {
             return Ok(chain);
         }
@@ -665,6 +704,7 @@ impl CertificateProvider for Broken {
 #[tokio::test]
 async fn the_conformance_suite_catches_broken_providers() {
     let broken = |adds_names, include_root, key_types: Vec<KeyType>| Broken {
+        for_callers: CallerFault::None,
         inner: Tresor::new(root(KeyType::P256), Arc::new(SystemClock)),
         capabilities: Capabilities {
             max_lifetime: None,
@@ -717,6 +757,46 @@ async fn the_conformance_suite_catches_broken_providers() {
         !failures.iter().any(|f| f.starts_with("unsupported p384")),
         "{failures:?}"
     );
+
+    // A caller's key: the suite asks for one, and with a CSR asking for other names.
+    for (fault, want) in [
+        (
+            CallerFault::CopiesCsrNames,
+            [
+                "p256 caller-key CSR asking for other names: URI SANs",
+                "p256 caller-key CSR asking for other names: DNS SANs",
+            ],
+        ),
+        (
+            CallerFault::OwnKey,
+            [
+                "p256 caller-key workload: public key",
+                "p256 caller-key CSR asking for other names: public key",
+            ],
+        ),
+    ] {
+        let mut provider = broken(false, false, vec![KeyType::P256]);
+        provider.for_callers = fault;
+        let failures = checks(suite.check(&provider).await);
+        for want in want {
+            assert!(
+                failures.contains(&want.to_owned()),
+                "{fault:?}: {failures:?}"
+            );
+        }
+        assert!(
+            !failures.iter().any(|f| f.starts_with("p256 workload")),
+            "{fault:?}: {failures:?}"
+        );
+    }
+    // Names added by the backend show in callers' certificates too, subject included.
+    let failures = checks(suite.check(&broken(true, false, vec![KeyType::P256])).await);
+    for want in [
+        "p256 caller-key workload: DNS SANs",
+        "p256 caller-key CSR asking for other names: subject",
+    ] {
+        assert!(failures.contains(&want.to_owned()), "{failures:?}");
+    }
 
     let panic = tokio::spawn(async move {
         let provider = broken(true, false, KeyType::ALL.to_vec());
