@@ -11,7 +11,8 @@
 #     scripts/install-tools.sh bao when missing. Dev mode keeps everything in memory: stopping
 #     the server forgets the CA.
 #   - PKI at pki/ (max lease 87600h) with an internal EC P-256 root "meshca dev root"
-#   - role pki/roles/meshca: any name, SPIFFE URI SANs, EC 256, max_ttl 24h, no_store
+#   - role pki/roles/meshca: any name, SPIFFE URI SANs, EC 256, max_ttl 24h, no_store, names
+#     from meshca's parameters (use_csr_common_name=false use_csr_sans=false)
 #   - policy "meshca" and AppRole auth/approle/role/meshca using it
 # and writes, under $MESHCA_DEV_DIR/vault (default target/dev/vault):
 #   vault-dev.env       VAULT_ADDR, VAULT_TOKEN, the AppRole IDs (source it)
@@ -99,12 +100,13 @@ if ! "$bao" read -field=certificate pki/cert/ca >/dev/null 2>&1; then
   log "generated the root CA \"meshca dev root\""
 fi
 
-# The role meshca signs with: names come from meshca's CSR; SPIFFE IDs as URI SANs.
+# The role meshca signs with: names come from meshca's parameters, never from a CSR (a caller
+# that brings its own key gets only the names meshca gives it); SPIFFE IDs as URI SANs.
 "$bao" write pki/roles/meshca \
   allow_any_name=true allowed_uri_sans="spiffe://*" \
   key_type=ec key_bits=256 max_ttl=24h no_store=true \
   require_cn=false enforce_hostnames=false \
-  use_csr_common_name=true use_csr_sans=true >/dev/null
+  use_csr_common_name=false use_csr_sans=false >/dev/null
 
 "$bao" policy write meshca - >/dev/null <<'EOF'
 # meshca: sign (and optionally issue) certificates, read the role and the CA chain, look after

@@ -160,7 +160,18 @@ pub(crate) struct RoleData {
     pub(crate) max_ttl: Option<Duration>,
     #[serde(default)]
     pub(crate) allowed_uri_sans: Option<Vec<String>>,
+    /// Whether `sign` takes the common name from the CSR (Vault's default: yes).
+    #[serde(default)]
+    pub(crate) use_csr_common_name: Option<bool>,
+    /// Whether `sign` takes the DNS, IP, URI and other SANs from the CSR instead of the
+    /// request's parameters (Vault's default: yes).
+    #[serde(default)]
+    pub(crate) use_csr_sans: Option<bool>,
 }
+
+/// The role settings that make `pki/sign` certify names a CSR asks for, rather than the ones
+/// passed as parameters. Both default to true in Vault and OpenBao.
+pub(crate) const CSR_NAME_SETTINGS: [&str; 2] = ["use_csr_common_name", "use_csr_sans"];
 
 impl RoleData {
     /// Key types the role signs CSRs for. Vault treats `key_bits` as a minimum.
@@ -197,6 +208,21 @@ impl RoleData {
                     || pattern.starts_with("spiffe://")
                     || pattern.starts_with("spiffe:*")
             })
+    }
+
+    /// Those of [`CSR_NAME_SETTINGS`] the role has on (a setting it does not state is Vault's
+    /// default, on): with any of them, `sign` certifies names from the CSR, so a caller's CSR
+    /// must ask for exactly meshca's names.
+    pub(crate) fn copies_csr_names(&self) -> Vec<&'static str> {
+        let [common_name, sans] = CSR_NAME_SETTINGS;
+        [
+            (common_name, self.use_csr_common_name),
+            (sans, self.use_csr_sans),
+        ]
+        .into_iter()
+        .filter(|(_, on)| on.unwrap_or(true))
+        .map(|(setting, _)| setting)
+        .collect()
     }
 
     /// The role's `max_ttl`, if it sets one.
@@ -406,6 +432,31 @@ mod tests {
         assert!(!role.allows_spiffe_ids());
         let role: RoleData = serde_json::from_value(serde_json::json!({"max_ttl": 0})).unwrap();
         assert_eq!(role.max_lifetime(), None);
+    }
+
+    #[test]
+    fn a_role_copies_csr_names_unless_both_settings_are_off() {
+        let role = |value: serde_json::Value| serde_json::from_value::<RoleData>(value).unwrap();
+        // Unstated: Vault's defaults, both on.
+        assert_eq!(
+            role(serde_json::json!({})).copies_csr_names(),
+            CSR_NAME_SETTINGS
+        );
+        assert_eq!(
+            role(serde_json::json!({"use_csr_common_name": false, "use_csr_sans": true}))
+                .copies_csr_names(),
+            ["use_csr_sans"]
+        );
+        assert_eq!(
+            role(serde_json::json!({"use_csr_common_name": true, "use_csr_sans": false}))
+                .copies_csr_names(),
+            ["use_csr_common_name"]
+        );
+        assert!(
+            role(serde_json::json!({"use_csr_common_name": false, "use_csr_sans": false}))
+                .copies_csr_names()
+                .is_empty()
+        );
     }
 
     #[test]

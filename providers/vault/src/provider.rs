@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use meshca_provider::x509::pem_block;
 use meshca_provider::{
     Capabilities, CertificateChain, CertificateProvider, CsrNames, IssueRequest, KeyType,
-    ProviderError, SubjectKey, TrustBundle, format_duration,
+    ProviderError, TrustBundle, format_duration,
 };
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
@@ -29,9 +29,15 @@ const CAP_TOLERANCE: Duration = Duration::from_secs(60);
 /// Built by [`connect`](Self::connect), which checks the credentials, the mount and the role
 /// before returning, so a misconfiguration stops meshca at start with a message naming the
 /// setting. Afterwards:
-/// - `issue` sends a CSR over the daemon's key to `<pkiPath>/sign/<role>` (lifetime in
-///   seconds, the SPIFFE ID as URI SAN, the other DNS names as `alt_names`) and returns the
-///   leaf with Vault's intermediates, without the root;
+/// - `issue` sends a CSR to `<pkiPath>/sign/<role>` — one meshca makes over its own key, or a
+///   caller's own CSR — with the names as parameters (lifetime in seconds, the SPIFFE ID as
+///   URI SAN, the other DNS names as `alt_names`) and returns the leaf with Vault's
+///   intermediates, without the root;
+/// - the role decides where names come from for a caller's CSR: with `use_csr_common_name`
+///   and `use_csr_sans` both off, Vault certifies meshca's parameters whatever the CSR asks
+///   ([`CsrNames::Decided`]); otherwise it copies the CSR's names, so the provider declares
+///   [`CsrNames::FromCsr`] and the daemon refuses a caller's CSR that asks for anything but
+///   exactly meshca's names before it is sent;
 /// - a token is renewed in the background at two thirds of its TTL, and replaced (AppRole
 ///   login, token file re-read) when it cannot be renewed or Vault refuses it;
 /// - no answer or a 5xx from Vault is [`ProviderError::Unavailable`] (transient: the daemon
@@ -122,8 +128,7 @@ impl VaultProvider {
             // Vault PKI can always carry URI SANs; a role that forbids them is a policy
             // refusal with its own message (see `pki::rejection_hint`).
             uri_sans: true,
-            // pki/sign is given the names as parameters (see `IssueBody::sign`).
-            csr_names: CsrNames::Decided,
+            csr_names: csr_names(role.as_ref()),
             signs_in_process: false,
         };
         if let Some(role) = &role {
@@ -133,6 +138,18 @@ impl VaultProvider {
                     role = %paths.role,
                     "the Vault role does not allow SPIFFE IDs as URI SANs, so service \
                      certificates will be refused: bao write {} allowed_uri_sans=\"spiffe://*\"",
+                    paths.role
+                );
+            }
+            let copied = role.copies_csr_names();
+            if !copied.is_empty() {
+                tracing::info!(
+                    role = %paths.role,
+                    settings = %copied.join(", "),
+                    "the Vault role takes names from CSRs, so a caller's CSR must ask for \
+                     exactly the names meshca decides or it is refused; to have Vault certify \
+                     meshca's names whatever a CSR asks: bao write {} use_csr_common_name=false \
+                     use_csr_sans=false",
                     paths.role
                 );
             }
@@ -404,13 +421,11 @@ impl CertificateProvider for VaultProvider {
     }
 
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<CertificateChain, ProviderError> {
-        // The issuance pipeline has checked the capabilities.
+        // The issuance pipeline has checked the capabilities: for a role that takes names
+        // from CSRs (`FromCsr`), that a caller's CSR asks for exactly the spec's names.
         let key_type = request.key_type();
-        if let SubjectKey::Caller(_) = request.key {
-            return Err(ProviderError::Unsupported {
-                what: "certificates for a caller's key (CSR) yet".to_owned(),
-            });
-        }
+        // A caller's own CSR is sent as it came (Vault checks its signature again); the names
+        // are passed as parameters either way.
         let csr = pem_block("CERTIFICATE REQUEST", &request.csr_der()?);
         let body = IssueBody::sign(request.spec, csr);
         let started = SystemTime::now();
@@ -468,6 +483,19 @@ impl VaultProvider {
         } else {
             self.token_rejected(error)
         }
+    }
+}
+
+/// Where a certificate's names come from for `role`: meshca's parameters (`Decided`) only
+/// when the role is known to have both `use_csr_common_name` and `use_csr_sans` off. Otherwise
+/// Vault certifies what the CSR asks for, so the issuance pipeline must first check that a
+/// caller's CSR asks for exactly meshca's names (`FromCsr`). A role meshca may not read is
+/// assumed to have Vault's defaults (both on). Keys meshca makes are unaffected either way:
+/// its own CSR asks for exactly the request's names.
+fn csr_names(role: Option<&RoleData>) -> CsrNames {
+    match role {
+        Some(role) if role.copies_csr_names().is_empty() => CsrNames::Decided,
+        _ => CsrNames::FromCsr,
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use meshca_provider::conformance;
 use meshca_provider::x509::certificates_to_pem;
 use meshca_provider::{
-    CertificateChain, CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, ProviderError,
-    SpiffeId, TrustBundle, TrustDomain,
+    CertificateChain, CertificateProvider, CsrError, CsrNames, IssueRequest, KeyType, LeafKey,
+    LeafSpec, ProviderError, SpiffeId, TrustBundle, TrustDomain, VerifiedCsr,
 };
 use meshca_vault::{VaultProvider, VaultSettings};
 use rustls_pki_types::UnixTime;
@@ -299,4 +299,158 @@ async fn conforms_through_an_intermediate_with_an_ec_only_role() {
     };
     let provider = VaultProvider::connect(&settings).await.unwrap();
     conformance::run_all(&provider, &TrustDomain::new("example.org").unwrap()).await;
+}
+
+/// A caller's CSR, made by `openssl req` for a new key (`-newkey` arguments), asking for what
+/// no caller may choose: another workload's SPIFFE ID, a DNS name nobody gave it and a
+/// subject with O= and CN=.
+fn greedy_csr(newkey: &[&str]) -> VerifiedCsr {
+    let dir = tempfile::tempdir().unwrap();
+    let csr = dir.path().join("csr.der");
+    let output = Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-keyout"])
+        .arg(dir.path().join("key.pem"))
+        .args(newkey)
+        .args([
+            "-subj",
+            "/O=Not meshca/CN=evil.example",
+            "-addext",
+            "subjectAltName=URI:spiffe://cluster.local/ns/kube-system/sa/admin,DNS:evil.example",
+            "-outform",
+            "DER",
+            "-out",
+        ])
+        .arg(&csr)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    VerifiedCsr::from_der(&std::fs::read(&csr).unwrap()).unwrap()
+}
+
+const P256: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+const RSA2048: &[&str] = &["-newkey", "rsa:2048"];
+
+/// Issues for a caller's key as the daemon's pipeline does: capabilities first.
+async fn issue_for_caller(
+    provider: &VaultProvider,
+    spec: &LeafSpec,
+    csr: &VerifiedCsr,
+) -> Result<CertificateChain, ProviderError> {
+    let request = IssueRequest::for_caller(spec, csr);
+    provider.capabilities().check(&request)?;
+    provider.issue(&request).await
+}
+
+/// The leaf certifies `csr`'s key with exactly `spec`'s names and nothing of the CSR's.
+fn assert_meshcas_names(chain: &CertificateChain, spec: &LeafSpec, csr: &VerifiedCsr) {
+    let info = chain.leaf_info().unwrap();
+    assert_eq!(
+        info.public_key,
+        csr.public_key(),
+        "the leaf certifies the caller's key"
+    );
+    let want_uris: Vec<String> = spec.spiffe_id.iter().map(ToString::to_string).collect();
+    assert_eq!(info.uri_sans, want_uris);
+    let mut dns = info.dns_sans.clone();
+    dns.sort();
+    let mut want: Vec<String> = spec.dns_names.iter().map(ToString::to_string).collect();
+    want.sort();
+    assert_eq!(dns, want);
+    assert_eq!(info.common_name, spec.common_name);
+    let want_subject = spec
+        .common_name
+        .as_ref()
+        .map_or_else(String::new, |cn| format!("CN={cn}"));
+    assert_eq!(info.subject, want_subject, "no O= from the CSR");
+}
+
+#[tokio::test]
+async fn callers_keys_are_signed_with_meshcas_names_only() {
+    let bao = dev_with_pki().await;
+    bao.role("pki", "meshca", json!({"key_type": "any", "key_bits": 0}))
+        .await;
+    let provider = VaultProvider::connect(&bao.settings(&bao.root_token))
+        .await
+        .unwrap();
+    // The role has use_csr_common_name=false and use_csr_sans=false.
+    assert_eq!(provider.capabilities().csr_names, CsrNames::Decided);
+    let bundle = provider.trust_bundle().await.unwrap();
+    let server = LeafSpec::server(
+        vec!["hook.meshca-system.svc".parse().unwrap()],
+        Duration::from_secs(600),
+    );
+    for newkey in [P256, RSA2048] {
+        let csr = greedy_csr(newkey);
+        for spec in [
+            workload("bookstore/bookstore-v2", Duration::from_secs(600)),
+            server.clone(),
+        ] {
+            let chain = issue_for_caller(&provider, &spec, &csr).await.unwrap();
+            assert_meshcas_names(&chain, &spec, &csr);
+            webpki_verify(&chain, &bundle);
+            openssl_verify(&chain, &bundle);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_role_that_copies_csr_names_gets_only_csrs_asking_for_exactly_meshcas() {
+    let bao = dev_with_pki().await;
+    // Vault's defaults: names from the CSR.
+    bao.role(
+        "pki",
+        "meshca",
+        json!({"use_csr_common_name": true, "use_csr_sans": true}),
+    )
+    .await;
+    let provider = VaultProvider::connect(&bao.settings(&bao.root_token))
+        .await
+        .unwrap();
+    assert_eq!(provider.capabilities().csr_names, CsrNames::FromCsr);
+    let spec = workload("bookstore/bookstore-v2", Duration::from_secs(600));
+    let greedy = greedy_csr(P256);
+    let err = issue_for_caller(&provider, &spec, &greedy)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProviderError::Csr(CsrError::NamesDiffer { .. })),
+        "{err:?}"
+    );
+    // Why: asked anyway, this role certifies the CSR's names, not meshca's.
+    let copied = provider
+        .issue(&IssueRequest::for_caller(&spec, &greedy))
+        .await
+        .unwrap();
+    assert_eq!(
+        copied.leaf_info().unwrap().uri_sans,
+        ["spiffe://cluster.local/ns/kube-system/sa/admin"]
+    );
+    // A CSR asking for exactly meshca's names is signed.
+    let key = LeafKey::generate(KeyType::P256).unwrap();
+    let csr = VerifiedCsr::from_der(&key.csr_der(&spec).unwrap()).unwrap();
+    let chain = issue_for_caller(&provider, &spec, &csr).await.unwrap();
+    assert_meshcas_names(&chain, &spec, &csr);
+    conformance::run_all(&provider, &TrustDomain::default()).await;
+}
+
+#[tokio::test]
+async fn a_role_meshca_may_not_read_is_assumed_to_copy_csr_names() {
+    let bao = dev_with_pki().await;
+    let policy = "path \"pki/sign/*\" { capabilities = [\"update\"] }\n\
+                  path \"pki/cert/*\" { capabilities = [\"read\"] }\n\
+                  path \"auth/token/lookup-self\" { capabilities = [\"read\"] }\n";
+    bao.write("sys/policies/acl/sign-only", json!({ "policy": policy }))
+        .await;
+    let token = bao.token(json!({"policies": ["sign-only"]})).await;
+    let provider = VaultProvider::connect(&bao.settings(&token)).await.unwrap();
+    assert_eq!(provider.capabilities().csr_names, CsrNames::FromCsr);
+    let spec = workload("a/b", Duration::from_secs(600));
+    let err = issue_for_caller(&provider, &spec, &greedy_csr(P256))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Csr(_)), "{err:?}");
 }

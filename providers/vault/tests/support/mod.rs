@@ -440,7 +440,7 @@ impl Bao {
     }
 
     /// A PKI engine at `mount` with an EC P-256 root `CN=<common_name>` and a role `meshca`
-    /// as `deploy/dev/vault.sh` makes it (max_ttl 24h).
+    /// as `deploy/dev/vault.sh` makes it (max_ttl 24h, names from meshca's parameters).
     pub async fn pki(&self, mount: &str, common_name: &str) {
         self.write(
             &format!("sys/mounts/{mount}"),
@@ -466,8 +466,9 @@ impl Bao {
             "no_store": true,
             "require_cn": false,
             "enforce_hostnames": false,
-            "use_csr_common_name": true,
-            "use_csr_sans": true,
+            // meshca's parameters name the certificate, whatever a caller's CSR asks for.
+            "use_csr_common_name": false,
+            "use_csr_sans": false,
         });
         for (key, value) in overrides.as_object().unwrap() {
             role[key] = value.clone();
