@@ -13,8 +13,8 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchPara
 use kube::core::Status;
 use meshca_provider::x509::{pem_block, sha256};
 use meshca_provider::{
-    Capabilities, CertificateChain, CertificateInfo, CertificateProvider, ChainError, Clock,
-    CsrNames, IssueRequest, KeyType, LeafSpec, ProviderError, SubjectKey, SystemClock, TrustBundle,
+    Capabilities, CertificateChain, CertificateInfo, CertificateProvider, Clock, CsrNames,
+    IssueRequest, KeyType, LeafSpec, ProviderError, SubjectKey, SystemClock, TrustBundle,
     verify_chain,
 };
 use rustls_pki_types::CertificateDer;
@@ -41,9 +41,6 @@ pub const USAGES: [&str; 4] = [
 /// The key in the CA bundle Secret holding the trust bundle.
 pub const CA_BUNDLE_KEY: &str = "ca.crt";
 
-/// How long a CA bundle read from the Secret is used before it is read again for verifying a
-/// chain (`trust_bundle()` always reads it).
-const BUNDLE_MAX_AGE: Duration = Duration::from_secs(60);
 /// The longest watch asked of the API server in one call (it ends watches by itself anyway).
 const MAX_WATCH_SECONDS: u64 = 290;
 /// How many distinct `status.ca` roots are remembered as the trust bundle in status.ca mode.
@@ -72,11 +69,16 @@ pub enum CertManagerError {
 
 /// Issues certificates through cert-manager `CertificateRequest`s (cert-manager.io/v1).
 ///
-/// For each issuance: create a request (the daemon's CSR, usages, `issuerRef`, the lifetime as
+/// For each issuance: create a request (the CSR, usages, `issuerRef`, the lifetime as
 /// `duration`, meshca's labels), watch it until `Ready=True` — `Denied` or `Failed` end the
-/// wait at once — take the chain from `status.certificate`, delete the request (unless
-/// `preserveCertificateRequests`), and verify the chain against the trust bundle: `ca.crt` of
-/// the CA bundle Secret, or `status.ca` when no Secret is configured.
+/// wait at once — take the chain from `status.certificate` and delete the request (unless
+/// `preserveCertificateRequests`). The trust bundle is `ca.crt` of the CA bundle Secret, or,
+/// when no Secret is configured, the `status.ca` roots that verified a chain they came with.
+///
+/// cert-manager certifies what a CSR asks for ([`CsrNames::FromCsr`]): the CSR is meshca's own
+/// (asking for exactly the request's names) or a caller's, forwarded as it came only when it
+/// asks for exactly the request's names — which the daemon's capability check has established
+/// and `issue` makes sure of again before anything is created.
 pub struct CertManagerProvider {
     client: kube::Client,
     settings: CertManagerSettings,
@@ -88,9 +90,8 @@ pub struct CertManagerProvider {
 
 #[derive(Default)]
 struct BundleState {
-    /// The Secret's bundle and when it was read (Secret mode).
-    secret: Option<(Instant, TrustBundle)>,
-    /// Roots seen in `status.ca`, newest first (status.ca mode).
+    /// Roots seen in `status.ca` that verified the chain they came with, newest first
+    /// (status.ca mode).
     status_roots: Vec<CertificateDer<'static>>,
 }
 
@@ -153,7 +154,7 @@ impl CertManagerProvider {
     /// configured), then stale requests are swept (a failed sweep is only logged).
     pub async fn start(&self) -> Result<(), ProviderError> {
         if self.uses_secret() {
-            self.secret_bundle(true).await?;
+            self.secret_bundle().await?;
         }
         if !self.settings.preserve_certificate_requests {
             self.sweep().await;
@@ -384,7 +385,13 @@ impl CertManagerProvider {
         Ok(State::Pending)
     }
 
-    /// The chain a Ready request carries, without roots, verified against the trust bundle.
+    /// The chain a Ready request carries, without roots.
+    ///
+    /// The daemon validates every chain against [`trust_bundle`](CertificateProvider::trust_bundle)
+    /// (re-reading it once when the issuer is unknown, as after a rotation), so the chain is not
+    /// verified here against the Secret's bundle. In status.ca mode it is: that verification is
+    /// what makes a `status.ca` root part of the trust bundle — a root is adopted only when it
+    /// signs the chain it came with.
     async fn chain_of(
         &self,
         name: &str,
@@ -402,33 +409,7 @@ impl CertManagerProvider {
             .map_err(|e| invalid(format!("status.certificate is unusable: {e}")))?;
         let chain =
             without_roots(&chain).map_err(|e| invalid(format!("status.certificate: {e}")))?;
-        let now = self.clock.now();
-        if self.uses_secret() {
-            let bundle = self.secret_bundle(false).await?;
-            let outcome = match verify_chain(&chain, &bundle, now) {
-                Err(
-                    ChainError::NoUsableRoot
-                    | ChainError::NotVerified {
-                        unknown_issuer: true,
-                        ..
-                    },
-                ) => {
-                    // The Secret may have gained a root since it was read (a rotation).
-                    let fresh = self.secret_bundle(true).await?;
-                    verify_chain(&chain, &fresh, now)
-                }
-                other => other,
-            };
-            outcome.map_err(|e| {
-                invalid(format!(
-                    "the certificate from {} does not verify against the trust bundle in {} \
-                     ({e}); check that the issuer signs with the CA whose root is in that \
-                     Secret, or set certManager.caBundleSecret",
-                    self.settings.issuer(),
-                    self.describe_secret()
-                ))
-            })?;
-        } else {
+        if !self.uses_secret() {
             let ca = status.ca.unwrap_or_default();
             let ca_text = std::str::from_utf8(&ca.0).unwrap_or_default();
             let bundle = TrustBundle::from_pem(ca_text).map_err(|e| {
@@ -438,7 +419,7 @@ impl CertManagerProvider {
                     self.settings.issuer()
                 ))
             })?;
-            verify_chain(&chain, &bundle, now).map_err(|e| {
+            verify_chain(&chain, &bundle, self.clock.now()).map_err(|e| {
                 invalid(format!(
                     "the certificate from {} does not verify against its own status.ca ({e}); \
                      check the issuer's CA chain",
@@ -459,16 +440,8 @@ impl CertManagerProvider {
         state.status_roots.truncate(MAX_STATUS_ROOTS);
     }
 
-    /// The CA bundle Secret's `ca.crt`: read again when `fresh` or older than a minute.
-    async fn secret_bundle(&self, fresh: bool) -> Result<TrustBundle, ProviderError> {
-        if !fresh {
-            let state = self.bundle.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((read_at, bundle)) = &state.secret
-                && read_at.elapsed() < BUNDLE_MAX_AGE
-            {
-                return Ok(bundle.clone());
-            }
-        }
+    /// The CA bundle Secret's `ca.crt`, read now.
+    async fn secret_bundle(&self) -> Result<TrustBundle, ProviderError> {
         let secret_settings = &self.settings.ca_bundle_secret;
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &secret_settings.namespace);
         let secret = api
@@ -493,15 +466,12 @@ impl CertManagerProvider {
                     self.describe_secret()
                 ),
             })?;
-        let bundle = std::str::from_utf8(&value.0)
+        std::str::from_utf8(&value.0)
             .map_err(|_| "the value is not text".to_owned())
             .and_then(|text| TrustBundle::from_pem(text).map_err(|e| e.to_string()))
             .map_err(|reason| ProviderError::Ca {
                 reason: format!("{} is unusable: {reason}", self.describe_secret()),
-            })?;
-        let mut state = self.bundle.lock().unwrap_or_else(PoisonError::into_inner);
-        state.secret = Some((Instant::now(), bundle.clone()));
-        Ok(bundle)
+            })
     }
 
     /// Deletes `name`; a failure is logged (the garbage collector catches what is left).
@@ -727,12 +697,12 @@ impl CertificateProvider for CertManagerProvider {
     }
 
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<CertificateChain, ProviderError> {
-        // The issuance pipeline has checked the capabilities (for a caller's CSR: that it asks
-        // for exactly the decided names, since cert-manager certifies what the CSR says).
-        if let SubjectKey::Caller(_) = request.key {
-            return Err(ProviderError::Unsupported {
-                what: "certificates for a caller's key (CSR) yet".to_owned(),
-            });
+        // The issuance pipeline has checked the capabilities, and so that a caller's CSR asks
+        // for exactly the request's names. cert-manager signs whatever the CSR says, so a CSR
+        // that slipped past that check would become a certificate for names meshca never
+        // decided: checked again here, before anything is created (one comparison).
+        if let SubjectKey::Caller(csr) = request.key {
+            csr.requests_exactly(request.spec)?;
         }
         let csr = request.csr_der()?;
         let object = self.request_object(request.spec, &csr);
@@ -785,7 +755,7 @@ impl CertificateProvider for CertManagerProvider {
 
     async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
         if self.uses_secret() {
-            return self.secret_bundle(true).await;
+            return self.secret_bundle().await;
         }
         // status.ca mode: the roots seen so far (empty before the first issuance; the daemon
         // re-reads the bundle when a chain does not verify against what it has).

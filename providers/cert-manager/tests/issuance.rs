@@ -12,8 +12,8 @@ use std::time::Duration;
 use http::Method;
 use meshca_cert_manager::{CertManagerProvider, CertManagerSettings};
 use meshca_provider::{
-    CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, ProviderError, SpiffeId,
-    TrustBundle, TrustDomain,
+    CertificateProvider, ChainError, CsrError, IssueRequest, KeyType, LeafKey, LeafSpec,
+    ProviderError, SpiffeId, TrustBundle, TrustDomain, VerifiedCsr,
 };
 use serde_json::json;
 use support::{
@@ -121,7 +121,8 @@ async fn issues_through_a_certificate_request_and_deletes_it() {
 
     let seen = fake.seen();
     let name = created_name(&seen);
-    // Exactly: create, watch, (the CA bundle), delete.
+    // Exactly: create, watch, delete. The chain is not verified here (the daemon verifies
+    // every chain against trust_bundle()), so the CA bundle Secret is not read.
     let methods: Vec<_> = seen
         .iter()
         .map(|s| (s.method.clone(), s.path.clone()))
@@ -132,7 +133,6 @@ async fn issues_through_a_certificate_request_and_deletes_it() {
             (Method::POST, REQUESTS_PATH.to_owned()),
             (Method::GET, REQUESTS_PATH.to_owned()),
             (Method::DELETE, request_path(&name)),
-            (Method::GET, SECRET_PATH.to_owned()),
         ],
         "{seen:#?}"
     );
@@ -358,8 +358,7 @@ async fn a_gone_or_closed_watch_resumes_from_a_fresh_read() {
     assert_eq!(
         kinds,
         [
-            "create", "watch", "get", "watch", "get", "watch", "get", "watch", "get", "delete",
-            "secret"
+            "create", "watch", "get", "watch", "get", "watch", "get", "watch", "get", "delete"
         ],
         "{seen:#?}"
     );
@@ -444,7 +443,9 @@ async fn stale_requests_are_garbage_collected() {
 }
 
 #[tokio::test]
-async fn a_chain_that_does_not_verify_against_the_bundle_is_rejected() {
+async fn a_chain_is_left_for_the_daemon_to_verify_against_the_secrets_bundle() {
+    // The daemon's issuance pipeline verifies every chain against trust_bundle() (and re-reads
+    // it once when the issuer is unknown); the provider no longer does it a second time.
     let issuing = TestCa::new("mesh");
     let other = TestCa::new("elsewhere");
     let fake = Fake::new(
@@ -453,28 +454,147 @@ async fn a_chain_that_does_not_verify_against_the_bundle_is_rejected() {
         vec![Watch::Stream(vec![Step::Outcome])],
     );
     let provider = provider(&fake, CertManagerSettings::default());
-    let error = issue(&provider, &workload()).await.1.unwrap_err();
-    assert!(
-        matches!(error, ProviderError::InvalidResponse { .. }),
-        "{error:?}"
-    );
-    let message = error.to_string();
-    assert!(
-        message.contains(
-            "does not verify against the trust bundle in Secret meshca-system/meshca-ca-bundle key ca.crt"
-        ),
-        "{message}"
-    );
-    assert!(message.contains("UnknownIssuer"), "{message}");
+    let chain = issue(&provider, &workload()).await.1.unwrap();
     let seen = fake.seen();
     let name = created_name(&seen);
     assert_eq!(deletes(&seen), [request_path(&name)]);
-    // Read once, then again (a rotation may have added the root) before refusing.
-    let secret_reads = seen
-        .iter()
-        .filter(|s| s.is(Method::GET, SECRET_PATH))
-        .count();
-    assert_eq!(secret_reads, 2);
+    assert!(!seen.iter().any(|s| s.is(Method::GET, SECRET_PATH)));
+    // What the daemon then finds: the issuer is not in the bundle, read afresh from the Secret.
+    let bundle = provider.trust_bundle().await.unwrap();
+    assert_eq!(bundle, TrustBundle::from_pem(&other.root_pem).unwrap());
+    let error =
+        meshca_provider::verify_chain(&chain, &bundle, std::time::SystemTime::now()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ChainError::NotVerified {
+                unknown_issuer: true,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+/// A caller's CSR for `key`, made with rcgen as a client would, asking for `uris`, `dns` and
+/// a subject of `subject` attributes.
+fn callers_csr(
+    key: &LeafKey,
+    uris: &[&str],
+    dns: &[&str],
+    subject: &[(rcgen::DnType, &str)],
+) -> VerifiedCsr {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    for (kind, value) in subject {
+        params.distinguished_name.push(kind.clone(), *value);
+    }
+    for uri in uris {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI((*uri).try_into().unwrap()));
+    }
+    for name in dns {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::DnsName((*name).try_into().unwrap()));
+    }
+    let csr = params
+        .serialize_request(&key.signing_key().unwrap())
+        .unwrap();
+    VerifiedCsr::from_der(csr.der()).unwrap()
+}
+
+#[tokio::test]
+async fn a_callers_csr_asking_for_exactly_its_names_is_forwarded_as_it_came() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
+    fake.state.lock().unwrap().default_watch = Some(vec![Step::Outcome]);
+    let provider = provider(&fake, CertManagerSettings::default());
+    let spec = workload();
+    for key_type in [KeyType::P256, KeyType::Rsa2048] {
+        let key = LeafKey::generate(key_type).unwrap();
+        // The names in another order and case: still exactly the spec's.
+        let csr = callers_csr(
+            &key,
+            &["spiffe://cluster.local/ns/bookstore/sa/bookstore-v2"],
+            &["Bookstore-v2.bookstore.svc.cluster.local"],
+            &[],
+        );
+        let request = IssueRequest::for_caller(&spec, &csr);
+        provider.capabilities().check(&request).unwrap();
+        let chain = provider.issue(&request).await.unwrap();
+        let created = fake
+            .seen()
+            .into_iter()
+            .rev()
+            .find(|s| s.is(Method::POST, REQUESTS_PATH));
+        let body = created.unwrap().body.unwrap();
+        let sent = unbase64(body["spec"]["request"].as_str().unwrap());
+        let sent = pem::parse(sent).unwrap();
+        assert_eq!(
+            sent.contents(),
+            csr.der(),
+            "the caller's own CSR, unchanged"
+        );
+        let leaf = chain.leaf_info().unwrap();
+        assert_eq!(leaf.public_key, csr.public_key(), "{key_type}");
+        assert_eq!(
+            leaf.uri_sans,
+            ["spiffe://cluster.local/ns/bookstore/sa/bookstore-v2"]
+        );
+        let bundle = provider.trust_bundle().await.unwrap();
+        meshca_provider::verify_chain(&chain, &bundle, std::time::SystemTime::now()).unwrap();
+    }
+    assert!(fake.state.lock().unwrap().requests.is_empty());
+}
+
+#[tokio::test]
+async fn a_callers_csr_asking_for_other_names_is_refused_before_anything_is_created() {
+    let ca = TestCa::new("mesh");
+    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
+    fake.state.lock().unwrap().default_watch = Some(vec![Step::Outcome]);
+    let provider = provider(&fake, CertManagerSettings::default());
+    let spec = workload();
+    let key = LeafKey::generate(KeyType::P256).unwrap();
+    let mine = "spiffe://cluster.local/ns/bookstore/sa/bookstore-v2";
+    let my_name = "bookstore-v2.bookstore.svc.cluster.local";
+    for csr in [
+        // Another workload's identity.
+        callers_csr(
+            &key,
+            &["spiffe://cluster.local/ns/kube-system/sa/admin"],
+            &[my_name],
+            &[],
+        ),
+        // An extra DNS name.
+        callers_csr(&key, &[mine], &[my_name, "evil.example"], &[]),
+        // A subject.
+        callers_csr(
+            &key,
+            &[mine],
+            &[my_name],
+            &[(rcgen::DnType::OrganizationName, "Not meshca")],
+        ),
+    ] {
+        let request = IssueRequest::for_caller(&spec, &csr);
+        let refused = provider.capabilities().check(&request).unwrap_err();
+        assert!(
+            matches!(refused, ProviderError::Csr(CsrError::NamesDiffer { .. })),
+            "{refused:?}"
+        );
+        // Asked anyway, the provider refuses it too.
+        let refused = provider.issue(&request).await.unwrap_err();
+        assert!(
+            matches!(refused, ProviderError::Csr(CsrError::NamesDiffer { .. })),
+            "{refused:?}"
+        );
+    }
+    let seen = fake.seen();
+    assert!(
+        seen.is_empty(),
+        "nothing was created or even read: {seen:#?}"
+    );
 }
 
 #[tokio::test]
