@@ -5,11 +5,14 @@
 //! per-cluster intermediate (`meshca ca intermediate`) and leaves of every profile (`meshca
 //! issue`): a workload certificate with its SPIFFE ID alone, one with explicit `--dns` names, a
 //! DNS-only server certificate, a wildcard server certificate, RSA and P-256 leaf keys, and
-//! leaves signed by the intermediate. `tests/x509/lint.py` then lints every certificate and every
+//! leaves signed by the intermediate. Callers' keys too: CSRs made by `openssl req` (a producer
+//! meshca shares no code with) for a P-256 and an RSA key, asking for names meshca does not give,
+//! signed by Tresor over the same root. `tests/x509/lint.py` then lints every certificate and every
 //! issuer/subject pair with pkilint (no WARNING or ERROR beyond its one known false positive on
 //! `spiffe://` URIs, described there and in docs/SECURITY.md), verifies each leaf with `openssl
 //! verify -x509_strict` for the purposes its profile has, and with pyca's client verifier
-//! (SPIFFE leaves) and server verifier (DNS leaves).
+//! (SPIFFE leaves) and server verifier (DNS leaves), and checks with openssl that a caller's leaf
+//! carries its CSR's public key and no attribute of its CSR's subject.
 //!
 //! pkilint and cryptography come from `scripts/install-tools.sh x509lint` (`.tools/pip/x509lint`,
 //! or `MESHCA_X509LINT_PYTHONPATH`). Without them the test is skipped with a note, except under
@@ -19,7 +22,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use meshca_provider::x509::certificates_to_pem;
+use meshca_provider::{
+    CertificateInfo, CertificateProvider, IssueRequest, LeafSpec, SpiffeId, SystemClock,
+    TrustDomain, VerifiedCsr,
+};
+use meshca_tresor::{DirectoryStore, StoredCa, Tresor};
 use serde_json::{Value, json};
 
 fn python() -> String {
@@ -209,6 +220,100 @@ fn issue_all(
     leaves
 }
 
+/// A CSR made by `openssl req` for a new key (`-newkey` arguments) that asks for what no caller
+/// may choose: another workload's SPIFFE ID, a DNS name nobody gave it, and O= and CN=.
+fn openssl_csr(work: &Path, name: &str, newkey: &[&str]) -> PathBuf {
+    let csr = work.join(format!("{name}.csr"));
+    let output = Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-keyout"])
+        .arg(work.join(format!("{name}.key")))
+        .args(newkey)
+        .args([
+            "-subj",
+            "/O=Not meshca/CN=evil.example",
+            "-addext",
+            "subjectAltName=URI:spiffe://cluster.local/ns/kube-system/sa/admin,DNS:evil.example",
+            "-out",
+        ])
+        .arg(&csr)
+        .output()
+        .expect("run openssl req");
+    assert!(
+        output.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    csr
+}
+
+/// Callers' keys: Tresor, over the CA in `ca_dir`, signs `openssl req` CSRs for a P-256 and
+/// an RSA 2048 key with meshca's names; returns the manifest entries.
+fn issue_for_callers(ca_dir: &Path, work: &Path, root: &str) -> Vec<Value> {
+    let stored = StoredCa::read_files(
+        &ca_dir.join(DirectoryStore::CERTIFICATE_FILE),
+        &ca_dir.join(DirectoryStore::KEY_FILE),
+    )
+    .unwrap();
+    let tresor = Tresor::new(
+        stored.authority(SystemTime::now()).unwrap(),
+        Arc::new(SystemClock),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let id = SpiffeId::from_short("shop/checkout", &TrustDomain::default()).unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    let cases: [(&str, &[&str], LeafSpec); 3] = [
+        (
+            "caller key p256 workload",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            LeafSpec::workload(&id, &[], day),
+        ),
+        (
+            "caller key rsa2048 workload + dns",
+            &["-newkey", "rsa:2048"],
+            LeafSpec::workload(&id, &["checkout.shop.svc".parse().unwrap()], day),
+        ),
+        (
+            "caller key p256 server",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            LeafSpec::server(vec!["checkout.example.com".parse().unwrap()], day),
+        ),
+    ];
+    let mut leaves = Vec::new();
+    for (index, (name, newkey, spec)) in cases.into_iter().enumerate() {
+        let csr_path = openssl_csr(work, &format!("caller-{index}"), newkey);
+        let csr = VerifiedCsr::from_pem(&std::fs::read_to_string(&csr_path).unwrap()).unwrap();
+        let request = IssueRequest::for_caller(&spec, &csr);
+        tresor.capabilities().check(&request).unwrap();
+        let chain = runtime.block_on(tresor.issue(&request)).unwrap();
+        let info = CertificateInfo::parse(chain.leaf()).unwrap();
+        assert_eq!(
+            info.public_key,
+            csr.public_key(),
+            "{name}: the caller's key"
+        );
+        let uris: Vec<String> = spec.spiffe_id.iter().map(ToString::to_string).collect();
+        assert_eq!(info.uri_sans, uris, "{name}: meshca's SPIFFE ID only");
+        let dns: Vec<&str> = spec.dns_names.iter().map(|n| n.as_str()).collect();
+        assert_eq!(info.dns_sans, dns, "{name}: meshca's DNS names only");
+        let leaf = work.join(format!("caller-{index}.pem"));
+        std::fs::write(&leaf, certificates_to_pem(&chain.certificates()[..1])).unwrap();
+        leaves.push(json!({
+            "name": format!("{name} (openssl req CSR) from root p256"),
+            "cert": leaf.to_string_lossy(),
+            "issuer": root,
+            "root": root,
+            "chain": [],
+            "spiffe_id": spec.spiffe_id.as_ref().map(ToString::to_string),
+            "dns": dns,
+            "wildcard": false,
+            "csr": csr_path.to_string_lossy(),
+        }));
+    }
+    leaves
+}
+
 #[test]
 fn every_profile_passes_pkilint_openssl_strict_and_pyca() {
     let Some(pythonpath) = x509lint_pythonpath() else {
@@ -269,6 +374,7 @@ fn every_profile_passes_pkilint_openssl_strict_and_pyca() {
         &rsa_root,
         &[],
     ));
+    leaves.extend(issue_for_callers(&root_dir, work, &root));
     let manifest = json!({
         "cas": [
             {"name": "root p256", "cert": root, "issuer": null},
@@ -314,6 +420,14 @@ fn every_profile_passes_pkilint_openssl_strict_and_pyca() {
                 stdout.contains(&format!("ok   pyca client verifier {name}\n")),
                 "{name} not verified by pyca:\n{stdout}"
             );
+        }
+        if !leaf["csr"].is_null() {
+            for check in ["openssl public key = CSR's", "no CSR subject in"] {
+                assert!(
+                    stdout.contains(&format!("ok   {check} {name}\n")),
+                    "{name}: `{check}` did not pass:\n{stdout}"
+                );
+            }
         }
     }
 }

@@ -9,7 +9,8 @@ Run by tests/outside_verifiers.rs with a manifest (JSON) describing the certific
                  "root": "root.pem", "chain": ["east.pem"],
                  "spiffe_id": "spiffe://..." | null,
                  "dns": ["hostnames it must be valid for"],
-                 "wildcard": false}]}
+                 "wildcard": false,
+                 "csr": "csr.pem"}]}   (optional: the caller's CSR the leaf was issued for)
 
 Every certificate is linted with pkilint's RFC 5280 linter (`lint_pkix_cert`), every
 issuer/subject pair with `lint_pkix_signer_signee_cert_chain`; no finding of severity WARNING
@@ -17,7 +18,9 @@ or above is allowed, except the one known false positive described in KNOWN_FALS
 nor a subject key identifier pkilint cannot attribute to a known method (FAILING_NOTICES).
 Each leaf is then verified by `openssl verify -x509_strict` with the purposes its profile has,
 and by pyca cryptography's `x509.verification` verifiers: the client verifier for leaves with
-a SPIFFE ID, the server verifier (with each DNS name) for leaves with DNS names.
+a SPIFFE ID, the server verifier (with each DNS name) for leaves with DNS names. A leaf issued
+for a caller's CSR must carry exactly the CSR's public key (both extracted by openssl) and none
+of the CSR's subject attributes.
 
 Prints one line per check and "outside verifiers: all checks passed" at the end; exits 1 with
 every failure listed otherwise.
@@ -133,6 +136,28 @@ def openssl_verify(name, root, chain, leaf, purpose, hostname=None):
     return out.returncode == 0
 
 
+def openssl_text(*args):
+    out = subprocess.run(["openssl", *args], capture_output=True, text=True)
+    return out.returncode, out.stdout.strip() or out.stderr.strip()
+
+
+def callers_key(name, csr, leaf, has_common_name):
+    """The leaf certifies the caller's key, from its verified CSR, and takes no name from it."""
+    code, verified = openssl_text("req", "-in", csr, "-verify", "-noout")
+    check(f"openssl req -verify {name}", code == 0, verified)
+    _, want = openssl_text("req", "-in", csr, "-pubkey", "-noout")
+    _, got = openssl_text("x509", "-in", leaf, "-pubkey", "-noout")
+    check(f"openssl public key = CSR's {name}", want == got and "PUBLIC KEY" in want, f"CSR {want!r}, leaf {got!r}")
+    subject = load(leaf).subject
+    others = [a.rfc4514_string() for a in subject if a.oid != x509.NameOID.COMMON_NAME]
+    common_names = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    check(
+        f"no CSR subject in {name}",
+        not others and len(common_names) == (1 if has_common_name else 0),
+        subject.rfc4514_string(),
+    )
+
+
 def load(path):
     return x509.load_pem_x509_certificate(Path(path).read_bytes())
 
@@ -192,6 +217,8 @@ def main():
             # Both EKUs: a workload certificate also serves the inbound side of mTLS, by SPIFFE ID.
             openssl_verify(name, root, chain, leaf["cert"], "sslserver")
         pyca(name, root, chain, leaf["cert"], leaf["spiffe_id"], leaf["dns"])
+        if leaf.get("csr"):
+            callers_key(name, leaf["csr"], leaf["cert"], has_common_name=not leaf["spiffe_id"])
     for line in filtered:
         print(f"note pkilint finding accepted (see KNOWN_FALSE_POSITIVE, WILDCARD_FINDING): {line}")
     if failures:
