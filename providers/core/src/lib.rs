@@ -1,8 +1,12 @@
 //! The contract between the meshca daemon and its certificate backends.
 //!
-//! The entry point is [`CertificateProvider`]: the daemon makes a [`LeafKey`], describes the
-//! certificate it wants in a [`LeafSpec`], and a provider turns that into a signed
-//! [`CertificateChain`] and reports its [`TrustBundle`]. Everything a backend and the daemon
+//! The entry point is [`CertificateProvider`]: the daemon describes the certificate it wants in
+//! a [`LeafSpec`], names the key to certify — a [`LeafKey`] it made, or a caller's key proven
+//! by a [`VerifiedCsr`] ([`SubjectKey`]) — and a provider turns that [`IssueRequest`] into a
+//! signed [`CertificateChain`] and reports its [`TrustBundle`]. The names always come from the
+//! spec: a backend that certifies what a CSR asks for declares [`CsrNames::FromCsr`], and
+//! [`Capabilities::check`] then refuses a caller's CSR that asks for anything else before the
+//! backend sees it. Everything a backend and the daemon
 //! must agree on lives here — identities ([`SpiffeId`]), DNS names ([`DnsName`]), Go-style
 //! durations, key types, X.509 parsing helpers, verified PKCS#10 requests ([`VerifiedCsr`]) —
 //! and nothing that wires a runtime.

@@ -175,7 +175,9 @@ pub enum SubjectKey<'a> {
     /// A key meshca made; meshca hands the private half to the workload that owns it.
     Generated(&'a LeafKey),
     /// A caller's key, from a CSR whose signature verified (proof of possession). meshca never
-    /// holds the private half.
+    /// holds the private half. A [`VerifiedCsr`] exists only once its signature has verified
+    /// ([`VerifiedCsr::from_der`]), so a CSR with a bad signature cannot reach a backend. Only
+    /// its public key is certified; the names are the spec's (see [`CsrNames`]).
     Caller(&'a VerifiedCsr),
 }
 
