@@ -21,12 +21,14 @@
 #![forbid(unsafe_code)]
 
 mod crd;
+mod naming;
 mod provider;
 mod settings;
 
+pub use naming::label_value;
 pub use provider::{
     CA_BUNDLE_KEY, CertManagerError, CertManagerProvider, IDENTITY_LABEL, MANAGED_BY,
-    MANAGED_BY_LABEL, USAGES, label_value,
+    MANAGED_BY_LABEL, USAGES,
 };
 pub use settings::{
     CERT_MANAGER_GROUP, CaBundleSecret, CertManagerSettings, DEFAULT_CA_BUNDLE_SECRET,
