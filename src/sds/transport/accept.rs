@@ -1,0 +1,331 @@
+//! The accept loops: at most `sds.maxConnections` open, TLS handshakes off the loop and
+//! bounded in time, and a paced retry when `accept` fails.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use std::future::Future;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::Listeners;
+use super::connection::{Connection, Io};
+use super::idle::ConnectionTimer;
+use crate::sds::SdsLimits;
+use crate::sds::stats::SdsStats;
+use crate::sds::throttle::{SharedThrottle, Throttle};
+
+/// What the accept loops need besides the listeners.
+pub(crate) struct AcceptSettings {
+    /// TLS on every listener, if configured.
+    pub(crate) tls: Option<TlsAcceptor>,
+    /// The connection, TLS-handshake and preface limits.
+    pub(crate) limits: SdsLimits,
+    /// Where refused handshakes are counted.
+    pub(crate) stats: Arc<SdsStats>,
+}
+
+/// Accepts on every listener until `stop` is cancelled, handing connections (after the TLS
+/// handshake, done off the accept loop) to the returned receiver. At most `max_connections`
+/// are open at once (TLS handshakes in progress included); one more is closed when accepted.
+pub(crate) fn accept(
+    listeners: Listeners,
+    settings: AcceptSettings,
+    stop: CancellationToken,
+) -> mpsc::Receiver<Result<Connection, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let shared = Arc::new(AcceptShared {
+        slots: Arc::new(Semaphore::new(settings.limits.max_connections)),
+        settings,
+        tx,
+        over_limit: SharedThrottle::new(WARN_EVERY, 1),
+    });
+    if let Some(listener) = listeners.tcp {
+        tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
+    }
+    if let Some(socket) = listeners.unix {
+        tokio::spawn(async move {
+            // `socket` (and the file removal on drop) lives as long as the loop.
+            let listener = &socket.listener;
+            accept_loop(listener, shared, stop).await;
+        });
+    }
+    rx
+}
+
+/// At most one warning per this long for a repeated accept failure or refusal.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+struct AcceptShared {
+    settings: AcceptSettings,
+    slots: Arc<Semaphore>,
+    tx: mpsc::Sender<Result<Connection, io::Error>>,
+    over_limit: SharedThrottle,
+}
+
+/// A listener the accept loop can take connections from.
+trait Listener: Send + Sync {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    fn plain(stream: Self::Stream) -> Io;
+    fn secured(stream: TlsStream<Self::Stream>) -> Io;
+}
+
+impl Listener for TcpListener {
+    type Stream = TcpStream;
+
+    async fn accept(&self) -> io::Result<TcpStream> {
+        let (stream, remote) = TcpListener::accept(self).await?;
+        debug!(%remote, "SDS TCP connection");
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    fn plain(stream: TcpStream) -> Io {
+        Io::Tcp(stream)
+    }
+
+    fn secured(stream: TlsStream<TcpStream>) -> Io {
+        Io::TlsTcp(Box::new(stream))
+    }
+}
+
+impl Listener for &UnixListener {
+    type Stream = UnixStream;
+
+    async fn accept(&self) -> io::Result<UnixStream> {
+        Ok(UnixListener::accept(self).await?.0)
+    }
+
+    fn plain(stream: UnixStream) -> Io {
+        Io::Unix(stream)
+    }
+
+    fn secured(stream: TlsStream<UnixStream>) -> Io {
+        Io::TlsUnix(Box::new(stream))
+    }
+}
+
+async fn accept_loop<L: Listener>(listener: L, shared: Arc<AcceptShared>, stop: CancellationToken) {
+    let mut failures = AcceptFailures::default();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(stream) => {
+                failures.succeeded();
+                hand_over::<L>(stream, &shared);
+            }
+            Err(error) => {
+                let pause = failures.failed(&error, Instant::now());
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
+    let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+        // Closed right away (dropped): the client sees a reset and retries elsewhere or later.
+        let limit = shared.settings.limits.max_connections;
+        if let Some(suppressed) = shared.over_limit.ready() {
+            warn!(
+                limit,
+                refused_since_last_warning = suppressed,
+                "SDS connection refused: sds.maxConnections connections are open; raise it or \
+                 add replicas"
+            );
+        }
+        return;
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let limits = &shared.settings.limits;
+        let io = match &shared.settings.tls {
+            None => L::plain(stream),
+            Some(acceptor) => {
+                let timeout = limits.handshake_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => L::secured(tls),
+                    // A refused or abandoned handshake is an unauthenticated caller (no or a
+                    // wrong client certificate, or a port scan): counted, and logged at debug
+                    // to keep a scan from flooding the log.
+                    Ok(Err(e)) => {
+                        SdsStats::bump(&shared.settings.stats.unauthenticated);
+                        debug!(error = %e, "SDS TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        SdsStats::bump(&shared.settings.stats.unauthenticated);
+                        debug!(
+                            ?timeout,
+                            "SDS TLS handshake timed out (sds.handshakeTimeout)"
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        let connection = Connection {
+            io,
+            timer: ConnectionTimer::new(limits),
+            _slot: slot,
+        };
+        let _ = shared.tx.send(Ok(connection)).await;
+    });
+}
+
+/// Paces an accept loop whose `accept` fails (out of file descriptors, most often): it pauses
+/// before the next attempt, longer while failures go on, and warns at most once per
+/// [`WARN_EVERY`] with the number of failures since the last warning.
+#[derive(Debug)]
+struct AcceptFailures {
+    pause: Duration,
+    warnings: Throttle,
+}
+
+impl Default for AcceptFailures {
+    fn default() -> Self {
+        Self {
+            pause: Self::FIRST_PAUSE,
+            warnings: Throttle::new(WARN_EVERY, 1),
+        }
+    }
+}
+
+impl AcceptFailures {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+    /// Notes a failure; returns how long to pause before accepting again.
+    fn failed(&mut self, error: &io::Error, now: Instant) -> Duration {
+        if let Some(suppressed) = self.warnings.ready(now) {
+            let hint = match error.raw_os_error() {
+                Some(code) if code == EMFILE || code == ENFILE => {
+                    "out of file descriptors: raise the open-files limit (ulimit -n, \
+                     LimitNOFILE) or lower sds.maxConnections"
+                }
+                _ => "retrying",
+            };
+            warn!(%error, failures_since_last_warning = suppressed, hint, "SDS listener cannot accept connections");
+        }
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(Self::MAX_PAUSE);
+        pause
+    }
+
+    /// Notes a successful accept: the next failure starts pausing briefly again.
+    fn succeeded(&mut self) {
+        self.pause = Self::FIRST_PAUSE;
+    }
+}
+
+/// `EMFILE` and `ENFILE` on Linux and the BSDs.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A listener whose every accept fails with EMFILE, counting the attempts.
+    struct OutOfDescriptors(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Listener for OutOfDescriptors {
+        type Stream = TcpStream;
+
+        async fn accept(&self) -> io::Result<TcpStream> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(io::Error::from_raw_os_error(EMFILE))
+        }
+
+        fn plain(stream: TcpStream) -> Io {
+            Io::Tcp(stream)
+        }
+
+        fn secured(stream: TlsStream<TcpStream>) -> Io {
+            Io::TlsTcp(Box::new(stream))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_accept_loop_out_of_file_descriptors_does_not_spin() {
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, _rx) = mpsc::channel(1);
+        let shared = Arc::new(AcceptShared {
+            settings: AcceptSettings {
+                tls: None,
+                limits: SdsLimits::default(),
+                stats: Arc::default(),
+            },
+            slots: Arc::new(Semaphore::new(1)),
+            tx,
+            over_limit: SharedThrottle::new(WARN_EVERY, 1),
+        });
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(accept_loop(
+            OutOfDescriptors(attempts.clone()),
+            shared,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        stop.cancel();
+        running.await.unwrap();
+        // Pauses of 10, 20, 40 … 640 ms, then 1 s: about 16 attempts in 10 s (a fixed 100 ms
+        // pause made 100, a log line each).
+        let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((10..=20).contains(&attempts), "{attempts} accepts in 10 s");
+    }
+
+    #[test]
+    fn running_out_of_file_descriptors_pauses_and_warns_once_per_period() {
+        let emfile = io::Error::from_raw_os_error(EMFILE);
+        let start = Instant::now();
+        let mut failures = AcceptFailures::default();
+        // 10,000 failed accepts within one period: growing pauses, capped, and the throttle
+        // lets exactly one warning through.
+        let mut total = Duration::ZERO;
+        let mut pauses = Vec::new();
+        for i in 0..10_000u32 {
+            let pause = failures.failed(&emfile, start + Duration::from_micros(u64::from(i)));
+            total += pause;
+            pauses.push(pause);
+        }
+        assert_eq!(pauses[0], AcceptFailures::FIRST_PAUSE);
+        assert!(
+            pauses.windows(2).all(|w| w[0] <= w[1]),
+            "pauses never shrink"
+        );
+        assert_eq!(*pauses.last().unwrap(), AcceptFailures::MAX_PAUSE);
+        assert_eq!(
+            failures.warnings.held_back(),
+            9_999,
+            "one warning, the rest held back"
+        );
+        assert!(total > Duration::from_secs(1000), "the loop does not spin");
+        failures.succeeded();
+        assert_eq!(
+            failures.failed(&emfile, start + WARN_EVERY),
+            AcceptFailures::FIRST_PAUSE,
+            "a success resets the pause"
+        );
+        assert_eq!(
+            failures.warnings.held_back(),
+            0,
+            "the next period warns again"
+        );
+    }
+}
