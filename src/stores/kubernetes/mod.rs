@@ -10,20 +10,25 @@
 //! daemons' `rotation-acks.<replica>.json` reports to the same Secret. Those changes are
 //! updates (PUT) carrying the `resourceVersion` that was read, so of two concurrent writers
 //! one gets `409 Conflict`, re-reads, and finds the change made. The Secret is never deleted.
+//!
+//! One file per concern: this one holds the store and its [`CaStore`] implementation,
+//! `schema.rs` the Secret's layout (what is read from and written to which key), `bundle.rs`
+//! publishing a trust bundle alone, and `rotation.rs` the compare-and-swap updates a root
+//! rotation makes.
+
+mod bundle;
+mod rotation;
+mod schema;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
-use meshca_provider::TrustBundle;
 use meshca_tresor::{
-    AckReport, CaProblem, CaStore, Created, Outcome, Rotation, RotationChange, StoreError,
-    StoredCa, Swap,
+    AckReport, CaStore, Created, Rotation, RotationChange, StoreError, StoredCa, Swap,
 };
-use zeroize::{Zeroize, Zeroizing};
 
 /// A CA kept in one Kubernetes Secret (default `meshca-system/meshca-ca-bundle`).
 ///
@@ -103,224 +108,6 @@ impl KubernetesSecretStore {
     async fn read(&self) -> Result<Option<StoredCa>, StoreError> {
         let secret = self.get_secret().await?;
         secret.map(|secret| self.stored_ca(secret)).transpose()
-    }
-
-    /// Takes the CA out of a Secret read from the API server.
-    fn stored_ca(&self, secret: Secret) -> Result<StoredCa, StoreError> {
-        let mut data = secret.data.unwrap_or_default();
-        let certificate = data.remove(Self::CERTIFICATE_KEY);
-        let key = data
-            .remove(Self::PRIVATE_KEY_KEY)
-            .map(|ByteString(bytes)| Zeroizing::new(bytes));
-        let (certificate, mut key) = match (certificate, key) {
-            (Some(ByteString(certificate)), Some(key)) => (certificate, key),
-            (Some(_), None) => {
-                return Err(StoreError::Incomplete {
-                    present: self.origin(Self::CERTIFICATE_KEY),
-                    missing: self.origin(Self::PRIVATE_KEY_KEY),
-                });
-            }
-            (None, Some(_)) => {
-                return Err(StoreError::Incomplete {
-                    present: self.origin(Self::PRIVATE_KEY_KEY),
-                    missing: self.origin(Self::CERTIFICATE_KEY),
-                });
-            }
-            (None, None) => {
-                // Reporting "nothing stored" would make bootstrap try to create it, fail with a
-                // conflict and then report a vanished CA; say what is actually wrong instead.
-                return Err(StoreError::Backend {
-                    store: self.describe(),
-                    reason: format!(
-                        "the Secret exists but has neither a {} nor a {} key. Nothing was \
-                         changed: point meshca at another Secret, or delete this one if it is \
-                         not in use to let meshca create a new root",
-                        Self::CERTIFICATE_KEY,
-                        Self::PRIVATE_KEY_KEY
-                    ),
-                });
-            }
-        };
-        let certificate_pem = String::from_utf8(certificate).map_err(|_| StoreError::Invalid {
-            location: self.origin(Self::CERTIFICATE_KEY),
-            problem: CaProblem::Unreadable {
-                reason: "the value is not text".into(),
-            },
-        })?;
-        let key_pem = match String::from_utf8(std::mem::take(&mut *key)) {
-            Ok(text) => Zeroizing::new(text),
-            Err(e) => {
-                e.into_bytes().zeroize();
-                return Err(StoreError::Invalid {
-                    location: self.origin(Self::PRIVATE_KEY_KEY),
-                    problem: CaProblem::UnreadableKey {
-                        reason: "the value is not text".into(),
-                    },
-                });
-            }
-        };
-        Ok(StoredCa::new(certificate_pem, key_pem).with_origins(
-            self.origin(Self::CERTIFICATE_KEY),
-            self.origin(Self::PRIVATE_KEY_KEY),
-        ))
-    }
-
-    /// The Secret to POST for `ca`.
-    fn secret_for(&self, ca: &StoredCa) -> Secret {
-        let data = BTreeMap::from([
-            (
-                Self::CERTIFICATE_KEY.to_owned(),
-                ByteString(ca.certificate_pem().as_bytes().to_vec()),
-            ),
-            (
-                Self::PRIVATE_KEY_KEY.to_owned(),
-                ByteString(ca.key_pem().as_bytes().to_vec()),
-            ),
-        ]);
-        self.secret_with(data)
-    }
-
-    /// An Opaque Secret with meshca's label and `data`.
-    fn secret_with(&self, data: BTreeMap<String, ByteString>) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(self.name.clone()),
-                namespace: Some(self.namespace.clone()),
-                labels: Some(BTreeMap::from([(
-                    Self::MANAGED_BY_LABEL.to_owned(),
-                    "meshca".to_owned(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            type_: Some("Opaque".to_owned()),
-            data: Some(data),
-            ..Secret::default()
-        }
-    }
-
-    /// Publishes a trust bundle alone (`ca.crt`, no key): what `meshca bootstrap` writes when
-    /// Vault or cert-manager holds the CA. Same rules as the CA itself: read first, create only
-    /// when absent, adopt on a create conflict, never overwrite. A Secret that already holds
-    /// other roots is refused — replacing a trust bundle is a root rotation, not a bootstrap.
-    pub async fn publish_trust_bundle(&self, bundle: &TrustBundle) -> Result<Outcome, StoreError> {
-        if let Some(secret) = self.get_secret().await? {
-            return self
-                .compare_bundle(secret, bundle)
-                .map(|()| Outcome::Loaded);
-        }
-        let secret = self.secret_with(BTreeMap::from([(
-            Self::CERTIFICATE_KEY.to_owned(),
-            ByteString(bundle.to_pem().into_bytes()),
-        )]));
-        match self.api().create(&PostParams::default(), &secret).await {
-            Ok(_) => Ok(Outcome::Created),
-            Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                let secret = self
-                    .get_secret()
-                    .await?
-                    .ok_or_else(|| StoreError::Vanished {
-                        store: self.describe(),
-                    })?;
-                self.compare_bundle(secret, bundle)
-                    .map(|()| Outcome::Adopted)
-            }
-            Err(e) => Err(self.api_error("create", e)),
-        }
-    }
-
-    /// Checks that an existing Secret's `ca.crt` holds exactly the roots of `bundle`.
-    fn compare_bundle(&self, secret: Secret, bundle: &TrustBundle) -> Result<(), StoreError> {
-        let location = self.origin(Self::CERTIFICATE_KEY);
-        let found = secret
-            .data
-            .unwrap_or_default()
-            .remove(Self::CERTIFICATE_KEY)
-            .ok_or_else(|| StoreError::Backend {
-                store: self.describe(),
-                reason: format!(
-                    "the Secret exists but has no {} key. Nothing was changed: point meshca at \
-                     another Secret (--name), or delete this one if nothing uses it",
-                    Self::CERTIFICATE_KEY
-                ),
-            })?;
-        let found = String::from_utf8(found.0)
-            .ok()
-            .and_then(|text| TrustBundle::from_pem(&text).ok())
-            .filter(|found| !found.is_empty())
-            .ok_or_else(|| StoreError::Invalid {
-                location: location.clone(),
-                problem: CaProblem::Unreadable {
-                    reason: "it holds no PEM certificate".into(),
-                },
-            })?;
-        let mut want = bundle.fingerprints();
-        let mut have = found.fingerprints();
-        want.sort();
-        have.sort();
-        if want == have {
-            return Ok(());
-        }
-        Err(StoreError::Backend {
-            store: self.describe(),
-            reason: format!(
-                "the Secret already holds other roots (SHA-256 {}) than the provider's ({}). \
-                 Nothing was changed: if the provider's root was replaced on purpose, rotate \
-                 the bundle (`meshca rotate`) or delete the Secret and run `meshca bootstrap` \
-                 again; otherwise check that meshca points at the right Vault or issuer",
-                have.join(", "),
-                want.join(", ")
-            ),
-        })
-    }
-
-    /// The rotation record in a Secret read from the API server.
-    fn rotation_in(
-        &self,
-        data: &BTreeMap<String, ByteString>,
-    ) -> Result<Option<Rotation>, StoreError> {
-        data.get(Self::ROTATION_KEY)
-            .map(|ByteString(bytes)| Rotation::from_json(bytes, &self.origin(Self::ROTATION_KEY)))
-            .transpose()
-    }
-
-    /// Reads the Secret, lets `edit` change its data, and writes it back with the
-    /// resourceVersion that was read, re-reading after a conflict. When `edit` returns
-    /// `Some(value)` nothing is written and the value is returned; `None` means written.
-    async fn update_data<T>(
-        &self,
-        mut edit: impl FnMut(&mut BTreeMap<String, ByteString>) -> Result<Option<T>, StoreError>,
-    ) -> Result<Option<T>, StoreError> {
-        const ATTEMPTS: usize = 8;
-        for _ in 0..ATTEMPTS {
-            let Some(mut secret) = self.get_secret().await? else {
-                return Err(StoreError::Backend {
-                    store: self.describe(),
-                    reason: "the Secret does not exist: run `meshca bootstrap` first".into(),
-                });
-            };
-            let mut data = secret.data.take().unwrap_or_default();
-            if let Some(outcome) = edit(&mut data)? {
-                return Ok(Some(outcome));
-            }
-            secret.data = Some(data);
-            match self
-                .api()
-                .replace(&self.name, &PostParams::default(), &secret)
-                .await
-            {
-                Ok(_) => return Ok(None),
-                Err(kube::Error::Api(status)) if status.code == 409 => {
-                    tracing::debug!(secret = %self.describe(), "update conflict; re-reading");
-                }
-                Err(e) => return Err(self.api_error("update", e)),
-            }
-        }
-        Err(StoreError::Backend {
-            store: self.describe(),
-            reason: format!(
-                "the Secret changed under every one of {ATTEMPTS} attempts to update it: retry"
-            ),
-        })
     }
 
     async fn get_secret(&self) -> Result<Option<Secret>, StoreError> {
@@ -459,43 +246,6 @@ impl CaStore for KubernetesSecretStore {
     }
 }
 
-impl KubernetesSecretStore {
-    /// Finishing a rotation replaces `ca.crt` only when it holds the rotation's old or new
-    /// root — never material someone else put there.
-    fn check_replaceable(
-        &self,
-        data: &BTreeMap<String, ByteString>,
-        record: &Rotation,
-    ) -> Result<(), StoreError> {
-        let stored = data
-            .get(Self::CERTIFICATE_KEY)
-            .and_then(|ByteString(bytes)| std::str::from_utf8(bytes).ok())
-            .and_then(|text| TrustBundle::from_pem(text).ok());
-        let ours = |pem: &str| {
-            TrustBundle::from_pem(pem)
-                .ok()
-                .zip(stored.as_ref())
-                .is_some_and(|(a, b)| a.roots() == b.roots())
-        };
-        if ours(record.old.certificate_pem()) || ours(record.new.certificate_pem()) {
-            return Ok(());
-        }
-        Err(StoreError::Invalid {
-            location: self.origin(Self::CERTIFICATE_KEY),
-            problem: CaProblem::Unreadable {
-                reason: "it is neither the old nor the new root of the rotation in progress, so \
-                         finishing the rotation will not replace it"
-                    .into(),
-            },
-        })
-    }
-
-    fn remove_rotation(data: &mut BTreeMap<String, ByteString>) {
-        data.remove(Self::ROTATION_KEY);
-        data.retain(|key, _| !key.starts_with(Self::ACKS_PREFIX));
-    }
-}
-
 impl fmt::Debug for KubernetesSecretStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KubernetesSecretStore")
@@ -509,6 +259,9 @@ impl fmt::Debug for KubernetesSecretStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use zeroize::Zeroizing;
 
     use std::collections::VecDeque;
     use std::sync::Arc;
