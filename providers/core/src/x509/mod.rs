@@ -1,7 +1,7 @@
 //! Certificates as meshca hands them around: chains, trust bundles, and what a person (or the
 //! cache) needs to read out of a certificate.
 //!
-//! One file per concern: [`pem`](certificates_from_pem) codecs, [`CertificateChain`],
+//! One file per concern: PEM codecs ([`certificates_from_pem`]), [`CertificateChain`],
 //! [`TrustBundle`], [`CertificateInfo`] (with its fast DER walker), and [`Fingerprint`]s.
 
 mod bundle;
