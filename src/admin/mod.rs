@@ -5,9 +5,9 @@
 //! and a snapshot of the cache; metrics are read from counters and snapshots at scrape time.
 //!
 //! **Who may change state.** Reads are open to whoever reaches the listener (probes and
-//! Prometheus must); every route that changes state sits behind [`require_token`](routes::require_token): it needs
-//! `Authorization: Bearer <token>` matching the file `admin.tokenFile` names, compared in
-//! constant time, and answers 403 while no token is configured. A token, rather than "mutating
+//! Prometheus must); every route that changes state sits behind `require_token` (in
+//! `routes.rs`): it needs `Authorization: Bearer <token>` matching the file `admin.tokenFile`
+//! names, compared in constant time, and answers 403 while no token is configured. A token, rather than "mutating
 //! routes only on loopback", because in Kubernetes the listener must be reachable on the pod IP
 //! (kubelet probes, scraping) and every container of the pod shares its loopback; a token works
 //! the same in both places and tells the log which credential asked. The token itself is never
