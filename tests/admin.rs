@@ -4,88 +4,33 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-#[path = "../providers/vault/tests/support/mod.rs"]
-mod vault_support;
+use meshca_test_support as support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use support::bao::Bao;
+use support::daemon::MeshcaServe;
 use support::envoy::{free_port, http_get};
+use support::eventually;
 use support::{SotwClient, channel, node, secrets, tls_of};
-use vault_support::Bao;
 
-/// `meshca serve` as a child process, killed on drop.
-struct Daemon {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-    admin: SocketAddr,
-    sds: SocketAddr,
-    _dir: tempfile::TempDir,
+/// `meshca serve` with a CA directory of its own, debug logs, SDS in development mode and the
+/// admin listener on free ports, and `extra` global arguments.
+fn start_daemon(extra: &[String]) -> MeshcaServe {
+    MeshcaServe::builder()
+        .own_ca_dir()
+        .args(["--log-level", "debug"])
+        .dev_sds()
+        .admin()
+        .args(extra)
+        .start()
 }
 
-impl Daemon {
-    fn start(extra: &[String]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("meshca.log");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let sds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
-            .arg("--ca-dir")
-            .arg(dir.path().join("ca"))
-            .args(["--set", "sds.auth=development", "--log-level", "debug"])
-            .args(["--set", &format!("sds.listen={sds}")])
-            .args(["--set", &format!("admin.listen={admin}")])
-            .args(extra)
-            .arg("serve")
-            .env("NO_COLOR", "1")
-            .env_remove("MESHCA_CONFIG")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log,
-            admin,
-            sds,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// GET `path` on the admin port: (status, body).
-    async fn get(&self, path: &str) -> (u16, String) {
-        let response = http_get(self.admin, path).await.unwrap();
-        (response.status, response.body)
-    }
-
-    /// Waits until `/readyz` answers `status`.
-    async fn wait_readyz(&self, status: u16) -> String {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Ok(response) = http_get(self.admin, "/readyz").await
-                && response.status == status
-            {
-                return response.body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz never answered {status}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// GET `path` on the daemon's admin port: (status, body).
+async fn get(daemon: &MeshcaServe, path: &str) -> (u16, String) {
+    let response = http_get(daemon.admin(), path).await.unwrap();
+    (response.status, response.body)
 }
 
 /// One sample of a Prometheus / OpenMetrics text exposition.
@@ -353,10 +298,10 @@ async fn rotate_leaves(global: &[String], args: &[String]) -> std::process::Outp
 /// refused, the reason saying how to enable it), and no per-identity metric labels.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_nothing_changes_state_and_metrics_name_no_workload() {
-    let daemon = Daemon::start(&[]);
+    let mut daemon = start_daemon(&[]);
     daemon.wait_readyz(200).await;
     let mut stream = SotwClient::open(
-        channel(&format!("http://{}", daemon.sds)).await,
+        channel(&format!("http://{}", daemon.sds())).await,
         Some(node("bookstore/bookstore-v2")),
         &["default"],
     )
@@ -365,12 +310,12 @@ async fn without_a_token_nothing_changes_state_and_metrics_name_no_workload() {
     let response = stream.next().await.unwrap();
     let (chain, _) = tls_of(&secrets(&response.resources)[0]);
 
-    let (status, body) = request(daemon.admin, "POST", "/rotate/leaves", &[]).await;
+    let (status, body) = request(daemon.admin(), "POST", "/rotate/leaves", &[]).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("admin.tokenFile"), "{body}");
     // A bearer token is no way in when none is configured.
     let bearer = format!("Authorization: Bearer {TOKEN}");
-    let (status, _) = request(daemon.admin, "POST", "/rotate/leaves", &[&bearer]).await;
+    let (status, _) = request(daemon.admin(), "POST", "/rotate/leaves", &[&bearer]).await;
     assert_eq!(status, 403);
     // No other method changes anything anywhere.
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
@@ -382,14 +327,14 @@ async fn without_a_token_nothing_changes_state_and_metrics_name_no_workload() {
             "/rotate",
             "/",
         ] {
-            let (status, body) = request(daemon.admin, method, path, &[]).await;
+            let (status, body) = request(daemon.admin(), method, path, &[]).await;
             assert!(
                 (400..500).contains(&status),
                 "{method} {path} answered {status}: {body}"
             );
         }
     }
-    let done = rotate_leaves(&[], &["--admin".into(), daemon.admin.to_string()]).await;
+    let done = rotate_leaves(&[], &["--admin".into(), daemon.admin().to_string()]).await;
     let said = String::from_utf8_lossy(&done.stderr);
     assert!(!done.status.success());
     assert!(
@@ -398,7 +343,7 @@ async fn without_a_token_nothing_changes_state_and_metrics_name_no_workload() {
     );
 
     // Nothing was re-issued.
-    let (_, text) = daemon.get("/metrics").await;
+    let (_, text) = get(&daemon, "/metrics").await;
     assert_eq!(
         metric(
             &text,
@@ -489,17 +434,17 @@ async fn metrics_and_health_of_a_tresor_daemon() {
         "--set".to_owned(),
         format!("admin.tokenFile={}", token.display()),
     ];
-    let daemon = Daemon::start(&[
+    let mut daemon = start_daemon(&[
         with_token[0].clone(),
         with_token[1].clone(),
         "--set".to_owned(),
         "admin.perIdentityMetrics=true".to_owned(),
     ]);
     daemon.wait_readyz(200).await;
-    assert_eq!(daemon.get("/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(get(&daemon, "/healthz").await, (200, "ok\n".to_owned()));
 
     let mut stream = SotwClient::open(
-        channel(&format!("http://{}", daemon.sds)).await,
+        channel(&format!("http://{}", daemon.sds())).await,
         Some(node("bookstore/bookstore-v2")),
         &["default"],
     )
@@ -511,16 +456,17 @@ async fn metrics_and_health_of_a_tresor_daemon() {
     let not_after = chain.leaf_info().unwrap().not_after;
 
     // The ACK is counted asynchronously: wait for it rather than sleeping.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let (status, text) = daemon.get("/metrics").await;
-        assert_eq!(status, 200);
-        if metric(&text, "meshca_sds_acks_total") == Some(1.0) {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "no ACK counted:\n{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let text = eventually(
+        Duration::from_secs(20),
+        "the ACK to be counted in /metrics",
+        || async {
+            let (status, text) = get(&daemon, "/metrics").await;
+            assert_eq!(status, 200);
+            text
+        },
+        |text| metric(text, "meshca_sds_acks_total") == Some(1.0),
+    )
+    .await;
     let expect = |series: &str, value: f64| {
         assert_eq!(metric(&text, series), Some(value), "{series} in:\n{text}");
     };
@@ -551,12 +497,12 @@ async fn metrics_and_health_of_a_tresor_daemon() {
     );
 
     // Without the token, or with another one, nothing happens.
-    let (status, body) = request(daemon.admin, "POST", "/rotate/leaves", &[]).await;
+    let (status, body) = request(daemon.admin(), "POST", "/rotate/leaves", &[]).await;
     assert_eq!(status, 401, "{body}");
     let wrong = "Authorization: Bearer admin-test-token-0123456789abcdefghijkX";
-    let (status, _) = request(daemon.admin, "POST", "/rotate/leaves", &[wrong]).await;
+    let (status, _) = request(daemon.admin(), "POST", "/rotate/leaves", &[wrong]).await;
     assert_eq!(status, 401);
-    let no_token = rotate_leaves(&[], &["--admin".into(), daemon.admin.to_string()]).await;
+    let no_token = rotate_leaves(&[], &["--admin".into(), daemon.admin().to_string()]).await;
     let said = String::from_utf8_lossy(&no_token.stderr);
     assert!(!no_token.status.success());
     assert!(
@@ -566,7 +512,7 @@ async fn metrics_and_health_of_a_tresor_daemon() {
 
     // `meshca rotate leaves` reads admin.tokenFile and asks the daemon to re-issue now; the
     // stream gets the new one.
-    let admin = daemon.admin.to_string();
+    let admin = daemon.admin().to_string();
     let done = rotate_leaves(
         &with_token,
         &[
@@ -612,7 +558,7 @@ async fn metrics_and_health_of_a_tresor_daemon() {
     );
 
     // Two issuances (the first and the forced one), both successful and timed.
-    let (_, text) = daemon.get("/metrics").await;
+    let (_, text) = get(&daemon, "/metrics").await;
     let exposition = parse_exposition(&text);
     let issued = metric(
         &text,
@@ -690,7 +636,7 @@ async fn readiness_follows_vault_when_nothing_valid_is_cached() {
         .iter()
         .flat_map(|s| ["--set".to_owned(), s.clone()])
         .collect();
-    let daemon = Daemon::start(&args);
+    let mut daemon = start_daemon(&args);
     daemon.wait_readyz(200).await;
 
     // Vault goes away while nothing is cached: unready, saying why.
@@ -698,7 +644,7 @@ async fn readiness_follows_vault_when_nothing_valid_is_cached() {
     let body = daemon.wait_readyz(503).await;
     assert!(body.contains("provider vault unavailable"), "{body}");
     assert!(body.contains("no valid certificate cached"), "{body}");
-    let (_, text) = daemon.get("/metrics").await;
+    let (_, text) = get(&daemon, "/metrics").await;
     assert_eq!(
         metric(&text, "meshca_provider_healthy{provider=\"vault\"}"),
         Some(0.0)
@@ -711,7 +657,7 @@ async fn readiness_follows_vault_when_nothing_valid_is_cached() {
 
     // With a valid certificate cached, an outage does not make the daemon unready.
     let mut stream = SotwClient::open(
-        channel(&format!("http://{}", daemon.sds)).await,
+        channel(&format!("http://{}", daemon.sds())).await,
         Some(node("bookstore/bookstore-v2")),
         &["default"],
     )
@@ -719,16 +665,14 @@ async fn readiness_follows_vault_when_nothing_valid_is_cached() {
     .unwrap();
     stream.next().await.unwrap();
     bao.kill();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, text) = daemon.get("/metrics").await;
-        if metric(&text, "meshca_provider_healthy{provider=\"vault\"}") == Some(0.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the outage was never noticed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(daemon.get("/readyz").await.0, 200, "{}", daemon.log());
+    eventually(
+        Duration::from_secs(20),
+        "the outage to be noticed (meshca_provider_healthy 0)",
+        || async { get(&daemon, "/metrics").await.1 },
+        |text| metric(text, "meshca_provider_healthy{provider=\"vault\"}") == Some(0.0),
+    )
+    .await;
+    assert_eq!(get(&daemon, "/readyz").await.0, 200, "{}", daemon.log());
     assert!(
         !daemon.log().contains(&bao.root_token),
         "the Vault token leaked"

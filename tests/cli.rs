@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use support::cli::{meshca, ok};
+use support::cli::{meshca, meshca_within, ok};
 
 fn openssl_verify(args: &[&Path]) -> Output {
     let mut command = Command::new("openssl");
@@ -399,30 +399,7 @@ fn self_signed(is_ca: bool, expired: bool) -> (String, String) {
 
 /// Runs meshca and fails the test (instead of hanging it) if it has not exited within 30s.
 fn meshca_within_deadline(ca_dir: &Path, args: &[&str]) -> Output {
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .arg("--ca-dir")
-        .arg(ca_dir)
-        .args(args)
-        .env_remove("MESHCA_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "meshca {args:?} still running after 30s: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        // A deadline, not synchronisation: the process is polled until it ends.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    meshca_within(ca_dir, args, Duration::from_secs(30))
 }
 
 fn failed(output: &Output, args: &[&str]) -> String {

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::process::Command;
 

@@ -4,7 +4,7 @@
 //! the real `meshca serve`.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::time::Duration;
 

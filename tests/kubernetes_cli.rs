@@ -5,9 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-#[path = "../providers/vault/tests/support/mod.rs"]
-mod vault_support;
+use meshca_test_support as support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -22,17 +20,7 @@ const SECRET_PATH: &str = "/api/v1/namespaces/meshca-system/secrets/meshca-ca-bu
 const SECRETS: &str = "/api/v1/namespaces/meshca-system/secrets";
 
 async fn meshca(kube: &MockKube, args: &[&str]) -> Output {
-    let scratch = kube.dir().join("ca-dir-unused");
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .args(args)
-        .env("KUBECONFIG", kube.kubeconfig())
-        .env("MESHCA_TRESOR_DIRECTORY", scratch)
-        .env_remove("MESHCA_CONFIG")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .expect("the meshca binary runs")
+    kube.meshca(&kube.dir().join("ca-dir-unused"), args).await
 }
 
 /// The `root SHA-256:` lines of a bootstrap report.
@@ -483,7 +471,7 @@ async fn cert_manager_publishes_only_the_root() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_publishes_its_root_without_a_key() {
     // Real: OpenBao (dev server) and the meshca binary; mocked: the Kubernetes API.
-    let bao = vault_support::Bao::dev().await;
+    let bao = support::bao::Bao::dev().await;
     bao.pki("pki", "meshca bootstrap vault root").await;
     let vault_root = bao.read("pki/cert/ca").await["data"]["certificate"]
         .as_str()

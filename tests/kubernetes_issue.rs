@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -37,16 +37,7 @@ impl Setup {
     }
 
     async fn meshca(&self, args: &[&str]) -> Output {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_meshca"))
-            .args(args)
-            .env("KUBECONFIG", self.kube.kubeconfig())
-            .env("MESHCA_TRESOR_DIRECTORY", self.ca_dir.path())
-            .env_remove("MESHCA_CONFIG")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env("NO_COLOR", "1")
-            .output()
-            .await
-            .expect("the meshca binary runs")
+        self.kube.meshca(self.ca_dir.path(), args).await
     }
 
     /// `meshca issue --identity shop/web --dns web.example.com --lifetime 2h --secret shop/web-tls`

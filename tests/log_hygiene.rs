@@ -13,20 +13,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-#[path = "../providers/vault/tests/support/mod.rs"]
-mod vault_support;
+use meshca_test_support as support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use meshca_provider::LeafKey;
-use support::envoy::{self, MtlsPair, free_port, http_get};
+use support::bao::Bao;
+use support::daemon::MeshcaServe;
+use support::envoy::{self, MtlsPair, http_get};
 use support::{SotwClient, channel, node, secrets, tls_of};
-use vault_support::Bao;
 
 /// Every meshca command runs with these: JSON, and everything every crate logs.
 const VERBOSE: [&str; 4] = ["--log-format", "json", "--log-level", "trace"];
@@ -38,109 +35,30 @@ struct Captured {
     stderr: String,
 }
 
-/// `meshca serve` with stdout and stderr in files; stopped with SIGTERM by [`Daemon::stop`],
-/// killed on drop otherwise.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    admin: SocketAddr,
-    sds: SocketAddr,
+/// `meshca serve` logging JSON at trace level, colour as the environment has it, SDS in
+/// development mode and the admin listener on free ports.
+fn start_daemon(global: &[String]) -> MeshcaServe {
+    MeshcaServe::builder()
+        .args(VERBOSE)
+        .args(global)
+        .dev_sds()
+        .admin()
+        .keep_color()
+        .start()
 }
 
-impl Daemon {
-    fn start(global: &[String]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let sds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_meshca"))
-            .args(VERBOSE)
-            .args(global)
-            .args(["--set", "sds.auth=development"])
-            .args(["--set", &format!("sds.listen={sds}")])
-            .args(["--set", &format!("admin.listen={admin}")])
-            .arg("serve")
-            .env_remove("MESHCA_CONFIG")
-            .env_remove("NO_COLOR")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            dir,
-            admin,
-            sds,
-        }
-    }
-
-    fn read(&self, stream: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(stream)).unwrap_or_default()
-    }
-
-    /// The last lines of stderr, for failure messages.
-    fn tail(&self) -> String {
-        let text = self.read("stderr");
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(response) = http_get(self.admin, "/readyz").await
-                && response.status == 200
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("meshca serve exited with {status}:\n{}", self.tail());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "meshca serve never became ready:\n{}",
-                self.tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGTERM, so the shutdown is logged too; returns everything it wrote.
-    fn stop(mut self, what: &str) -> Captured {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "meshca serve ignored SIGTERM:\n{}",
-                self.tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(
-            status.success(),
-            "{what} exited with {status}:\n{}",
-            self.tail()
-        );
-        Captured {
-            what: what.to_owned(),
-            stdout: self.read("stdout"),
-            stderr: self.read("stderr"),
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// SIGTERM, so the shutdown is logged too; returns everything it wrote.
+fn stop(mut daemon: MeshcaServe, what: &str) -> Captured {
+    let status = daemon.terminate();
+    assert!(
+        status.success(),
+        "{what} exited with {status}:\n{}",
+        daemon.tail(30)
+    );
+    Captured {
+        what: what.to_owned(),
+        stdout: daemon.stdout(),
+        stderr: daemon.log(),
     }
 }
 
@@ -227,9 +145,9 @@ async fn an_end_to_end_run_with_envoy_logs_no_key_material() {
         "--set".to_owned(),
         format!("admin.tokenFile={}", token_file.display()),
     ];
-    let mut daemon = Daemon::start(&global);
+    let mut daemon = start_daemon(&global);
     daemon.wait_ready().await;
-    let sds_port = daemon.sds.port().to_string();
+    let sds_port = daemon.sds().port().to_string();
 
     // Two Envoys talking mTLS with what meshca serves them.
     let MtlsPair {
@@ -250,10 +168,10 @@ async fn an_end_to_end_run_with_envoy_logs_no_key_material() {
     let mut keys = Vec::new();
     let inbound = "service-cert-inbound:ns/server";
     let outbound = "service-cert-outbound:ns/client";
-    let (mut server_stream, key, serial) = served_key(daemon.sds, "ns/server", inbound).await;
+    let (mut server_stream, key, serial) = served_key(daemon.sds(), "ns/server", inbound).await;
     server.wait_for_serial(&serial).await;
     keys.push(("ns/server inbound key".to_owned(), key));
-    let (mut client_stream, key, serial) = served_key(daemon.sds, "ns/client", outbound).await;
+    let (mut client_stream, key, serial) = served_key(daemon.sds(), "ns/client", outbound).await;
     client.wait_for_serial(&serial).await;
     keys.push(("ns/client outbound key".to_owned(), key));
 
@@ -280,7 +198,7 @@ async fn an_end_to_end_run_with_envoy_logs_no_key_material() {
         meshca(
             "meshca rotate leaves",
             &global,
-            &["rotate", "leaves", "--admin", &daemon.admin.to_string()],
+            &["rotate", "leaves", "--admin", &daemon.admin().to_string()],
         )
         .await,
     );
@@ -293,7 +211,7 @@ async fn an_end_to_end_run_with_envoy_logs_no_key_material() {
     through_envoys().await;
 
     drop((server_stream, client_stream, server, client));
-    captured.push(daemon.stop("meshca serve"));
+    captured.push(stop(daemon, "meshca serve"));
 
     check_logs(&captured, &keys, &[("the admin token", ADMIN_TOKEN)]);
     let serve = &captured.last().unwrap().stderr;
@@ -319,11 +237,11 @@ async fn a_vault_backed_run_logs_no_key_material_nor_token() {
         format!("vault.token={}", bao.root_token),
         format!("admin.tokenFile={}", token_file.display()),
     ]);
-    let mut daemon = Daemon::start(&global);
+    let mut daemon = start_daemon(&global);
     daemon.wait_ready().await;
 
     let mut keys = Vec::new();
-    let (mut stream, key, _) = served_key(daemon.sds, "bookstore/bookstore-v2", "default").await;
+    let (mut stream, key, _) = served_key(daemon.sds(), "bookstore/bookstore-v2", "default").await;
     keys.push(("bookstore default key".to_owned(), key));
 
     let work = tempfile::tempdir().unwrap();
@@ -350,7 +268,7 @@ async fn a_vault_backed_run_logs_no_key_material_nor_token() {
         meshca(
             "meshca rotate leaves (vault)",
             &global,
-            &["rotate", "leaves", "--admin", &daemon.admin.to_string()],
+            &["rotate", "leaves", "--admin", &daemon.admin().to_string()],
         )
         .await,
     );
@@ -358,7 +276,7 @@ async fn a_vault_backed_run_logs_no_key_material_nor_token() {
     keys.push(("bookstore re-issued key".to_owned(), key));
 
     drop(stream);
-    captured.push(daemon.stop("meshca serve (vault)"));
+    captured.push(stop(daemon, "meshca serve (vault)"));
     check_logs(
         &captured,
         &keys,

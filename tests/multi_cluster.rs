@@ -13,7 +13,7 @@
 //! `CI=true`, where they fail.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -30,61 +30,15 @@ use meshca_provider::{
     CertificateInfo, CertificateProvider, IssueRequest, LeafSpec, SpiffeId, SystemClock,
     TrustDomain, VerifiedCsr,
 };
+use meshca_test_support::cli::{self, ok};
+use meshca_test_support::tools::{python_packages, run_python};
+use meshca_test_support::workspace_root;
 use meshca_tresor::{DirectoryStore, StoredCa, Tresor};
 use serde_json::{Value, json};
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-/// Where pkilint and cryptography are installed, or `None` (skip) when they cannot be imported
-/// from there.
-fn x509lint_pythonpath() -> Option<PathBuf> {
-    let path = match std::env::var_os("MESHCA_X509LINT_PYTHONPATH") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/pip/x509lint"),
-    };
-    let probe = Command::new(python())
-        .args([
-            "-W",
-            "ignore",
-            "-c",
-            "import pkilint, validators; from cryptography.x509 import verification",
-        ])
-        .env("PYTHONPATH", &path)
-        .output();
-    let reason = match probe {
-        Ok(out) if out.status.success() => return Some(path),
-        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        Err(err) => format!("cannot run {}: {err}", python()),
-    };
-    let message = format!(
-        "pkilint / cryptography not importable from {} ({reason}): run \
-         scripts/install-tools.sh x509lint or set MESHCA_X509LINT_PYTHONPATH",
-        path.display()
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPED: {message}");
-    None
-}
-
 /// Runs `meshca --ca-dir <ca_dir> <args>` and insists it succeeds.
 fn meshca(ca_dir: &Path, args: &[&str]) {
-    let output = Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .arg("--ca-dir")
-        .arg(ca_dir)
-        .args(args)
-        .env_remove("MESHCA_CONFIG")
-        .output()
-        .expect("run meshca");
-    assert!(
-        output.status.success(),
-        "meshca {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ok(&cli::meshca(ca_dir, args));
 }
 
 /// The PEM certificates in `path`, each as its own PEM text.
@@ -316,7 +270,12 @@ fn issue_for_callers(ca_dir: &Path, work: &Path, root: &str) -> Vec<Value> {
 
 #[test]
 fn every_profile_passes_pkilint_openssl_strict_and_pyca() {
-    let Some(pythonpath) = x509lint_pythonpath() else {
+    let Some(pythonpath) = python_packages(
+        "MESHCA_X509LINT_PYTHONPATH",
+        "x509lint",
+        "import pkilint, validators; from cryptography.x509 import verification",
+        "pkilint / cryptography",
+    ) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -386,22 +345,11 @@ fn every_profile_passes_pkilint_openssl_strict_and_pyca() {
     let manifest_path = work.join("manifest.json");
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/x509/lint.py");
-    let output = Command::new(python())
-        .arg(&script)
-        .arg(&manifest_path)
-        .env("PYTHONPATH", &pythonpath)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .expect("run python3 tests/x509/lint.py");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        output.status.success(),
-        "an outside verifier refused what meshca issued ({}):\n{stdout}\n{stderr}",
-        output.status
+    let stdout = run_python(
+        &workspace_root().join("tests/x509/lint.py"),
+        &[manifest_path.as_os_str()],
+        &pythonpath,
+        "an outside verifier refused what meshca issued",
     );
     assert!(
         stdout.contains("outside verifiers: all checks passed"),

@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::path::Path;
 use std::process::Output;
@@ -23,6 +23,7 @@ use meshca::kubernetes::{SecretRef, TlsSecretWriter};
 use meshca_provider::{Clock, KeyType, LeafSpec, SpiffeId, TrustDomain};
 use serde_json::{Value, json};
 use support::cli::{failed, ok, openssl};
+use support::eventually_ok_every;
 use support::kube_api::{MockKube, Recorded, secret_data as data};
 
 const SHOP_SECRETS: &str = "/api/v1/namespaces/shop/secrets";
@@ -31,11 +32,6 @@ const API_TLS: &str = "/api/v1/namespaces/shop/secrets/api-tls";
 const OLD_TLS: &str = "/api/v1/namespaces/shop/secrets/old-tls";
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// The `meshca` binary cargo built for this test.
-fn meshca_binary() -> std::ffi::OsString {
-    env!("CARGO_BIN_EXE_meshca").into()
-}
 
 /// A clock stopped at one instant.
 #[derive(Debug)]
@@ -74,17 +70,7 @@ impl Setup {
     }
 
     async fn meshca(&self, args: &[&str]) -> Output {
-        tokio::process::Command::new(meshca_binary())
-            .args(args)
-            .env("KUBECONFIG", self.kube.kubeconfig())
-            .env("MESHCA_TRESOR_DIRECTORY", self.ca_dir.path())
-            .env_remove("MESHCA_CONFIG")
-            .env_remove("MESHCA_NAMESPACE")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env("NO_COLOR", "1")
-            .output()
-            .await
-            .expect("the meshca binary runs")
+        self.kube.meshca(self.ca_dir.path(), args).await
     }
 
     /// `meshca rotate --namespace shop`
@@ -697,15 +683,20 @@ async fn overlapping_cron_runs_advance_a_root_rotation_in_the_secret_once() {
     let early = ok(&setup.meshca(&with(&["rotate"])).await);
     assert!(early.contains("root rotation: not advancing"), "{early}");
     // Once the 10s leaf lifetime has passed, a run finishes it.
-    let patience = std::time::Instant::now() + Duration::from_secs(60);
-    let finished = loop {
-        let out = ok(&setup.meshca(&with(&["rotate"])).await);
-        if !out.contains("root rotation: not advancing") {
-            break out;
-        }
-        assert!(std::time::Instant::now() < patience, "{out}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let finished = eventually_ok_every(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        "a `meshca rotate` run to finish the rotation",
+        || async {
+            let out = ok(&setup.meshca(&with(&["rotate"])).await);
+            if out.contains("root rotation: not advancing") {
+                Err(out)
+            } else {
+                Ok(out)
+            }
+        },
+    )
+    .await;
     assert!(
         finished.contains("root rotation: rotation finished"),
         "{finished}"

@@ -10,18 +10,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::daemon::{advance_until_moved, rotate_root, serve_for_rotation};
 use support::envoy::{
     self, CLIENT_ID, Envoy, free_port, http_get, inbound, normalize_serial, outbound_bootstrap,
 };
+use support::eventually;
 
 /// The serial of the (single-certificate) CA file, normalised like Envoy's.
 fn serial_of(file: &Path) -> String {
@@ -42,35 +43,25 @@ async fn trusted_serials(envoy: &Envoy) -> BTreeSet<String> {
 }
 
 async fn wait_until_trusted(envoy: &Envoy, want: &BTreeSet<String>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let held = trusted_serials(envoy).await;
-        if &held == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} trusts {held:?}, expected {want:?}",
-            envoy.name
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("{} to trust exactly {want:?}", envoy.name);
+    eventually(
+        Duration::from_secs(30),
+        &what,
+        || trusted_serials(envoy),
+        |held| held == want,
+    )
+    .await;
 }
 
 async fn wait_for_new_leaf(envoy: &Envoy, before: &[String]) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let held = envoy.leaf_serials().await;
-        if !held.is_empty() && held.iter().all(|s| !before.contains(s)) {
-            return held;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} still presents {held:?}",
-            envoy.name
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("{} to present a leaf other than {before:?}", envoy.name);
+    eventually(
+        Duration::from_secs(30),
+        &what,
+        || envoy.leaf_serials(),
+        |held| !held.is_empty() && held.iter().all(|s| !before.contains(s)),
+    )
+    .await
 }
 
 /// Makes the client Envoy open a new upstream connection for every request and never resume

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::process::Output;
 use std::time::Duration;
@@ -47,7 +47,7 @@ async fn start_daemon() -> (tempfile::TempDir, MeshcaServe, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_one_waits_for_every_proxy_and_the_daemon_follows_each_stage() {
-    let (dir, daemon, url) = start_daemon().await;
+    let (dir, mut daemon, url) = start_daemon().await;
     let ca_dir = dir.path().join("ca");
 
     // A proxy holding the trust bundle, and one holding its certificate.
@@ -158,17 +158,23 @@ async fn the_deadline_advances_past_a_proxy_that_never_acknowledges() {
     );
     // The proxy gets both roots but never acknowledges them.
     bundle_with(&mut silent, 2).await;
-    let patience = std::time::Instant::now() + Duration::from_secs(60);
-    let advanced = loop {
-        let output = rotate_root(&ca_dir, &deadline, "advance");
-        if output.status.code() == Some(0) {
-            break stdout(&output);
-        }
-        let waiting = stdout(&output);
-        assert!(waiting.contains("ns/stuck"), "{waiting}");
-        assert!(std::time::Instant::now() < patience, "{waiting}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let advanced = eventually_ok_every(
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        "`meshca rotate root advance` to pass the acknowledgement deadline",
+        || {
+            let output = rotate_root(&ca_dir, &deadline, "advance");
+            async move {
+                if output.status.code() == Some(0) {
+                    return Ok(stdout(&output));
+                }
+                let waiting = stdout(&output);
+                assert!(waiting.contains("ns/stuck"), "{waiting}");
+                Err(waiting)
+            }
+        },
+    )
+    .await;
     assert!(
         advanced.contains("acknowledgement deadline passed"),
         "{advanced}"

@@ -5,7 +5,7 @@
 //! `CI=true`, where they fail. Bootstraps come from `deploy/examples/`.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -311,20 +311,16 @@ async fn envoys_fed_by_meshca_serve_follow_its_own_renewals() {
     assert_eq!(first_server.len(), 1, "{first_server:?}");
     // A 20s certificate (21s with the back-dating) is renewed after about 10s ± 2s.
     for (envoy, first) in [(&server, &first_server), (&client, &first_client)] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
-        loop {
+        let what = format!("a renewal to reach {} (it held {first:?})", envoy.name);
+        eventually_ok(std::time::Duration::from_secs(40), &what, || async {
             let held = envoy.leaf_serials().await;
             if !held.is_empty() && held.iter().all(|s| !first.contains(s)) {
-                break;
+                Ok(())
+            } else {
+                Err(format!("{held:?}; meshca's log:\n{}", daemon.log()))
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no renewal reached {}: still {held:?}\n{}",
-                "the envoy",
-                daemon.log()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        })
+        .await;
     }
     let renewed_after = started.elapsed();
     assert!(

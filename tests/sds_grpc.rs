@@ -1,7 +1,7 @@
 //! The SDS server at the gRPC level: a tonic client against the real server over a socket.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;

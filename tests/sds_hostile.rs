@@ -4,7 +4,7 @@
 //! codec where tonic's client is too polite to misbehave.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,17 +32,6 @@ use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const SERVER_NAME: &str = "meshca.meshca-system.cluster.local";
-
-/// Waits until `condition` holds (for counters the server bumps after closing a connection).
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(PATIENCE, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "{what}");
-}
 
 fn setup() -> Arc<TestSource> {
     TestSource::new(Arc::new(TestCa::new("hostile")))
@@ -125,9 +114,13 @@ async fn a_client_certificate_of_another_trust_domain_is_refused_and_counted() {
         let mut buf = [0u8; 64];
         let _ = tokio::time::timeout(PATIENCE, tls.read(&mut buf)).await;
     }
-    eventually("the refused handshake is counted", || {
-        sds.stats.snapshot().unauthenticated == 4
-    })
+    // The server bumps the counter after closing the connection.
+    eventually(
+        PATIENCE,
+        "the refused handshake to be counted",
+        || async { sds.stats.snapshot().unauthenticated },
+        |unauthenticated| *unauthenticated == 4,
+    )
     .await;
 }
 
@@ -317,9 +310,12 @@ async fn tls_connections_are_closed_when_the_handshake_or_the_preface_does_not_c
         .await
         .unwrap();
     closed_by_server(half).await;
-    eventually("abandoned handshakes are counted", || {
-        sds.stats.snapshot().unauthenticated == 2
-    })
+    eventually(
+        PATIENCE,
+        "abandoned handshakes to be counted",
+        || async { sds.stats.snapshot().unauthenticated },
+        |unauthenticated| *unauthenticated == 2,
+    )
     .await;
 
     // A complete handshake with a valid client certificate, then silence.
@@ -361,27 +357,23 @@ async fn connections_beyond_max_connections_are_closed_when_accepted() {
     // Once the first two are gone, a client is served again (the server notices the closes
     // asynchronously: retry until it has, within PATIENCE).
     drop((first, second));
-    let served = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let attempt = async {
-                let ch = Endpoint::from_shared(sds.url())
-                    .unwrap()
-                    .connect()
-                    .await
-                    .ok()?;
-                SecretDiscoveryServiceClient::new(ch)
-                    .fetch_secrets(request(Some(node("ns/a")), &["default"]))
-                    .await
-                    .ok()
-            };
-            if attempt.await.is_some() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+    eventually_ok(
+        PATIENCE,
+        "a connection to be served after others closed",
+        || async {
+            let ch = Endpoint::from_shared(sds.url())
+                .unwrap()
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            SecretDiscoveryServiceClient::new(ch)
+                .fetch_secrets(request(Some(node("ns/a")), &["default"]))
+                .await
+                .map(drop)
+                .map_err(|status| status.to_string())
+        },
+    )
     .await;
-    assert!(served.is_ok(), "no connection served after others closed");
 }
 
 /// Sends raw bytes as gRPC messages; decodes responses as SDS does.

@@ -8,15 +8,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use meshca_test_support as support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-use support::PATIENCE;
+use support::daemon::MeshcaServe;
 use support::envoy::{self, free_port, http_get};
+use support::{PATIENCE, eventually_ok};
 
 /// The mapped uid of the README example, and a uid nobody mapped.
 const PROXY_UID: u32 = 1337;
@@ -40,64 +40,18 @@ fn as_user(uid: u32) -> Vec<String> {
     ]
 }
 
-/// `meshca serve` with the SDS listener on the Unix socket `socket` only, and `flags`;
-/// killed on drop.
-struct Serve {
-    child: Child,
-    log: PathBuf,
-    admin: std::net::SocketAddr,
-}
-
-impl Serve {
-    fn start(dir: &Path, socket: &Path, flags: &[&str]) -> Self {
-        let log = dir.join(format!("meshca-{}.log", free_port()));
-        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meshca"));
-        command
-            .arg("--ca-dir")
-            .arg(dir.join("ca"))
-            .args(["--set", "sds.listen="])
-            .args(["--set", &format!("admin.listen={admin}")])
-            .args(["--set", &format!("sds.unixSocket={}", socket.display())]);
-        for flag in flags {
-            command.args(["--set", flag]);
-        }
-        let child = command
-            .arg("serve")
-            .env("NO_COLOR", "1")
-            .env_remove("MESHCA_CONFIG")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, log, admin }
+/// `meshca serve` with its CA in `dir/ca`, the SDS listener on the Unix socket `socket` only,
+/// the admin listener on a free port, and `--set` for each of `flags`; killed on drop.
+fn start_serve(dir: &Path, socket: &Path, flags: &[&str]) -> MeshcaServe {
+    let mut builder = MeshcaServe::builder()
+        .args(["--ca-dir", dir.join("ca").to_str().unwrap()])
+        .set("sds.listen=")
+        .admin()
+        .set(&format!("sds.unixSocket={}", socket.display()));
+    for flag in flags {
+        builder = builder.set(flag);
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("meshca exited with {status}:\n{}", self.log());
-            }
-            if let Ok(r) = http_get(self.admin, "/readyz").await
-                && r.status == 200
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "never ready:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    builder.start()
 }
 
 /// Connects to `socket` as `uid` (a plain `connect(2)` by the system's Python): `Ok` when the
@@ -156,7 +110,7 @@ async fn the_readme_unix_peer_example_serves_an_envoy_running_as_the_mapped_uid(
     };
     let dir = open_dir();
     let socket = dir.path().join("run/meshca/sds.sock");
-    let mut serve = Serve::start(
+    let mut serve = start_serve(
         dir.path(),
         &socket,
         &[
@@ -207,26 +161,29 @@ async fn the_readme_unix_peer_example_serves_an_envoy_running_as_the_mapped_uid(
         .spawn()
         .unwrap();
     let envoy_tail = || std::fs::read_to_string(&envoy_log).unwrap_or_default();
-    let deadline = Instant::now() + PATIENCE;
-    let certs = loop {
-        if let Ok(text) = std::fs::read_to_string(&admin_path)
-            && let Ok(admin) = text.trim().parse()
-            && let Ok(ready) = http_get(admin, "/ready").await
-            && ready.status == 200
-        {
-            break http_get(admin, "/certs").await.unwrap().body;
-        }
+    let what = format!("Envoy (uid {PROXY_UID}) to get its secrets");
+    let certs = eventually_ok(PATIENCE, &what, || {
         if let Ok(Some(status)) = envoy.try_wait() {
             panic!("Envoy exited with {status}:\n{}", envoy_tail());
         }
-        assert!(
-            Instant::now() < deadline,
-            "Envoy (uid {PROXY_UID}) never got its secrets:\n{}\nmeshca:\n{}",
-            envoy_tail(),
-            serve.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        let admin = std::fs::read_to_string(&admin_path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        let logs = format!("Envoy:\n{}\nmeshca:\n{}", envoy_tail(), serve.log());
+        async move {
+            let Some(admin) = admin else {
+                return Err(format!("no admin address yet; {logs}"));
+            };
+            match http_get(admin, "/ready").await {
+                Ok(ready) if ready.status == 200 => {
+                    Ok(http_get(admin, "/certs").await.unwrap().body)
+                }
+                Ok(ready) => Err(format!("/ready answered {}; {logs}", ready.status)),
+                Err(e) => Err(format!("{e}; {logs}")),
+            }
+        }
+    })
+    .await;
     let _ = envoy.kill();
     let _ = envoy.wait();
     assert!(
@@ -246,7 +203,7 @@ async fn the_socket_mode_and_group_decide_who_can_connect() {
     }
     let dir = open_dir();
     let socket = dir.path().join("group/sds.sock");
-    let mut serve = Serve::start(
+    let mut serve = start_serve(
         dir.path(),
         &socket,
         &[
@@ -272,7 +229,7 @@ async fn the_socket_mode_and_group_decide_who_can_connect() {
     drop(serve);
 
     let socket = dir.path().join("dev/sds.sock");
-    let mut serve = Serve::start(dir.path(), &socket, &["sds.auth=development"]);
+    let mut serve = start_serve(dir.path(), &socket, &["sds.auth=development"]);
     serve.wait_ready().await;
     assert_eq!(mode_of(&socket), 0o600);
     let refused = connect_as(PROXY_UID, &socket).unwrap_err();

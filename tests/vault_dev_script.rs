@@ -3,11 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use meshca_test_support::daemon::MeshcaServe;
+use meshca_test_support::free_port;
 
 struct DevVault {
     dir: tempfile::TempDir,
@@ -39,16 +40,8 @@ impl Drop for DevVault {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-#[test]
-fn dev_script_leads_to_a_working_meshca() {
+#[tokio::test]
+async fn dev_script_leads_to_a_working_meshca() {
     let vault = DevVault {
         dir: tempfile::tempdir().unwrap(),
         port: free_port(),
@@ -111,40 +104,18 @@ fn dev_script_leads_to_a_working_meshca() {
     );
 
     // The daemon starts against it and stops cleanly on SIGTERM.
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_meshca"))
-        .arg("--config")
-        .arg(vault.config())
-        .args(["--log-format", "json", "serve", "--set"])
-        .arg(format!("sds.listen=127.0.0.1:{}", free_port()))
+    let config = vault.config().display().to_string();
+    let sds = format!("sds.listen=127.0.0.1:{}", free_port());
+    let mut serve = MeshcaServe::builder()
+        .args(["--config", &config, "--log-format", "json"])
+        .set(&sds)
         .env_remove("VAULT_TOKEN")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    loop {
-        let line = lines.next().expect("meshca serve exited early").unwrap();
-        seen.push(line.clone());
-        if line.contains("meshca is serving") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "meshca serve did not start: {seen:#?}"
-        );
-    }
-    assert!(
-        seen.iter().any(|l| l.contains("vault: connected")),
-        "{seen:#?}"
-    );
-    let killed = Command::new("kill")
-        .arg("-TERM")
-        .arg(serve.id().to_string())
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = serve.wait().unwrap();
+        .start();
+    serve
+        .wait_for_log("meshca is serving", Duration::from_secs(60))
+        .await;
+    assert!(serve.log().contains("vault: connected"), "{}", serve.log());
+    let status = serve.terminate();
     assert!(
         status.success(),
         "meshca serve exited with {status} after SIGTERM"

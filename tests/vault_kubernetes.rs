@@ -10,9 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-#[path = "../providers/vault/tests/support/mod.rs"]
-mod vault_support;
+use meshca_test_support as support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +22,8 @@ use meshca_provider::{
 };
 use meshca_vault::{KubernetesAuthSettings, TokenSecretRef, VaultProvider, VaultSettings};
 use serde_json::json;
+use support::bao::Bao;
 use support::kube_api::MockKube;
-use vault_support::Bao;
 
 const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 

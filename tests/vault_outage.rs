@@ -4,17 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../providers/vault/tests/support/mod.rs"]
-mod vault_support;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshca::cache::{CacheSettings, CertKey, CertificateCache, Purpose};
 use meshca::time::TokioClock;
 use meshca_provider::{SpiffeId, TrustDomain};
+use meshca_test_support::bao::Bao;
+use meshca_test_support::eventually;
 use meshca_vault::VaultProvider;
-use vault_support::{Bao, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_certificates_survive_a_vault_outage_and_renewals_resume() {
@@ -49,9 +47,10 @@ async fn served_certificates_survive_a_vault_outage_and_renewals_resume() {
         Duration::from_secs(40),
         "renewal failures while Vault is down",
         || {
-            let failures = cache.stats().failures;
-            async move { failures >= 3 }
+            let stats = cache.stats();
+            async move { stats }
         },
+        |stats| stats.failures >= 3,
     )
     .await;
     let during = served.borrow().clone();

@@ -54,14 +54,12 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-/// How long the tool waits for anything that should answer (a server start, Envoy, a renewal).
-const PATIENCE: Duration = Duration::from_secs(60);
-
 // The test support's Envoy launcher (bootstraps from deploy/examples, /ready, /certs), shared
 // with the end-to-end tests rather than copied.
-#[allow(dead_code)]
-#[path = "../../tests/support/envoy.rs"]
-mod envoy;
+use meshca_test_support::envoy;
+
+/// How long the tool waits for anything that should answer (a server start, Envoy, a renewal).
+const PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Parser)]
 struct Args {

@@ -4,18 +4,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{FixedClock, Purpose, openssl_verify, run_openssl, verify_everywhere, webpki_verify};
 use meshca_provider::conformance::{Conformance, run_all};
 use meshca_provider::{
     Capabilities, CertificateChain, CertificateInfo, CertificateProvider, CsrNames, IssueRequest,
     KeyType, LeafKey, LeafSpec, ProviderError, SpiffeId, SubjectKey, SystemClock, TrustBundle,
     TrustDomain,
+};
+use meshca_test_support::verify::{
+    FixedClock, Purpose, openssl_verify, run_openssl, verify_everywhere, webpki_verify,
 };
 use meshca_tresor::{
     CaProblem, IntermediateOptions, RootOptions, SigningAuthority, StoreError, StoredCa, Tresor,

@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::{FixedClock, Purpose, webpki_verify};
 use meshca_provider::{KeyType, LeafKey, LeafSpec, SpiffeId, TrustDomain};
+use meshca_test_support::verify::{FixedClock, Purpose, webpki_verify};
 use meshca_tresor::rotate::{self, Abort, Advance};
 use meshca_tresor::{
     AckReport, CaStore, DirectoryStore, IntermediateOptions, RootOptions, RotationError,

@@ -3,16 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime};
 
-use common::snapshot;
 use meshca_provider::{CertificateInfo, SystemClock};
+use meshca_test_support::verify::snapshot;
 use meshca_tresor::{
     CaProblem, CaStore, DirectoryStore, Outcome, RootOptions, SigningAuthority, StoreError,
     StoredCa, bootstrap,

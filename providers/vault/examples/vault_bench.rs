@@ -22,9 +22,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +31,7 @@ use meshca_provider::x509::pem_block;
 use meshca_provider::{
     CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, SpiffeId, TrustDomain,
 };
+use meshca_test_support::bao as support;
 use meshca_vault::{Secret, VaultProvider, VaultSettings};
 use serde_json::json;
 

@@ -2,21 +2,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use meshca_provider::conformance;
-use meshca_provider::x509::certificates_to_pem;
 use meshca_provider::{
     CertificateChain, CertificateProvider, CsrError, CsrNames, IssueRequest, KeyType, LeafKey,
     LeafSpec, ProviderError, SpiffeId, TrustBundle, TrustDomain, VerifiedCsr,
 };
+use meshca_test_support::bao::Bao;
+use meshca_test_support::verify::verify_everywhere;
 use meshca_vault::{VaultProvider, VaultSettings};
-use rustls_pki_types::UnixTime;
 use serde_json::json;
-use support::Bao;
 
 async fn dev_with_pki() -> Bao {
     let bao = Bao::dev().await;
@@ -40,56 +36,6 @@ fn workload(short: &str, lifetime: Duration) -> LeafSpec {
     let id = SpiffeId::from_short(short, &TrustDomain::default()).unwrap();
     let name = format!("{}.svc", id.service_account()).parse().unwrap();
     LeafSpec::workload(&id, &[name], lifetime)
-}
-
-/// rustls-webpki, for both TLS directions.
-fn webpki_verify(chain: &CertificateChain, bundle: &TrustBundle) {
-    let anchors: Vec<_> = bundle
-        .roots()
-        .iter()
-        .map(|root| webpki::anchor_from_trusted_cert(root).unwrap().to_owned())
-        .collect();
-    let leaf = webpki::EndEntityCert::try_from(chain.leaf()).unwrap();
-    for usage in [
-        webpki::KeyUsage::server_auth(),
-        webpki::KeyUsage::client_auth(),
-    ] {
-        leaf.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &anchors,
-            chain.intermediates(),
-            UnixTime::now(),
-            usage,
-            None,
-            None,
-        )
-        .unwrap_or_else(|e| panic!("webpki refuses the chain: {e:?}"));
-    }
-}
-
-/// `openssl verify`, as a second, independent verifier.
-fn openssl_verify(chain: &CertificateChain, bundle: &TrustBundle) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root.pem");
-    let leaf = dir.path().join("leaf.pem");
-    let untrusted = dir.path().join("untrusted.pem");
-    std::fs::write(&root, bundle.to_pem()).unwrap();
-    std::fs::write(&leaf, certificates_to_pem(&chain.certificates()[..1])).unwrap();
-    let mut command = Command::new("openssl");
-    command
-        .args(["verify", "-x509_strict", "-CAfile"])
-        .arg(&root);
-    if !chain.intermediates().is_empty() {
-        std::fs::write(&untrusted, certificates_to_pem(chain.intermediates())).unwrap();
-        command.arg("-untrusted").arg(&untrusted);
-    }
-    let output = command.arg(&leaf).output().expect("run openssl");
-    assert!(
-        output.status.success(),
-        "openssl verify failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[tokio::test]
@@ -130,8 +76,7 @@ async fn issues_for_several_identities_with_chains_to_vaults_root() {
             !chain.certificates().iter().any(|c| bundle.contains(c)),
             "root in chain"
         );
-        webpki_verify(&chain, &bundle);
-        openssl_verify(&chain, &bundle);
+        verify_everywhere(&chain, &bundle, SystemTime::now());
     }
 }
 
@@ -163,8 +108,7 @@ async fn chains_from_an_intermediate_mount_carry_the_intermediate_but_not_the_ro
         intermediate.common_name.as_deref(),
         Some("meshca test intermediate")
     );
-    webpki_verify(&chain, &bundle);
-    openssl_verify(&chain, &bundle);
+    verify_everywhere(&chain, &bundle, SystemTime::now());
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support::bao as support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support::bao as support;
 
 use meshca_provider::{
     CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, ProviderError,

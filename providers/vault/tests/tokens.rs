@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use meshca_test_support::bao as support;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -12,9 +12,10 @@ use std::time::{Duration, SystemTime};
 use meshca_provider::{
     CertificateChain, CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, ProviderError,
 };
+use meshca_test_support::eventually;
 use meshca_vault::{AppRoleSettings, Secret, VaultProvider, VaultSettings};
 use serde_json::json;
-use support::{Bao, eventually};
+use support::Bao;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -101,10 +102,12 @@ async fn a_short_lived_token_is_renewed_before_it_expires() {
         OBSERVE,
         "the token's expire_time to move past its first expiry",
         || async {
-            let now = OffsetDateTime::now_utc();
-            now > first_expiry + time::Duration::seconds(1)
-                && expire_time(&bao.lookup(&token).await) > first_expiry
+            (
+                OffsetDateTime::now_utc(),
+                expire_time(&bao.lookup(&token).await),
+            )
         },
+        |(now, expiry)| *now > first_expiry + time::Duration::seconds(1) && *expiry > first_expiry,
     )
     .await;
     issue(&provider).await.unwrap();
@@ -124,17 +127,25 @@ async fn an_app_role_token_at_its_max_ttl_is_replaced_by_a_fresh_login() {
     let seen: Mutex<HashSet<String>> =
         Mutex::new(bao.approle_token_accessors().await.into_iter().collect());
     assert_eq!(seen.lock().unwrap().len(), 1);
-    eventually(OBSERVE, "a second AppRole login", || async {
-        let live = bao.approle_token_accessors().await;
-        let mut seen = seen.lock().unwrap();
-        seen.extend(live);
-        seen.len() >= 2
-    })
+    eventually(
+        OBSERVE,
+        "a second AppRole login",
+        || async {
+            let live = bao.approle_token_accessors().await;
+            let mut seen = seen.lock().unwrap();
+            seen.extend(live);
+            seen.clone()
+        },
+        |seen| seen.len() >= 2,
+    )
     .await;
     // Past the first token's max TTL, issuance still works.
-    eventually(OBSERVE, "the first token's max TTL to pass", || async {
-        started.elapsed().unwrap() > Duration::from_secs(7)
-    })
+    eventually(
+        OBSERVE,
+        "the first token's max TTL to pass",
+        || async { started.elapsed().unwrap() },
+        |elapsed| *elapsed > Duration::from_secs(7),
+    )
     .await;
     issue(&provider).await.unwrap();
 }

@@ -1,20 +1,32 @@
-//! A small stateful Kubernetes API server for tests, on loopback over plain HTTP.
+//! The one fake Kubernetes API server of the tests: stateful, on loopback over plain HTTP and,
+//! for tests on paused time, in process through kube's `Client` over a tower service — both
+//! answering from the same objects.
 //!
 //! No API server can run on these machines, so the tests that drive meshca as a user would
-//! (the `meshca` binary, `kubectl`, OpenBao's Kubernetes auth method) talk to this instead,
-//! through a kubeconfig it writes. It keeps objects like the API server does — create fails
-//! with `409 AlreadyExists`, a stale `resourceVersion` on update with `409 Conflict`, a missing
-//! object is a `404` with a Status body — records every request (method, path, query, body,
-//! bearer token) for the tests to assert on, answers TokenReviews from a table of tokens the
-//! test registers, and can be told to fail the next matching requests.
+//! (the `meshca` binary, `kubectl`, OpenBao's Kubernetes auth method, the cert-manager
+//! provider) talk to this instead, through a kubeconfig it writes or [`MockKube::in_process_client`].
+//! It keeps objects like the API server does — create fails with `409 AlreadyExists`, a stale
+//! `resourceVersion` on update with `409 Conflict`, a missing object is a `404` with a Status
+//! body — records every request (method, path, query, body, bearer token) for the tests to
+//! assert on, answers TokenReviews from a table of tokens the test registers, and can be told
+//! to fail the next matching requests.
 //!
-//! What it is not: there is no admission, no RBAC (every bearer token is accepted), no watch,
-//! and label selectors support only `key=value` terms. Lists across all namespaces
-//! (`GET /api/v1/secrets`) are answered; a concurrent writer can be simulated with
+//! cert-manager ([`cert_manager`]): a created CertificateRequest gets what cert-manager's
+//! webhook adds, and each watch call plays the next [`Watch`] script as a streamed response
+//! body, one JSON event per line as the API server writes them, in which the issuer set with
+//! [`MockKube::set_issuer`] (for example a [`TestCa`](crate::TestCa) signing the CSR) decides
+//! the request's outcome.
+//!
+//! What it is not: there is no admission, no RBAC (every bearer token is accepted), no watch
+//! beyond the scripts, and label selectors support only `key=value` terms. Lists across all
+//! namespaces (`GET /api/v1/secrets`) are answered; a concurrent writer can be simulated with
 //! [`MockKube::touch_after_read`], and concurrent readers made to meet with
 //! [`MockKube::hold_reads`].
 
-use std::collections::{BTreeMap, HashMap};
+pub mod cert_manager;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,8 +36,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use futures::channel::mpsc;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
+
+pub use cert_manager::{Issuer, Step, Watch};
 
 /// One request the mock received.
 #[derive(Debug, Clone)]
@@ -33,6 +48,8 @@ pub struct Recorded {
     pub method: String,
     pub path: String,
     pub query: Option<String>,
+    /// The query's parameters, percent-decoded.
+    pub params: BTreeMap<String, String>,
     pub body: Option<Value>,
     pub bearer: Option<String>,
     /// The HTTP status answered.
@@ -43,6 +60,11 @@ impl Recorded {
     /// True for requests that change state.
     pub fn is_write(&self) -> bool {
         !matches!(self.method.as_str(), "GET" | "HEAD")
+    }
+
+    /// True for `method path`.
+    pub fn is(&self, method: &str, path: &str) -> bool {
+        self.method == method && self.path == path
     }
 }
 
@@ -60,12 +82,12 @@ struct Fault {
     method: Method,
     path: String,
     status: u16,
-    reason: String,
-    message: String,
+    /// The Status body answered.
+    body: Value,
     remaining: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Store {
     /// Objects by collection path (`/api/v1/namespaces/ns/secrets`) and name.
     objects: BTreeMap<String, BTreeMap<String, Value>>,
@@ -79,6 +101,14 @@ struct Store {
     /// Paths whose next GETs wait for each other before being answered: (path, barrier,
     /// remaining).
     holds: Vec<(String, Arc<tokio::sync::Barrier>, usize)>,
+    /// Scripts the next watch calls play, in order.
+    watches: VecDeque<Watch>,
+    /// Played when `watches` is used up; `None` holds the watch open without events.
+    default_watch: Option<Vec<Step>>,
+    /// What the issuer (cert-manager) makes of a CertificateRequest: its new `status`.
+    issuer: Option<Issuer>,
+    /// Watch streams kept open until the server stops.
+    open: Vec<mpsc::UnboundedSender<Result<Bytes, Infallible>>>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -142,6 +172,23 @@ impl MockKube {
             .await
             .unwrap();
         kube::Client::try_from(config).unwrap()
+    }
+
+    /// Runs the `meshca` binary against this server (through `KUBECONFIG`), outside a cluster,
+    /// with its Tresor CA directory `tresor_dir` and no configuration or namespace from the
+    /// environment.
+    pub async fn meshca(&self, tresor_dir: &Path, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(crate::meshca_binary())
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("MESHCA_TRESOR_DIRECTORY", tresor_dir)
+            .env_remove("MESHCA_CONFIG")
+            .env_remove("MESHCA_NAMESPACE")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .expect("the meshca binary runs")
     }
 
     /// Every request received so far.
@@ -227,12 +274,20 @@ impl MockKube {
         message: &str,
         times: usize,
     ) {
+        self.fail_with(method, path, status_body(status, reason, message), times);
+    }
+
+    /// Makes the next `times` requests `method path` fail with `body` (a Status) and its code.
+    pub fn fail_with(&self, method: Method, path: &str, body: Value, times: usize) {
+        let status = body["code"]
+            .as_u64()
+            .and_then(|c| u16::try_from(c).ok())
+            .expect("a Status body has a code");
         self.store.lock().unwrap().faults.push(Fault {
             method,
             path: path.to_owned(),
             status,
-            reason: reason.to_owned(),
-            message: message.to_owned(),
+            body,
             remaining: times,
         });
     }
@@ -266,6 +321,53 @@ impl MockKube {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// A kube `Client` answered in process by this server (no socket): for tests on paused
+    /// time, where waiting on real I/O would let tokio jump the clock.
+    pub fn in_process_client(&self) -> kube::Client {
+        let store = self.store.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let store = store.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body.collect_bytes().await?;
+                Ok::<_, kube::Error>(
+                    answer(&store, parts.method, &parts.uri, &parts.headers, body).await,
+                )
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    /// The names of the objects stored in `collection` (`/api/v1/namespaces/ns/secrets`).
+    pub fn names(&self, collection: &str) -> Vec<String> {
+        let store = self.store.lock().unwrap();
+        store
+            .objects
+            .get(collection)
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Sets the last resourceVersion handed out: the next change gets `version + 1`.
+    pub fn set_resource_version(&self, version: u64) {
+        self.store.lock().unwrap().next_version = version;
+    }
+
+    /// Scripts for the next watch calls, played in order.
+    pub fn push_watches(&self, watches: impl IntoIterator<Item = Watch>) {
+        self.store.lock().unwrap().watches.extend(watches);
+    }
+
+    /// What a watch call plays once the scripts are used up (`None`: stays open, silent).
+    pub fn set_default_watch(&self, steps: Option<Vec<Step>>) {
+        self.store.lock().unwrap().default_watch = steps;
+    }
+
+    /// What cert-manager makes of a CertificateRequest when a script plays its outcome.
+    pub fn set_issuer(&self, issuer: Issuer) {
+        self.store.lock().unwrap().issuer = Some(issuer);
+    }
 }
 
 impl Drop for MockKube {
@@ -298,7 +400,7 @@ pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
     })
 }
 
-fn respond(code: u16, body: Value) -> Response {
+pub(crate) fn respond(code: u16, body: Value) -> Response {
     let status = StatusCode::from_u16(code).unwrap();
     (
         status,
@@ -333,7 +435,7 @@ fn stamp(object: &mut Value, collection: &str, name: &str, version: &str) {
     meta.entry("uid")
         .or_insert_with(|| json!(format!("uid-{name}-{version}")));
     meta.entry("creationTimestamp")
-        .or_insert_with(|| json!("2026-01-01T00:00:00Z"));
+        .or_insert_with(|| json!(cert_manager::rfc3339(std::time::SystemTime::now())));
 }
 
 async fn handle(
@@ -343,8 +445,20 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    answer(&store, method, &uri, &headers, body).await
+}
+
+/// Answers one request, whichever way it came.
+async fn answer(
+    store: &Shared,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().trim_end_matches('/').to_owned();
     let query = uri.query().map(str::to_owned);
+    let params = query.as_deref().map(query_params).unwrap_or_default();
     let body: Option<Value> = if body.is_empty() {
         None
     } else {
@@ -380,6 +494,7 @@ async fn handle(
         method: method.to_string(),
         path: path.clone(),
         query: query.clone(),
+        params: params.clone(),
         body: body.clone(),
         bearer,
         status: 0,
@@ -391,10 +506,10 @@ async fn handle(
     {
         Some(fault) => {
             fault.remaining -= 1;
-            failure(fault.status, &fault.reason.clone(), &fault.message.clone())
+            respond(fault.status, fault.body.clone())
         }
         None => {
-            let response = route(&mut store, &method, &path, query.as_deref(), body);
+            let response = route(&mut store, &method, &path, query.as_deref(), &params, body);
             if method == Method::GET && response.status() == StatusCode::OK {
                 touch(&mut store, &path);
             }
@@ -435,6 +550,7 @@ fn route(
     method: &Method,
     path: &str,
     query: Option<&str>,
+    params: &BTreeMap<String, String>,
     body: Option<Value>,
 ) -> Response {
     match path {
@@ -503,6 +619,9 @@ fn route(
     let collection = format!("/{collection}");
     let name = segments.get(namespaced_at + 3).copied();
     match (method.clone(), name) {
+        (Method::GET, None) if params.get("watch").is_some_and(|w| w == "true") => {
+            cert_manager::watch(store, &collection, params)
+        }
         (Method::GET, None) => list(store, &collection, plural, query),
         (Method::POST, None) => create(store, &collection, plural, body.unwrap_or_default()),
         (Method::GET, Some(name)) => match store.objects.get(&collection).and_then(|c| c.get(name))
@@ -587,7 +706,7 @@ fn list_collections(
     respond(
         200,
         json!({
-            "kind": format!("{}List", kind_of(plural)), "apiVersion": "v1",
+            "kind": format!("{}List", kind_of(plural)), "apiVersion": api_version_of(plural),
             "metadata": {"resourceVersion": store.next_version.to_string()},
             "items": items,
         }),
@@ -612,6 +731,9 @@ fn create(store: &mut Store, collection: &str, plural: &str, mut object: Value) 
             "AlreadyExists",
             &format!("{plural} \"{name}\" already exists"),
         );
+    }
+    if plural == "certificaterequests" {
+        cert_manager::as_the_webhook_does(&mut object);
     }
     store.next_version += 1;
     let version = store.next_version.to_string();
@@ -703,6 +825,14 @@ fn token_review(store: &Store, review: Value) -> Response {
     )
 }
 
+fn api_version_of(plural: &str) -> &'static str {
+    match plural {
+        "certificaterequests" => "cert-manager.io/v1",
+        "leases" => "coordination.k8s.io/v1",
+        _ => "v1",
+    }
+}
+
 fn kind_of(plural: &str) -> &'static str {
     match plural {
         "secrets" => "Secret",
@@ -710,6 +840,18 @@ fn kind_of(plural: &str) -> &'static str {
         "certificaterequests" => "CertificateRequest",
         _ => "Object",
     }
+}
+
+/// `a=b&c=d`, percent-decoded.
+fn query_params(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
 }
 
 fn percent_decode(text: &str) -> String {

@@ -6,38 +6,33 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::PATIENCE;
+pub use crate::free_port;
+use crate::{PATIENCE, eventually_ok};
 
 /// The Envoy binary, or `None` (with a note on stderr) when it is not installed. With `CI=true`
 /// a missing Envoy fails the test instead: CI must run the end-to-end tests.
 pub fn binary() -> Option<PathBuf> {
     let path = match std::env::var_os("MESHCA_ENVOY") {
         Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/envoy"),
+        None => crate::workspace_root().join(".tools/bin/envoy"),
     };
     if path.is_file() {
         return Some(path);
     }
-    let message = format!(
+    crate::tools::missing(&format!(
         "Envoy not found at {}: run scripts/install-tools.sh envoy or set MESHCA_ENVOY",
         path.display()
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPED: {message}");
-    None
+    ))
 }
 
 /// A bootstrap from `deploy/examples/<template>`, optionally with the `meshca-sds` cluster
 /// replaced by the one in `deploy/examples/<sds_cluster>`, with `${NAME}` placeholders filled.
 pub fn bootstrap(template: &str, sds_cluster: Option<&str>, values: &[(&str, String)]) -> String {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let examples = crate::workspace_root().join("deploy/examples");
     let mut text = std::fs::read_to_string(examples.join(template)).unwrap();
     if let Some(snippet) = sds_cluster {
         let replacement = std::fs::read_to_string(examples.join(snippet)).unwrap();
@@ -172,15 +167,6 @@ impl MtlsPair {
     }
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 static BASE_ID: AtomicU32 = AtomicU32::new(0);
 
 /// A running Envoy process.
@@ -224,44 +210,37 @@ impl Envoy {
             log,
             _dir: dir,
         };
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&admin_path)
-                && let Ok(address) = text.trim().parse()
-            {
-                envoy.admin = address;
-                return envoy;
-            }
-            if let Ok(Some(status)) = envoy.child.try_wait() {
-                panic!("{name}: Envoy exited with {status}:\n{}", envoy.log_tail());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: no admin address:\n{}",
-                envoy.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("{name}: Envoy to write its admin address");
+        let admin = crate::eventually_blocking(
+            PATIENCE,
+            &what,
+            || {
+                if let Ok(Some(status)) = envoy.child.try_wait() {
+                    panic!("{name}: Envoy exited with {status}:\n{}", envoy.log_tail());
+                }
+                let address = std::fs::read_to_string(&admin_path)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<SocketAddr>().ok());
+                (address, envoy.log_tail())
+            },
+            |(address, _)| address.is_some(),
+        );
+        envoy.admin = admin.0.unwrap();
+        envoy
     }
 
     /// Waits until `/ready` says LIVE: every listener and cluster has its secrets (with
     /// `initial_fetch_timeout: 0s` Envoy waits for SDS before it is ready).
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(response) = http_get(self.admin, "/ready").await
-                && response.status == 200
-            {
-                return;
+        let what = format!("{} to become ready", self.name);
+        eventually_ok(PATIENCE, &what, || async {
+            match http_get(self.admin, "/ready").await {
+                Ok(response) if response.status == 200 => Ok(()),
+                Ok(response) => Err(format!("/ready {}:\n{}", response.status, self.log_tail())),
+                Err(e) => Err(format!("{e}:\n{}", self.log_tail())),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} never became ready:\n{}",
-                self.name,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
     }
 
     /// `/certs` as JSON.
@@ -288,20 +267,16 @@ impl Envoy {
     /// Waits until Envoy holds a leaf with `serial`.
     pub async fn wait_for_serial(&self, serial: &str) {
         let wanted = normalize_serial(serial);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
+        let what = format!("{} to present serial {wanted}", self.name);
+        eventually_ok(PATIENCE, &what, || async {
             let held = self.leaf_serials().await;
             if held.contains(&wanted) {
-                return;
+                Ok(())
+            } else {
+                Err(format!("holds {held:?}:\n{}", self.log_tail()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} never presented serial {wanted}; holds {held:?}:\n{}",
-                self.name,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
     }
 
     /// The last lines of Envoy's log, for failure messages.

@@ -11,31 +11,20 @@
 //! it is installed with `scripts/install-tools.sh bao`, except under `CI=true`, where a
 //! missing tool is a loud failure.
 
-#![allow(dead_code, clippy::unwrap_used)]
-
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshca_vault::{Protocol, Secret, VaultSettings};
 use serde_json::{Value, json};
 
+use crate::eventually_ok;
+pub use crate::{free_port, workspace_root};
+
 /// How long a server may take to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The workspace root: the nearest directory above the compiling crate that holds
-/// `scripts/install-tools.sh` (this module is also used by the root crate's tests).
-pub fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .find(|dir| dir.join("scripts/install-tools.sh").is_file())
-        .unwrap_or(manifest)
-        .to_path_buf()
-}
 
 /// The `bao` binary, installed first when missing (outside CI).
 pub fn bao_binary() -> PathBuf {
@@ -85,15 +74,6 @@ fn works(path: &Path) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An HTTP client for plain-HTTP OpenBao (the crate's reqwest has no built-in TLS provider).
@@ -185,16 +165,13 @@ impl Bao {
         let mut bao = Bao::spawn(port, root_token, args, dir);
         bao.address = format!("https://127.0.0.1:{port}");
         let ca = bao.tls_ca();
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !ca.exists() || std::fs::read_to_string(&ca).unwrap_or_default().is_empty() {
+        eventually_ok(START_TIMEOUT, "OpenBao to write its TLS CA", || {
             assert!(bao.running(), "OpenBao exited:\n{}", bao.log());
-            assert!(
-                Instant::now() < deadline,
-                "no TLS CA from OpenBao:\n{}",
-                bao.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let written = !std::fs::read_to_string(&ca).unwrap_or_default().is_empty();
+            let missing = format!("no {}; log:\n{}", ca.display(), bao.log());
+            async move { if written { Ok(()) } else { Err(missing) } }
+        })
+        .await;
         bao.client = https_client(&ca);
         bao.wait_until(|status| status == 200).await;
         bao
@@ -280,23 +257,22 @@ impl Bao {
 
     /// Waits until `sys/health` answers with a status `ready` accepts.
     pub async fn wait_until(&mut self, ready: impl Fn(u16) -> bool) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let url = format!("{}/v1/sys/health", self.address);
-            if let Ok(response) = self.client.get(&url).send().await
-                && ready(response.status().as_u16())
-            {
-                return;
-            }
+        let url = format!("{}/v1/sys/health", self.address);
+        let what = format!("OpenBao at {} to be ready", self.address);
+        eventually_ok(START_TIMEOUT, &what, || {
             assert!(self.running(), "OpenBao exited:\n{}", self.log());
-            assert!(
-                Instant::now() < deadline,
-                "OpenBao at {} not ready after {START_TIMEOUT:?}:\n{}",
-                self.address,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let request = self.client.get(&url).send();
+            let log = self.log();
+            let ready = &ready;
+            async move {
+                match request.await {
+                    Ok(response) if ready(response.status().as_u16()) => Ok(()),
+                    Ok(response) => Err(format!("sys/health {}; log:\n{log}", response.status())),
+                    Err(e) => Err(format!("{e}; log:\n{log}")),
+                }
+            }
+        })
+        .await;
     }
 
     /// Whether the server process is alive (not gone, not a zombie). Linux `/proc`.
@@ -624,23 +600,4 @@ fn random_suffix() -> String {
         .unwrap()
         .as_nanos();
     format!("{:x}{:x}", std::process::id(), nanos)
-}
-
-/// Polls `condition` every 100ms until it holds, failing after `limit` with `what`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -1,12 +1,6 @@
 //! Test support for the SDS server: an in-memory CA (root + intermediate, rcgen), a
 //! [`SecretSource`] over it whose renewals are forced by the test, a server harness and gRPC
 //! client helpers.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
-pub mod cli;
-pub mod daemon;
-pub mod envoy;
-pub mod kube_api;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,138 +25,16 @@ use meshca::sds::{
     BoundSdsServer, BundleAcks, Purpose, SdsError, SdsServer, SdsSettings, SdsStats, SecretSource,
     ServedCertificate, SourceError,
 };
-use meshca_provider::{
-    CertificateChain, CertificateInfo, KeyType, LeafKey, SpiffeId, TrustBundle, TrustDomain,
-};
+use meshca_provider::{CertificateChain, CertificateInfo, LeafKey, SpiffeId, TrustBundle};
 use prost::Message;
-use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
 
-/// How long a test waits for something the server must do before failing (never a sleep: the
-/// wait ends as soon as the thing happens).
-pub const PATIENCE: Duration = Duration::from_secs(20);
-
-pub fn id(short: &str) -> SpiffeId {
-    SpiffeId::from_short(short, &TrustDomain::default()).unwrap()
-}
-
-/// An in-memory two-level CA: a self-signed root and an intermediate that signs leaves.
-pub struct TestCa {
-    root: CertificateDer<'static>,
-    intermediate: CertificateDer<'static>,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> Self {
-        let root_key = rcgen::KeyPair::generate().unwrap();
-        let root_params = ca_params(&format!("{name} root"));
-        let root = root_params.self_signed(&root_key).unwrap();
-        let root_issuer = rcgen::Issuer::new(root_params, root_key);
-        let intermediate_key = rcgen::KeyPair::generate().unwrap();
-        let intermediate_params = ca_params(&format!("{name} intermediate"));
-        let intermediate = intermediate_params
-            .signed_by(&intermediate_key, &root_issuer)
-            .unwrap();
-        Self {
-            root: root.der().clone(),
-            intermediate: intermediate.der().clone(),
-            issuer: rcgen::Issuer::new(intermediate_params, intermediate_key),
-        }
-    }
-
-    pub fn root(&self) -> &CertificateDer<'static> {
-        &self.root
-    }
-
-    pub fn bundle(&self) -> TrustBundle {
-        TrustBundle::new(vec![self.root.clone()])
-    }
-
-    /// A workload certificate: URI SAN the SPIFFE ID, both EKUs, and — unlike what meshca
-    /// issues — CN and DNS SAN `<sa>.<ns>.<trust-domain>`, so that test clients can verify an
-    /// SDS server holding one by hostname.
-    pub fn issue(&self, identity: &SpiffeId, lifetime: Duration) -> ServedCertificate {
-        let key = LeafKey::generate(KeyType::P256).unwrap();
-        let host = format!(
-            "{}.{}.{}",
-            identity.service_account(),
-            identity.namespace(),
-            identity.trust_domain()
-        );
-        let mut params = rcgen::CertificateParams::new(vec![host.clone()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, host);
-        params.subject_alt_names.push(rcgen::SanType::URI(
-            identity.to_string().try_into().unwrap(),
-        ));
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        params.use_authority_key_identifier_extension = true;
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::seconds(60);
-        params.not_after = now + lifetime;
-        let mut serial: [u8; 16] = rand::random();
-        serial[0] &= 0x7f;
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-        let leaf = params.signed_by(&key, &self.issuer).unwrap();
-        let chain =
-            CertificateChain::new(vec![leaf.der().clone(), self.intermediate.clone()]).unwrap();
-        ServedCertificate {
-            info: chain.leaf_info().unwrap(),
-            chain,
-            key,
-            issued_by: "test-ca",
-        }
-    }
-
-    /// Writes a certificate, its key (0600) and the root as PEM files, for Envoy bootstraps.
-    pub fn write_files(&self, dir: &Path, stem: &str, identity: &SpiffeId) -> CertFiles {
-        use std::os::unix::fs::PermissionsExt;
-        let served = self.issue(identity, Duration::from_secs(3600));
-        let files = CertFiles {
-            cert: dir.join(format!("{stem}.crt")),
-            key: dir.join(format!("{stem}.key")),
-            ca: dir.join(format!("{stem}-ca.crt")),
-        };
-        std::fs::write(&files.cert, served.chain.to_pem()).unwrap();
-        std::fs::write(&files.key, served.key.private_key_pem().as_bytes()).unwrap();
-        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::write(&files.ca, self.bundle().to_pem()).unwrap();
-        files
-    }
-}
-
-pub struct CertFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-}
-
-fn ca_params(name: &str) -> rcgen::CertificateParams {
-    let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(30);
-    params
-}
+use crate::PATIENCE;
+use crate::ca::TestCa;
 
 type CertificateSender = watch::Sender<Arc<ServedCertificate>>;
 
@@ -529,20 +401,11 @@ pub fn validation_of(secret: &Secret) -> (TrustBundle, CertificateValidationCont
 
 /// Verifies a chain against a bundle with webpki (an independent verifier), for client auth.
 pub fn assert_chains_to(chain: &CertificateChain, bundle: &TrustBundle) {
-    let anchors: Vec<_> = bundle
-        .roots()
-        .iter()
-        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
-        .collect();
-    let leaf = webpki::EndEntityCert::try_from(chain.leaf()).unwrap();
-    leaf.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        chain.intermediates(),
-        UnixTime::now(),
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
+    crate::verify::webpki_verify(
+        chain,
+        bundle,
+        SystemTime::now(),
+        crate::verify::Purpose::Client,
     )
     .expect("chain does not verify against the bundle");
 }

@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: a fixed clock and two independent verifiers
 //! (rustls-webpki and the `openssl verify` command).
 
-#![allow(clippy::unwrap_used, dead_code)]
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};

@@ -1,0 +1,366 @@
+//! `meshca serve` as a child process of a test: the one way the tests start the daemon.
+//!
+//! [`MeshcaServe::start`] runs it with exactly the arguments given; [`MeshcaServe::builder`]
+//! adds the usual pieces (a CA directory of its own, an admin listener and a development-mode SDS
+//! listener on free loopback ports). Standard error (the log) and standard output go to files;
+//! the process is killed on drop, or stopped with SIGTERM by [`MeshcaServe::terminate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::envoy::http_get;
+use crate::{PATIENCE, eventually_ok, free_port};
+
+/// How long a daemon may take to start (a first start creates its CA; OpenBao or the fake API
+/// server may be slow on a loaded machine).
+pub const START_PATIENCE: Duration = Duration::from_secs(60);
+
+/// `meshca serve` (this build's binary) as a child process with its log in a file, killed on
+/// drop.
+pub struct MeshcaServe {
+    child: Child,
+    log: PathBuf,
+    stdout: PathBuf,
+    admin: Option<SocketAddr>,
+    sds: Option<SocketAddr>,
+    dir: tempfile::TempDir,
+}
+
+/// What [`MeshcaServe::builder`] starts.
+#[derive(Debug, Default)]
+pub struct ServeBuilder {
+    global: Vec<String>,
+    env_remove: Vec<String>,
+    own_ca_dir: bool,
+    admin: bool,
+    dev_sds: bool,
+    keep_color: bool,
+}
+
+impl ServeBuilder {
+    /// Global arguments (before `serve`), in order, after the builder's own.
+    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.global
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// `--set <setting>`.
+    pub fn set(self, setting: &str) -> Self {
+        self.args(["--set", setting])
+    }
+
+    /// `--ca-dir <a fresh directory>/ca`, removed with the process.
+    pub fn own_ca_dir(mut self) -> Self {
+        self.own_ca_dir = true;
+        self
+    }
+
+    /// The admin listener on a free loopback port ([`MeshcaServe::admin`]).
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
+        self
+    }
+
+    /// SDS in development mode on a free loopback port ([`MeshcaServe::sds`]).
+    pub fn dev_sds(mut self) -> Self {
+        self.dev_sds = true;
+        self
+    }
+
+    /// Runs without the environment variable `name`.
+    pub fn env_remove(mut self, name: &str) -> Self {
+        self.env_remove.push(name.to_owned());
+        self
+    }
+
+    /// Leaves `NO_COLOR` as the environment has it (by default it is set).
+    pub fn keep_color(mut self) -> Self {
+        self.keep_color = true;
+        self
+    }
+
+    pub fn start(self) -> MeshcaServe {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = Vec::new();
+        if self.own_ca_dir {
+            args.push("--ca-dir".to_owned());
+            args.push(dir.path().join("ca").display().to_string());
+        }
+        let sds = self.dev_sds.then(loopback);
+        if let Some(sds) = sds {
+            args.extend(["--set".to_owned(), "sds.auth=development".to_owned()]);
+            args.extend(["--set".to_owned(), format!("sds.listen={sds}")]);
+        }
+        let admin = self.admin.then(loopback);
+        if let Some(admin) = admin {
+            args.extend(["--set".to_owned(), format!("admin.listen={admin}")]);
+        }
+        args.extend(self.global);
+        args.push("serve".to_owned());
+        let mut serve = MeshcaServe::spawn(dir, &args, self.keep_color, &self.env_remove);
+        serve.admin = admin;
+        serve.sds = sds;
+        serve
+    }
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+impl MeshcaServe {
+    /// Runs `meshca <args>` (the arguments include `serve`).
+    pub fn start(args: &[&str]) -> Self {
+        Self::spawn(tempfile::tempdir().unwrap(), args, false, &[])
+    }
+
+    /// A daemon with the pieces asked for; see [`ServeBuilder`].
+    pub fn builder() -> ServeBuilder {
+        ServeBuilder::default()
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        args: &[impl AsRef<std::ffi::OsStr>],
+        keep_color: bool,
+        env_remove: &[String],
+    ) -> Self {
+        let log = dir.path().join("meshca.log");
+        let stdout = dir.path().join("meshca.stdout");
+        let mut command = Command::new(crate::meshca_binary());
+        command.args(args).env_remove("MESHCA_CONFIG");
+        for name in env_remove {
+            command.env_remove(name);
+        }
+        if keep_color {
+            command.env_remove("NO_COLOR");
+        } else {
+            command.env("NO_COLOR", "1");
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            stdout,
+            admin: None,
+            sds: None,
+            dir,
+        }
+    }
+
+    /// The admin listener the [`builder`](Self::builder) gave it.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+            .expect("started without an admin listener: use MeshcaServe::builder().admin()")
+    }
+
+    /// The SDS listener the [`builder`](Self::builder) gave it.
+    pub fn sds(&self) -> SocketAddr {
+        self.sds
+            .expect("started without an SDS listener: use MeshcaServe::builder().dev_sds()")
+    }
+
+    /// A directory that lives as long as the process (its CA directory with
+    /// [`ServeBuilder::own_ca_dir`] is `ca` in it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything meshca has logged so far (standard error).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Everything meshca has printed on standard output so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the log, for failure messages.
+    pub fn tail(&self, lines: usize) -> String {
+        let text = self.log();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Panics with the log if the process has exited.
+    fn check_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("meshca exited with {status}:\n{}", self.log());
+        }
+    }
+
+    /// Waits until something accepts TCP connections on `port`; fails with the log if the
+    /// process exits first or it takes longer than [`PATIENCE`].
+    pub async fn wait_listening(&mut self, port: u16) {
+        let what = format!("meshca to listen on {port}");
+        eventually_ok(PATIENCE, &what, || {
+            self.check_running();
+            let log = self.log();
+            async move {
+                match TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("{e}; log:\n{log}")),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Waits until the admin listener's `/readyz` answers `status`, failing with the log if
+    /// the process exits first or [`START_PATIENCE`] passes; returns the body.
+    pub async fn wait_readyz(&mut self, status: u16) -> String {
+        let admin = self.admin();
+        let what = format!("/readyz to answer {status}");
+        eventually_ok(START_PATIENCE, &what, || {
+            self.check_running();
+            let tail = self.tail(30);
+            async move {
+                match http_get(admin, "/readyz").await {
+                    Ok(response) if response.status == status => Ok(response.body),
+                    Ok(response) => Err(format!(
+                        "{} {}; log:\n{tail}",
+                        response.status, response.body
+                    )),
+                    Err(e) => Err(format!("{e}; log:\n{tail}")),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until the daemon is ready (`/readyz` answers 200).
+    pub async fn wait_ready(&mut self) {
+        self.wait_readyz(200).await;
+    }
+
+    /// Waits until the log contains `text`; fails with the log if the process exits first.
+    pub async fn wait_for_log(&mut self, text: &str, patience: Duration) {
+        let what = format!("meshca to log {text:?}");
+        eventually_ok(patience, &what, || {
+            self.check_running();
+            let log = self.log();
+            async move {
+                if log.contains(text) {
+                    Ok(())
+                } else {
+                    Err(format!("the log so far:\n{log}"))
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Kills the daemon now (like a crashed or evicted pod).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (at most 30 s) for the process to exit; returns how it did.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let child = &mut self.child;
+        let status = crate::eventually_blocking(
+            Duration::from_secs(30),
+            "meshca to exit after SIGTERM",
+            || child.try_wait().unwrap(),
+            Option::is_some,
+        );
+        status.unwrap()
+    }
+}
+
+impl Drop for MeshcaServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Flags giving the daemon and `meshca rotate root` the same store and rotation policy: 30s
+/// leaves, 1s clock skew (so stage 2 lasts about 31s), the stage read every second.
+pub fn rotation_flags(ca_dir: &std::path::Path) -> Vec<String> {
+    [
+        "--ca-dir",
+        ca_dir.to_str().unwrap(),
+        "--set",
+        "rotation.pollInterval=1s",
+        "--set",
+        "certificateProvider.serviceCertValidityDuration=30s",
+        "--set",
+        "tresor.clockSkewAllowance=1s",
+        "--set",
+        "renewal.floor=2s",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `meshca serve` on [`rotation_flags`], SDS in development mode on `sds_port`, no admin.
+pub fn serve_for_rotation(ca_dir: &std::path::Path, sds_port: u16) -> MeshcaServe {
+    let mut args = rotation_flags(ca_dir);
+    args.extend(
+        [
+            "serve",
+            "--set",
+            &format!("sds.listen=127.0.0.1:{sds_port}"),
+            "--set",
+            "sds.auth=development",
+            "--set",
+            "admin.listen=",
+        ]
+        .map(String::from),
+    );
+    MeshcaServe::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `meshca rotate root <action>` with [`rotation_flags`] and `extra` flags.
+pub fn rotate_root(ca_dir: &std::path::Path, extra: &[&str], action: &str) -> std::process::Output {
+    let mut args = rotation_flags(ca_dir);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.extend(["rotate", "root", action].map(String::from));
+    Command::new(crate::meshca_binary())
+        .args(&args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `meshca rotate root advance` until it moves a stage (exit 0; 3 means "not yet") or
+/// `patience` runs out; returns what it printed.
+pub async fn advance_until_moved(ca_dir: &std::path::Path, patience: Duration) -> String {
+    crate::eventually_ok_every(
+        patience,
+        Duration::from_millis(500),
+        "`meshca rotate root advance` to move a stage",
+        || {
+            let output = rotate_root(ca_dir, &[], "advance");
+            async move {
+                let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+                match output.status.code() {
+                    Some(0) => Ok(stdout),
+                    Some(3) => Err(format!("advance kept waiting: {stdout}")),
+                    _ => panic!(
+                        "advance failed: {stdout}{}",
+                        String::from_utf8_lossy(&output.stderr)
+                    ),
+                }
+            }
+        },
+    )
+    .await
+}
