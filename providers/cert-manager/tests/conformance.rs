@@ -5,21 +5,23 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use std::sync::Arc;
 
 use meshca_cert_manager::{CertManagerProvider, CertManagerSettings};
 use meshca_provider::TrustDomain;
-use support::{Fake, Step, TestCa};
+use meshca_test_support::TestCa;
+use meshca_test_support::kube_api::Step;
+use meshca_test_support::kube_api::cert_manager::{REQUESTS_PATH, fake, signing_issuer};
 
 #[tokio::test]
 async fn the_provider_conforms() {
-    let ca = TestCa::new("conformance");
-    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
-    fake.state.lock().unwrap().default_watch = Some(vec![Step::Pending, Step::Outcome]);
+    let ca = Arc::new(TestCa::new("conformance"));
+    let fake = fake(signing_issuer(&ca), Some(&ca.root_pem()), vec![]).await;
+    fake.set_default_watch(Some(vec![Step::Pending, Step::Outcome]));
     let provider =
-        CertManagerProvider::new(fake.client.clone(), CertManagerSettings::default()).unwrap();
+        CertManagerProvider::new(fake.in_process_client(), CertManagerSettings::default()).unwrap();
     provider.start().await.unwrap();
     meshca_provider::conformance::run_all(&provider, &TrustDomain::default()).await;
     // Every request was deleted after use.
-    assert!(fake.state.lock().unwrap().requests.is_empty());
+    assert!(fake.names(REQUESTS_PATH).is_empty());
 }

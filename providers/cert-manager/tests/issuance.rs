@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +13,13 @@ use meshca_provider::{
     CertificateProvider, ChainError, CsrError, IssueRequest, KeyType, LeafKey, LeafSpec,
     ProviderError, SpiffeId, TrustBundle, TrustDomain, VerifiedCsr,
 };
-use serde_json::json;
-use support::{
-    Fake, REQUESTS_PATH, SECRET_PATH, Seen, Step, TestCa, Watch, denying_issuer, failing_issuer,
-    status_body, unbase64,
+use meshca_test_support::kube_api::cert_manager::{
+    REQUESTS_PATH, SECRET_PATH, add_existing, base64, denying_issuer, failing_issuer, fake,
+    signing_issuer, unbase64,
 };
+use meshca_test_support::kube_api::{MockKube, Recorded, Step, Watch, status_body};
+use meshca_test_support::{PATIENCE, TestCa, eventually};
+use serde_json::json;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension};
 
 fn workload() -> LeafSpec {
@@ -31,8 +31,8 @@ fn workload() -> LeafSpec {
     )
 }
 
-fn provider(fake: &Fake, settings: CertManagerSettings) -> CertManagerProvider {
-    CertManagerProvider::new(fake.client.clone(), settings).unwrap()
+fn provider(fake: &MockKube, settings: CertManagerSettings) -> CertManagerProvider {
+    CertManagerProvider::new(fake.in_process_client(), settings).unwrap()
 }
 
 async fn issue(
@@ -52,10 +52,10 @@ fn request_path(name: &str) -> String {
 }
 
 /// The name the fake gave the (only) created request.
-fn created_name(seen: &[Seen]) -> String {
+fn created_name(seen: &[Recorded]) -> String {
     let creates: Vec<_> = seen
         .iter()
-        .filter(|s| s.is(Method::POST, REQUESTS_PATH))
+        .filter(|s| s.is("POST", REQUESTS_PATH))
         .collect();
     assert_eq!(creates.len(), 1, "{seen:#?}");
     let prefix = creates[0].body.as_ref().unwrap()["metadata"]["generateName"]
@@ -63,9 +63,9 @@ fn created_name(seen: &[Seen]) -> String {
         .unwrap();
     let watch = seen
         .iter()
-        .find(|s| s.query.contains_key("watch"))
+        .find(|s| s.params.contains_key("watch"))
         .expect("a watch was opened");
-    let name = watch.query["fieldSelector"]
+    let name = watch.params["fieldSelector"]
         .strip_prefix("metadata.name=")
         .unwrap()
         .to_owned();
@@ -76,9 +76,9 @@ fn created_name(seen: &[Seen]) -> String {
     name
 }
 
-fn deletes(seen: &[Seen]) -> Vec<String> {
+fn deletes(seen: &[Recorded]) -> Vec<String> {
     seen.iter()
-        .filter(|s| s.method == Method::DELETE)
+        .filter(|s| s.method == "DELETE")
         .map(|s| s.path.clone())
         .collect()
 }
@@ -108,18 +108,19 @@ fn csr_sans(pem_text: &str) -> (Vec<String>, Vec<String>) {
 
 #[tokio::test]
 async fn issues_through_a_certificate_request_and_deletes_it() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(
-        ca.issuer(),
-        Some(&ca.root_pem),
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(
+        signing_issuer(&ca),
+        Some(&ca.root_pem()),
         vec![Watch::Stream(vec![Step::Pending, Step::Outcome])],
-    );
+    )
+    .await;
     let provider = provider(&fake, CertManagerSettings::default());
     let spec = workload();
     let (key, chain) = issue(&provider, &spec).await;
     let chain = chain.unwrap();
 
-    let seen = fake.seen();
+    let seen = fake.requests();
     let name = created_name(&seen);
     // Exactly: create, watch, delete. The chain is not verified here (the daemon verifies
     // every chain against trust_bundle()), so the CA bundle Secret is not read.
@@ -130,9 +131,9 @@ async fn issues_through_a_certificate_request_and_deletes_it() {
     assert_eq!(
         methods,
         vec![
-            (Method::POST, REQUESTS_PATH.to_owned()),
-            (Method::GET, REQUESTS_PATH.to_owned()),
-            (Method::DELETE, request_path(&name)),
+            ("POST".to_owned(), REQUESTS_PATH.to_owned()),
+            ("GET".to_owned(), REQUESTS_PATH.to_owned()),
+            ("DELETE".to_owned(), request_path(&name)),
         ],
         "{seen:#?}"
     );
@@ -183,12 +184,12 @@ async fn issues_through_a_certificate_request_and_deletes_it() {
 
     // The watch: that one object, from the resourceVersion the create returned.
     let watch = &seen[1];
-    assert_eq!(watch.query["watch"], "true");
+    assert_eq!(watch.params["watch"], "true");
     assert_eq!(
-        watch.query["fieldSelector"],
+        watch.params["fieldSelector"],
         format!("metadata.name={name}")
     );
-    assert_eq!(watch.query["resourceVersion"], "1001");
+    assert_eq!(watch.params["resourceVersion"], "1001");
 
     // The chain: leaf + intermediate (the root cert-manager returned is dropped), for our key,
     // verifying against the Secret's root.
@@ -197,25 +198,26 @@ async fn issues_through_a_certificate_request_and_deletes_it() {
     assert_eq!(leaf.public_key, key.public_key());
     assert_eq!(leaf.uri_sans, uris);
     let bundle = provider.trust_bundle().await.unwrap();
-    assert_eq!(bundle, TrustBundle::from_pem(&ca.root_pem).unwrap());
+    assert_eq!(bundle, TrustBundle::from_pem(&ca.root_pem()).unwrap());
     meshca_provider::verify_chain(&chain, &bundle, std::time::SystemTime::now()).unwrap();
     assert!(
-        fake.state.lock().unwrap().requests.is_empty(),
+        fake.names(REQUESTS_PATH).is_empty(),
         "the request was not deleted"
     );
 }
 
 #[tokio::test]
 async fn a_denied_request_ends_the_wait_with_the_approvers_message() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(
         denying_issuer(),
-        Some(&ca.root_pem),
+        Some(&ca.root_pem()),
         vec![Watch::Stream(vec![Step::Outcome])],
-    );
+    )
+    .await;
     let provider = provider(&fake, CertManagerSettings::default());
     let error = issue(&provider, &workload()).await.1.unwrap_err();
-    let seen = fake.seen();
+    let seen = fake.requests();
     let name = created_name(&seen);
     assert!(matches!(error, ProviderError::Rejected { .. }), "{error:?}");
     let message = error.to_string();
@@ -234,15 +236,16 @@ async fn a_denied_request_ends_the_wait_with_the_approvers_message() {
 
 #[tokio::test]
 async fn a_failed_request_ends_the_wait_with_the_issuers_message() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(
         failing_issuer(),
-        Some(&ca.root_pem),
+        Some(&ca.root_pem()),
         vec![Watch::Stream(vec![Step::Pending, Step::Outcome])],
-    );
+    )
+    .await;
     let provider = provider(&fake, CertManagerSettings::default());
     let error = issue(&provider, &workload()).await.1.unwrap_err();
-    let seen = fake.seen();
+    let seen = fake.requests();
     let name = created_name(&seen);
     let message = error.to_string();
     assert!(matches!(error, ProviderError::Rejected { .. }), "{error:?}");
@@ -259,20 +262,21 @@ async fn a_failed_request_ends_the_wait_with_the_issuers_message() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_that_never_gets_ready_times_out_and_is_deleted() {
-    let ca = TestCa::new("mesh");
+    let ca = Arc::new(TestCa::new("mesh"));
     // One pending event, then a watch that stays open with nothing more to say.
-    let fake = Fake::new(
-        ca.issuer(),
-        Some(&ca.root_pem),
+    let fake = fake(
+        signing_issuer(&ca),
+        Some(&ca.root_pem()),
         vec![Watch::Stream(vec![Step::Pending])],
-    );
+    )
+    .await;
     let settings = CertManagerSettings {
         timeout: Duration::from_secs(30),
         ..CertManagerSettings::default()
     };
     let provider = provider(&fake, settings);
     let error = issue(&provider, &workload()).await.1.unwrap_err();
-    let seen = fake.seen();
+    let seen = fake.requests();
     let name = created_name(&seen);
     let message = error.to_string();
     assert!(error.is_transient(), "{error:?}");
@@ -295,12 +299,13 @@ async fn a_request_that_never_gets_ready_times_out_and_is_deleted() {
 
 #[tokio::test]
 async fn requests_are_kept_when_asked() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(
-        ca.issuer(),
-        Some(&ca.root_pem),
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(
+        signing_issuer(&ca),
+        Some(&ca.root_pem()),
         vec![Watch::Stream(vec![Step::Outcome])],
-    );
+    )
+    .await;
     let settings = CertManagerSettings {
         preserve_certificate_requests: true,
         ..CertManagerSettings::default()
@@ -308,26 +313,26 @@ async fn requests_are_kept_when_asked() {
     let provider = provider(&fake, settings);
     provider.start().await.unwrap();
     issue(&provider, &workload()).await.1.unwrap();
-    fake.state.lock().unwrap().issuer = denying_issuer();
-    fake.state.lock().unwrap().default_watch = Some(vec![Step::Outcome]);
+    fake.set_issuer(denying_issuer());
+    fake.set_default_watch(Some(vec![Step::Outcome]));
     issue(&provider, &workload()).await.1.unwrap_err();
-    let seen = fake.seen();
+    let seen = fake.requests();
     assert!(deletes(&seen).is_empty(), "{seen:#?}");
     // No garbage collection either: nothing was listed.
     assert!(
         !seen
             .iter()
-            .any(|s| s.is(Method::GET, REQUESTS_PATH) && !s.query.contains_key("watch"))
+            .any(|s| s.is("GET", REQUESTS_PATH) && !s.params.contains_key("watch"))
     );
-    assert_eq!(fake.state.lock().unwrap().requests.len(), 2);
+    assert_eq!(fake.names(REQUESTS_PATH).len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_gone_or_closed_watch_resumes_from_a_fresh_read() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(
-        ca.issuer(),
-        Some(&ca.root_pem),
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(
+        signing_issuer(&ca),
+        Some(&ca.root_pem()),
         vec![
             // History expired mid-stream: an ERROR event with 410.
             Watch::Stream(vec![Step::Pending, Step::Gone]),
@@ -338,20 +343,21 @@ async fn a_gone_or_closed_watch_resumes_from_a_fresh_read() {
             // The issuer signs while nobody is watching; the closed stream sends nothing.
             Watch::Stream(vec![Step::OutcomeSilently, Step::End]),
         ],
-    );
+    )
+    .await;
     let provider = provider(&fake, CertManagerSettings::default());
     issue(&provider, &workload()).await.1.unwrap();
-    let seen = fake.seen();
+    let seen = fake.requests();
     let name = created_name(&seen);
     let object = request_path(&name);
     let kinds: Vec<&str> = seen
         .iter()
-        .map(|s| match (&s.method, s.path.as_str()) {
-            (&Method::POST, _) => "create",
-            (&Method::GET, REQUESTS_PATH) => "watch",
-            (&Method::GET, p) if p == object => "get",
-            (&Method::DELETE, _) => "delete",
-            (&Method::GET, SECRET_PATH) => "secret",
+        .map(|s| match (s.method.as_str(), s.path.as_str()) {
+            ("POST", _) => "create",
+            ("GET", REQUESTS_PATH) => "watch",
+            ("GET", p) if p == object => "get",
+            ("DELETE", _) => "delete",
+            ("GET", SECRET_PATH) => "secret",
             _ => "other",
         })
         .collect();
@@ -365,20 +371,21 @@ async fn a_gone_or_closed_watch_resumes_from_a_fresh_read() {
     // Every re-watch starts from the resourceVersion the GET before it returned.
     let versions: Vec<&str> = seen
         .iter()
-        .filter(|s| s.query.contains_key("watch"))
-        .map(|s| s.query["resourceVersion"].as_str())
+        .filter(|s| s.params.contains_key("watch"))
+        .map(|s| s.params["resourceVersion"].as_str())
         .collect();
     assert_eq!(versions, ["1001", "1002", "1002", "1002"]);
 }
 
 #[tokio::test]
 async fn a_request_deleted_by_someone_else_is_an_error() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(
-        ca.issuer(),
-        Some(&ca.root_pem),
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(
+        signing_issuer(&ca),
+        Some(&ca.root_pem()),
         vec![Watch::Stream(vec![Step::Pending, Step::Deleted])],
-    );
+    )
+    .await;
     let provider = provider(&fake, CertManagerSettings::default());
     let error = issue(&provider, &workload()).await.1.unwrap_err();
     assert!(
@@ -391,21 +398,24 @@ async fn a_request_deleted_by_someone_else_is_an_error() {
 
 #[tokio::test]
 async fn stale_requests_are_garbage_collected() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(signing_issuer(&ca), Some(&ca.root_pem()), vec![]).await;
     let managed = json!({ "app.kubernetes.io/managed-by": "meshca" });
-    fake.add_existing(
+    add_existing(
+        &fake,
         "meshca-crashed-1",
         Duration::from_secs(2 * 3600),
         managed.clone(),
     );
-    fake.add_existing(
+    add_existing(
+        &fake,
         "meshca-crashed-2",
         Duration::from_secs(20 * 60),
         managed.clone(),
     );
-    fake.add_existing("meshca-in-flight", Duration::from_secs(10), managed);
-    fake.add_existing(
+    add_existing(&fake, "meshca-in-flight", Duration::from_secs(10), managed);
+    add_existing(
+        &fake,
         "someone-elses",
         Duration::from_secs(2 * 3600),
         json!({ "app.kubernetes.io/managed-by": "Helm" }),
@@ -413,11 +423,11 @@ async fn stale_requests_are_garbage_collected() {
     let provider = provider(&fake, CertManagerSettings::default());
     // start(): the CA bundle is read, then the sweep.
     provider.start().await.unwrap();
-    let seen = fake.seen();
-    assert!(seen[0].is(Method::GET, SECRET_PATH), "{seen:#?}");
-    assert!(seen[1].is(Method::GET, REQUESTS_PATH));
+    let seen = fake.requests();
+    assert!(seen[0].is("GET", SECRET_PATH), "{seen:#?}");
+    assert!(seen[1].is("GET", REQUESTS_PATH));
     assert_eq!(
-        seen[1].query["labelSelector"],
+        seen[1].params["labelSelector"],
         "app.kubernetes.io/managed-by=meshca"
     );
     let mut deleted = deletes(&seen);
@@ -429,14 +439,7 @@ async fn stale_requests_are_garbage_collected() {
             request_path("meshca-crashed-2")
         ]
     );
-    let left: Vec<String> = fake
-        .state
-        .lock()
-        .unwrap()
-        .requests
-        .keys()
-        .cloned()
-        .collect();
+    let left: Vec<String> = fake.names(REQUESTS_PATH);
     assert_eq!(left, ["meshca-in-flight", "someone-elses"]);
     // Nothing stale is left: a second sweep deletes nothing.
     assert_eq!(provider.collect_garbage().await.unwrap(), 0);
@@ -446,22 +449,23 @@ async fn stale_requests_are_garbage_collected() {
 async fn a_chain_is_left_for_the_daemon_to_verify_against_the_secrets_bundle() {
     // The daemon's issuance pipeline verifies every chain against trust_bundle() (and re-reads
     // it once when the issuer is unknown); the provider no longer does it a second time.
-    let issuing = TestCa::new("mesh");
-    let other = TestCa::new("elsewhere");
-    let fake = Fake::new(
-        issuing.issuer(),
-        Some(&other.root_pem),
+    let issuing = Arc::new(TestCa::new("mesh"));
+    let other = Arc::new(TestCa::new("elsewhere"));
+    let fake = fake(
+        signing_issuer(&issuing),
+        Some(&other.root_pem()),
         vec![Watch::Stream(vec![Step::Outcome])],
-    );
+    )
+    .await;
     let provider = provider(&fake, CertManagerSettings::default());
     let chain = issue(&provider, &workload()).await.1.unwrap();
-    let seen = fake.seen();
+    let seen = fake.requests();
     let name = created_name(&seen);
     assert_eq!(deletes(&seen), [request_path(&name)]);
-    assert!(!seen.iter().any(|s| s.is(Method::GET, SECRET_PATH)));
+    assert!(!seen.iter().any(|s| s.is("GET", SECRET_PATH)));
     // What the daemon then finds: the issuer is not in the bundle, read afresh from the Secret.
     let bundle = provider.trust_bundle().await.unwrap();
-    assert_eq!(bundle, TrustBundle::from_pem(&other.root_pem).unwrap());
+    assert_eq!(bundle, TrustBundle::from_pem(&other.root_pem()).unwrap());
     let error =
         meshca_provider::verify_chain(&chain, &bundle, std::time::SystemTime::now()).unwrap_err();
     assert!(
@@ -507,9 +511,9 @@ fn callers_csr(
 
 #[tokio::test]
 async fn a_callers_csr_asking_for_exactly_its_names_is_forwarded_as_it_came() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
-    fake.state.lock().unwrap().default_watch = Some(vec![Step::Outcome]);
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(signing_issuer(&ca), Some(&ca.root_pem()), vec![]).await;
+    fake.set_default_watch(Some(vec![Step::Outcome]));
     let provider = provider(&fake, CertManagerSettings::default());
     let spec = workload();
     for key_type in [KeyType::P256, KeyType::Rsa2048] {
@@ -525,10 +529,10 @@ async fn a_callers_csr_asking_for_exactly_its_names_is_forwarded_as_it_came() {
         provider.capabilities().check(&request).unwrap();
         let chain = provider.issue(&request).await.unwrap();
         let created = fake
-            .seen()
+            .requests()
             .into_iter()
             .rev()
-            .find(|s| s.is(Method::POST, REQUESTS_PATH));
+            .find(|s| s.is("POST", REQUESTS_PATH));
         let body = created.unwrap().body.unwrap();
         let sent = unbase64(body["spec"]["request"].as_str().unwrap());
         let sent = pem::parse(sent).unwrap();
@@ -546,14 +550,14 @@ async fn a_callers_csr_asking_for_exactly_its_names_is_forwarded_as_it_came() {
         let bundle = provider.trust_bundle().await.unwrap();
         meshca_provider::verify_chain(&chain, &bundle, std::time::SystemTime::now()).unwrap();
     }
-    assert!(fake.state.lock().unwrap().requests.is_empty());
+    assert!(fake.names(REQUESTS_PATH).is_empty());
 }
 
 #[tokio::test]
 async fn a_callers_csr_asking_for_other_names_is_refused_before_anything_is_created() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
-    fake.state.lock().unwrap().default_watch = Some(vec![Step::Outcome]);
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(signing_issuer(&ca), Some(&ca.root_pem()), vec![]).await;
+    fake.set_default_watch(Some(vec![Step::Outcome]));
     let provider = provider(&fake, CertManagerSettings::default());
     let spec = workload();
     let key = LeafKey::generate(KeyType::P256).unwrap();
@@ -590,7 +594,7 @@ async fn a_callers_csr_asking_for_other_names_is_refused_before_anything_is_crea
             "{refused:?}"
         );
     }
-    let seen = fake.seen();
+    let seen = fake.requests();
     assert!(
         seen.is_empty(),
         "nothing was created or even read: {seen:#?}"
@@ -599,27 +603,32 @@ async fn a_callers_csr_asking_for_other_names_is_refused_before_anything_is_crea
 
 #[tokio::test]
 async fn without_a_bundle_secret_status_ca_is_the_trust_bundle() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(ca.issuer(), None, vec![Watch::Stream(vec![Step::Outcome])]);
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(
+        signing_issuer(&ca),
+        None,
+        vec![Watch::Stream(vec![Step::Outcome])],
+    )
+    .await;
     let mut settings = CertManagerSettings::default();
     settings.ca_bundle_secret.name = String::new();
     let provider = provider(&fake, settings);
     assert!(provider.trust_bundle().await.unwrap().is_empty());
     let chain = issue(&provider, &workload()).await.1.unwrap();
     let bundle = provider.trust_bundle().await.unwrap();
-    assert_eq!(bundle, TrustBundle::from_pem(&ca.root_pem).unwrap());
+    assert_eq!(bundle, TrustBundle::from_pem(&ca.root_pem()).unwrap());
     meshca_provider::verify_chain(&chain, &bundle, std::time::SystemTime::now()).unwrap();
-    assert!(!fake.seen().iter().any(|s| s.path == SECRET_PATH));
+    assert!(!fake.requests().iter().any(|s| s.path == SECRET_PATH));
 
     // An issuer whose status.ca does not sign its chain is refused.
-    let other = TestCa::new("elsewhere");
+    let other = Arc::new(TestCa::new("elsewhere"));
     let signing = ca.clone();
-    fake.state.lock().unwrap().issuer = Arc::new(move |request| {
-        let mut status = signing.issuer()(request);
-        status["ca"] = json!(support::base64(other.root_pem.as_bytes()));
+    fake.set_issuer(Arc::new(move |request| {
+        let mut status = signing_issuer(&signing)(request);
+        status["ca"] = json!(base64(other.root_pem().as_bytes()));
         status
-    });
-    fake.state.lock().unwrap().default_watch = Some(vec![Step::Outcome]);
+    }));
+    fake.set_default_watch(Some(vec![Step::Outcome]));
     let error = issue(&provider, &workload()).await.1.unwrap_err();
     assert!(
         error
@@ -631,8 +640,8 @@ async fn without_a_bundle_secret_status_ca_is_the_trust_bundle() {
 
 #[tokio::test]
 async fn a_missing_bundle_secret_stops_the_start_with_a_hint() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(ca.issuer(), None, vec![]);
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(signing_issuer(&ca), None, vec![]).await;
     let provider = provider(&fake, CertManagerSettings::default());
     let error = provider.start().await.unwrap_err();
     let message = error.to_string();
@@ -645,16 +654,18 @@ async fn a_missing_bundle_secret_stops_the_start_with_a_hint() {
 
 #[tokio::test]
 async fn forbidden_explains_the_rbac_needed() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
-    fake.state.lock().unwrap().create_failures.push_back((
-        403,
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(signing_issuer(&ca), Some(&ca.root_pem()), vec![]).await;
+    fake.fail_with(
+        Method::POST,
+        REQUESTS_PATH,
         status_body(
             403,
             "Forbidden",
             r#"certificaterequests.cert-manager.io is forbidden: User "system:serviceaccount:meshca-system:meshca" cannot create resource "certificaterequests" in API group "cert-manager.io" in the namespace "meshca-system""#,
         ),
-    ));
+        1,
+    );
     let provider = provider(&fake, CertManagerSettings::default());
     let error = issue(&provider, &workload()).await.1.unwrap_err();
     assert!(
@@ -676,18 +687,20 @@ async fn forbidden_explains_the_rbac_needed() {
         message.contains(r#"cannot create resource "certificaterequests""#),
         "{message}"
     );
-    let seen = fake.seen();
+    let seen = fake.requests();
     assert_eq!(seen.len(), 1, "nothing after a refused create: {seen:#?}");
 }
 
 #[tokio::test]
 async fn a_server_error_is_transient() {
-    let ca = TestCa::new("mesh");
-    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
-    fake.state.lock().unwrap().create_failures.push_back((
-        500,
+    let ca = Arc::new(TestCa::new("mesh"));
+    let fake = fake(signing_issuer(&ca), Some(&ca.root_pem()), vec![]).await;
+    fake.fail_with(
+        Method::POST,
+        REQUESTS_PATH,
         status_body(500, "InternalError", "etcdserver: request timed out"),
-    ));
+        1,
+    );
     let provider = provider(&fake, CertManagerSettings::default());
     let error = issue(&provider, &workload()).await.1.unwrap_err();
     assert!(error.is_transient(), "{error:?}");
@@ -699,9 +712,9 @@ async fn a_server_error_is_transient() {
 
 #[tokio::test(start_paused = true)]
 async fn an_abandoned_issuance_still_deletes_its_request() {
-    let ca = TestCa::new("mesh");
+    let ca = Arc::new(TestCa::new("mesh"));
     // The watch stays open: the issuer never answers.
-    let fake = Fake::new(ca.issuer(), Some(&ca.root_pem), vec![]);
+    let fake = fake(signing_issuer(&ca), Some(&ca.root_pem()), vec![]).await;
     let provider = provider(&fake, CertManagerSettings::default());
     let spec = workload();
     let key = LeafKey::generate(KeyType::P256).unwrap();
@@ -712,12 +725,12 @@ async fn an_abandoned_issuance_still_deletes_its_request() {
     )
     .await;
     assert!(abandoned.is_err());
-    loop {
-        if !deletes(&fake.seen()).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let seen = fake.seen();
+    let seen = eventually(
+        PATIENCE,
+        "the abandoned request to be deleted",
+        || async { fake.requests() },
+        |seen| !deletes(seen).is_empty(),
+    )
+    .await;
     assert_eq!(deletes(&seen), [request_path(&created_name(&seen))]);
 }
