@@ -6,267 +6,17 @@
 //! task is idle, so "advance N hours" is deterministic and takes no real time.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshca::cache::{CacheError, CacheSettings, CertKey, CertificateCache, Purpose};
+use meshca::cache::{CacheError, CacheSettings, CertificateCache, Purpose};
 use meshca::time::TokioClock;
-use meshca_provider::{
-    Capabilities, CertificateChain, CertificateProvider, Clock, CsrNames, IssueRequest, KeyType,
-    LeafKey, LeafSpec, ProviderError, SpiffeId, SubjectKey, TrustBundle,
-};
-use rand::Rng;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
-};
-use rustls_pki_types::CertificateDer;
+use meshca_provider::{Clock, KeyType, TrustBundle};
+use meshca_test_support::fake_provider::{BACKDATE, Call, FakeProvider, Mode};
+use meshca_test_support::{cert_key as key, id};
 use tokio::sync::mpsc;
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-struct TestCa {
-    cert: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn root(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let params = ca_params(name);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            cert: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn intermediate(&self, name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let params = ca_params(name);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Self {
-            cert: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-}
-
-fn ca_params(name: &str) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params
-}
-
-/// What the fake provider does on the next `issue`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Good,
-    ViaIntermediate,
-    Fail,
-    WrongSan,
-    Expired,
-    WrongKey,
-    ForeignCa,
-    ServerAuthOnly,
-    /// A bug in the provider.
-    Panic,
-}
-
-/// One `issue` call as the fake saw it.
-#[derive(Debug, Clone)]
-struct Call {
-    identity: SpiffeId,
-    at: SystemTime,
-    mode: Mode,
-}
-
-struct FakeProvider {
-    root: TestCa,
-    intermediate: TestCa,
-    foreign: TestCa,
-    clock: TokioClock,
-    mode: Mutex<Mode>,
-    bundle: Mutex<TrustBundle>,
-    /// Virtual time each issue call takes.
-    latency: Mutex<Duration>,
-    /// How long reading the trust bundle takes.
-    bundle_latency: Mutex<Duration>,
-    issued: AtomicUsize,
-    calls: mpsc::UnboundedSender<Call>,
-    capabilities: Capabilities,
-}
-
-impl std::fmt::Debug for FakeProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeProvider").finish_non_exhaustive()
-    }
-}
-
-impl FakeProvider {
-    fn new(clock: TokioClock) -> (Arc<Self>, mpsc::UnboundedReceiver<Call>) {
-        let root = TestCa::root("test root");
-        let intermediate = root.intermediate("test intermediate");
-        let (calls, log) = mpsc::unbounded_channel();
-        let provider = Arc::new(Self {
-            bundle: Mutex::new(TrustBundle::new(vec![root.cert.clone()])),
-            root,
-            intermediate,
-            foreign: TestCa::root("somebody else's root"),
-            clock,
-            mode: Mutex::new(Mode::Good),
-            latency: Mutex::new(Duration::ZERO),
-            bundle_latency: Mutex::new(Duration::ZERO),
-            issued: AtomicUsize::new(0),
-            calls,
-            capabilities: Capabilities {
-                max_lifetime: None,
-                key_types: vec![KeyType::P256, KeyType::P384],
-                uri_sans: true,
-                csr_names: CsrNames::Decided,
-                signs_in_process: false,
-            },
-        });
-        (provider, log)
-    }
-
-    fn set_mode(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
-    }
-
-    fn calls(&self) -> usize {
-        self.issued.load(Ordering::SeqCst)
-    }
-
-    fn sign(
-        &self,
-        spec: &LeafSpec,
-        public: &impl PublicKeyData,
-        issuer: &Issuer<'_, KeyPair>,
-        not_before: SystemTime,
-        not_after: SystemTime,
-        mode: Mode,
-    ) -> CertificateDer<'static> {
-        let mut params = CertificateParams::default();
-        if let Some(cn) = &spec.common_name {
-            params
-                .distinguished_name
-                .push(DnType::CommonName, cn.as_str());
-        }
-        let uri = match (mode, &spec.spiffe_id) {
-            (Mode::WrongSan, Some(_)) => {
-                Some("spiffe://cluster.local/ns/evil/sa/impostor".to_owned())
-            }
-            (_, id) => id.as_ref().map(ToString::to_string),
-        };
-        if let Some(uri) = uri {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.try_into().unwrap()));
-        }
-        for name in &spec.dns_names {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName(name.as_str().try_into().unwrap()));
-        }
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = if mode == Mode::ServerAuthOnly {
-            vec![ExtendedKeyUsagePurpose::ServerAuth]
-        } else {
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ]
-        };
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
-        let mut serial: [u8; 16] = rand::rng().random();
-        serial[0] &= 0x7f;
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.signed_by(public, issuer).unwrap().der().clone()
-    }
-}
-
-#[async_trait::async_trait]
-impl CertificateProvider for FakeProvider {
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-
-    fn capabilities(&self) -> &Capabilities {
-        &self.capabilities
-    }
-
-    async fn issue(&self, request: &IssueRequest<'_>) -> Result<CertificateChain, ProviderError> {
-        let mode = *self.mode.lock().unwrap();
-        let latency = *self.latency.lock().unwrap();
-        let now = self.clock.now();
-        self.issued.fetch_add(1, Ordering::SeqCst);
-        let identity = request.spec.spiffe_id.clone().unwrap();
-        let _ = self.calls.send(Call {
-            identity,
-            at: now,
-            mode,
-        });
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        let spec = request.spec;
-        let (not_before, not_after) = if mode == Mode::Expired {
-            (now - 2 * HOUR, now - HOUR)
-        } else {
-            (now - BACKDATE, now + spec.lifetime)
-        };
-        let other_key = (mode == Mode::WrongKey).then(|| LeafKey::generate(KeyType::P256).unwrap());
-        let SubjectKey::Generated(requested) = request.key else {
-            panic!("the cache asks for certificates of keys it made");
-        };
-        let public = other_key.as_ref().unwrap_or(requested);
-        let chain = match mode {
-            Mode::Panic => panic!("the fake provider's own bug"),
-            Mode::Fail => {
-                return Err(ProviderError::Unavailable {
-                    provider: "fake",
-                    reason: "connection refused".to_owned(),
-                });
-            }
-            Mode::ForeignCa => vec![self.sign(
-                spec,
-                public,
-                &self.foreign.issuer,
-                not_before,
-                not_after,
-                mode,
-            )],
-            Mode::ViaIntermediate => vec![
-                self.sign(
-                    spec,
-                    public,
-                    &self.intermediate.issuer,
-                    not_before,
-                    not_after,
-                    mode,
-                ),
-                self.intermediate.cert.clone(),
-            ],
-            _ => vec![self.sign(spec, public, &self.root.issuer, not_before, not_after, mode)],
-        };
-        Ok(CertificateChain::new(chain).unwrap())
-    }
-
-    async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
-        let latency = *self.bundle_latency.lock().unwrap();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        Ok(self.bundle.lock().unwrap().clone())
-    }
-}
 
 struct Harness {
     cache: CertificateCache,
@@ -296,14 +46,6 @@ fn harness(settings: CacheSettings) -> Harness {
     }
 }
 
-fn id(short: &str) -> SpiffeId {
-    SpiffeId::from_short(short, &Default::default()).unwrap()
-}
-
-fn key(short: &str, purpose: Purpose) -> CertKey {
-    CertKey::new(id(short), purpose)
-}
-
 /// Lets virtual time pass. The clock is paused, so this returns only after every timer due
 /// within `duration` has fired and every task woken by one has run until it waits again.
 async fn run_for(duration: Duration) {
@@ -312,8 +54,6 @@ async fn run_for(duration: Duration) {
 
 /// How far into its usable lifetime — from when it was issued (virtual time stands still during
 /// an issuance), not from its back-dated NotBefore — a certificate was at `at`.
-/// The fake provider back-dates NotBefore like Tresor does.
-const BACKDATE: Duration = Duration::from_secs(60);
 
 fn fraction_of_lifetime(at: SystemTime, not_before: SystemTime, not_after: SystemTime) -> f64 {
     let received = not_before + BACKDATE;
@@ -584,7 +324,7 @@ async fn chains_through_an_intermediate_are_accepted() {
         .await
         .unwrap();
     assert_eq!(cert.chain.certificates().len(), 2);
-    assert_eq!(cert.chain.intermediates()[0], h.provider.intermediate.cert);
+    assert_eq!(cert.chain.intermediates()[0], *h.provider.ca.intermediate());
 }
 
 #[tokio::test(start_paused = true)]
@@ -753,13 +493,13 @@ async fn trust_bundle_changes_reach_receivers() {
     h.cache.refresh_trust_bundle().await.unwrap();
     assert_eq!(
         rx.borrow_and_update().roots(),
-        std::slice::from_ref(&h.provider.root.cert)
+        std::slice::from_ref(h.provider.ca.root())
     );
 
     // A second root appears (a rotation begins): the periodic refresh picks it up.
     let both = TrustBundle::new(vec![
-        h.provider.root.cert.clone(),
-        h.provider.foreign.cert.clone(),
+        h.provider.ca.root().clone(),
+        h.provider.foreign.root().clone(),
     ]);
     *h.provider.bundle.lock().unwrap() = both.clone();
     rx.changed().await.unwrap();
@@ -768,7 +508,7 @@ async fn trust_bundle_changes_reach_receivers() {
     // An explicit refresh publishes at once; an unchanged bundle wakes nobody.
     h.cache.refresh_trust_bundle().await.unwrap();
     assert!(!rx.has_changed().unwrap());
-    let only_new = TrustBundle::new(vec![h.provider.foreign.cert.clone()]);
+    let only_new = TrustBundle::new(vec![h.provider.foreign.root().clone()]);
     *h.provider.bundle.lock().unwrap() = only_new.clone();
     h.cache.refresh_trust_bundle().await.unwrap();
     assert!(rx.has_changed().unwrap());

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use meshca::cache::{CacheSettings, CertKey, CertificateCache, Purpose};
 use meshca::time::TokioClock;
-use meshca_provider::{Clock, SpiffeId, TrustDomain};
+use meshca_provider::Clock;
+use meshca_test_support::cert_key as key;
 use meshca_tresor::{RootOptions, SigningAuthority, Tresor};
 
 async fn tresor_cache() -> CertificateCache {
@@ -17,13 +18,6 @@ async fn tresor_cache() -> CertificateCache {
     let cache = CertificateCache::new(provider, CacheSettings::default(), clock);
     cache.refresh_trust_bundle().await.unwrap();
     cache
-}
-
-fn key(short: &str, purpose: Purpose) -> CertKey {
-    CertKey::new(
-        SpiffeId::from_short(short, &TrustDomain::default()).unwrap(),
-        purpose,
-    )
 }
 
 #[tokio::test]

@@ -15,6 +15,11 @@ pub fn id(short: &str) -> SpiffeId {
     SpiffeId::from_short(short, &TrustDomain::default()).unwrap()
 }
 
+/// The cache key of `<ns>/<sa>` (default trust domain) for `purpose`.
+pub fn cert_key(short: &str, purpose: meshca::cache::Purpose) -> meshca::cache::CertKey {
+    meshca::cache::CertKey::new(id(short), purpose)
+}
+
 /// An in-memory two-level CA: a self-signed root and an intermediate that signs leaves. The
 /// trust bundle is the root alone.
 pub struct TestCa {
@@ -25,7 +30,8 @@ pub struct TestCa {
 }
 
 impl TestCa {
-    /// CN `<name> root` and `<name> intermediate`, both valid from an hour ago for 30 days.
+    /// CN `<name> root` and `<name> intermediate`, both valid from an hour ago for ten years
+    /// (so that tests on paused time can move days ahead).
     pub fn new(name: &str) -> Self {
         let root_key = KeyPair::generate().unwrap();
         let root_params = ca_params(&format!("{name} root"));
@@ -183,6 +189,6 @@ fn ca_params(name: &str) -> rcgen::CertificateParams {
     ];
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(30);
+    params.not_after = now + time::Duration::days(3650);
     params
 }

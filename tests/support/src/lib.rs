@@ -11,6 +11,7 @@ pub mod cli;
 pub mod daemon;
 pub mod envoy;
 pub mod eventually;
+pub mod fake_provider;
 pub mod kube_api;
 pub mod sds;
 pub mod tools;
@@ -19,7 +20,7 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use ca::{CertFiles, TestCa, id};
+pub use ca::{CertFiles, TestCa, cert_key, id};
 pub use eventually::{eventually, eventually_blocking, eventually_ok, eventually_ok_every};
 pub use sds::*;
 
