@@ -88,10 +88,7 @@ async fn bao_with_kubernetes_auth(kube: &MockKube) -> Bao {
 }
 
 fn unused_ca_pem() -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.self_signed(&key).unwrap().pem()
+    support::TestCa::new("unused").root_pem()
 }
 
 async fn issue_one(provider: &VaultProvider) {

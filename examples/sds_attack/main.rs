@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,7 @@ use tonic::transport::{Channel, Endpoint};
 
 // The test support's Envoy launcher (bootstraps from deploy/examples, /ready, /certs), shared
 // with the end-to-end tests rather than copied.
+use meshca_test_support::daemon::MeshcaServe;
 use meshca_test_support::envoy;
 
 /// How long the tool waits for anything that should answer (a server start, Envoy, a renewal).
@@ -132,11 +133,11 @@ fn meshca_binary(args: &Args) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A `meshca serve` process with its log in a file; killed on drop.
+/// A `meshca serve` process (the test support's daemon harness) with its log in a file;
+/// killed on drop.
 struct Server {
     name: &'static str,
-    child: Child,
-    log: PathBuf,
+    serve: MeshcaServe,
     sds: SocketAddr,
     admin: SocketAddr,
     unix: Option<PathBuf>,
@@ -150,68 +151,39 @@ impl Server {
         settings: &[String],
         unix: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
-        let sds: SocketAddr = format!("127.0.0.1:{}", envoy::free_port()).parse()?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", envoy::free_port()).parse()?;
-        let log = dir.join(format!("{name}.log"));
-        let mut command = Command::new(binary);
-        command
-            .arg("--ca-dir")
-            .arg(dir.join("ca"))
-            .args(["--set", &format!("sds.listen={sds}")])
-            .args(["--set", &format!("admin.listen={admin}")]);
+        let ca_dir = dir.join("ca");
+        let mut builder = MeshcaServe::builder()
+            .binary(binary)
+            .args([
+                "--ca-dir".as_ref(),
+                ca_dir.to_str().context("CA dir is not UTF-8")?,
+            ])
+            .sds()
+            .admin();
         if let Some(path) = &unix {
-            command.args(["--set", &format!("sds.unixSocket={}", path.display())]);
+            builder = builder.set(&format!("sds.unixSocket={}", path.display()));
         }
         for setting in settings {
-            command.args(["--set", setting]);
+            builder = builder.set(setting);
         }
-        let child = command
-            .arg("serve")
-            .env("NO_COLOR", "1")
-            .env_remove("MESHCA_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let serve = builder.start();
         Ok(Self {
             name,
-            child,
-            log,
-            sds,
-            admin,
+            sds: serve.sds(),
+            admin: serve.admin(),
+            serve,
             unix,
         })
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "server {} exited with {status}:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            if let Ok(r) = envoy::http_get(self.admin, "/readyz").await
-                && r.status == 200
-            {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "server {} never ready:\n{}",
-                self.name,
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.serve.wait_ready().await;
+        Ok(())
     }
 
     /// (VmHWM, VmRSS) in KiB.
     fn memory(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.serve.pid()))
             .unwrap_or_default();
         let field = |name: &str| {
             status
@@ -225,28 +197,20 @@ impl Server {
     }
 
     fn log_bytes(&self) -> u64 {
-        std::fs::metadata(&self.log).map_or(0, |m| m.len())
+        std::fs::metadata(self.serve.log_path()).map_or(0, |m| m.len())
     }
 
     fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.serve.is_running()
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..]
-            .iter()
+        self.serve
+            .tail(20)
+            .lines()
             .map(|l| l.chars().take(400).collect::<String>())
             .collect::<Vec<_>>()
             .join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

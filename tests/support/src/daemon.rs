@@ -33,10 +33,12 @@ pub struct MeshcaServe {
 /// What [`MeshcaServe::builder`] starts.
 #[derive(Debug, Default)]
 pub struct ServeBuilder {
+    binary: Option<PathBuf>,
     global: Vec<String>,
     env_remove: Vec<String>,
     own_ca_dir: bool,
     admin: bool,
+    sds: bool,
     dev_sds: bool,
     keep_color: bool,
 }
@@ -66,9 +68,23 @@ impl ServeBuilder {
         self
     }
 
+    /// The SDS listener on a free loopback port ([`MeshcaServe::sds`]), authentication as
+    /// configured.
+    pub fn sds(mut self) -> Self {
+        self.sds = true;
+        self
+    }
+
     /// SDS in development mode on a free loopback port ([`MeshcaServe::sds`]).
     pub fn dev_sds(mut self) -> Self {
+        self.sds = true;
         self.dev_sds = true;
+        self
+    }
+
+    /// Runs `binary` instead of this build's `meshca` (a tool measuring another build).
+    pub fn binary(mut self, binary: &Path) -> Self {
+        self.binary = Some(binary.to_owned());
         self
     }
 
@@ -91,9 +107,11 @@ impl ServeBuilder {
             args.push("--ca-dir".to_owned());
             args.push(dir.path().join("ca").display().to_string());
         }
-        let sds = self.dev_sds.then(loopback);
+        let sds = self.sds.then(loopback);
         if let Some(sds) = sds {
-            args.extend(["--set".to_owned(), "sds.auth=development".to_owned()]);
+            if self.dev_sds {
+                args.extend(["--set".to_owned(), "sds.auth=development".to_owned()]);
+            }
             args.extend(["--set".to_owned(), format!("sds.listen={sds}")]);
         }
         let admin = self.admin.then(loopback);
@@ -102,7 +120,8 @@ impl ServeBuilder {
         }
         args.extend(self.global);
         args.push("serve".to_owned());
-        let mut serve = MeshcaServe::spawn(dir, &args, self.keep_color, &self.env_remove);
+        let binary = self.binary.unwrap_or_else(crate::meshca_binary);
+        let mut serve = MeshcaServe::spawn(&binary, dir, &args, self.keep_color, &self.env_remove);
         serve.admin = admin;
         serve.sds = sds;
         serve
@@ -116,7 +135,13 @@ fn loopback() -> SocketAddr {
 impl MeshcaServe {
     /// Runs `meshca <args>` (the arguments include `serve`).
     pub fn start(args: &[&str]) -> Self {
-        Self::spawn(tempfile::tempdir().unwrap(), args, false, &[])
+        Self::spawn(
+            &crate::meshca_binary(),
+            tempfile::tempdir().unwrap(),
+            args,
+            false,
+            &[],
+        )
     }
 
     /// A daemon with the pieces asked for; see [`ServeBuilder`].
@@ -125,6 +150,7 @@ impl MeshcaServe {
     }
 
     fn spawn(
+        binary: &Path,
         dir: tempfile::TempDir,
         args: &[impl AsRef<std::ffi::OsStr>],
         keep_color: bool,
@@ -132,7 +158,7 @@ impl MeshcaServe {
     ) -> Self {
         let log = dir.path().join("meshca.log");
         let stdout = dir.path().join("meshca.stdout");
-        let mut command = Command::new(crate::meshca_binary());
+        let mut command = Command::new(binary);
         command.args(args).env_remove("MESHCA_CONFIG");
         for name in env_remove {
             command.env_remove(name);
@@ -147,7 +173,7 @@ impl MeshcaServe {
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         Self {
             child,
             log,
@@ -174,6 +200,21 @@ impl MeshcaServe {
     /// [`ServeBuilder::own_ca_dir`] is `ca` in it).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The file its log (standard error) goes to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// Everything meshca has logged so far (standard error).

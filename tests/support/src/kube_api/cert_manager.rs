@@ -206,20 +206,35 @@ pub fn secret_json(ca_pem: &str) -> Value {
     })
 }
 
+/// One entry of a CertificateRequest's `status.conditions`, as of now.
+fn condition(kind: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({
+        "type": kind, "status": status, "reason": reason, "message": message,
+        "lastTransitionTime": rfc3339(SystemTime::now()),
+    })
+}
+
+/// cert-manager's own approval.
+fn approved() -> Value {
+    condition(
+        "Approved",
+        "True",
+        "cert-manager.io",
+        "Certificate request has been approved by cert-manager.io",
+    )
+}
+
 /// The status cert-manager writes while a request waits for its issuer.
 pub fn pending_status() -> Value {
     json!({
         "conditions": [
-            {
-                "type": "Approved", "status": "True", "reason": "cert-manager.io",
-                "message": "Certificate request has been approved by cert-manager.io",
-                "lastTransitionTime": rfc3339(SystemTime::now()),
-            },
-            {
-                "type": "Ready", "status": "False", "reason": "Pending",
-                "message": "Waiting on certificate issuance from order meshca-system/meshca-ca",
-                "lastTransitionTime": rfc3339(SystemTime::now()),
-            },
+            approved(),
+            condition(
+                "Ready",
+                "False",
+                "Pending",
+                "Waiting on certificate issuance from order meshca-system/meshca-ca",
+            ),
         ],
     })
 }
@@ -229,16 +244,18 @@ pub fn denying_issuer() -> Issuer {
     Arc::new(|_| {
         json!({
             "conditions": [
-                {
-                    "type": "Denied", "status": "True", "reason": "policy.cert-manager.io",
-                    "message": "No policy approved this request: [meshca-policy: spec.allowed.uris: Invalid value: spiffe://cluster.local/ns/bookstore/sa/bookstore-v2]",
-                    "lastTransitionTime": rfc3339(SystemTime::now()),
-                },
-                {
-                    "type": "Ready", "status": "False", "reason": "Denied",
-                    "message": "The CertificateRequest was denied by an approval controller",
-                    "lastTransitionTime": rfc3339(SystemTime::now()),
-                },
+                condition(
+                    "Denied",
+                    "True",
+                    "policy.cert-manager.io",
+                    "No policy approved this request: [meshca-policy: spec.allowed.uris: Invalid value: spiffe://cluster.local/ns/bookstore/sa/bookstore-v2]",
+                ),
+                condition(
+                    "Ready",
+                    "False",
+                    "Denied",
+                    "The CertificateRequest was denied by an approval controller",
+                ),
             ],
             "failureTime": rfc3339(SystemTime::now()),
         })
@@ -250,16 +267,13 @@ pub fn failing_issuer() -> Issuer {
     Arc::new(|_| {
         json!({
             "conditions": [
-                {
-                    "type": "Approved", "status": "True", "reason": "cert-manager.io",
-                    "message": "Certificate request has been approved by cert-manager.io",
-                    "lastTransitionTime": rfc3339(SystemTime::now()),
-                },
-                {
-                    "type": "Ready", "status": "False", "reason": "Failed",
-                    "message": "Failed to sign certificate request: vault: 400 URI SANs are not allowed by this role",
-                    "lastTransitionTime": rfc3339(SystemTime::now()),
-                },
+                approved(),
+                condition(
+                    "Ready",
+                    "False",
+                    "Failed",
+                    "Failed to sign certificate request: vault: 400 URI SANs are not allowed by this role",
+                ),
             ],
             "failureTime": rfc3339(SystemTime::now()),
         })
@@ -282,16 +296,13 @@ pub fn signing_issuer(ca: &Arc<TestCa>) -> Issuer {
         let chain = format!("{leaf}{}{}", ca.intermediate_pem(), ca.root_pem());
         json!({
             "conditions": [
-                {
-                    "type": "Approved", "status": "True", "reason": "cert-manager.io",
-                    "message": "Certificate request has been approved by cert-manager.io",
-                    "lastTransitionTime": rfc3339(SystemTime::now()),
-                },
-                {
-                    "type": "Ready", "status": "True", "reason": "Issued",
-                    "message": "Certificate fetched from issuer successfully",
-                    "lastTransitionTime": rfc3339(SystemTime::now()),
-                },
+                approved(),
+                condition(
+                    "Ready",
+                    "True",
+                    "Issued",
+                    "Certificate fetched from issuer successfully",
+                ),
             ],
             "certificate": base64(chain.as_bytes()),
             "ca": base64(ca.root_pem().as_bytes()),
