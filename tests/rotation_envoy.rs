@@ -19,9 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::daemon::{advance_until_moved, rotate_root, serve_for_rotation};
-use support::envoy::{
-    self, CLIENT_ID, Envoy, free_port, http_get, inbound, normalize_serial, outbound_bootstrap,
-};
+use support::envoy::{self, CLIENT_ID, Envoy, MtlsPair, free_port, http_get, normalize_serial};
 use support::eventually;
 
 /// The serial of the (single-certificate) CA file, normalised like Envoy's.
@@ -110,23 +108,12 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
     daemon.wait_listening(sds_port).await;
     let old_root = serial_of(&ca_dir.join("ca.crt"));
 
-    let server_port = free_port();
-    let server = inbound(&binary, sds_port, server_port, None);
-    let client_port = free_port();
-    let client = Envoy::start(
-        &binary,
-        "client",
-        &fresh_handshake_per_request(outbound_bootstrap(
-            "ns/client",
-            "ns/server",
-            sds_port,
-            client_port,
-            server_port,
-            None,
-        )),
-    );
-    server.wait_ready().await;
-    client.wait_ready().await;
+    let MtlsPair {
+        server,
+        client,
+        client_port,
+        ..
+    } = MtlsPair::start_with(&binary, sds_port, None, fresh_handshake_per_request).await;
     let first = http_get(([127, 0, 0, 1], client_port).into(), "/")
         .await
         .unwrap();

@@ -192,26 +192,19 @@ async fn envoy_over_a_unix_socket_is_identified_by_its_uid() {
     let tcp_sds = RunningSds::start(dev_settings(), source.clone()).await;
     let sds_port = tcp_sds.tcp.unwrap().port();
 
-    let server_port = free_port();
     let socket_values = [("SDS_SOCKET", socket.display().to_string())];
-    let server = inbound(
-        &binary,
-        sds_port,
-        server_port,
-        Some(("sds-cluster-unix.yaml", &socket_values)),
-    );
-    let client_port = free_port();
-    let client = outbound(
-        &binary,
-        "ns/client",
-        "ns/server",
-        sds_port,
+    let MtlsPair {
+        server,
+        client: _client,
         client_port,
-        server_port,
-        None,
-    );
-    server.wait_ready().await;
-    client.wait_ready().await;
+        ..
+    } = MtlsPair::start_with(
+        &binary,
+        sds_port,
+        Some(("sds-cluster-unix.yaml", &socket_values)),
+        |config| config,
+    )
+    .await;
     let response = get(client_port).await;
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.header("x-peer-identity"), Some(CLIENT_ID));
@@ -278,21 +271,13 @@ async fn envoys_fed_by_meshca_serve_follow_its_own_renewals() {
     let Some(binary) = envoy::binary() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let sds_port = free_port();
-    let mut daemon = MeshcaServe::start(&[
-        "--ca-dir",
-        dir.path().join("ca").to_str().unwrap(),
-        "serve",
-        "--set",
-        &format!("sds.listen=127.0.0.1:{sds_port}"),
-        "--set",
-        "sds.auth=development",
-        "--set",
-        "certificateProvider.serviceCertValidityDuration=20s",
-        "--set",
-        "renewal.floor=2s",
-    ]);
+    let mut daemon = MeshcaServe::builder()
+        .own_ca_dir()
+        .dev_sds()
+        .set("certificateProvider.serviceCertValidityDuration=20s")
+        .set("renewal.floor=2s")
+        .start();
+    let sds_port = daemon.sds().port();
     daemon.wait_listening(sds_port).await;
 
     let MtlsPair {

@@ -144,17 +144,31 @@ pub struct MtlsPair {
 
 impl MtlsPair {
     pub async fn start(binary: &Path, sds_port: u16) -> Self {
+        Self::start_with(binary, sds_port, None, |config| config).await
+    }
+
+    /// [`MtlsPair::start`] with the server's `meshca-sds` cluster replaced (see
+    /// [`inbound_bootstrap`]) and the client's bootstrap rewritten by `client_config`.
+    pub async fn start_with(
+        binary: &Path,
+        sds_port: u16,
+        server_cluster: Option<(&str, &[(&str, String)])>,
+        client_config: impl FnOnce(String) -> String,
+    ) -> Self {
         let server_port = free_port();
-        let server = inbound(binary, sds_port, server_port, None);
+        let server = inbound(binary, sds_port, server_port, server_cluster);
         let client_port = free_port();
-        let client = outbound(
+        let client = Envoy::start(
             binary,
             "ns/client",
-            "ns/server",
-            sds_port,
-            client_port,
-            server_port,
-            None,
+            &client_config(outbound_bootstrap(
+                "ns/client",
+                "ns/server",
+                sds_port,
+                client_port,
+                server_port,
+                None,
+            )),
         );
         server.wait_ready().await;
         client.wait_ready().await;

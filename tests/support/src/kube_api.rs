@@ -113,6 +113,21 @@ struct Store {
 
 type Shared = Arc<Mutex<Store>>;
 
+impl Store {
+    /// Stores `object` as `collection/name` with a new resourceVersion and the fields the API
+    /// server owns; returns what was stored.
+    fn write(&mut self, collection: &str, name: &str, mut object: Value) -> Value {
+        self.next_version += 1;
+        let version = self.next_version.to_string();
+        stamp(&mut object, collection, name, &version);
+        self.objects
+            .entry(collection.to_owned())
+            .or_default()
+            .insert(name.to_owned(), object.clone());
+        object
+    }
+}
+
 /// A running mock API server; stops when dropped.
 pub struct MockKube {
     pub addr: SocketAddr,
@@ -217,17 +232,9 @@ impl MockKube {
     }
 
     /// Stores `object` at `path` directly, as if someone else had created it.
-    pub fn put_object(&self, path: &str, mut object: Value) {
+    pub fn put_object(&self, path: &str, object: Value) {
         let (collection, name) = path.rsplit_once('/').unwrap();
-        let mut store = self.store.lock().unwrap();
-        store.next_version += 1;
-        let version = store.next_version.to_string();
-        stamp(&mut object, collection, name, &version);
-        store
-            .objects
-            .entry(collection.to_owned())
-            .or_default()
-            .insert(name.to_owned(), object);
+        self.store.lock().unwrap().write(collection, name, object);
     }
 
     /// A Secret with `data` (values given as bytes) at `namespace/name`.
@@ -735,15 +742,7 @@ fn create(store: &mut Store, collection: &str, plural: &str, mut object: Value) 
     if plural == "certificaterequests" {
         cert_manager::as_the_webhook_does(&mut object);
     }
-    store.next_version += 1;
-    let version = store.next_version.to_string();
-    stamp(&mut object, collection, &name, &version);
-    store
-        .objects
-        .entry(collection.to_owned())
-        .or_default()
-        .insert(name, object.clone());
-    respond(201, object)
+    respond(201, store.write(collection, &name, object))
 }
 
 fn replace(
@@ -751,7 +750,7 @@ fn replace(
     collection: &str,
     plural: &str,
     name: &str,
-    mut object: Value,
+    object: Value,
 ) -> Response {
     let Some(current) = store.objects.get(collection).and_then(|c| c.get(name)) else {
         return not_found(plural, name);
@@ -768,15 +767,7 @@ fn replace(
             ),
         );
     }
-    store.next_version += 1;
-    let version = store.next_version.to_string();
-    stamp(&mut object, collection, name, &version);
-    store
-        .objects
-        .entry(collection.to_owned())
-        .or_default()
-        .insert(name.to_owned(), object.clone());
-    respond(200, object)
+    respond(200, store.write(collection, name, object))
 }
 
 fn token_review(store: &Store, review: Value) -> Response {
