@@ -54,7 +54,6 @@ async fn run_for(duration: Duration) {
 
 /// How far into its usable lifetime — from when it was issued (virtual time stands still during
 /// an issuance), not from its back-dated NotBefore — a certificate was at `at`.
-
 fn fraction_of_lifetime(at: SystemTime, not_before: SystemTime, not_after: SystemTime) -> f64 {
     let received = not_before + BACKDATE;
     let lifetime = not_after.duration_since(received).unwrap().as_secs_f64();

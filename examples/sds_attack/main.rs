@@ -154,10 +154,7 @@ impl Server {
         let ca_dir = dir.join("ca");
         let mut builder = MeshcaServe::builder()
             .binary(binary)
-            .args([
-                "--ca-dir".as_ref(),
-                ca_dir.to_str().context("CA dir is not UTF-8")?,
-            ])
+            .args(["--ca-dir", ca_dir.to_str().context("CA dir is not UTF-8")?])
             .sds()
             .admin();
         if let Some(path) = &unix {
