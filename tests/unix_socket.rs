@@ -12,11 +12,10 @@ use meshca_test_support as support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use support::daemon::MeshcaServe;
-use support::envoy::{self, free_port, http_get};
-use support::{PATIENCE, eventually_ok};
+use support::envoy::{self, Envoy, free_port};
 
 /// The mapped uid of the README example, and a uid nobody mapped.
 const PROXY_UID: u32 = 1337;
@@ -124,8 +123,6 @@ async fn the_readme_unix_peer_example_serves_an_envoy_running_as_the_mapped_uid(
     assert_no_staging_left(&socket);
 
     // A real Envoy as uid 1337, not root, reading its secrets over the socket.
-    let envoy_dir = open_dir();
-    std::os::unix::fs::chown(envoy_dir.path(), Some(PROXY_UID), Some(PROXY_UID)).unwrap();
     let config = envoy::bootstrap(
         "envoy-inbound.yaml",
         Some("sds-cluster-unix.yaml"),
@@ -140,52 +137,9 @@ async fn the_readme_unix_peer_example_serves_an_envoy_running_as_the_mapped_uid(
             ("SDS_SOCKET", socket.display().to_string()),
         ],
     );
-    let config_path = envoy_dir.path().join("envoy.yaml");
-    std::fs::write(&config_path, config).unwrap();
-    let admin_path = envoy_dir.path().join("admin-address");
-    let envoy_log = envoy_dir.path().join("envoy.log");
-    let mut envoy = Command::new("setpriv")
-        .args(as_user(PROXY_UID))
-        .arg(&binary)
-        .arg("-c")
-        .arg(&config_path)
-        .args(["--disable-hot-restart", "--concurrency", "1"])
-        .args(["--base-id", &(std::process::id() % 50_000 + 7).to_string()])
-        .arg("--admin-address-path")
-        .arg(&admin_path)
-        .arg("--log-path")
-        .arg(&envoy_log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let envoy_tail = || std::fs::read_to_string(&envoy_log).unwrap_or_default();
-    let what = format!("Envoy (uid {PROXY_UID}) to get its secrets");
-    let certs = eventually_ok(PATIENCE, &what, || {
-        if let Ok(Some(status)) = envoy.try_wait() {
-            panic!("Envoy exited with {status}:\n{}", envoy_tail());
-        }
-        let admin = std::fs::read_to_string(&admin_path)
-            .ok()
-            .and_then(|text| text.trim().parse().ok());
-        let logs = format!("Envoy:\n{}\nmeshca:\n{}", envoy_tail(), serve.log());
-        async move {
-            let Some(admin) = admin else {
-                return Err(format!("no admin address yet; {logs}"));
-            };
-            match http_get(admin, "/ready").await {
-                Ok(ready) if ready.status == 200 => {
-                    Ok(http_get(admin, "/certs").await.unwrap().body)
-                }
-                Ok(ready) => Err(format!("/ready answered {}; {logs}", ready.status)),
-                Err(e) => Err(format!("{e}; {logs}")),
-            }
-        }
-    })
-    .await;
-    let _ = envoy.kill();
-    let _ = envoy.wait();
+    let envoy = Envoy::start_as_user(&binary, "bookstore-v2", &config, PROXY_UID);
+    envoy.wait_ready().await;
+    let certs = envoy.certs().await.to_string();
     assert!(
         certs.contains("spiffe://cluster.local/ns/bookstore/sa/bookstore-v2"),
         "{certs}"

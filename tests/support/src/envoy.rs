@@ -196,13 +196,38 @@ impl Envoy {
     /// Starts Envoy with `config` and waits until its admin endpoint is up (not until it is
     /// ready: see [`Envoy::wait_ready`]).
     pub fn start(binary: &Path, name: &str, config: &str) -> Self {
+        Self::spawn(binary, name, config, None)
+    }
+
+    /// [`Envoy::start`] as the user and group `uid` (through `setpriv`; the test runs as root),
+    /// for tests where who the proxy is matters (Unix socket peer credentials).
+    pub fn start_as_user(binary: &Path, name: &str, config: &str, uid: u32) -> Self {
+        Self::spawn(binary, name, config, Some(uid))
+    }
+
+    fn spawn(binary: &Path, name: &str, config: &str, uid: Option<u32>) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+        }
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let admin_path = dir.path().join("admin-address");
         let log = dir.path().join("envoy.log");
         let base_id = (std::process::id() % 10_000) * 100 + BASE_ID.fetch_add(1, Ordering::Relaxed);
-        let child = Command::new(binary)
+        let mut command = match uid {
+            Some(uid) => {
+                let mut setpriv = Command::new("setpriv");
+                setpriv
+                    .arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(binary);
+                setpriv
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .arg("--disable-hot-restart")
