@@ -847,14 +847,7 @@ async fn presented_serial(
 ) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(bundle.roots().iter().cloned());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(roots)));
     let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
     let name =
         rustls_pki_types::ServerName::try_from("meshca.meshca-system.cluster.local").unwrap();

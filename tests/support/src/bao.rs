@@ -92,15 +92,8 @@ pub fn https_client(ca: &Path) -> reqwest::Client {
 }
 
 fn client_trusting(roots: rustls::RootCertStore) -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+        .tls_backend_preconfigured(crate::tls_client_config(roots))
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()

@@ -48,6 +48,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A TLS client configuration trusting `roots`, with ring as the one crypto provider (as
+/// meshca builds its own) and no client certificate.
+pub fn tls_client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 /// The `meshca` binary of this build: `$MESHCA_BIN`, else nextest's `NEXTEST_BIN_EXE_meshca`,
 /// else `meshca` in the target directory above the running test or example (Cargo builds it
 /// for the root package's integration tests).
