@@ -68,15 +68,14 @@ pub fn inbound_bootstrap(
     allowed_peer: &str,
     cluster: Option<(&str, &[(&str, String)])>,
 ) -> String {
-    let mut values = vec![
-        ("NODE_ID", "ns/server".to_owned()),
-        ("ADMIN_PORT", "0".to_owned()),
-        ("LISTEN_PORT", listen.to_string()),
-        ("ALLOWED_PEER", allowed_peer.to_owned()),
-        ("SDS_PORT", sds_port.to_string()),
-    ];
-    values.extend(cluster.map(|c| c.1.to_vec()).unwrap_or_default());
-    bootstrap("envoy-inbound.yaml", cluster.map(|c| c.0), &values)
+    proxy_bootstrap(
+        "envoy-inbound.yaml",
+        "ns/server",
+        sds_port,
+        listen,
+        &[("ALLOWED_PEER", allowed_peer.to_owned())],
+        cluster,
+    )
 }
 
 /// The outbound (client-side) bootstrap for `node` calling `upstream_identity` (`<ns>/<sa>`)
@@ -89,16 +88,38 @@ pub fn outbound_bootstrap(
     upstream: u16,
     cluster: Option<(&str, &[(&str, String)])>,
 ) -> String {
-    let mut values = vec![
+    proxy_bootstrap(
+        "envoy-outbound.yaml",
+        node,
+        sds_port,
+        listen,
+        &[
+            ("UPSTREAM_PORT", upstream.to_string()),
+            ("UPSTREAM_IDENTITY", upstream_identity.to_owned()),
+        ],
+        cluster,
+    )
+}
+
+/// `template` for `node` listening on `listen`, its admin on a free port, fed by meshca SDS on
+/// `sds_port` (or the `cluster` snippet), with the template's own `values`.
+fn proxy_bootstrap(
+    template: &str,
+    node: &str,
+    sds_port: u16,
+    listen: u16,
+    values: &[(&str, String)],
+    cluster: Option<(&str, &[(&str, String)])>,
+) -> String {
+    let mut all = vec![
         ("NODE_ID", node.to_owned()),
         ("ADMIN_PORT", "0".to_owned()),
         ("LISTEN_PORT", listen.to_string()),
-        ("UPSTREAM_PORT", upstream.to_string()),
-        ("UPSTREAM_IDENTITY", upstream_identity.to_owned()),
         ("SDS_PORT", sds_port.to_string()),
     ];
-    values.extend(cluster.map(|c| c.1.to_vec()).unwrap_or_default());
-    bootstrap("envoy-outbound.yaml", cluster.map(|c| c.0), &values)
+    all.extend_from_slice(values);
+    all.extend(cluster.map(|c| c.1.to_vec()).unwrap_or_default());
+    bootstrap(template, cluster.map(|c| c.0), &all)
 }
 
 /// An inbound Envoy for `ns/server` that admits only [`CLIENT_ID`].
