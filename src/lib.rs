@@ -2,14 +2,16 @@
 //! server, the CLI.
 //!
 //! The entry point is the `meshca` binary (`src/main.rs` → [`cli`]); [`config::Config`] is what
-//! it runs from, [`providers::build`] turns it into a backend, and [`cache::CertificateCache`]
-//! issues and renews through that backend.
+//! it runs from, [`providers::build`] turns it into a backend, [`issuance::Pipeline`] is the one path
+//! every certificate is issued and validated through, and [`cache::CertificateCache`] schedules
+//! issuances and renewals through that pipeline.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod issuance;
 pub mod kubernetes;
 pub mod lifetime;
 pub mod providers;

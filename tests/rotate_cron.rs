@@ -123,7 +123,9 @@ impl Setup {
             ),
             None => LeafSpec::server(dns.clone(), lifetime),
         };
-        let issued = issue_validated(provider.as_ref(), clock.as_ref(), &spec, KeyType::P256)
+        let pipeline =
+            meshca::issuance::Pipeline::from_config(&self.config(), provider, clock).unwrap();
+        let issued = issue_validated(&pipeline, spec, KeyType::P256)
             .await
             .unwrap();
         let (record, material) = issued.for_managed_secret(&dns, lifetime).unwrap();

@@ -16,7 +16,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
 
 use super::ProviderHealth;
-use crate::cache::{CertificateCache, LatencyHistogram};
+use crate::cache::CertificateCache;
+use crate::issuance::LatencyHistogram;
 use crate::sds::SdsStats;
 
 /// Reads every figure at scrape time.

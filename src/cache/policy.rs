@@ -3,6 +3,17 @@
 
 use std::time::{Duration, SystemTime};
 
+/// Default fraction of the lifetime at which a certificate is renewed (`renewal.fraction`).
+pub const DEFAULT_RENEW_FRACTION: f64 = 0.5;
+/// Default spread of renewals, as a fraction of the lifetime (`renewal.jitter`).
+pub const DEFAULT_JITTER_FRACTION: f64 = 0.1;
+/// Default latest renewal before expiry (`renewal.floor`), as documented in the README.
+pub const DEFAULT_RENEW_FLOOR: Duration = Duration::from_secs(60);
+/// Default first retry delay after a failed issuance (`renewal.backoffInitial`).
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// Default longest retry delay (`renewal.backoffMax`).
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+
 /// When certificates are renewed, relative to their real validity period.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RenewPolicy {
@@ -18,9 +29,9 @@ pub struct RenewPolicy {
 impl Default for RenewPolicy {
     fn default() -> Self {
         Self {
-            fraction: 0.5,
-            jitter_fraction: 0.1,
-            floor: Duration::from_secs(5 * 60),
+            fraction: DEFAULT_RENEW_FRACTION,
+            jitter_fraction: DEFAULT_JITTER_FRACTION,
+            floor: DEFAULT_RENEW_FLOOR,
         }
     }
 }

@@ -21,7 +21,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
-use super::latency::IssueResult;
 use super::{
     CacheError, CertKey, ServedCertificate, Shared, WorkerClaim, renew_in, retry_in, rfc3339,
 };
@@ -314,7 +313,7 @@ impl Worker {
         let shared = self.shared.clone();
         let task_key = key.clone();
         let handle = self.running.spawn(async move {
-            let result = shared.timed_issue(&task_key).await;
+            let result = shared.issue(&task_key).await;
             (task_key, result)
         });
         self.running_keys.insert(handle.id(), key);
@@ -355,12 +354,13 @@ impl Worker {
                     return;
                 };
                 let reason = format!("issuing for {key} failed unexpectedly: {e}");
+                self.shared.pipeline.metrics().count_unexpected_failure();
                 (key, Err(CacheError::Internal { reason }))
             }
         };
-        if let Err(error) = &result {
+        // Failures are counted by the pipeline (a panic just above).
+        if result.is_err() {
             self.shared.release(&key);
-            self.shared.counters.failed(error);
         }
         let state = self.keys.entry(key.clone()).or_default();
         let waiters = std::mem::take(&mut state.waiters);
@@ -471,23 +471,6 @@ impl Worker {
     fn schedule(&mut self, key: &CertKey, at: Instant) {
         let state = self.keys.entry(key.clone()).or_default();
         set_due(&mut self.timers, state, key, at);
-    }
-}
-
-impl Shared {
-    /// One issuance for `key`, its duration recorded by result. Two clock reads and two
-    /// relaxed atomic adds: no lock on the issuance path.
-    pub(super) async fn timed_issue(
-        &self,
-        key: &CertKey,
-    ) -> Result<Arc<ServedCertificate>, CacheError> {
-        // tokio's clock, so tests under a paused clock see the time they let pass.
-        let started = Instant::now();
-        let result = self.issue(key).await;
-        self.counters
-            .latency
-            .record(IssueResult::of(&result), started.elapsed());
-        result
     }
 }
 

@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use meshca_provider::{
-    CertificateChain, CertificateInfo, CertificateProvider, Clock, DnsName, IssueRequest, KeyType,
-    LeafKey, LeafSpec, SpiffeId, SystemClock, TrustBundle, format_duration,
+    CertificateChain, CertificateInfo, Clock, DnsName, KeyType, LeafKey, LeafSpec, SpiffeId,
+    SystemClock, TrustBundle, format_duration,
 };
 
-use crate::cache::validate::{ChainCheck, validate};
 use crate::cli::ca::parse_duration_arg;
 use crate::cli::out_dir::{OutDir, OutFile};
 use crate::config::Config;
+use crate::issuance::{KeySource, Pipeline};
 use crate::kubernetes::{ManagedTlsSecret, SecretRef, TlsMaterial, TlsSecretWriter, Written};
 use crate::lifetime::LifetimePolicy;
 
@@ -126,9 +126,8 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let provider = crate::providers::build(config, clock.clone()).await?;
-    let issued = issue_validated(provider.as_ref(), clock.as_ref(), &spec, key_type)
-        .await?
-        .with_extra_roots(config)?;
+    let pipeline = Pipeline::from_config(config, provider, clock)?;
+    let issued = issue_validated(&pipeline, spec.clone(), key_type).await?;
     let info = &issued.info;
 
     let subject = match &spec.spiffe_id {
@@ -201,26 +200,12 @@ pub struct Issued {
     pub chain: CertificateChain,
     /// The leaf's key (its `Debug` is redacted).
     pub key: LeafKey,
-    /// The provider's trust bundle (plus `extraTrustedRoots` after
-    /// [`with_extra_roots`](Self::with_extra_roots)).
+    /// The trust bundle the daemon serves: the provider's roots, then `extraTrustedRoots`.
     pub bundle: TrustBundle,
     /// What the leaf says.
     pub info: CertificateInfo,
     /// The SHA-256 fingerprint of the bundle's root the chain leads to.
     pub root_fingerprint: String,
-}
-
-impl Issued {
-    /// Adds `extraTrustedRoots` to the bundle written beside the certificate (`ca.pem`, a
-    /// managed Secret's `ca.crt`), so it trusts what the daemon's SDS bundles trust.
-    pub fn with_extra_roots(mut self, config: &Config) -> anyhow::Result<Self> {
-        for root in config.extra_trusted_roots()?.roots() {
-            if !self.bundle.contains(root) {
-                self.bundle.push(root.clone());
-            }
-        }
-        Ok(self)
-    }
 }
 
 impl Issued {
@@ -256,40 +241,32 @@ impl Issued {
     }
 }
 
-/// Makes a key, has `provider` certify it for `spec`, and validates the answer the way the
-/// cache does before handing anything out (chain to the bundle, names, key, validity).
+/// Issues a certificate for `spec` and a new key of `key_type` through `pipeline` — the
+/// daemon's path: request policy, capabilities, the provider call within
+/// `renewal.issueTimeout`, validation against the trust bundle with `extraTrustedRoots` —
+/// and returns it with that bundle (what `ca.pem` and a managed Secret's `ca.crt` hold).
 pub async fn issue_validated(
-    provider: &dyn CertificateProvider,
-    clock: &dyn Clock,
-    spec: &LeafSpec,
+    pipeline: &Pipeline,
+    spec: LeafSpec,
     key_type: KeyType,
 ) -> anyhow::Result<Issued> {
-    let key = tokio::task::spawn_blocking(move || LeafKey::generate(key_type))
-        .await
-        .context("key generation was interrupted")??;
-    let request = IssueRequest::generated(spec, &key);
-    provider.capabilities().check(&request)?;
-    let chain = provider.issue(&request).await?;
-    let bundle = provider.trust_bundle().await?;
-    let check = ChainCheck::for_provider(provider.capabilities());
-    let info = validate(&chain, &bundle, spec, &key, clock.now(), check).map_err(|rejection| {
-        anyhow::anyhow!(
-            "{} returned a certificate meshca will not hand out: {}",
-            provider.name(),
-            rejection.reason
-        )
+    let provider = pipeline.provider().name();
+    if pipeline.current_trust_bundle().is_empty() {
+        pipeline.refresh_trust().await?;
+    }
+    let issued = pipeline.issue(spec, KeySource::Generate(key_type)).await?;
+    let key = issued.key.with_context(|| {
+        format!("{provider} issued a certificate, but meshca holds no private key for it")
     })?;
-    let root_fingerprint = issuing_root(&chain, &bundle).with_context(|| {
-        format!(
-            "{} returned a chain whose root is not in its trust bundle",
-            provider.name()
-        )
+    let bundle = TrustBundle::clone(&pipeline.current_trust_bundle());
+    let root_fingerprint = issuing_root(&issued.chain, &bundle).with_context(|| {
+        format!("{provider} returned a chain whose root is not in its trust bundle")
     })?;
     Ok(Issued {
-        chain,
+        chain: issued.chain,
         key,
         bundle,
-        info,
+        info: issued.info,
         root_fingerprint,
     })
 }

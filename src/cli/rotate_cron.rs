@@ -49,16 +49,14 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use meshca_provider::{
-    CertificateChain, Clock, LeafKey, LeafSpec, SharedProvider, SystemClock, TrustBundle,
-    format_duration,
-};
+use meshca_provider::{CertificateChain, Clock, LeafKey, LeafSpec, SystemClock, TrustBundle};
 use zeroize::Zeroizing;
 
 use crate::cache::{RenewPolicy, renew_at};
 use crate::cli::inspect::rfc3339;
 use crate::cli::issue::issue_validated;
 use crate::config::{Config, is_dns_label};
+use crate::issuance::Pipeline;
 use crate::kubernetes::managed_secret::{
     CERTIFICATE_KEY, DNS_ANNOTATION, IDENTITY_ANNOTATION, LIFETIME_ANNOTATION, MAX_ATTEMPTS,
     PRIVATE_KEY_KEY,
@@ -193,7 +191,7 @@ pub async fn run_pass(
         config,
         clock,
         policy,
-        provider: None,
+        pipeline: None,
         bundle: None,
         new_root_only,
     };
@@ -452,14 +450,16 @@ impl fmt::Display for Report {
     }
 }
 
-/// Renews Secrets through the configured provider, built on first need (a pass where nothing
+/// Renews Secrets through the daemon's issuance pipeline and the configured provider, built on
+/// first need (a pass where nothing
 /// is due never contacts the backend).
 struct Renewer<'a> {
     config: &'a Config,
     clock: Arc<dyn Clock>,
     policy: RenewPolicy,
-    /// The provider, or why it could not be built (said once per due Secret).
-    provider: Option<Result<SharedProvider, String>>,
+    /// The issuance pipeline around the provider, or why it could not be built (said once per
+    /// due Secret).
+    pipeline: Option<Result<Arc<Pipeline>, String>>,
     /// The provider's trust bundle, read once per pass (after the root-rotation step): what a
     /// due Secret's certificate must chain to.
     bundle: Option<TrustBundle>,
@@ -593,27 +593,10 @@ impl Renewer<'_> {
         LifetimePolicy::for_spec(&self.config.certificate_provider, &spec)
             .check(asked.lifetime)
             .with_context(|| format!("its {LIFETIME_ANNOTATION} annotation"))?;
-        let provider = self.provider().await?;
-        let timeout = self.config.renewal.issue_timeout;
-        let issued = tokio::time::timeout(
-            timeout,
-            issue_validated(
-                provider.as_ref(),
-                self.clock.as_ref(),
-                &spec,
-                asked.key_type,
-            ),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "{} did not issue within renewal.issueTimeout ({}): check the backend's health",
-                provider.name(),
-                format_duration(timeout)
-            )
-        })?
-        .with_context(|| format!("{} could not issue it again", provider.name()))?
-        .with_extra_roots(self.config)?;
+        let pipeline = self.pipeline().await?;
+        let issued = issue_validated(&pipeline, spec, asked.key_type)
+            .await
+            .with_context(|| format!("{} could not issue it again", pipeline.provider().name()))?;
         let (record, material) = issued.for_managed_secret(&asked.dns, asked.lifetime)?;
         Ok(Prepared {
             asked: asked.clone(),
@@ -657,7 +640,8 @@ impl Renewer<'_> {
         if let Some(bundle) = &self.bundle {
             return Ok(bundle.clone());
         }
-        let provider = self.provider().await?;
+        let pipeline = self.pipeline().await?;
+        let provider = pipeline.provider();
         let bundle = provider
             .trust_bundle()
             .await
@@ -666,19 +650,23 @@ impl Renewer<'_> {
         Ok(bundle)
     }
 
-    async fn provider(&mut self) -> anyhow::Result<SharedProvider> {
-        let built = match &self.provider {
+    /// The issuance pipeline (the daemon's, from the same configuration), built on first need.
+    async fn pipeline(&mut self) -> anyhow::Result<Arc<Pipeline>> {
+        let built = match &self.pipeline {
             Some(built) => built.clone(),
             None => {
-                let built = crate::providers::build(self.config, self.clock.clone())
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "cannot set up the {} provider: {e:#}",
-                            self.config.certificate_provider.kind.as_str()
-                        )
-                    });
-                self.provider = Some(built.clone());
+                let built = match crate::providers::build(self.config, self.clock.clone()).await {
+                    Ok(provider) => {
+                        Pipeline::from_config(self.config, provider, self.clock.clone())
+                            .map(Arc::new)
+                            .map_err(|e| format!("{e}"))
+                    }
+                    Err(e) => Err(format!(
+                        "cannot set up the {} provider: {e:#}",
+                        self.config.certificate_provider.kind.as_str()
+                    )),
+                };
+                self.pipeline = Some(built.clone());
                 built
             }
         };

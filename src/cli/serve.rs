@@ -11,6 +11,7 @@ use meshca_provider::{Clock, SpiffeId};
 use crate::admin::{AdminSettings, AdminState, ProviderHealth, spawn_health_checks};
 use crate::cache::{CacheSettings, CertificateCache};
 use crate::config::{Config, SdsAuth};
+use crate::issuance::Pipeline;
 use crate::kubernetes::TokenReviewAuthenticator;
 use crate::rotation::RotationFollower;
 use crate::sds::{AuthMode, MtlsSettings, SdsServer, SdsSettings, SecretSource, UnixPeerMap};
@@ -26,13 +27,11 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let (provider, tresor) = crate::providers::build_with_handle(&config, clock.clone()).await?;
-    let extra_roots = trusted_extra_roots(&config, clock.now())?;
-    let cache = Arc::new(CertificateCache::new(
-        provider.clone(),
-        CacheSettings {
-            extra_roots,
-            ..cache_settings(&config)
-        },
+    announce_extra_roots(&config, clock.now())?;
+    let pipeline = Pipeline::from_config(&config, provider.clone(), clock.clone())?;
+    let cache = Arc::new(CertificateCache::with_pipeline(
+        Arc::new(pipeline),
+        cache_settings(&config),
         clock.clone(),
     ));
     cache
@@ -169,29 +168,15 @@ pub async fn sds_settings(config: &Config) -> anyhow::Result<SdsSettings> {
 
 /// The cache settings from `certificateProvider.*` and `renewal.*`.
 pub fn cache_settings(config: &Config) -> CacheSettings {
-    let renewal = &config.renewal;
-    CacheSettings {
-        lifetime: config.certificate_provider.service_cert_validity_duration,
-        key_type: config.certificate_provider.key_type,
-        renew_fraction: renewal.fraction,
-        jitter_fraction: renewal.jitter,
-        renew_floor: renewal.floor,
-        backoff_initial: renewal.backoff_initial,
-        backoff_max: renewal.backoff_max,
-        issue_timeout: renewal.issue_timeout,
-        ..CacheSettings::default()
-    }
+    CacheSettings::from_config(config)
 }
 
-/// `extraTrustedRoots`, read once for the daemon's lifetime and announced in the log (an
-/// expired one is kept but warned about: it verifies nothing).
-fn trusted_extra_roots(
-    config: &Config,
-    now: std::time::SystemTime,
-) -> anyhow::Result<meshca_provider::TrustBundle> {
+/// Announces `extraTrustedRoots` in the log (an expired one is kept but warned about: it
+/// verifies nothing). The pipeline merges them into every bundle.
+fn announce_extra_roots(config: &Config, now: std::time::SystemTime) -> anyhow::Result<()> {
     let roots = config.extra_trusted_roots()?;
     if roots.is_empty() {
-        return Ok(roots);
+        return Ok(());
     }
     for root in roots.roots() {
         if let Ok(info) = meshca_provider::CertificateInfo::parse(root)
@@ -207,7 +192,7 @@ fn trusted_extra_roots(
         fingerprints = %roots.fingerprints().join(","),
         "trusting extra roots (extraTrustedRoots) in every published trust bundle"
     );
-    Ok(roots)
+    Ok(())
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned future resolves on either.

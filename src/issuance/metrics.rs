@@ -1,6 +1,7 @@
-//! How long issuances take, by result: a fixed-bucket histogram per result, recorded with
-//! relaxed atomic adds only, because it sits on the issuance hot path (benchmarked) and is read
-//! by `/metrics` at scrape time.
+//! The pipeline's metrics: how long issuances take, by result (a fixed-bucket histogram per
+//! result), and how many failed or were rejected. Recorded with relaxed atomic adds only,
+//! because it sits on the issuance hot path (benchmarked) and is read by `/metrics` at scrape
+//! time.
 //!
 //! A scrape may read a bucket that already counts an issuance whose duration is not yet in the
 //! sum (or the reverse); Prometheus tolerates that, and the count is always the sum of the
@@ -9,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::CacheError;
+use super::IssueError;
 
 /// Upper bounds of the buckets, in nanoseconds: 100 µs (an in-process ECDSA issuance) to 30 s
 /// (the default issuance timeout). Anything slower lands in `+Inf`.
@@ -49,7 +50,7 @@ pub enum IssueResult {
 }
 
 impl IssueResult {
-    /// Every result, in the order [`IssuanceLatency::snapshot`] reports them.
+    /// Every result, in the order [`IssuanceMetrics::latency`] reports them.
     pub const ALL: [Self; 3] = [Self::Success, Self::Failure, Self::Rejected];
 
     /// The metric label value.
@@ -62,10 +63,10 @@ impl IssueResult {
     }
 
     /// The result an issuance's outcome counts as.
-    pub(super) fn of<T>(outcome: &Result<T, CacheError>) -> Self {
+    pub(super) fn of<T>(outcome: &Result<T, IssueError>) -> Self {
         match outcome {
             Ok(_) => Self::Success,
-            Err(CacheError::Invalid { .. }) => Self::Rejected,
+            Err(IssueError::Invalid { .. }) => Self::Rejected,
             Err(_) => Self::Failure,
         }
     }
@@ -93,20 +94,49 @@ pub struct LatencyHistogram {
     pub sum_seconds: f64,
 }
 
-/// One histogram per [`IssueResult`].
+/// What the pipeline counts: one histogram per [`IssueResult`], and the failures (rejected
+/// chains included) and rejections since start.
 #[derive(Debug, Default)]
-pub(super) struct IssuanceLatency {
+pub struct IssuanceMetrics {
     by_result: [Histogram; 3],
+    failures: AtomicU64,
+    rejected: AtomicU64,
 }
 
-impl IssuanceLatency {
+impl IssuanceMetrics {
     /// Counts one issuance of `result` that took `elapsed`.
     pub(super) fn record(&self, result: IssueResult, elapsed: Duration) {
         self.by_result[result.index()].record(elapsed);
+        match result {
+            IssueResult::Success => {}
+            IssueResult::Failure => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            IssueResult::Rejected => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
-    /// Every result's histogram, in [`IssueResult::ALL`] order.
-    pub(super) fn snapshot(&self) -> Vec<LatencyHistogram> {
+    /// Counts a failure the pipeline could not see end: an issuance that panicked in meshca's
+    /// own code (a provider's panic is caught and recorded by the pipeline itself).
+    pub fn count_unexpected_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed issuances since start, rejected chains included.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Issued chains that failed validation since start.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Every result's latency histogram, in [`IssueResult::ALL`] order.
+    pub fn latency(&self) -> Vec<LatencyHistogram> {
         IssueResult::ALL
             .iter()
             .map(|&result| self.by_result[result.index()].snapshot(result))
@@ -153,9 +183,9 @@ impl Histogram {
 mod tests {
     use super::*;
 
-    fn histogram(latency: &IssuanceLatency, result: IssueResult) -> LatencyHistogram {
+    fn histogram(latency: &IssuanceMetrics, result: IssueResult) -> LatencyHistogram {
         latency
-            .snapshot()
+            .latency()
             .into_iter()
             .find(|h| h.result == result)
             .unwrap()
@@ -172,7 +202,7 @@ mod tests {
 
     #[test]
     fn durations_land_in_the_first_bucket_at_or_above_them() {
-        let latency = IssuanceLatency::default();
+        let latency = IssuanceMetrics::default();
         latency.record(IssueResult::Success, Duration::from_micros(150));
         latency.record(IssueResult::Success, Duration::from_secs(1));
         latency.record(IssueResult::Success, Duration::from_millis(1001));
@@ -191,7 +221,7 @@ mod tests {
 
     #[test]
     fn results_are_kept_apart() {
-        let latency = IssuanceLatency::default();
+        let latency = IssuanceMetrics::default();
         latency.record(IssueResult::Rejected, Duration::from_millis(3));
         latency.record(IssueResult::Failure, Duration::from_secs(30));
         latency.record(IssueResult::Failure, Duration::from_secs(30));
@@ -206,7 +236,7 @@ mod tests {
 
     #[test]
     fn bounds_are_ascending_and_end_in_infinity() {
-        let success = histogram(&IssuanceLatency::default(), IssueResult::Success);
+        let success = histogram(&IssuanceMetrics::default(), IssueResult::Success);
         let bounds: Vec<f64> = success.buckets.iter().map(|(b, _)| *b).collect();
         assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
         assert_eq!(bounds.first(), Some(&0.0001));
@@ -215,18 +245,26 @@ mod tests {
     }
 
     #[test]
-    fn outcomes_map_to_results() {
-        let invalid: Result<(), CacheError> = Err(CacheError::Invalid {
-            identity: "spiffe://cluster.local/ns/a/sa/b".parse().unwrap(),
+    fn outcomes_map_to_results_and_counters() {
+        let invalid: Result<(), IssueError> = Err(IssueError::Invalid {
             provider: "test",
             reason: "wrong SAN".to_owned(),
         });
-        let failed: Result<(), CacheError> = Err(CacheError::ShuttingDown);
+        let failed: Result<(), IssueError> = Err(IssueError::Internal {
+            reason: "a bug".to_owned(),
+        });
         assert_eq!(
-            IssueResult::of(&Ok::<(), CacheError>(())),
+            IssueResult::of(&Ok::<(), IssueError>(())),
             IssueResult::Success
         );
         assert_eq!(IssueResult::of(&invalid), IssueResult::Rejected);
         assert_eq!(IssueResult::of(&failed), IssueResult::Failure);
+
+        let metrics = IssuanceMetrics::default();
+        for outcome in [&invalid, &failed, &Ok(())] {
+            metrics.record(IssueResult::of(outcome), Duration::from_millis(1));
+        }
+        metrics.count_unexpected_failure();
+        assert_eq!((metrics.failures(), metrics.rejected()), (3, 1));
     }
 }

@@ -5,11 +5,50 @@
 //! Every check here mirrors what a peer proxy will check, so a chain that passes will be
 //! accepted, and one that fails is kept away from subscribers.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use meshca_provider::{
-    CertificateChain, CertificateInfo, LeafKey, LeafSpec, SpiffeId, TrustBundle,
+    CertificateChain, CertificateInfo, CertificateProvider, Clock, IssueRequest, LeafSpec,
+    SpiffeId, TrustBundle,
 };
+
+use super::IssueError;
+use super::trust::Trust;
+
+/// Validates `chain` as the answer to `request` against the trust bundle. A chain that does
+/// not lead to a root of the bundle gets one more chance: the provider may have a root not read
+/// yet (first use, or a rotation that began since the last refresh), so the bundle is re-read
+/// once and the chain checked again if that changed it.
+pub(super) async fn validate_issued(
+    chain: &CertificateChain,
+    request: &IssueRequest<'_>,
+    provider: &dyn CertificateProvider,
+    trust: &Trust,
+    clock: &dyn Clock,
+    timeout: Duration,
+) -> Result<CertificateInfo, IssueError> {
+    let check = ChainCheck::for_provider(provider.capabilities());
+    let (spec, key) = (request.spec, request.public_key());
+    let bundle = trust.current();
+    let mut outcome = validate(chain, &bundle, spec, key, clock.now(), check);
+    if let Err(rejection) = &outcome
+        && rejection.untrusted
+    {
+        if let Err(e) = trust.refresh(provider, timeout).await {
+            tracing::warn!(error = %e, "could not re-read the trust bundle");
+        }
+        // Validate again if the bundle is not the one just used: this refresh, or one that
+        // ran concurrently (the cache worker's first read at start), may have changed it.
+        let fresh = trust.current();
+        if fresh != bundle {
+            outcome = validate(chain, &fresh, spec, key, clock.now(), check);
+        }
+    }
+    outcome.map_err(|rejection| IssueError::Invalid {
+        provider: provider.name(),
+        reason: rejection.reason,
+    })
+}
 
 /// Why a chain was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,13 +89,14 @@ impl ChainCheck {
     }
 }
 
-/// Validates `chain` (leaf first) as the answer to a request for `spec` with `key`, at `now`.
-/// Returns the parsed leaf.
+/// Validates `chain` (leaf first) as the answer to a request for `spec` and the public key
+/// `key` (the SubjectPublicKeyInfo's BIT STRING contents: meshca's key, or the one a caller's
+/// CSR carries), at `now`. Returns the parsed leaf.
 pub(crate) fn validate(
     chain: &CertificateChain,
     bundle: &TrustBundle,
     spec: &LeafSpec,
-    key: &LeafKey,
+    key: &[u8],
     now: SystemTime,
     how: ChainCheck,
 ) -> Result<CertificateInfo, Rejection> {
@@ -78,7 +118,7 @@ fn check_validity(info: &CertificateInfo, now: SystemTime) -> Result<(), Rejecti
         return Err(Rejection::new(format!(
             "the certificate expired at {} (NotAfter is not in the future); check the \
              provider's clock and the lifetime it grants",
-            super::rfc3339(info.not_after)
+            crate::cli::inspect::rfc3339(info.not_after)
         )));
     }
     if info.is_ca {
@@ -118,9 +158,9 @@ fn check_names(info: &CertificateInfo, spec: &LeafSpec) -> Result<(), Rejection>
     Ok(())
 }
 
-/// The leaf certifies our key, and may be used for both ends of mTLS.
-fn check_leaf(info: &CertificateInfo, key: &LeafKey) -> Result<(), Rejection> {
-    if info.public_key != key.public_key() {
+/// The leaf certifies the requested key, and may be used for both ends of mTLS.
+fn check_leaf(info: &CertificateInfo, key: &[u8]) -> Result<(), Rejection> {
+    if info.public_key != key {
         return Err(Rejection::new(
             "the certificate is for a different public key than the one meshca sent; the \
              provider must sign the key from the request",
@@ -213,7 +253,7 @@ fn check_chain(
 mod link_tests {
     use std::time::Duration;
 
-    use meshca_provider::{KeyType, SpiffeId, TrustDomain};
+    use meshca_provider::{KeyType, LeafKey, SpiffeId, TrustDomain};
     use rustls_pki_types::CertificateDer;
 
     use super::*;
@@ -269,9 +309,10 @@ mod link_tests {
 
         for how in [ChainCheck::Links, ChainCheck::Signatures] {
             let good = TrustBundle::new(vec![root.clone()]);
-            validate(&chain, &good, &spec, &key, now, how).unwrap();
+            validate(&chain, &good, &spec, key.public_key(), now, how).unwrap();
             let wrong = TrustBundle::new(vec![lookalike.clone()]);
-            let rejection = validate(&chain, &wrong, &spec, &key, now, how).unwrap_err();
+            let rejection =
+                validate(&chain, &wrong, &spec, key.public_key(), now, how).unwrap_err();
             // webpki sees a bad signature, the link check a key identifier that matches no root.
             assert!(
                 rejection.untrusted || rejection.reason.contains("does not verify"),
@@ -281,7 +322,15 @@ mod link_tests {
         // A leaf for another key is refused whatever the chain check.
         let other = LeafKey::generate(KeyType::P256).unwrap();
         let good = TrustBundle::new(vec![root]);
-        let rejection = validate(&chain, &good, &spec, &other, now, ChainCheck::Links).unwrap_err();
+        let rejection = validate(
+            &chain,
+            &good,
+            &spec,
+            other.public_key(),
+            now,
+            ChainCheck::Links,
+        )
+        .unwrap_err();
         assert!(
             rejection.reason.contains("different public key"),
             "{rejection:?}"
