@@ -183,3 +183,51 @@ impl CacheSettings {
     }
 }
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigError, Overrides, RenewalConfig};
+
+    #[test]
+    fn the_configuration_defaults_are_the_cache_defaults() {
+        let from_config = CacheSettings::from_config(&Config::default());
+        assert_eq!(from_config, CacheSettings::default());
+        assert_eq!(RenewalConfig::default().floor, DEFAULT_RENEW_FLOOR);
+        assert_eq!(RenewPolicy::default().floor, DEFAULT_RENEW_FLOOR);
+        // As documented (README, `renewal.floor`).
+        assert_eq!(DEFAULT_RENEW_FLOOR, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_renewal_settings_are_refused_when_the_configuration_loads() {
+        let load = |settings: &[&str]| {
+            let mut overrides = Overrides::default();
+            for setting in settings {
+                overrides.set(setting).unwrap();
+            }
+            Config::load(None, &overrides)
+        };
+        let error = load(&["renewal.backoffInitial=10m", "renewal.backoffMax=1m"]).unwrap_err();
+        match &error {
+            ConfigError::InvalidValue { key, reason } => {
+                assert_eq!(*key, "renewal.backoffMax");
+                assert!(
+                    reason.contains("(10m)") && reason.contains("(1m)"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected an invalid value, got {other}"),
+        }
+        // The same rule as the cache applies, not a laxer copy of it.
+        let error = load(&["renewal.fraction=0.3", "renewal.jitter=0.3"]).unwrap_err();
+        assert!(error.to_string().contains("renewal.jitter"), "{error}");
+        let error = load(&["renewal.issueTimeout=0s"]).unwrap_err();
+        assert!(
+            error.to_string().contains("renewal.issueTimeout"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("default 30s"), "{error}");
+        load(&["renewal.floor=5m", "renewal.jitter=0"]).unwrap();
+    }
+}

@@ -136,13 +136,14 @@ pub struct RenewalConfig {
 
 impl Default for RenewalConfig {
     fn default() -> Self {
+        // The cache's and the pipeline's defaults: one constant per setting.
         Self {
-            fraction: 0.5,
-            jitter: 0.1,
-            floor: Duration::from_secs(60),
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            issue_timeout: Duration::from_secs(30),
+            fraction: crate::cache::DEFAULT_RENEW_FRACTION,
+            jitter: crate::cache::DEFAULT_JITTER_FRACTION,
+            floor: crate::cache::DEFAULT_RENEW_FLOOR,
+            backoff_initial: crate::cache::DEFAULT_BACKOFF_INITIAL,
+            backoff_max: crate::cache::DEFAULT_BACKOFF_MAX,
+            issue_timeout: crate::issuance::DEFAULT_ISSUE_TIMEOUT,
         }
     }
 }

@@ -34,42 +34,23 @@ impl Config {
             });
         }
         self.check_lifetimes()?;
+        // `renewal.*`: the cache's own validator, the one place their rules live.
+        crate::cache::CacheSettings::from_config(self)
+            .validate()
+            .map_err(|e| match e {
+                crate::cache::CacheError::InvalidSettings { field, reason } => {
+                    ConfigError::InvalidValue { key: field, reason }
+                }
+                other => ConfigError::InvalidValue {
+                    key: "renewal",
+                    reason: other.to_string(),
+                },
+            })?;
         let r = &self.renewal;
-        if !(r.fraction > 0.0 && r.fraction < 1.0) {
-            return Err(ConfigError::InvalidValue {
-                key: "renewal.fraction",
-                reason: format!("{} is not between 0 and 1 (default 0.5)", r.fraction),
-            });
-        }
-        if !(0.0..=0.5).contains(&r.jitter)
-            || r.jitter >= r.fraction
-            || r.jitter + r.fraction >= 1.0
-        {
-            return Err(ConfigError::InvalidValue {
-                key: "renewal.jitter",
-                reason: format!(
-                    "{} must be between 0 and 0.5 and keep fraction ± jitter inside (0, 1) (default 0.1)",
-                    r.jitter
-                ),
-            });
-        }
-        if r.backoff_initial.is_zero() || r.backoff_max < r.backoff_initial {
-            return Err(ConfigError::InvalidValue {
-                key: "renewal.backoffMax",
-                reason: "backoffInitial must be above zero and backoffMax at least backoffInitial"
-                    .to_owned(),
-            });
-        }
         if self.rotation.poll_interval.is_zero() {
             return Err(ConfigError::InvalidValue {
                 key: "rotation.pollInterval",
                 reason: "must be above zero (default 10s)".to_owned(),
-            });
-        }
-        if r.issue_timeout.is_zero() {
-            return Err(ConfigError::InvalidValue {
-                key: "renewal.issueTimeout",
-                reason: "must be above zero (default 30s)".to_owned(),
             });
         }
         if self.certificate_provider.kind == ProviderKind::CertManager {
