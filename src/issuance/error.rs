@@ -17,8 +17,8 @@ pub enum IssueError {
     Lifetime(#[from] LifetimeError),
     /// The request names nothing a certificate can be issued for.
     #[error(
-        "the request names nothing to certify: give a SPIFFE ID (--identity) or at least one DNS \
-         name (--dns)"
+        "the request names nothing to certify: a certificate needs a SPIFFE ID or at least one \
+         DNS name"
     )]
     NoNames,
     /// A caller's certificate signing request was refused (malformed, unsupported key, or a
