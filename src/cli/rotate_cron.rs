@@ -641,11 +641,12 @@ impl Renewer<'_> {
             return Ok(bundle.clone());
         }
         let pipeline = self.pipeline().await?;
-        let provider = pipeline.provider();
-        let bundle = provider
-            .trust_bundle()
-            .await
-            .with_context(|| format!("{} could not give its trust bundle", provider.name()))?;
+        let bundle = pipeline.provider_trust_bundle().await.with_context(|| {
+            format!(
+                "{} could not give its trust bundle",
+                pipeline.provider().name()
+            )
+        })?;
         self.bundle = Some(bundle.clone());
         Ok(bundle)
     }

@@ -191,6 +191,12 @@ impl Pipeline {
             .await
     }
 
+    /// The provider's own roots, without the extra roots, read now within the issue timeout:
+    /// what the rotation cron checks that a Secret's certificate was issued under.
+    pub async fn provider_trust_bundle(&self) -> Result<TrustBundle, IssueError> {
+        trust::read(self.provider.as_ref(), self.settings.issue_timeout).await
+    }
+
     /// The trust bundle now: the provider's roots, then the extra roots.
     pub fn current_trust_bundle(&self) -> Arc<TrustBundle> {
         self.trust.current()

@@ -44,17 +44,7 @@ impl Trust {
         after: Duration,
     ) -> Result<bool, IssueError> {
         let name = provider.name();
-        let mut bundle = tokio::time::timeout(after, provider.trust_bundle())
-            .await
-            .map_err(|_| IssueError::Timeout {
-                provider: name,
-                operation: "reading the trust bundle",
-                after,
-            })?
-            .map_err(|source| IssueError::TrustBundle {
-                provider: name,
-                source,
-            })?;
+        let mut bundle = read(provider, after).await?;
         for root in self.extra_roots.roots() {
             bundle.push(root.clone());
         }
@@ -71,4 +61,23 @@ impl Trust {
         }
         Ok(changed)
     }
+}
+
+/// The provider's own bundle, read within `after`.
+pub(super) async fn read(
+    provider: &dyn CertificateProvider,
+    after: Duration,
+) -> Result<TrustBundle, IssueError> {
+    let name = provider.name();
+    tokio::time::timeout(after, provider.trust_bundle())
+        .await
+        .map_err(|_| IssueError::Timeout {
+            provider: name,
+            operation: "reading the trust bundle",
+            after,
+        })?
+        .map_err(|source| IssueError::TrustBundle {
+            provider: name,
+            source,
+        })
 }
