@@ -85,7 +85,8 @@ impl SecretSource for CertificateCache {
     }
 }
 
-/// Whether a proxy should retry: only a provider's definite refusal is final.
+/// Whether a proxy should retry: only a definite refusal (the provider's, or the pipeline's
+/// request policy) is final.
 fn source_error(identity: &SpiffeId, error: &CacheError) -> SourceError {
     let identity = identity.to_string();
     let reason = error.to_string();
@@ -94,6 +95,8 @@ fn source_error(identity: &SpiffeId, error: &CacheError) -> SourceError {
         CacheError::Provider { source, .. } if !source.is_transient() => {
             SourceError::Refused { identity, reason }
         }
+        // The pipeline's request policy refused it: the same request is refused again.
+        CacheError::Refused { .. } => SourceError::Refused { identity, reason },
         _ => SourceError::Unavailable { identity, reason },
     }
 }
