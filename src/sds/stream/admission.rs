@@ -16,7 +16,6 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::subscriptions::Subscriptions;
 use crate::sds::SdsLimits;
 use crate::sds::auth::Authenticator;
 use crate::sds::convert::SECRET_TYPE_URL;
@@ -237,7 +236,8 @@ pub(super) struct Opened<T> {
     pub(super) slot: StreamSlot,
     pub(super) first: T,
     pub(super) inbound: Streaming<T>,
-    pub(super) subs: Subscriptions,
+    /// Who the stream serves.
+    pub(super) caller: SpiffeId,
 }
 
 /// What every stream does before serving, SotW or delta: authenticate the caller from its
@@ -282,12 +282,11 @@ pub(super) async fn open<T>(
         },
     };
     debug!(stream = slot.id, %caller, kind, "SDS stream opened");
-    let subs = Subscriptions::new(shared.clone(), caller, slot.id, true);
     Ok(Some(Opened {
         slot,
         first,
         inbound,
-        subs,
+        caller,
     }))
 }
 

@@ -124,11 +124,12 @@ async fn serve<P: Protocol>(
         slot,
         first,
         inbound,
-        subs,
+        caller,
     }) = open(shared, request, P::node, P::KIND).await?
     else {
         return Ok(Response::new(futures::stream::empty().boxed()));
     };
+    let subs = Subscriptions::new(shared.clone(), caller, slot.id, true);
     let mut session = Session::<P>::new(subs, slot);
     let first = match session.on_request(first).await {
         Ok(response) => response,
