@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
-use super::fast;
+// The fast DER walker builds a CertificateInfo, so it lives under this module (a child may use
+// its parent's type; as a sibling it made a cycle).
+mod fast;
+
 use super::fingerprint::hex;
 use super::{Fingerprint, sha256};
 

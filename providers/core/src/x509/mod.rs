@@ -6,7 +6,6 @@
 
 mod bundle;
 mod chain;
-mod fast;
 mod fingerprint;
 mod info;
 mod pem;
@@ -14,7 +13,6 @@ mod pem;
 pub use bundle::{IssuerName, TrustBundle};
 pub use chain::CertificateChain;
 pub use fingerprint::{Fingerprint, sha256};
-use info::to_system_time;
 pub use info::{CertificateInfo, KeyPurposes, X509Error};
 pub use pem::{PemError, certificates_from_pem, certificates_to_pem, pem_block};
 

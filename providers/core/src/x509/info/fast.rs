@@ -1,7 +1,8 @@
 //! The fast path of [`CertificateInfo::parse`]: a strict DER walker over the fields it reads.
 //! Returns `None` for anything outside what it knows, so the full parser decides.
 
-use super::{CertificateInfo, Fingerprint, KeyPurposes, sha256, to_system_time};
+use super::{CertificateInfo, KeyPurposes, to_system_time};
+use crate::x509::{Fingerprint, sha256};
 
 /// One DER element: tag, contents, and what follows it.
 fn take(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -365,7 +366,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::x509::fast;
+    use crate::x509::info::fast;
     use crate::x509::testing::self_signed;
 
     /// Certificates of the shapes meshca meets: CAs with and without a path length, leaves
@@ -455,7 +456,7 @@ mod tests {
     fn the_fast_path_refuses_what_x509_parser_refuses() {
         // A meshca root whose signature BIT STRING claims 0xe7 unused bits.
         let crashes: [&[u8]; 1] = [include_bytes!(
-            "../../testdata/x509/signature-unused-bits.der"
+            "../../../testdata/x509/signature-unused-bits.der"
         )];
         for der in crashes {
             let full = CertificateInfo::parse_full(der);
