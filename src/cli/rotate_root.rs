@@ -11,7 +11,6 @@ use meshca_tresor::rotate::{self, Advance};
 use meshca_tresor::{CaStore, Rotation, RotationError, Stage};
 
 use crate::cli::inspect::rfc3339 as display_time;
-use crate::cli::rotate_cron::RootRotationStep;
 use crate::config::{Config, ProviderKind};
 use crate::stores::ConfiguredStore;
 
@@ -111,46 +110,43 @@ pub async fn run(config: &Config, action: RootAction) -> anyhow::Result<()> {
     }
 }
 
-/// The root rotation step of `meshca rotate` (the CronJob pass): advances at most one stage.
-/// `Ok` is the report line; `Err` is what the CronJob should alert on (a store that cannot be
-/// read, unusable CA material, a stage 1 stuck for a day).
-#[derive(Debug)]
-pub struct CronRootStep;
-
-#[async_trait::async_trait]
-impl RootRotationStep for CronRootStep {
-    async fn advance(&self, config: &Config) -> anyhow::Result<String> {
-        if config.certificate_provider.kind != ProviderKind::Tresor {
-            return Ok(format!(
-                "not meshca's ({} rotates its own root; list the new root in \
-                 extraTrustedRoots beforehand)",
-                config.certificate_provider.kind.as_str()
-            ));
-        }
-        let store = open_store(config).await?;
-        let store = store.as_store();
-        match rotate::advance(store, &config.rotation_policy(), &SystemClock).await {
-            Ok(Advance::AwaitingAcks { acks, deadline }) => {
-                let waiting = store
-                    .load_rotation()
-                    .await?
-                    .and_then(|r| SystemClock.now().duration_since(r.stage_since).ok())
-                    .unwrap_or_default();
-                let message = Advance::AwaitingAcks { acks, deadline }.to_string();
-                // Waiting for acknowledgements is normal for a while; a day of it is not.
-                if waiting > STUCK_AFTER {
-                    bail!(
-                        "{message} (stuck in stage 1 for {}: find the proxies that do not \
-                         acknowledge, or set rotation.ackDeadline)",
-                        meshca_provider::format_duration(waiting)
-                    );
-                }
-                Ok(message)
+/// The root-rotation step of `meshca rotate` (the CronJob pass): advances a Tresor root
+/// rotation by at most one stage. Safe to run from several overlapping passes (and replicas)
+/// at once: it never waits for a stage's condition, it looks, acts at most once, and says
+/// what it found. `Ok` is the report line (what was done or why nothing was, e.g. "none in
+/// progress"); `Err` is what the CronJob should alert on (a store that cannot be read,
+/// unusable CA material, a stage 1 stuck for a day).
+pub async fn cron_step(config: &Config) -> anyhow::Result<String> {
+    if config.certificate_provider.kind != ProviderKind::Tresor {
+        return Ok(format!(
+            "not meshca's ({} rotates its own root; list the new root in \
+             extraTrustedRoots beforehand)",
+            config.certificate_provider.kind.as_str()
+        ));
+    }
+    let store = open_store(config).await?;
+    let store = store.as_store();
+    match rotate::advance(store, &config.rotation_policy(), &SystemClock).await {
+        Ok(Advance::AwaitingAcks { acks, deadline }) => {
+            let waiting = store
+                .load_rotation()
+                .await?
+                .and_then(|r| SystemClock.now().duration_since(r.stage_since).ok())
+                .unwrap_or_default();
+            let message = Advance::AwaitingAcks { acks, deadline }.to_string();
+            // Waiting for acknowledgements is normal for a while; a day of it is not.
+            if waiting > STUCK_AFTER {
+                bail!(
+                    "{message} (stuck in stage 1 for {}: find the proxies that do not \
+                     acknowledge, or set rotation.ackDeadline)",
+                    meshca_provider::format_duration(waiting)
+                );
             }
-            Ok(outcome) => Ok(outcome.to_string()),
-            Err(RotationError::NotRotating { .. }) => Ok("none in progress".to_owned()),
-            Err(e) => Err(e.into()),
+            Ok(message)
         }
+        Ok(outcome) => Ok(outcome.to_string()),
+        Err(RotationError::NotRotating { .. }) => Ok("none in progress".to_owned()),
+        Err(e) => Err(e.into()),
     }
 }
 

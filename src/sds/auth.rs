@@ -20,7 +20,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use meshca_provider::{CertificateInfo, SpiffeId, TrustDomain};
 use tonic::metadata::MetadataMap;
 
-use super::transport::{PeerInfo, PeerTransport};
+use super::transport::{PeerInfo, PeerTransport, UnixSocketAccess};
 
 /// How the SDS server decides who a caller is.
 #[derive(Clone)]
@@ -58,6 +58,21 @@ impl AuthMode {
             Self::Token(_) => "token",
             Self::Development => "development",
         }
+    }
+}
+
+// Here rather than in `transport.rs`, which knows sockets and not authentication modes.
+impl UnixSocketAccess {
+    /// `0600` (meshca's own user) in development mode, where whoever connects is believed;
+    /// `0666` in the modes that authenticate every caller on the connection (its uid, a token
+    /// or a client certificate), so that the proxies' users can connect and unknown callers
+    /// are refused by authentication, as the SPIRE agent's socket does.
+    pub fn default_for(auth: &AuthMode) -> Self {
+        let mode = match auth {
+            AuthMode::Development => 0o600,
+            _ => 0o666,
+        };
+        Self { mode, group: None }
     }
 }
 

@@ -22,6 +22,7 @@ pub mod duration;
 pub mod identity;
 pub mod keys;
 pub mod provider;
+pub mod spec;
 #[cfg(feature = "verify")]
 pub mod verify;
 pub mod x509;
@@ -33,9 +34,10 @@ pub use duration::{DurationError, format_duration, parse_duration};
 pub use identity::{DEFAULT_TRUST_DOMAIN, IdentityError, SpiffeId, TrustDomain};
 pub use keys::{KeyError, KeyType, LeafKey};
 pub use provider::{
-    Capabilities, CertificateProvider, CsrNames, IssueRequest, LeafSpec, ProviderError,
-    SharedProvider, SubjectKey,
+    Capabilities, CertificateProvider, CsrNames, IssueRequest, ProviderError, SharedProvider,
+    SubjectKey,
 };
+pub use spec::LeafSpec;
 #[cfg(feature = "verify")]
 pub use verify::{ChainError, verify_chain};
 pub use x509::{

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use meshca_provider::{KeyType, LeafSpec, SpiffeId, SubjectKey};
 use rcgen::SigningKey;
 
-use crate::authority::AuthorityError;
+use crate::error::AuthorityError;
 use crate::profile;
 
 const SEQUENCE: u8 = 0x30;

@@ -21,8 +21,15 @@
 
 #![forbid(unsafe_code)]
 
+// The modules form layers, each using only those below it (tests/module_cycles.rs keeps it
+// so): error, options → profile → leaf → authority → material (StoredCa) → rotation (the
+// record) → store (CaStore, bootstrap) → directory (DirectoryStore) → rotate (the stage machine) → this file (Tresor).
 mod authority;
+mod directory;
+mod error;
 mod leaf;
+mod material;
+mod options;
 mod profile;
 pub mod rotate;
 mod rotation;
@@ -36,16 +43,16 @@ use meshca_provider::{
     KeyType, LeafKey, LeafSpec, ProviderError, TrustBundle,
 };
 
-pub use authority::{
-    AuthorityError, CaProblem, DEFAULT_INTERMEDIATE_LIFETIME, DEFAULT_ROOT_LIFETIME,
-    IntermediateOptions, RootOptions, SigningAuthority,
+pub use authority::SigningAuthority;
+pub use directory::DirectoryStore;
+pub use error::{AuthorityError, CaProblem};
+pub use material::{StoreError, StoredCa};
+pub use options::{
+    DEFAULT_INTERMEDIATE_LIFETIME, DEFAULT_ROOT_LIFETIME, IntermediateOptions, RootOptions,
 };
 pub use rotate::{Abort, AckSummary, Advance, RotationError, RotationPolicy};
 pub use rotation::{AckReport, Rotation, RotationAuthorities, RotationChange, Stage, Swap, unix};
-pub use store::{
-    CaStore, Created, DirectoryStore, Outcome, Signing, StoreError, StoredCa, bootstrap,
-    bootstrap_signing,
-};
+pub use store::{CaStore, Created, Outcome, Signing, bootstrap, bootstrap_signing};
 
 /// The provider's name in logs and metrics.
 pub const NAME: &str = "tresor";

@@ -16,7 +16,8 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-use crate::authority::{AuthorityError, IntermediateOptions, RootOptions};
+use crate::error::AuthorityError;
+use crate::options::{IntermediateOptions, ORGANIZATION, RootOptions};
 
 /// How far CA certificates are back-dated, so that nodes whose clocks run a little slow accept
 /// a freshly made root or intermediate.
@@ -25,9 +26,6 @@ pub(crate) const CA_BACKDATE: Duration = Duration::from_secs(3600);
 /// Serial numbers are 16 random bytes with the top bit cleared: positive, 127 bits of entropy
 /// (RFC 5280 allows up to 20 octets; CA/B Forum asks for at least 64 bits).
 pub(crate) const SERIAL_LEN: usize = 16;
-
-/// The organisation written into the subject of CA certificates meshca makes.
-pub(crate) const ORGANIZATION: &str = "meshca";
 
 /// Parameters for a workload or server leaf: the profile's reference definition.
 ///

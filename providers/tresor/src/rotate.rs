@@ -7,9 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use meshca_provider::Clock;
 
-use crate::authority::{RootOptions, SigningAuthority, display_time};
+use crate::authority::{SigningAuthority, display_time};
+use crate::error::AuthorityError;
+use crate::material::StoreError;
+use crate::options::RootOptions;
 use crate::rotation::{AckReport, Rotation, RotationChange, Stage, Swap};
-use crate::store::{CaStore, StoreError};
+use crate::store::CaStore;
 
 /// What decides when a rotation may advance.
 #[derive(Debug, Clone)]
@@ -59,7 +62,7 @@ pub enum RotationError {
     },
     /// The new root could not be made.
     #[error("could not create the new root: {0}")]
-    Generate(#[from] crate::AuthorityError),
+    Generate(#[from] AuthorityError),
 }
 
 /// The acknowledgements of stage 1, summed over the daemons' fresh reports.

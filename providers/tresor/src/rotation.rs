@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::authority::SigningAuthority;
-use crate::store::{StoreError, StoredCa};
+use crate::material::{StoreError, StoredCa};
 
 /// Where a rotation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -56,27 +56,14 @@ impl Listeners {
 }
 
 /// Who may connect to the SDS Unix socket. Connecting to a Unix socket needs write permission
-/// on it, so its mode and group are the first gate; the authentication mode is the second.
+/// on it, so its mode and group are the first gate; the authentication mode is the second (its
+/// default access is [`UnixSocketAccess::default_for`], next to the modes in `auth.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnixSocketAccess {
     /// Permission bits (`0o660`).
     pub mode: u32,
     /// Group to give the socket; `None` keeps meshca's own group.
     pub group: Option<u32>,
-}
-
-impl UnixSocketAccess {
-    /// `0600` (meshca's own user) in development mode, where whoever connects is believed;
-    /// `0666` in the modes that authenticate every caller on the connection (its uid, a token
-    /// or a client certificate), so that the proxies' users can connect and unknown callers
-    /// are refused by authentication, as the SPIRE agent's socket does.
-    pub fn default_for(auth: &crate::sds::AuthMode) -> Self {
-        let mode = match auth {
-            crate::sds::AuthMode::Development => 0o600,
-            _ => 0o666,
-        };
-        Self { mode, group: None }
-    }
 }
 
 /// Binds the Unix socket at `path` with `access`, so that it is never reachable at `path` with
