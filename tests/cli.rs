@@ -1,7 +1,7 @@
 //! The `meshca` binary as a user runs it: issue, inspect, bootstrap, ca — checked with
 //! `openssl verify`, and the CA store's refusals checked byte for byte.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use meshca_test_support as support;
 

@@ -11,7 +11,7 @@
 //! Envoy is found via `MESHCA_ENVOY` or `<workspace>/.tools/bin/envoy`
 //! (`scripts/install-tools.sh envoy`); without it these tests are skipped, except with
 //! `CI=true`, where they fail.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use meshca_test_support as support;
 

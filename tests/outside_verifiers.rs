@@ -18,7 +18,7 @@
 //! or `MESHCA_X509LINT_PYTHONPATH`). Without them the test is skipped with a note, except under
 //! `CI=true`, where a missing tool is a failure.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

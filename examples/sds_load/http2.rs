@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 /// Envoy's default `initial_stream_window_size` and `initial_connection_window_size`: the
 /// server never waits for the client's WINDOW_UPDATE frames, as with real proxies.
-pub const ENVOY_WINDOW: u32 = 256 * 1024 * 1024;
+pub(crate) const ENVOY_WINDOW: u32 = 256 * 1024 * 1024;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The protocol's initial window and largest frame before SETTINGS say otherwise.
@@ -38,34 +38,34 @@ const DEFAULT_MAX_FRAME: usize = 16_384;
 const FRAME_HEADER: usize = 9;
 
 mod frame {
-    pub const DATA: u8 = 0x0;
-    pub const HEADERS: u8 = 0x1;
-    pub const RST_STREAM: u8 = 0x3;
-    pub const SETTINGS: u8 = 0x4;
-    pub const PUSH_PROMISE: u8 = 0x5;
-    pub const PING: u8 = 0x6;
-    pub const GOAWAY: u8 = 0x7;
-    pub const WINDOW_UPDATE: u8 = 0x8;
-    pub const CONTINUATION: u8 = 0x9;
+    pub(crate) const DATA: u8 = 0x0;
+    pub(crate) const HEADERS: u8 = 0x1;
+    pub(crate) const RST_STREAM: u8 = 0x3;
+    pub(crate) const SETTINGS: u8 = 0x4;
+    pub(crate) const PUSH_PROMISE: u8 = 0x5;
+    pub(crate) const PING: u8 = 0x6;
+    pub(crate) const GOAWAY: u8 = 0x7;
+    pub(crate) const WINDOW_UPDATE: u8 = 0x8;
+    pub(crate) const CONTINUATION: u8 = 0x9;
 }
 
 mod flag {
-    pub const END_STREAM: u8 = 0x1;
-    pub const ACK: u8 = 0x1;
-    pub const END_HEADERS: u8 = 0x4;
-    pub const PADDED: u8 = 0x8;
-    pub const PRIORITY: u8 = 0x20;
+    pub(crate) const END_STREAM: u8 = 0x1;
+    pub(crate) const ACK: u8 = 0x1;
+    pub(crate) const END_HEADERS: u8 = 0x4;
+    pub(crate) const PADDED: u8 = 0x8;
+    pub(crate) const PRIORITY: u8 = 0x20;
 }
 
 mod setting {
-    pub const ENABLE_PUSH: u16 = 0x2;
-    pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
-    pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
-    pub const MAX_FRAME_SIZE: u16 = 0x5;
+    pub(crate) const ENABLE_PUSH: u16 = 0x2;
+    pub(crate) const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    pub(crate) const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    pub(crate) const MAX_FRAME_SIZE: u16 = 0x5;
 }
 
 /// What a stream reports to the round.
-pub enum Event {
+pub(crate) enum Event {
     /// A response arrived; its one resource (an encoded `Secret`) is checked after the timed
     /// phase, so that the client's parsing does not take CPU from the server while it is timed.
     Response { stream: usize, secret: Vec<u8> },
@@ -74,7 +74,7 @@ pub enum Event {
 }
 
 /// Anything a connection can run over (loopback TCP or a Unix socket).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One call on the connection.
@@ -93,7 +93,7 @@ struct Call {
 }
 
 /// An HTTP/2 connection after the SETTINGS exchange, ready to open calls.
-pub struct Connection {
+pub(crate) struct Connection {
     io: Box<dyn Io>,
     read: BytesMut,
     write: BytesMut,
@@ -118,7 +118,7 @@ pub struct Connection {
 impl Connection {
     /// Sends the preface and SETTINGS and waits until the server's SETTINGS arrived and ours
     /// were acknowledged, so that no part of the handshake falls into a timed phase.
-    pub async fn handshake(io: Box<dyn Io>) -> anyhow::Result<Self> {
+    pub(crate) async fn handshake(io: Box<dyn Io>) -> anyhow::Result<Self> {
         let mut connection = Self {
             io,
             // Both grow to what the connection's streams need: with one stream per connection
@@ -176,7 +176,11 @@ impl Connection {
 
     /// Frames a `StreamSecrets` call for each `(index, first message)` in the write buffer
     /// (sent by [`Connection::run`]): HEADERS, then the first request as DATA.
-    pub fn open(&mut self, authority: &str, calls: Vec<(usize, Bytes)>) -> anyhow::Result<()> {
+    pub(crate) fn open(
+        &mut self,
+        authority: &str,
+        calls: Vec<(usize, Bytes)>,
+    ) -> anyhow::Result<()> {
         let total = self.calls.len() + calls.len();
         if let Some(limit) = self.max_concurrent_streams {
             ensure!(
@@ -215,7 +219,7 @@ impl Connection {
 
     /// Sends what [`Connection::open`] framed, then answers every response with an ACK until
     /// the connection ends, reporting each response and each failed stream on `events`.
-    pub async fn run(mut self, events: mpsc::UnboundedSender<Event>) {
+    pub(crate) async fn run(mut self, events: mpsc::UnboundedSender<Event>) {
         let failure = loop {
             if let Err(error) = self.flush().await {
                 break format!("{error:#}");
@@ -674,7 +678,7 @@ fn put_integer(block: &mut BytesMut, first: u8, prefix_bits: u32, mut value: usi
 }
 
 /// A gRPC message on the wire: uncompressed flag, big-endian length, protobuf bytes.
-pub fn grpc_frame(message: &impl Message) -> Bytes {
+pub(crate) fn grpc_frame(message: &impl Message) -> Bytes {
     let len = message.encoded_len();
     let mut frame = BytesMut::with_capacity(5 + len);
     frame.put_u8(0);

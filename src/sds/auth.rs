@@ -87,6 +87,11 @@ pub struct MtlsSettings {
 
 impl MtlsSettings {
     /// The default server identity `meshca-system/meshca` in `trust_domain`.
+    #[allow(
+        clippy::expect_used,
+        reason = "a constant namespace and service account, valid in every trust domain \
+                  (the SDS tests build it)"
+    )]
     pub fn new(trust_domain: &TrustDomain) -> Self {
         Self {
             server_identity: SpiffeId::new(trust_domain.clone(), "meshca-system", "meshca")

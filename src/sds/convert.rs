@@ -62,6 +62,11 @@ fn pem_into(out: &mut Vec<u8>, label: &str, der: &[u8]) {
     for line in der.chunks(48) {
         let start = out.len();
         out.resize(start + line.len().div_ceil(3) * 4, 0);
+        #[allow(
+            clippy::expect_used,
+            reason = "encode_slice fails only when the room is too small, and it is exactly the \
+                      encoded length"
+        )]
         let written = STANDARD
             .encode_slice(line, &mut out[start..])
             .expect("the line's room is its exact base64 length");

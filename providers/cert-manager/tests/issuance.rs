@@ -2,7 +2,7 @@
 //! and what is mocked): the request it creates, the watch, denial, failure, timeout, deletion,
 //! garbage collection, chain verification and RBAC errors.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

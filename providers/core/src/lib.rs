@@ -12,6 +12,8 @@
 //! and nothing that wires a runtime.
 
 #![forbid(unsafe_code)]
+// The provider contract is this crate's whole purpose: every public item says what it means.
+#![warn(missing_docs)]
 
 pub mod clock;
 #[cfg(feature = "conformance")]

@@ -219,10 +219,10 @@ impl SigningAuthority {
             clock_skew,
             self.not_after,
         )?;
-        let mut certificates = Vec::with_capacity(1 + self.leaf_tail.len());
-        certificates.push(CertificateDer::from(leaf));
-        certificates.extend(self.leaf_tail.iter().cloned());
-        Ok(CertificateChain::new(certificates).expect("a chain holding a leaf is not empty"))
+        Ok(CertificateChain::with_leaf(
+            CertificateDer::from(leaf),
+            self.leaf_tail.iter().cloned(),
+        ))
     }
 
     /// The CA certificate that signs.

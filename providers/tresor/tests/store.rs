@@ -1,7 +1,7 @@
 //! The directory CA store and bootstrap: restarts, file modes, refusals that name the file
 //! and leave it untouched, and concurrent bootstraps.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -20,7 +20,7 @@
 //! hurts no side alone. The figures are printed and written to `docs/BENCHMARKS.md` between
 //! `<!-- vault-bench:begin -->` and `<!-- vault-bench:end -->`.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt::Write as _;
 use std::sync::Arc;

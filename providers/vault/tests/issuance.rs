@@ -1,6 +1,6 @@
 //! Issuance against a real OpenBao: chains, lifetimes, role caps and refusals, conformance.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 use std::time::{Duration, SystemTime};

@@ -1,7 +1,7 @@
 //! What `VaultProvider::connect` says when something is wrong: each message names Vault's
 //! address and the setting or Vault object to fix.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use meshca_test_support::bao as support;
 

@@ -21,6 +21,19 @@ impl CertificateChain {
         (!certificates.is_empty()).then_some(Self { certificates })
     }
 
+    /// The chain of `leaf` and the certificates above it (`intermediates`, nearest first):
+    /// never empty, so, unlike [`new`](Self::new), nothing can fail.
+    pub fn with_leaf(
+        leaf: CertificateDer<'static>,
+        intermediates: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Self {
+        let intermediates = intermediates.into_iter();
+        let mut certificates = Vec::with_capacity(1 + intermediates.size_hint().0);
+        certificates.push(leaf);
+        certificates.extend(intermediates);
+        Self { certificates }
+    }
+
     /// Reads every `CERTIFICATE` block of a PEM text, in order (leaf first).
     pub fn from_pem(text: &str) -> Result<Self, PemError> {
         Self::new(certificates_from_pem(text)?).ok_or(PemError::NoCertificate)
