@@ -19,8 +19,6 @@ use std::time::{Duration, SystemTime};
 
 use meshca_provider::{LeafSpec, format_duration};
 
-use crate::config::ProviderConfig;
-
 /// The shortest leaf lifetime meshca issues, whatever asks: below it a certificate cannot be
 /// renewed before it expires.
 pub const MIN_LEAF_LIFETIME: Duration = Duration::from_secs(10);
@@ -160,22 +158,18 @@ pub struct LifetimePolicy {
 }
 
 impl LifetimePolicy {
-    /// The policy for `kind` from `certificateProvider.*`.
-    pub fn new(config: &ProviderConfig, kind: LeafKind) -> Self {
-        let (max, max_key) = match kind {
-            LeafKind::Workload => (config.max_service_cert_validity_duration, MAX_WORKLOAD_KEY),
-            LeafKind::Server => (config.max_server_cert_validity_duration, MAX_SERVER_KEY),
+    /// The policy for `kind` with the maximum `max` (what `certificateProvider.*` sets: see
+    /// `ProviderConfig::lifetime_policy`).
+    pub fn new(kind: LeafKind, max: Duration) -> Self {
+        let max_key = match kind {
+            LeafKind::Workload => MAX_WORKLOAD_KEY,
+            LeafKind::Server => MAX_SERVER_KEY,
         };
         Self {
             min: MIN_LEAF_LIFETIME,
             max,
             max_key,
         }
-    }
-
-    /// The policy for the kind of leaf `spec` describes.
-    pub fn for_spec(config: &ProviderConfig, spec: &LeafSpec) -> Self {
-        Self::new(config, LeafKind::of(spec))
     }
 
     /// Returns `requested` if it lies within `[min, max]`, else why not.
@@ -204,11 +198,12 @@ impl LifetimePolicy {
     }
 }
 
-/// The longest leaf any path may ask for under `config`, and the key that sets it: what a CA
-/// must be able to cover.
-pub fn longest_leaf(config: &ProviderConfig) -> (Duration, &'static str) {
-    let workload = LifetimePolicy::new(config, LeafKind::Workload);
-    let server = LifetimePolicy::new(config, LeafKind::Server);
+/// The longest leaf any path may ask for under the `workload` and `server` policies, and the
+/// key that sets it: what a CA must be able to cover.
+pub fn longest_leaf(
+    workload: &LifetimePolicy,
+    server: &LifetimePolicy,
+) -> (Duration, &'static str) {
     if server.max > workload.max {
         (server.max, server.max_key)
     } else {
@@ -221,12 +216,12 @@ pub fn longest_leaf(config: &ProviderConfig) -> (Duration, &'static str) {
 pub fn check_ca_lifetime(
     what: &'static str,
     lifetime: Duration,
-    config: &ProviderConfig,
+    longest: (Duration, &'static str),
 ) -> Result<(), LifetimeError> {
     if lifetime.is_zero() {
         return Err(LifetimeError::CaNotPositive { what, lifetime });
     }
-    let (longest_leaf, leaf_key) = longest_leaf(config);
+    let (longest_leaf, leaf_key) = longest;
     if lifetime < longest_leaf {
         return Err(LifetimeError::CaShorterThanLeaf {
             what,
@@ -273,14 +268,18 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
-    fn config() -> ProviderConfig {
-        ProviderConfig::default()
+    fn workload() -> LifetimePolicy {
+        LifetimePolicy::new(LeafKind::Workload, DEFAULT_MAX_WORKLOAD_LIFETIME)
+    }
+
+    fn server() -> LifetimePolicy {
+        LifetimePolicy::new(LeafKind::Server, DEFAULT_MAX_SERVER_LIFETIME)
     }
 
     #[test]
     fn leaf_lifetimes_inside_the_range_pass_and_outside_are_refused_with_the_limit() {
-        let workload = LifetimePolicy::new(&config(), LeafKind::Workload);
-        let server = LifetimePolicy::new(&config(), LeafKind::Server);
+        let workload = workload();
+        let server = server();
         assert_eq!(workload.check(24 * HOUR), Ok(24 * HOUR));
         assert_eq!(workload.check(MIN_LEAF_LIFETIME), Ok(MIN_LEAF_LIFETIME));
         assert_eq!(workload.check(2160 * HOUR), Ok(2160 * HOUR));
@@ -314,15 +313,13 @@ mod tests {
         assert_eq!(LeafKind::of(&workload), LeafKind::Workload);
         let server = LeafSpec::server(vec!["x.example".parse().unwrap()], HOUR);
         assert_eq!(LeafKind::of(&server), LeafKind::Server);
-        let policy = LifetimePolicy::for_spec(&config(), &server);
+        let policy = LifetimePolicy::new(LeafKind::of(&server), HOUR);
         assert_eq!(policy.max_key, MAX_SERVER_KEY);
     }
 
     #[test]
     fn a_maximum_below_the_minimum_is_named() {
-        let mut config = config();
-        config.max_service_cert_validity_duration = Duration::from_secs(5);
-        let err = LifetimePolicy::new(&config, LeafKind::Workload)
+        let err = LifetimePolicy::new(LeafKind::Workload, Duration::from_secs(5))
             .check(Duration::from_secs(5))
             .unwrap_err();
         assert!(matches!(err, LifetimeError::MaxBelowMin { .. }), "{err}");
@@ -331,12 +328,12 @@ mod tests {
 
     #[test]
     fn a_ca_must_cover_the_longest_leaf_and_fit_under_its_issuer() {
-        let config = config();
-        assert_eq!(longest_leaf(&config), (8760 * HOUR, MAX_SERVER_KEY));
-        check_ca_lifetime("intermediate (--lifetime)", 8760 * HOUR, &config).unwrap();
-        let zero = check_ca_lifetime("intermediate (--lifetime)", Duration::ZERO, &config);
+        let longest = longest_leaf(&workload(), &server());
+        assert_eq!(longest, (8760 * HOUR, MAX_SERVER_KEY));
+        check_ca_lifetime("intermediate (--lifetime)", 8760 * HOUR, longest).unwrap();
+        let zero = check_ca_lifetime("intermediate (--lifetime)", Duration::ZERO, longest);
         assert!(matches!(zero, Err(LifetimeError::CaNotPositive { .. })));
-        let short = check_ca_lifetime("intermediate (--lifetime)", 720 * HOUR, &config)
+        let short = check_ca_lifetime("intermediate (--lifetime)", 720 * HOUR, longest)
             .unwrap_err()
             .to_string();
         assert!(

@@ -123,8 +123,11 @@ impl Setup {
             ),
             None => LeafSpec::server(dns.clone(), lifetime),
         };
-        let pipeline =
-            meshca::issuance::Pipeline::from_config(&self.config(), provider, clock).unwrap();
+        let pipeline = meshca::issuance::Pipeline::new(
+            provider,
+            self.config().pipeline_settings().unwrap(),
+            clock,
+        );
         let issued = issue_validated(&pipeline, spec, KeyType::P256)
             .await
             .unwrap();

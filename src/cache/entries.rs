@@ -10,9 +10,14 @@ use std::time::SystemTime;
 use meshca_provider::{Clock, LeafSpec, SpiffeId};
 use tokio::sync::watch;
 
-use super::worker::Fetched;
 use super::{CacheError, CacheSettings, CacheStats, CertKey, ServedCertificate};
 use crate::issuance::{IssuanceMetrics, Issued, KeySource, Pipeline};
+
+/// The answer to a fetch.
+pub(super) struct Fetched {
+    pub cert: Arc<ServedCertificate>,
+    pub updates: Option<watch::Receiver<Arc<ServedCertificate>>>,
+}
 
 /// State shared by the handles, the worker and the issuance tasks.
 pub(super) struct Shared {

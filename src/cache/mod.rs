@@ -63,8 +63,9 @@ pub use policy::{
 pub use settings::{CacheSettings, DEFAULT_LIFETIME};
 
 use crate::issuance::{LatencyHistogram, Pipeline, panic_message};
+use entries::Fetched;
 use entries::{Counters, Entries, Lookup, Shared, WorkerClaim};
-use worker::{Command, Fetched, Worker};
+use worker::{Command, Worker};
 
 /// What a certificate is for. Each purpose of an identity gets its own key and serial, so a
 /// proxy's inbound and outbound listeners never share key material.

@@ -10,7 +10,6 @@ use super::policy::{
     Backoff, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_JITTER_FRACTION,
     DEFAULT_RENEW_FLOOR, DEFAULT_RENEW_FRACTION, RenewPolicy,
 };
-use crate::config::Config;
 use crate::issuance::{DEFAULT_ISSUE_TIMEOUT, PipelineSettings, RequestPolicy};
 
 /// Default lifetime of a workload certificate
@@ -71,23 +70,6 @@ impl Default for CacheSettings {
 }
 
 impl CacheSettings {
-    /// The settings `certificateProvider.*` and `renewal.*` describe (what `meshca serve` runs
-    /// with); the rest at their defaults.
-    pub fn from_config(config: &Config) -> Self {
-        let renewal = &config.renewal;
-        Self {
-            lifetime: config.certificate_provider.service_cert_validity_duration,
-            key_type: config.certificate_provider.key_type,
-            renew_fraction: renewal.fraction,
-            jitter_fraction: renewal.jitter,
-            renew_floor: renewal.floor,
-            backoff_initial: renewal.backoff_initial,
-            backoff_max: renewal.backoff_max,
-            issue_timeout: renewal.issue_timeout,
-            ..Self::default()
-        }
-    }
-
     /// The renewal policy these settings describe.
     pub fn renew_policy(&self) -> RenewPolicy {
         RenewPolicy {
@@ -187,11 +169,11 @@ impl CacheSettings {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::config::{ConfigError, Overrides, RenewalConfig};
+    use crate::config::{Config, ConfigError, Overrides, RenewalConfig};
 
     #[test]
     fn the_configuration_defaults_are_the_cache_defaults() {
-        let from_config = CacheSettings::from_config(&Config::default());
+        let from_config = Config::default().cache_settings();
         assert_eq!(from_config, CacheSettings::default());
         assert_eq!(RenewalConfig::default().floor, DEFAULT_RENEW_FLOOR);
         assert_eq!(RenewPolicy::default().floor, DEFAULT_RENEW_FLOOR);

@@ -17,12 +17,13 @@ use std::sync::atomic::Ordering;
 
 use meshca_provider::SpiffeId;
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
 use super::{
-    CacheError, CertKey, ServedCertificate, Shared, WorkerClaim, renew_in, retry_in, rfc3339,
+    CacheError, CertKey, Fetched, ServedCertificate, Shared, WorkerClaim, renew_in, retry_in,
+    rfc3339,
 };
 
 /// What the handles ask of the worker.
@@ -44,12 +45,6 @@ pub(super) enum Command {
     },
     /// A caller's issuance of `key` ended without a result: the caller went away.
     Abandoned(CertKey),
-}
-
-/// The answer to a fetch.
-pub(super) struct Fetched {
-    pub cert: Arc<ServedCertificate>,
-    pub updates: Option<watch::Receiver<Arc<ServedCertificate>>>,
 }
 
 struct Waiter {

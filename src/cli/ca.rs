@@ -319,7 +319,11 @@ pub async fn run(config: &Config, command: CaCommand) -> anyhow::Result<()> {
             out_dir,
         } => {
             let what = "intermediate (--lifetime)";
-            crate::lifetime::check_ca_lifetime(what, lifetime, &config.certificate_provider)?;
+            crate::lifetime::check_ca_lifetime(
+                what,
+                lifetime,
+                config.certificate_provider.longest_leaf(),
+            )?;
             let trust_domain = match for_trust_domain {
                 Some(name) => TrustDomain::new(&name)?,
                 None => config.trust_domain(),

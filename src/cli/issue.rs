@@ -17,7 +17,6 @@ use crate::cli::out_dir::{OutDir, OutFile};
 use crate::config::Config;
 use crate::issuance::{KeySource, Pipeline};
 use crate::kubernetes::{ManagedTlsSecret, SecretRef, TlsMaterial, TlsSecretWriter, Written};
-use crate::lifetime::LifetimePolicy;
 
 /// `meshca issue` options.
 #[derive(Debug, Args)]
@@ -103,7 +102,9 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
             ns = target.namespace,
         );
     }
-    let lifetime = LifetimePolicy::for_spec(&config.certificate_provider, &spec)
+    let lifetime = config
+        .certificate_provider
+        .lifetime_policy_for(&spec)
         .check(requested)
         .with_context(|| match args.lifetime {
             Some(_) => "--lifetime".to_owned(),
@@ -126,7 +127,7 @@ pub async fn run(config: &Config, args: IssueArgs) -> anyhow::Result<()> {
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let provider = crate::providers::build(config, clock.clone()).await?;
-    let pipeline = Pipeline::from_config(config, provider, clock)?;
+    let pipeline = Pipeline::new(provider, config.pipeline_settings()?, clock);
     let issued = issue_validated(&pipeline, spec.clone(), key_type).await?;
     let info = &issued.info;
 

@@ -63,7 +63,6 @@ use crate::kubernetes::managed_secret::{LIFETIME_ANNOTATION, MAX_ATTEMPTS};
 use crate::kubernetes::{
     ManagedTlsSecret, Replaced, SecretRef, TlsMaterial, TlsSecretWriter, list_managed,
 };
-use crate::lifetime::LifetimePolicy;
 
 mod proof;
 mod report;
@@ -351,7 +350,9 @@ impl Renewer<'_> {
         let spec = spec_for(asked);
         // The annotation is checked like `meshca issue --lifetime`: a Secret edited (or
         // written under a laxer configuration) to ask for more is refused, not renewed.
-        LifetimePolicy::for_spec(&self.config.certificate_provider, &spec)
+        self.config
+            .certificate_provider
+            .lifetime_policy_for(&spec)
             .check(asked.lifetime)
             .with_context(|| format!("its {LIFETIME_ANNOTATION} annotation"))?;
         let pipeline = self.pipeline().await?;
@@ -418,11 +419,13 @@ impl Renewer<'_> {
             Some(built) => built.clone(),
             None => {
                 let built = match crate::providers::build(self.config, self.clock.clone()).await {
-                    Ok(provider) => {
-                        Pipeline::from_config(self.config, provider, self.clock.clone())
-                            .map(Arc::new)
-                            .map_err(|e| format!("{e}"))
-                    }
+                    Ok(provider) => self
+                        .config
+                        .pipeline_settings()
+                        .map(|settings| {
+                            Arc::new(Pipeline::new(provider, settings, self.clock.clone()))
+                        })
+                        .map_err(|e| format!("{e}")),
                     Err(e) => Err(format!(
                         "cannot set up the {} provider: {e:#}",
                         self.config.certificate_provider.kind.as_str()

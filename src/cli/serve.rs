@@ -28,7 +28,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let (provider, tresor) = crate::providers::build_with_handle(&config, clock.clone()).await?;
     announce_extra_roots(&config, clock.now())?;
-    let pipeline = Pipeline::from_config(&config, provider.clone(), clock.clone())?;
+    let pipeline = Pipeline::new(provider.clone(), config.pipeline_settings()?, clock.clone());
     let cache = Arc::new(CertificateCache::with_pipeline(
         Arc::new(pipeline),
         cache_settings(&config),
@@ -168,7 +168,7 @@ pub async fn sds_settings(config: &Config) -> anyhow::Result<SdsSettings> {
 
 /// The cache settings from `certificateProvider.*` and `renewal.*`.
 pub fn cache_settings(config: &Config) -> CacheSettings {
-    CacheSettings::from_config(config)
+    config.cache_settings()
 }
 
 /// Announces `extraTrustedRoots` in the log (an expired one is kept but warned about: it

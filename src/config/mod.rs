@@ -11,6 +11,7 @@
 //! defaults, `trusted_roots.rs` reads `extraTrustedRoots`, and `forms.rs` the YAML spellings some
 //! values accept besides their plain type.
 
+mod build;
 mod forms;
 mod load;
 mod sds;

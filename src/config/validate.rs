@@ -35,17 +35,15 @@ impl Config {
         }
         self.check_lifetimes()?;
         // `renewal.*`: the cache's own validator, the one place their rules live.
-        crate::cache::CacheSettings::from_config(self)
-            .validate()
-            .map_err(|e| match e {
-                crate::cache::CacheError::InvalidSettings { field, reason } => {
-                    ConfigError::InvalidValue { key: field, reason }
-                }
-                other => ConfigError::InvalidValue {
-                    key: "renewal",
-                    reason: other.to_string(),
-                },
-            })?;
+        self.cache_settings().validate().map_err(|e| match e {
+            crate::cache::CacheError::InvalidSettings { field, reason } => {
+                ConfigError::InvalidValue { key: field, reason }
+            }
+            other => ConfigError::InvalidValue {
+                key: "renewal",
+                reason: other.to_string(),
+            },
+        })?;
         let r = &self.renewal;
         if self.rotation.poll_interval.is_zero() {
             return Err(ConfigError::InvalidValue {
@@ -126,13 +124,13 @@ impl Config {
     /// default workload lifetime inside its range, a generated root able to cover the longest
     /// leaf.
     fn check_lifetimes(&self) -> Result<(), ConfigError> {
-        use crate::lifetime::{LeafKind, LifetimePolicy, MAX_SERVER_KEY, MAX_WORKLOAD_KEY};
+        use crate::lifetime::{LeafKind, MAX_SERVER_KEY, MAX_WORKLOAD_KEY};
         let provider = &self.certificate_provider;
         for (kind, key) in [
             (LeafKind::Workload, MAX_WORKLOAD_KEY),
             (LeafKind::Server, MAX_SERVER_KEY),
         ] {
-            let policy = LifetimePolicy::new(provider, kind);
+            let policy = provider.lifetime_policy(kind);
             policy
                 .check(policy.max)
                 .map_err(|e| ConfigError::InvalidValue {
@@ -140,7 +138,8 @@ impl Config {
                     reason: e.to_string(),
                 })?;
         }
-        LifetimePolicy::new(provider, LeafKind::Workload)
+        provider
+            .lifetime_policy(LeafKind::Workload)
             .check(provider.service_cert_validity_duration)
             .map_err(|e| ConfigError::InvalidValue {
                 key: "certificateProvider.serviceCertValidityDuration",
@@ -149,7 +148,7 @@ impl Config {
         crate::lifetime::check_ca_lifetime(
             "root (tresor.rootValidityDuration)",
             self.tresor.root_validity_duration,
-            provider,
+            provider.longest_leaf(),
         )
         .map_err(|e| ConfigError::InvalidValue {
             key: "tresor.rootValidityDuration",

@@ -45,8 +45,6 @@ pub use key::KeySource;
 pub use metrics::{IssuanceMetrics, IssueResult, LatencyHistogram};
 pub use policy::RequestPolicy;
 
-use crate::config::{Config, ConfigError};
-
 /// How long one provider call may take by default (`renewal.issueTimeout`).
 pub const DEFAULT_ISSUE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -69,18 +67,6 @@ impl Default for PipelineSettings {
             extra_roots: TrustBundle::default(),
             policy: RequestPolicy::default(),
         }
-    }
-}
-
-impl PipelineSettings {
-    /// The settings `config` describes: `renewal.issueTimeout`, `extraTrustedRoots` and the
-    /// `certificateProvider.*` lifetime bounds.
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        Ok(Self {
-            issue_timeout: config.renewal.issue_timeout,
-            extra_roots: config.extra_trusted_roots()?,
-            policy: RequestPolicy::from_config(&config.certificate_provider),
-        })
     }
 }
 
@@ -125,21 +111,6 @@ impl Pipeline {
             trust,
             metrics: IssuanceMetrics::default(),
         }
-    }
-
-    /// The pipeline `config` describes around `provider`: the one constructor the daemon,
-    /// `meshca issue` and the `meshca rotate` cron use, so they share timeout, extra roots and
-    /// policy.
-    pub fn from_config(
-        config: &Config,
-        provider: SharedProvider,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, ConfigError> {
-        Ok(Self::new(
-            provider,
-            PipelineSettings::from_config(config)?,
-            clock,
-        ))
     }
 
     /// Issues a certificate for `spec` and the key `key` names, through every stage (see the

@@ -13,8 +13,9 @@
 use meshca_provider::{Capabilities, IssueRequest, LeafSpec};
 
 use super::IssueError;
-use crate::config::ProviderConfig;
-use crate::lifetime::{LeafKind, LifetimePolicy};
+use crate::lifetime::{
+    DEFAULT_MAX_SERVER_LIFETIME, DEFAULT_MAX_WORKLOAD_LIFETIME, LeafKind, LifetimePolicy,
+};
 
 /// The bounds a request must respect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,14 +27,6 @@ pub struct RequestPolicy {
 }
 
 impl RequestPolicy {
-    /// The bounds `certificateProvider.*` sets.
-    pub fn from_config(config: &ProviderConfig) -> Self {
-        Self {
-            workload: LifetimePolicy::new(config, LeafKind::Workload),
-            server: LifetimePolicy::new(config, LeafKind::Server),
-        }
-    }
-
     /// Checks `spec`'s names and lifetime, then caps the lifetime at what the backend grants.
     pub(super) fn apply(
         &self,
@@ -58,7 +51,10 @@ impl RequestPolicy {
 impl Default for RequestPolicy {
     /// The bounds of the default configuration.
     fn default() -> Self {
-        Self::from_config(&ProviderConfig::default())
+        Self {
+            workload: LifetimePolicy::new(LeafKind::Workload, DEFAULT_MAX_WORKLOAD_LIFETIME),
+            server: LifetimePolicy::new(LeafKind::Server, DEFAULT_MAX_SERVER_LIFETIME),
+        }
     }
 }
 
