@@ -21,7 +21,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +30,7 @@ use meshca_provider::{
     TrustDomain, VerifiedCsr,
 };
 use meshca_test_support::cli::{self, ok};
+use meshca_test_support::csr::greedy_openssl_csr;
 use meshca_test_support::tools::{python_packages, run_python};
 use meshca_test_support::workspace_root;
 use meshca_tresor::{DirectoryStore, StoredCa, Tresor};
@@ -174,32 +174,6 @@ fn issue_all(
     leaves
 }
 
-/// A CSR made by `openssl req` for a new key (`-newkey` arguments) that asks for what no caller
-/// may choose: another workload's SPIFFE ID, a DNS name nobody gave it, and O= and CN=.
-fn openssl_csr(work: &Path, name: &str, newkey: &[&str]) -> PathBuf {
-    let csr = work.join(format!("{name}.csr"));
-    let output = Command::new("openssl")
-        .args(["req", "-new", "-nodes", "-keyout"])
-        .arg(work.join(format!("{name}.key")))
-        .args(newkey)
-        .args([
-            "-subj",
-            "/O=Not meshca/CN=evil.example",
-            "-addext",
-            "subjectAltName=URI:spiffe://cluster.local/ns/kube-system/sa/admin,DNS:evil.example",
-            "-out",
-        ])
-        .arg(&csr)
-        .output()
-        .expect("run openssl req");
-    assert!(
-        output.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    csr
-}
-
 /// Callers' keys: Tresor, over the CA in `ca_dir`, signs `openssl req` CSRs for a P-256 and
 /// an RSA 2048 key with meshca's names; returns the manifest entries.
 fn issue_for_callers(ca_dir: &Path, work: &Path, root: &str) -> Vec<Value> {
@@ -236,7 +210,7 @@ fn issue_for_callers(ca_dir: &Path, work: &Path, root: &str) -> Vec<Value> {
     ];
     let mut leaves = Vec::new();
     for (index, (name, newkey, spec)) in cases.into_iter().enumerate() {
-        let csr_path = openssl_csr(work, &format!("caller-{index}"), newkey);
+        let csr_path = greedy_openssl_csr(work, &format!("caller-{index}"), newkey);
         let csr = VerifiedCsr::from_pem(&std::fs::read_to_string(&csr_path).unwrap()).unwrap();
         let request = IssueRequest::for_caller(&spec, &csr);
         tresor.capabilities().check(&request).unwrap();

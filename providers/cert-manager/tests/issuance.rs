@@ -13,6 +13,7 @@ use meshca_provider::{
     CertificateProvider, ChainError, CsrError, IssueRequest, KeyType, LeafKey, LeafSpec,
     ProviderError, SpiffeId, TrustBundle, TrustDomain, VerifiedCsr,
 };
+use meshca_test_support::csr::requested_sans;
 use meshca_test_support::kube_api::cert_manager::{
     REQUESTS_PATH, SECRET_PATH, add_existing, base64, denying_issuer, failing_issuer, fake,
     signing_issuer, unbase64,
@@ -20,7 +21,6 @@ use meshca_test_support::kube_api::cert_manager::{
 use meshca_test_support::kube_api::{MockKube, Recorded, Step, Watch, status_body};
 use meshca_test_support::{PATIENCE, TestCa, eventually};
 use serde_json::json;
-use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension};
 
 fn workload() -> LeafSpec {
     let id = SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();
@@ -83,27 +83,11 @@ fn deletes(seen: &[Recorded]) -> Vec<String> {
         .collect()
 }
 
-/// SANs of a PEM CSR, parsed with x509-parser: (URIs, DNS names).
+/// SANs of a PEM CSR: (URIs, DNS names).
 fn csr_sans(pem_text: &str) -> (Vec<String>, Vec<String>) {
     let block = pem::parse(pem_text).unwrap();
     assert_eq!(block.tag(), "CERTIFICATE REQUEST");
-    let (_, csr) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(block.contents())
-            .unwrap();
-    csr.verify_signature().unwrap();
-    let (mut uris, mut dns) = (Vec::new(), Vec::new());
-    for extension in csr.requested_extensions().into_iter().flatten() {
-        if let ParsedExtension::SubjectAlternativeName(san) = extension {
-            for name in &san.general_names {
-                match name {
-                    GeneralName::URI(uri) => uris.push((*uri).to_owned()),
-                    GeneralName::DNSName(name) => dns.push((*name).to_owned()),
-                    other => panic!("unexpected SAN {other:?}"),
-                }
-            }
-        }
-    }
-    (uris, dns)
+    requested_sans(block.contents())
 }
 
 #[tokio::test]

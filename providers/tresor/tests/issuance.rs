@@ -14,13 +14,14 @@ use meshca_provider::{
     KeyType, LeafKey, LeafSpec, ProviderError, SpiffeId, SubjectKey, SystemClock, TrustBundle,
     TrustDomain,
 };
+use meshca_test_support::csr::requested_sans;
 use meshca_test_support::verify::{
     FixedClock, Purpose, openssl_verify, run_openssl, verify_everywhere, webpki_verify,
 };
 use meshca_tresor::{
     CaProblem, IntermediateOptions, RootOptions, SigningAuthority, StoreError, StoredCa, Tresor,
 };
-use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
+use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const SKEW: Duration = Duration::from_secs(60);
@@ -641,25 +642,6 @@ enum CallerFault {
     OwnKey,
 }
 
-/// The URI and DNS names a CSR asks for, read as a careless backend would.
-fn requested_names(csr: &[u8]) -> (Vec<String>, Vec<String>) {
-    let (_, csr) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(csr).unwrap();
-    let (mut uris, mut dns) = (vec![], vec![]);
-    for extension in csr.requested_extensions().into_iter().flatten() {
-        if let ParsedExtension::SubjectAlternativeName(san) = extension {
-            for name in &san.general_names {
-                match name {
-                    GeneralName::URI(uri) => uris.push((*uri).to_owned()),
-                    GeneralName::DNSName(name) => dns.push((*name).to_owned()),
-                    _ => {}
-                }
-            }
-        }
-    }
-    (uris, dns)
-}
-
 #[async_trait::async_trait]
 impl CertificateProvider for Broken {
     fn name(&self) -> &'static str {
@@ -681,7 +663,7 @@ impl CertificateProvider for Broken {
             match self.for_callers {
                 CallerFault::None => {}
                 CallerFault::CopiesCsrNames => {
-                    let (uris, dns) = requested_names(csr.der());
+                    let (uris, dns) = requested_sans(csr.der());
                     spec.spiffe_id = uris.first().map(|uri| uri.parse().unwrap());
                     spec.dns_names = dns.iter().map(|n| n.parse().unwrap()).collect();
                 }

@@ -2,7 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use meshca_provider::conformance;
@@ -11,6 +10,7 @@ use meshca_provider::{
     LeafSpec, ProviderError, SpiffeId, TrustBundle, TrustDomain, VerifiedCsr,
 };
 use meshca_test_support::bao::Bao;
+use meshca_test_support::csr::greedy_openssl_csr;
 use meshca_test_support::verify::verify_everywhere;
 use meshca_vault::{VaultProvider, VaultSettings};
 use serde_json::json;
@@ -251,29 +251,8 @@ async fn conforms_through_an_intermediate_with_an_ec_only_role() {
 /// subject with O= and CN=.
 fn greedy_csr(newkey: &[&str]) -> VerifiedCsr {
     let dir = tempfile::tempdir().unwrap();
-    let csr = dir.path().join("csr.der");
-    let output = Command::new("openssl")
-        .args(["req", "-new", "-nodes", "-keyout"])
-        .arg(dir.path().join("key.pem"))
-        .args(newkey)
-        .args([
-            "-subj",
-            "/O=Not meshca/CN=evil.example",
-            "-addext",
-            "subjectAltName=URI:spiffe://cluster.local/ns/kube-system/sa/admin,DNS:evil.example",
-            "-outform",
-            "DER",
-            "-out",
-        ])
-        .arg(&csr)
-        .output()
-        .expect("run openssl");
-    assert!(
-        output.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    VerifiedCsr::from_der(&std::fs::read(&csr).unwrap()).unwrap()
+    let csr = greedy_openssl_csr(dir.path(), "caller", newkey);
+    VerifiedCsr::from_pem(&std::fs::read_to_string(&csr).unwrap()).unwrap()
 }
 
 const P256: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];

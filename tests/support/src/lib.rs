@@ -8,6 +8,7 @@
 pub mod bao;
 pub mod ca;
 pub mod cli;
+pub mod csr;
 pub mod daemon;
 pub mod envoy;
 pub mod eventually;
