@@ -132,6 +132,15 @@ impl Pipeline {
         let provider = self.provider.as_ref();
         let capabilities = provider.capabilities();
         self.settings.policy.apply(&mut spec, capabilities)?;
+        // Refused before an RSA key (up to a second of work) is made for nothing.
+        if let KeySource::Generate(key_type) = key {
+            capabilities
+                .check_key_type(key_type)
+                .map_err(|source| IssueError::Provider {
+                    provider: provider.name(),
+                    source,
+                })?;
+        }
         let key = key::SubjectKey::resolve(key).await?;
         let request = key.request(&spec);
         policy::check_capabilities(provider.name(), capabilities, &request)?;

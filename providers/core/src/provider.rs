@@ -84,16 +84,22 @@ pub enum CsrNames {
 }
 
 impl Capabilities {
+    /// Checks a key type alone: what can be refused before a key of that type is made.
+    pub fn check_key_type(&self, key_type: KeyType) -> Result<(), ProviderError> {
+        if self.key_types.contains(&key_type) {
+            Ok(())
+        } else {
+            Err(ProviderError::Unsupported {
+                what: format!("{key_type} keys"),
+            })
+        }
+    }
+
     /// Checks a request against these capabilities: the key type, a URI SAN, and — for a
     /// backend that certifies what a CSR asks for — that a caller's CSR asks for exactly the
     /// request's names.
     pub fn check(&self, request: &IssueRequest<'_>) -> Result<(), ProviderError> {
-        let key_type = request.key_type();
-        if !self.key_types.contains(&key_type) {
-            return Err(ProviderError::Unsupported {
-                what: format!("{key_type} keys"),
-            });
-        }
+        self.check_key_type(request.key_type())?;
         if request.spec.spiffe_id.is_some() && !self.uri_sans {
             return Err(ProviderError::Unsupported {
                 what: "URI SANs (SPIFFE IDs)".to_owned(),
