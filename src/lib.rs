@@ -12,6 +12,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod issuance;
+pub mod istio;
 pub mod kubernetes;
 pub mod lifetime;
 pub mod providers;

@@ -13,6 +13,7 @@
 
 mod build;
 mod forms;
+mod istio;
 mod load;
 mod sds;
 mod sections;
@@ -26,6 +27,9 @@ use std::time::Duration;
 use meshca_provider::TrustDomain;
 use serde::{Deserialize, Serialize};
 
+pub use istio::{
+    ClusterTrustBundleConfig, IstioConfig, RootCertConfigMapConfig, TrustDistributionConfig,
+};
 pub use load::{ENV_PREFIX, Overrides, env_name, known_keys};
 pub use sds::{SdsAuth, SdsConfig};
 pub use sections::{
@@ -101,6 +105,10 @@ pub struct Config {
     pub rotation: RotationConfig,
     /// SDS listener settings.
     pub sds: SdsConfig,
+    /// The Istio CA API listener.
+    pub istio: IstioConfig,
+    /// The trust bundle published into the cluster (ConfigMaps, ClusterTrustBundle).
+    pub trust_distribution: TrustDistributionConfig,
     /// Admin (health, metrics) listener.
     pub admin: AdminConfig,
     /// Logging.
@@ -127,6 +135,8 @@ impl Default for Config {
             renewal: RenewalConfig::default(),
             rotation: RotationConfig::default(),
             sds: SdsConfig::default(),
+            istio: IstioConfig::default(),
+            trust_distribution: TrustDistributionConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             extra_trusted_roots: Vec::new(),

@@ -34,6 +34,8 @@ impl Config {
             });
         }
         self.check_lifetimes()?;
+        self.istio.validate()?;
+        self.trust_distribution.validate()?;
         // `renewal.*`: the cache's own validator, the one place their rules live.
         self.cache_settings().validate().map_err(|e| match e {
             crate::cache::CacheError::InvalidSettings { field, reason } => {
