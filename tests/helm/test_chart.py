@@ -40,7 +40,7 @@ NOTES_COMMAND = (
 
 # The example values files that are chart values (the Issuer manifest is not).
 VALUES_EXAMPLES = ["tresor.yaml", "vault-token-secret.yaml", "vault-kubernetes-auth.yaml",
-                   "cert-manager.yaml"]
+                   "cert-manager.yaml", "istio.yaml"]
 
 FAILURES = []
 CHECKS = 0
@@ -179,8 +179,12 @@ def check_common_wiring(r):
     expect_equal(env.get("MESHCA_NAMESPACE", {}).get("valueFrom"),
                  {"fieldRef": {"fieldPath": "metadata.namespace"}},
                  f"{label}: MESHCA_NAMESPACE from the downward API")
+    istio_on = (r.values.get("istio") or {}).get("enabled", False)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    expect_equal(ports, {"grpc-sds": 15010, "http-admin": 15014}, f"{label}: container ports")
+    expected_ports = {"grpc-sds": 15010, "http-admin": 15014}
+    if istio_on:
+        expected_ports["grpc-istio-ca"] = 15012
+    expect_equal(ports, expected_ports, f"{label}: container ports")
     expect_equal(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "http-admin"},
                  f"{label}: readiness probe")
     expect_equal(container["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "http-admin"},
@@ -193,8 +197,9 @@ def check_common_wiring(r):
 
     service = r.one("Service")
     expect_equal(sorted((p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]),
-                 [("grpc-sds", 15010, "grpc-sds"), ("http-admin", 15014, "http-admin")],
+                 sorted((name, port, name) for name, port in expected_ports.items()),
                  f"{label}: Service ports")
+    check(istio_on == ("istio" in config), f"{label}: istio section in the config iff istio.enabled")
     selector = deployment["spec"]["selector"]["matchLabels"]
     expect_equal(service["spec"]["selector"], selector, f"{label}: Service selects the Deployment")
     expect_equal(r.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], selector,
@@ -241,6 +246,19 @@ CERTIFICATE_REQUESTS = {"apiGroups": ["cert-manager.io"], "resources": ["certifi
                         "verbs": ["create", "get", "list", "watch", "delete"]}
 TOKEN_REVIEWS = {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
                  "verbs": ["create"]}
+
+
+PODS_READ = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}
+NAMESPACES_WATCH = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}
+CONFIGMAPS_KEEP = {"apiGroups": [""], "resources": ["configmaps"],
+                   "verbs": ["get", "list", "watch", "create", "update"]}
+CLUSTER_TRUST_BUNDLES = {"apiGroups": ["certificates.k8s.io"], "resources": ["clustertrustbundles"],
+                         "verbs": ["get", "list", "watch", "create", "update"]}
+
+
+def attest(signer):
+    return {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"],
+            "resourceNames": [signer], "verbs": ["attest"]}
 
 
 def get_secrets(*names):
@@ -330,6 +348,57 @@ def check_cert_manager(r):
                   "MESHCA_CERT_MANAGER_CA_BUNDLE_SECRET_NAME": "meshca-ca-bundle",
                   "MESHCA_CERT_MANAGER_CA_BUNDLE_SECRET_NAMESPACE": pod_namespace},
                  f"{label}: issuer settings in the environment")
+
+
+def check_istio(r):
+    """examples/istio.yaml: the CA listener, its names, token audiences, node agents, and the
+    root-cert ConfigMaps, each with exactly the cluster-wide rules it needs."""
+    label = "istio"
+    config = r.config()
+    istio = config["istio"]
+    expect_equal(istio["enabled"], True, f"{label}: istio.enabled")
+    expect_equal(istio["listen"], "0.0.0.0:15012", f"{label}: istio.listen")
+    expect_equal(istio["dnsNames"],
+                 f"istiod.istio-system.svc,meshca.{NAMESPACE}.svc,meshca.{NAMESPACE}.svc.cluster.local",
+                 f"{label}: the listener's DNS names include the chart's Service")
+    expect_equal(istio["tokenAudiences"], "istio-ca", f"{label}: istio.tokenAudiences")
+    expect_equal(istio["trustedNodeAgents"], "istio-system/ztunnel",
+                 f"{label}: istio.trustedNodeAgents")
+    expect_equal(config["trustDistribution"]["configMap"],
+                 {"enabled": True, "name": "istio-ca-root-cert", "key": "root-cert.pem",
+                  "excludeNamespaces": "kube-system,kube-public,kube-node-lease"},
+                 f"{label}: trustDistribution.configMap")
+    expect_equal(config["trustDistribution"]["clusterTrustBundle"]["enabled"], False,
+                 f"{label}: clusterTrustBundle off")
+    cluster_role = r.one("ClusterRole")
+    expect_equal(cluster_role["rules"], [TOKEN_REVIEWS, PODS_READ, NAMESPACES_WATCH, CONFIGMAPS_KEEP],
+                 f"{label}: ClusterRole rules")
+    binding = r.one("ClusterRoleBinding")
+    expect_equal(binding["roleRef"]["name"], cluster_role["metadata"]["name"],
+                 f"{label}: ClusterRoleBinding role")
+    expect_equal(binding["subjects"],
+                 [{"kind": "ServiceAccount", "name": "meshca", "namespace": NAMESPACE}],
+                 f"{label}: ClusterRoleBinding subject")
+
+
+def check_istio_variants(chart):
+    """No node agents: no pod access. A ClusterTrustBundle alone: its objects and `attest` on
+    the one signer, nothing about namespaces or tokens."""
+    label = "istio without node agents"
+    r = render(chart, label, {"istio": {"enabled": True, "trustedNodeAgents": []}})
+    expect_equal(r.one("ClusterRole")["rules"], [TOKEN_REVIEWS], f"{label}: ClusterRole rules")
+    expect_equal(r.config()["istio"]["trustedNodeAgents"], "", f"{label}: trustedNodeAgents")
+    check_kubernetes_schemas(r)
+    label = "clusterTrustBundle"
+    r2 = render(chart, label, {"trustDistribution": {"clusterTrustBundle": {
+        "enabled": True, "signerName": "example.com/mesh"}}})
+    expect_equal(r2.one("ClusterRole")["rules"], [CLUSTER_TRUST_BUNDLES, attest("example.com/mesh")],
+                 f"{label}: ClusterRole rules")
+    expect_equal(r2.config()["trustDistribution"]["clusterTrustBundle"],
+                 {"enabled": True, "signerName": "example.com/mesh"}, f"{label}: config")
+    check("istio" not in r2.config(), f"{label}: istio section without istio.enabled")
+    check_kubernetes_schemas(r2)
+    return r2
 
 
 def check_inline_vault_token(chart):
@@ -549,6 +618,7 @@ def main():
         "vault-token-secret.yaml": check_vault_token_secret,
         "vault-kubernetes-auth.yaml": check_vault_kubernetes_auth,
         "cert-manager.yaml": check_cert_manager,
+        "istio.yaml": check_istio,
     }
     present = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name != "cert-manager-issuer.yaml")
     expect_equal(present, sorted(VALUES_EXAMPLES), "example values files")
@@ -580,7 +650,8 @@ def main():
           f"cert-manager-issuer.yaml does not define the Issuer cert-manager.yaml names: {issuers}")
 
     for extra in (check_inline_vault_token, check_vault_secret_elsewhere,
-                  check_extra_trusted_roots, check_rotation_disabled, check_admin_token):
+                  check_extra_trusted_roots, check_rotation_disabled, check_admin_token,
+                  check_istio_variants):
         try:
             renderings.append(extra(chart))
         except Exception:
