@@ -90,6 +90,19 @@ impl AdminState {
         health: Arc<ProviderHealth>,
         settings: AdminSettings,
     ) -> Arc<Self> {
+        Self::with_collectors(cache, trust_domain, sds, health, settings, Vec::new())
+    }
+
+    /// As [`new`](Self::new), with more figures on `/metrics`: each collector is read at
+    /// scrape time, its names prefixed `meshca_` (the Istio CA API's counters, say).
+    pub fn with_collectors(
+        cache: Arc<CertificateCache>,
+        trust_domain: TrustDomain,
+        sds: Arc<SdsStats>,
+        health: Arc<ProviderHealth>,
+        settings: AdminSettings,
+        collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
+    ) -> Arc<Self> {
         let unauthorized = Arc::new(AtomicU64::new(0));
         let mut registry = Registry::with_prefix("meshca");
         registry.register_collector(Box::new(Snapshot {
@@ -99,6 +112,9 @@ impl AdminState {
             per_identity: settings.per_identity_metrics,
             unauthorized: unauthorized.clone(),
         }));
+        for collector in collectors {
+            registry.register_collector(collector);
+        }
         Arc::new(Self {
             cache,
             trust_domain,

@@ -12,6 +12,9 @@ use crate::admin::{AdminSettings, AdminState, ProviderHealth, spawn_health_check
 use crate::cache::{CacheSettings, CertificateCache};
 use crate::config::{Config, SdsAuth};
 use crate::issuance::Pipeline;
+use crate::istio::{
+    IstioCaServer, IstioMetrics, IstioSettings, RunningIstioCaServer, ServingSettings,
+};
 use crate::kubernetes::TokenReviewAuthenticator;
 use crate::rotation::RotationFollower;
 use crate::sds::{AuthMode, MtlsSettings, SdsServer, SdsSettings, SecretSource, UnixPeerMap};
@@ -28,9 +31,15 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let (provider, tresor) = crate::providers::build_with_handle(&config, clock.clone()).await?;
     announce_extra_roots(&config, clock.now())?;
-    let pipeline = Pipeline::new(provider.clone(), config.pipeline_settings()?, clock.clone());
+    // One pipeline for the cache (SDS) and the Istio CA API: the same policy, timeouts,
+    // validation, trust bundle and metrics whichever way a certificate is asked for.
+    let pipeline = Arc::new(Pipeline::new(
+        provider.clone(),
+        config.pipeline_settings()?,
+        clock.clone(),
+    ));
     let cache = Arc::new(CertificateCache::with_pipeline(
-        Arc::new(pipeline),
+        pipeline.clone(),
         cache_settings(&config),
         clock.clone(),
     ));
@@ -38,6 +47,19 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         .refresh_trust_bundle()
         .await
         .context("cannot read the provider's trust bundle")?;
+    // Every listener drains on the one signal.
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    let istio = match config.istio.enabled {
+        true => Some(start_istio(&config, pipeline.clone(), clock.clone(), &stop).await?),
+        false => None,
+    };
     let sds = SdsServer::new(sds_settings(&config).await?)
         .context("cannot start the SDS server")?
         .bind()
@@ -49,6 +71,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         sds_tcp = ?sds.tcp_address(),
         sds_unix = ?sds.unix_path(),
         sds_auth = config.sds.auth.as_str(),
+        istio = ?istio.as_ref().map(|(running, _)| running.address()),
         "meshca is serving; stop it with SIGTERM or Ctrl-C"
     );
     // Tresor follows root rotation stages from its store; Vault and cert-manager roots are
@@ -95,12 +118,17 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
                     "admin: /healthz /readyz /metrics; POST /rotate/leaves disabled (no admin.tokenFile)"
                 ),
             }
-            let state = AdminState::new(
+            let collectors = istio
+                .iter()
+                .map(|(_, metrics)| metrics.collector())
+                .collect();
+            let state = AdminState::with_collectors(
                 cache.clone(),
                 config.trust_domain(),
                 sds.stats(),
                 health,
                 settings,
+                collectors,
             );
             Some(tokio::spawn(crate::admin::serve(listener, state, async {
                 let _ = admin_stopped.await;
@@ -111,10 +139,16 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     let source: Arc<dyn SecretSource> = cache;
     let served = sds
         .serve(source, async {
-            shutdown.await;
+            stop.cancelled().await;
             tracing::info!("shutting down: draining SDS streams");
         })
         .await;
+    // SDS returns once drained, or at once if it failed: the Istio CA API stops with it.
+    stop.cancel();
+    let istio_served = match istio {
+        Some((running, _)) => running.stopped().await,
+        None => Ok(()),
+    };
     health_checks.abort();
     if let Some(rotation) = rotation {
         rotation.abort();
@@ -124,7 +158,60 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         let _ = admin.await;
     }
     served.context("the SDS server stopped")?;
+    istio_served.context("the Istio CA API server stopped")?;
     Ok(())
+}
+
+/// Starts the Istio CA API (`istio.*`) on `pipeline`: binds its listener, issues its
+/// certificate (an error when it cannot: the daemon does not start half-configured), and
+/// serves until `stop`. Tokens are accepted when a Kubernetes API is configured to review them;
+/// otherwise client certificates only (said in the log).
+async fn start_istio(
+    config: &Config,
+    pipeline: Arc<Pipeline>,
+    clock: Arc<dyn Clock>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(RunningIstioCaServer, Arc<IstioMetrics>)> {
+    let trust_domain = config.trust_domain();
+    let settings = IstioSettings {
+        listen: config
+            .istio
+            .listen_address()
+            .context("istio.listen is not an address")?,
+        dns_names: config.istio.dns_names()?,
+        trust_domain: trust_domain.clone(),
+        default_lifetime: config.certificate_provider.service_cert_validity_duration,
+        serving: ServingSettings {
+            key_type: config.certificate_provider.key_type,
+            lifetime: config.certificate_provider.service_cert_validity_duration,
+            renew: config.cache_settings().renew_policy(),
+            backoff: config.cache_settings().backoff(),
+        },
+        limits: config.istio.limits(),
+    };
+    let mut server =
+        IstioCaServer::new(settings, pipeline, clock).context("cannot start the Istio CA API")?;
+    match crate::kubernetes::connect().await {
+        Ok(client) => {
+            server = server.with_token_authenticator(Arc::new(TokenReviewAuthenticator::new(
+                client,
+                config.istio.token_audiences(),
+                trust_domain,
+            )));
+        }
+        Err(error) => tracing::info!(
+            reason = %format!("{error:#}"),
+            "Istio CA API: no Kubernetes API to review service-account tokens with; callers \
+             authenticate with meshca client certificates only"
+        ),
+    }
+    let metrics = server.metrics();
+    let running = server
+        .bind()
+        .await?
+        .start(stop.clone().cancelled_owned())
+        .await?;
+    Ok((running, metrics))
 }
 
 /// How often the provider's health is checked for `/readyz` and the metrics.

@@ -1,9 +1,15 @@
 //! `istio.*`: the Istio CA API listener (istio-agent and ztunnel ask it to sign CSRs), and
 //! `trustDistribution.*`: the trust bundle published into the cluster for workloads to mount.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meshca_provider::DnsName;
+use meshca_provider::duration::serde_go;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::istio::IstioLimits;
 
 /// `istio.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,24 +29,197 @@ pub struct IstioConfig {
     /// identity's certificate (request metadata `ImpersonatedIdentity`) for a pod of that
     /// identity scheduled on their own node (ztunnel). Empty: nobody may.
     pub trusted_node_agents: String,
+
+    // The listener's limits (see `crate::istio::IstioLimits`).
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Largest request message, in bytes (a CSR is about 1 KiB; beyond: OUT_OF_RANGE).
+    pub max_message_bytes: usize,
+    /// CreateCertificate calls signing at once; more wait up to `signingQueueTimeout`, then
+    /// are refused with RESOURCE_EXHAUSTED.
+    pub max_concurrent_signings: usize,
+    /// How long a call may wait for one of `maxConcurrentSignings`.
+    #[serde(with = "serde_go")]
+    pub signing_queue_timeout: Duration,
+    /// How long a TLS client may take to complete its handshake.
+    #[serde(with = "serde_go")]
+    pub handshake_timeout: Duration,
+    /// How long a connection may take to send the HTTP/2 preface after its TLS handshake.
+    #[serde(with = "serde_go")]
+    pub preface_timeout: Duration,
+    /// How long a connection may carry no call before it is closed.
+    #[serde(with = "serde_go")]
+    pub connection_idle_timeout: Duration,
 }
 
 impl Default for IstioConfig {
     fn default() -> Self {
+        let limits = IstioLimits::default();
         Self {
             enabled: false,
             listen: "0.0.0.0:15012".to_owned(),
             dns_names: "istiod.istio-system.svc".to_owned(),
             token_audiences: "istio-ca".to_owned(),
             trusted_node_agents: "istio-system/ztunnel".to_owned(),
+            max_connections: limits.max_connections,
+            max_message_bytes: limits.max_message_bytes,
+            max_concurrent_signings: limits.max_concurrent_signings,
+            signing_queue_timeout: limits.signing_queue_timeout,
+            handshake_timeout: limits.handshake_timeout,
+            preface_timeout: limits.preface_timeout,
+            connection_idle_timeout: limits.connection_idle_timeout,
         }
     }
 }
 
 impl IstioConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_listener()?;
         Ok(())
     }
+
+    /// `istio.listen`, if it is an address.
+    pub fn listen_address(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+
+    /// `istio.dnsNames`, each a valid DNS name (checked by [`IstioConfig::validate`]).
+    pub fn dns_names(&self) -> Result<Vec<DnsName>, ConfigError> {
+        let names: Vec<DnsName> = split_list(&self.dns_names)
+            .map(|name| {
+                DnsName::new(name).map_err(|e| ConfigError::InvalidValue {
+                    key: "istio.dnsNames",
+                    reason: format!(
+                        "{e}: list the DNS names agents reach meshca by, comma-separated \
+                         (default istiod.istio-system.svc)"
+                    ),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if names.is_empty() {
+            return Err(ConfigError::InvalidValue {
+                key: "istio.dnsNames",
+                reason: "is empty: the serving certificate needs at least one DNS name, the \
+                         host of the agents' CA_ADDR (e.g. istiod.istio-system.svc)"
+                    .to_owned(),
+            });
+        }
+        Ok(names)
+    }
+
+    /// `istio.tokenAudiences` as a list.
+    pub fn token_audiences(&self) -> Vec<String> {
+        split_list(&self.token_audiences)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The listener's limits.
+    pub fn limits(&self) -> IstioLimits {
+        IstioLimits {
+            max_connections: self.max_connections,
+            max_message_bytes: self.max_message_bytes,
+            max_concurrent_signings: self.max_concurrent_signings,
+            signing_queue_timeout: self.signing_queue_timeout,
+            handshake_timeout: self.handshake_timeout,
+            preface_timeout: self.preface_timeout,
+            connection_idle_timeout: self.connection_idle_timeout,
+            ..IstioLimits::default()
+        }
+    }
+
+    /// The listener's address, names and limits (checked whether or not `istio.enabled`, so a
+    /// mistake shows before it is switched on).
+    fn validate_listener(&self) -> Result<(), ConfigError> {
+        if self.listen_address().is_none() {
+            return Err(ConfigError::InvalidValue {
+                key: "istio.listen",
+                reason: format!(
+                    "{:?} is not an address: use <ip>:<port>, e.g. 0.0.0.0:15012 (Istio's \
+                     agents use port 15012)",
+                    self.listen
+                ),
+            });
+        }
+        self.dns_names()?;
+        let defaults = IstioLimits::default();
+        for (key, value, default, max) in [
+            (
+                "istio.maxConnections",
+                self.max_connections,
+                defaults.max_connections,
+                tokio::sync::Semaphore::MAX_PERMITS,
+            ),
+            (
+                "istio.maxConcurrentSignings",
+                self.max_concurrent_signings,
+                defaults.max_concurrent_signings,
+                tokio::sync::Semaphore::MAX_PERMITS,
+            ),
+            (
+                "istio.maxMessageBytes",
+                self.max_message_bytes,
+                defaults.max_message_bytes,
+                IstioLimits::MAX_MESSAGE_BYTES_CEILING,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(ConfigError::InvalidValue {
+                    key,
+                    reason: format!("must be between 1 and {max} (default {default})"),
+                });
+            }
+        }
+        if self.max_message_bytes < IstioLimits::MIN_MESSAGE_BYTES {
+            return Err(ConfigError::InvalidValue {
+                key: "istio.maxMessageBytes",
+                reason: format!(
+                    "{} bytes cannot hold a CSR: use at least {} (default {})",
+                    self.max_message_bytes,
+                    IstioLimits::MIN_MESSAGE_BYTES,
+                    defaults.max_message_bytes
+                ),
+            });
+        }
+        for (key, value, default) in [
+            (
+                "istio.signingQueueTimeout",
+                self.signing_queue_timeout,
+                defaults.signing_queue_timeout,
+            ),
+            (
+                "istio.handshakeTimeout",
+                self.handshake_timeout,
+                defaults.handshake_timeout,
+            ),
+            (
+                "istio.prefaceTimeout",
+                self.preface_timeout,
+                defaults.preface_timeout,
+            ),
+            (
+                "istio.connectionIdleTimeout",
+                self.connection_idle_timeout,
+                defaults.connection_idle_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::InvalidValue {
+                    key,
+                    reason: format!(
+                        "must be above zero (default {})",
+                        meshca_provider::format_duration(default)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The non-empty, trimmed entries of a comma-separated list.
+fn split_list(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// `trustDistribution.*`
@@ -100,6 +279,64 @@ impl Default for ClusterTrustBundleConfig {
         Self {
             enabled: false,
             signer_name: "meshca.dev/trust-bundle".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::testing::load;
+    use super::*;
+
+    #[test]
+    fn the_listener_settings_have_working_defaults() {
+        let config = load(&[]).unwrap();
+        let istio = &config.istio;
+        assert_eq!(istio.listen_address().unwrap().port(), 15012);
+        assert_eq!(
+            istio.dns_names().unwrap(),
+            vec![DnsName::new("istiod.istio-system.svc").unwrap()]
+        );
+        assert_eq!(istio.token_audiences(), vec!["istio-ca".to_owned()]);
+        assert_eq!(istio.limits(), IstioLimits::default());
+        let config = load(&[
+            "istio.maxConcurrentSignings=8",
+            "istio.signingQueueTimeout=2s",
+            "istio.dnsNames=a.example, b.example",
+        ])
+        .unwrap();
+        assert_eq!(config.istio.limits().max_concurrent_signings, 8);
+        assert_eq!(
+            config.istio.limits().signing_queue_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(config.istio.dns_names().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_listener_settings_name_their_key() {
+        for (setting, key) in [
+            ("istio.listen=15012", "istio.listen"),
+            ("istio.dnsNames=", "istio.dnsNames"),
+            ("istio.dnsNames=not a name", "istio.dnsNames"),
+            ("istio.maxConnections=0", "istio.maxConnections"),
+            (
+                "istio.maxConcurrentSignings=0",
+                "istio.maxConcurrentSignings",
+            ),
+            ("istio.maxMessageBytes=100", "istio.maxMessageBytes"),
+            ("istio.maxMessageBytes=0", "istio.maxMessageBytes"),
+            ("istio.signingQueueTimeout=0s", "istio.signingQueueTimeout"),
+            ("istio.handshakeTimeout=0s", "istio.handshakeTimeout"),
+            ("istio.prefaceTimeout=0s", "istio.prefaceTimeout"),
+            (
+                "istio.connectionIdleTimeout=0s",
+                "istio.connectionIdleTimeout",
+            ),
+        ] {
+            let error = load(&[setting]).unwrap_err().to_string();
+            assert!(error.contains(key), "{setting}: {error}");
         }
     }
 }

@@ -290,8 +290,9 @@ pub fn check_trust_domain(identity: &SpiffeId, serves: &TrustDomain) -> Result<(
     })
 }
 
-/// The single SPIFFE URI SAN of a (verified) client certificate.
-fn identity_from_certificate(leaf: &[u8]) -> Result<SpiffeId, AuthError> {
+/// The single SPIFFE URI SAN of a (verified) client certificate. Also how the Istio CA API
+/// reads a client certificate's identity.
+pub(crate) fn identity_from_certificate(leaf: &[u8]) -> Result<SpiffeId, AuthError> {
     let info = CertificateInfo::parse(leaf).map_err(|e| AuthError::BadCertificate {
         reason: e.to_string(),
     })?;
@@ -314,7 +315,12 @@ fn identity_from_certificate(leaf: &[u8]) -> Result<SpiffeId, AuthError> {
 }
 
 fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
+    bearer(metadata.get("authorization")?.to_str().ok()?)
+}
+
+/// The token of an `authorization` value `Bearer <token>` (the scheme in any case); `None` for
+/// another scheme or an empty token.
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

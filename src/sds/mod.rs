@@ -31,7 +31,7 @@ mod stream;
 mod throttle;
 
 pub use service::{PATH_STREAM, SdsCodec, SdsDecoder};
-mod tls;
+pub(crate) mod tls;
 pub mod transport;
 
 pub use auth::{
@@ -367,7 +367,12 @@ impl BoundSdsServer {
                     .certificate(&mtls.server_identity, Purpose::Default)
                     .await
                     .map_err(SdsError::ServerCertificate)?;
-                let config = tls::server_config(certificate, source.trust_bundle())?;
+                let config = tls::server_config(
+                    transport::ListenerKind::SDS.name,
+                    certificate,
+                    source.trust_bundle(),
+                    tls::ClientAuth::Required,
+                )?;
                 Some(TlsAcceptor::from(Arc::new(config)))
             }
             _ => None,
@@ -416,6 +421,7 @@ impl BoundSdsServer {
         let incoming = transport::accept(
             self.listeners,
             transport::AcceptSettings {
+                kind: transport::ListenerKind::SDS,
                 tls,
                 limits: settings.limits.clone(),
                 stats: accept_stats,

@@ -1,6 +1,7 @@
-//! TLS for the SDS listeners: the server certificate and the client-certificate check both
-//! follow the secret source live, so a renewal of the SDS endpoint's certificate or a root
-//! rotation takes effect on the next handshake without a restart.
+//! TLS for the SDS listeners (and the Istio CA listener, `crate::istio`): the server
+//! certificate and the client-certificate check both follow their watch channels live, so a
+//! renewal of the endpoint's certificate or a root rotation takes effect on the next handshake
+//! without a restart.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -38,15 +39,28 @@ pub enum TlsError {
     },
 }
 
-/// A rustls server configuration requiring client certificates that chain to the live trust
-/// bundle, presenting the live server certificate, speaking HTTP/2 only.
+/// Whether a TLS client must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientAuth {
+    /// Every client presents a certificate chaining to the trust bundle (SDS with mTLS).
+    Required,
+    /// A client may present one (verified like a required one) or none, and authenticate
+    /// otherwise, in the call (the Istio CA API: a token).
+    Optional,
+}
+
+/// A rustls server configuration verifying client certificates (`client_auth`) against the
+/// live trust bundle, presenting the live server certificate, speaking HTTP/2 only. `listener`
+/// names the endpoint in logs (`SDS`, `Istio CA`).
 pub(crate) fn server_config(
+    listener: &'static str,
     certificate: watch::Receiver<Arc<ServedCertificate>>,
     bundle: watch::Receiver<Arc<TrustBundle>>,
+    client_auth: ClientAuth,
 ) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = LiveClientVerifier::new(bundle, provider.clone())?;
-    let resolver = LiveServerCertificate::new(certificate, provider.clone())?;
+    let verifier = LiveClientVerifier::new(listener, bundle, provider.clone(), client_auth)?;
+    let resolver = LiveServerCertificate::new(listener, certificate, provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::ServerCertificate {
@@ -60,17 +74,20 @@ pub(crate) fn server_config(
 
 /// Presents the newest certificate from the source's receiver.
 struct LiveServerCertificate {
+    listener: &'static str,
     provider: Arc<CryptoProvider>,
     state: Mutex<(watch::Receiver<Arc<ServedCertificate>>, Arc<CertifiedKey>)>,
 }
 
 impl LiveServerCertificate {
     fn new(
+        listener: &'static str,
         mut receiver: watch::Receiver<Arc<ServedCertificate>>,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, TlsError> {
         let current = certified_key(&receiver.borrow_and_update(), &provider)?;
         Ok(Self {
+            listener,
             provider,
             state: Mutex::new((receiver, current)),
         })
@@ -85,12 +102,12 @@ impl ResolvesServerCert for LiveServerCertificate {
             let served = receiver.borrow_and_update().clone();
             match certified_key(&served, &self.provider) {
                 Ok(key) => {
-                    info!(serial = %served.info.serial_hex(), "SDS endpoint now presents a renewed certificate");
+                    info!(serial = %served.info.serial_hex(), listener = self.listener, "endpoint now presents a renewed certificate");
                     *current = key;
                 }
                 // Keep presenting the last good certificate.
                 Err(e) => {
-                    warn!(error = %e, "renewed SDS server certificate refused; keeping the previous one")
+                    warn!(error = %e, listener = self.listener, "renewed server certificate refused; keeping the previous one")
                 }
             }
         }
@@ -124,18 +141,24 @@ type VerifierState = (
 
 /// Verifies client certificates against whatever the trust bundle holds at handshake time.
 struct LiveClientVerifier {
+    listener: &'static str,
     provider: Arc<CryptoProvider>,
+    client_auth: ClientAuth,
     state: Mutex<VerifierState>,
 }
 
 impl LiveClientVerifier {
     fn new(
+        listener: &'static str,
         mut bundle: watch::Receiver<Arc<TrustBundle>>,
         provider: Arc<CryptoProvider>,
+        client_auth: ClientAuth,
     ) -> Result<Self, TlsError> {
         let current = webpki_verifier(&bundle.borrow_and_update(), &provider)?;
         Ok(Self {
+            listener,
             provider,
+            client_auth,
             state: Mutex::new((bundle, current)),
         })
     }
@@ -147,11 +170,11 @@ impl LiveClientVerifier {
             let bundle = receiver.borrow_and_update().clone();
             match webpki_verifier(&bundle, &self.provider) {
                 Ok(verifier) => {
-                    info!(roots = ?bundle.fingerprints(), "SDS client verification follows the new trust bundle");
+                    info!(roots = ?bundle.fingerprints(), listener = self.listener, "client verification follows the new trust bundle");
                     *current = verifier;
                 }
                 Err(e) => {
-                    warn!(error = %e, "new trust bundle unusable for SDS clients; keeping the previous one")
+                    warn!(error = %e, listener = self.listener, "new trust bundle unusable for verifying clients; keeping the previous one")
                 }
             }
         }
@@ -183,7 +206,7 @@ impl ClientCertVerifier for LiveClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.client_auth == ClientAuth::Required
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

@@ -202,6 +202,42 @@ struct Requested {
     other: Vec<String>,
 }
 
+/// The DER of the one PKCS#10 request in a PEM text (`-----BEGIN CERTIFICATE REQUEST-----`, or
+/// `NEW CERTIFICATE REQUEST` as older tools write it), not verified yet: for callers that hand
+/// the DER on (the issuance pipeline verifies it). Refused: more than [`MAX_CSR_LEN`] bytes of
+/// DER worth of text, unreadable PEM, no block or several, a block of another kind.
+pub fn der_from_pem(text: &str) -> Result<Vec<u8>, CsrError> {
+    // Base64 is 4/3 of the DER, plus line breaks and the armour.
+    if text.len() > MAX_CSR_LEN * 3 / 2 {
+        return Err(CsrError::TooLarge {
+            len: text.len(),
+            max: MAX_CSR_LEN * 3 / 2,
+        });
+    }
+    let blocks = pem::parse_many(text).map_err(|e| CsrError::Malformed {
+        reason: format!("unreadable PEM: {e}"),
+    })?;
+    match <[pem::Pem; 1]>::try_from(blocks) {
+        Ok([block])
+            if block.tag() == "CERTIFICATE REQUEST" || block.tag() == "NEW CERTIFICATE REQUEST" =>
+        {
+            Ok(block.into_contents())
+        }
+        Ok([block]) => Err(CsrError::Malformed {
+            reason: format!(
+                "the PEM block is a {:?}, not a CERTIFICATE REQUEST",
+                block.tag()
+            ),
+        }),
+        Err(blocks) => Err(CsrError::Malformed {
+            reason: format!(
+                "expected one PEM CERTIFICATE REQUEST block, found {} blocks",
+                blocks.len()
+            ),
+        }),
+    }
+}
+
 impl VerifiedCsr {
     /// Parses one DER-encoded PKCS#10 request and verifies its self-signature.
     ///
@@ -260,38 +296,10 @@ impl VerifiedCsr {
     }
 
     /// Parses the PEM form (`-----BEGIN CERTIFICATE REQUEST-----`, or `NEW CERTIFICATE
-    /// REQUEST` as older tools write it): exactly one block, then as [`from_der`](Self::from_der).
+    /// REQUEST` as older tools write it): exactly one block ([`der_from_pem`]), then as
+    /// [`from_der`](Self::from_der).
     pub fn from_pem(text: &str) -> Result<Self, CsrError> {
-        // Base64 is 4/3 of the DER, plus line breaks and the armour.
-        if text.len() > MAX_CSR_LEN * 3 / 2 {
-            return Err(CsrError::TooLarge {
-                len: text.len(),
-                max: MAX_CSR_LEN * 3 / 2,
-            });
-        }
-        let blocks = pem::parse_many(text).map_err(|e| CsrError::Malformed {
-            reason: format!("unreadable PEM: {e}"),
-        })?;
-        match blocks.as_slice() {
-            [block]
-                if block.tag() == "CERTIFICATE REQUEST"
-                    || block.tag() == "NEW CERTIFICATE REQUEST" =>
-            {
-                Self::from_der(block.contents())
-            }
-            [block] => Err(CsrError::Malformed {
-                reason: format!(
-                    "the PEM block is a {:?}, not a CERTIFICATE REQUEST",
-                    block.tag()
-                ),
-            }),
-            blocks => Err(CsrError::Malformed {
-                reason: format!(
-                    "expected one PEM CERTIFICATE REQUEST block, found {} blocks",
-                    blocks.len()
-                ),
-            }),
-        }
+        Self::from_der(&der_from_pem(text)?)
     }
 
     /// The requested key's SubjectPublicKeyInfo, DER-encoded as the request carried it (what

@@ -1,5 +1,6 @@
-//! The accept loops: at most `sds.maxConnections` open, TLS handshakes off the loop and
-//! bounded in time, and a paced retry when `accept` fails.
+//! The accept loops: at most `<listener>.maxConnections` open, TLS handshakes off the loop and
+//! bounded in time, and a paced retry when `accept` fails. Shared by the SDS and the Istio CA
+//! listeners ([`ListenerKind`] names which in logs and errors).
 
 use std::io;
 use std::sync::Arc;
@@ -15,15 +16,17 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::Listeners;
 use super::connection::{Connection, Io};
 use super::idle::ConnectionTimer;
+use super::{ListenerKind, Listeners};
 use crate::sds::SdsLimits;
 use crate::sds::stats::SdsStats;
 use crate::sds::throttle::{SharedThrottle, Throttle};
 
 /// What the accept loops need besides the listeners.
 pub(crate) struct AcceptSettings {
+    /// Which listener this is, for logs and errors.
+    pub(crate) kind: ListenerKind,
     /// TLS on every listener, if configured.
     pub(crate) tls: Option<TlsAcceptor>,
     /// The connection, TLS-handshake and preface limits.
@@ -83,7 +86,7 @@ impl Listener for TcpListener {
 
     async fn accept(&self) -> io::Result<TcpStream> {
         let (stream, remote) = TcpListener::accept(self).await?;
-        debug!(%remote, "SDS TCP connection");
+        debug!(%remote, "TCP connection");
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
@@ -114,7 +117,7 @@ impl Listener for &UnixListener {
 }
 
 async fn accept_loop<L: Listener>(listener: L, shared: Arc<AcceptShared>, stop: CancellationToken) {
-    let mut failures = AcceptFailures::default();
+    let mut failures = AcceptFailures::new(shared.settings.kind);
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -140,12 +143,15 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
     let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
         // Closed right away (dropped): the client sees a reset and retries elsewhere or later.
         let limit = shared.settings.limits.max_connections;
+        let kind = shared.settings.kind;
         if let Some(suppressed) = shared.over_limit.ready() {
             warn!(
                 limit,
                 refused_since_last_warning = suppressed,
-                "SDS connection refused: sds.maxConnections connections are open; raise it or \
-                 add replicas"
+                "{} connection refused: {}.maxConnections connections are open; raise it or \
+                 add replicas",
+                kind.name,
+                kind.config
             );
         }
         return;
@@ -164,14 +170,16 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
                     // to keep a scan from flooding the log.
                     Ok(Err(e)) => {
                         SdsStats::bump(&shared.settings.stats.unauthenticated);
-                        debug!(error = %e, "SDS TLS handshake failed");
+                        debug!(error = %e, listener = shared.settings.kind.name, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
                         SdsStats::bump(&shared.settings.stats.unauthenticated);
                         debug!(
                             ?timeout,
-                            "SDS TLS handshake timed out (sds.handshakeTimeout)"
+                            listener = shared.settings.kind.name,
+                            "TLS handshake timed out ({}.handshakeTimeout)",
+                            shared.settings.kind.config
                         );
                         return;
                     }
@@ -180,7 +188,7 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
         };
         let connection = Connection {
             io,
-            timer: ConnectionTimer::new(limits),
+            timer: ConnectionTimer::new(limits, shared.settings.kind),
             _slot: slot,
         };
         let _ = shared.tx.send(Ok(connection)).await;
@@ -192,20 +200,20 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
 /// [`WARN_EVERY`] with the number of failures since the last warning.
 #[derive(Debug)]
 struct AcceptFailures {
+    kind: ListenerKind,
     pause: Duration,
     warnings: Throttle,
 }
 
-impl Default for AcceptFailures {
-    fn default() -> Self {
+impl AcceptFailures {
+    fn new(kind: ListenerKind) -> Self {
         Self {
+            kind,
             pause: Self::FIRST_PAUSE,
             warnings: Throttle::new(WARN_EVERY, 1),
         }
     }
-}
 
-impl AcceptFailures {
     const FIRST_PAUSE: Duration = Duration::from_millis(10);
     const MAX_PAUSE: Duration = Duration::from_secs(1);
 
@@ -213,13 +221,14 @@ impl AcceptFailures {
     fn failed(&mut self, error: &io::Error, now: Instant) -> Duration {
         if let Some(suppressed) = self.warnings.ready(now) {
             let hint = match error.raw_os_error() {
-                Some(code) if code == EMFILE || code == ENFILE => {
+                Some(code) if code == EMFILE || code == ENFILE => format!(
                     "out of file descriptors: raise the open-files limit (ulimit -n, \
-                     LimitNOFILE) or lower sds.maxConnections"
-                }
-                _ => "retrying",
+                     LimitNOFILE) or lower {}.maxConnections",
+                    self.kind.config
+                ),
+                _ => "retrying".to_owned(),
             };
-            warn!(%error, failures_since_last_warning = suppressed, hint, "SDS listener cannot accept connections");
+            warn!(%error, failures_since_last_warning = suppressed, hint, "{} listener cannot accept connections", self.kind.name);
         }
         let pause = self.pause;
         self.pause = (self.pause * 2).min(Self::MAX_PAUSE);
@@ -267,6 +276,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let shared = Arc::new(AcceptShared {
             settings: AcceptSettings {
+                kind: ListenerKind::SDS,
                 tls: None,
                 limits: SdsLimits::default(),
                 stats: Arc::default(),
@@ -294,7 +304,7 @@ mod tests {
     fn running_out_of_file_descriptors_pauses_and_warns_once_per_period() {
         let emfile = io::Error::from_raw_os_error(EMFILE);
         let start = Instant::now();
-        let mut failures = AcceptFailures::default();
+        let mut failures = AcceptFailures::new(ListenerKind::SDS);
         // 10,000 failed accepts within one period: growing pauses, capped, and the throttle
         // lets exactly one warning through.
         let mut total = Duration::ZERO;

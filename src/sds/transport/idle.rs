@@ -13,6 +13,7 @@ use std::future::Future;
 use tokio::time::Sleep;
 use tracing::debug;
 
+use super::ListenerKind;
 use crate::sds::SdsLimits;
 
 /// The length of the HTTP/2 client preface (RFC 9113, 3.4), which a client sends first.
@@ -78,6 +79,7 @@ impl Drop for Busy {
 /// re-armed (no per-stream or per-message timer work); once the last stream closes, the next
 /// firing closes the connection if nothing was opened since.
 pub(super) struct ConnectionTimer {
+    kind: ListenerKind,
     /// Preface bytes not read yet; 0 once it is in.
     preface_left: usize,
     preface_timeout: Duration,
@@ -87,8 +89,9 @@ pub(super) struct ConnectionTimer {
 }
 
 impl ConnectionTimer {
-    pub(super) fn new(limits: &SdsLimits) -> Self {
+    pub(super) fn new(limits: &SdsLimits, kind: ListenerKind) -> Self {
         Self {
+            kind,
             preface_left: PREFACE_LEN,
             preface_timeout: limits.preface_timeout,
             idle_timeout: limits.connection_idle_timeout,
@@ -101,19 +104,25 @@ impl ConnectionTimer {
     pub(super) fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         while self.sleep.as_mut().poll(cx).is_ready() {
             if self.preface_left > 0 {
-                debug!(timeout = ?self.preface_timeout, "SDS connection sent no HTTP/2 preface in time; closing it");
+                debug!(timeout = ?self.preface_timeout, listener = self.kind.name, "connection sent no HTTP/2 preface in time; closing it");
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "no HTTP/2 client preface within sds.prefaceTimeout",
+                    format!(
+                        "no HTTP/2 client preface within {}.prefaceTimeout",
+                        self.kind.config
+                    ),
                 ));
             }
             let now = Instant::now();
             let next = match self.activity.idle_since() {
                 Some(since) if now.saturating_duration_since(since) >= self.idle_timeout => {
-                    debug!(timeout = ?self.idle_timeout, "SDS connection idle without a stream; closing it");
+                    debug!(timeout = ?self.idle_timeout, listener = self.kind.name, "connection idle without a call; closing it");
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "no SDS stream on the connection within sds.connectionIdleTimeout",
+                        format!(
+                            "no {} call on the connection within {}.connectionIdleTimeout",
+                            self.kind.name, self.kind.config
+                        ),
                     ));
                 }
                 Some(since) => since + self.idle_timeout,
