@@ -36,6 +36,7 @@ pub struct ServeBuilder {
     binary: Option<PathBuf>,
     global: Vec<String>,
     env_remove: Vec<String>,
+    env: Vec<(String, String)>,
     own_ca_dir: bool,
     admin: bool,
     sds: bool,
@@ -94,6 +95,15 @@ impl ServeBuilder {
         self
     }
 
+    /// Runs with the environment variable `name` set to `value` (`KUBECONFIG`, say).
+    pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.env.push((
+            name.to_owned(),
+            value.as_ref().to_string_lossy().into_owned(),
+        ));
+        self
+    }
+
     /// Leaves `NO_COLOR` as the environment has it (by default it is set).
     pub fn keep_color(mut self) -> Self {
         self.keep_color = true;
@@ -121,7 +131,14 @@ impl ServeBuilder {
         args.extend(self.global);
         args.push("serve".to_owned());
         let binary = self.binary.unwrap_or_else(crate::meshca_binary);
-        let mut serve = MeshcaServe::spawn(&binary, dir, &args, self.keep_color, &self.env_remove);
+        let mut serve = MeshcaServe::spawn(
+            &binary,
+            dir,
+            &args,
+            self.keep_color,
+            &self.env_remove,
+            &self.env,
+        );
         serve.admin = admin;
         serve.sds = sds;
         serve
@@ -141,6 +158,7 @@ impl MeshcaServe {
             args,
             false,
             &[],
+            &[],
         )
     }
 
@@ -155,6 +173,7 @@ impl MeshcaServe {
         args: &[impl AsRef<std::ffi::OsStr>],
         keep_color: bool,
         env_remove: &[String],
+        env: &[(String, String)],
     ) -> Self {
         let log = dir.path().join("meshca.log");
         let stdout = dir.path().join("meshca.stdout");
@@ -162,6 +181,9 @@ impl MeshcaServe {
         command.args(args).env_remove("MESHCA_CONFIG");
         for name in env_remove {
             command.env_remove(name);
+        }
+        for (name, value) in env {
+            command.env(name, value);
         }
         if keep_color {
             command.env_remove("NO_COLOR");

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod envoy;
 pub mod eventually;
 pub mod fake_provider;
+pub mod istio;
 pub mod kube_api;
 pub mod sds;
 pub mod tools;
