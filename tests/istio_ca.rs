@@ -304,11 +304,42 @@ async fn callers_with_a_client_certificate_or_a_token_get_their_own_identity_onl
         wrong.is_err(),
         "a name the certificate does not carry must not verify"
     );
+
+    // Neither a token nor a CSR reaches the log; issuances do, with who asked.
+    let log = daemon.serve.log();
+    for secret in ["token-web", "token-for-vault", "CERTIFICATE REQUEST"] {
+        assert!(!log.contains(secret), "the log holds {secret:?}:\n{log}");
+    }
+    assert!(
+        log.contains("Istio CA API issued a certificate")
+            && log.contains("caller=spiffe://cluster.local/ns/shop/sa/web")
+            && log.contains(r#"kind="token""#),
+        "{log}"
+    );
+
+    // Every call above is counted on /metrics.
+    let metrics = support::envoy::http_get(daemon.serve.admin(), "/metrics")
+        .await
+        .unwrap()
+        .body;
+    for line in [
+        r#"meshca_istio_requests_total{result="ok"} 6"#,
+        r#"meshca_istio_requests_total{result="unauthenticated"} 2"#,
+        r#"meshca_istio_requests_total{result="permission_denied"} 2"#,
+        r#"meshca_istio_requests_total{result="invalid"} 5"#,
+        r#"meshca_istio_requests_total{result="exhausted"} 0"#,
+        r#"meshca_istio_authenticated_requests_total{kind="client-certificate"} 8"#,
+        r#"meshca_istio_authenticated_requests_total{kind="token"} 5"#,
+        r#"meshca_istio_impersonations_total{result="denied"} 2"#,
+        r#"meshca_istio_impersonations_total{result="allowed"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_kubernetes_api_only_client_certificates_are_accepted() {
-    let daemon = Daemon::start(None).await;
+    let mut daemon = Daemon::start(None).await;
     assert!(
         daemon.serve.log().contains("client certificates only"),
         "the log says tokens are not checked:\n{}",
@@ -332,6 +363,15 @@ async fn without_a_kubernetes_api_only_client_certificates_are_accepted() {
         .await
         .unwrap();
     check_issued(&chain, &p256, &id("shop/api"), asked, DEFAULT_LIFETIME);
+
+    // SIGTERM drains the Istio CA API with SDS, and the daemon exits cleanly.
+    let status = daemon.serve.terminate();
+    assert!(status.success(), "{status}:\n{}", daemon.serve.tail(20));
+    assert!(
+        daemon.serve.log().contains("Istio CA API draining"),
+        "{}",
+        daemon.serve.tail(20)
+    );
 }
 
 fn pem_contents(pem: &str) -> Vec<u8> {

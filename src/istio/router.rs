@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use tonic::body::Body;
@@ -89,17 +90,42 @@ where
             let mut grpc =
                 Grpc::new(SdsCodec::<IstioCertificateResponse, IstioCertificateRequest>::default())
                     .apply_max_message_size_config(Some(max), None);
-            Ok(grpc
-                .unary(CreateCertificate { service, caller }, request)
-                .await)
+            let answered = Arc::new(AtomicBool::new(false));
+            let call = CreateCertificate {
+                service: service.clone(),
+                caller,
+                answered: answered.clone(),
+            };
+            let response = grpc.unary(call, request).await;
+            // A request refused before the service saw it (too large, not protobuf) is counted
+            // here; the service counts every call it answers.
+            if !answered.load(Ordering::Acquire) {
+                service
+                    .metrics()
+                    .request(Outcome::of_code(refusal_code(&response)));
+            }
+            Ok(response)
         })
     }
+}
+
+/// The gRPC status of a response answered without the service (tonic puts it in the headers
+/// of such a trailers-only response).
+fn refusal_code(response: &http::Response<Body>) -> tonic::Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Unknown, tonic::Code::from)
 }
 
 /// One call, its caller already authenticated.
 struct CreateCertificate {
     service: Arc<IstioCaService>,
     caller: Caller,
+    /// Set once the service has the decoded request (and so counts the call itself).
+    answered: Arc<AtomicBool>,
 }
 
 impl UnaryService<IstioCertificateRequest> for CreateCertificate {
@@ -109,6 +135,7 @@ impl UnaryService<IstioCertificateRequest> for CreateCertificate {
     fn call(&mut self, request: Request<IstioCertificateRequest>) -> Self::Future {
         let service = self.service.clone();
         let caller = self.caller.clone();
+        self.answered.store(true, Ordering::Release);
         Box::pin(async move {
             service
                 .create_certificate(caller, request.into_inner())
