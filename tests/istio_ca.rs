@@ -387,3 +387,57 @@ fn issued_count(serve: &MeshcaServe) -> usize {
         .matches("Istio CA API issued a certificate")
         .count()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_certificate_is_renewed_before_it_expires() {
+    // 20s certificates (NotBefore back-dated 1s) renew about halfway through their life.
+    let (builder, address) = serve_with_istio();
+    let mut serve = builder
+        .set("certificateProvider.serviceCertValidityDuration=20s")
+        .set("tresor.clockSkewAllowance=1s")
+        .set("renewal.floor=2s")
+        .env_remove("KUBECONFIG")
+        .env("HOME", "/nonexistent-meshca-test-home")
+        .start();
+    serve.wait_ready().await;
+    serve.wait_listening(address.port()).await;
+    serve
+        .wait_for_log(
+            "Istio CA listener certificate renewed",
+            support::PATIENCE * 2,
+        )
+        .await;
+    let root_pem = std::fs::read_to_string(ca_dir(&serve).join("ca.crt")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p256 = csr(dir.path(), "p256", P256);
+    let out = serve.dir().join("api");
+    support::cli::ok(&support::cli::meshca(
+        &ca_dir(&serve),
+        &[
+            "--set",
+            "certificateProvider.serviceCertValidityDuration=20s",
+            "--set",
+            "tresor.clockSkewAllowance=1s",
+            "issue",
+            "--identity",
+            "shop/api",
+            "--out-dir",
+            out.to_str().unwrap(),
+        ],
+    ));
+    let api = ClientIdentity::from_dir(&out);
+    // A new connection sees the renewed certificate, which still verifies for the name.
+    let chain = IstioCaClient::connect(address, ISTIOD_NAME, &root_pem, Some(&api))
+        .await
+        .unwrap()
+        .create(&p256, 0, None, &[])
+        .await
+        .unwrap();
+    check_issued(
+        &chain,
+        &p256,
+        &id("shop/api"),
+        SystemTime::now(),
+        Duration::from_secs(20),
+    );
+}

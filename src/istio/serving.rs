@@ -120,5 +120,7 @@ impl ServingCertificate {
     }
 }
 
-/// Never renew in a tighter loop than this, whatever a clock or a tiny lifetime says.
-const MIN_WAIT: Duration = Duration::from_millis(100);
+/// Never renew in a tighter loop than this, whatever a clock says or a lifetime shorter than
+/// the clock-skew allowance (a certificate due for renewal as soon as it is issued) makes of
+/// the schedule.
+const MIN_WAIT: Duration = Duration::from_secs(1);
