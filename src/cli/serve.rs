@@ -173,6 +173,7 @@ async fn start_istio(
     stop: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(RunningIstioCaServer, Arc<IstioMetrics>)> {
     let trust_domain = config.trust_domain();
+    let provider = &config.certificate_provider;
     let settings = IstioSettings {
         listen: config
             .istio
@@ -183,7 +184,10 @@ async fn start_istio(
         default_lifetime: config.certificate_provider.service_cert_validity_duration,
         serving: ServingSettings {
             key_type: config.certificate_provider.key_type,
-            lifetime: config.certificate_provider.service_cert_validity_duration,
+            // A server certificate: within its own maximum too.
+            lifetime: provider
+                .service_cert_validity_duration
+                .min(provider.max_server_cert_validity_duration),
             renew: config.cache_settings().renew_policy(),
             backoff: config.cache_settings().backoff(),
         },
