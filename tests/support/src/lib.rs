@@ -14,6 +14,7 @@ pub mod envoy;
 pub mod eventually;
 pub mod fake_provider;
 pub mod istio;
+pub mod istio_interop;
 pub mod kube_api;
 pub mod sds;
 pub mod tools;
