@@ -4,6 +4,10 @@
 use async_trait::async_trait;
 use meshca_provider::SpiffeId;
 
+/// The pod a token was bound to: defined with the token authenticator that reads it
+/// (`crate::sds::auth`), which must not depend on this module.
+pub use crate::sds::PodBinding;
+
 /// How a caller proved its identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CallerKind {
@@ -21,19 +25,6 @@ impl CallerKind {
             Self::Token => "token",
         }
     }
-}
-
-/// The pod a service-account token was bound to, as the TokenReview reported it
-/// (`status.user.extra["authentication.kubernetes.io/pod-name"]`, `…/pod-uid`,
-/// `…/node-name`). Only bound tokens carry it; a client certificate never does.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PodBinding {
-    /// The pod's name (its namespace is the caller identity's).
-    pub name: String,
-    /// The pod's UID, when the token names it.
-    pub uid: Option<String>,
-    /// The node the pod runs on, when the token names it (Kubernetes 1.30+).
-    pub node: Option<String>,
 }
 
 /// An authenticated caller.

@@ -1,6 +1,8 @@
 //! SDS callers authenticated by their Kubernetes service-account token: the API server's
 //! TokenReview says whose token it is; meshca maps `system:serviceaccount:<ns>:<sa>` to the
-//! identity `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+//! identity `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`. A token bound to a pod (a projected
+//! token) also names that pod in the review's `status.user.extra`: the [`PodBinding`] node-agent
+//! impersonation checks against the pod as it is now.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,10 +16,22 @@ use kube::api::{Api, PostParams};
 use meshca_provider::x509::sha256;
 use meshca_provider::{SpiffeId, TrustDomain};
 
-use crate::sds::{TokenAuthenticator, TokenError};
+use crate::sds::{PodBinding, TokenAuthenticator, TokenError};
 
 /// The username prefix TokenReview gives service accounts.
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+
+/// The `status.user.extra` keys the API server sets for a token bound to a pod
+/// (`k8s.io/apiserver/pkg/authentication/serviceaccount`).
+const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
+
+/// The longest object name Kubernetes allows (a DNS subdomain): a pod or node name in the
+/// extras beyond it is not a name, and is ignored rather than stored.
+const MAX_NAME_LEN: usize = 253;
+/// A UID is 36 characters; anything much longer is not one.
+const MAX_UID_LEN: usize = 128;
 
 /// Checks tokens with TokenReview and remembers accepted ones.
 ///
@@ -57,6 +71,9 @@ struct Rejected {
 #[derive(Clone)]
 struct Cached {
     identity: SpiffeId,
+    /// The pod the token is bound to: fixed for the token's life, so cached with it (whether
+    /// that pod still exists, and where, is checked live by whoever relies on it).
+    pod: Option<PodBinding>,
     until: Instant,
 }
 
@@ -124,15 +141,20 @@ impl TokenReviewAuthenticator {
         self
     }
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<SpiffeId> {
+    fn cached(&self, digest: &[u8; 32]) -> Option<(SpiffeId, Option<PodBinding>)> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
             .get(digest)
             .filter(|c| c.until > Instant::now())
-            .map(|c| c.identity.clone())
+            .map(|c| (c.identity.clone(), c.pod.clone()))
     }
 
-    fn remember(&self, digest: [u8; 32], identity: SpiffeId, token: &str) {
+    fn remember(
+        &self,
+        digest: [u8; 32],
+        (identity, pod): (SpiffeId, Option<PodBinding>),
+        token: &str,
+    ) {
         let lifetime = token_expiry(token)
             .and_then(|exp| exp.duration_since(SystemTime::now()).ok())
             .map_or(self.max_cache_age, |left| left.min(self.max_cache_age));
@@ -143,12 +165,13 @@ impl TokenReviewAuthenticator {
             digest,
             Cached {
                 identity,
+                pod,
                 until: now + lifetime,
             },
         );
     }
 
-    async fn review(&self, token: &str) -> Result<SpiffeId, TokenError> {
+    async fn review(&self, token: &str) -> Result<(SpiffeId, Option<PodBinding>), TokenError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
@@ -184,7 +207,9 @@ impl TokenReviewAuthenticator {
                 });
             }
         }
-        let username = status.user.and_then(|u| u.username).unwrap_or_default();
+        let user = status.user.unwrap_or_default();
+        let pod = user.extra.as_ref().and_then(pod_binding);
+        let username = user.username.unwrap_or_default();
         let identity = username
             .strip_prefix(SERVICE_ACCOUNT_PREFIX)
             .and_then(|rest| rest.split_once(':'))
@@ -194,20 +219,31 @@ impl TokenReviewAuthenticator {
                      tokens map to a workload identity"
                 ),
             })?;
-        SpiffeId::new(self.trust_domain.clone(), identity.0, identity.1).map_err(|e| {
-            TokenError::Rejected {
-                reason: format!("its service account is not a valid identity: {e}"),
-            }
-        })
+        let identity =
+            SpiffeId::new(self.trust_domain.clone(), identity.0, identity.1).map_err(|e| {
+                TokenError::Rejected {
+                    reason: format!("its service account is not a valid identity: {e}"),
+                }
+            })?;
+        Ok((identity, pod))
     }
 }
 
 #[async_trait]
 impl TokenAuthenticator for TokenReviewAuthenticator {
     async fn authenticate(&self, token: &str) -> Result<SpiffeId, TokenError> {
+        self.authenticate_caller(token)
+            .await
+            .map(|(identity, _)| identity)
+    }
+
+    async fn authenticate_caller(
+        &self,
+        token: &str,
+    ) -> Result<(SpiffeId, Option<PodBinding>), TokenError> {
         let digest = sha256(token.as_bytes());
         let cached = || match self.cached(&digest) {
-            Some(identity) => Some(Ok(identity)),
+            Some(caller) => Some(Ok(caller)),
             None => self.cached_rejection(&digest).map(Err),
         };
         if let Some(answer) = cached() {
@@ -227,9 +263,9 @@ impl TokenAuthenticator for TokenReviewAuthenticator {
             return answer;
         }
         match self.review(token).await {
-            Ok(identity) => {
-                self.remember(digest, identity.clone(), token);
-                Ok(identity)
+            Ok(caller) => {
+                self.remember(digest, caller.clone(), token);
+                Ok(caller)
             }
             Err(error) => {
                 if matches!(error, TokenError::Rejected { .. }) {
@@ -249,6 +285,38 @@ impl fmt::Debug for TokenReviewAuthenticator {
             .field("max_cache_age", &self.max_cache_age)
             .finish_non_exhaustive()
     }
+}
+
+/// The pod a reviewed token is bound to, from the review's `status.user.extra`: `None` unless
+/// the pod name is there as one valid object name. A UID or node name that is not one (several
+/// values, absurd sizes, characters no name has) is left out rather than trusted.
+fn pod_binding(extra: &std::collections::BTreeMap<String, Vec<String>>) -> Option<PodBinding> {
+    let single = |key: &str| match extra.get(key).map(Vec::as_slice) {
+        Some([value]) => Some(value.as_str()),
+        _ => None,
+    };
+    let name = single(EXTRA_POD_NAME).filter(|n| is_object_name(n))?;
+    let uid = single(EXTRA_POD_UID)
+        .filter(|u| !u.is_empty() && u.len() <= MAX_UID_LEN)
+        .filter(|u| u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let node = single(EXTRA_NODE_NAME).filter(|n| is_object_name(n));
+    Some(PodBinding {
+        name: name.to_owned(),
+        uid: uid.map(str::to_owned),
+        node: node.map(str::to_owned),
+    })
+}
+
+/// A Kubernetes object name (an RFC 1123 subdomain): what pod and node names are.
+fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
 }
 
 /// Makes room for one more entry in a cache of at most `max` entries: drops the expired ones,
@@ -319,6 +387,60 @@ mod tests {
         assert_eq!(cache.len(), 2, "room enough: nothing dropped");
         make_room(&mut cache, 2, now, |until| *until);
         assert!(cache.is_empty(), "full of live entries: all dropped");
+    }
+
+    fn extra(pairs: &[(&str, &[&str])]) -> std::collections::BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn the_pod_binding_comes_from_the_extras_and_ignores_what_is_not_a_name() {
+        let full = extra(&[
+            (EXTRA_POD_NAME, &["ztunnel-abc"]),
+            (EXTRA_POD_UID, &["0a1b2c3d-0000-4000-8000-123456789abc"]),
+            (EXTRA_NODE_NAME, &["node-1.example"]),
+        ]);
+        assert_eq!(
+            pod_binding(&full),
+            Some(PodBinding {
+                name: "ztunnel-abc".into(),
+                uid: Some("0a1b2c3d-0000-4000-8000-123456789abc".into()),
+                node: Some("node-1.example".into()),
+            })
+        );
+        assert_eq!(pod_binding(&extra(&[])), None, "not bound to a pod");
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        for bad_name in [
+            &["Pod_1"][..],
+            &["a", "b"],
+            &[""],
+            &[long.as_str()],
+            &["-x"],
+        ] {
+            assert_eq!(
+                pod_binding(&extra(&[(EXTRA_POD_NAME, bad_name)])),
+                None,
+                "{bad_name:?} is not a pod name"
+            );
+        }
+        let long_uid = "a".repeat(MAX_UID_LEN + 1);
+        let odd = extra(&[
+            (EXTRA_POD_NAME, &["p"]),
+            (EXTRA_POD_UID, &[long_uid.as_str()]),
+            (EXTRA_NODE_NAME, &["node 1"]),
+        ]);
+        assert_eq!(
+            pod_binding(&odd),
+            Some(PodBinding {
+                name: "p".into(),
+                uid: None,
+                node: None,
+            }),
+            "an absurd UID or node name is dropped, not trusted"
+        );
     }
 
     #[test]

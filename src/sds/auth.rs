@@ -126,11 +126,39 @@ impl UnixPeerMap {
 /// Checks a Kubernetes service-account token (TokenReview) and says whose it is.
 ///
 /// Obligations: MUST verify the token with the API server (signature, expiry, audience) rather
-/// than decode it; MUST NOT log the token or put it into errors.
+/// than decode it; MUST NOT log the token or put it into errors; the pod binding
+/// [`Self::authenticate_caller`] returns MUST come from the API server's review, never from the
+/// token's claims read locally.
 #[async_trait]
 pub trait TokenAuthenticator: Send + Sync + 'static {
     /// The identity the token belongs to.
     async fn authenticate(&self, token: &str) -> Result<SpiffeId, TokenError>;
+
+    /// The identity the token belongs to and, for a token bound to a pod (a projected
+    /// service-account token), that pod as the review reported it. The default knows no pod
+    /// binding: implementations that can see one (TokenReview) override it.
+    async fn authenticate_caller(
+        &self,
+        token: &str,
+    ) -> Result<(SpiffeId, Option<PodBinding>), TokenError> {
+        Ok((self.authenticate(token).await?, None))
+    }
+}
+
+/// The pod a service-account token was bound to, as the TokenReview reported it
+/// (`status.user.extra["authentication.kubernetes.io/pod-name"]`, `…/pod-uid`,
+/// `…/node-name`). Only bound tokens carry it; a client certificate never does.
+///
+/// Defined here, with the authenticator that produces it, so that SDS does not depend on the
+/// Istio CA API that consumes it (`crate::istio::PodBinding` re-exports it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodBinding {
+    /// The pod's name (its namespace is the caller identity's).
+    pub name: String,
+    /// The pod's UID, when the token names it.
+    pub uid: Option<String>,
+    /// The node the pod runs on, when the token names it (Kubernetes 1.30+).
+    pub node: Option<String>,
 }
 
 /// Why a token was not accepted.

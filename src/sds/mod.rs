@@ -35,7 +35,7 @@ pub(crate) mod tls;
 pub mod transport;
 
 pub use auth::{
-    AuthError, AuthMode, MtlsSettings, TokenAuthenticator, TokenError, UnixPeerMap,
+    AuthError, AuthMode, MtlsSettings, PodBinding, TokenAuthenticator, TokenError, UnixPeerMap,
     check_trust_domain,
 };
 pub use error::RequestError;
