@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meshca_provider::DnsName;
+use meshca_provider::{DnsName, SpiffeId, TrustDomain};
 use meshca_provider::duration::serde_go;
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +75,8 @@ impl Default for IstioConfig {
 impl IstioConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_listener()?;
+        // Whether `<ns>/<sa>` is valid does not depend on the trust domain.
+        self.trusted_node_agents(&TrustDomain::default())?;
         Ok(())
     }
 
@@ -130,6 +132,35 @@ impl IstioConfig {
 
     /// The listener's address, names and limits (checked whether or not `istio.enabled`, so a
     /// mistake shows before it is switched on).
+    /// `istio.trustedNodeAgents` as identities in `trust_domain`, without duplicates.
+    pub fn trusted_node_agents(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Vec<SpiffeId>, ConfigError> {
+        let mut agents: Vec<SpiffeId> = Vec::new();
+        for entry in self
+            .trusted_node_agents
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let agent = SpiffeId::from_short(entry, trust_domain).map_err(|e| {
+                ConfigError::InvalidValue {
+                    key: "istio.trustedNodeAgents",
+                    reason: format!(
+                        "{e}; write comma-separated <namespace>/<service-account> of the node \
+                         agents (e.g. istio-system/ztunnel), or leave it empty so that nobody \
+                         may ask for another identity's certificate"
+                    ),
+                }
+            })?;
+            if !agents.contains(&agent) {
+                agents.push(agent);
+            }
+        }
+        Ok(agents)
+    }
+
     fn validate_listener(&self) -> Result<(), ConfigError> {
         if self.listen_address().is_none() {
             return Err(ConfigError::InvalidValue {
@@ -337,6 +368,44 @@ mod tests {
         ] {
             let error = load(&[setting]).unwrap_err().to_string();
             assert!(error.contains(key), "{setting}: {error}");
+        }
+    }
+
+    fn agents(value: &str) -> Result<Vec<String>, ConfigError> {
+        let config = IstioConfig {
+            trusted_node_agents: value.to_owned(),
+            ..IstioConfig::default()
+        };
+        config.validate()?;
+        Ok(config
+            .trusted_node_agents(&TrustDomain::new("example.org").unwrap())?
+            .iter()
+            .map(SpiffeId::short)
+            .collect())
+    }
+
+    #[test]
+    fn trusted_node_agents_are_comma_separated_identities() {
+        assert_eq!(
+            agents(&IstioConfig::default().trusted_node_agents).unwrap(),
+            ["istio-system/ztunnel"]
+        );
+        assert_eq!(
+            agents(" istio-system/ztunnel , kube-system/agent,istio-system/ztunnel,").unwrap(),
+            ["istio-system/ztunnel", "kube-system/agent"]
+        );
+        assert!(agents("").unwrap().is_empty(), "empty: nobody");
+        for bad in [
+            "ztunnel",
+            "istio-system/ztunnel/x",
+            "Istio/ztunnel",
+            "a/b,c",
+        ] {
+            let error = agents(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("istio.trustedNodeAgents") && error.contains("<namespace>/"),
+                "{bad}: {error}"
+            );
         }
     }
 }

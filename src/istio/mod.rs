@@ -17,6 +17,7 @@
 
 mod auth;
 pub mod caller;
+pub mod impersonation;
 mod metrics;
 pub mod proto;
 mod router;
@@ -39,6 +40,7 @@ pub use auth::{IstioAuthError, TokenCallers};
 pub use caller::{
     Caller, CallerKind, ImpersonationCheck, ImpersonationDenied, NoImpersonation, PodBinding,
 };
+pub use impersonation::{ImpersonationStats, NodeAuthorizer};
 pub use metrics::{IstioMetrics, IstioMetricsSnapshot};
 pub use service::{
     IMPERSONATED_IDENTITY, MAX_CSR_PEM_BYTES, MAX_METADATA_FIELDS, MAX_METADATA_KEY_BYTES,

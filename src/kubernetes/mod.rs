@@ -1,7 +1,9 @@
 //! Connecting to the Kubernetes API server, for everything meshca keeps or asks there (the CA
-//! bundle Secret, managed TLS Secrets, TokenReviews, CertificateRequests).
+//! bundle Secret, managed TLS Secrets, TokenReviews, CertificateRequests, the pods node-agent
+//! impersonation checks).
 
 pub mod managed_secret;
+mod pods;
 mod token_review;
 mod vault_token;
 
@@ -9,6 +11,7 @@ pub use managed_secret::{
     ListedSecret, ManagedSecretError, ManagedTlsSecret, Replaced, SecretRef, TlsMaterial,
     TlsSecretWriter, Written, list_managed,
 };
+pub use pods::{KubePodDirectory, PodDirectory, PodInfo, PodLookupError};
 pub use token_review::TokenReviewAuthenticator;
 pub use vault_token::SecretTokenSource;
 

@@ -77,6 +77,15 @@ pub struct TokenOwner {
     pub audiences: Vec<String>,
 }
 
+/// The pod a token is bound to (a projected token), as the TokenReview reports it in
+/// `status.user.extra`.
+#[derive(Debug, Clone)]
+pub struct TokenPod {
+    pub name: String,
+    pub uid: Option<String>,
+    pub node: Option<String>,
+}
+
 #[derive(Debug)]
 struct Fault {
     method: Method,
@@ -95,6 +104,9 @@ struct Store {
     requests: Vec<Recorded>,
     faults: Vec<Fault>,
     tokens: HashMap<String, TokenOwner>,
+    /// Pods tokens are bound to; a token not here is reported bound to a pod `pod-1` with no
+    /// UID or node.
+    token_pods: HashMap<String, TokenPod>,
     /// Object paths whose next GETs are followed by a change, as if another client wrote the
     /// object right after the reader read it: (path, remaining).
     touches: Vec<(String, usize)>,
@@ -269,6 +281,30 @@ impl MockKube {
                 audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
             },
         );
+    }
+
+    /// Binds a registered token to a pod: its TokenReview names the pod, and its UID and node
+    /// when given (`authentication.kubernetes.io/pod-name`, `…/pod-uid`, `…/node-name`).
+    pub fn bind_token_to_pod(&self, token: &str, pod: TokenPod) {
+        self.store
+            .lock()
+            .unwrap()
+            .token_pods
+            .insert(token.to_owned(), pod);
+    }
+
+    /// Stores a running pod `namespace/name` of `service_account` on `node` with the UID
+    /// `uid-<name>`; returns its path.
+    pub fn put_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        service_account: &str,
+        node: &str,
+    ) -> String {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+        self.put_object(&path, pod_object(name, service_account, node, "Running"));
+        path
     }
 
     /// Makes the next `times` requests `method path` fail with `status` and a Status body.
@@ -708,6 +744,7 @@ fn list_collections(
                 object["metadata"]["labels"][key.as_str()].as_str() == Some(value.as_str())
             })
         })
+        .filter(|object| field_selector_matches(object, query))
         .cloned()
         .collect();
     respond(
@@ -799,7 +836,7 @@ fn token_review(store: &Store, review: Value) -> Response {
                         "username": format!("system:serviceaccount:{}:{}", owner.namespace, owner.service_account),
                         "uid": format!("uid-{}-{}", owner.namespace, owner.service_account),
                         "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", owner.namespace), "system:authenticated"],
-                        "extra": {"authentication.kubernetes.io/pod-name": ["pod-1"]},
+                        "extra": token_extra(store, token),
                     },
                     "audiences": granted,
                 })
@@ -814,6 +851,63 @@ fn token_review(store: &Store, review: Value) -> Response {
             "spec": review["spec"], "status": status,
         }),
     )
+}
+
+/// A pod object as the API server stores it (UID `uid-<name>`).
+pub fn pod_object(name: &str, service_account: &str, node: &str, phase: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "uid": format!("uid-{name}")},
+        "spec": {"serviceAccountName": service_account, "nodeName": node,
+            "containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": phase},
+    })
+}
+
+/// The TokenReview's `status.user.extra` for `token`: the pod it is bound to.
+fn token_extra(store: &Store, token: &str) -> Value {
+    let Some(pod) = store.token_pods.get(token) else {
+        return json!({"authentication.kubernetes.io/pod-name": ["pod-1"]});
+    };
+    let mut extra = json!({"authentication.kubernetes.io/pod-name": [pod.name]});
+    if let Some(uid) = &pod.uid {
+        extra["authentication.kubernetes.io/pod-uid"] = json!([uid]);
+    }
+    if let Some(node) = &pod.node {
+        extra["authentication.kubernetes.io/node-name"] = json!([node]);
+    }
+    extra
+}
+
+/// Whether `object` matches the query's `fieldSelector` (`a.b=v`, `a.b==v`, `a.b!=v` terms,
+/// comma-separated, on any dotted path; a missing field is the empty string), as the API
+/// server filters pods by `spec.nodeName`, `spec.serviceAccountName` and `status.phase`.
+fn field_selector_matches(object: &Value, query: Option<&str>) -> bool {
+    let Some(selector) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("fieldSelector="))
+    else {
+        return true;
+    };
+    let selector = percent_decode(selector);
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (path, want, equal) = if let Some((p, v)) = term.split_once("!=") {
+            (p, v, false)
+        } else if let Some((p, v)) = term.split_once("==") {
+            (p, v, true)
+        } else if let Some((p, v)) = term.split_once('=') {
+            (p, v, true)
+        } else {
+            return false;
+        };
+        let have = path
+            .split('.')
+            .fold(object, |value, key| &value[key])
+            .as_str()
+            .unwrap_or_default();
+        (have == want) == equal
+    })
 }
 
 fn api_version_of(plural: &str) -> &'static str {
