@@ -13,9 +13,10 @@ use crate::cache::{CacheSettings, CertificateCache};
 use crate::config::{Config, SdsAuth};
 use crate::issuance::Pipeline;
 use crate::istio::{
-    IstioCaServer, IstioMetrics, IstioSettings, RunningIstioCaServer, ServingSettings,
+    IstioCaServer, IstioMetrics, IstioSettings, NodeAuthorizer, RunningIstioCaServer,
+    ServingSettings,
 };
-use crate::kubernetes::TokenReviewAuthenticator;
+use crate::kubernetes::{KubePodDirectory, TokenReviewAuthenticator};
 use crate::rotation::RotationFollower;
 use crate::sds::{AuthMode, MtlsSettings, SdsServer, SdsSettings, SecretSource, UnixPeerMap};
 use crate::time::TokioClock;
@@ -197,11 +198,24 @@ async fn start_istio(
         IstioCaServer::new(settings, pipeline, clock).context("cannot start the Istio CA API")?;
     match crate::kubernetes::connect().await {
         Ok(client) => {
+            let node_agents = config.istio.trusted_node_agents(&trust_domain)?;
             server = server.with_token_authenticator(Arc::new(TokenReviewAuthenticator::new(
-                client,
+                client.clone(),
                 config.istio.token_audiences(),
                 trust_domain,
             )));
+            // Without node agents, nobody may impersonate: the server's default refusal.
+            if !node_agents.is_empty() {
+                tracing::info!(
+                    node_agents = %node_agents.iter().map(SpiffeId::short).collect::<Vec<_>>().join(","),
+                    "Istio CA API: node agents may ask for the certificates of the workloads on \
+                     their own node (istio.trustedNodeAgents)"
+                );
+                server = server.with_impersonation(Arc::new(NodeAuthorizer::new(
+                    node_agents,
+                    Arc::new(KubePodDirectory::new(client)),
+                )));
+            }
         }
         Err(error) => tracing::info!(
             reason = %format!("{error:#}"),

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meshca_provider::{DnsName, SpiffeId, TrustDomain};
 use meshca_provider::duration::serde_go;
+use meshca_provider::{DnsName, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;

@@ -27,17 +27,19 @@ pub trait TokenCallers: Send + Sync + 'static {
     async fn caller(&self, token: &str) -> Result<Caller, TokenError>;
 }
 
-/// Callers from a [`TokenAuthenticator`] that knows identities only: no pod binding, so such
-/// a caller can never impersonate.
+/// Callers from a [`TokenAuthenticator`]: its identity and, when the authenticator reports one
+/// (a TokenReview of a projected token), the pod the token is bound to; without one the caller
+/// can never impersonate.
 pub(super) struct IdentityTokens(pub(super) Arc<dyn TokenAuthenticator>);
 
 #[async_trait]
 impl TokenCallers for IdentityTokens {
     async fn caller(&self, token: &str) -> Result<Caller, TokenError> {
+        let (identity, pod) = self.0.authenticate_caller(token).await?;
         Ok(Caller {
-            identity: self.0.authenticate(token).await?,
+            identity,
             kind: CallerKind::Token,
-            pod: None,
+            pod,
         })
     }
 }
