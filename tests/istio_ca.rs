@@ -217,6 +217,10 @@ async fn callers_with_a_client_certificate_or_a_token_get_their_own_identity_onl
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("istio.tokenAudiences"),
+        "names the Istio listener's setting, not SDS's: {status:?}"
+    );
 
     // A CSR whose signature does not verify (no proof of possession).
     let mut der = pem_contents(&p256);

@@ -199,11 +199,14 @@ async fn start_istio(
     match crate::kubernetes::connect().await {
         Ok(client) => {
             let node_agents = config.istio.trusted_node_agents(&trust_domain)?;
-            server = server.with_token_authenticator(Arc::new(TokenReviewAuthenticator::new(
-                client.clone(),
-                config.istio.token_audiences(),
-                trust_domain,
-            )));
+            server = server.with_token_authenticator(Arc::new(
+                TokenReviewAuthenticator::new(
+                    client.clone(),
+                    config.istio.token_audiences(),
+                    trust_domain,
+                )
+                .with_audience_setting("istio.tokenAudiences"),
+            ));
             // Without node agents, nobody may impersonate: the server's default refusal.
             if !node_agents.is_empty() {
                 tracing::info!(

@@ -60,6 +60,8 @@ pub struct TokenReviewAuthenticator {
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     rejected: Mutex<HashMap<[u8; 32], Rejected>>,
     reviews: tokio::sync::Semaphore,
+    /// The setting the audiences come from, named when a token is for another audience.
+    audience_setting: &'static str,
 }
 
 #[derive(Clone)]
@@ -100,7 +102,16 @@ impl TokenReviewAuthenticator {
             cache: Mutex::default(),
             rejected: Mutex::default(),
             reviews: tokio::sync::Semaphore::new(Self::MAX_CONCURRENT_REVIEWS),
+            audience_setting: "sds.tokenAudiences",
         }
+    }
+
+    /// Names the setting the audiences come from in refusals (default `sds.tokenAudiences`;
+    /// the Istio CA listener's are `istio.tokenAudiences`).
+    #[must_use]
+    pub fn with_audience_setting(mut self, setting: &'static str) -> Self {
+        self.audience_setting = setting;
+        self
     }
 
     /// Changes how long a rejected token is refused without a new review (zero: not at all).
@@ -186,11 +197,26 @@ impl TokenReviewAuthenticator {
             .map_err(review_failed)?;
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
+            // The API server's reason is its own text, cut so a long one cannot swell the
+            // status a caller gets; a token for another audience fails here too, so the
+            // audiences asked for, and their setting, are named.
+            let reason: String = status
+                .error
+                .as_deref()
+                .unwrap_or("no reason given")
+                .chars()
+                .take(256)
+                .collect();
+            let audiences = if self.audiences.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; meshca asked for a token meant for {:?} ({})",
+                    self.audiences, self.audience_setting
+                )
+            };
             return Err(TokenError::Rejected {
-                reason: format!(
-                    "the API server did not authenticate it ({})",
-                    status.error.as_deref().unwrap_or("no reason given")
-                ),
+                reason: format!("the API server did not authenticate it ({reason}){audiences}"),
             });
         }
         // The API server may accept a token for audiences other than the ones asked for when
@@ -201,8 +227,8 @@ impl TokenReviewAuthenticator {
                 return Err(TokenError::Rejected {
                     reason: format!(
                         "it is not meant for meshca (audiences {granted:?}; meshca accepts \
-                         {:?}, sds.tokenAudiences): mount a projected token with one of them",
-                        self.audiences
+                         {:?}, {}): mount a projected token with one of them",
+                        self.audiences, self.audience_setting
                     ),
                 });
             }
