@@ -2,15 +2,22 @@
 //! each stage to the running Tresor (which root signs, which roots are trusted), pushes the
 //! result over SDS, and reports what the connected proxies acknowledged so that
 //! `meshca rotate root advance` — run by hand or by the CronJob, anywhere — can decide.
+//!
+//! When the daemon publishes the trust bundle into the cluster (the ConfigMap in every
+//! namespace, `crate::kubernetes::trust_distribution`), its report also says which namespaces'
+//! ConfigMaps hold the new root, and `advance` waits for those too: workloads that read the
+//! bundle from a ConfigMap must trust the new root before any leaf it signs is issued.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use meshca_provider::{Clock, SpiffeId};
-use meshca_tresor::{AckReport, Rotation, Stage, Tresor, unix};
+use meshca_tresor::{AckReport, DistributionReport, Rotation, Stage, Tresor, unix};
 use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
 
 use crate::cache::CertificateCache;
+use crate::kubernetes::trust_distribution::DistributionStatus;
 use crate::sds::BundleAcks;
 use crate::stores::ConfiguredStore;
 
@@ -25,6 +32,8 @@ pub struct RotationFollower {
     pub cache: Arc<CertificateCache>,
     /// What each connected proxy acknowledged.
     pub acks: Arc<BundleAcks>,
+    /// What every namespace's trust bundle ConfigMap holds, when the daemon publishes them.
+    pub distribution: Option<watch::Receiver<DistributionStatus>>,
     /// This daemon's name in its reports.
     pub replica: String,
     /// How often the store is read.
@@ -49,6 +58,7 @@ impl RotationFollower {
     pub async fn run(self) {
         let mut applied = Applied::default();
         let mut acks = self.acks.changes();
+        let mut distribution = self.distribution.clone();
         let mut failing = false;
         loop {
             match self.poll(&mut applied).await {
@@ -76,6 +86,13 @@ impl RotationFollower {
                 Ok(()) = acks.changed(), if waiting_for_acks => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     acks.borrow_and_update();
+                }
+                // Likewise when a namespace's ConfigMap changes.
+                Ok(()) = changed(&mut distribution), if waiting_for_acks => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Some(distribution) = &mut distribution {
+                        distribution.borrow_and_update();
+                    }
                 }
             }
         }
@@ -169,7 +186,6 @@ impl RotationFollower {
         let now = self.clock.now();
         let report = AckReport {
             replica: self.replica.clone(),
-            root,
             streams,
             acked: streams.saturating_sub(missing.len()),
             missing: missing
@@ -178,6 +194,21 @@ impl RotationFollower {
                 .map(SpiffeId::short)
                 .collect(),
             at: unix(now),
+            distribution: self.distribution.as_ref().map(|status| {
+                let status = status.borrow();
+                let behind = status.behind(&root);
+                DistributionReport {
+                    synced: status.synced,
+                    namespaces: status.namespaces.len(),
+                    holding: status.namespaces.len() - behind.len(),
+                    behind: behind
+                        .iter()
+                        .take(AckReport::MAX_MISSING)
+                        .map(|namespace| (*namespace).to_owned())
+                        .collect(),
+                }
+            }),
+            root,
         };
         let unchanged = applied.report.as_ref().is_some_and(|last| {
             AckReport {
@@ -197,6 +228,20 @@ impl RotationFollower {
                 "root rotation: proxies holding the new root"
             );
         }
+        if let Some(distribution) = &report.distribution
+            && applied
+                .report
+                .as_ref()
+                .and_then(|r| r.distribution.as_ref())
+                != Some(distribution)
+        {
+            tracing::info!(
+                namespaces = distribution.namespaces,
+                holding = distribution.holding,
+                behind = %distribution.behind.join(","),
+                "root rotation: namespaces whose trust bundle ConfigMap holds the new root"
+            );
+        }
         applied.report = Some(report);
         Ok(())
     }
@@ -211,4 +256,14 @@ impl RotationFollower {
             .find(|(_, f)| f == fingerprint)
             .map(|(root, _)| root.clone())
     }
+}
+
+/// Resolves when `status` changes; never when there is none (or its sender is gone).
+async fn changed(status: &mut Option<watch::Receiver<DistributionStatus>>) -> Result<(), ()> {
+    if let Some(status) = status
+        && status.changed().await.is_ok()
+    {
+        return Ok(());
+    }
+    std::future::pending().await
 }

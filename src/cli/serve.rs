@@ -16,6 +16,7 @@ use crate::istio::{
     IstioCaServer, IstioMetrics, IstioSettings, NodeAuthorizer, RunningIstioCaServer,
     ServingSettings,
 };
+use crate::kubernetes::trust_distribution::{Running, TrustDistribution};
 use crate::kubernetes::{KubePodDirectory, TokenReviewAuthenticator};
 use crate::rotation::RotationFollower;
 use crate::sds::{AuthMode, MtlsSettings, SdsServer, SdsSettings, SecretSource, UnixPeerMap};
@@ -75,6 +76,8 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         istio = ?istio.as_ref().map(|(running, _)| running.address()),
         "meshca is serving; stop it with SIGTERM or Ctrl-C"
     );
+    let distribution =
+        TrustDistribution::start(&config.trust_distribution, cache.trust_bundle()).await?;
     // Tresor follows root rotation stages from its store; Vault and cert-manager roots are
     // rotated outside meshca.
     let rotation = tresor.map(|handle| {
@@ -84,6 +87,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
                 tresor: handle.tresor,
                 cache: cache.clone(),
                 acks: sds.bundle_acks(),
+                distribution: distribution.as_ref().and_then(Running::status),
                 replica: config.replica_name(),
                 poll_interval: config.rotation.poll_interval,
                 clock,
@@ -151,6 +155,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         None => Ok(()),
     };
     health_checks.abort();
+    drop(distribution);
     if let Some(rotation) = rotation {
         rotation.abort();
     }

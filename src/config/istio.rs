@@ -9,6 +9,7 @@ use meshca_provider::{DnsName, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use super::{is_dns_label, is_dns_subdomain};
 use crate::istio::IstioLimits;
 
 /// `istio.*`
@@ -254,19 +255,120 @@ fn split_list(list: &str) -> impl Iterator<Item = &str> {
 }
 
 /// `trustDistribution.*`
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TrustDistributionConfig {
     /// A ConfigMap holding the trust bundle in every namespace.
     pub config_map: RootCertConfigMapConfig,
     /// A cluster-scoped `ClusterTrustBundle` (`certificates.k8s.io`) holding the trust bundle.
     pub cluster_trust_bundle: ClusterTrustBundleConfig,
+    /// How often everything published is listed again and repaired, even if no watch event
+    /// said it changed (watch events repair edits and deletions at once; this catches missed
+    /// ones). Go duration, default `5m`.
+    #[serde(with = "serde_go")]
+    pub resync_interval: Duration,
+}
+
+impl Default for TrustDistributionConfig {
+    fn default() -> Self {
+        Self {
+            config_map: RootCertConfigMapConfig::default(),
+            cluster_trust_bundle: ClusterTrustBundleConfig::default(),
+            resync_interval: Duration::from_secs(300),
+        }
+    }
 }
 
 impl TrustDistributionConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::InvalidValue { key, reason };
+        let config_map = &self.config_map;
+        if !is_dns_subdomain(&config_map.name) {
+            return Err(invalid(
+                "trustDistribution.configMap.name",
+                format!(
+                    "{:?} is not a Kubernetes object name (lower-case letters, digits, '-' and \
+                     '.', at most 253 characters; Istio's agents read istio-ca-root-cert)",
+                    config_map.name
+                ),
+            ));
+        }
+        if !is_config_map_key(&config_map.key) {
+            return Err(invalid(
+                "trustDistribution.configMap.key",
+                format!(
+                    "{:?} is not a ConfigMap key (letters, digits, '-', '_' and '.', at most \
+                     253 characters, not '.' or '..'; Istio's agents read root-cert.pem)",
+                    config_map.key
+                ),
+            ));
+        }
+        if let Some(bad) = config_map
+            .excluded_namespaces()
+            .find(|namespace| !is_dns_label(namespace))
+        {
+            return Err(invalid(
+                "trustDistribution.configMap.excludeNamespaces",
+                format!(
+                    "{bad:?} is not a namespace name (lower-case letters, digits and '-', at \
+                     most 63 characters); write a comma-separated list such as \
+                     kube-system,kube-public"
+                ),
+            ));
+        }
+        if let Err(reason) = check_signer_name(&self.cluster_trust_bundle.signer_name) {
+            return Err(invalid(
+                "trustDistribution.clusterTrustBundle.signerName",
+                format!(
+                    "{:?} {reason}; write <domain>/<path> under a domain you own (default \
+                     meshca.dev/trust-bundle)",
+                    self.cluster_trust_bundle.signer_name
+                ),
+            ));
+        }
+        if self.resync_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "trustDistribution.resyncInterval",
+                "must be at least 1s (default 5m)".to_owned(),
+            ));
+        }
         Ok(())
     }
+}
+
+/// A ConfigMap data key: `[-._a-zA-Z0-9]+`, at most 253 characters, not `.` or `..`.
+fn is_config_map_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A signer name as Kubernetes accepts it: `<domain>/<path>`, the domain a DNS subdomain, the
+/// path non-empty (its characters are those of an object name, since the ClusterTrustBundle's
+/// name is made of them).
+fn check_signer_name(signer: &str) -> Result<(), &'static str> {
+    let Some((domain, path)) = signer.split_once('/') else {
+        return Err("has no '/'");
+    };
+    if !domain.contains('.') || !is_dns_subdomain(domain) {
+        return Err("does not start with a DNS domain");
+    }
+    if path.is_empty() || signer.len() > 200 {
+        return Err("has an empty path after the domain, or is over 200 characters");
+    }
+    if !path
+        .split('/')
+        .all(|part| !part.is_empty() && is_dns_subdomain(part))
+    {
+        return Err(
+            "has a path that is not lower-case letters, digits, '-', '.' and '/' separators",
+        );
+    }
+    Ok(())
 }
 
 /// `trustDistribution.configMap.*`
@@ -291,6 +393,16 @@ impl Default for RootCertConfigMapConfig {
             key: "root-cert.pem".to_owned(),
             exclude_namespaces: "kube-system,kube-public,kube-node-lease".to_owned(),
         }
+    }
+}
+
+impl RootCertConfigMapConfig {
+    /// The namespaces listed in `excludeNamespaces`, trimmed, empty entries skipped.
+    pub fn excluded_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.exclude_namespaces
+            .split(',')
+            .map(str::trim)
+            .filter(|namespace| !namespace.is_empty())
     }
 }
 

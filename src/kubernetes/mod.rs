@@ -5,6 +5,7 @@
 pub mod managed_secret;
 mod pods;
 mod token_review;
+pub mod trust_distribution;
 mod vault_token;
 
 pub use managed_secret::{
@@ -13,6 +14,7 @@ pub use managed_secret::{
 };
 pub use pods::{KubePodDirectory, PodDirectory, PodInfo, PodLookupError};
 pub use token_review::TokenReviewAuthenticator;
+pub use trust_distribution::TrustDistribution;
 pub use vault_token::SecretTokenSource;
 
 use anyhow::Context as _;

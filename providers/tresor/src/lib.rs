@@ -51,7 +51,9 @@ pub use options::{
     DEFAULT_INTERMEDIATE_LIFETIME, DEFAULT_ROOT_LIFETIME, IntermediateOptions, RootOptions,
 };
 pub use rotate::{Abort, AckSummary, Advance, RotationError, RotationPolicy};
-pub use rotation::{AckReport, Rotation, RotationAuthorities, RotationChange, Stage, Swap, unix};
+pub use rotation::{
+    AckReport, DistributionReport, Rotation, RotationAuthorities, RotationChange, Stage, Swap, unix,
+};
 pub use store::{CaStore, Created, Outcome, Signing, bootstrap, bootstrap_signing};
 
 /// The provider's name in logs and metrics.

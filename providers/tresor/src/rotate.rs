@@ -117,6 +117,34 @@ impl fmt::Display for AckSummary {
         if !missing.is_empty() {
             write!(f, "; waiting for {}", missing.join(", "))?;
         }
+        // Every daemon watches the same namespaces: the report furthest behind speaks for all.
+        let behind = self
+            .reports
+            .iter()
+            .filter_map(|r| r.distribution.as_ref())
+            .filter(|d| !d.complete())
+            .min_by_key(|d| (d.synced, d.holding));
+        match behind {
+            Some(d) if d.synced => {
+                let waiting = d.namespaces.saturating_sub(d.holding);
+                write!(
+                    f,
+                    "; {} of {} namespaces' trust bundle ConfigMaps hold the new root, waiting \
+                     for namespace{} {}{}",
+                    d.holding,
+                    d.namespaces,
+                    if waiting == 1 { "" } else { "s" },
+                    d.behind.join(", "),
+                    if d.behind.len() < waiting {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+            Some(_) => f.write_str("; the trust bundle ConfigMaps have not been listed yet")?,
+            None => {}
+        }
         Ok(())
     }
 }

@@ -274,6 +274,32 @@ pub struct AckReport {
     pub missing: Vec<String>,
     /// When the daemon wrote this, seconds since the Unix epoch.
     pub at: u64,
+    /// Where the daemon publishes the trust bundle into the cluster (the ConfigMap in every
+    /// namespace), which namespaces hold the new root; absent when it publishes none. Read
+    /// as absent from reports written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<DistributionReport>,
+}
+
+/// Of the namespaces a daemon keeps the trust bundle ConfigMap in, those holding the new root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistributionReport {
+    /// Whether the daemon has seen every namespace and ConfigMap yet (until then it cannot
+    /// vouch for any, and the report is not complete).
+    pub synced: bool,
+    /// Namespaces that should hold the bundle.
+    pub namespaces: usize,
+    /// Of those, the ones whose ConfigMap holds the new root.
+    pub holding: usize,
+    /// Some of the namespaces still behind (at most [`AckReport::MAX_MISSING`]).
+    pub behind: Vec<String>,
+}
+
+impl DistributionReport {
+    /// Whether every namespace holds the new root.
+    pub fn complete(&self) -> bool {
+        self.synced && self.holding >= self.namespaces
+    }
 }
 
 impl AckReport {
@@ -285,9 +311,14 @@ impl AckReport {
         from_unix(self.at)
     }
 
-    /// Whether every stream acknowledged.
+    /// Whether every stream acknowledged, and every namespace the daemon publishes the trust
+    /// bundle in holds the new root.
     pub fn complete(&self) -> bool {
         self.acked >= self.streams
+            && self
+                .distribution
+                .as_ref()
+                .is_none_or(DistributionReport::complete)
     }
 
     /// The persisted form.
@@ -397,5 +428,48 @@ mod tests {
         assert_eq!(AckReport::key_safe("a/b c"), "a_b_c");
         assert_eq!(AckReport::key_safe(".hidden"), "r.hidden");
         assert_eq!(AckReport::key_safe(""), "r");
+    }
+
+    #[test]
+    fn a_report_is_complete_only_when_every_namespace_holds_the_new_root() {
+        let mut report = AckReport {
+            replica: "r".into(),
+            root: "new".into(),
+            streams: 2,
+            acked: 2,
+            missing: vec![],
+            at: 1,
+            distribution: None,
+        };
+        assert!(report.complete());
+        // Reports written before distribution existed read as without one.
+        let json = String::from_utf8(report.to_json()).unwrap();
+        assert!(!json.contains("distribution"), "{json}");
+        assert_eq!(AckReport::from_json(json.as_bytes()), Some(report.clone()));
+        report.distribution = Some(DistributionReport {
+            synced: true,
+            namespaces: 3,
+            holding: 2,
+            behind: vec!["b".into()],
+        });
+        assert!(!report.complete());
+        assert_eq!(
+            AckReport::from_json(&report.to_json()),
+            Some(report.clone())
+        );
+        report.distribution = Some(DistributionReport {
+            synced: false,
+            namespaces: 0,
+            holding: 0,
+            behind: vec![],
+        });
+        assert!(!report.complete(), "nothing listed yet vouches for nothing");
+        report.distribution = Some(DistributionReport {
+            synced: true,
+            namespaces: 3,
+            holding: 3,
+            behind: vec![],
+        });
+        assert!(report.complete());
     }
 }

@@ -40,6 +40,7 @@ fn report(replica: &str, root: &str, streams: usize, acked: usize, at: SystemTim
         acked,
         missing: (acked..streams).map(|i| format!("ns/sa-{i}")).collect(),
         at: unix(at),
+        distribution: None,
     }
 }
 

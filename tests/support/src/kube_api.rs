@@ -24,6 +24,7 @@
 //! [`MockKube::hold_reads`].
 
 pub mod cert_manager;
+mod live;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -121,6 +122,8 @@ struct Store {
     issuer: Option<Issuer>,
     /// Watch streams kept open until the server stops.
     open: Vec<mpsc::UnboundedSender<Result<Bytes, Infallible>>>,
+    /// The change history and the live watches ([`live`]).
+    live: live::Live,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -132,10 +135,14 @@ impl Store {
         self.next_version += 1;
         let version = self.next_version.to_string();
         stamp(&mut object, collection, name, &version);
-        self.objects
+        let existed = self
+            .objects
             .entry(collection.to_owned())
             .or_default()
-            .insert(name.to_owned(), object.clone());
+            .insert(name.to_owned(), object.clone())
+            .is_some();
+        let kind = if existed { "MODIFIED" } else { "ADDED" };
+        live::record(self, collection, name, kind, &object);
         object
     }
 }
@@ -643,11 +650,49 @@ fn route(
             );
         }
     };
+    // Cluster-scoped objects (live.rs): /api/v1/namespaces[/{name}],
+    // /apis/{group}/{version}/clustertrustbundles[/{name}].
+    if segments.len() <= namespaced_at + 2
+        && segments
+            .get(namespaced_at)
+            .is_some_and(|plural| live::CLUSTER_SCOPED.contains(plural))
+    {
+        let plural = segments[namespaced_at];
+        let collection = format!("/{}", segments[..=namespaced_at].join("/"));
+        let name = segments.get(namespaced_at + 1).copied();
+        return crud(
+            store,
+            method,
+            path,
+            &collection,
+            plural,
+            name,
+            query,
+            params,
+            body,
+        );
+    }
     // A list across all namespaces: /api/v1/{plural} or /apis/{group}/{version}/{plural}.
     if method == Method::GET
         && segments.len() == namespaced_at + 1
         && segments[namespaced_at] != "namespaces"
     {
+        if params.get("watch").is_some_and(|w| w == "true") {
+            let plural = segments[namespaced_at];
+            let prefix = path
+                .trim_end_matches(plural)
+                .trim_end_matches('/')
+                .to_owned()
+                + "/namespaces/";
+            let wanted = live::Wanted::new(
+                live::Collections::Across {
+                    prefix,
+                    suffix: format!("/{plural}"),
+                },
+                params.get("fieldSelector"),
+            );
+            return live::watch(store, wanted, params);
+        }
         return list_all(store, path, segments[namespaced_at], query);
     }
     if segments.get(namespaced_at) != Some(&"namespaces") || segments.len() < namespaced_at + 3 {
@@ -661,9 +706,46 @@ fn route(
     let collection = segments[..namespaced_at + 3].join("/");
     let collection = format!("/{collection}");
     let name = segments.get(namespaced_at + 3).copied();
+    crud(
+        store,
+        method,
+        path,
+        &collection,
+        plural,
+        name,
+        query,
+        params,
+        body,
+    )
+}
+
+/// Reads and writes of one collection's objects.
+#[allow(clippy::too_many_arguments)]
+fn crud(
+    store: &mut Store,
+    method: &Method,
+    path: &str,
+    collection: &str,
+    plural: &str,
+    name: Option<&str>,
+    query: Option<&str>,
+    params: &BTreeMap<String, String>,
+    body: Option<Value>,
+) -> Response {
+    let collection = collection.to_owned();
     match (method.clone(), name) {
-        (Method::GET, None) if params.get("watch").is_some_and(|w| w == "true") => {
+        (Method::GET, None)
+            if params.get("watch").is_some_and(|w| w == "true")
+                && plural == "certificaterequests" =>
+        {
             cert_manager::watch(store, &collection, params)
+        }
+        (Method::GET, None) if params.get("watch").is_some_and(|w| w == "true") => {
+            let wanted = live::Wanted::new(
+                live::Collections::Exact(collection.clone()),
+                params.get("fieldSelector"),
+            );
+            live::watch(store, wanted, params)
         }
         (Method::GET, None) => list(store, &collection, plural, query),
         (Method::POST, None) => create(store, &collection, plural, body.unwrap_or_default()),
@@ -675,16 +757,10 @@ fn route(
         (Method::PUT, Some(name)) => {
             replace(store, &collection, plural, name, body.unwrap_or_default())
         }
-        (Method::DELETE, Some(name)) => {
-            match store
-                .objects
-                .get_mut(&collection)
-                .and_then(|c| c.remove(name))
-            {
-                Some(object) => respond(200, object),
-                None => not_found(plural, name),
-            }
-        }
+        (Method::DELETE, Some(name)) => match live::delete(store, &collection, name) {
+            Some(object) => respond(200, object),
+            None => not_found(plural, name),
+        },
         _ => failure(
             405,
             "MethodNotAllowed",
@@ -720,6 +796,10 @@ fn list_collections(
     query: Option<&str>,
     wanted: impl Fn(&str) -> bool,
 ) -> Response {
+    let fields = live::Wanted::new(
+        live::Collections::Exact(String::new()),
+        query_params(query.unwrap_or_default()).get("fieldSelector"),
+    );
     let selector: Vec<(String, String)> = query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -739,6 +819,7 @@ fn list_collections(
         .iter()
         .filter(|(collection, _)| wanted(collection))
         .flat_map(|(_, c)| c.values())
+        .filter(|object| fields.object_matches(object))
         .filter(|object| {
             selector.iter().all(|(key, value)| {
                 object["metadata"]["labels"][key.as_str()].as_str() == Some(value.as_str())
@@ -765,6 +846,9 @@ fn create(store: &mut Store, collection: &str, plural: &str, mut object: Value) 
             None => return failure(422, "Invalid", "metadata.name: Required value"),
         },
     };
+    if let Some(refused) = live::refuse_in_terminating_namespace(store, collection) {
+        return refused;
+    }
     if store
         .objects
         .get(collection)
@@ -914,6 +998,7 @@ fn api_version_of(plural: &str) -> &'static str {
     match plural {
         "certificaterequests" => "cert-manager.io/v1",
         "leases" => "coordination.k8s.io/v1",
+        "clustertrustbundles" => "certificates.k8s.io/v1",
         _ => "v1",
     }
 }
@@ -923,6 +1008,9 @@ fn kind_of(plural: &str) -> &'static str {
         "secrets" => "Secret",
         "leases" => "Lease",
         "certificaterequests" => "CertificateRequest",
+        "namespaces" => "Namespace",
+        "configmaps" => "ConfigMap",
+        "clustertrustbundles" => "ClusterTrustBundle",
         _ => "Object",
     }
 }
