@@ -482,3 +482,42 @@ async fn a_root_rotation_reaches_every_namespace_before_the_new_root_signs() {
     assert_chains_to(&renewed, &TrustBundle::new(vec![new_root_der]));
     drop(daemon);
 }
+
+#[tokio::test]
+async fn serve_refuses_to_start_when_distribution_is_on_and_no_api_server_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    // An API server address where nothing listens.
+    let port = free_port();
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: \
+             http://127.0.0.1:{port}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- \
+             name: gone\n  context:\n    cluster: gone\n    user: u\ncurrent-context: gone\n"
+        ),
+    )
+    .unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(meshca_test_support::meshca_binary())
+            .args(["--ca-dir", dir.path().join("ca").to_str().unwrap()])
+            .args(["--set", "sds.listen=127.0.0.1:0", "--set", "admin.listen="])
+            .args(["--set", "trustDistribution.configMap.enabled=true", "serve"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("MESHCA_CONFIG")
+            .env("NO_COLOR", "1")
+            .output(),
+    )
+    .await
+    .expect("serve exits")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("trust distribution is enabled")
+            && stderr.contains("trustDistribution.configMap.enabled=false"),
+        "{stderr}"
+    );
+}

@@ -431,6 +431,7 @@ impl Default for ClusterTrustBundleConfig {
 mod tests {
     use super::super::testing::load;
     use super::*;
+    use crate::config::ConfigError;
 
     #[test]
     fn the_listener_settings_have_working_defaults() {
@@ -519,5 +520,72 @@ mod tests {
                 "{bad}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn trust_distribution_values_are_checked_and_the_error_names_the_key() {
+        for (setting, key) in [
+            (
+                "trustDistribution.configMap.name=Istio_Root",
+                "trustDistribution.configMap.name",
+            ),
+            (
+                "trustDistribution.configMap.key=root cert.pem",
+                "trustDistribution.configMap.key",
+            ),
+            (
+                "trustDistribution.configMap.key=..",
+                "trustDistribution.configMap.key",
+            ),
+            (
+                "trustDistribution.configMap.excludeNamespaces=kube-system,Bad_NS",
+                "trustDistribution.configMap.excludeNamespaces",
+            ),
+            (
+                "trustDistribution.clusterTrustBundle.signerName=trust-bundle",
+                "trustDistribution.clusterTrustBundle.signerName",
+            ),
+            (
+                "trustDistribution.clusterTrustBundle.signerName=localhost/roots",
+                "trustDistribution.clusterTrustBundle.signerName",
+            ),
+            (
+                "trustDistribution.clusterTrustBundle.signerName=meshca.dev/",
+                "trustDistribution.clusterTrustBundle.signerName",
+            ),
+            (
+                "trustDistribution.clusterTrustBundle.signerName=meshca.dev/Trust:Bundle",
+                "trustDistribution.clusterTrustBundle.signerName",
+            ),
+            (
+                "trustDistribution.resyncInterval=0s",
+                "trustDistribution.resyncInterval",
+            ),
+        ] {
+            let err = load(&[setting]).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::InvalidValue { key: k, .. } if *k == key),
+                "{setting}: {err}"
+            );
+            assert!(err.to_string().contains(key), "{setting}: {err}");
+        }
+        let config = load(&[
+            "trustDistribution.configMap.enabled=true",
+            "trustDistribution.configMap.excludeNamespaces= kube-system , ,istio-system",
+            "trustDistribution.clusterTrustBundle.signerName=example.com/mesh/roots",
+        ])
+        .unwrap();
+        assert_eq!(
+            config
+                .trust_distribution
+                .config_map
+                .excluded_namespaces()
+                .collect::<Vec<_>>(),
+            ["kube-system", "istio-system"]
+        );
+        assert_eq!(
+            config.trust_distribution.resync_interval,
+            std::time::Duration::from_secs(300)
+        );
     }
 }
