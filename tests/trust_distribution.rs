@@ -367,6 +367,9 @@ async fn a_root_rotation_reaches_every_namespace_before_the_new_root_signs() {
     for namespace in ["a", "b", "c"] {
         mock.create_namespace(namespace);
     }
+    // A cluster that serves no ClusterTrustBundles: one warning, and the ConfigMaps still work.
+    mock.not_served(CTB_V1);
+    mock.not_served(CTB_V1BETA1);
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     let sds_port = free_port();
@@ -376,6 +379,7 @@ async fn a_root_rotation_reaches_every_namespace_before_the_new_root_signs() {
         .set(&format!("sds.listen=127.0.0.1:{sds_port}"))
         .set("sds.auth=development")
         .set("trustDistribution.configMap.enabled=true")
+        .set("trustDistribution.clusterTrustBundle.enabled=true")
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .start();
@@ -390,6 +394,9 @@ async fn a_root_rotation_reaches_every_namespace_before_the_new_root_signs() {
     )
     .await;
     let old_root = old_roots[0][0].clone();
+    daemon
+        .wait_for_log("does not serve ClusterTrustBundles", PATIENCE)
+        .await;
 
     // A workload holding its certificate, signed under the old root.
     let mut serving = SotwClient::open(channel(&url).await, Some(node("ns/server")), &["default"])
@@ -480,6 +487,24 @@ async fn a_root_rotation_reaches_every_namespace_before_the_new_root_signs() {
         .unwrap()
         .clone();
     assert_chains_to(&renewed, &TrustBundle::new(vec![new_root_der]));
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("does not serve ClusterTrustBundles").count(),
+        1,
+        "one warning: {log}"
+    );
+    assert!(log.contains("runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=true"));
+    // b's failures: one warning saying what failed, then one line when it recovered.
+    assert_eq!(
+        log.matches("cannot write ConfigMap b/istio-ca-root-cert")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains("ConfigMap b/istio-ca-root-cert written after failing"),
+        "{log}"
+    );
     drop(daemon);
 }
 

@@ -39,8 +39,10 @@ pub(crate) struct ConfigMapPublisher {
     held: BTreeMap<String, Held>,
     config_maps_listed: bool,
     in_flight: BTreeSet<String>,
-    /// Namespaces whose last write failed: consecutive failures, and when to try again.
-    retry: BTreeMap<String, (u32, Instant)>,
+    /// Namespaces whose last write failed: how many times in a row.
+    failures: BTreeMap<String, u32>,
+    /// Of those, the ones waiting to try again, and when.
+    retry: BTreeMap<String, Instant>,
     /// Namespaces whose foreign ConfigMap was already warned about.
     warned: BTreeSet<String>,
     /// The bundle generation each namespace was last seen holding, to tell a repair (the
@@ -82,6 +84,7 @@ impl ConfigMapPublisher {
             held: BTreeMap::new(),
             config_maps_listed: false,
             in_flight: BTreeSet::new(),
+            failures: BTreeMap::new(),
             retry: BTreeMap::new(),
             warned: BTreeSet::new(),
             in_sync: BTreeMap::new(),
@@ -117,7 +120,7 @@ impl ConfigMapPublisher {
         let mut writes: JoinSet<WriteResult> = JoinSet::new();
         self.set_bundle(&bundle.borrow_and_update());
         loop {
-            let next_retry = self.retry.values().map(|(_, at)| *at).min();
+            let next_retry = self.retry.values().min().copied();
             tokio::select! {
                 changed = bundle.changed() => {
                     if changed.is_err() {
@@ -132,7 +135,7 @@ impl ConfigMapPublisher {
                 }
                 () = sleep_until(next_retry) => {
                     let now = Instant::now();
-                    self.retry.retain(|_, (_, at)| *at > now);
+                    self.retry.retain(|_, at| *at > now);
                 }
             }
             self.start_writes(&mut writes);
@@ -236,6 +239,7 @@ impl ConfigMapPublisher {
 
     fn forget(&mut self, namespace: &str) {
         self.held.remove(namespace);
+        self.failures.remove(namespace);
         self.retry.remove(namespace);
         self.warned.remove(namespace);
         self.in_sync.remove(namespace);
@@ -339,13 +343,24 @@ impl ConfigMapPublisher {
     fn written(&mut self, namespace: String, result: Result<Written, kube::Error>) {
         self.in_flight.remove(&namespace);
         match result {
-            Ok(Written::Created(config_map) | Written::Updated(config_map)) => {
-                tracing::debug!(namespace = %namespace, "trust distribution: ConfigMap written");
+            Ok(
+                Written::Created(config_map)
+                | Written::Updated(config_map)
+                | Written::AlreadyCurrent(config_map)
+                | Written::NotOwned(config_map),
+            ) => {
                 self.retry.remove(&namespace);
-                self.observe(config_map);
-            }
-            Ok(Written::AlreadyCurrent(config_map) | Written::NotOwned(config_map)) => {
-                self.retry.remove(&namespace);
+                match self.failures.remove(&namespace) {
+                    Some(failures) => tracing::info!(
+                        namespace = %namespace,
+                        failures,
+                        "trust distribution: ConfigMap {namespace}/{} written after failing",
+                        self.settings.name
+                    ),
+                    None => {
+                        tracing::debug!(namespace = %namespace, "trust distribution: ConfigMap written")
+                    }
+                }
                 self.observe(config_map);
             }
             Ok(Written::NamespaceGone) => {
@@ -354,7 +369,9 @@ impl ConfigMapPublisher {
                 self.forget(&namespace);
             }
             Err(error) => {
-                let failures = self.retry.get(&namespace).map_or(0, |(n, _)| *n) + 1;
+                let failures = self.failures.entry(namespace.clone()).or_insert(0);
+                *failures += 1;
+                let failures = *failures;
                 let message = explain(
                     &format!("write ConfigMap {namespace}/{}", self.settings.name),
                     &error,
@@ -365,7 +382,7 @@ impl ConfigMapPublisher {
                     tracing::debug!(namespace = %namespace, error = %message, failures, "trust distribution: still failing");
                 }
                 self.retry
-                    .insert(namespace, (failures, Instant::now() + backoff(failures)));
+                    .insert(namespace, Instant::now() + backoff(failures));
             }
         }
     }
