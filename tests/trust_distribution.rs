@@ -546,3 +546,20 @@ async fn serve_refuses_to_start_when_distribution_is_on_and_no_api_server_answer
         "{stderr}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn many_namespaces_each_get_one_write() {
+    let mock = MockKube::start().await;
+    let namespaces: Vec<String> = (0..60).map(|i| format!("ns-{i:02}")).collect();
+    for namespace in &namespaces {
+        mock.create_namespace(namespace);
+    }
+    let ca = TestCa::new("dist");
+    let pem = ca.bundle().to_pem();
+    let (_running, _bundle) = start(&mock, &config(true, false), &ca.bundle());
+    let names: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    wait_for_pem(&mock, &names, &pem).await;
+    let writes = mock.writes();
+    assert_eq!(writes.len(), namespaces.len(), "{writes:?}");
+    assert!(writes.iter().all(|w| w.method == "POST" && w.status == 201));
+}

@@ -61,7 +61,10 @@ struct Desired {
 struct Held {
     config_map: ConfigMap,
     /// Fingerprints of the roots it holds under the key.
-    fingerprints: Vec<String>,
+    fingerprints: Arc<[String]>,
+    /// Whether it is meshca's and holds exactly the desired bundle (kept up to date when
+    /// either changes, so that each pass over the namespaces compares no PEM text).
+    current: bool,
 }
 
 type WriteResult = (String, Result<Written, kube::Error>);
@@ -138,6 +141,18 @@ impl ConfigMapPublisher {
                     self.retry.retain(|_, at| *at > now);
                 }
             }
+            // Take in whatever else has arrived before the pass over every namespace, so that
+            // a burst of events (a new bundle's writes coming back) costs one pass, not one
+            // each.
+            while let Ok(change) = namespaces.try_recv() {
+                self.namespace_changed(change);
+            }
+            while let Ok(change) = config_maps.try_recv() {
+                self.config_map_changed(change);
+            }
+            while let Some(Ok((namespace, result))) = writes.try_join_next() {
+                self.written(namespace, result);
+            }
             self.start_writes(&mut writes);
             self.publish_status();
         }
@@ -159,6 +174,9 @@ impl ConfigMapPublisher {
                 namespaces = self.targets().count(),
                 "trust distribution: the trust bundle changed; updating every namespace's ConfigMap"
             );
+        }
+        for held in self.held.values_mut() {
+            held.current = is_current(&held.config_map, &self.settings, &pem);
         }
         self.desired = Some(Desired {
             pem,
@@ -223,8 +241,12 @@ impl ConfigMapPublisher {
             .as_ref()
             .and_then(|data| data.get(&self.settings.key))
             .and_then(|pem| TrustBundle::from_pem(pem).ok())
-            .map(|bundle| bundle.fingerprints())
-            .unwrap_or_default();
+            .map(|bundle| bundle.fingerprints().into())
+            .unwrap_or_else(|| Arc::from([]));
+        let current = self
+            .desired
+            .as_ref()
+            .is_some_and(|desired| is_current(&config_map, &self.settings, &desired.pem));
         if is_owned(&config_map.metadata) {
             self.warned.remove(&namespace);
         }
@@ -233,6 +255,7 @@ impl ConfigMapPublisher {
             Held {
                 config_map,
                 fingerprints,
+                current,
             },
         );
     }
@@ -267,31 +290,34 @@ impl ConfigMapPublisher {
         let pem = desired.pem.clone();
         let mut needed = Vec::new();
         let mut foreign = Vec::new();
+        let mut in_sync = Vec::new();
         let mut everywhere = true;
         for namespace in self.targets() {
-            let current = self.held.get(namespace).map(|held| &held.config_map);
-            match current {
-                Some(found) if is_current(found, &self.settings, &pem) => continue,
-                Some(found) if !is_owned(&found.metadata) => {
+            match self.held.get(namespace) {
+                Some(held) if held.current => {
+                    if self.in_sync.get(namespace) != Some(&generation) {
+                        in_sync.push(namespace.to_owned());
+                    }
+                }
+                Some(held) if !is_owned(&held.config_map.metadata) => {
                     everywhere = false;
-                    foreign.push(namespace.to_owned());
+                    if !self.warned.contains(namespace) {
+                        foreign.push(namespace.to_owned());
+                    }
                 }
                 _ => {
                     everywhere = false;
-                    if !self.in_flight.contains(namespace) && !self.retry.contains_key(namespace) {
-                        needed.push((namespace.to_owned(), current.cloned()));
+                    if needed.len() < MAX_CONCURRENT_WRITES
+                        && !self.in_flight.contains(namespace)
+                        && !self.retry.contains_key(namespace)
+                    {
+                        needed.push(namespace.to_owned());
                     }
                 }
             }
         }
-        for namespace in self.targets().map(str::to_owned).collect::<Vec<_>>() {
-            if self
-                .held
-                .get(&namespace)
-                .is_some_and(|held| is_current(&held.config_map, &self.settings, &pem))
-            {
-                self.in_sync.insert(namespace, generation);
-            }
+        for namespace in in_sync {
+            self.in_sync.insert(namespace, generation);
         }
         for namespace in foreign {
             if self.warned.insert(namespace.clone()) {
@@ -316,10 +342,14 @@ impl ConfigMapPublisher {
                 "trust distribution: every namespace's ConfigMap holds the trust bundle"
             );
         }
-        for (namespace, current) in needed {
+        for namespace in needed {
             if self.in_flight.len() >= MAX_CONCURRENT_WRITES {
                 break;
             }
+            let current = self
+                .held
+                .get(&namespace)
+                .map(|held| held.config_map.clone());
             if self.in_sync.get(&namespace) == Some(&generation) {
                 tracing::info!(
                     namespace = %namespace,

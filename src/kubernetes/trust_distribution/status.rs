@@ -3,6 +3,7 @@
 //! rotation's gate reads it: a new root may sign only once every namespace holds it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What the trust bundle ConfigMaps hold, namespace by namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,7 +14,7 @@ pub struct DistributionStatus {
     /// Every namespace that should hold the ConfigMap (not excluded, not terminating), with the
     /// SHA-256 fingerprints of the roots its ConfigMap holds (none when it has no ConfigMap or
     /// an unreadable one).
-    pub namespaces: BTreeMap<String, Vec<String>>,
+    pub namespaces: BTreeMap<String, Arc<[String]>>,
 }
 
 impl DistributionStatus {
@@ -37,9 +38,12 @@ mod tests {
         let status = DistributionStatus {
             synced: true,
             namespaces: BTreeMap::from([
-                ("a".to_owned(), vec!["old".to_owned(), "new".to_owned()]),
-                ("b".to_owned(), vec!["old".to_owned()]),
-                ("c".to_owned(), vec![]),
+                (
+                    "a".to_owned(),
+                    Arc::from(["old".to_owned(), "new".to_owned()]),
+                ),
+                ("b".to_owned(), Arc::from(["old".to_owned()])),
+                ("c".to_owned(), Arc::from([])),
             ]),
         };
         assert_eq!(status.behind("new"), ["b", "c"]);
