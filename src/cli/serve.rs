@@ -49,6 +49,8 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         .refresh_trust_bundle()
         .await
         .context("cannot read the provider's trust bundle")?;
+    let distribution =
+        TrustDistribution::start(&config.trust_distribution, cache.trust_bundle()).await?;
     // Every listener drains on the one signal.
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
@@ -76,8 +78,6 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         istio = ?istio.as_ref().map(|(running, _)| running.address()),
         "meshca is serving; stop it with SIGTERM or Ctrl-C"
     );
-    let distribution =
-        TrustDistribution::start(&config.trust_distribution, cache.trust_bundle()).await?;
     // Tresor follows root rotation stages from its store; Vault and cert-manager roots are
     // rotated outside meshca.
     let rotation = tresor.map(|handle| {
