@@ -1,13 +1,15 @@
 //! The callers: N workloads, each with a client certificate from the CA under test and a few
 //! CSRs made before anything is timed; the gRPC driver that sends their CSRs to meshca over
-//! mTLS (one HTTP/2 connection per client, tonic's client); and the raw `pki/sign` loop that
-//! sends the same CSRs straight to OpenBao.
+//! mTLS (one HTTP/2 connection per client, the tonic client generated from `proto/`); and the
+//! raw `pki/sign` loop that sends the same CSRs straight to OpenBao.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use meshca::istio::proto::IstioCertificateRequest;
+use meshca::istio::proto::istio_certificate_service_client::IstioCertificateServiceClient;
 use meshca_provider::x509::pem_block;
 use meshca_provider::{
     CertificateChain, CertificateInfo, IssueRequest, KeyType, LeafKey, LeafSpec, SharedProvider,
@@ -18,26 +20,6 @@ use tokio::task::JoinSet;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::floor::FloorCsr;
-
-/// The gRPC method, as Istio's agents call it.
-const CREATE_CERTIFICATE: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
-
-/// `istio.v1.auth` messages (proto/istio/v1/auth/ca.proto), the fields a caller sends.
-mod wire {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(crate) struct IstioCertificateRequest {
-        #[prost(string, tag = "1")]
-        pub(crate) csr: String,
-        #[prost(int64, tag = "3")]
-        pub(crate) validity_duration: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(crate) struct IstioCertificateResponse {
-        #[prost(string, repeated, tag = "1")]
-        pub(crate) cert_chain: Vec<String>,
-    }
-}
 
 /// One simulated workload.
 pub(crate) struct Workload {
@@ -100,7 +82,7 @@ pub(crate) fn floor_csrs(workloads: &[Workload]) -> Vec<FloorCsr> {
 /// A connected caller of meshca's CreateCertificate.
 #[derive(Clone)]
 pub(crate) struct GrpcClient {
-    grpc: tonic::client::Grpc<Channel>,
+    grpc: IstioCertificateServiceClient<Channel>,
     csrs: Arc<[String]>,
     /// Which workload it is (index into the workloads).
     pub(crate) workload: usize,
@@ -131,7 +113,7 @@ pub(crate) async fn connect(
             .await
             .unwrap_or_else(|e| panic!("cannot connect to meshca's Istio CA at {address}: {e}"));
         clients.push(GrpcClient {
-            grpc: tonic::client::Grpc::new(channel),
+            grpc: IstioCertificateServiceClient::new(channel),
             csrs: workload.csrs_pem.clone(),
             workload: i,
         });
@@ -142,18 +124,14 @@ pub(crate) async fn connect(
 impl GrpcClient {
     /// Sends CSR number `n` (modulo its CSRs); returns the chain.
     async fn create(&mut self, n: usize) -> Vec<String> {
-        let request = wire::IstioCertificateRequest {
+        let request = IstioCertificateRequest {
             csr: self.csrs[n % self.csrs.len()].clone(),
             validity_duration: 0,
+            metadata: None,
         };
-        self.grpc.ready().await.expect("the channel is ready");
-        let response: tonic::Response<wire::IstioCertificateResponse> = self
+        let response = self
             .grpc
-            .unary(
-                tonic::Request::new(request),
-                tonic::codegen::http::uri::PathAndQuery::from_static(CREATE_CERTIFICATE),
-                tonic_prost::ProstCodec::default(),
-            )
+            .create_certificate(request)
             .await
             .unwrap_or_else(|status| panic!("CreateCertificate failed: {status}"));
         response.into_inner().cert_chain
@@ -179,18 +157,10 @@ impl GrpcClient {
     }
 }
 
-/// The callers' side of one timed phase.
-pub(crate) struct Phase {
-    pub(crate) wall: Duration,
-    /// CPU time of this process over the phase (the clients).
-    pub(crate) client_cpu: Duration,
-}
-
 /// `requests` CreateCertificate calls shared by `clients` (one task each, each waiting for its
 /// answer before it asks again, as an agent does).
-pub(crate) async fn run_grpc(clients: &[GrpcClient], requests: usize) -> Phase {
+pub(crate) async fn run_grpc(clients: &[GrpcClient], requests: usize) -> Duration {
     let remaining = Arc::new(AtomicUsize::new(requests));
-    let cpu = crate::cpu_time(std::process::id());
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for client in clients {
@@ -207,10 +177,7 @@ pub(crate) async fn run_grpc(clients: &[GrpcClient], requests: usize) -> Phase {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    Phase {
-        wall: started.elapsed(),
-        client_cpu: crate::cpu_time(std::process::id()) - cpu,
-    }
+    started.elapsed()
 }
 
 fn take(remaining: &AtomicUsize) -> bool {
@@ -278,9 +245,8 @@ impl RawVault {
 
     /// `requests` signatures shared by `concurrency` tasks, task `i` sending workload `i`'s
     /// CSRs.
-    pub(crate) async fn run(self: &Arc<Self>, concurrency: usize, requests: usize) -> Phase {
+    pub(crate) async fn run(self: &Arc<Self>, concurrency: usize, requests: usize) -> Duration {
         let remaining = Arc::new(AtomicUsize::new(requests));
-        let cpu = crate::cpu_time(std::process::id());
         let started = Instant::now();
         let mut tasks = JoinSet::new();
         for i in 0..concurrency {
@@ -297,9 +263,6 @@ impl RawVault {
         while let Some(done) = tasks.join_next().await {
             done.unwrap();
         }
-        Phase {
-            wall: started.elapsed(),
-            client_cpu: crate::cpu_time(std::process::id()) - cpu,
-        }
+        started.elapsed()
     }
 }

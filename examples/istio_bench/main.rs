@@ -10,8 +10,8 @@
 //! directory, or `--meshca`) with the Istio CA listener on loopback, its CA a Tresor directory
 //! store made by this tool before the server starts. N workloads, each with a client
 //! certificate from that CA and a few P-256 CSRs made before anything is timed, call
-//! CreateCertificate over mTLS, one HTTP/2 connection each (tonic's client), each waiting for
-//! its answer before it asks again. Against it, the **floor**: a raw ring loop doing the
+//! CreateCertificate over mTLS, one HTTP/2 connection each (the tonic client generated from
+//! `proto/`), each waiting for its answer before it asks again. Against it, the **floor**: a raw ring loop doing the
 //! cryptographic work of each certificate (verify the CSR's signature, write the leaf's DER in
 //! Tresor's profile, sign it with the same CA key; `floor.rs`) on as many threads as the server
 //! has runtime workers (tokio's default: one per CPU).
@@ -210,23 +210,28 @@ async fn tresor(args: &Args, binary: &Path) -> anyhow::Result<Vec<Series>> {
     for &n in &args.clients {
         let clients = clients::connect(address, SERVER_NAME, &roots_pem, &workloads[..n]).await;
         let csrs = clients::floor_csrs(&workloads[..n]);
-        let floor_run = |count: usize| floor.run(&csrs, count, server_threads());
+        let meter = Meter {
+            server: server.pid(),
+            bao: None,
+        };
         warm_up(&clients, &workloads, &roots_pem, args.requests / 10).await;
-        floor_run(args.requests / 10);
+        floor.run(&csrs, args.requests / 10, server_threads());
 
         let mut rounds = Vec::new();
         for round in 0..args.rounds {
-            let mut floor_wall = Duration::ZERO;
-            let mut phase = None;
+            let mut phases = [Measured::default(); 2];
             for step in 0..2 {
-                if (step + round) % 2 == 0 {
-                    floor_wall = floor_run(args.requests);
+                let which = (step + round) % 2;
+                let before = meter.now();
+                phases[which] = if which == 0 {
+                    let wall = floor.run(&csrs, args.requests, server_threads());
+                    meter.since(before, wall)
                 } else {
-                    phase = Some(measured(&server, &clients, args.requests).await);
-                }
+                    let wall = clients::run_grpc(&clients, args.requests).await;
+                    meter.since(before, wall)
+                };
             }
-            let (meshca, server_cpu) = phase.unwrap();
-            let round = Round::new(args.requests, floor_wall, &meshca, server_cpu);
+            let round = Round::new(args.requests, phases[0], phases[1]);
             eprintln!("tresor, {n} clients, round {}: {round}", rounds.len() + 1);
             rounds.push(round);
         }
@@ -273,22 +278,27 @@ async fn vault(args: &Args, binary: &Path) -> anyhow::Result<Vec<Series>> {
     for &n in &args.clients {
         let clients = clients::connect(address, SERVER_NAME, &roots_pem, &workloads[..n]).await;
         let requests = args.vault_requests;
+        let meter = Meter {
+            server: server.pid(),
+            bao: Some(bao.pid()),
+        };
         warm_up(&clients, &workloads, &roots_pem, requests / 10).await;
         raw.run(n, requests / 10).await;
 
         let mut rounds = Vec::new();
         for round in 0..args.rounds {
-            let mut raw_wall = Duration::ZERO;
-            let mut phase = None;
+            let mut phases = [Measured::default(); 2];
             for step in 0..2 {
-                if (step + round) % 2 == 0 {
-                    raw_wall = raw.run(n, requests).await.wall;
+                let which = (step + round) % 2;
+                let before = meter.now();
+                let wall = if which == 0 {
+                    raw.run(n, requests).await
                 } else {
-                    phase = Some(measured(&server, &clients, requests).await);
-                }
+                    clients::run_grpc(&clients, requests).await
+                };
+                phases[which] = meter.since(before, wall);
             }
-            let (meshca, server_cpu) = phase.unwrap();
-            let round = Round::new(requests, raw_wall, &meshca, server_cpu);
+            let round = Round::new(requests, phases[0], phases[1]);
             eprintln!("vault, {n} clients, round {}: {round}", rounds.len() + 1);
             rounds.push(round);
         }
@@ -311,15 +321,41 @@ async fn warm_up(clients: &[GrpcClient], workloads: &[Workload], roots_pem: &str
     clients::run_grpc(clients, requests).await;
 }
 
-/// A timed meshca phase and the server's CPU time over it.
-async fn measured(
-    server: &MeshcaServe,
-    clients: &[GrpcClient],
-    requests: usize,
-) -> (clients::Phase, Duration) {
-    let before = cpu_time(server.pid());
-    let phase = clients::run_grpc(clients, requests).await;
-    (phase, cpu_time(server.pid()) - before)
+/// The processes whose CPU time a phase is charged with.
+struct Meter {
+    server: u32,
+    bao: Option<u32>,
+}
+
+/// A phase's wall time, and the CPU time each process spent over it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Measured {
+    pub(crate) wall: Duration,
+    /// This tool: the floor's threads, or the clients.
+    pub(crate) tool: Duration,
+    pub(crate) server: Duration,
+    pub(crate) bao: Duration,
+}
+
+impl Meter {
+    fn now(&self) -> Measured {
+        Measured {
+            wall: Duration::ZERO,
+            tool: cpu_time(std::process::id()),
+            server: cpu_time(self.server),
+            bao: self.bao.map_or(Duration::ZERO, cpu_time),
+        }
+    }
+
+    fn since(&self, before: Measured, wall: Duration) -> Measured {
+        let now = self.now();
+        Measured {
+            wall,
+            tool: now.tool.saturating_sub(before.tool),
+            server: now.server.saturating_sub(before.server),
+            bao: now.bao.saturating_sub(before.bao),
+        }
+    }
 }
 
 /// CPU time (user + system) process `pid` has used so far, from /proc/<pid>/stat (10 ms

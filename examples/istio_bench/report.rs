@@ -3,7 +3,7 @@
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use crate::clients::Phase;
+use crate::Measured;
 
 const BEGIN: &str = "<!-- istio-bench:begin -->";
 const END: &str = "<!-- istio-bench:end -->";
@@ -19,27 +19,25 @@ pub(crate) enum Backend {
 pub(crate) struct Round {
     pub(crate) baseline_rate: f64,
     pub(crate) meshca_rate: f64,
-    /// Wall time of the baseline, per certificate.
-    baseline_per_cert: Duration,
-    /// CPU time per certificate of the server process and of the clients, in meshca's phase.
-    server_cpu: Duration,
-    client_cpu: Duration,
+    /// CPU time per certificate of each process, in each phase.
+    baseline: Measured,
+    meshca: Measured,
 }
 
 impl Round {
-    pub(crate) fn new(
-        requests: usize,
-        baseline: Duration,
-        meshca: &Phase,
-        server_cpu: Duration,
-    ) -> Self {
-        let per = |d: Duration| d / u32::try_from(requests).unwrap_or(u32::MAX);
+    pub(crate) fn new(requests: usize, baseline: Measured, meshca: Measured) -> Self {
+        let count = u32::try_from(requests).unwrap_or(u32::MAX);
+        let per = |m: Measured| Measured {
+            wall: m.wall / count,
+            tool: m.tool / count,
+            server: m.server / count,
+            bao: m.bao / count,
+        };
         Self {
-            baseline_rate: requests as f64 / baseline.as_secs_f64(),
+            baseline_rate: requests as f64 / baseline.wall.as_secs_f64(),
             meshca_rate: requests as f64 / meshca.wall.as_secs_f64(),
-            baseline_per_cert: per(baseline),
-            server_cpu: per(server_cpu),
-            client_cpu: per(meshca.client_cpu),
+            baseline: per(baseline),
+            meshca: per(meshca),
         }
     }
 
@@ -50,14 +48,19 @@ impl Round {
 
 impl fmt::Display for Round {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = |d: Duration| d.as_micros();
         write!(
             f,
-            "baseline {:.0}/s, meshca {:.0}/s ({:.1}%); server CPU {} µs/cert, clients {} µs/cert",
+            "baseline {:.0}/s (CPU µs/cert: tool {}, OpenBao {}), meshca {:.0}/s (server {}, \
+             clients {}, OpenBao {}): {:.1}%",
             self.baseline_rate,
+            us(self.baseline.tool),
+            us(self.baseline.bao),
             self.meshca_rate,
+            us(self.meshca.server),
+            us(self.meshca.tool),
+            us(self.meshca.bao),
             100.0 * self.ratio(),
-            self.server_cpu.as_micros(),
-            self.client_cpu.as_micros()
         )
     }
 }
@@ -85,24 +88,48 @@ impl Series {
         )
     }
 
-    fn row(&self, threads: usize) -> String {
+    /// The median CPU time per certificate `field` picks, in µs.
+    fn cpu(&self, field: impl Fn(&Round) -> Duration) -> String {
+        format!("{:.0} µs", self.median(|r| field(r).as_secs_f64() * 1e6))
+    }
+
+    fn row(&self) -> String {
         let (low, high) = self.ratio_range();
-        let micros = |d: &Duration| d.as_secs_f64() * 1e6;
         let mut row = format!(
-            "| {} | {:.0} | {:.0} | **{:.1}%** | {:.1}–{:.1}% | {:.0} µs | {:.0} µs |",
+            "| {} | {:.0} | {:.0} | **{:.1}%** | {:.1}–{:.1}% |",
             self.clients,
             self.median(|r| r.baseline_rate),
             self.median(|r| r.meshca_rate),
             100.0 * self.median(Round::ratio),
             100.0 * low,
             100.0 * high,
-            self.median(|r| micros(&r.server_cpu)),
-            self.median(|r| micros(&r.client_cpu)),
         );
-        if self.backend == Backend::Tresor {
-            // The floor keeps its threads busy throughout: its CPU is threads × wall.
-            let floor_cpu = self.median(|r| micros(&r.baseline_per_cert)) * threads as f64;
-            let _ = write!(row, " {floor_cpu:.0} µs |");
+        let secs = |d: Duration| d.as_secs_f64();
+        let percent = |value: f64| format!("{:.1}%", 100.0 * value);
+        let columns = match self.backend {
+            Backend::Tresor => vec![
+                self.cpu(|r| r.baseline.tool),
+                self.cpu(|r| r.meshca.server),
+                self.cpu(|r| r.meshca.tool),
+                percent(self.median(|r| secs(r.baseline.tool) / secs(r.meshca.server))),
+                percent(
+                    self.median(|r| secs(r.baseline.tool) / secs(r.meshca.server + r.meshca.tool)),
+                ),
+            ],
+            Backend::Vault => vec![
+                self.cpu(|r| r.baseline.bao),
+                self.cpu(|r| r.baseline.tool),
+                self.cpu(|r| r.meshca.bao),
+                self.cpu(|r| r.meshca.server),
+                self.cpu(|r| r.meshca.tool),
+                percent(self.median(|r| {
+                    secs(r.baseline.bao + r.baseline.tool)
+                        / secs(r.meshca.bao + r.meshca.server + r.meshca.tool)
+                })),
+            ],
+        };
+        for column in columns {
+            let _ = write!(row, " {column} |");
         }
         row
     }
@@ -183,8 +210,9 @@ The server is a real `meshca serve` process (release build), the Istio CA listen
 loopback TCP with TLS and client-certificate authentication: the daemon as deployed, its CPU \
 time read apart from the clients' (`/proc/<pid>/stat`). N workloads (`bench/client-<i>`), \
 each with a client certificate from the CA under test and 4 P-256 CSRs made before the run, \
-call CreateCertificate over one HTTP/2 connection each (tonic's client, all on one \
-current-thread runtime in the tool), each waiting for its answer before asking again. \
+call CreateCertificate over one HTTP/2 connection each (the tonic client generated from \
+`proto/`, all on one current-thread runtime in the tool), each waiting for its answer before \
+asking again. The server runs with its default settings (it logs each issuance at `info`). \
 The clients share the {cpus} CPUs with the server: their CPU per certificate is in the \
 table.\n\n",
             rounds = self.rounds,
@@ -206,13 +234,17 @@ Floor: per certificate, ring verifies the CSR's ECDSA P-256 signature, the leaf'
 written by hand in Tresor's profile (random serial, validity, the CSR's public key, the \
 caller's SPIFFE ID, AKI, SKI, KU, EKU, basicConstraints) and ring signs it with the same CA \
 key, on {threads} threads (the server's runtime workers), CSRs taken apart beforehand.\n\n\
+CPU time per certificate (user + system, from `/proc`, medians over rounds): the floor's \
+threads; in meshca's phase the server and the clients; then the floor's CPU against the \
+server's alone (the ratio if the clients cost nothing) and against the server's and the \
+clients' (what the wall-time ratio tends to when the two CPUs are the limit).\n\n\
 | clients | floor (certs/s) | meshca (certs/s) | meshca / floor | lowest–highest round | \
-server CPU per cert | clients' CPU per cert | floor CPU per cert |\n\
-|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+floor CPU | server CPU | clients' CPU | floor / server CPU | floor / (server + clients) CPU |\n\
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
                 threads = self.threads
             );
             for series in tresor {
-                let _ = writeln!(out, "{}", series.row(self.threads));
+                let _ = writeln!(out, "{}", series.row());
             }
             out.push('\n');
         }
@@ -230,12 +262,16 @@ the CPUs. Raw: the same workloads' CSRs POSTed to `pki/sign/meshca` with the bod
 provider sends (the CSR, the SPIFFE ID as `uri_sans`, `ttl` 86400s), N tasks on one pooled \
 HTTP client in the tool. meshca: `certificateProvider.kind=vault`, the same N clients as \
 above.\n\n\
+CPU time per certificate: in the raw phase OpenBao and the raw client; in meshca's phase \
+OpenBao, the server and the clients; then all the raw phase's CPU against all of meshca's \
+(what the wall-time ratio tends to when the CPUs are the limit).\n\n\
 | clients | raw `pki/sign` (certs/s) | meshca (certs/s) | meshca / raw | lowest–highest \
-round | server CPU per cert | clients' CPU per cert |\n\
-|---:|---:|---:|---:|---:|---:|---:|\n"
+round | raw: OpenBao CPU | raw: client CPU | meshca: OpenBao CPU | meshca: server CPU | \
+meshca: clients' CPU | raw / meshca CPU |\n\
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
             );
             for series in vault {
-                let _ = writeln!(out, "{}", series.row(self.threads));
+                let _ = writeln!(out, "{}", series.row());
             }
             out.push('\n');
         }

@@ -123,6 +123,11 @@ impl std::fmt::Debug for Bao {
 }
 
 impl Bao {
+    /// The server's process id (its CPU time, for the benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// A dev server (in-memory, unsealed, KV at secret/) with a random root token.
     pub async fn dev() -> Bao {
         let port = free_port();
