@@ -41,6 +41,33 @@ pub fn greedy_openssl_csr(dir: &Path, name: &str, newkey: &[&str]) -> PathBuf {
     csr
 }
 
+/// A PEM CSR made by `openssl req` for a new key (`newkey` as for [`greedy_openssl_csr`]) that
+/// asks for exactly what istio-agent's CSRs ask for: an empty subject and one URI SAN,
+/// `spiffe_id`. Written to `dir/<name>.csr`, the key to `dir/<name>.key`; returns the CSR's path.
+pub fn exact_openssl_csr(dir: &Path, name: &str, spiffe_id: &str, newkey: &[&str]) -> PathBuf {
+    let csr = dir.join(format!("{name}.csr"));
+    let output = Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-keyout"])
+        .arg(dir.join(format!("{name}.key")))
+        .args(newkey)
+        .args([
+            "-subj",
+            "/",
+            "-addext",
+            &format!("subjectAltName=URI:{spiffe_id}"),
+            "-out",
+        ])
+        .arg(&csr)
+        .output()
+        .expect("run openssl req");
+    assert!(
+        output.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    csr
+}
+
 /// The SANs a DER CSR asks for, read with x509-parser after checking its signature: (URIs,
 /// DNS names). Any other SAN type fails the test.
 pub fn requested_sans(der: &[u8]) -> (Vec<String>, Vec<String>) {

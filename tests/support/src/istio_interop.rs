@@ -68,8 +68,17 @@ impl IstioCa {
         Self::start_in(tempfile::tempdir().unwrap(), global).await
     }
 
+    /// [`IstioCa::start`] against `kube`, prepared by the caller (the cert-manager provider
+    /// reads its CA bundle Secret and CertificateRequests there).
+    pub async fn start_with_kube(kube: MockKube, global: &[String]) -> Self {
+        Self::start_with(tempfile::tempdir().unwrap(), kube, global).await
+    }
+
     async fn start_in(work: tempfile::TempDir, global: &[String]) -> Self {
-        let kube = MockKube::start().await;
+        Self::start_with(work, MockKube::start().await, global).await
+    }
+
+    async fn start_with(work: tempfile::TempDir, kube: MockKube, global: &[String]) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut daemon = MeshcaServe::builder()
             .admin()
@@ -100,6 +109,7 @@ impl IstioCa {
             .args(["issue", "--identity", short, "--out-dir"])
             .arg(&out)
             .env_remove("MESHCA_CONFIG")
+            .env("KUBECONFIG", self.kube.kubeconfig())
             .env("NO_COLOR", "1")
             .output()
             .unwrap();
