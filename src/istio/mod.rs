@@ -49,7 +49,9 @@ pub use service::{
 
 use crate::cache::{Backoff, RenewPolicy};
 use crate::issuance::{IssueError, Pipeline};
-use crate::sds::transport::{AcceptSettings, ListenerKind, Listeners, accept};
+use crate::sds::transport::{
+    AcceptSettings, Http2Limits, ListenerKind, Listeners, accept, grpc_server,
+};
 use crate::sds::{SdsLimits, TlsError, TokenAuthenticator};
 
 /// The gRPC method this server answers.
@@ -439,21 +441,17 @@ impl BoundIstioCaServer {
         );
         let drain_timeout = settings.limits.drain_timeout;
         let task = tokio::spawn(async move {
-            let server = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                // tonic leaves both unlimited unless set.
-                .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-                .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
-                // What a client may send before the server reads it (hyper's default: 1 MiB
-                // each); a request is a few KiB.
-                .initial_stream_window_size(Some(RECEIVE_WINDOW_BYTES))
-                .initial_connection_window_size(Some(RECEIVE_WINDOW_BYTES))
-                .add_service(router)
-                .serve_with_incoming_shutdown(
-                    ReceiverStream::new(incoming),
-                    drain.clone().cancelled_owned(),
-                );
+            // A request is a few KiB.
+            let server = grpc_server(Http2Limits {
+                max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
+                max_header_list_bytes: MAX_HEADER_LIST_BYTES,
+                receive_window_bytes: RECEIVE_WINDOW_BYTES,
+            })
+            .add_service(router)
+            .serve_with_incoming_shutdown(
+                ReceiverStream::new(incoming),
+                drain.clone().cancelled_owned(),
+            );
             let failed = |e: tonic::transport::Error| IstioError::Serve {
                 reason: e.to_string(),
             };

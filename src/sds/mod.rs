@@ -428,22 +428,18 @@ impl BoundSdsServer {
             },
             drain.clone(),
         );
-        let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            // tonic leaves both unlimited unless set.
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
-            // What a client may send before the server reads it (hyper's default: 1 MiB
-            // each). SDS requests are a few hundred bytes; this bounds what a connection
-            // can make the server buffer, and does not limit what the server sends.
-            .initial_stream_window_size(Some(RECEIVE_WINDOW_BYTES))
-            .initial_connection_window_size(Some(RECEIVE_WINDOW_BYTES))
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                ReceiverStream::new(incoming),
-                drain.clone().cancelled_owned(),
-            );
+        // SDS requests are a few hundred bytes: the receive window bounds what a connection
+        // can make the server buffer, and does not limit what the server sends.
+        let server = transport::grpc_server(transport::Http2Limits {
+            max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
+            max_header_list_bytes: MAX_HEADER_LIST_BYTES,
+            receive_window_bytes: RECEIVE_WINDOW_BYTES,
+        })
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            ReceiverStream::new(incoming),
+            drain.clone().cancelled_owned(),
+        );
         let failed = |e: tonic::transport::Error| SdsError::Serve {
             reason: e.to_string(),
         };

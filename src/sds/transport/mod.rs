@@ -35,3 +35,27 @@ impl ListenerKind {
         config: "sds",
     };
 }
+
+/// The HTTP/2 limits of a gRPC listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Http2Limits {
+    /// Streams one connection may have open at once (more are refused with REFUSED_STREAM).
+    pub(crate) max_streams_per_connection: u32,
+    /// The largest request header block accepted.
+    pub(crate) max_header_list_bytes: u32,
+    /// Receive window of a stream and of a connection: request bytes a connection can make
+    /// the server hold before it reads them.
+    pub(crate) receive_window_bytes: u32,
+}
+
+/// tonic's server for one of meshca's gRPC listeners: keepalive pings (30 s, 10 s to answer)
+/// and `limits`, which tonic and hyper leave unlimited or at 1 MiB windows unless set.
+pub(crate) fn grpc_server(limits: Http2Limits) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .http2_max_header_list_size(Some(limits.max_header_list_bytes))
+        .initial_stream_window_size(Some(limits.receive_window_bytes))
+        .initial_connection_window_size(Some(limits.receive_window_bytes))
+}
