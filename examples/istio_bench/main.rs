@@ -130,6 +130,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
         rounds: args.rounds,
         requests: args.requests,
         vault_requests: args.vault_requests,
+        csrs_per_client: args.csrs,
         threads: server_threads(),
         load_before,
         load_after: Load::now(),

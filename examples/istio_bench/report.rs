@@ -180,6 +180,8 @@ pub(crate) struct Report {
     pub(crate) rounds: usize,
     pub(crate) requests: usize,
     pub(crate) vault_requests: usize,
+    /// CSRs each workload made before the run (`--csrs`).
+    pub(crate) csrs_per_client: usize,
     /// The floor's threads: the server's runtime workers.
     pub(crate) threads: usize,
     pub(crate) load_before: Load,
@@ -209,7 +211,7 @@ start, {after} at the end.\n\n\
 The server is a real `meshca serve` process (release build), the Istio CA listener on \
 loopback TCP with TLS and client-certificate authentication: the daemon as deployed, its CPU \
 time read apart from the clients' (`/proc/<pid>/stat`). N workloads (`bench/client-<i>`), \
-each with a client certificate from the CA under test and 4 P-256 CSRs made before the run, \
+each with a client certificate from the CA under test and {csrs} P-256 CSRs made before the run, \
 call CreateCertificate over one HTTP/2 connection each (the tonic client generated from \
 `proto/`, all on one current-thread runtime in the tool), each waiting for its answer before \
 asking again. The server runs with its default settings (it logs each issuance at `info`). \
@@ -218,6 +220,7 @@ table.\n\n",
             rounds = self.rounds,
             requests = self.requests,
             vault_requests = self.vault_requests,
+            csrs = self.csrs_per_client,
             before = self.load_before,
             after = self.load_after,
         );
