@@ -18,33 +18,24 @@ pub const GREEDY_DNS_NAME: &str = "evil.example";
 /// ([`GREEDY_DNS_NAME`]) and a subject with O= and CN=. Written to `dir/<name>.csr`, the key
 /// to `dir/<name>.key`; returns the CSR's path.
 pub fn greedy_openssl_csr(dir: &Path, name: &str, newkey: &[&str]) -> PathBuf {
-    let csr = dir.join(format!("{name}.csr"));
-    let output = Command::new("openssl")
-        .args(["req", "-new", "-nodes", "-keyout"])
-        .arg(dir.join(format!("{name}.key")))
-        .args(newkey)
-        .args([
-            "-subj",
-            "/O=Not meshca/CN=evil.example",
-            "-addext",
-            &format!("subjectAltName=URI:{GREEDY_SPIFFE_ID},DNS:{GREEDY_DNS_NAME}"),
-            "-out",
-        ])
-        .arg(&csr)
-        .output()
-        .expect("run openssl req");
-    assert!(
-        output.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    csr
+    openssl_csr(
+        dir,
+        name,
+        newkey,
+        "/O=Not meshca/CN=evil.example",
+        &format!("URI:{GREEDY_SPIFFE_ID},DNS:{GREEDY_DNS_NAME}"),
+    )
 }
 
 /// A PEM CSR made by `openssl req` for a new key (`newkey` as for [`greedy_openssl_csr`]) that
 /// asks for exactly what istio-agent's CSRs ask for: an empty subject and one URI SAN,
 /// `spiffe_id`. Written to `dir/<name>.csr`, the key to `dir/<name>.key`; returns the CSR's path.
 pub fn exact_openssl_csr(dir: &Path, name: &str, spiffe_id: &str, newkey: &[&str]) -> PathBuf {
+    openssl_csr(dir, name, newkey, "/", &format!("URI:{spiffe_id}"))
+}
+
+/// `openssl req -new` for a new key, with `subject` and the subjectAltName `sans`.
+fn openssl_csr(dir: &Path, name: &str, newkey: &[&str], subject: &str, sans: &str) -> PathBuf {
     let csr = dir.join(format!("{name}.csr"));
     let output = Command::new("openssl")
         .args(["req", "-new", "-nodes", "-keyout"])
@@ -52,9 +43,9 @@ pub fn exact_openssl_csr(dir: &Path, name: &str, spiffe_id: &str, newkey: &[&str
         .args(newkey)
         .args([
             "-subj",
-            "/",
+            subject,
             "-addext",
-            &format!("subjectAltName=URI:{spiffe_id}"),
+            &format!("subjectAltName={sans}"),
             "-out",
         ])
         .arg(&csr)
