@@ -44,7 +44,7 @@ pub use impersonation::{ImpersonationStats, NodeAuthorizer};
 pub use metrics::{IstioMetrics, IstioMetricsSnapshot};
 pub use service::{
     IMPERSONATED_IDENTITY, MAX_CSR_PEM_BYTES, MAX_METADATA_FIELDS, MAX_METADATA_KEY_BYTES,
-    MAX_METADATA_VALUE_BYTES,
+    MAX_METADATA_VALUE_BYTES, impersonated_identity,
 };
 
 use crate::cache::{Backoff, RenewPolicy};

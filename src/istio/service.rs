@@ -229,8 +229,10 @@ impl std::fmt::Debug for IstioCaService {
     }
 }
 
-/// The `ImpersonatedIdentity` of the metadata, after bounding the whole Struct.
-fn impersonated_identity(
+/// The `ImpersonatedIdentity` of a request's metadata, after bounding the whole Struct (field
+/// count, key and value sizes): `None` when absent or empty, INVALID_ARGUMENT (saying what is
+/// wrong) when over a bound or not a SPIFFE ID string. Public for the fuzz target.
+pub fn impersonated_identity(
     metadata: Option<&prost_types::Struct>,
 ) -> Result<Option<SpiffeId>, Status> {
     let Some(metadata) = metadata else {
