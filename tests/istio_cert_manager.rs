@@ -21,8 +21,7 @@ use support::TestCa;
 use support::csr::{exact_openssl_csr, greedy_openssl_csr};
 use support::id;
 use support::istio_interop::{
-    Credential, ISTIO_AUDIENCE, IstioCa, P256, PythonClient, REQUESTED_SECONDS, RSA2048,
-    check_chain,
+    IstioCa, P256, PythonClient, REQUESTED_SECONDS, RSA2048, TwoCallers, check_chain,
 };
 use support::kube_api::Step;
 use support::kube_api::cert_manager::{REQUESTS_PATH, fake, signing_issuer};
@@ -46,16 +45,12 @@ async fn cert_manager_signs_what_istio_agents_ask_and_nothing_else() {
     let istio = IstioCa::start_with_kube(kube, &global).await;
     let work = istio.work.path();
 
-    let mtls_caller = "bookstore/bookbuyer";
-    let token_caller = "bookstore/bookstore-v2";
-    let certificate = Credential::Certificate(istio.issue_client_certificate(mtls_caller));
-    istio.kube.add_token(
-        "token-bookstore",
-        "bookstore",
-        "bookstore-v2",
-        &[ISTIO_AUDIENCE],
-    );
-    let token = Credential::Token("token-bookstore".to_owned());
+    let TwoCallers {
+        mtls_caller,
+        token_caller,
+        certificate,
+        token,
+    } = TwoCallers::of(&istio);
 
     // What istio-agent sends: its own SPIFFE ID, nothing else; both key types, both credentials.
     for (key_name, newkey) in [("p256", P256), ("rsa2048", RSA2048)] {

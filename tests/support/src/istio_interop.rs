@@ -403,6 +403,35 @@ pub fn openssl_verify_pem(
     }
 }
 
+/// One caller with a client certificate from the CA (`bookstore/bookbuyer`) and one with a
+/// service-account token for [`ISTIO_AUDIENCE`] (`bookstore/bookstore-v2`).
+pub struct TwoCallers {
+    pub mtls_caller: &'static str,
+    pub token_caller: &'static str,
+    pub certificate: Credential,
+    pub token: Credential,
+}
+
+impl TwoCallers {
+    /// Issues the client certificate and registers the token with `ca`'s fake API server.
+    pub fn of(ca: &IstioCa) -> Self {
+        let mtls_caller = "bookstore/bookbuyer";
+        let certificate = Credential::Certificate(ca.issue_client_certificate(mtls_caller));
+        ca.kube.add_token(
+            "token-bookstore",
+            "bookstore",
+            "bookstore-v2",
+            &[ISTIO_AUDIENCE],
+        );
+        Self {
+            mtls_caller,
+            token_caller: "bookstore/bookstore-v2",
+            certificate,
+            token: Credential::Token("token-bookstore".to_owned()),
+        }
+    }
+}
+
 /// The checks of issue #18 with a client no one here wrote, against one running daemon:
 /// P-256 and RSA CSRs (each asking for another identity's names) over mTLS and over a token
 /// get chains that pass [`check_chain`]; a CSR with a bad signature is INVALID_ARGUMENT; a call
@@ -410,16 +439,12 @@ pub fn openssl_verify_pem(
 /// PERMISSION_DENIED.
 pub async fn conformance(ca: &IstioCa, client: &PythonClient) {
     let work = ca.work.path();
-    let mtls_caller = "bookstore/bookbuyer";
-    let token_caller = "bookstore/bookstore-v2";
-    let certificate = Credential::Certificate(ca.issue_client_certificate(mtls_caller));
-    ca.kube.add_token(
-        "token-bookstore",
-        "bookstore",
-        "bookstore-v2",
-        &[ISTIO_AUDIENCE],
-    );
-    let token = Credential::Token("token-bookstore".to_owned());
+    let TwoCallers {
+        mtls_caller,
+        token_caller,
+        certificate,
+        token,
+    } = TwoCallers::of(ca);
 
     for (key_name, newkey) in [("p256", P256), ("rsa2048", RSA2048)] {
         for (credential, caller) in [(&certificate, mtls_caller), (&token, token_caller)] {
