@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshca_provider::{CsrError, LeafSpec, SpiffeId, TrustDomain, format_duration};
+use meshca_provider::{CsrError, IdentityError, LeafSpec, SpiffeId, TrustDomain, format_duration};
 use prost::Message as _;
 use prost_types::value::Kind;
 use tokio::sync::Semaphore;
@@ -267,13 +267,29 @@ pub fn impersonated_identity(
         Some(Kind::StringValue(id)) => id.parse::<SpiffeId>().map(Some).map_err(|e| {
             Status::invalid_argument(format!(
                 "metadata {IMPERSONATED_IDENTITY} {} is not a SPIFFE ID \
-                 (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>): {e}",
-                quote(id)
+                 (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>): {}",
+                quote(id),
+                identity_problem(&e)
             ))
         }),
         _ => Err(Status::invalid_argument(format!(
             "metadata {IMPERSONATED_IDENTITY} must be a string holding a SPIFFE ID"
         ))),
+    }
+}
+
+/// What is wrong with a SPIFFE ID, without the ID: the error's own text repeats the whole input
+/// (escaped, so up to six times its size), which the caller's quote, cut to [`QUOTE_BYTES`],
+/// already shows.
+fn identity_problem(error: &IdentityError) -> String {
+    match error {
+        IdentityError::NotSpiffe { .. } => "it must start with spiffe://".to_owned(),
+        IdentityError::InvalidTrustDomain { reason, .. } => format!("its trust domain: {reason}"),
+        IdentityError::InvalidNamespace { reason, .. } => format!("its namespace: {reason}"),
+        IdentityError::InvalidServiceAccount { reason, .. } => {
+            format!("its service account: {reason}")
+        }
+        _ => "the path must be /ns/<namespace>/sa/<service-account>".to_owned(),
     }
 }
 
@@ -387,6 +403,33 @@ mod tests {
         )]);
         assert!(impersonated_identity(Some(&Struct { fields })).is_err());
         assert_eq!(impersonated_identity(None).unwrap(), None);
+    }
+
+    #[test]
+    fn a_refused_impersonated_identity_is_quoted_once_and_bounded() {
+        // Within the value bound (1 KiB encoded), but each control character escapes to six:
+        // an error repeating the input would be about 6 KiB.
+        let hostile = format!("spiffe://cluster.local/ns/{}", "\u{1}".repeat(990));
+        let fields = BTreeMap::from([(IMPERSONATED_IDENTITY.to_owned(), string(&hostile))]);
+        let error = impersonated_identity(Some(&Struct { fields })).unwrap_err();
+        let message = error.message();
+        // The quote: 128 bytes of the ID, each control character escaped (six bytes).
+        assert!(message.len() < 1024, "{} bytes: {message}", message.len());
+        assert!(!message.chars().any(char::is_control), "{message}");
+        assert!(
+            message.contains("/ns/<namespace>/sa/<service-account>"),
+            "{message}"
+        );
+        let fields = BTreeMap::from([(
+            IMPERSONATED_IDENTITY.to_owned(),
+            string("spiffe://cluster.local/ns/Bad\n/sa/b"),
+        )]);
+        let error = impersonated_identity(Some(&Struct { fields })).unwrap_err();
+        assert!(
+            error.message().contains("its namespace: only lowercase"),
+            "{}",
+            error.message()
+        );
     }
 
     #[test]
