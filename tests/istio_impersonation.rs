@@ -13,44 +13,15 @@ use meshca_test_support as support;
 use support::csr::greedy_openssl_csr;
 use support::daemon::MeshcaServe;
 use support::istio::{ClientIdentity, ISTIOD_NAME, IstioCaClient, serve_with_istio};
-use support::kube_api::{MockKube, TokenPod};
+use support::istio_interop::{SA1_TOKEN, ZTUNNEL_TOKEN, node_agent_cluster};
+use support::kube_api::MockKube;
 use tonic::Code;
 
-const ZTUNNEL_TOKEN: &str = "token-ztunnel";
-const SA1_TOKEN: &str = "token-sa1";
 const IMPERSONATE: &str = "ImpersonatedIdentity";
 
 fn id(short: &str) -> String {
     let (ns, sa) = short.split_once('/').unwrap();
     format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
-}
-
-/// A two-node cluster: ztunnel-abc on node-1 (its token bound to it), app-1 of ns1/sa1 on
-/// node-1 (its own token bound to it), app-2 of ns2/sa2 on node-2.
-async fn cluster() -> MockKube {
-    let kube = MockKube::start().await;
-    kube.add_token(ZTUNNEL_TOKEN, "istio-system", "ztunnel", &["istio-ca"]);
-    kube.bind_token_to_pod(
-        ZTUNNEL_TOKEN,
-        TokenPod {
-            name: "ztunnel-abc".into(),
-            uid: Some("uid-ztunnel-abc".into()),
-            node: Some("node-1".into()),
-        },
-    );
-    kube.add_token(SA1_TOKEN, "ns1", "sa1", &["istio-ca"]);
-    kube.bind_token_to_pod(
-        SA1_TOKEN,
-        TokenPod {
-            name: "app-1".into(),
-            uid: Some("uid-app-1".into()),
-            node: Some("node-1".into()),
-        },
-    );
-    kube.put_pod("istio-system", "ztunnel-abc", "ztunnel", "node-1");
-    kube.put_pod("ns1", "app-1", "sa1", "node-1");
-    kube.put_pod("ns2", "app-2", "sa2", "node-2");
-    kube
 }
 
 /// The URI SANs of the leaf (the first element of `cert_chain`).
@@ -61,7 +32,8 @@ fn leaf_uris(chain: &[String]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ztunnel_gets_the_identities_on_its_node_and_nothing_else() {
-    let kube = cluster().await;
+    let kube = MockKube::start().await;
+    node_agent_cluster(&kube);
     let (builder, address) = serve_with_istio();
     let mut serve: MeshcaServe = builder.env("KUBECONFIG", kube.kubeconfig()).start();
     serve.wait_ready().await;

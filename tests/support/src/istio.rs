@@ -49,20 +49,31 @@ impl IstioCaClient {
         ca_pem: &str,
         identity: Option<&ClientIdentity>,
     ) -> Result<Self, tonic::transport::Error> {
+        Ok(Self {
+            client: IstioCertificateServiceClient::new(
+                Self::channel(address, server_name, ca_pem, identity).await?,
+            ),
+        })
+    }
+
+    /// The TLS channel [`connect`](Self::connect) makes, for a caller that speaks gRPC itself.
+    pub async fn channel(
+        address: SocketAddr,
+        server_name: &str,
+        ca_pem: &str,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Channel, tonic::transport::Error> {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca_pem))
             .domain_name(server_name);
         if let Some(identity) = identity {
             tls = tls.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
         }
-        let channel = Endpoint::from_shared(format!("https://{address}"))
+        Endpoint::from_shared(format!("https://{address}"))
             .unwrap()
             .tls_config(tls)?
             .connect()
-            .await?;
-        Ok(Self {
-            client: IstioCertificateServiceClient::new(channel),
-        })
+            .await
     }
 
     /// CreateCertificate with `csr_pem`, `validity_seconds`, a bearer `token` if given, and

@@ -20,7 +20,7 @@ use x509_parser::prelude::FromDer;
 use crate::csr::greedy_openssl_csr;
 use crate::daemon::MeshcaServe;
 use crate::istio::{ISTIOD_NAME, istio_flags};
-use crate::kube_api::MockKube;
+use crate::kube_api::{MockKube, TokenPod};
 use crate::verify::run_openssl;
 use crate::{free_port, id};
 
@@ -52,11 +52,19 @@ pub struct IstioCa {
 impl IstioCa {
     /// [`IstioCa::start`] with Tresor and its CA in a fresh directory.
     pub async fn start_tresor() -> Self {
+        Self::start_tresor_with(&[]).await
+    }
+
+    /// [`IstioCa::start_tresor`] with more `--set` settings (`istio.maxConnections=8`).
+    pub async fn start_tresor_with(settings: &[&str]) -> Self {
         let work = tempfile::tempdir().unwrap();
-        let global = vec![
+        let mut global = vec![
             "--ca-dir".to_owned(),
             work.path().join("ca").display().to_string(),
         ];
+        for setting in settings {
+            global.extend(["--set".to_owned(), (*setting).to_owned()]);
+        }
         Self::start_in(work, &global).await
     }
 
@@ -516,4 +524,38 @@ pub async fn conformance(ca: &IstioCa, client: &PythonClient) {
         .await
         .expect_err("bookbuyer cannot ask for bookstore-v2");
     assert_eq!(refusal.code, "PERMISSION_DENIED", "{refusal:?}");
+}
+
+/// ztunnel's projected token in [`node_agent_cluster`] (istio-system/ztunnel, bound to its pod
+/// ztunnel-abc on node-1).
+pub const ZTUNNEL_TOKEN: &str = "token-ztunnel";
+/// The workload ns1/sa1's own token in [`node_agent_cluster`] (bound to its pod app-1 on node-1).
+pub const SA1_TOKEN: &str = "token-sa1";
+
+/// Makes `kube` a two-node cluster for node-agent impersonation: ztunnel-abc of
+/// istio-system/ztunnel on node-1 (its token [`ZTUNNEL_TOKEN`] bound to it), app-1 of ns1/sa1
+/// on node-1 (its own token [`SA1_TOKEN`] bound to it), app-2 of ns2/sa2 on node-2. Both tokens
+/// are for [`ISTIO_AUDIENCE`].
+pub fn node_agent_cluster(kube: &MockKube) {
+    kube.add_token(ZTUNNEL_TOKEN, "istio-system", "ztunnel", &[ISTIO_AUDIENCE]);
+    kube.bind_token_to_pod(
+        ZTUNNEL_TOKEN,
+        TokenPod {
+            name: "ztunnel-abc".into(),
+            uid: Some("uid-ztunnel-abc".into()),
+            node: Some("node-1".into()),
+        },
+    );
+    kube.add_token(SA1_TOKEN, "ns1", "sa1", &[ISTIO_AUDIENCE]);
+    kube.bind_token_to_pod(
+        SA1_TOKEN,
+        TokenPod {
+            name: "app-1".into(),
+            uid: Some("uid-app-1".into()),
+            node: Some("node-1".into()),
+        },
+    );
+    kube.put_pod("istio-system", "ztunnel-abc", "ztunnel", "node-1");
+    kube.put_pod("ns1", "app-1", "sa1", "node-1");
+    kube.put_pod("ns2", "app-2", "sa2", "node-2");
 }
