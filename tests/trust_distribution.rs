@@ -6,7 +6,9 @@
 //! ClusterTrustBundle (created, updated, restored; `v1beta1` when `v1` is not served; a cluster
 //! serving neither is tolerated). Last, a real `meshca serve` and `meshca rotate root`: a root
 //! rotation puts both roots in every namespace before any leaf under the new root is issued —
-//! `advance` refuses, naming the namespaces behind, until then.
+//! `advance` refuses, naming the namespaces behind, until then. The metrics follow along:
+//! objects created, updated and restored, refused writes, namespaces behind, and whether each
+//! kind holds the served bundle (also on the daemon's `/metrics`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,9 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshca::config::TrustDistributionConfig;
-use meshca::kubernetes::trust_distribution::{DistributionStatus, Running, TrustDistribution};
+use meshca::kubernetes::trust_distribution::{
+    DistributionMetricsSnapshot, DistributionStatus, KindSnapshot, Running, TrustDistribution,
+};
 use meshca_provider::TrustBundle;
 use meshca_test_support::daemon::{MeshcaServe, advance_until_moved, rotate_root, rotation_flags};
+use meshca_test_support::envoy::http_get;
 use meshca_test_support::kube_api::MockKube;
 use meshca_test_support::{
     PATIENCE, SotwClient, TestCa, assert_chains_to, channel, eventually, eventually_ok_every,
@@ -59,6 +64,43 @@ fn start(
 fn held(mock: &MockKube, namespace: &str) -> Option<String> {
     mock.object(&config_map_path(namespace))
         .and_then(|cm| cm["data"][KEY].as_str().map(str::to_owned))
+}
+
+/// Waits for the distribution's metrics to satisfy `done` (they follow a write's answer, which
+/// comes after the mock has stored it).
+async fn wait_for_metrics(
+    running: &Running,
+    what: &str,
+    done: impl Fn(&DistributionMetricsSnapshot) -> bool,
+) -> DistributionMetricsSnapshot {
+    let metrics = running.metrics();
+    eventually(
+        PATIENCE,
+        what,
+        || std::future::ready(metrics.snapshot()),
+        done,
+    )
+    .await
+}
+
+/// The ConfigMaps' figures.
+fn config_maps(snapshot: &DistributionMetricsSnapshot) -> KindSnapshot {
+    snapshot.config_map.expect("ConfigMaps enabled")
+}
+
+/// The ClusterTrustBundle's figures.
+fn cluster_trust_bundle(snapshot: &DistributionMetricsSnapshot) -> KindSnapshot {
+    snapshot
+        .cluster_trust_bundle
+        .expect("ClusterTrustBundle enabled")
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 async fn wait_for_pem(mock: &MockKube, namespaces: &[&str], pem: &str) {
@@ -133,9 +175,18 @@ async fn a_deleted_or_edited_config_map_is_restored_and_someone_elses_is_left_al
     let pem = ca.bundle().to_pem();
     let (running, _bundle) = start(&mock, &config(true, false), &ca.bundle());
     wait_for_pem(&mock, &["a", "b"], &pem).await;
+    // c holds someone else's root: the ConfigMaps are not current, and c is behind.
+    let first = wait_for_metrics(&running, "a and b created, c behind", |s| {
+        config_maps(s).created == 2 && s.namespaces == 3 && s.namespaces_behind == 1
+    })
+    .await;
+    assert!(!config_maps(&first).current, "{first:?}");
+    assert_eq!(config_maps(&first).last_current_unix_seconds, 0, "never");
+    assert_eq!(first.cluster_trust_bundle, None, "not enabled");
 
     assert!(mock.delete_object(&config_map_path("a")));
     wait_for_pem(&mock, &["a"], &pem).await;
+    wait_for_metrics(&running, "a restored", |s| config_maps(s).restored == 1).await;
 
     let mut edited = mock.object(&config_map_path("b")).unwrap();
     edited["data"][KEY] = json!("tampered");
@@ -144,6 +195,15 @@ async fn a_deleted_or_edited_config_map_is_restored_and_someone_elses_is_left_al
     wait_for_pem(&mock, &["b"], &pem).await;
     let restored = mock.object(&config_map_path("b")).unwrap();
     assert_eq!(restored["data"].as_object().unwrap().len(), 1, "{restored}");
+    let repaired = wait_for_metrics(&running, "b restored", |s| config_maps(s).restored == 2).await;
+    assert_eq!(
+        (
+            config_maps(&repaired).created,
+            config_maps(&repaired).updated
+        ),
+        (2, 0),
+        "restores are not counted as creations or updates: {repaired:?}"
+    );
 
     // Someone else's: never written, and reported as behind.
     let status = eventually(
@@ -167,9 +227,22 @@ async fn a_deleted_or_edited_config_map_is_restored_and_someone_elses_is_left_al
     let mut labelled = mock.object(&config_map_path("c")).unwrap();
     labelled["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("meshca");
     mock.put_object(&config_map_path("c"), labelled);
+    let before = unix_now();
     wait_for_pem(&mock, &["c"], &pem).await;
     let adopted = mock.object(&config_map_path("c")).unwrap();
     assert_eq!(adopted["metadata"]["labels"]["istio.io/config"], "true");
+    // c's ConfigMap held another bundle: updated. Now every namespace holds the bundle.
+    let all = wait_for_metrics(&running, "every namespace current", |s| {
+        config_maps(s).current
+    })
+    .await;
+    assert_eq!(config_maps(&all).updated, 1, "{all:?}");
+    assert_eq!((all.namespaces, all.namespaces_behind), (3, 0));
+    assert!(
+        config_maps(&all).last_current_unix_seconds >= before,
+        "{all:?}"
+    );
+    assert_eq!(config_maps(&all).write_failures, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -220,6 +293,14 @@ async fn a_bundle_change_reaches_every_namespace_and_the_status_names_those_behi
         .filter(|r| r.is("PUT", &config_map_path("b")) && r.status == 500)
         .count();
     assert_eq!(failed_puts, 3);
+    let after = wait_for_metrics(&running, "every namespace current again", |s| {
+        config_maps(s).current && config_maps(s).updated == 3
+    })
+    .await;
+    let figures = config_maps(&after);
+    assert_eq!(figures.write_failures, 3, "each refused write: {after:?}");
+    assert_eq!((figures.created, figures.restored), (3, 0), "{after:?}");
+    assert_eq!(after.namespaces_behind, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -303,7 +384,7 @@ async fn the_cluster_trust_bundle_is_created_updated_and_restored() {
     let mock = MockKube::start().await;
     let old = TestCa::new("old");
     let new = TestCa::new("new");
-    let (_running, bundle) = start(&mock, &config(false, true), &old.bundle());
+    let (running, bundle) = start(&mock, &config(false, true), &old.bundle());
     let object = wait_for_ctb(&mock, CTB_V1, &old.bundle().to_pem()).await;
     assert_eq!(object["spec"]["signerName"], "meshca.dev/trust-bundle");
     assert_eq!(object["apiVersion"], "certificates.k8s.io/v1");
@@ -312,9 +393,30 @@ async fn the_cluster_trust_bundle_is_created_updated_and_restored() {
         "meshca"
     );
 
+    let created = wait_for_metrics(&running, "the ClusterTrustBundle current", |s| {
+        cluster_trust_bundle(s).current
+    })
+    .await;
+    assert_eq!(cluster_trust_bundle(&created).created, 1, "{created:?}");
+    assert_eq!(created.config_map, None, "not enabled");
+
+    // The first update is refused (RBAC not yet granted, say): counted, then retried.
+    mock.fail(
+        http::Method::PUT,
+        &format!("{CTB_V1}/{CTB_NAME}"),
+        403,
+        "Forbidden",
+        "cannot update clustertrustbundles",
+        1,
+    );
     let both = TrustBundle::new(vec![old.root().clone(), new.root().clone()]);
     bundle.send_replace(Arc::new(both.clone()));
     wait_for_ctb(&mock, CTB_V1, &both.to_pem()).await;
+    let updated = wait_for_metrics(&running, "the update counted", |s| {
+        cluster_trust_bundle(s).updated == 1
+    })
+    .await;
+    assert_eq!(cluster_trust_bundle(&updated).write_failures, 1);
 
     assert!(mock.delete_object(&format!("{CTB_V1}/{CTB_NAME}")));
     wait_for_ctb(&mock, CTB_V1, &both.to_pem()).await;
@@ -323,6 +425,16 @@ async fn the_cluster_trust_bundle_is_created_updated_and_restored() {
     edited["spec"]["trustBundle"] = json!(old.root_pem());
     mock.put_object(&format!("{CTB_V1}/{CTB_NAME}"), edited);
     wait_for_ctb(&mock, CTB_V1, &both.to_pem()).await;
+    let restored = wait_for_metrics(&running, "two restores counted", |s| {
+        cluster_trust_bundle(s).restored == 2 && cluster_trust_bundle(s).current
+    })
+    .await;
+    let figures = cluster_trust_bundle(&restored);
+    assert_eq!(
+        (figures.created, figures.updated, figures.write_failures),
+        (1, 1, 1),
+        "{restored:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -380,6 +492,7 @@ async fn a_root_rotation_reaches_every_namespace_before_the_new_root_signs() {
         .set("sds.auth=development")
         .set("trustDistribution.configMap.enabled=true")
         .set("trustDistribution.clusterTrustBundle.enabled=true")
+        .admin()
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .start();
@@ -504,6 +617,40 @@ async fn a_root_rotation_reaches_every_namespace_before_the_new_root_signs() {
     assert!(
         log.contains("ConfigMap b/istio-ca-root-cert written after failing"),
         "{log}"
+    );
+    // The same story on /metrics: b's refused writes, every namespace current, and no
+    // ClusterTrustBundle held (the cluster serves none).
+    let admin = daemon.admin();
+    let metrics = eventually(
+        PATIENCE,
+        "/metrics to show the ConfigMaps current",
+        || async { http_get(admin, "/metrics").await.unwrap().body },
+        |text| text.contains("meshca_trust_distribution_current{kind=\"config_map\"} 1"),
+    )
+    .await;
+    let sample = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(sample("meshca_trust_distribution_write_failures_total{kind=\"config_map\"}") >= 1.0);
+    assert_eq!(sample("meshca_trust_distribution_namespaces"), 3.0);
+    assert_eq!(sample("meshca_trust_distribution_namespaces_behind"), 0.0);
+    assert_eq!(
+        sample("meshca_trust_distribution_writes_total{kind=\"config_map\",action=\"updated\"}"),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("meshca_trust_distribution_current{kind=\"cluster_trust_bundle\"}"),
+        0.0
+    );
+    assert!(
+        sample("meshca_trust_distribution_last_current_timestamp_seconds{kind=\"config_map\"}")
+            > 0.0
     );
     drop(daemon);
 }

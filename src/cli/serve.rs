@@ -126,6 +126,11 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
             let collectors = istio
                 .iter()
                 .map(|(_, metrics)| metrics.collector())
+                .chain(
+                    distribution
+                        .iter()
+                        .map(|running| running.metrics().collector()),
+                )
                 .collect();
             let state = AdminState::with_collectors(
                 cache.clone(),

@@ -24,8 +24,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::list_watch::{Change, Ended, Followed, backoff, follow, sleep_until};
+use super::metrics::{Action, Kind};
 use super::{
-    ClusterTrustBundleSettings, MANAGED_BY, MANAGED_BY_LABEL, explain, is_owned, is_status,
+    ClusterTrustBundleSettings, DistributionMetrics, MANAGED_BY, MANAGED_BY_LABEL, explain,
+    is_owned, is_status,
 };
 
 /// The versions tried, preferred first.
@@ -43,6 +45,7 @@ pub(crate) async fn run(
     settings: ClusterTrustBundleSettings,
     resync: Duration,
     mut bundle: watch::Receiver<Arc<TrustBundle>>,
+    metrics: Arc<DistributionMetrics>,
 ) {
     let mut warned = false;
     loop {
@@ -55,13 +58,15 @@ pub(crate) async fn run(
                     );
                 }
                 warned = false;
-                let mut keeper = Keeper::new(client.clone(), &resource, settings.clone());
+                let mut keeper =
+                    Keeper::new(client.clone(), &resource, settings.clone(), metrics.clone());
                 if keeper.keep(&mut bundle, resync).await == Ended::Closed {
                     return;
                 }
             }
             None if !warned => {
                 warned = true;
+                metrics.pass(Kind::ClusterTrustBundle, false);
                 tracing::warn!(
                     "trust distribution: this cluster does not serve ClusterTrustBundles \
                      (certificates.k8s.io/v1 or v1beta1 answered 404), so the trust bundle is \
@@ -118,6 +123,7 @@ struct Keeper {
     api: Api<DynamicObject>,
     resource: ApiResource,
     settings: ClusterTrustBundleSettings,
+    metrics: Arc<DistributionMetrics>,
     /// The object as last seen (`None`: absent), once listed.
     held: Option<Option<DynamicObject>>,
     /// Fingerprints last announced as published.
@@ -134,11 +140,13 @@ impl Keeper {
         client: kube::Client,
         resource: &ApiResource,
         settings: ClusterTrustBundleSettings,
+        metrics: Arc<DistributionMetrics>,
     ) -> Self {
         Self {
             api: Api::all_with(client, resource),
             resource: resource.clone(),
             settings,
+            metrics,
             held: None,
             announced: None,
             warned: false,
@@ -214,8 +222,10 @@ impl Keeper {
             return;
         }
         let pem = bundle.to_pem();
-        let result = match held {
+        let fingerprints = bundle.fingerprints();
+        let (action, result) = match held {
             Some(found) if !is_owned(&found.metadata) => {
+                self.metrics.pass(Kind::ClusterTrustBundle, false);
                 if !self.warned {
                     self.warned = true;
                     tracing::warn!(
@@ -230,7 +240,7 @@ impl Keeper {
                 return;
             }
             Some(found) if self.holds(found, &pem) => {
-                let fingerprints = bundle.fingerprints();
+                self.metrics.pass(Kind::ClusterTrustBundle, true);
                 if self.announced.as_ref() != Some(&fingerprints) {
                     tracing::info!(
                         name = %self.settings.object_name,
@@ -243,30 +253,41 @@ impl Keeper {
                 return;
             }
             Some(found) => {
-                if self.announced.as_ref() == Some(&bundle.fingerprints()) {
+                self.metrics.pass(Kind::ClusterTrustBundle, false);
+                let restoring = self.announced.as_ref() == Some(&fingerprints);
+                if restoring {
                     tracing::info!(
                         name = %self.settings.object_name,
                         "trust distribution: restoring the ClusterTrustBundle (it was edited)"
                     );
                 }
                 let object = self.desired(&pem, found.metadata.resource_version.clone());
-                self.api
-                    .replace(&self.settings.object_name, &post_params(), &object)
-                    .await
+                (
+                    Action::of_write(false, restoring),
+                    self.api
+                        .replace(&self.settings.object_name, &post_params(), &object)
+                        .await,
+                )
             }
             None => {
-                if self.announced.is_some() {
+                self.metrics.pass(Kind::ClusterTrustBundle, false);
+                let restoring = self.announced.is_some();
+                if restoring {
                     tracing::info!(
                         name = %self.settings.object_name,
                         "trust distribution: restoring the ClusterTrustBundle (it was deleted)"
                     );
                 }
                 let object = self.desired(&pem, None);
-                self.api.create(&post_params(), &object).await
+                (
+                    Action::of_write(true, restoring),
+                    self.api.create(&post_params(), &object).await,
+                )
             }
         };
         match result {
             Ok(object) => {
+                self.metrics.written(Kind::ClusterTrustBundle, action);
                 self.failures = 0;
                 self.held = Some(Some(object));
                 Box::pin(self.reconcile(bundle)).await;
@@ -283,6 +304,7 @@ impl Keeper {
     }
 
     fn failed(&mut self, error: &kube::Error) {
+        self.metrics.write_failed(Kind::ClusterTrustBundle);
         self.failures += 1;
         if self.failures == 1 {
             tracing::warn!(

@@ -22,7 +22,11 @@ use tokio::time::Instant;
 
 use super::config_map_write::{Written, is_current, write};
 use super::list_watch::{Change, Followed, backoff, follow, sleep_until};
-use super::{ConfigMapSettings, DistributionStatus, MAX_CONCURRENT_WRITES, explain, is_owned};
+use super::metrics::{Action, Kind};
+use super::{
+    ConfigMapSettings, DistributionMetrics, DistributionStatus, MAX_CONCURRENT_WRITES, explain,
+    is_owned,
+};
 
 /// Keeps the ConfigMaps; see the module docs.
 pub(crate) struct ConfigMapPublisher {
@@ -30,6 +34,7 @@ pub(crate) struct ConfigMapPublisher {
     settings: Arc<ConfigMapSettings>,
     resync: Duration,
     status: watch::Sender<DistributionStatus>,
+    metrics: Arc<DistributionMetrics>,
     /// The bundle to publish (`None` while the pipeline has none).
     desired: Option<Desired>,
     /// Namespaces by name: whether each is terminating.
@@ -67,7 +72,9 @@ struct Held {
     current: bool,
 }
 
-type WriteResult = (String, Result<Written, kube::Error>);
+/// A write's namespace, whether it restores a ConfigMap that held the current bundle until it
+/// was edited or deleted, and its outcome.
+type WriteResult = (String, bool, Result<Written, kube::Error>);
 
 impl ConfigMapPublisher {
     pub(crate) fn new(
@@ -75,12 +82,14 @@ impl ConfigMapPublisher {
         settings: Arc<ConfigMapSettings>,
         resync: Duration,
         status: watch::Sender<DistributionStatus>,
+        metrics: Arc<DistributionMetrics>,
     ) -> Self {
         Self {
             client,
             settings,
             resync,
             status,
+            metrics,
             desired: None,
             namespaces: BTreeMap::new(),
             namespaces_listed: false,
@@ -133,8 +142,8 @@ impl ConfigMapPublisher {
                 }
                 Some(change) = namespaces.recv() => self.namespace_changed(change),
                 Some(change) = config_maps.recv() => self.config_map_changed(change),
-                Some(Ok((namespace, result))) = writes.join_next() => {
-                    self.written(namespace, result);
+                Some(Ok((namespace, restoring, result))) = writes.join_next() => {
+                    self.written(namespace, restoring, result);
                 }
                 () = sleep_until(next_retry) => {
                     let now = Instant::now();
@@ -150,8 +159,8 @@ impl ConfigMapPublisher {
             while let Ok(change) = config_maps.try_recv() {
                 self.config_map_changed(change);
             }
-            while let Some(Ok((namespace, result))) = writes.try_join_next() {
-                self.written(namespace, result);
+            while let Some(Ok((namespace, restoring, result))) = writes.try_join_next() {
+                self.written(namespace, restoring, result);
             }
             self.start_writes(&mut writes);
             self.publish_status();
@@ -280,10 +289,12 @@ impl ConfigMapPublisher {
 
     /// Starts the writes that are needed, within the concurrency bound.
     fn start_writes(&mut self, writes: &mut JoinSet<WriteResult>) {
-        if !(self.namespaces_listed && self.config_maps_listed) {
-            return;
-        }
-        let Some(desired) = &self.desired else {
+        let Some(desired) = self
+            .desired
+            .as_ref()
+            .filter(|_| self.namespaces_listed && self.config_maps_listed)
+        else {
+            self.metrics.pass(Kind::ConfigMap, false);
             return;
         };
         let generation = desired.generation;
@@ -292,7 +303,12 @@ impl ConfigMapPublisher {
         let mut foreign = Vec::new();
         let mut in_sync = Vec::new();
         let mut everywhere = true;
+        let (mut served, mut behind) = (0, 0);
         for namespace in self.targets() {
+            served += 1;
+            if !self.held.get(namespace).is_some_and(|held| held.current) {
+                behind += 1;
+            }
             match self.held.get(namespace) {
                 Some(held) if held.current => {
                     if self.in_sync.get(namespace) != Some(&generation) {
@@ -319,6 +335,8 @@ impl ConfigMapPublisher {
         for namespace in in_sync {
             self.in_sync.insert(namespace, generation);
         }
+        self.metrics.namespaces(served, behind);
+        self.metrics.pass(Kind::ConfigMap, everywhere);
         for namespace in foreign {
             if self.warned.insert(namespace.clone()) {
                 tracing::warn!(
@@ -350,7 +368,8 @@ impl ConfigMapPublisher {
                 .held
                 .get(&namespace)
                 .map(|held| held.config_map.clone());
-            if self.in_sync.get(&namespace) == Some(&generation) {
+            let restoring = self.in_sync.get(&namespace) == Some(&generation);
+            if restoring {
                 tracing::info!(
                     namespace = %namespace,
                     "trust distribution: restoring ConfigMap {namespace}/{} (it was edited or \
@@ -364,14 +383,29 @@ impl ConfigMapPublisher {
             let pem = pem.clone();
             writes.spawn(async move {
                 let result = write(client, &settings, &namespace, &pem, current).await;
-                (namespace, result)
+                (namespace, restoring, result)
             });
         }
     }
 
     /// Takes a write's outcome into account.
-    fn written(&mut self, namespace: String, result: Result<Written, kube::Error>) {
+    fn written(
+        &mut self,
+        namespace: String,
+        restoring: bool,
+        result: Result<Written, kube::Error>,
+    ) {
         self.in_flight.remove(&namespace);
+        match &result {
+            Ok(Written::Created(_)) => self
+                .metrics
+                .written(Kind::ConfigMap, Action::of_write(true, restoring)),
+            Ok(Written::Updated(_)) => self
+                .metrics
+                .written(Kind::ConfigMap, Action::of_write(false, restoring)),
+            Ok(_) => {}
+            Err(_) => self.metrics.write_failed(Kind::ConfigMap),
+        }
         match result {
             Ok(
                 Written::Created(config_map)

@@ -20,6 +20,9 @@
 //! - `status.rs`: what every namespace's ConfigMap holds (root fingerprints), for the root
 //!   rotation's gate: `meshca rotate root advance` does not let a new root sign before every
 //!   namespace holds it (`crate::rotation`).
+//! - `metrics.rs`: [`DistributionMetrics`], on `/metrics`: objects written and writes failed,
+//!   namespaces served and behind, and whether (and when last) each kind held the served
+//!   bundle everywhere.
 //!
 //! **Ownership.** What meshca writes carries `app.kubernetes.io/managed-by: meshca`. A
 //! same-named object without that label is someone else's (istiod's own, an earlier
@@ -35,6 +38,7 @@ mod cluster_trust_bundle;
 mod config_map_write;
 mod config_maps;
 mod list_watch;
+mod metrics;
 mod status;
 
 use std::collections::BTreeSet;
@@ -48,6 +52,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::TrustDistributionConfig;
 
+pub use metrics::{DistributionMetrics, DistributionMetricsSnapshot, KindSnapshot};
 pub use status::DistributionStatus;
 
 /// The label on every object meshca writes (the same as on its managed Secrets), and its value.
@@ -94,6 +99,7 @@ pub(crate) struct ClusterTrustBundleSettings {
 #[derive(Debug)]
 pub struct Running {
     status: Option<watch::Receiver<DistributionStatus>>,
+    metrics: Arc<DistributionMetrics>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -169,7 +175,9 @@ impl TrustDistribution {
     pub fn spawn(self, bundle: watch::Receiver<Arc<TrustBundle>>) -> Running {
         let mut tasks = Vec::new();
         let mut status = None;
+        let metrics = Arc::new(DistributionMetrics::default());
         if let Some(settings) = self.config_map {
+            metrics.enable(metrics::Kind::ConfigMap);
             let (sender, receiver) = watch::channel(DistributionStatus::default());
             status = Some(receiver);
             tasks.push(tokio::spawn(
@@ -178,6 +186,7 @@ impl TrustDistribution {
                     Arc::new(settings),
                     self.resync,
                     sender,
+                    metrics.clone(),
                 )
                 .run(bundle.clone()),
             ));
@@ -187,6 +196,7 @@ impl TrustDistribution {
             );
         }
         if let Some(settings) = self.cluster_trust_bundle {
+            metrics.enable(metrics::Kind::ClusterTrustBundle);
             tracing::info!(
                 name = %settings.object_name,
                 signer = %settings.signer_name,
@@ -197,9 +207,14 @@ impl TrustDistribution {
                 settings,
                 self.resync,
                 bundle,
+                metrics.clone(),
             )));
         }
-        Running { status, tasks }
+        Running {
+            status,
+            metrics,
+            tasks,
+        }
     }
 }
 
@@ -207,6 +222,11 @@ impl Running {
     /// What every namespace's ConfigMap holds; `None` when the ConfigMaps are not enabled.
     pub fn status(&self) -> Option<watch::Receiver<DistributionStatus>> {
         self.status.clone()
+    }
+
+    /// Its figures, for `/metrics` ([`DistributionMetrics::collector`]).
+    pub fn metrics(&self) -> Arc<DistributionMetrics> {
+        self.metrics.clone()
     }
 
     /// Stops the distribution (also done on drop).
