@@ -4,8 +4,9 @@
 Renders deploy/charts/meshca with helm-python-sdk (Helm v4's Go SDK through its C ABI) for the
 chart's defaults and every example values file, lints it, validates every rendered manifest
 against the Kubernetes schemas of a current release (kubernetes-validate, strict), asserts the
-wiring (configuration, CronJob, exact RBAC, probes, security context, NOTES), checks that the
-schema refuses a wrong certificateProvider.kind, and feeds every rendered ConfigMap's config to
+wiring (configuration, CronJob, exact RBAC, probes, security context, NOTES; the Istio
+listener's limits and trustDistribution.resyncInterval), checks that the schema refuses a wrong
+certificateProvider.kind, malformed durations and out-of-range limits, and feeds every rendered ConfigMap's config to
 the real meshca binary, which refuses unknown keys and bad values.
 
 Usage: test_chart.py --meshca target/debug/meshca
@@ -364,6 +365,10 @@ def check_istio(r):
     expect_equal(istio["tokenAudiences"], "istio-ca", f"{label}: istio.tokenAudiences")
     expect_equal(istio["trustedNodeAgents"], "istio-system/ztunnel",
                  f"{label}: istio.trustedNodeAgents")
+    for key, default in ISTIO_LIMIT_DEFAULTS.items():
+        expect_equal(istio.get(key), default, f"{label}: istio.{key} (meshca's default)")
+    expect_equal(config["trustDistribution"].get("resyncInterval"), "5m",
+                 f"{label}: trustDistribution.resyncInterval")
     expect_equal(config["trustDistribution"]["configMap"],
                  {"enabled": True, "name": "istio-ca-root-cert", "key": "root-cert.pem",
                   "excludeNamespaces": "kube-system,kube-public,kube-node-lease"},
@@ -379,6 +384,46 @@ def check_istio(r):
     expect_equal(binding["subjects"],
                  [{"kind": "ServiceAccount", "name": "meshca", "namespace": NAMESPACE}],
                  f"{label}: ClusterRoleBinding subject")
+
+
+# The Istio CA listener's limits as values.yaml gives them: meshca's own defaults
+# (src/config/istio.rs).
+ISTIO_LIMIT_DEFAULTS = {
+    "maxConnections": 10000,
+    "maxMessageBytes": 65536,
+    "maxConcurrentSignings": 64,
+    "signingQueueTimeout": "5s",
+    "handshakeTimeout": "10s",
+    "prefaceTimeout": "10s",
+    "connectionIdleTimeout": "5m",
+}
+
+
+def check_istio_limits(chart):
+    """Every Istio listener limit and trustDistribution.resyncInterval set away from its
+    default reaches meshca's config as given (and meshca accepts it: the rendering is returned
+    for check_meshca_accepts)."""
+    label = "istio limits"
+    limits = {
+        "maxConnections": 500,
+        "maxMessageBytes": 8192,
+        "maxConcurrentSignings": 8,
+        "signingQueueTimeout": "2s",
+        "handshakeTimeout": "3s",
+        "prefaceTimeout": "4s",
+        "connectionIdleTimeout": "1h30m",
+    }
+    values = {"istio": {"enabled": True, **limits},
+              "trustDistribution": {"configMap": {"enabled": True}, "resyncInterval": "90s"}}
+    chart.validate_schema(values)
+    r = render(chart, label, values)
+    config = r.config()
+    for key, value in limits.items():
+        expect_equal(config["istio"].get(key), value, f"{label}: istio.{key}")
+    expect_equal(config["trustDistribution"].get("resyncInterval"), "90s",
+                 f"{label}: trustDistribution.resyncInterval")
+    check_kubernetes_schemas(r)
+    return r
 
 
 def check_istio_variants(chart):
@@ -539,7 +584,14 @@ def check_refusals(chart):
         ({"extraTrustedRoots": ["/etc/roots/vault.pem"]}, "extraTrustedRoots"),
         ({"admin": {"tokenSecret": {"name": "Not A Secret"}}}, "tokenSecret"),
         ({"admin": {"token": "inline"}}, "token"),
-    ]:
+        ({"istio": {"maxMessageBytes": 1024}}, "maxMessageBytes"),
+        ({"istio": {"maxConnections": 0}}, "maxConnections"),
+        ({"istio": {"maxConcurrentSignings": "64"}}, "maxConcurrentSignings"),
+        ({"trustDistribution": {"resyncInterval": "5 minutes"}}, "resyncInterval"),
+    ] + [({"istio": {key: bad}}, key)
+         for key in ("signingQueueTimeout", "handshakeTimeout", "prefaceTimeout",
+                     "connectionIdleTimeout")
+         for bad in ("10", "5min")]:
         try:
             chart.validate_schema(values)
             check(False, f"schema accepted {values}")
@@ -651,7 +703,7 @@ def main():
 
     for extra in (check_inline_vault_token, check_vault_secret_elsewhere,
                   check_extra_trusted_roots, check_rotation_disabled, check_admin_token,
-                  check_istio_variants):
+                  check_istio_variants, check_istio_limits):
         try:
             renderings.append(extra(chart))
         except Exception:
