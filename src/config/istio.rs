@@ -9,6 +9,10 @@ use meshca_provider::{DnsName, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use super::transport::{
+    Listener, TransportKeys, TransportLimits, check_above_zero, check_count, transport_keys,
+    transport_limits_of,
+};
 use super::{is_dns_label, is_dns_subdomain};
 use crate::istio::IstioLimits;
 
@@ -32,25 +36,33 @@ pub struct IstioConfig {
     pub trusted_node_agents: String,
 
     // The listener's limits (see `crate::istio::IstioLimits`).
-    /// Connections open at once; more are closed as soon as they are accepted.
-    pub max_connections: usize,
-    /// Largest request message, in bytes (a CSR is about 1 KiB; beyond: OUT_OF_RANGE).
-    pub max_message_bytes: usize,
     /// CreateCertificate calls signing at once; more wait up to `signingQueueTimeout`, then
     /// are refused with RESOURCE_EXHAUSTED.
     pub max_concurrent_signings: usize,
     /// How long a call may wait for one of `maxConcurrentSignings`.
     #[serde(with = "serde_go")]
     pub signing_queue_timeout: Duration,
-    /// How long a TLS client may take to complete its handshake.
-    #[serde(with = "serde_go")]
-    pub handshake_timeout: Duration,
-    /// How long a connection may take to send the HTTP/2 preface after its TLS handshake.
-    #[serde(with = "serde_go")]
-    pub preface_timeout: Duration,
-    /// How long a connection may carry no call before it is closed.
-    #[serde(with = "serde_go")]
-    pub connection_idle_timeout: Duration,
+    /// `maxConnections`, `maxMessageBytes` (a CSR is about 1 KiB; beyond: OUT_OF_RANGE) and the
+    /// handshake, preface and idle timeouts, as the SDS listeners have them.
+    #[serde(flatten)]
+    pub transport: TransportLimits<IstioListener>,
+}
+
+/// The Istio CA listener's [`TransportLimits`]: `istio.*`, defaults from [`IstioLimits`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct IstioListener;
+
+impl Listener for IstioListener {
+    const KEYS: TransportKeys = transport_keys!("istio");
+    const MIN_MESSAGE_BYTES: (usize, &'static str) = (
+        IstioLimits::MIN_MESSAGE_BYTES,
+        ": a smaller message cannot hold a CSR",
+    );
+    const MAX_MESSAGE_BYTES: usize = IstioLimits::MAX_MESSAGE_BYTES_CEILING;
+
+    fn defaults() -> TransportLimits<Self> {
+        transport_limits_of!(IstioLimits::default())
+    }
 }
 
 impl Default for IstioConfig {
@@ -62,13 +74,9 @@ impl Default for IstioConfig {
             dns_names: "istiod.istio-system.svc".to_owned(),
             token_audiences: "istio-ca".to_owned(),
             trusted_node_agents: "istio-system/ztunnel".to_owned(),
-            max_connections: limits.max_connections,
-            max_message_bytes: limits.max_message_bytes,
             max_concurrent_signings: limits.max_concurrent_signings,
             signing_queue_timeout: limits.signing_queue_timeout,
-            handshake_timeout: limits.handshake_timeout,
-            preface_timeout: limits.preface_timeout,
-            connection_idle_timeout: limits.connection_idle_timeout,
+            transport: TransportLimits::default(),
         }
     }
 }
@@ -120,13 +128,13 @@ impl IstioConfig {
     /// The listener's limits.
     pub fn limits(&self) -> IstioLimits {
         IstioLimits {
-            max_connections: self.max_connections,
-            max_message_bytes: self.max_message_bytes,
+            max_connections: self.transport.max_connections,
+            max_message_bytes: self.transport.max_message_bytes,
             max_concurrent_signings: self.max_concurrent_signings,
             signing_queue_timeout: self.signing_queue_timeout,
-            handshake_timeout: self.handshake_timeout,
-            preface_timeout: self.preface_timeout,
-            connection_idle_timeout: self.connection_idle_timeout,
+            handshake_timeout: self.transport.handshake_timeout,
+            preface_timeout: self.transport.preface_timeout,
+            connection_idle_timeout: self.transport.connection_idle_timeout,
             ..IstioLimits::default()
         }
     }
@@ -175,77 +183,19 @@ impl IstioConfig {
         }
         self.dns_names()?;
         let defaults = IstioLimits::default();
-        for (key, value, default, max) in [
-            (
-                "istio.maxConnections",
-                self.max_connections,
-                defaults.max_connections,
-                tokio::sync::Semaphore::MAX_PERMITS,
-            ),
-            (
-                "istio.maxConcurrentSignings",
-                self.max_concurrent_signings,
-                defaults.max_concurrent_signings,
-                tokio::sync::Semaphore::MAX_PERMITS,
-            ),
-            (
-                "istio.maxMessageBytes",
-                self.max_message_bytes,
-                defaults.max_message_bytes,
-                IstioLimits::MAX_MESSAGE_BYTES_CEILING,
-            ),
-        ] {
-            if value == 0 || value > max {
-                return Err(ConfigError::InvalidValue {
-                    key,
-                    reason: format!("must be between 1 and {max} (default {default})"),
-                });
-            }
-        }
-        if self.max_message_bytes < IstioLimits::MIN_MESSAGE_BYTES {
-            return Err(ConfigError::InvalidValue {
-                key: "istio.maxMessageBytes",
-                reason: format!(
-                    "{} bytes cannot hold a CSR: use at least {} (default {})",
-                    self.max_message_bytes,
-                    IstioLimits::MIN_MESSAGE_BYTES,
-                    defaults.max_message_bytes
-                ),
-            });
-        }
-        for (key, value, default) in [
-            (
-                "istio.signingQueueTimeout",
-                self.signing_queue_timeout,
-                defaults.signing_queue_timeout,
-            ),
-            (
-                "istio.handshakeTimeout",
-                self.handshake_timeout,
-                defaults.handshake_timeout,
-            ),
-            (
-                "istio.prefaceTimeout",
-                self.preface_timeout,
-                defaults.preface_timeout,
-            ),
-            (
-                "istio.connectionIdleTimeout",
-                self.connection_idle_timeout,
-                defaults.connection_idle_timeout,
-            ),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::InvalidValue {
-                    key,
-                    reason: format!(
-                        "must be above zero (default {})",
-                        meshca_provider::format_duration(default)
-                    ),
-                });
-            }
-        }
-        Ok(())
+        check_count(
+            "istio.maxConcurrentSignings",
+            self.max_concurrent_signings,
+            defaults.max_concurrent_signings,
+            (1, ""),
+            tokio::sync::Semaphore::MAX_PERMITS,
+        )?;
+        check_above_zero(
+            "istio.signingQueueTimeout",
+            self.signing_queue_timeout,
+            defaults.signing_queue_timeout,
+        )?;
+        self.transport.validate()
     }
 }
 

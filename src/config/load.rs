@@ -124,11 +124,41 @@ impl Config {
     }
 
     fn from_value(value: Value, origin: &str) -> Result<Self, ConfigError> {
-        serde_yaml::from_value(value).map_err(|e| ConfigError::Invalid {
+        serde_yaml::from_value(value.clone()).map_err(|e| ConfigError::Invalid {
             origin: origin.to_owned(),
-            reason: e.to_string(),
+            reason: with_expected_keys(&value, e.to_string()),
         })
     }
+}
+
+/// serde lists the keys it expected after an unknown one, except in a section with flattened
+/// fields (`sds.*` and `istio.*` share `TransportLimits`): there, name the unknown key and the
+/// keys of its section.
+fn with_expected_keys(tree: &Value, reason: String) -> String {
+    if !reason.starts_with("unknown field") || reason.contains("expected") {
+        return reason;
+    }
+    let known = known_keys();
+    let mut present = Vec::new();
+    collect_keys(tree, String::new(), &mut present);
+    let Some(unknown) = present.iter().find(|key| !known.contains(key)) else {
+        return reason;
+    };
+    let prefix = unknown
+        .rsplit_once('.')
+        .map_or(String::new(), |(section, _)| format!("{section}."));
+    let mut expected: Vec<&str> = Vec::new();
+    for key in known.iter().filter_map(|key| key.strip_prefix(&prefix)) {
+        let name = key.split('.').next().unwrap_or(key);
+        if !expected.contains(&name) {
+            expected.push(name);
+        }
+    }
+    let expected: Vec<String> = expected.iter().map(|name| format!("`{name}`")).collect();
+    format!(
+        "{reason} ({unknown}), expected one of {}",
+        expected.join(", ")
+    )
 }
 
 /// Keys whose default is "unset", so they do not appear when the defaults are serialised.

@@ -7,8 +7,8 @@
 //! `--set certificateProvider.serviceCertValidityDuration=12h`.
 //!
 //! One file per concern: `load.rs` reads the sources in that order, `validate.rs` checks values
-//! that parse but make no sense, `sections.rs` and `sds.rs` hold each section's settings and
-//! defaults, `trusted_roots.rs` reads `extraTrustedRoots`, and `forms.rs` the YAML spellings some
+//! that parse but make no sense, `sections.rs`, `sds.rs` and `istio.rs` hold each section's
+//! settings and defaults, `transport.rs` the listener limits `sds.*` and `istio.*` share, `trusted_roots.rs` reads `extraTrustedRoots`, and `forms.rs` the YAML spellings some
 //! values accept besides their plain type.
 
 mod build;
@@ -17,6 +17,7 @@ mod istio;
 mod load;
 mod sds;
 mod sections;
+mod transport;
 mod trusted_roots;
 mod validate;
 
@@ -28,14 +29,16 @@ use meshca_provider::TrustDomain;
 use serde::{Deserialize, Serialize};
 
 pub use istio::{
-    ClusterTrustBundleConfig, IstioConfig, RootCertConfigMapConfig, TrustDistributionConfig,
+    ClusterTrustBundleConfig, IstioConfig, IstioListener, RootCertConfigMapConfig,
+    TrustDistributionConfig,
 };
 pub use load::{ENV_PREFIX, Overrides, env_name, known_keys};
-pub use sds::{SdsAuth, SdsConfig};
+pub use sds::{SdsAuth, SdsConfig, SdsListener};
 pub use sections::{
     AdminConfig, LogConfig, LogFormat, ProviderConfig, ProviderKind, RenewalConfig, RotationConfig,
     StoreKind, TresorConfig,
 };
+pub use transport::{Listener, TransportKeys, TransportLimits};
 pub use validate::{is_dns_label, is_dns_subdomain};
 
 use forms::one_or_many;

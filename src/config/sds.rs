@@ -8,6 +8,10 @@ use meshca_provider::duration::serde_go;
 use serde::{Deserialize, Serialize};
 
 use super::forms::{octal_mode, string_or_number};
+use super::transport::{
+    Listener, TransportKeys, TransportLimits, check_above_zero, check_count, transport_keys,
+    transport_limits_of,
+};
 use super::{Config, ConfigError};
 
 /// `sds.*`
@@ -45,25 +49,29 @@ pub struct SdsConfig {
     pub max_streams: usize,
     /// Streams one identity (all proxies of a service account together) may hold at once.
     pub max_streams_per_identity: usize,
-    /// Connections open at once on all SDS listeners; more are closed when accepted.
-    pub max_connections: usize,
     /// Resource names in one request.
     pub max_names_per_request: usize,
-    /// Largest request message, in bytes.
-    pub max_message_bytes: usize,
-    /// How long a TLS client may take to complete its handshake.
-    #[serde(with = "serde_go")]
-    pub handshake_timeout: Duration,
-    /// How long a connection may take to send the HTTP/2 preface once accepted (after the TLS
-    /// handshake with mTLS).
-    #[serde(with = "serde_go")]
-    pub preface_timeout: Duration,
     /// How long a new stream may take to send its first request.
     #[serde(with = "serde_go")]
     pub first_request_timeout: Duration,
-    /// How long a connection may carry no SDS stream before it is closed.
-    #[serde(with = "serde_go")]
-    pub connection_idle_timeout: Duration,
+    /// `maxConnections` (on all SDS listeners together), `maxMessageBytes` and the handshake,
+    /// preface and idle timeouts, as the Istio CA listener has them.
+    #[serde(flatten)]
+    pub transport: TransportLimits<SdsListener>,
+}
+
+/// The SDS listeners' [`TransportLimits`]: `sds.*`, defaults from [`crate::sds::SdsLimits`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SdsListener;
+
+impl Listener for SdsListener {
+    const KEYS: TransportKeys = transport_keys!("sds");
+    const MIN_MESSAGE_BYTES: (usize, &'static str) = (1, "");
+    const MAX_MESSAGE_BYTES: usize = usize::MAX;
+
+    fn defaults() -> TransportLimits<Self> {
+        transport_limits_of!(crate::sds::SdsLimits::default())
+    }
 }
 
 impl Default for SdsConfig {
@@ -80,13 +88,9 @@ impl Default for SdsConfig {
             unix_socket_group: String::new(),
             max_streams: limits.max_streams,
             max_streams_per_identity: limits.max_streams_per_identity,
-            max_connections: limits.max_connections,
             max_names_per_request: limits.max_names_per_request,
-            max_message_bytes: limits.max_message_bytes,
-            handshake_timeout: limits.handshake_timeout,
-            preface_timeout: limits.preface_timeout,
             first_request_timeout: limits.first_request_timeout,
-            connection_idle_timeout: limits.connection_idle_timeout,
+            transport: TransportLimits::default(),
         }
     }
 }
@@ -97,93 +101,48 @@ impl SdsConfig {
         crate::sds::SdsLimits {
             max_streams: self.max_streams,
             max_streams_per_identity: self.max_streams_per_identity,
-            max_connections: self.max_connections,
+            max_connections: self.transport.max_connections,
             max_names_per_request: self.max_names_per_request,
-            max_message_bytes: self.max_message_bytes,
-            handshake_timeout: self.handshake_timeout,
-            preface_timeout: self.preface_timeout,
+            max_message_bytes: self.transport.max_message_bytes,
+            handshake_timeout: self.transport.handshake_timeout,
+            preface_timeout: self.transport.preface_timeout,
             first_request_timeout: self.first_request_timeout,
-            connection_idle_timeout: self.connection_idle_timeout,
+            connection_idle_timeout: self.transport.connection_idle_timeout,
             ..crate::sds::SdsLimits::default()
         }
     }
 
     pub(super) fn validate_limits(&self) -> Result<(), ConfigError> {
         let defaults = crate::sds::SdsLimits::default();
-        for (key, value, default) in [
-            ("sds.maxStreams", self.max_streams, defaults.max_streams),
+        let permits = tokio::sync::Semaphore::MAX_PERMITS;
+        for (key, value, default, max) in [
+            (
+                "sds.maxStreams",
+                self.max_streams,
+                defaults.max_streams,
+                permits,
+            ),
             (
                 "sds.maxStreamsPerIdentity",
                 self.max_streams_per_identity,
                 defaults.max_streams_per_identity,
-            ),
-            (
-                "sds.maxConnections",
-                self.max_connections,
-                defaults.max_connections,
+                usize::MAX,
             ),
             (
                 "sds.maxNamesPerRequest",
                 self.max_names_per_request,
                 defaults.max_names_per_request,
-            ),
-            (
-                "sds.maxMessageBytes",
-                self.max_message_bytes,
-                defaults.max_message_bytes,
+                usize::MAX,
             ),
         ] {
-            if value == 0 {
-                return Err(ConfigError::InvalidValue {
-                    key,
-                    reason: format!("must be at least 1 (default {default})"),
-                });
-            }
+            check_count(key, value, default, (1, ""), max)?;
         }
-        for (key, value) in [
-            ("sds.maxStreams", self.max_streams),
-            ("sds.maxConnections", self.max_connections),
-        ] {
-            if value > tokio::sync::Semaphore::MAX_PERMITS {
-                return Err(ConfigError::InvalidValue {
-                    key,
-                    reason: format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
-                });
-            }
-        }
-        for (key, value, default) in [
-            (
-                "sds.handshakeTimeout",
-                self.handshake_timeout,
-                defaults.handshake_timeout,
-            ),
-            (
-                "sds.prefaceTimeout",
-                self.preface_timeout,
-                defaults.preface_timeout,
-            ),
-            (
-                "sds.firstRequestTimeout",
-                self.first_request_timeout,
-                defaults.first_request_timeout,
-            ),
-            (
-                "sds.connectionIdleTimeout",
-                self.connection_idle_timeout,
-                defaults.connection_idle_timeout,
-            ),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::InvalidValue {
-                    key,
-                    reason: format!(
-                        "must be above zero (default {})",
-                        meshca_provider::format_duration(default)
-                    ),
-                });
-            }
-        }
-        Ok(())
+        self.transport.validate()?;
+        check_above_zero(
+            "sds.firstRequestTimeout",
+            self.first_request_timeout,
+            defaults.first_request_timeout,
+        )
     }
 }
 
