@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod issuance;
 pub mod istio;
+pub mod jwt_svid;
 pub mod kubernetes;
 pub mod lifetime;
 pub mod providers;

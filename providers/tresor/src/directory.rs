@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::error::{AuthorityError, CaProblem};
 use crate::material::{StoreError, StoredCa};
 use crate::rotation::{AckReport, Rotation, RotationChange, Swap};
-use crate::store::{CaStore, Created};
+use crate::store::{CaStore, Created, JwtKeysDigest, JwtKeysSwap, StoredJwtKeys};
 
 /// A CA kept as two files in a directory: `ca.crt` (the certificate chain) and `private.key`
 /// (mode 0600). The directory is created with mode 0700 when missing.
@@ -38,6 +38,8 @@ impl DirectoryStore {
     pub const ROTATION_FILE: &'static str = "rotation.json";
     /// The directory of the daemons' acknowledgement reports.
     pub const ACKS_DIR: &'static str = "rotation-acks";
+    /// The JWT-SVID signing keys' file name (mode 0600).
+    pub const JWT_KEYS_FILE: &'static str = "jwt-keys.json";
 
     /// A store in `dir` (created on first write).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -188,6 +190,23 @@ impl DirectoryStore {
             }
         };
         Rotation::from_json(&bytes, &path.display().to_string()).map(Some)
+    }
+
+    /// The JWT keys file, checked like the CA key (a regular file, not readable by others).
+    fn read_jwt_keys(&self) -> Result<Option<StoredJwtKeys>, StoreError> {
+        let path = self.dir.join(Self::JWT_KEYS_FILE);
+        if !exists(&path)? {
+            return Ok(None);
+        }
+        check_store_file(&path, true)?;
+        let contents = fs::read(&path).map_err(|source| StoreError::Io {
+            action: "read",
+            path,
+            source,
+        })?;
+        Ok(Some(StoredJwtKeys {
+            contents: Zeroizing::new(contents),
+        }))
     }
 
     /// Writes `contents` to `name` in the directory, replacing what is there, atomically.
@@ -355,6 +374,37 @@ impl CaStore for DirectoryStore {
             })?;
         let name = format!("{}.json", AckReport::key_safe(&report.replica));
         replace_file_in(&dir, &name, &report.to_json(), 0o644)
+    }
+
+    async fn load_jwt_keys(&self) -> Result<Option<StoredJwtKeys>, StoreError> {
+        if !exists(&self.dir)? {
+            return Ok(None);
+        }
+        let _lock = self.lock_shared()?;
+        self.read_jwt_keys()
+    }
+
+    async fn swap_jwt_keys(
+        &self,
+        expected: Option<&JwtKeysDigest>,
+        contents: &[u8],
+    ) -> Result<JwtKeysSwap, StoreError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|source| StoreError::Io {
+                action: "create the directory",
+                path: self.dir.clone(),
+                source,
+            })?;
+        let _lock = self.lock_exclusive()?;
+        let current = self.read_jwt_keys()?;
+        if current.as_ref().map(StoredJwtKeys::digest).as_ref() != expected {
+            return Ok(JwtKeysSwap::Stale(current));
+        }
+        self.replace_file(Self::JWT_KEYS_FILE, contents, 0o600)?;
+        Ok(JwtKeysSwap::Stored)
     }
 
     async fn ack_reports(&self) -> Result<Vec<AckReport>, StoreError> {

@@ -54,7 +54,10 @@ pub use rotate::{Abort, AckSummary, Advance, RotationError, RotationPolicy};
 pub use rotation::{
     AckReport, DistributionReport, Rotation, RotationAuthorities, RotationChange, Stage, Swap, unix,
 };
-pub use store::{CaStore, Created, Outcome, Signing, bootstrap, bootstrap_signing};
+pub use store::{
+    CaStore, Created, JwtKeysDigest, JwtKeysSwap, Outcome, Signing, StoredJwtKeys, bootstrap,
+    bootstrap_signing, jwt_keys_digest,
+};
 
 /// The provider's name in logs and metrics.
 pub const NAME: &str = "tresor";

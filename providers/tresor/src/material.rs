@@ -102,6 +102,12 @@ pub enum StoreError {
         /// The store's description.
         store: String,
     },
+    /// The store does not keep JWT-SVID signing keys.
+    #[error("{store} cannot hold JWT-SVID signing keys")]
+    JwtKeysUnsupported {
+        /// The store's description.
+        store: String,
+    },
     /// A store backend (such as the Kubernetes API) failed.
     #[error("{store}: {reason}")]
     Backend {

@@ -105,6 +105,68 @@ pub trait CaStore: Send + Sync + fmt::Debug {
     async fn ack_reports(&self) -> Result<Vec<AckReport>, StoreError> {
         Ok(Vec::new())
     }
+
+    /// meshca's JWT-SVID signing keys as last stored (their encoding is the daemon's; the
+    /// store keeps them as private material), or `None` when none are stored yet.
+    async fn load_jwt_keys(&self) -> Result<Option<StoredJwtKeys>, StoreError> {
+        Err(StoreError::JwtKeysUnsupported {
+            store: self.describe(),
+        })
+    }
+
+    /// Stores `contents` as the JWT-SVID signing keys if what is stored is still what the
+    /// caller read (`expected`: its [`StoredJwtKeys::digest`], `None` when nothing was
+    /// stored); otherwise changes nothing and returns what is stored. Several daemons sharing
+    /// one store so agree on one key set.
+    async fn swap_jwt_keys(
+        &self,
+        expected: Option<&JwtKeysDigest>,
+        contents: &[u8],
+    ) -> Result<JwtKeysSwap, StoreError> {
+        let _ = (expected, contents);
+        Err(StoreError::JwtKeysUnsupported {
+            store: self.describe(),
+        })
+    }
+}
+
+/// The SHA-256 of a stored JWT key set: what a compare-and-swap compares.
+pub type JwtKeysDigest = [u8; 32];
+
+/// The JWT-SVID signing keys as a store holds them.
+pub struct StoredJwtKeys {
+    /// The encoded key set (private keys included).
+    pub contents: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl StoredJwtKeys {
+    /// The digest a [`CaStore::swap_jwt_keys`] expects for these contents.
+    pub fn digest(&self) -> JwtKeysDigest {
+        jwt_keys_digest(&self.contents)
+    }
+}
+
+impl fmt::Debug for StoredJwtKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoredJwtKeys({} bytes, redacted)", self.contents.len())
+    }
+}
+
+/// The digest of encoded JWT keys.
+pub fn jwt_keys_digest(contents: &[u8]) -> JwtKeysDigest {
+    let digest = ring::digest::digest(&ring::digest::SHA256, contents);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// What [`CaStore::swap_jwt_keys`] did.
+#[derive(Debug)]
+pub enum JwtKeysSwap {
+    /// The new contents are stored.
+    Stored,
+    /// Another writer changed the keys first: what is stored now (`None`: nothing).
+    Stale(Option<StoredJwtKeys>),
 }
 
 /// Loads the CA from `store`, or creates a new root there when the store is empty.
