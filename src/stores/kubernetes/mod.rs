@@ -27,7 +27,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use meshca_tresor::{
-    AckReport, CaStore, Created, Rotation, RotationChange, StoreError, StoredCa, Swap,
+    AckReport, CaStore, Created, JwtKeysDigest, JwtKeysSwap, Rotation, RotationChange, StoreError,
+    StoredCa, StoredJwtKeys, Swap,
 };
 
 /// A CA kept in one Kubernetes Secret (default `meshca-system/meshca-ca-bundle`).
@@ -53,6 +54,8 @@ impl KubernetesSecretStore {
     pub const PRIVATE_KEY_KEY: &'static str = "private.key";
     /// The Secret key holding the root rotation in progress.
     pub const ROTATION_KEY: &'static str = "rotation.json";
+    /// The Secret key holding the JWT-SVID signing keys.
+    pub const JWT_KEYS_KEY: &'static str = "jwt-keys.json";
     /// The prefix of the Secret keys holding the daemons' acknowledgement reports.
     pub const ACKS_PREFIX: &'static str = "rotation-acks.";
     /// The label that marks the Secret as meshca's.
@@ -230,6 +233,44 @@ impl CaStore for KubernetesSecretStore {
         })
         .await?;
         Ok(())
+    }
+
+    async fn load_jwt_keys(&self) -> Result<Option<StoredJwtKeys>, StoreError> {
+        let Some(secret) = self.get_secret().await? else {
+            return Ok(None);
+        };
+        Ok(secret
+            .data
+            .unwrap_or_default()
+            .remove(Self::JWT_KEYS_KEY)
+            .map(|ByteString(bytes)| StoredJwtKeys {
+                contents: zeroize::Zeroizing::new(bytes),
+            }))
+    }
+
+    async fn swap_jwt_keys(
+        &self,
+        expected: Option<&JwtKeysDigest>,
+        contents: &[u8],
+    ) -> Result<JwtKeysSwap, StoreError> {
+        let stale = self
+            .update_data(|data| {
+                let current = data
+                    .get(Self::JWT_KEYS_KEY)
+                    .map(|ByteString(bytes)| StoredJwtKeys {
+                        contents: zeroize::Zeroizing::new(bytes.clone()),
+                    });
+                if current.as_ref().map(StoredJwtKeys::digest).as_ref() != expected {
+                    return Ok(Some(current));
+                }
+                data.insert(Self::JWT_KEYS_KEY.to_owned(), ByteString(contents.to_vec()));
+                Ok(None)
+            })
+            .await?;
+        Ok(match stale {
+            Some(current) => JwtKeysSwap::Stale(current),
+            None => JwtKeysSwap::Stored,
+        })
     }
 
     async fn ack_reports(&self) -> Result<Vec<AckReport>, StoreError> {
