@@ -1,6 +1,7 @@
 //! meshca's JWT-SVID signing keys kept in the Kubernetes Secret store (the fake API server):
 //! replicas reading the same Secret adopt one key set, written with a compare-and-swap on the
 //! Secret's resourceVersion, and a rotation made by one is adopted by the others.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

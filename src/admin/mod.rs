@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 
 pub use health::{ProviderHealth, spawn_health_checks};
 use metrics::Snapshot;
-pub use routes::{router, serve};
+pub use routes::{router, serve, serve_router};
 pub use token::{AdminError, AdminToken, MIN_TOKEN_LENGTH};
 
 use crate::cache::CertificateCache;

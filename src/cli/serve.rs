@@ -16,6 +16,7 @@ use crate::istio::{
     IstioCaServer, IstioMetrics, IstioSettings, NodeAuthorizer, RunningIstioCaServer,
     ServingSettings,
 };
+use crate::jwt_svid::JwtAuthority;
 use crate::kubernetes::trust_distribution::{Running, TrustDistribution};
 use crate::kubernetes::{KubePodDirectory, TokenReviewAuthenticator};
 use crate::rotation::RotationFollower;
@@ -60,6 +61,10 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
             stop.cancel();
         }
     });
+    let jwt_svid = match config.jwt_svid.enabled {
+        true => Some(start_jwt_svid(&config, clock.clone()).await?),
+        false => None,
+    };
     let istio = match config.istio.enabled {
         true => Some(start_istio(&config, pipeline.clone(), clock.clone(), &stop).await?),
         false => None,
@@ -140,11 +145,31 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
                 settings,
                 collectors,
             );
-            Some(tokio::spawn(crate::admin::serve(listener, state, async {
-                let _ = admin_stopped.await;
-            })))
+            let mut routes = crate::admin::router(state);
+            if let Some((authority, _)) = &jwt_svid {
+                routes = routes.merge(crate::jwt_svid::http::router(
+                    authority.clone(),
+                    config.jwt_svid.issuer(),
+                    config.jwt_svid.key_refresh_interval,
+                ));
+            }
+            Some(tokio::spawn(crate::admin::serve_router(
+                listener,
+                routes,
+                async {
+                    let _ = admin_stopped.await;
+                },
+            )))
         }
-        None => None,
+        None => {
+            if jwt_svid.is_some() {
+                tracing::warn!(
+                    "jwtSvid.enabled, but admin.listen is off: the JWT-SVID keys (JWKS, OIDC \
+                     discovery) are not published, so verifiers cannot check the tokens"
+                );
+            }
+            None
+        }
     };
     let source: Arc<dyn SecretSource> = cache;
     let served = sds
@@ -160,6 +185,9 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         None => Ok(()),
     };
     health_checks.abort();
+    if let Some((_, refresh)) = jwt_svid {
+        refresh.abort();
+    }
     drop(distribution);
     if let Some(rotation) = rotation {
         rotation.abort();
@@ -171,6 +199,57 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     served.context("the SDS server stopped")?;
     istio_served.context("the Istio CA API server stopped")?;
     Ok(())
+}
+
+/// Reads (or makes, on first use) the JWT-SVID signing keys in the CA store (`jwtSvid.*`,
+/// `tresor.store`), then re-reads them every `jwtSvid.keyRefreshInterval` to follow the key
+/// schedule and other replicas. Keys that cannot be read or made stop the start.
+async fn start_jwt_svid(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(Arc<JwtAuthority>, tokio::task::JoinHandle<()>)> {
+    let store = crate::stores::ConfiguredStore::open(config)
+        .await
+        .context("cannot open the CA store that keeps the JWT-SVID keys (jwtSvid.enabled)")?
+        .into_shared();
+    let described = store.describe();
+    let authority = Arc::new(JwtAuthority::new(store, config.jwt_svid.key_policy()));
+    authority.refresh(clock.now()).await.with_context(|| {
+        format!("cannot read or make the JWT-SVID signing keys in {described} (jwtSvid.enabled)")
+    })?;
+    tracing::info!(
+        store = %described,
+        keys = authority.keys().keys().len(),
+        issuer = config.jwt_svid.issuer().unwrap_or("(none)"),
+        "JWT-SVID signing keys loaded"
+    );
+    let interval = config.jwt_svid.key_refresh_interval;
+    let refresh = tokio::spawn({
+        let authority = authority.clone();
+        async move {
+            // Warn when a refresh starts failing and when it recovers, not on every attempt.
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(interval).await;
+                match authority.refresh(clock.now()).await {
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!("JWT-SVID signing keys read again");
+                    }
+                    Ok(_) => {}
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(
+                            %error,
+                            "cannot refresh the JWT-SVID signing keys; signing with the keys held"
+                        );
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    });
+    Ok((authority, refresh))
 }
 
 /// Starts the Istio CA API (`istio.*`) on `pipeline`: binds its listener, issues its

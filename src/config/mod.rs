@@ -14,6 +14,7 @@
 mod build;
 mod forms;
 mod istio;
+mod jwt_svid;
 mod load;
 mod sds;
 mod sections;
@@ -32,6 +33,7 @@ pub use istio::{
     ClusterTrustBundleConfig, IstioConfig, IstioListener, RootCertConfigMapConfig,
     TrustDistributionConfig,
 };
+pub use jwt_svid::JwtSvidConfig;
 pub use load::{ENV_PREFIX, Overrides, env_name, known_keys};
 pub use sds::{SdsAuth, SdsConfig, SdsListener};
 pub use sections::{
@@ -112,6 +114,8 @@ pub struct Config {
     pub istio: IstioConfig,
     /// The trust bundle published into the cluster (ConfigMaps, ClusterTrustBundle).
     pub trust_distribution: TrustDistributionConfig,
+    /// JWT-SVID signing keys, their schedule and the OIDC issuer.
+    pub jwt_svid: JwtSvidConfig,
     /// Admin (health, metrics) listener.
     pub admin: AdminConfig,
     /// Logging.
@@ -140,6 +144,7 @@ impl Default for Config {
             sds: SdsConfig::default(),
             istio: IstioConfig::default(),
             trust_distribution: TrustDistributionConfig::default(),
+            jwt_svid: JwtSvidConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             extra_trusted_roots: Vec::new(),

@@ -36,6 +36,7 @@ impl Config {
         self.check_lifetimes()?;
         self.istio.validate()?;
         self.trust_distribution.validate()?;
+        self.jwt_svid.validate()?;
         // `renewal.*`: the cache's own validator, the one place their rules live.
         self.cache_settings().validate().map_err(|e| match e {
             crate::cache::CacheError::InvalidSettings { field, reason } => {

@@ -1,9 +1,10 @@
 //! JWT-SVIDs: meshca's ES256 signing keys, kept with the CA store and rotated on a schedule
 //! (`keys.rs`), the tokens signed and validated with them (`token.rs`), and their publication
-//! as JWKS and OIDC discovery (`jwks.rs`). [`JwtAuthority`] holds the current key set and
+//! as JWKS and OIDC discovery (`jwks.rs`, served by `http.rs`). [`JwtAuthority`] holds the current key set and
 //! keeps it in step with the store, so several replicas sharing a store sign with the same
 //! keys and publish the same set.
 
+pub mod http;
 mod jwks;
 mod keys;
 mod token;

@@ -47,6 +47,14 @@ impl ConfiguredStore {
         }
     }
 
+    /// The store, shared (the JWT-SVID keys' refresh task holds it).
+    pub fn into_shared(self) -> std::sync::Arc<dyn CaStore> {
+        match self {
+            Self::Directory(store) => std::sync::Arc::new(store),
+            Self::Kubernetes(store) => std::sync::Arc::new(store),
+        }
+    }
+
     /// Where each part of the CA is, one line each, for `meshca bootstrap`'s report.
     pub fn locations(&self) -> Vec<String> {
         match self {
