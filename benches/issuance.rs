@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,8 +93,8 @@ async fn run() {
             }
             meshca_time += started.elapsed();
         }
-        let raw = rate(ISSUES_PER_ROUND, raw_time);
-        let issued = rate(ISSUES_PER_ROUND, meshca_time);
+        let raw = common::rate(ISSUES_PER_ROUND, raw_time);
+        let issued = common::rate(ISSUES_PER_ROUND, meshca_time);
 
         let hit_key = CertKey::new(
             SpiffeId::from_short("bench/sa-1", &trust_domain).expect("identity"),
@@ -121,15 +123,15 @@ async fn run() {
         .map(|(raw, meshca)| meshca / raw)
         .collect();
     let report = Report {
-        raw: median(&raw_rates),
-        meshca: median(&meshca_rates),
-        ratio_median: median(&ratios),
+        raw: common::median(&raw_rates),
+        meshca: common::median(&meshca_rates),
+        ratio_median: common::median(&ratios),
         ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-        hit: median_duration(&mut hit_latencies),
+        hit: common::median_duration(&mut hit_latencies),
     };
     let section = report.markdown();
     println!("{section}");
-    if let Err(e) = write_section(&section) {
+    if let Err(e) = common::write_section("issuance-bench", &section) {
         eprintln!("could not update docs/BENCHMARKS.md: {e}");
     }
 }
@@ -169,40 +171,4 @@ channel, and the cache worker scheduling the renewal (the loop yields to it afte
             self.hit.as_secs_f64() * 1e6,
         )
     }
-}
-
-fn rate(count: usize, elapsed: Duration) -> f64 {
-    count as f64 / elapsed.as_secs_f64()
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
-
-fn median_duration(values: &mut [Duration]) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-/// Replaces (or appends) this benchmark's section of docs/BENCHMARKS.md.
-fn write_section(section: &str) -> std::io::Result<()> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/BENCHMARKS.md");
-    let current = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
-    let (begin, end) = (
-        "<!-- issuance-bench:begin -->",
-        "<!-- issuance-bench:end -->\n",
-    );
-    let updated = match (current.find(begin), current.find(end)) {
-        (Some(start), Some(stop)) if stop > start => {
-            format!(
-                "{}{section}{}",
-                &current[..start],
-                &current[stop + end.len()..]
-            )
-        }
-        _ => format!("{}\n{section}", current.trim_end()),
-    };
-    std::fs::write(path, updated)
 }

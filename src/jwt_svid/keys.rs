@@ -38,6 +38,9 @@ pub struct SigningKey {
     kid: String,
     created: SystemTime,
     pkcs8: Zeroizing<Vec<u8>>,
+    /// The key, parsed once (ring checks the pair when it loads it: a point multiplication
+    /// about as costly as a signature).
+    pair: EcdsaKeyPair,
     /// The uncompressed public point (0x04 ‖ x ‖ y).
     public: Vec<u8>,
 }
@@ -68,6 +71,7 @@ impl SigningKey {
             kid,
             created,
             pkcs8,
+            pair,
             public,
         })
     }
@@ -83,8 +87,17 @@ impl SigningKey {
     }
 
     /// The private key, PKCS#8 DER.
+    #[cfg(test)]
     pub(crate) fn pkcs8(&self) -> &[u8] {
         &self.pkcs8
+    }
+
+    /// An ES256 signature of `message`: r ‖ s, 64 bytes, as JWS wants it.
+    pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.pair
+            .sign(&SystemRandom::new(), message)
+            .map(|signature| signature.as_ref().to_vec())
+            .map_err(|_| KeyError::Generate)
     }
 
     /// The public point's coordinates, base64url: the JWK's `x` and `y`.
