@@ -647,3 +647,155 @@ async fn callers_issuing_themselves_stay_within_the_issuance_limit() {
     assert_eq!((stats.issued, stats.in_flight), (5, 0));
     assert_eq!(h.provider.calls(), 5);
 }
+
+/// Subscribes to `count` keys and returns their receivers, with the first issuances' calls
+/// taken off the channel.
+async fn subscribed(
+    h: &mut Harness,
+    count: usize,
+) -> Vec<tokio::sync::watch::Receiver<Arc<meshca::cache::ServedCertificate>>> {
+    let mut receivers = Vec::new();
+    for i in 0..count {
+        let rx = h
+            .cache
+            .subscribe(key(&format!("outage/sa-{i}"), Purpose::Default))
+            .await
+            .unwrap();
+        receivers.push(rx);
+        h.calls.recv().await.unwrap();
+    }
+    receivers
+}
+
+/// The calls made so far, taken off the channel.
+fn drain(calls: &mut mpsc::UnboundedReceiver<Call>) -> Vec<Call> {
+    std::iter::from_fn(|| calls.try_recv().ok()).collect()
+}
+
+fn outage_settings() -> CacheSettings {
+    CacheSettings {
+        backoff_max: 30 * 60 * Duration::from_secs(1),
+        ..settings()
+    }
+}
+
+/// After an outage, every key is re-issued within the recovery window from `recovered_at`,
+/// each once, and every receiver holds a valid certificate.
+fn assert_reissued_within_window(
+    calls: &[Call],
+    recovered_at: SystemTime,
+    receivers: &mut [tokio::sync::watch::Receiver<Arc<meshca::cache::ServedCertificate>>],
+    now: SystemTime,
+) {
+    let tick = Duration::from_millis(2);
+    assert_eq!(calls.len(), receivers.len(), "{calls:?}");
+    for call in calls {
+        assert_eq!(call.mode, Mode::Good);
+        let after = call.at.duration_since(recovered_at).unwrap();
+        assert!(
+            after <= meshca::cache::RECOVERY_WINDOW + tick,
+            "re-issued {after:?} after the recovery, not within the window: {calls:?}"
+        );
+    }
+    let identities: std::collections::HashSet<_> = calls.iter().map(|c| &c.identity).collect();
+    assert_eq!(
+        identities.len(),
+        receivers.len(),
+        "each key once: {calls:?}"
+    );
+    for rx in receivers {
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().info.not_after > now);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_outage_longer_than_a_lifetime_recovery_reissues_every_key_within_the_window() {
+    let mut h = harness(outage_settings());
+    let mut receivers = subscribed(&mut h, 6).await;
+    h.provider.set_mode(Mode::Fail);
+    // Longer than a certificate's life: every one has expired, and each key waits out a
+    // backoff of up to half an hour.
+    run_for(3 * HOUR).await;
+    assert!(drain(&mut h.calls).iter().all(|c| c.mode == Mode::Fail));
+    let now = h.clock.now();
+    assert!(receivers.iter().all(|rx| rx.borrow().info.not_after < now));
+
+    h.provider.set_mode(Mode::Good);
+    let recovered_at = h.clock.now();
+    h.cache.provider_recovered();
+    run_for(meshca::cache::RECOVERY_WINDOW + Duration::from_millis(5)).await;
+    let calls = drain(&mut h.calls);
+    assert_reissued_within_window(&calls, recovered_at, &mut receivers, h.clock.now());
+    // Spread over the window, not all at one instant.
+    let instants: std::collections::HashSet<_> = calls.iter().map(|c| c.at).collect();
+    assert!(instants.len() > 1, "{calls:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_renewal_that_succeeds_wakes_the_keys_waiting_in_backoff() {
+    let mut h = harness(outage_settings());
+    let mut receivers = subscribed(&mut h, 4).await;
+    h.provider.set_mode(Mode::Fail);
+    run_for(3 * HOUR).await;
+    drain(&mut h.calls);
+
+    // No health check involved: one key's renewal succeeding is enough.
+    h.provider.set_mode(Mode::Good);
+    let recovered_at = h.clock.now();
+    h.cache.renew_now(Some(&id("outage/sa-0")));
+    run_for(meshca::cache::RECOVERY_WINDOW + Duration::from_millis(5)).await;
+    let calls = drain(&mut h.calls);
+    assert_reissued_within_window(&calls, recovered_at, &mut receivers, h.clock.now());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_issue_timeout_is_bounded_by_the_time_left_on_the_certificate() {
+    let lifetime = Duration::from_secs(120);
+    let mut h = harness(CacheSettings {
+        lifetime,
+        jitter_fraction: 0.0,
+        issue_timeout: Duration::from_secs(30),
+        ..settings()
+    });
+    let rx = h
+        .cache
+        .subscribe(key("slow/backend", Purpose::Default))
+        .await
+        .unwrap();
+    let not_after = rx.borrow().info.not_after;
+    h.calls.recv().await.unwrap();
+    // The backend hangs: each renewal runs into its timeout, then backs off (1 s, +≤25%).
+    *h.provider.latency.lock().unwrap() = HOUR;
+    let first = h.calls.recv().await.unwrap().at;
+    let second = h.calls.recv().await.unwrap().at;
+    let left = not_after.duration_since(first).unwrap();
+    // Halfway through its usable life (key generation costs a little of it).
+    assert!(
+        left > Duration::from_secs(55) && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
+    let bounded = meshca::cache::issue_timeout_for(first, Some(not_after), Duration::from_secs(30));
+    assert!(
+        bounded.abs_diff(left / 4) < Duration::from_millis(1),
+        "{bounded:?}: a quarter of the time left ({left:?})"
+    );
+    let waited = second.duration_since(first).unwrap();
+    let tick = Duration::from_millis(2);
+    assert!(
+        waited >= bounded + Duration::from_secs(1)
+            && waited <= bounded + Duration::from_millis(1250) + tick,
+        "the retry came {waited:?} after the renewal started, not after a {bounded:?} timeout"
+    );
+    // Retries keep fitting what is left: each one's timeout shrinks with it.
+    let third = h.calls.recv().await.unwrap().at;
+    let bounded =
+        meshca::cache::issue_timeout_for(second, Some(not_after), Duration::from_secs(30));
+    assert!(bounded < Duration::from_secs(15));
+    let waited = third.duration_since(second).unwrap();
+    assert!(
+        waited >= bounded + Duration::from_secs(2)
+            && waited <= bounded + Duration::from_millis(2500) + tick,
+        "{waited:?} vs {bounded:?}"
+    );
+}

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use meshca_provider::SharedProvider;
+use crate::cache::CertificateCache;
 
 /// The provider's health as last checked in the background.
 #[derive(Debug, Default)]
@@ -52,12 +52,17 @@ impl ProviderHealth {
 
 /// Checks the provider every `interval` (each check bounded by `timeout`) until the returned
 /// task is aborted, recording the result in `health`.
+///
+/// When a check passes after one failed, `cache` is told ([`CertificateCache::provider_recovered`])
+/// so the renewals the outage left waiting in backoff are retried at once; every other passing
+/// check lets it probe one of them ([`CertificateCache::provider_healthy`]).
 pub fn spawn_health_checks(
-    provider: SharedProvider,
+    cache: Arc<CertificateCache>,
     health: Arc<ProviderHealth>,
     interval: Duration,
     timeout: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    let provider = cache.provider().clone();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,6 +78,7 @@ pub fn spawn_health_checks(
                 )),
             };
             let was = health.is_healthy() || !health.checked.load(Ordering::Acquire);
+            let recovered = result.is_ok() && !was;
             match &result {
                 Err(reason) if was => {
                     tracing::warn!(provider = provider.name(), "provider unhealthy: {reason}")
@@ -83,6 +89,11 @@ pub fn spawn_health_checks(
                 _ => {}
             }
             health.record(result);
+            if recovered {
+                cache.provider_recovered();
+            } else if health.is_healthy() {
+                cache.provider_healthy();
+            }
         }
     })
 }

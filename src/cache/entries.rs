@@ -5,11 +5,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use meshca_provider::{Clock, LeafSpec, SpiffeId};
 use tokio::sync::watch;
 
+use super::policy::issue_timeout_for;
 use super::{CacheError, CacheSettings, CacheStats, CertKey, ServedCertificate};
 use crate::issuance::{IssuanceMetrics, Issued, KeySource, Pipeline};
 
@@ -293,13 +294,25 @@ impl Shared {
             .map_err(CacheError::trust)
     }
 
+    /// How long an issuance for `key` may take: the pipeline's timeout, bounded by the time
+    /// left on the certificate it renews ([`issue_timeout_for`]).
+    pub(super) fn issue_timeout(&self, key: &CertKey) -> Duration {
+        let not_after = self.current(key).map(|cert| cert.info.not_after);
+        issue_timeout_for(
+            self.clock.now(),
+            not_after,
+            self.pipeline.settings().issue_timeout,
+        )
+    }
+
     /// One issuance for `key`: a new key of the configured type, through the pipeline.
     pub(super) async fn issue(&self, key: &CertKey) -> Result<Arc<ServedCertificate>, CacheError> {
         let settings = &self.settings;
         let spec = LeafSpec::workload(&key.identity, &settings.extra_dns, settings.lifetime);
+        let timeout = self.issue_timeout(key);
         let issued = self
             .pipeline
-            .issue(spec, KeySource::Generate(settings.key_type))
+            .issue_within(spec, KeySource::Generate(settings.key_type), timeout)
             .await
             .map_err(|e| CacheError::issuing(key, e))?;
         let Issued {

@@ -35,6 +35,13 @@
 //!   ([`CacheSettings::trust_refresh`]); subscribers get the pipeline's `watch` receiver.
 //! - **Time is tokio's.** Timers use `tokio::time`, validity checks use the injected
 //!   [`Clock`] (normally [`crate::time::TokioClock`]), so tests run days in paused time.
+//! - **Recovery after an outage.** Keys whose renewal failed wait out a capped exponential
+//!   backoff; when the provider is seen working again ([`CertificateCache::provider_recovered`],
+//!   called when the health check passes after failing, or a failing key's renewal succeeding)
+//!   every key still waiting is retried within [`RECOVERY_WINDOW`], at a random point of it.
+//! - **Issuance timeout.** One renewal may take `renewal.issueTimeout`, but at most
+//!   [`ISSUE_TIMEOUT_FRACTION`] of the time left on the certificate it renews (not less than
+//!   [`MIN_ISSUE_TIMEOUT`]): a hung call leaves room for retries ([`issue_timeout_for`]).
 //! - **Forgetting.** A key with no subscriber whose last handed-out certificate has expired is
 //!   dropped when its next renewal comes due.
 
@@ -58,7 +65,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use error::CacheError;
 pub use policy::{
     Backoff, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_JITTER_FRACTION,
-    DEFAULT_RENEW_FLOOR, DEFAULT_RENEW_FRACTION, RenewPolicy, renew_at, renew_in, retry_in,
+    DEFAULT_RENEW_FLOOR, DEFAULT_RENEW_FRACTION, ISSUE_TIMEOUT_FRACTION, MIN_ISSUE_TIMEOUT,
+    RECOVERY_WINDOW, RenewPolicy, issue_timeout_for, recovery_delay, renew_at, renew_in, retry_in,
 };
 pub use settings::{CacheSettings, DEFAULT_LIFETIME};
 
@@ -256,6 +264,28 @@ impl CertificateCache {
             .handle
             .commands
             .send(Command::RenewNow(identity.cloned()));
+    }
+
+    /// Tells the cache its provider works again (its health check passed after failing):
+    /// every key whose renewal failed and now waits out a backoff is retried within
+    /// [`RECOVERY_WINDOW`], each at a random point of it, rather than when its backoff ends.
+    /// A failing renewal that succeeds does the same by itself.
+    pub fn provider_recovered(&self) {
+        // A send error means the worker is gone; nothing is cached to renew then.
+        let _ = self.handle.commands.send(Command::ProviderRecovered);
+    }
+
+    /// Tells the cache its provider's health check passed. If renewals wait in backoff, the
+    /// one due first is retried now: a probe of whether issuing works again after a fault the
+    /// health check does not see (a Vault role fixed, say). Its success retries the others as
+    /// [`provider_recovered`](Self::provider_recovered) does; its failure backs off as usual.
+    pub fn provider_healthy(&self) {
+        let _ = self.handle.commands.send(Command::ProviderHealthy);
+    }
+
+    /// The time by the cache's clock, which decides whether a certificate has expired.
+    pub fn now(&self) -> SystemTime {
+        self.shared().clock.now()
     }
 
     /// Issues a new certificate for every published key of `identity` (all purposes), or of

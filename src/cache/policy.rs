@@ -117,6 +117,45 @@ pub fn retry_in(
     delay
 }
 
+/// The share of the time left on the certificate being renewed that one issuance may take.
+pub const ISSUE_TIMEOUT_FRACTION: f64 = 0.25;
+/// No issuance is given less than this, however little time its certificate has left (unless
+/// `renewal.issueTimeout` itself is shorter).
+pub const MIN_ISSUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one issuance may take: `renewal.issueTimeout` (`configured`), but no more than
+/// [`ISSUE_TIMEOUT_FRACTION`] of the time left before `not_after`, the NotAfter of the
+/// certificate being renewed, and no less than [`MIN_ISSUE_TIMEOUT`]. A first issuance, or the
+/// renewal of a certificate that has already expired, has no window to fit: `configured`.
+///
+/// With 1-minute certificates renewed halfway, a 30 s timeout would otherwise spend the whole
+/// time left on one hung call; bounded, a hung call leaves room for the retries.
+pub fn issue_timeout_for(
+    now: SystemTime,
+    not_after: Option<SystemTime>,
+    configured: Duration,
+) -> Duration {
+    let Some(left) = not_after.and_then(|end| end.duration_since(now).ok()) else {
+        return configured;
+    };
+    if left.is_zero() {
+        return configured;
+    }
+    let share = left.mul_f64(ISSUE_TIMEOUT_FRACTION).max(MIN_ISSUE_TIMEOUT);
+    configured.min(share)
+}
+
+/// The window over which the renewals an outage left waiting in backoff are retried once the
+/// provider is seen working again (its health check passes, or a failing renewal succeeds).
+pub const RECOVERY_WINDOW: Duration = Duration::from_secs(2);
+
+/// How long after the provider is seen healthy again a key waiting in backoff is retried:
+/// `jitter` (a uniform draw in `[0, 1]`, clamped) of `window`, so that the keys an outage left
+/// waiting do not all reach the backend in the same instant.
+pub fn recovery_delay(window: Duration, jitter: f64) -> Duration {
+    window.mul_f64(finite_or(jitter, 0.0).clamp(0.0, 1.0))
+}
+
 fn finite_or(value: f64, default: f64) -> f64 {
     if value.is_finite() { value } else { default }
 }
@@ -269,6 +308,43 @@ mod tests {
         };
         assert_eq!(retry_in(t(0), 1, &backoff, 1.0, None), MIN_RETRY);
         assert_eq!(retry_in(t(0), u32::MAX, &backoff, 1.0, None), MIN_RETRY);
+    }
+
+    #[test]
+    fn the_issue_timeout_fits_the_renewal_window() {
+        let now = t(0);
+        let configured = Duration::from_secs(30);
+        let at = |secs| Some(now + Duration::from_secs(secs));
+        // First issuance, or an expired certificate: nothing to fit.
+        assert_eq!(issue_timeout_for(now, None, configured), configured);
+        assert_eq!(issue_timeout_for(now, Some(now), configured), configured);
+        assert_eq!(issue_timeout_for(t(10), at(5), configured), configured);
+        // A day-long certificate halfway: the configured timeout.
+        assert_eq!(
+            issue_timeout_for(now, at(12 * 3600), configured),
+            configured
+        );
+        // A 1-minute certificate renewed with 30 s left: a quarter of that.
+        assert_eq!(
+            issue_timeout_for(now, at(30), configured),
+            Duration::from_millis(7500)
+        );
+        // Close to expiry: the floor.
+        assert_eq!(issue_timeout_for(now, at(4), configured), MIN_ISSUE_TIMEOUT);
+        // Never longer than configured, even when that is below the floor.
+        let short = Duration::from_secs(1);
+        assert_eq!(issue_timeout_for(now, at(4), short), short);
+        assert_eq!(issue_timeout_for(now, at(3600), short), short);
+    }
+
+    #[test]
+    fn recovery_delays_spread_over_the_window() {
+        let window = Duration::from_secs(2);
+        assert_eq!(recovery_delay(window, 0.0), Duration::ZERO);
+        assert_eq!(recovery_delay(window, 0.5), Duration::from_secs(1));
+        assert_eq!(recovery_delay(window, 1.0), window);
+        assert_eq!(recovery_delay(window, 7.0), window);
+        assert_eq!(recovery_delay(window, f64::NAN), Duration::ZERO);
     }
 }
 

@@ -11,7 +11,7 @@
 //! holds its claim: callers arriving meanwhile are added to its waiters, and a `renew_now`
 //! arriving meanwhile sets `reissue` so a fresh issuance follows.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
+use super::policy::{RECOVERY_WINDOW, recovery_delay};
 use super::{
     CacheError, CertKey, Fetched, ServedCertificate, Shared, WorkerClaim, renew_in, retry_in,
     rfc3339,
@@ -45,6 +46,13 @@ pub(super) enum Command {
     },
     /// A caller's issuance of `key` ended without a result: the caller went away.
     Abandoned(CertKey),
+    /// The provider was seen healthy again (its health check passed after failing): retry
+    /// every key waiting in backoff now, spread over the recovery window.
+    ProviderRecovered,
+    /// The provider's health check passed (again): if keys wait in backoff, retry the one due
+    /// first now, a probe of whether issuing works again (a misconfiguration fixed while the
+    /// health check kept passing); its success retries the others.
+    ProviderHealthy,
 }
 
 struct Waiter {
@@ -77,6 +85,9 @@ pub(super) struct Worker {
     timers: BTreeSet<(Instant, CertKey)>,
     /// Keys with waiting callers, to start before any background work.
     urgent: VecDeque<CertKey>,
+    /// Keys whose last issuance failed and whose retry waits out a backoff: woken when the
+    /// provider is seen working again. May hold keys since renewed or dropped (skipped then).
+    backing_off: HashSet<CertKey>,
     running: JoinSet<Outcome>,
     /// Which key each running task issues for, to attribute a panic.
     running_keys: HashMap<Id, CertKey>,
@@ -91,6 +102,7 @@ impl Worker {
             keys: HashMap::new(),
             timers: BTreeSet::new(),
             urgent: VecDeque::new(),
+            backing_off: HashSet::new(),
             running: JoinSet::new(),
             running_keys: HashMap::new(),
             trust_refresh: JoinSet::new(),
@@ -223,6 +235,71 @@ impl Worker {
                     self.keys.remove(&key);
                 }
             }
+            Command::ProviderRecovered => self.wake_backoff("its health check passed again"),
+            Command::ProviderHealthy => self.probe_backoff(),
+        }
+    }
+
+    /// Retries now the key waiting in backoff whose retry is due first, unless one is due
+    /// within the recovery window anyway.
+    fn probe_backoff(&mut self) {
+        let soon = Instant::now() + RECOVERY_WINDOW;
+        let mut first: Option<(Instant, &CertKey)> = None;
+        for key in &self.backing_off {
+            let Some(state) = self.keys.get(key) else {
+                continue;
+            };
+            let Some(due) = state.due.filter(|_| state.failures > 0) else {
+                continue;
+            };
+            if due <= soon {
+                return;
+            }
+            if first.is_none_or(|(at, _)| due < at) {
+                first = Some((due, key));
+            }
+        }
+        if let Some((_, key)) = first {
+            let key = key.clone();
+            tracing::debug!(identity = %key.identity, purpose = %key.purpose, "provider healthy: retrying one renewal waiting in backoff now");
+            self.schedule(&key, Instant::now());
+        }
+    }
+
+    /// The provider works again: every key waiting out a backoff is retried within
+    /// [`RECOVERY_WINDOW`], each at its own random point of it, instead of when its backoff
+    /// ends (which after a long outage is up to `renewal.backoffMax` away). A key whose retry
+    /// fails again backs off as before, from where its failures had got to.
+    fn wake_backoff(&mut self, why: &str) {
+        if self.backing_off.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut woken = 0_usize;
+        for key in std::mem::take(&mut self.backing_off) {
+            let Some(state) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            // Renewed since, or being issued now (its end schedules what follows).
+            let Some(due) = state.due else {
+                continue;
+            };
+            if state.failures == 0 {
+                continue;
+            }
+            let at = now + recovery_delay(RECOVERY_WINDOW, rand::rng().random_range(0.0..=1.0));
+            if at < due {
+                set_due(&mut self.timers, state, &key, at);
+                woken += 1;
+            }
+        }
+        if woken > 0 {
+            tracing::info!(
+                provider = self.shared.pipeline.provider().name(),
+                certificates = woken,
+                within = %meshca_provider::format_duration(RECOVERY_WINDOW),
+                "provider usable again ({why}): retrying the renewals waiting in backoff now"
+            );
         }
     }
 
@@ -405,7 +482,7 @@ impl Worker {
         let Some(state) = self.keys.get_mut(&key) else {
             return;
         };
-        state.failures = 0;
+        let recovered = std::mem::take(&mut state.failures) > 0;
         let at = if state.reissue {
             Instant::now()
         } else {
@@ -422,6 +499,11 @@ impl Worker {
             "certificate published"
         );
         set_due(&mut self.timers, state, &key, at);
+        if recovered {
+            // This key's issuance failed before and works now: so may the others'.
+            self.backing_off.remove(&key);
+            self.wake_backoff("a failing renewal succeeded");
+        }
     }
 
     /// A failed issuance (already counted) of `key`: answers the waiters, and retries with
@@ -449,17 +531,24 @@ impl Worker {
             rand::rng().random_range(0.0..=1.0),
             Some(last_good.info.not_after),
         );
+        let expired = last_good.info.not_after <= now;
+        let message = if expired {
+            "certificate renewal failed; the previous certificate has expired and is not served"
+        } else {
+            "certificate renewal failed; still serving the previous certificate"
+        };
         tracing::warn!(
             identity = %key.identity,
             purpose = %key.purpose,
             error = %error,
             failures = state.failures,
-            retry_in = ?delay,
+            retry_in = %meshca_provider::format_duration(delay),
             serving_serial = %last_good.info.serial_hex(),
             serving_until = %rfc3339(last_good.info.not_after),
-            "certificate renewal failed; still serving the previous certificate"
+            "{message}"
         );
         self.schedule(&key, Instant::now() + delay);
+        self.backing_off.insert(key);
     }
 
     /// Sets `key`'s single background deadline to `at`.

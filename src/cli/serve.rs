@@ -102,7 +102,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     });
     let health = Arc::new(ProviderHealth::default());
     let health_checks = spawn_health_checks(
-        provider,
+        cache.clone(),
         health.clone(),
         HEALTH_CHECK_INTERVAL,
         HEALTH_CHECK_TIMEOUT,

@@ -129,7 +129,9 @@ pub struct RenewalConfig {
     /// Longest retry delay.
     #[serde(with = "serde_go")]
     pub backoff_max: Duration,
-    /// How long one issuance may take before it counts as failed.
+    /// How long one issuance may take before it counts as failed. The daemon's renewals take
+    /// at most a quarter of the time left on the certificate they renew, never less than 2s
+    /// ([`crate::cache::issue_timeout_for`]).
     #[serde(with = "serde_go")]
     pub issue_timeout: Duration,
 }
