@@ -974,3 +974,108 @@ async fn nonces_that_name_no_current_response() {
     let names: Vec<&str> = pushed.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["root-cert-for-mtls-inbound"]);
 }
+
+/// Every certificate in `secrets` is valid now.
+fn assert_none_expired(
+    secrets: &[envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret],
+) {
+    let now = std::time::SystemTime::now();
+    for secret in secrets {
+        if let Some(envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type::TlsCertificate(_)) = &secret.r#type {
+            let info = tls_of(secret).0.leaf_info().unwrap();
+            assert!(
+                info.not_after > now,
+                "{} carries a certificate that expired at {:?}",
+                secret.name,
+                info.not_after
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_never_sent_on_any_stream() {
+    let source = setup();
+    let sds = RunningSds::start(dev_settings(), source.clone()).await;
+    let ch = channel(&sds.url()).await;
+    let client = id("ns/client");
+
+    // State of the world: the stream holds "default"; its certificate expires (renewals
+    // failing) and the proxy then changes its set of names.
+    let mut sotw = SotwClient::open(ch.clone(), Some(node("ns/client")), &["default"])
+        .await
+        .unwrap();
+    let first = sotw.next().await.unwrap();
+    assert_none_expired(&secrets(&first.resources));
+    source.publish(
+        &client,
+        Purpose::Default,
+        Arc::new(source.ca().issue_expired(&client)),
+    );
+    let names = ["default", "service-cert-inbound:ns/client", "ROOTCA"];
+    sotw.ack(&first, &names).await;
+    // The answer to the changed names is the next response: the expired certificate was not
+    // pushed on its own either.
+    let changed = sotw.next().await.unwrap();
+    let served = secrets(&changed.resources);
+    assert_none_expired(&served);
+    let sent: Vec<&str> = served.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        sent,
+        ["service-cert-inbound:ns/client", "ROOTCA"],
+        "the expired certificate is left out, the rest is served"
+    );
+
+    // Delta: subscribing to more names does not bring the expired one either.
+    let mut delta = DeltaClient::open(ch.clone(), node("ns/client"), &["ROOTCA"])
+        .await
+        .unwrap();
+    let opened = delta.next().await.unwrap();
+    delta
+        .send(
+            Some(&opened),
+            &["default", "service-cert-outbound:ns/client"],
+            &[],
+        )
+        .await;
+    let added = delta.next().await.unwrap();
+    let names: Vec<&str> = added.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["service-cert-outbound:ns/client"]);
+    let added: Vec<_> = added
+        .resources
+        .iter()
+        .map(|r| r.resource.clone().unwrap())
+        .collect();
+    assert_none_expired(&secrets(&added));
+
+    // A fetch leaves it out too.
+    let fetched = SecretDiscoveryServiceClient::new(ch.clone())
+        .fetch_secrets(request(Some(node("ns/client")), &["default", "ROOTCA"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let fetched = secrets(&fetched.resources);
+    assert_none_expired(&fetched);
+    assert_eq!(fetched.len(), 1, "only ROOTCA");
+
+    // Counted once per certificate and stream that held it (SotW, delta, fetch).
+    assert_eq!(sds.stats.snapshot().expired_withheld, 3);
+
+    // A fresh certificate is pushed to both streams as soon as it exists.
+    let renewed = source.renew(&client, Purpose::Default);
+    let pushed = sotw.next().await.unwrap();
+    let pushed = secrets(&pushed.resources);
+    assert_none_expired(&pushed);
+    let (chain, _) = tls_of(secret_named(&pushed, "default"));
+    assert_eq!(chain.leaf_info().unwrap().serial, renewed.info.serial);
+    let pushed = delta.next().await.unwrap();
+    let names: Vec<&str> = pushed.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["default"]);
+    let pushed: Vec<_> = pushed
+        .resources
+        .iter()
+        .map(|r| r.resource.clone().unwrap())
+        .collect();
+    assert_none_expired(&secrets(&pushed));
+    assert_eq!(sds.stats.snapshot().expired_withheld, 3);
+}

@@ -312,6 +312,13 @@ impl Collector for Snapshot {
         )?;
         counter(
             e,
+            "sds_expired_withheld",
+            "Expired certificates left out of SDS responses (once per certificate and stream).",
+            &none,
+            sds.expired_withheld,
+        )?;
+        counter(
+            e,
             "admin_unauthorized",
             "Admin requests to change state refused for a missing, wrong or unconfigured token.",
             &none,

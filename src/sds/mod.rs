@@ -413,6 +413,7 @@ impl BoundSdsServer {
             next_stream: AtomicU64::new(1),
             refusal_log: throttle::SharedThrottle::new(Duration::from_secs(10), 20),
             nack_log: throttle::SharedThrottle::new(Duration::from_secs(10), 20),
+            expired_log: throttle::SharedThrottle::new(Duration::from_secs(10), 20),
         });
         let service = service::SdsRouter::new(
             Arc::new(stream::SdsService(shared)),
@@ -454,7 +455,7 @@ impl BoundSdsServer {
         match tokio::time::timeout(settings.limits.drain_timeout, server).await {
             Ok(result) => result.map_err(failed),
             Err(_) => {
-                warn!(timeout = ?settings.limits.drain_timeout, "SDS connections still open after the drain timeout; closing them");
+                warn!(timeout = %meshca_provider::format_duration(settings.limits.drain_timeout), "SDS connections still open after the drain timeout; closing them");
                 Ok(())
             }
         }

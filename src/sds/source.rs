@@ -5,6 +5,7 @@
 //! renewal. The cache implements this trait; tests implement it over an in-memory CA.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use meshca_provider::{SpiffeId, TrustBundle};
@@ -49,7 +50,8 @@ pub enum SourceError {
 ///   share one issuance. Every renewal of that key MUST be sent on the same channel, so that
 ///   every SDS stream holding it is pushed the new certificate.
 /// - A certificate published on a receiver MUST already have been validated (chains to the
-///   trust bundle, right SANs, not expired): the SDS server serves it as is.
+///   trust bundle, right SANs, not expired): the SDS server serves it as is while it is valid
+///   by [`now`](Self::now), and leaves it out of every response once it has expired.
 /// - [`trust_bundle`](Self::trust_bundle) returns a receiver holding the roots proxies should
 ///   trust; during a root rotation it carries old and new roots.
 /// - Dropping a receiver signals nothing: an implementation decides by itself when keys nobody
@@ -66,6 +68,13 @@ pub trait SecretSource: Send + Sync + 'static {
 
     /// The trust bundle; root rotations arrive on the receiver.
     fn trust_bundle(&self) -> watch::Receiver<Arc<TrustBundle>>;
+
+    /// The time against which certificates' NotAfter is checked before they are sent: a
+    /// certificate on a receiver may expire while its renewals fail, and the SDS server never
+    /// sends an expired one. The system clock unless the source keeps its own.
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 
 #[async_trait]
@@ -82,6 +91,10 @@ impl SecretSource for CertificateCache {
 
     fn trust_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
         CertificateCache::trust_bundle(self)
+    }
+
+    fn now(&self) -> SystemTime {
+        CertificateCache::now(self)
     }
 }
 

@@ -33,6 +33,9 @@ pub struct SdsStats {
     /// Calls refused with INVALID_ARGUMENT, RESOURCE_EXHAUSTED or OUT_OF_RANGE (malformed or
     /// oversized requests, limits reached).
     pub rejected: AtomicU64,
+    /// Certificates left out of a response because they had expired (renewals failing): each
+    /// certificate counts once per stream that held it.
+    pub expired_withheld: AtomicU64,
 }
 
 /// A copy of [`SdsStats`] at one moment.
@@ -48,6 +51,7 @@ pub struct SdsStatsSnapshot {
     pub unauthenticated: u64,
     pub permission_denied: u64,
     pub rejected: u64,
+    pub expired_withheld: u64,
 }
 
 impl SdsStats {
@@ -64,6 +68,7 @@ impl SdsStats {
             unauthenticated: read(&self.unauthenticated),
             permission_denied: read(&self.permission_denied),
             rejected: read(&self.rejected),
+            expired_withheld: read(&self.expired_withheld),
         }
     }
 

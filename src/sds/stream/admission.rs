@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     /// Log lines for refusals and NACKs, which callers can cause at will.
     pub(crate) refusal_log: SharedThrottle,
     pub(crate) nack_log: SharedThrottle,
+    /// Log lines for expired certificates left out of responses (one per certificate and
+    /// stream, which after an outage is every stream at once).
+    pub(crate) expired_log: SharedThrottle,
 }
 
 /// The longest Envoy node id accepted. Envoy's own are short; Istio-style ids

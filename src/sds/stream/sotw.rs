@@ -69,6 +69,11 @@ impl Protocol for Sotw {
         last: Option<&Sent>,
     ) -> Option<Vec<Rendered>> {
         let rendered: Vec<Rendered> = self.names.iter().filter_map(|n| subs.render(n)).collect();
+        // Every name held is an expired certificate (left out): nothing to send until a
+        // fresh one is pushed.
+        if rendered.is_empty() && !self.names.is_empty() {
+            return None;
+        }
         let unchanged = |last: &Sent| {
             last.versions
                 .iter()

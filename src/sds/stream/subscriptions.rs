@@ -3,7 +3,8 @@
 //! change notification over all of them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use envoy_types::pb::google::protobuf::Any;
 use futures::StreamExt;
@@ -18,6 +19,8 @@ use crate::sds::convert;
 use crate::sds::error::RequestError;
 use crate::sds::names::{Resolved, ResourceName};
 use crate::sds::source::{Purpose, ServedCertificate};
+use crate::sds::stats::SdsStats;
+use crate::sds::throttle::CallerText;
 
 /// One rendered resource.
 pub(super) struct Rendered {
@@ -44,6 +47,9 @@ pub(super) struct Subscriptions {
     bundle: watch::Receiver<Arc<TrustBundle>>,
     bundle_open: bool,
     bundle_holders: usize,
+    /// Per name, the version of the expired certificate last left out of a response: each is
+    /// counted and logged once.
+    withheld: Mutex<HashMap<String, String>>,
 }
 
 impl Subscriptions {
@@ -65,6 +71,7 @@ impl Subscriptions {
             bundle,
             bundle_open: true,
             bundle_holders: 0,
+            withheld: Mutex::default(),
         }
     }
 
@@ -160,6 +167,10 @@ impl Subscriptions {
 
     pub(super) fn remove(&mut self, name: &str) {
         self.changes.remove(name);
+        self.withheld
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
         if let Some(Entry::Bundle { .. }) = self.entries.remove(name) {
             self.bundle_holders -= 1;
             if self.bundle_holders == 0 && self.track_acks {
@@ -168,15 +179,22 @@ impl Subscriptions {
         }
     }
 
-    /// The current resource for a subscribed name.
+    /// The current resource for a subscribed name; `None` for a certificate that has expired
+    /// (its renewals are failing), which is never sent: the proxy keeps what it holds until a
+    /// fresh one is pushed. Every response is made here, SotW, delta and fetch alike.
     pub(super) fn render(&self, name: &str) -> Option<Rendered> {
         match self.entries.get(name)? {
             Entry::Certificate(receiver) => {
                 let certificate = receiver.borrow().clone();
+                let version = convert::certificate_version(&certificate);
+                if certificate.info.not_after <= self.shared.source.now() {
+                    self.withhold(name, &certificate, version);
+                    return None;
+                }
                 Some(Rendered {
                     name: name.to_owned(),
                     resource: convert::pack(&convert::tls_certificate_secret(name, &certificate)),
-                    version: convert::certificate_version(&certificate),
+                    version,
                     bundle: None,
                 })
             }
@@ -193,6 +211,28 @@ impl Subscriptions {
                     bundle: Some(bundle),
                 })
             }
+        }
+    }
+
+    /// Counts and logs (once per certificate and name) an expired certificate left out.
+    fn withhold(&self, name: &str, certificate: &ServedCertificate, version: String) {
+        let mut withheld = self.withheld.lock().unwrap_or_else(PoisonError::into_inner);
+        if withheld.get(name) == Some(&version) {
+            return;
+        }
+        withheld.insert(name.to_owned(), version);
+        drop(withheld);
+        SdsStats::bump(&self.shared.stats.expired_withheld);
+        if let Some(held_back) = self.shared.expired_log.ready() {
+            tracing::warn!(
+                stream = self.stream,
+                caller = %self.caller,
+                name = %CallerText(name),
+                serial = %certificate.info.serial_hex(),
+                not_after = %rfc3339(certificate.info.not_after),
+                held_back,
+                "certificate expired before it could be renewed: left out of SDS responses until a fresh one is issued"
+            );
         }
     }
 
@@ -229,4 +269,11 @@ fn changes_of<T: Send + Sync + 'static>(receiver: watch::Receiver<T>) -> BoxStre
         Some(((), receiver))
     })
     .boxed()
+}
+
+/// RFC 3339 for logs.
+fn rfc3339(at: SystemTime) -> String {
+    ::time::OffsetDateTime::from(at)
+        .format(&::time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{at:?}"))
 }

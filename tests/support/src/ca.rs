@@ -85,6 +85,27 @@ impl TestCa {
     /// issues — CN and DNS SAN `<sa>.<ns>.<trust-domain>`, so that test clients can verify an
     /// SDS server holding one by hostname.
     pub fn issue(&self, identity: &SpiffeId, lifetime: Duration) -> ServedCertificate {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_between(identity, now - time::Duration::seconds(60), now + lifetime)
+    }
+
+    /// As [`issue`](Self::issue), a certificate that expired an hour ago (what a cache holds
+    /// after its renewals failed for longer than a lifetime).
+    pub fn issue_expired(&self, identity: &SpiffeId) -> ServedCertificate {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_between(
+            identity,
+            now - time::Duration::hours(2),
+            now - time::Duration::hours(1),
+        )
+    }
+
+    fn issue_between(
+        &self,
+        identity: &SpiffeId,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> ServedCertificate {
         let key = LeafKey::generate(KeyType::P256).unwrap();
         let host = format!(
             "{}.{}.{}",
@@ -105,9 +126,8 @@ impl TestCa {
         ];
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::seconds(60);
-        params.not_after = now + lifetime;
+        params.not_before = not_before;
+        params.not_after = not_after;
         params.serial_number = Some(random_serial());
         let leaf = params.signed_by(&key, &self.issuer).unwrap();
         let chain =
