@@ -1,6 +1,7 @@
 //! The admin listener of a real `meshca serve`: `/metrics` after an SDS exchange, `/readyz`
 //! following a real OpenBao going away and coming back, logs free of key material, and routes
-//! that change state refused without the admin token.
+//! that change state refused without the admin token; and the readiness rule in process,
+//! against the fake provider in paused time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -643,7 +644,7 @@ async fn readiness_follows_vault_when_nothing_valid_is_cached() {
     bao.kill();
     let body = daemon.wait_readyz(503).await;
     assert!(body.contains("provider vault unavailable"), "{body}");
-    assert!(body.contains("no valid certificate cached"), "{body}");
+    assert!(body.contains("and no certificate cached yet"), "{body}");
     let (_, text) = get(&daemon, "/metrics").await;
     assert_eq!(
         metric(&text, "meshca_provider_healthy{provider=\"vault\"}"),
@@ -677,4 +678,127 @@ async fn readiness_follows_vault_when_nothing_valid_is_cached() {
         !daemon.log().contains(&bao.root_token),
         "the Vault token leaked"
     );
+}
+
+/// `/readyz` of `state`: (status, body).
+async fn readyz(state: &std::sync::Arc<meshca::admin::AdminState>) -> (u16, String) {
+    use tower::ServiceExt as _;
+    let response = meshca::admin::router(state.clone())
+        .oneshot(
+            axum::http::Request::get("/readyz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// The readiness rule (docs/OPERATIONS.md): ready while the daemon can serve a valid
+/// certificate. With the fake provider, whose health check fails in `Mode::Fail` only, and
+/// health checks every 5 s of paused time.
+#[tokio::test(start_paused = true)]
+async fn readiness_says_whether_a_valid_certificate_can_be_served() {
+    use meshca::admin::{AdminSettings, AdminState, ProviderHealth, spawn_health_checks};
+    use meshca::cache::{CacheSettings, CertificateCache, Purpose};
+    use meshca_test_support::fake_provider::{FakeProvider, Mode};
+    use std::sync::Arc;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    let check = Duration::from_secs(5);
+    let clock = meshca::time::TokioClock::new();
+    let (provider, mut calls) = FakeProvider::new(clock);
+    let cache = Arc::new(CertificateCache::new(
+        provider.clone(),
+        CacheSettings {
+            lifetime: HOUR,
+            backoff_max: Duration::from_secs(30 * 60),
+            ..CacheSettings::default()
+        },
+        Arc::new(clock),
+    ));
+    cache.refresh_trust_bundle().await.unwrap();
+    let health = Arc::new(ProviderHealth::default());
+    let checks = spawn_health_checks(cache.clone(), health.clone(), check, check);
+    let state = AdminState::new(
+        cache.clone(),
+        "cluster.local".parse().unwrap(),
+        Arc::default(),
+        health,
+        AdminSettings::default(),
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        readyz(&state).await.0,
+        200,
+        "nothing cached, the provider healthy"
+    );
+
+    // Nothing cached and the provider down: unready, and the body says exactly that.
+    provider.set_mode(Mode::Fail);
+    tokio::time::sleep(check).await;
+    let (status, body) = readyz(&state).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        "not ready: provider fake unavailable (fake is unavailable: connection refused) and no \
+         certificate cached yet\n"
+    );
+
+    // Certificates cached: an outage leaves the daemon ready while one of them is valid.
+    provider.set_mode(Mode::Good);
+    tokio::time::sleep(check).await;
+    let keys: Vec<_> = (0..2)
+        .map(|i| meshca_test_support::cert_key(&format!("ready/sa-{i}"), Purpose::Default))
+        .collect();
+    let mut receivers = Vec::new();
+    for key in &keys {
+        receivers.push(cache.subscribe(key.clone()).await.unwrap());
+    }
+    assert_eq!(readyz(&state).await.0, 200);
+    provider.set_mode(Mode::Fail);
+    tokio::time::sleep(check).await;
+    assert_eq!(readyz(&state).await.0, 200, "valid certificates are served");
+
+    // Longer than a lifetime: every cached certificate has expired.
+    tokio::time::sleep(2 * HOUR).await;
+    let (status, body) = readyz(&state).await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("all 2 cached certificate(s) have expired")
+            && body.contains("provider fake unavailable"),
+        "{body}"
+    );
+
+    // The backend answers its health check but its chains are refused (a misconfigured
+    // role, say): the health check alone would call this ready; nothing valid can be served.
+    // Its recovery woke the renewals, which failed again and back off.
+    while calls.try_recv().is_ok() {}
+    provider.set_mode(Mode::WrongSan);
+    tokio::time::sleep(check + meshca::cache::RECOVERY_WINDOW + Duration::from_secs(1)).await;
+    let refused = std::iter::from_fn(|| calls.try_recv().ok())
+        .filter(|call| call.mode == Mode::WrongSan)
+        .count();
+    assert!(refused >= 2, "both renewals were retried: {refused}");
+    let (status, body) = readyz(&state).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("all 2 cached certificate(s) have expired")
+            && body.contains("provider fake passes its health check"),
+        "{body}"
+    );
+
+    // Fixed while the health check kept passing: the next check probes one renewal, whose
+    // success retries the other at once; ready again within a check and the window.
+    provider.set_mode(Mode::Good);
+    tokio::time::sleep(check + meshca::cache::RECOVERY_WINDOW).await;
+    assert_eq!(readyz(&state).await.0, 200);
+    for rx in &mut receivers {
+        assert!(rx.has_changed().unwrap(), "renewed after the recovery");
+    }
+    checks.abort();
 }

@@ -22,7 +22,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
 
 use meshca_provider::TrustDomain;
 use prometheus_client::registry::Registry;
@@ -126,32 +125,49 @@ impl AdminState {
         })
     }
 
-    /// Why the daemon is not ready, or `None` when it is: CA material loaded, and the provider
-    /// reachable or every cached certificate still valid.
+    /// Why the daemon is not ready, or `None` when it is. Ready means it can serve valid
+    /// certificates (docs/OPERATIONS.md, "Readiness"):
+    /// 1. the trust bundle is loaded; and
+    /// 2. if certificates are cached, at least one is still valid (when every one has expired,
+    ///    renewals are failing whatever the health check says, and nothing can be served); and
+    /// 3. if none is cached, the provider passes its health check (it could issue the first).
+    ///
+    /// With some valid certificates cached, an outage of the provider does not make the daemon
+    /// unready: it serves those while they last.
     pub fn unready_reason(&self) -> Option<String> {
         if self.cache.trust_bundle().borrow().is_empty() {
             return Some("no trust bundle loaded yet".to_owned());
         }
-        if self.health.is_healthy() {
-            return None;
-        }
-        let now = SystemTime::now();
+        let provider = self.cache.provider().name();
+        let now = self.cache.now();
         let certificates = self.cache.certificates();
-        let all_valid = !certificates.is_empty()
-            && certificates
-                .iter()
-                .all(|(_, served)| served.info.not_after > now);
-        if all_valid {
+        let cached = certificates.len();
+        let expired = certificates
+            .iter()
+            .filter(|(_, served)| served.info.not_after <= now)
+            .count();
+        if cached > 0 && expired < cached {
             return None;
         }
-        let why = if self.health.checked.load(Ordering::Acquire) {
-            self.health.last_error()
+        let health = if !self.health.checked.load(Ordering::Acquire) {
+            format!("provider {provider} not checked yet")
+        } else if self.health.is_healthy() {
+            format!("provider {provider} passes its health check")
         } else {
-            "the provider has not been checked yet".to_owned()
+            format!(
+                "provider {provider} unavailable ({})",
+                self.health.last_error()
+            )
         };
+        if cached == 0 {
+            if self.health.is_healthy() {
+                return None;
+            }
+            return Some(format!("{health} and no certificate cached yet"));
+        }
         Some(format!(
-            "provider {} unavailable ({why}) and no valid certificate cached",
-            self.cache.provider().name()
+            "all {cached} cached certificate(s) have expired and none could be renewed yet; \
+             {health}; see the log for the renewal errors"
         ))
     }
 

@@ -235,6 +235,19 @@ impl CertificateProvider for FakeProvider {
         Ok(CertificateChain::new(chain).unwrap())
     }
 
+    /// Unhealthy while issuance fails outright ([`Mode::Fail`], the backend down); healthy in
+    /// every other mode, even those whose chains are refused (a backend that answers but is
+    /// misconfigured).
+    async fn check_health(&self) -> Result<(), ProviderError> {
+        if *self.mode.lock().unwrap() == Mode::Fail {
+            return Err(ProviderError::Unavailable {
+                provider: "fake",
+                reason: "connection refused".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
         let latency = *self.bundle_latency.lock().unwrap();
         if !latency.is_zero() {
