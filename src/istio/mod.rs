@@ -469,7 +469,7 @@ impl BoundIstioCaServer {
             match tokio::time::timeout(drain_timeout, server).await {
                 Ok(result) => result.map_err(failed),
                 Err(_) => {
-                    warn!(timeout = ?drain_timeout, "Istio CA connections still open after the drain timeout; closing them");
+                    warn!(timeout = %meshca_provider::format_duration(drain_timeout), "Istio CA connections still open after the drain timeout; closing them");
                     Ok(())
                 }
             }

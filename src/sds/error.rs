@@ -85,7 +85,8 @@ pub enum RequestError {
     Source(#[from] SourceError),
     /// A stream sent no request in time.
     #[error(
-        "no request on the SDS stream within {timeout:?}: send a DiscoveryRequest right after opening it"
+        "no request on the SDS stream within {}: send a DiscoveryRequest right after opening it",
+        meshca_provider::format_duration(*.timeout)
     )]
     NoFirstRequest {
         /// The configured limit.

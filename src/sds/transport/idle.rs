@@ -104,7 +104,7 @@ impl ConnectionTimer {
     pub(super) fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         while self.sleep.as_mut().poll(cx).is_ready() {
             if self.preface_left > 0 {
-                debug!(timeout = ?self.preface_timeout, listener = self.kind.name, "connection sent no HTTP/2 preface in time; closing it");
+                debug!(timeout = %meshca_provider::format_duration(self.preface_timeout), listener = self.kind.name, "connection sent no HTTP/2 preface in time; closing it");
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
@@ -116,7 +116,7 @@ impl ConnectionTimer {
             let now = Instant::now();
             let next = match self.activity.idle_since() {
                 Some(since) if now.saturating_duration_since(since) >= self.idle_timeout => {
-                    debug!(timeout = ?self.idle_timeout, listener = self.kind.name, "connection idle without a call; closing it");
+                    debug!(timeout = %meshca_provider::format_duration(self.idle_timeout), listener = self.kind.name, "connection idle without a call; closing it");
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!(
