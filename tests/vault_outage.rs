@@ -1,6 +1,8 @@
 //! meshca's cache serving certificates from a real OpenBao that goes away for longer than a
 //! renewal interval and comes back with the same data: the served certificate stays valid,
-//! renewal failures are counted, and renewals resume without restarting anything.
+//! renewal failures are counted, and renewals resume without restarting anything. And a real
+//! `meshca serve` through an outage longer than a leaf's life: a fresh certificate reaches its
+//! SDS stream within 10 s of the unseal, and no response ever carries an expired one.
 
 #![allow(clippy::unwrap_used)]
 
@@ -74,4 +76,112 @@ async fn served_certificates_survive_a_vault_outage_and_renewals_resume() {
     assert_ne!(renewed.info.serial, first.info.serial);
     assert!(renewed.info.not_after > first.info.not_after);
     assert!(cache.stats().renewed >= 1, "{:?}", cache.stats());
+}
+
+/// `meshca serve` against a persistent OpenBao, initialised and unsealed here, with 20-second
+/// leaves and one SDS stream (ACKing like a proxy): OpenBao is killed for longer than a leaf's
+/// life, restarted and unsealed. A fresh certificate must reach the stream within 10 s of the
+/// unseal, without restarting meshca, and no response may ever carry an expired certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_serves_a_fresh_certificate_within_seconds_of_the_unseal_and_never_an_expired_one()
+{
+    use meshca_test_support::daemon::MeshcaServe;
+    use meshca_test_support::envoy::http_get;
+    use meshca_test_support::{SotwClient, channel, node, secrets, tls_of};
+    use tokio::time::Instant;
+
+    const LEAF: Duration = Duration::from_secs(20);
+    let mut bao = Bao::persistent().await;
+    bao.init_and_unseal().await;
+    bao.pki("pki", "meshca daemon outage root").await;
+    let mut daemon = MeshcaServe::builder()
+        .args(["--log-level", "debug"])
+        .dev_sds()
+        .admin()
+        .set("certificateProvider.kind=vault")
+        .set("vault.host=127.0.0.1")
+        .set(&format!("vault.port={}", bao.port))
+        .set(&format!("vault.token={}", bao.root_token))
+        .set("certificateProvider.serviceCertValidityDuration=20s")
+        .start();
+    daemon.wait_ready().await;
+
+    let names = ["default"];
+    let mut stream = SotwClient::open(
+        channel(&format!("http://{}", daemon.sds())).await,
+        Some(node("bookstore/bookstore-v2")),
+        &names,
+    )
+    .await
+    .unwrap();
+    // Every response: the leaf it carries, checked against the time it arrived.
+    let mut responses = 0;
+    let mut receive = async |stream: &mut SotwClient, patience: Duration| {
+        let response = stream.next_within(patience).await?.unwrap();
+        let now = SystemTime::now();
+        let served = secrets(&response.resources);
+        assert_eq!(served.len(), 1, "{served:?}");
+        let leaf = tls_of(&served[0]).0.leaf_info().unwrap();
+        assert!(
+            leaf.not_after > now,
+            "an SDS response carried a certificate that expired at {:?}",
+            leaf.not_after
+        );
+        stream.ack(&response, &names).await;
+        responses += 1;
+        Some(leaf)
+    };
+    let first = receive(&mut stream, Duration::from_secs(20)).await.unwrap();
+    let lifetime = first.not_after.duration_since(SystemTime::now()).unwrap();
+    assert!(lifetime <= LEAF, "a {lifetime:?} certificate");
+
+    // The outage: longer than a leaf's life, until the served certificate has expired.
+    bao.kill();
+    let killed = Instant::now();
+    let mut latest = first.clone();
+    while Instant::now() < killed + LEAF + Duration::from_secs(1)
+        || SystemTime::now() < latest.not_after + Duration::from_secs(1)
+    {
+        // Renewals may still land before the kill is noticed; each is checked.
+        if let Some(leaf) = receive(&mut stream, Duration::from_millis(500)).await {
+            latest = leaf;
+        }
+    }
+    let body = daemon.wait_readyz(503).await;
+    assert!(body.contains("have expired"), "{body}");
+
+    bao.restart().await;
+    bao.unseal().await;
+    let unsealed = Instant::now();
+    let fresh = loop {
+        let left = (unsealed + Duration::from_secs(10)).saturating_duration_since(Instant::now());
+        let Some(leaf) = receive(&mut stream, left).await else {
+            panic!(
+                "no fresh certificate within 10 s of the unseal; log:\n{}",
+                daemon.tail(40)
+            );
+        };
+        if leaf.serial != latest.serial {
+            break leaf;
+        }
+    };
+    assert!(fresh.not_after > SystemTime::now());
+    let (status, body) = {
+        let response = http_get(daemon.admin(), "/readyz").await.unwrap();
+        (response.status, response.body)
+    };
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        daemon
+            .log()
+            .contains("retrying the renewals waiting in backoff now"),
+        "{}",
+        daemon.tail(40)
+    );
+    // A few more renewals, each checked as it arrives.
+    let until = Instant::now() + LEAF;
+    while Instant::now() < until {
+        receive(&mut stream, Duration::from_millis(500)).await;
+    }
+    assert!(responses >= 3, "{responses} responses");
 }

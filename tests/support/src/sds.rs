@@ -268,6 +268,20 @@ impl SotwClient {
         }
     }
 
+    /// The next response if one comes within `patience` (`None` if none does), or the status
+    /// the stream ended with: for tests that expect silence for a while.
+    pub async fn next_within(
+        &mut self,
+        patience: Duration,
+    ) -> Option<Result<DiscoveryResponse, Status>> {
+        match tokio::time::timeout(patience, self.inbound.message()).await {
+            Ok(Ok(Some(response))) => Some(Ok(response)),
+            Ok(Ok(None)) => Some(Err(Status::ok("stream ended"))),
+            Ok(Err(status)) => Some(Err(status)),
+            Err(_) => None,
+        }
+    }
+
     pub async fn ack(&self, response: &DiscoveryResponse, names: &[&str]) {
         self.send(DiscoveryRequest {
             version_info: response.version_info.clone(),
