@@ -21,3 +21,4 @@ pub mod rotation;
 pub mod sds;
 pub mod stores;
 pub mod time;
+pub mod workload_api;

@@ -22,6 +22,9 @@ use crate::kubernetes::{KubePodDirectory, TokenReviewAuthenticator};
 use crate::rotation::RotationFollower;
 use crate::sds::{AuthMode, MtlsSettings, SdsServer, SdsSettings, SecretSource, UnixPeerMap};
 use crate::time::TokioClock;
+use crate::workload_api::{
+    RunningWorkloadApiServer, WorkloadApiMetrics, WorkloadApiServer, WorkloadApiSettings,
+};
 
 /// `meshca serve` options (everything else is configuration).
 #[derive(Debug, Args)]
@@ -69,6 +72,10 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         true => Some(start_istio(&config, pipeline.clone(), clock.clone(), &stop).await?),
         false => None,
     };
+    let workload_api = match config.workload_api.enabled {
+        true => Some(start_workload_api(&config, cache.clone(), &stop).await?),
+        false => None,
+    };
     let sds = SdsServer::new(sds_settings(&config).await?)
         .context("cannot start the SDS server")?
         .bind()
@@ -81,6 +88,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         sds_unix = ?sds.unix_path(),
         sds_auth = config.sds.auth.as_str(),
         istio = ?istio.as_ref().map(|(running, _)| running.address()),
+        workload_api = ?config.workload_api.enabled.then(|| config.workload_api.socket_path()),
         "meshca is serving; stop it with SIGTERM or Ctrl-C"
     );
     // Tresor follows root rotation stages from its store; Vault and cert-manager roots are
@@ -136,6 +144,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
                         .iter()
                         .map(|running| running.metrics().collector()),
                 )
+                .chain(workload_api.iter().map(|(_, metrics)| metrics.collector()))
                 .collect();
             let state = AdminState::with_collectors(
                 cache.clone(),
@@ -178,9 +187,14 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down: draining SDS streams");
         })
         .await;
-    // SDS returns once drained, or at once if it failed: the Istio CA API stops with it.
+    // SDS returns once drained, or at once if it failed: the Istio CA API and the Workload
+    // API stop with it.
     stop.cancel();
     let istio_served = match istio {
+        Some((running, _)) => running.stopped().await,
+        None => Ok(()),
+    };
+    let workload_api_served = match workload_api {
         Some((running, _)) => running.stopped().await,
         None => Ok(()),
     };
@@ -198,6 +212,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     }
     served.context("the SDS server stopped")?;
     istio_served.context("the Istio CA API server stopped")?;
+    workload_api_served.context("the Workload API server stopped")?;
     Ok(())
 }
 
@@ -250,6 +265,30 @@ async fn start_jwt_svid(
         }
     });
     Ok((authority, refresh))
+}
+
+/// Starts the SPIFFE Workload API (`workloadApi.*`) on the cache: creates its socket (an
+/// error when it cannot) and serves until `stop`.
+async fn start_workload_api(
+    config: &Config,
+    cache: Arc<CertificateCache>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(RunningWorkloadApiServer, Arc<WorkloadApiMetrics>)> {
+    let trust_domain = config.trust_domain();
+    let section = &config.workload_api;
+    let settings = WorkloadApiSettings {
+        socket_path: section.socket_path(),
+        socket_mode: section.socket_mode()?,
+        entries: section.entries(&trust_domain)?,
+        trust_domain,
+        limits: section.limits(),
+    };
+    let source: Arc<dyn SecretSource> = cache;
+    let server =
+        WorkloadApiServer::new(settings, source).context("cannot start the SPIFFE Workload API")?;
+    let metrics = server.metrics();
+    let running = server.bind().await?.start(stop.clone().cancelled_owned());
+    Ok((running, metrics))
 }
 
 /// Starts the Istio CA API (`istio.*`) on `pipeline`: binds its listener, issues its

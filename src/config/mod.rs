@@ -7,9 +7,10 @@
 //! `--set certificateProvider.serviceCertValidityDuration=12h`.
 //!
 //! One file per concern: `load.rs` reads the sources in that order, `validate.rs` checks values
-//! that parse but make no sense, `sections.rs`, `sds.rs` and `istio.rs` hold each section's
-//! settings and defaults, `transport.rs` the listener limits `sds.*` and `istio.*` share, `trusted_roots.rs` reads `extraTrustedRoots`, and `forms.rs` the YAML spellings some
-//! values accept besides their plain type.
+//! that parse but make no sense, `sections.rs`, `sds.rs`, `istio.rs` and `workload_api.rs`
+//! hold each section's settings and defaults, `transport.rs` the listener limits `sds.*` and
+//! `istio.*` share, `trusted_roots.rs` reads `extraTrustedRoots`, and `forms.rs` the YAML
+//! spellings some values accept besides their plain type.
 
 mod build;
 mod forms;
@@ -21,6 +22,7 @@ mod sections;
 mod transport;
 mod trusted_roots;
 mod validate;
+mod workload_api;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,7 @@ pub use sections::{
 };
 pub use transport::{Listener, TransportKeys, TransportLimits};
 pub use validate::{is_dns_label, is_dns_subdomain};
+pub use workload_api::{EntryConfig, WorkloadApiConfig};
 
 use forms::one_or_many;
 
@@ -116,6 +119,8 @@ pub struct Config {
     pub trust_distribution: TrustDistributionConfig,
     /// JWT-SVID signing keys, their schedule and the OIDC issuer.
     pub jwt_svid: JwtSvidConfig,
+    /// The SPIFFE Workload API on a Unix socket.
+    pub workload_api: WorkloadApiConfig,
     /// Admin (health, metrics) listener.
     pub admin: AdminConfig,
     /// Logging.
@@ -145,6 +150,7 @@ impl Default for Config {
             istio: IstioConfig::default(),
             trust_distribution: TrustDistributionConfig::default(),
             jwt_svid: JwtSvidConfig::default(),
+            workload_api: WorkloadApiConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             extra_trusted_roots: Vec::new(),

@@ -37,6 +37,7 @@ impl Config {
         self.istio.validate()?;
         self.trust_distribution.validate()?;
         self.jwt_svid.validate()?;
+        self.workload_api.validate(&self.trust_domain())?;
         // `renewal.*`: the cache's own validator, the one place their rules live.
         self.cache_settings().validate().map_err(|e| match e {
             crate::cache::CacheError::InvalidSettings { field, reason } => {

@@ -304,7 +304,7 @@ impl IstioCaServer {
     /// Binds the listener (so its address is known before serving).
     pub async fn bind(self) -> Result<BoundIstioCaServer, IstioError> {
         let address = self.settings.listen;
-        let listeners = Listeners::bind(Some(address), None)
+        let listeners = Listeners::bind(LISTENER, Some(address), None)
             .await
             .map_err(|e| match e {
                 crate::sds::SdsError::Bind { source, .. } => IstioError::Bind { address, source },

@@ -28,7 +28,7 @@ mod service;
 pub mod source;
 pub mod stats;
 mod stream;
-mod throttle;
+pub(crate) mod throttle;
 
 pub use service::{PATH_STREAM, SdsCodec, SdsDecoder};
 pub(crate) mod tls;
@@ -301,7 +301,9 @@ impl SdsServer {
             .unix_access
             .unwrap_or_else(|| UnixSocketAccess::default_for(&self.settings.auth));
         let unix = self.settings.unix.as_deref().map(|path| (path, access));
-        let listeners = transport::Listeners::bind(self.settings.tcp, unix).await?;
+        let listeners =
+            transport::Listeners::bind(transport::ListenerKind::SDS, self.settings.tcp, unix)
+                .await?;
         Ok(BoundSdsServer {
             server: self,
             listeners,

@@ -1,5 +1,5 @@
-//! Binding the SDS listeners: a TCP port and/or a Unix socket made reachable only with its
-//! configured mode and group.
+//! Binding the listeners of the SDS server (and of the Istio CA and Workload API servers): a TCP
+//! port and/or a Unix socket made reachable only with its configured mode and group.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tracing::{debug, info};
 
+use super::ListenerKind;
 use crate::sds::SdsError;
 
 /// The bound listeners of one SDS server.
@@ -33,6 +34,7 @@ impl Drop for UnixSocket {
 
 impl Listeners {
     pub(crate) async fn bind(
+        kind: ListenerKind,
         tcp: Option<SocketAddr>,
         unix: Option<(&Path, UnixSocketAccess)>,
     ) -> Result<Self, SdsError> {
@@ -48,7 +50,7 @@ impl Listeners {
             None => None,
         };
         let unix = match unix {
-            Some((path, access)) => Some(bind_unix(path, access).await?),
+            Some((path, access)) => Some(bind_unix(kind, path, access).await?),
             None => None,
         };
         Ok(Self { tcp, unix })
@@ -73,7 +75,11 @@ pub struct UnixSocketAccess {
 /// umask would race with every other thread creating files.) A missing parent directory is
 /// created with mode 0755; the proxies' users need search (`x`) permission on every directory
 /// of the path.
-async fn bind_unix(path: &Path, access: UnixSocketAccess) -> Result<UnixSocket, SdsError> {
+async fn bind_unix(
+    kind: ListenerKind,
+    path: &Path,
+    access: UnixSocketAccess,
+) -> Result<UnixSocket, SdsError> {
     let bind_error = |source| SdsError::Bind {
         address: path.display().to_string(),
         source,
@@ -108,7 +114,7 @@ async fn bind_unix(path: &Path, access: UnixSocketAccess) -> Result<UnixSocket, 
             .mode(0o755)
             .create(&parent)
             .map_err(bind_error)?;
-        debug!(directory = %parent.display(), "created the SDS socket's directory");
+        debug!(directory = %parent.display(), "created the {} socket's directory", kind.name);
     }
     let private = parent.join(format!(".meshca-{:08x}", rand::random::<u32>()));
     std::fs::DirBuilder::new()
@@ -123,8 +129,9 @@ async fn bind_unix(path: &Path, access: UnixSocketAccess) -> Result<UnixSocket, 
                 io::Error::new(
                     e.kind(),
                     format!(
-                        "cannot give the socket group {gid} (sds.unixSocketGroup): {e}; meshca \
-                         must be a member of that group (or root)"
+                        "cannot give the socket group {gid} ({}.unixSocketGroup): {e}; meshca \
+                         must be a member of that group (or root)",
+                        kind.config
                     ),
                 )
             })?;
@@ -141,7 +148,8 @@ async fn bind_unix(path: &Path, access: UnixSocketAccess) -> Result<UnixSocket, 
         path = %path.display(),
         mode = %format!("{:04o}", access.mode),
         group = ?access.group,
-        "SDS Unix socket bound"
+        "{} Unix socket bound",
+        kind.name
     );
     Ok(UnixSocket {
         listener,

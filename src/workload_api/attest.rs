@@ -1,0 +1,348 @@
+//! Who is calling: the caller's selectors, read from its Unix socket connection by an
+//! [`Attestor`], matched against the configured [`RegistrationEntry`]s.
+//!
+//! The one attestor today is [`UnixAttestor`], SPIRE's Unix workload attestor's selectors:
+//! `unix:uid`, `unix:gid` from the kernel's peer credentials (SO_PEERCRED, taken when the
+//! connection was made), `unix:path` from `/proc/<pid>/exe`, `unix:sha256` of that executable.
+//! A Kubernetes attestor (pid → `/proc/<pid>/cgroup` → container id → the pod on this node
+//! from the API server → `k8s:ns`, `k8s:sa`, `k8s:pod-label` selectors) is a later step: it
+//! would implement [`Attestor`] and add [`Selector`] variants, nothing else changes.
+
+use std::fmt;
+use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use meshca_provider::SpiffeId;
+
+/// The kernel-reported credentials of a Unix socket peer, taken when it connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Effective uid.
+    pub uid: u32,
+    /// Effective gid.
+    pub gid: u32,
+    /// Process id, when the kernel reports one.
+    pub pid: Option<i32>,
+}
+
+/// One fact about a caller, in SPIRE's `<type>:<key>:<value>` form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Selector {
+    /// `unix:uid:<n>`: the process's effective uid.
+    Uid(u32),
+    /// `unix:gid:<n>`: the process's effective gid.
+    Gid(u32),
+    /// `unix:path:<path>`: the process's executable, as `/proc/<pid>/exe` names it.
+    Path(PathBuf),
+    /// `unix:sha256:<hex>`: the SHA-256 of the process's executable.
+    Sha256([u8; 32]),
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Uid(uid) => write!(f, "unix:uid:{uid}"),
+            Self::Gid(gid) => write!(f, "unix:gid:{gid}"),
+            Self::Path(path) => write!(f, "unix:path:{}", path.display()),
+            Self::Sha256(digest) => {
+                f.write_str("unix:sha256:")?;
+                digest.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+    }
+}
+
+/// Why a selector in the configuration cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "selector {text:?} {reason}; meshca understands unix:uid:<n>, unix:gid:<n>, \
+     unix:path:<absolute path> and unix:sha256:<64 hex digits>"
+)]
+pub struct SelectorError {
+    text: String,
+    reason: &'static str,
+}
+
+impl FromStr for Selector {
+    type Err = SelectorError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let fail = |reason| SelectorError {
+            text: text.to_owned(),
+            reason,
+        };
+        let Some(rest) = text.strip_prefix("unix:") else {
+            return Err(fail("is not a unix: selector"));
+        };
+        let (key, value) = rest.split_once(':').ok_or_else(|| fail("has no value"))?;
+        match key {
+            "uid" => value
+                .parse()
+                .map(Self::Uid)
+                .map_err(|_| fail("has a uid that is not a number")),
+            "gid" => value
+                .parse()
+                .map(Self::Gid)
+                .map_err(|_| fail("has a gid that is not a number")),
+            "path" if value.starts_with('/') => Ok(Self::Path(PathBuf::from(value))),
+            "path" => Err(fail("has a path that is not absolute")),
+            "sha256" => {
+                let mut digest = [0u8; 32];
+                let bytes = value.as_bytes();
+                if bytes.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(fail("has a digest that is not 64 hex digits"));
+                }
+                for (i, pair) in bytes.chunks(2).enumerate() {
+                    let hex = std::str::from_utf8(pair).map_err(|_| fail("is not ASCII"))?;
+                    digest[i] = u8::from_str_radix(hex, 16).map_err(|_| fail("is not hex"))?;
+                }
+                Ok(Self::Sha256(digest))
+            }
+            _ => Err(fail("is not a selector meshca knows")),
+        }
+    }
+}
+
+/// A registration entry: callers matching every selector get the SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationEntry {
+    /// The identity given.
+    pub spiffe_id: SpiffeId,
+    /// All of them must match.
+    pub selectors: Vec<Selector>,
+    /// Sent with the SVID (`hint`), possibly empty.
+    pub hint: String,
+}
+
+/// The entries a caller with `selectors` matches, in configuration order, each SPIFFE ID once.
+pub fn matching<'e>(
+    entries: &'e [RegistrationEntry],
+    selectors: &[Selector],
+) -> Vec<&'e RegistrationEntry> {
+    let mut matched: Vec<&RegistrationEntry> = Vec::new();
+    for entry in entries {
+        if entry.selectors.iter().all(|s| selectors.contains(s))
+            && !matched.iter().any(|m| m.spiffe_id == entry.spiffe_id)
+        {
+            matched.push(entry);
+        }
+    }
+    matched
+}
+
+/// Why a caller could not be attested.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    /// The connection is not a Unix socket, or the kernel reported no credentials.
+    #[error("the caller's credentials are unknown: {0}")]
+    NoCredentials(&'static str),
+}
+
+/// Reads a caller's selectors from its connection.
+#[async_trait]
+pub trait Attestor: Send + Sync + 'static {
+    /// The selectors of the process behind `peer`. Selectors that cannot be read (the process
+    /// has exited, `/proc` is not readable) are left out, so entries needing them do not match.
+    async fn attest(&self, peer: PeerCredentials) -> Result<Vec<Selector>, AttestError>;
+}
+
+/// SPIRE's Unix workload attestor: uid and gid always; the executable's path when the
+/// process can be read in `/proc` (meshca needs to be root, or the caller's user, to read
+/// another process's `exe` link); its SHA-256 only when `hash_executables` (some entry uses
+/// `unix:sha256`: hashing reads the whole file on every call).
+#[derive(Debug, Clone)]
+pub struct UnixAttestor {
+    /// Where `/proc` is (tests point it elsewhere).
+    pub proc_root: PathBuf,
+    /// Whether to compute `unix:sha256`.
+    pub hash_executables: bool,
+}
+
+impl UnixAttestor {
+    /// Reads `/proc`; hashes executables when any of `entries` needs it.
+    pub fn for_entries(entries: &[RegistrationEntry]) -> Self {
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            hash_executables: entries
+                .iter()
+                .flat_map(|e| &e.selectors)
+                .any(|s| matches!(s, Selector::Sha256(_))),
+        }
+    }
+}
+
+#[async_trait]
+impl Attestor for UnixAttestor {
+    async fn attest(&self, peer: PeerCredentials) -> Result<Vec<Selector>, AttestError> {
+        let mut selectors = vec![Selector::Uid(peer.uid), Selector::Gid(peer.gid)];
+        let Some(pid) = peer.pid.filter(|pid| *pid > 0) else {
+            return Ok(selectors);
+        };
+        let process = self.proc_root.join(pid.to_string());
+        let hash = self.hash_executables;
+        let uid = peer.uid;
+        // `/proc` reads (and hashing a binary) block: off the runtime's threads.
+        let read = tokio::task::spawn_blocking(move || executable(&process, uid, hash)).await;
+        match read {
+            Ok(Ok((path, digest))) => {
+                selectors.push(Selector::Path(path));
+                selectors.extend(digest.map(Selector::Sha256));
+            }
+            Ok(Err(reason)) => {
+                tracing::debug!(pid, %reason, "Workload API caller: no unix:path selector");
+            }
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "Workload API caller: attestation task failed")
+            }
+        }
+        Ok(selectors)
+    }
+}
+
+/// The executable of the process at `process` (`/proc/<pid>`), and its SHA-256 if `hash`.
+/// The process must still belong to `uid` (a pid reused by another user's process after the
+/// caller exited is not read as the caller's).
+fn executable(process: &Path, uid: u32, hash: bool) -> Result<(PathBuf, Option<[u8; 32]>), String> {
+    let owner = std::fs::metadata(process)
+        .map_err(|e| format!("{}: {e}", process.display()))?
+        .uid();
+    if owner != uid {
+        return Err(format!(
+            "{} belongs to uid {owner}, not the caller's {uid}: the process has gone",
+            process.display()
+        ));
+    }
+    let exe = process.join("exe");
+    let path = std::fs::read_link(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    if !hash {
+        return Ok((path, None));
+    }
+    // Opening `exe` opens the very file the process runs, even if the path was replaced since.
+    let mut file = std::fs::File::open(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .map_err(|e| format!("{}: {e}", exe.display()))?;
+        if n == 0 {
+            break;
+        }
+        context.update(&buffer[..n]);
+    }
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(context.finish().as_ref());
+    Ok((path, Some(digest)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use meshca_provider::TrustDomain;
+
+    fn entry(id: &str, selectors: &[&str]) -> RegistrationEntry {
+        RegistrationEntry {
+            spiffe_id: SpiffeId::from_short(id, &TrustDomain::default()).unwrap(),
+            selectors: selectors.iter().map(|s| s.parse().unwrap()).collect(),
+            hint: String::new(),
+        }
+    }
+
+    #[test]
+    fn selectors_read_and_print_as_spire_writes_them() {
+        for text in [
+            "unix:uid:1000",
+            "unix:gid:0",
+            "unix:path:/usr/bin/env",
+            "unix:sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        ] {
+            assert_eq!(text.parse::<Selector>().unwrap().to_string(), text);
+        }
+        for bad in [
+            "uid:1000",
+            "unix:uid",
+            "unix:uid:-1",
+            "unix:user:root",
+            "unix:path:bin/env",
+            "unix:sha256:abc",
+            "k8s:ns:default",
+        ] {
+            let error = bad.parse::<Selector>().unwrap_err().to_string();
+            assert!(
+                error.contains(bad) && error.contains("unix:uid:<n>"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_selector_of_an_entry_must_match_and_several_entries_may() {
+        let entries = [
+            entry("a/web", &["unix:uid:1000"]),
+            entry("a/web-admin", &["unix:uid:1000", "unix:gid:0"]),
+            entry("a/tool", &["unix:uid:1000", "unix:path:/usr/bin/tool"]),
+            entry("a/web", &["unix:gid:1000"]),
+        ];
+        let ids = |selectors: &[Selector]| {
+            matching(&entries, selectors)
+                .iter()
+                .map(|e| e.spiffe_id.short())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(&[Selector::Uid(1000), Selector::Gid(1000)]),
+            ["a/web"],
+            "one identity once, though two entries give it"
+        );
+        assert_eq!(
+            ids(&[
+                Selector::Uid(1000),
+                Selector::Gid(0),
+                Selector::Path("/usr/bin/tool".into())
+            ]),
+            ["a/web", "a/web-admin", "a/tool"]
+        );
+        assert!(ids(&[Selector::Uid(1001), Selector::Gid(0)]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_unix_attestor_reads_this_process() {
+        let me = std::fs::metadata("/proc/self").unwrap();
+        let peer = PeerCredentials {
+            uid: me.uid(),
+            gid: me.gid(),
+            pid: Some(i32::try_from(std::process::id()).unwrap()),
+        };
+        let exe = std::env::current_exe().unwrap();
+        let attestor = UnixAttestor {
+            proc_root: "/proc".into(),
+            hash_executables: true,
+        };
+        let selectors = attestor.attest(peer).await.unwrap();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&exe).unwrap());
+        assert_eq!(
+            selectors,
+            [
+                Selector::Uid(peer.uid),
+                Selector::Gid(peer.gid),
+                Selector::Path(exe),
+                Selector::Sha256(digest.as_ref().try_into().unwrap()),
+            ]
+        );
+        // Another uid than the process's: the pid is not believed to be the caller's.
+        let other = PeerCredentials {
+            uid: peer.uid.wrapping_add(1),
+            ..peer
+        };
+        assert_eq!(
+            attestor.attest(other).await.unwrap(),
+            [Selector::Uid(other.uid), Selector::Gid(peer.gid)]
+        );
+    }
+}
