@@ -21,11 +21,10 @@ use futures::StreamExt as _;
 use meshca::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use meshca::workload_api::proto::{JwtsvidRequest, X509BundlesRequest, X509svidRequest};
 use meshca_provider::{CertificateChain, CertificateInfo, TrustBundle};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use support::daemon::MeshcaServe;
 use support::envoy::http_get;
+use support::verify::SpiffeServerVerifier;
 use support::{PATIENCE, eventually, eventually_ok};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Code;
@@ -318,7 +317,7 @@ async fn mtls(server: &spiffe::X509Source, client: &spiffe::X509Source, root: &T
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServer {
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
             expected: spiffe_id("web/server"),
             root: root.clone(),
             provider,
@@ -366,78 +365,6 @@ fn key_of(svid: &spiffe::X509Svid) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         svid.private_key().as_bytes().to_vec(),
     ))
-}
-
-/// Accepts a server whose chain verifies against `root` and whose only URI SAN is `expected`
-/// (SPIFFE authentication: no DNS name is involved).
-#[derive(Debug)]
-struct SpiffeServer {
-    expected: String,
-    root: TrustBundle,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for SpiffeServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let chain = CertificateChain::with_leaf(
-            end_entity.clone().into_owned(),
-            intermediates.iter().map(|c| c.clone().into_owned()),
-        );
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
-        support::verify::webpki_verify(&chain, &self.root, at, support::verify::Purpose::Server)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let uris = CertificateInfo::parse(end_entity)
-            .map_err(|e| rustls::Error::General(e.to_string()))?
-            .uri_sans;
-        if uris != [self.expected.clone()] {
-            return Err(rustls::Error::General(format!(
-                "the server is {uris:?}, not {}",
-                self.expected
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// The generated tonic client on the socket.

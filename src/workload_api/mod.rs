@@ -10,10 +10,11 @@
 //!
 //! Data flow per call: workload → Unix socket (the SDS transport's accept loop: connection cap,
 //! preface and idle timers; the kernel's peer credentials ride along as [`PeerInfo`]) →
-//! `service.rs`: the `workload.spiffe.io: true` header (else INVALID_ARGUMENT), the caller's
-//! selectors from an [`Attestor`] (`attest.rs`: uid, gid, executable path and SHA-256), the
-//! registration entries they match (none: PERMISSION_DENIED, nothing issued), a stream slot
-//! under `maxStreams` and `maxStreamsPerCaller` → `stream.rs`: the cache's `watch` receivers
+//! `service.rs` → `admission.rs`: the `workload.spiffe.io: true` header (else
+//! INVALID_ARGUMENT), the caller's selectors from an [`Attestor`] (`attest.rs`: uid, gid,
+//! executable path and SHA-256), the registration entries they match (none:
+//! PERMISSION_DENIED, nothing issued), a stream slot under `maxStreams` and
+//! `maxStreamsPerCaller` → `stream.rs`: the cache's `watch` receivers
 //! of every matched identity (the certificates SDS serves, issued on first use) and of the
 //! trust bundle, a message now and on every change.
 //!
@@ -23,6 +24,7 @@
 //!
 //! [`PeerInfo`]: crate::sds::transport::PeerInfo
 
+mod admission;
 pub mod attest;
 mod metrics;
 pub mod proto;
@@ -40,12 +42,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use admission::SECURITY_HEADER;
 pub use attest::{
     AttestError, Attestor, PeerCredentials, RegistrationEntry, Selector, SelectorError,
     UnixAttestor,
 };
 pub use metrics::{WorkloadApiMetrics, WorkloadApiMetricsSnapshot};
-pub use service::SECURITY_HEADER;
 
 use crate::sds::source::SecretSource;
 use crate::sds::throttle::SharedThrottle;
@@ -261,7 +263,7 @@ impl BoundWorkloadApiServer {
              only, JWT-SVIDs are not served yet",
             settings.socket_path.display()
         );
-        let shared = Arc::new(service::Shared {
+        let shared = Arc::new(admission::Shared {
             source,
             attestor,
             entries: settings.entries.into(),

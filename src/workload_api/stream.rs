@@ -13,13 +13,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::debug;
 
+use super::admission::{Admitted, Shared, StreamSlot, Streamed};
 use super::metrics::{Refusal, WorkloadApiMetrics};
 use super::proto::{X509BundlesResponse, X509svid, X509svidResponse};
-use super::service::{Admitted, Shared, StreamSlot};
 use crate::cache::{Purpose, ServedCertificate};
 use crate::sds::source::SourceError;
-
-type Streamed<T> = super::service::Streamed<T>;
 
 /// One identity of the caller, as its stream holds it.
 struct Held {

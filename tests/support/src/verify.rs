@@ -1,13 +1,18 @@
-//! Helpers shared by the integration tests: a fixed clock and two independent verifiers
-//! (rustls-webpki and the `openssl verify` command).
+//! Helpers shared by the integration tests: a fixed clock, two independent verifiers
+//! (rustls-webpki and the `openssl verify` command), and a rustls server verifier that
+//! authenticates a peer by its SPIFFE ID, as SPIFFE-aware TLS libraries do.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+
 use meshca_provider::x509::certificates_to_pem;
-use meshca_provider::{CertificateChain, Clock, TrustBundle};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use meshca_provider::{CertificateChain, CertificateInfo, Clock, TrustBundle};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// A clock that always reads the same time.
 #[derive(Debug, Clone, Copy)]
@@ -145,4 +150,79 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect();
     files.sort();
     files
+}
+
+/// Accepts a server whose chain verifies against `root` and whose only URI SAN is `expected`
+/// (SPIFFE authentication: no DNS name is involved).
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    /// The SPIFFE ID the server must have.
+    pub expected: String,
+    /// The roots its chain must verify against.
+    pub root: TrustBundle,
+    /// Verifies the handshake's signatures.
+    pub provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chain = CertificateChain::with_leaf(
+            end_entity.clone().into_owned(),
+            intermediates.iter().map(|c| c.clone().into_owned()),
+        );
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
+        webpki_verify(&chain, &self.root, at, Purpose::Server)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let uris = CertificateInfo::parse(end_entity)
+            .map_err(|e| rustls::Error::General(e.to_string()))?
+            .uri_sans;
+        if uris != [self.expected.clone()] {
+            return Err(rustls::Error::General(format!(
+                "the server is {uris:?}, not {}",
+                self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
