@@ -57,6 +57,16 @@ fn socket_dir() -> tempfile::TempDir {
 /// `meshca serve` with the Workload API on `socket` and `entries` (spiffe ID, selectors, hint),
 /// an admin listener with a token, SDS in development mode on a free port.
 fn start(dir: &Path, socket: &Path, entries: &[(&str, Vec<String>, &str)]) -> MeshcaServe {
+    start_with(dir, socket, entries, MeshcaServe::builder().own_ca_dir())
+}
+
+/// [`start`] from `builder` (which names the CA directory and any other flag).
+fn start_with(
+    dir: &Path,
+    socket: &Path,
+    entries: &[(&str, Vec<String>, &str)],
+    builder: support::daemon::ServeBuilder,
+) -> MeshcaServe {
     let mut yaml = format!(
         "workloadApi:\n  enabled: true\n  socketPath: {}\n  entries:\n",
         socket.display()
@@ -72,8 +82,7 @@ fn start(dir: &Path, socket: &Path, entries: &[(&str, Vec<String>, &str)]) -> Me
     std::fs::write(&config, yaml).unwrap();
     let token = dir.join("admin-token");
     std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).unwrap();
-    MeshcaServe::builder()
-        .own_ca_dir()
+    builder
         .dev_sds()
         .admin()
         .args(["--config", config.to_str().unwrap()])
@@ -101,10 +110,9 @@ async fn metric(daemon: &MeshcaServe, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {sample} in\n{body}"))
 }
 
-/// The daemon's root, as `meshca` keeps it in its CA directory.
-fn root(daemon: &MeshcaServe) -> TrustBundle {
-    TrustBundle::from_pem(&std::fs::read_to_string(daemon.dir().join("ca/ca.crt")).unwrap())
-        .unwrap()
+/// The root in the CA directory `ca_dir` (`ca.crt`).
+fn root(ca_dir: &Path) -> TrustBundle {
+    TrustBundle::from_pem(&std::fs::read_to_string(ca_dir.join("ca.crt")).unwrap()).unwrap()
 }
 
 /// Picks the SVID with this hint (what an application holding several identities does).
@@ -173,7 +181,7 @@ async fn rust_spiffe_workloads_get_svids_connect_with_mtls_and_see_renewals_on_t
             (spiffe_id("web/server"), Some("server".to_owned())),
         ]
     );
-    let root = root(&daemon);
+    let root = root(&daemon.dir().join("ca"));
     let bundles = client.fetch_x509_bundles().await.unwrap();
     let trust_domain = spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap();
     let bundle = bundles
@@ -512,4 +520,61 @@ async fn callers_without_the_header_or_an_entry_are_refused_before_anything_is_i
         }
     })
     .await;
+}
+
+/// The authorities of the trust domain's bundle in a FetchX509Bundles message.
+fn authorities(bundles: &spiffe::X509BundleSet) -> Vec<Vec<u8>> {
+    let trust_domain = spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap();
+    assert_eq!(bundles.len(), 1, "one trust domain");
+    bundles
+        .get(&trust_domain)
+        .expect("the trust domain's bundle")
+        .authorities()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundle_stream_carries_extra_roots_and_both_roots_of_a_rotation() {
+    let dir = socket_dir();
+    let socket = dir.path().join("workload-api.sock");
+    let ca_dir = dir.path().join("ca");
+    let extra = support::TestCa::new("another cluster");
+    let extra_pem = dir.path().join("extra-root.pem");
+    std::fs::write(&extra_pem, extra.root_pem()).unwrap();
+    let (uid, _) = me();
+    let mut daemon = start_with(
+        dir.path(),
+        &socket,
+        &[("web/me", vec![format!("unix:uid:{uid}")], "")],
+        MeshcaServe::builder()
+            .args(support::daemon::rotation_flags(&ca_dir))
+            .set(&format!("extraTrustedRoots={}", extra_pem.display())),
+    );
+    wait_for_socket(&mut daemon, &socket).await;
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+        .await
+        .unwrap();
+    let mut stream = client.stream_x509_bundles().await.unwrap();
+    let old_root = root(&ca_dir).roots()[0].to_vec();
+    let first = authorities(&stream.next().await.unwrap().unwrap());
+    assert_eq!(first, [old_root.clone(), extra.root().to_vec()]);
+
+    // Stage 1 of a root rotation: the new root joins the bundle, on the same stream.
+    let started = support::daemon::rotate_root(&ca_dir, &[], "start");
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let during = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("a new bundle message after `meshca rotate root start`")
+        .unwrap()
+        .unwrap();
+    let during = authorities(&during);
+    assert_eq!(during.len(), 3, "old root, new root, extra root");
+    assert!(during.contains(&old_root) && during.contains(&extra.root().to_vec()));
+    assert!(metric(&daemon, "meshca_workload_api_x509_bundle_messages_total").await >= 2.0);
 }
