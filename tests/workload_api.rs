@@ -13,7 +13,6 @@
 
 use meshca_test_support as support;
 
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,97 +22,19 @@ use meshca::workload_api::proto::{JwtsvidRequest, X509BundlesRequest, X509svidRe
 use meshca_provider::{CertificateChain, CertificateInfo, TrustBundle};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use support::daemon::MeshcaServe;
-use support::envoy::http_get;
 use support::verify::SpiffeServerVerifier;
+use support::workload_api::{
+    TRUST_DOMAIN, metric, my_ids as me, root, socket_dir, spiffe_id, start, start_with,
+    wait_for_socket,
+};
 use support::{PATIENCE, eventually, eventually_ok};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Code;
 
-const TRUST_DOMAIN: &str = "cluster.local";
-const ADMIN_TOKEN: &str = "workload-api-test-token-0123456789abcdef";
 /// Set in the environment of this binary re-run as the other-uid client: the socket path.
 const CHILD_SOCKET: &str = "MESHCA_WORKLOAD_API_TEST_CHILD_SOCKET";
 /// The uid and gid the other-uid client runs as.
 const NOBODY: u32 = 65534;
-
-fn spiffe_id(short: &str) -> String {
-    let (ns, sa) = short.split_once('/').unwrap();
-    format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{sa}")
-}
-
-/// This process's uid and gid, as the kernel reports them to the socket's server.
-fn me() -> (u32, u32) {
-    let meta = std::fs::metadata("/proc/self").unwrap();
-    (meta.uid(), meta.gid())
-}
-
-/// A directory for the socket that other users may search (the uid-65534 client connects).
-fn socket_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
-/// `meshca serve` with the Workload API on `socket` and `entries` (spiffe ID, selectors, hint),
-/// an admin listener with a token, SDS in development mode on a free port.
-fn start(dir: &Path, socket: &Path, entries: &[(&str, Vec<String>, &str)]) -> MeshcaServe {
-    start_with(dir, socket, entries, MeshcaServe::builder().own_ca_dir())
-}
-
-/// [`start`] from `builder` (which names the CA directory and any other flag).
-fn start_with(
-    dir: &Path,
-    socket: &Path,
-    entries: &[(&str, Vec<String>, &str)],
-    builder: support::daemon::ServeBuilder,
-) -> MeshcaServe {
-    let mut yaml = format!(
-        "workloadApi:\n  enabled: true\n  socketPath: {}\n  entries:\n",
-        socket.display()
-    );
-    for (id, selectors, hint) in entries {
-        let selectors: Vec<String> = selectors.iter().map(|s| format!("{s:?}")).collect();
-        yaml.push_str(&format!(
-            "  - spiffeId: {id}\n    hint: {hint:?}\n    selectors: [{}]\n",
-            selectors.join(", ")
-        ));
-    }
-    let config = dir.join("meshca.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let token = dir.join("admin-token");
-    std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).unwrap();
-    builder
-        .dev_sds()
-        .admin()
-        .args(["--config", config.to_str().unwrap()])
-        .set(&format!("admin.tokenFile={}", token.display()))
-        .start()
-}
-
-async fn wait_for_socket(daemon: &mut MeshcaServe, socket: &Path) {
-    daemon
-        .wait_for_log(
-            "SPIFFE Workload API listening",
-            support::daemon::START_PATIENCE,
-        )
-        .await;
-    assert!(socket.exists(), "{}", daemon.tail(20));
-    let mode = std::fs::metadata(socket).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o666, "the default workloadApi.socketMode");
-}
-
-/// One sample of the daemon's `/metrics`.
-async fn metric(daemon: &MeshcaServe, sample: &str) -> f64 {
-    let body = http_get(daemon.admin(), "/metrics").await.unwrap().body;
-    body.lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {sample} in\n{body}"))
-}
-
-/// The root in the CA directory `ca_dir` (`ca.crt`).
-fn root(ca_dir: &Path) -> TrustBundle {
-    TrustBundle::from_pem(&std::fs::read_to_string(ca_dir.join("ca.crt")).unwrap()).unwrap()
-}
 
 /// Picks the SVID with this hint (what an application holding several identities does).
 struct Hint(&'static str);

@@ -19,6 +19,7 @@ pub mod kube_api;
 pub mod sds;
 pub mod tools;
 pub mod verify;
+pub mod workload_api;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
