@@ -436,6 +436,7 @@ impl BoundIstioCaServer {
                 tls: Some(TlsAcceptor::from(Arc::new(tls))),
                 limits: transport_limits(&settings.limits),
                 stats: metrics.transport.clone(),
+                rewrite_unix_authority: false,
             },
             drain.clone(),
         );

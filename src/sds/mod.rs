@@ -428,6 +428,8 @@ impl BoundSdsServer {
                 tls,
                 limits: settings.limits.clone(),
                 stats: accept_stats,
+                // Envoy names its SDS cluster as the authority: nothing to rewrite.
+                rewrite_unix_authority: false,
             },
             drain.clone(),
         );

@@ -286,6 +286,8 @@ impl BoundWorkloadApiServer {
                 tls: None,
                 limits: transport_limits(&limits),
                 stats: Arc::default(),
+                // grpcio (py-spiffe) and grpc-java (java-spiffe) send the socket's path.
+                rewrite_unix_authority: true,
             },
             drain.clone(),
         );

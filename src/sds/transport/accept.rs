@@ -33,6 +33,9 @@ pub(crate) struct AcceptSettings {
     pub(crate) limits: SdsLimits,
     /// Where refused handshakes are counted.
     pub(crate) stats: Arc<SdsStats>,
+    /// Rewrite a malformed `:authority` on plain Unix socket connections (`authority.rs`): for
+    /// gRPC clients that send the socket path, which h2 refuses.
+    pub(crate) rewrite_unix_authority: bool,
 }
 
 /// Accepts on every listener until `stop` is cancelled, handing connections (after the TLS
@@ -160,6 +163,9 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
     tokio::spawn(async move {
         let limits = &shared.settings.limits;
         let io = match &shared.settings.tls {
+            None if shared.settings.rewrite_unix_authority => {
+                L::plain(stream).rewriting_authority()
+            }
             None => L::plain(stream),
             Some(acceptor) => {
                 let timeout = limits.handshake_timeout;
@@ -280,6 +286,7 @@ mod tests {
                 tls: None,
                 limits: SdsLimits::default(),
                 stats: Arc::default(),
+                rewrite_unix_authority: false,
             },
             slots: Arc::new(Semaphore::new(1)),
             tx,

@@ -13,6 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use super::authority::AuthorityRewrite;
 use super::idle::{ConnectionActivity, ConnectionTimer};
 
 /// What is known about the other end of an SDS connection; available to handlers as a request
@@ -59,6 +60,19 @@ pub(super) enum Io {
     Unix(UnixStream),
     TlsTcp(Box<TlsStream<TcpStream>>),
     TlsUnix(Box<TlsStream<UnixStream>>),
+    /// A Unix socket whose clients' malformed `:authority` is rewritten (`authority.rs`).
+    UnixRewritten(Box<AuthorityRewrite<UnixStream>>),
+}
+
+impl Io {
+    /// The same stream with malformed `:authority` values rewritten, if it is a plain Unix
+    /// socket; other streams are returned as they are.
+    pub(super) fn rewriting_authority(self) -> Self {
+        match self {
+            Io::Unix(stream) => Io::UnixRewritten(Box::new(AuthorityRewrite::new(stream))),
+            other => other,
+        }
+    }
 }
 
 fn tcp_peer(stream: &TcpStream) -> PeerTransport {
@@ -115,6 +129,11 @@ impl Connected for Connection {
                 certificates: peer_chain(s),
                 activity,
             },
+            Io::UnixRewritten(s) => PeerInfo {
+                transport: unix_peer(s.get_ref()),
+                certificates: None,
+                activity,
+            },
         }
     }
 }
@@ -126,6 +145,7 @@ macro_rules! delegate {
             Io::Unix($s) => $call,
             Io::TlsTcp($s) => $call,
             Io::TlsUnix($s) => $call,
+            Io::UnixRewritten($s) => $call,
         }
     };
 }

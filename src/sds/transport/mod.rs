@@ -4,10 +4,12 @@
 //!
 //! `listeners.rs` binds them (the Unix socket with its mode and group), `accept.rs` runs the
 //! accept loops (connection cap, TLS handshakes, backoff when `accept` fails),
-//! `connection.rs` is one accepted connection and its peer, and `idle.rs` its preface and
-//! idle timer.
+//! `connection.rs` is one accepted connection and its peer, `idle.rs` its preface and
+//! idle timer, and `authority.rs` the `:authority` rewrite for gRPC clients that send a Unix
+//! socket's path (the Workload API's).
 
 mod accept;
+mod authority;
 mod connection;
 mod idle;
 mod listeners;
