@@ -10,11 +10,15 @@
 #   .tools/pip/grpc   grpcio and grpcio-tools (pinned), for tests/istio_grpcio.rs: a gRPC client
 #                     no one here wrote, its stubs generated from proto/ at test time
 #                     (PYTHONPATH=.tools/pip/grpc)
+#   .tools/pip/spiffe py-spiffe (pinned; with its grpcio and pyca cryptography), for
+#                     tests/workload_api_python.rs: the SPIFFE project's Python Workload API
+#                     client (PYTHONPATH=.tools/pip/spiffe)
 #   .tools/bin/cargo-deny  cargo-deny, built from crates.io with `cargo install --locked`, for
 #                     the license, ban and source checks of .ci/run (policy in deny.toml); also
 #                     fetches every crate in Cargo.lock, which it reads offline
 # Idempotent: a tool already present (at the pinned version, for cargo-deny) is left alone.
-# Usage: scripts/install-tools.sh [bao] [envoy] [helm] [x509lint] [grpc] [deny]   (no argument: all)
+# Usage: scripts/install-tools.sh [bao] [envoy] [helm] [x509lint] [grpc] [spiffe] [deny]
+#        (no argument: all)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -22,7 +26,7 @@ mkdir -p "$tools/bin" "$tools/pip"
 python=${PYTHON:-python3}
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(bao envoy helm x509lint grpc deny)
+[ ${#want[@]} -gt 0 ] || want=(bao envoy helm x509lint grpc spiffe deny)
 
 install() { # name package relative-path-in-site-packages
   local name=$1 package=$2 rel=$3
@@ -89,12 +93,16 @@ for tool in "${want[@]}"; do
     grpc) install_python grpc \
       'import grpc, grpc_tools.protoc; print("grpcio", grpc.__version__)' \
       "grpcio==1.85.1" "grpcio-tools==1.85.1" ;;
+    # Pinned, like grpc: the Workload API interop test must not change client under us.
+    spiffe) install_python spiffe \
+      'import spiffe, cryptography.x509.verification; from importlib.metadata import version; print("py-spiffe", version("spiffe"))' \
+      "spiffe==0.3.2" ;;
     # cargo-deny 0.20 builds with Rust 1.88 and later. It reads `cargo metadata`, which wants
     # the source of every crate in Cargo.lock, other platforms' too (a Linux build never
     # downloads those): fetched here from crates.io, so that the check itself runs --offline.
     deny)
       install_cargo cargo-deny cargo-deny 0.20.2
       (cd "$root" && cargo fetch --locked --quiet) ;;
-    *) echo "install-tools: unknown tool $tool (known: bao envoy helm x509lint grpc deny)" >&2; exit 2 ;;
+    *) echo "install-tools: unknown tool $tool (known: bao envoy helm x509lint grpc spiffe deny)" >&2; exit 2 ;;
   esac
 done
