@@ -15,6 +15,7 @@ mod idle;
 mod listeners;
 
 pub(crate) use accept::{AcceptSettings, accept};
+pub use authority::rewrite_client_bytes;
 pub use connection::{PeerInfo, PeerTransport};
 pub(crate) use idle::Busy;
 pub(crate) use listeners::Listeners;
