@@ -373,7 +373,9 @@ async fn callers_without_the_header_or_an_entry_are_refused_before_anything_is_i
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
     assert!(
-        refused.message().contains("JWT-SVIDs are not served"),
+        refused
+            .message()
+            .contains("JWT-SVIDs are not served over the Workload API"),
         "{refused:?}"
     );
 

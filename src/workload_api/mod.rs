@@ -18,9 +18,9 @@
 //! of every matched identity (the certificates SDS serves, issued on first use) and of the
 //! trust bundle, a message now and on every change.
 //!
-//! JWT-SVIDs are not served yet: `FetchJWTSVID`, `FetchJWTBundles` and `ValidateJWTSVID`
-//! answer UNIMPLEMENTED, saying so. They will hang off the same service and `Shared` state
-//! (their signer and key set beside the cache).
+//! JWT-SVIDs are not served over this API yet: `FetchJWTSVID`, `FetchJWTBundles` and
+//! `ValidateJWTSVID` answer UNIMPLEMENTED, saying so. They will hang off the same service and
+//! admission (`admission::Shared` gains the `jwt_svid::JwtAuthority` beside the cache).
 //!
 //! [`PeerInfo`]: crate::sds::transport::PeerInfo
 

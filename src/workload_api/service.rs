@@ -18,10 +18,10 @@ use super::proto::{
 use super::stream;
 use crate::sds::transport::PeerInfo;
 
-/// What the JWT-SVID methods answer until meshca signs JWT-SVIDs.
-const JWT_NOT_SERVED: &str = "JWT-SVIDs are not served by this meshca yet (FetchJWTSVID, \
-                              FetchJWTBundles and ValidateJWTSVID are not implemented); \
-                              X.509-SVIDs are: FetchX509SVID, FetchX509Bundles";
+/// What the JWT-SVID methods answer until they are wired to meshca's JWT-SVID keys.
+const JWT_NOT_SERVED: &str = "JWT-SVIDs are not served over the Workload API yet \
+                              (FetchJWTSVID, FetchJWTBundles and ValidateJWTSVID are not \
+                              implemented); X.509-SVIDs are: FetchX509SVID, FetchX509Bundles";
 
 /// The tonic service.
 #[derive(Clone)]
