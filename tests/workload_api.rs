@@ -7,7 +7,8 @@
 //! Refusals, with the raw tonic client generated from `proto/spiffe/workload.proto`: no
 //! `workload.spiffe.io` header → INVALID_ARGUMENT; a caller under another uid (this test
 //! binary re-run under `setpriv`, so needs root) matching no entry → PERMISSION_DENIED, and the
-//! daemon issued nothing; the JWT-SVID methods → UNIMPLEMENTED.
+//! daemon issued nothing; the JWT-SVID methods with `jwtSvid.enabled` off → UNIMPLEMENTED
+//! (tests/workload_api_jwt.rs has them on).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -363,7 +364,7 @@ async fn callers_without_the_header_or_an_entry_are_refused_before_anything_is_i
     let refused = client.fetch_x509svid(wrong).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 
-    // JWT-SVIDs are not served: UNIMPLEMENTED, saying so.
+    // JWT-SVIDs are off (jwtSvid.enabled: false): UNIMPLEMENTED, saying so.
     let refused = client
         .fetch_jwtsvid(with_header(JwtsvidRequest {
             audience: vec!["vault".to_owned()],
@@ -373,9 +374,7 @@ async fn callers_without_the_header_or_an_entry_are_refused_before_anything_is_i
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
     assert!(
-        refused
-            .message()
-            .contains("JWT-SVIDs are not served over the Workload API"),
+        refused.message().contains("jwtSvid.enabled is false"),
         "{refused:?}"
     );
 

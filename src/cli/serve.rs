@@ -73,7 +73,15 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         false => None,
     };
     let workload_api = match config.workload_api.enabled {
-        true => Some(start_workload_api(&config, cache.clone(), &stop).await?),
+        true => Some(
+            start_workload_api(
+                &config,
+                cache.clone(),
+                jwt_svid.as_ref().map(|(authority, _)| authority.clone()),
+                &stop,
+            )
+            .await?,
+        ),
         false => None,
     };
     let sds = SdsServer::new(sds_settings(&config).await?)
@@ -267,11 +275,12 @@ async fn start_jwt_svid(
     Ok((authority, refresh))
 }
 
-/// Starts the SPIFFE Workload API (`workloadApi.*`) on the cache: creates its socket (an
-/// error when it cannot) and serves until `stop`.
+/// Starts the SPIFFE Workload API (`workloadApi.*`) on the cache (and, with `jwtSvid.enabled`,
+/// the JWT-SVID keys): creates its socket (an error when it cannot) and serves until `stop`.
 async fn start_workload_api(
     config: &Config,
     cache: Arc<CertificateCache>,
+    jwt_svids: Option<Arc<JwtAuthority>>,
     stop: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(RunningWorkloadApiServer, Arc<WorkloadApiMetrics>)> {
     let trust_domain = config.trust_domain();
@@ -284,8 +293,15 @@ async fn start_workload_api(
         limits: section.limits(),
     };
     let source: Arc<dyn SecretSource> = cache;
-    let server =
+    let mut server =
         WorkloadApiServer::new(settings, source).context("cannot start the SPIFFE Workload API")?;
+    if let Some(authority) = jwt_svids {
+        server = server.with_jwt_svids(
+            authority,
+            config.jwt_svid.ttl,
+            config.jwt_svid.issuer().map(str::to_owned),
+        );
+    }
     let metrics = server.metrics();
     let running = server.bind().await?.start(stop.clone().cancelled_owned());
     Ok((running, metrics))

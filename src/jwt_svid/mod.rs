@@ -9,11 +9,12 @@ mod jwks;
 mod keys;
 mod token;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use meshca_provider::{SpiffeId, TrustDomain};
 use meshca_tresor::{CaStore, JwtKeysSwap, StoreError};
+use tokio::sync::watch;
 
 pub use jwks::{DISCOVERY_PATH, KEYS_PATH, KeyUse, discovery, jwks};
 pub use keys::{KeyError, KeyPolicy, KeySet, MAX_KEYS, SigningKey};
@@ -48,7 +49,8 @@ pub enum JwtKeysError {
 pub struct JwtAuthority {
     store: Arc<dyn CaStore>,
     policy: KeyPolicy,
-    keys: RwLock<Arc<KeySet>>,
+    /// The keys held now; receivers see every change of the published key ids.
+    keys: watch::Sender<Arc<KeySet>>,
 }
 
 impl std::fmt::Debug for JwtAuthority {
@@ -66,7 +68,7 @@ impl JwtAuthority {
         Self {
             store,
             policy,
-            keys: RwLock::new(Arc::new(KeySet::default())),
+            keys: watch::Sender::new(Arc::new(KeySet::default())),
         }
     }
 
@@ -116,18 +118,25 @@ impl JwtAuthority {
     }
 
     fn hold(&self, keys: KeySet) -> bool {
-        let mut held = self.keys.write().unwrap_or_else(|p| p.into_inner());
         let kids = |set: &KeySet| -> Vec<String> {
             set.keys().iter().map(|k| k.kid().to_owned()).collect()
         };
-        let changed = kids(&held) != kids(&keys);
-        *held = Arc::new(keys);
-        changed
+        let keys = Arc::new(keys);
+        self.keys.send_if_modified(|held| {
+            let changed = kids(held) != kids(&keys);
+            *held = keys;
+            changed
+        })
     }
 
     /// The keys held now.
     pub fn keys(&self) -> Arc<KeySet> {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.keys.borrow().clone()
+    }
+
+    /// The keys, seeing every change of which keys are published (a new key, a dropped one).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<KeySet>> {
+        self.keys.subscribe()
     }
 
     /// The policy.

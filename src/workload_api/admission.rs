@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::WorkloadApiLimits;
 use super::attest::{Attestor, PeerCredentials, RegistrationEntry, matching};
 use super::metrics::{Refusal, WorkloadApiMetrics};
+use crate::jwt_svid::JwtAuthority;
 use crate::sds::source::SecretSource;
 use crate::sds::throttle::SharedThrottle;
 use crate::sds::transport::{Busy, PeerInfo, PeerTransport};
@@ -42,6 +43,17 @@ pub(crate) struct Shared {
     pub(crate) drain: CancellationToken,
     /// Refusals are logged at most a few per period: a local caller can cause them at will.
     pub(crate) refusal_log: SharedThrottle,
+    /// JWT-SVIDs, when `jwtSvid.enabled`.
+    pub(crate) jwt: Option<JwtSvids>,
+}
+
+/// What the JWT-SVID methods sign and validate with.
+pub(crate) struct JwtSvids {
+    pub(crate) authority: Arc<JwtAuthority>,
+    /// `jwtSvid.ttl`.
+    pub(crate) ttl: std::time::Duration,
+    /// `jwtSvid.issuer`.
+    pub(crate) issuer: Option<String>,
 }
 
 /// An attested caller of an open stream: its identities, its stream slot.
@@ -117,6 +129,20 @@ impl Shared {
         metadata: &MetadataMap,
         peer: Option<&PeerInfo>,
     ) -> Result<Admitted, Status> {
+        let (credentials, entries) = self.attest(metadata, peer).await?;
+        let slot = self
+            .open_stream(credentials.uid, peer)
+            .map_err(|status| self.refuse(Refusal::Exhausted, Some(credentials), status))?;
+        Ok(Admitted { entries, slot })
+    }
+
+    /// The security header, the caller's credentials and selectors, and the entries they
+    /// match (at least one): everything a one-shot call (FetchJWTSVID, ValidateJWTSVID) needs.
+    pub(crate) async fn attest(
+        &self,
+        metadata: &MetadataMap,
+        peer: Option<&PeerInfo>,
+    ) -> Result<(PeerCredentials, Vec<RegistrationEntry>), Status> {
         self.check_header(metadata)?;
         let credentials = match peer.map(|p| &p.transport) {
             Some(PeerTransport::Unix {
@@ -168,10 +194,7 @@ impl Shared {
                 )),
             ));
         }
-        let slot = self
-            .open_stream(credentials.uid, peer)
-            .map_err(|status| self.refuse(Refusal::Exhausted, Some(credentials), status))?;
-        Ok(Admitted { entries, slot })
+        Ok((credentials, entries))
     }
 
     pub(crate) fn check_header(&self, metadata: &MetadataMap) -> Result<(), Status> {

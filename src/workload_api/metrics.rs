@@ -23,7 +23,7 @@ pub(crate) enum Refusal {
     Exhausted,
     /// The certificate could not be issued (UNAVAILABLE, FAILED_PRECONDITION).
     Unavailable,
-    /// A JWT-SVID method (UNIMPLEMENTED).
+    /// A JWT-SVID method while JWT-SVIDs are off (UNIMPLEMENTED).
     Unimplemented,
 }
 
@@ -55,6 +55,10 @@ pub struct WorkloadApiMetrics {
     pub(crate) svids_sent: AtomicU64,
     pub(crate) svid_messages: AtomicU64,
     pub(crate) bundle_messages: AtomicU64,
+    pub(crate) jwt_svids_sent: AtomicU64,
+    pub(crate) jwt_bundle_messages: AtomicU64,
+    pub(crate) jwt_validated: AtomicU64,
+    pub(crate) jwt_rejected: AtomicU64,
     refusals: [AtomicU64; 5],
 }
 
@@ -71,6 +75,14 @@ pub struct WorkloadApiMetricsSnapshot {
     pub svid_messages: u64,
     /// `FetchX509Bundles` messages sent.
     pub bundle_messages: u64,
+    /// JWT-SVIDs signed and sent (`FetchJWTSVID`).
+    pub jwt_svids_sent: u64,
+    /// `FetchJWTBundles` messages sent.
+    pub jwt_bundle_messages: u64,
+    /// Tokens `ValidateJWTSVID` found valid.
+    pub jwt_validated: u64,
+    /// Tokens `ValidateJWTSVID` rejected.
+    pub jwt_rejected: u64,
     /// Calls without the `workload.spiffe.io` header.
     pub refused_missing_header: u64,
     /// Callers matching no registration entry.
@@ -79,7 +91,7 @@ pub struct WorkloadApiMetricsSnapshot {
     pub refused_exhausted: u64,
     /// Calls whose certificate could not be issued.
     pub refused_unavailable: u64,
-    /// Calls to the JWT-SVID methods.
+    /// Calls to the JWT-SVID methods while `jwtSvid.enabled` is off.
     pub refused_unimplemented: u64,
 }
 
@@ -112,6 +124,10 @@ impl WorkloadApiMetrics {
             svids_sent: read(&self.svids_sent),
             svid_messages: read(&self.svid_messages),
             bundle_messages: read(&self.bundle_messages),
+            jwt_svids_sent: read(&self.jwt_svids_sent),
+            jwt_bundle_messages: read(&self.jwt_bundle_messages),
+            jwt_validated: read(&self.jwt_validated),
+            jwt_rejected: read(&self.jwt_rejected),
             refused_missing_header,
             refused_no_entry,
             refused_exhausted,
@@ -164,6 +180,27 @@ impl Collector for Scrape {
             "FetchX509Bundles messages sent.",
             s.bundle_messages,
         )?;
+        counter(
+            e,
+            "workload_api_jwt_svids_sent",
+            "JWT-SVIDs signed and sent over the Workload API (FetchJWTSVID).",
+            s.jwt_svids_sent,
+        )?;
+        counter(
+            e,
+            "workload_api_jwt_bundle_messages",
+            "FetchJWTBundles messages sent.",
+            s.jwt_bundle_messages,
+        )?;
+        let mut validations = e.encode_descriptor(
+            "workload_api_jwt_validations",
+            "JWT-SVIDs checked by ValidateJWTSVID, by result.",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (result, value) in [("valid", s.jwt_validated), ("rejected", s.jwt_rejected)] {
+            ConstCounter::new(value).encode(validations.encode_family(&[("result", result)])?)?;
+        }
         let mut family = e.encode_descriptor(
             "workload_api_refusals",
             "SPIFFE Workload API calls refused, by reason.",

@@ -18,14 +18,17 @@
 //! of every matched identity (the certificates SDS serves, issued on first use) and of the
 //! trust bundle, a message now and on every change.
 //!
-//! JWT-SVIDs are not served over this API yet: `FetchJWTSVID`, `FetchJWTBundles` and
-//! `ValidateJWTSVID` answer UNIMPLEMENTED, saying so. They will hang off the same service and
-//! admission (`admission::Shared` gains the `jwt_svid::JwtAuthority` beside the cache).
+//! JWT-SVIDs (`jwt.rs`), with `jwtSvid.enabled` and [`WorkloadApiServer::with_jwt_svids`]:
+//! `FetchJWTSVID` signs one per identity with meshca's [`JwtAuthority`] for the audiences asked,
+//! `FetchJWTBundles` streams its keys as a JWKS, `ValidateJWTSVID` checks a token; the caller
+//! is admitted first, as above. Without it the three answer UNIMPLEMENTED, saying so.
 //!
+//! [`JwtAuthority`]: crate::jwt_svid::JwtAuthority
 //! [`PeerInfo`]: crate::sds::transport::PeerInfo
 
 mod admission;
 pub mod attest;
+mod jwt;
 mod metrics;
 pub mod proto;
 mod service;
@@ -146,6 +149,7 @@ pub struct WorkloadApiServer {
     source: Arc<dyn SecretSource>,
     attestor: Arc<dyn Attestor>,
     metrics: Arc<WorkloadApiMetrics>,
+    jwt: Option<admission::JwtSvids>,
 }
 
 impl std::fmt::Debug for WorkloadApiServer {
@@ -185,7 +189,24 @@ impl WorkloadApiServer {
             source,
             attestor,
             metrics: Arc::default(),
+            jwt: None,
         })
+    }
+
+    /// Serves JWT-SVIDs signed by `authority`, valid for `ttl`, with `issuer` as `iss`.
+    #[must_use]
+    pub fn with_jwt_svids(
+        mut self,
+        authority: Arc<crate::jwt_svid::JwtAuthority>,
+        ttl: Duration,
+        issuer: Option<String>,
+    ) -> Self {
+        self.jwt = Some(admission::JwtSvids {
+            authority,
+            ttl,
+            issuer,
+        });
+        self
     }
 
     /// Attests callers with `attestor` instead.
@@ -253,14 +274,15 @@ impl BoundWorkloadApiServer {
             source,
             attestor,
             metrics,
+            jwt,
         } = self.server;
         let drain = CancellationToken::new();
         let limits = settings.limits.clone();
         info!(
             path = %settings.socket_path.display(),
             entries = settings.entries.len(),
-            "SPIFFE Workload API listening (SPIFFE_ENDPOINT_SOCKET=unix://{}); X.509-SVIDs \
-             only, JWT-SVIDs are not served yet",
+            jwt_svids = jwt.is_some(),
+            "SPIFFE Workload API listening (SPIFFE_ENDPOINT_SOCKET=unix://{})",
             settings.socket_path.display()
         );
         let shared = Arc::new(admission::Shared {
@@ -274,6 +296,7 @@ impl BoundWorkloadApiServer {
             metrics,
             drain: drain.clone(),
             refusal_log: SharedThrottle::new(Duration::from_secs(10), 20),
+            jwt,
         });
         let service = proto::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(
             service::WorkloadApiService::new(shared),

@@ -1,27 +1,20 @@
 //! The `SpiffeWorkloadAPI` gRPC service: each method admits its caller (`admission.rs`: the
 //! header, attestation, entries, a stream slot — before anything is issued), then hands it to
-//! its stream (`stream.rs`). The JWT-SVID methods answer UNIMPLEMENTED.
+//! its stream (`stream.rs`), or answers it (`jwt.rs`: the JWT-SVID methods).
 
 use std::sync::Arc;
 
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::admission::{Shared, Streamed};
-use super::metrics::Refusal;
 use super::proto::spiffe_workload_api_server::SpiffeWorkloadApi;
 use super::proto::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
     ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest,
     X509svidResponse,
 };
-use super::stream;
+use super::{jwt, stream};
 use crate::sds::transport::PeerInfo;
-
-/// What the JWT-SVID methods answer until they are wired to meshca's JWT-SVID keys.
-const JWT_NOT_SERVED: &str = "JWT-SVIDs are not served over the Workload API yet \
-                              (FetchJWTSVID, FetchJWTBundles and ValidateJWTSVID are not \
-                              implemented); X.509-SVIDs are: FetchX509SVID, FetchX509Bundles";
 
 /// The tonic service.
 #[derive(Clone)]
@@ -73,35 +66,39 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        Err(self.jwt(request.metadata()))
+        let jwt = self.shared.jwt()?;
+        let (_, entries) = self
+            .shared
+            .attest(request.metadata(), request.extensions().get::<PeerInfo>())
+            .await?;
+        let JwtsvidRequest {
+            audience,
+            spiffe_id,
+        } = request.into_inner();
+        jwt::svids(&self.shared, jwt, &entries, audience, &spiffe_id).map(Response::new)
     }
 
     async fn fetch_jwt_bundles(
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        Err(self.jwt(request.metadata()))
+        self.shared.jwt()?;
+        let admitted = self
+            .shared
+            .admit(request.metadata(), request.extensions().get::<PeerInfo>())
+            .await?;
+        jwt::bundles(self.shared.clone(), admitted.slot).map(Response::new)
     }
 
     async fn validate_jwtsvid(
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        Err(self.jwt(request.metadata()))
-    }
-}
-
-impl WorkloadApiService {
-    /// The JWT-SVID methods' answer: the header is checked as for every call, then
-    /// UNIMPLEMENTED saying so.
-    fn jwt(&self, metadata: &MetadataMap) -> Status {
-        if let Err(status) = self.shared.check_header(metadata) {
-            return status;
-        }
-        self.shared.refuse(
-            Refusal::Unimplemented,
-            None,
-            Status::unimplemented(JWT_NOT_SERVED),
-        )
+        let jwt = self.shared.jwt()?;
+        self.shared
+            .attest(request.metadata(), request.extensions().get::<PeerInfo>())
+            .await?;
+        let ValidateJwtsvidRequest { audience, svid } = request.into_inner();
+        jwt::validate(&self.shared, jwt, &audience, &svid).map(Response::new)
     }
 }
