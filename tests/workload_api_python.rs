@@ -1,9 +1,11 @@
 //! The SPIFFE Workload API from py-spiffe, the SPIFFE project's Python library
-//! (`tests/python/workload_api_client.py`), against a real `meshca serve`: every X.509-SVID of
-//! the process and the bundle, each chain checked by pyca cryptography's verifier, an mTLS
-//! connection between the two identities with Python's `ssl` (each side sees the other's SPIFFE
-//! ID), and the renewal after `meshca rotate leaves` on the one stream it holds (reconnecting
-//! is not allowed; the daemon counts the streams too).
+//! (`tests/python/workload_api_client.py`), against a real `meshca serve` with JWT-SVIDs on:
+//! every X.509-SVID of the process and the bundle, each chain checked by pyca cryptography's
+//! verifier, an mTLS connection between the two identities with Python's `ssl` (each side sees
+//! the other's SPIFFE ID), the renewal after `meshca rotate leaves` on the one stream it holds
+//! (reconnecting is not allowed; the daemon counts the streams too), and a JWT-SVID per
+//! identity validated by py-spiffe against the JWT bundle and by meshca, refused for another
+//! audience.
 //!
 //! py-spiffe comes from `scripts/install-tools.sh spiffe` (or `MESHCA_SPIFFE_PYTHONPATH`);
 //! without it the test is skipped, except with `CI=true`, where it fails.
@@ -14,8 +16,9 @@ use meshca_test_support as support;
 
 use std::ffi::OsStr;
 
+use support::daemon::MeshcaServe;
 use support::tools::{python_packages, run_python};
-use support::workload_api::{metric, my_ids, socket_dir, spiffe_id, start, wait_for_socket};
+use support::workload_api::{metric, my_ids, socket_dir, spiffe_id, start_with, wait_for_socket};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn py_spiffe_fetches_svids_connects_with_mtls_and_sees_the_renewal_on_its_stream() {
@@ -31,13 +34,16 @@ async fn py_spiffe_fetches_svids_connects_with_mtls_and_sees_the_renewal_on_its_
     let socket = dir.path().join("workload-api.sock");
     let (uid, gid) = my_ids();
     // The Python interpreter is the caller: matched by uid, and by gid for the second identity.
-    let mut daemon = start(
+    let mut daemon = start_with(
         dir.path(),
         &socket,
         &[
             ("py/server", vec![format!("unix:uid:{uid}")], "server"),
             ("py/client", vec![format!("unix:gid:{gid}")], "client"),
         ],
+        MeshcaServe::builder()
+            .own_ca_dir()
+            .set("jwtSvid.enabled=true"),
     );
     wait_for_socket(&mut daemon, &socket).await;
     let endpoint = format!("unix://{}", socket.display());
@@ -87,10 +93,26 @@ async fn py_spiffe_fetches_svids_connects_with_mtls_and_sees_the_renewal_on_its_
         "{report}"
     );
     assert_eq!(report["renewed_on_the_stream"], true, "{report}");
-    // Three streams: fetch_x509_svids, fetch_x509_bundles (one message each), and the watched
-    // one, which got the renewal without a fourth being opened.
+    // JWT-SVIDs: one per identity, valid offline (py-spiffe's verifier) and by meshca, refused
+    // for another audience both ways.
+    let jwt = &report["jwt"];
+    assert_eq!(jwt["ids"], serde_json::json!(expected), "{report}");
+    assert_eq!(jwt["keys"], 1, "{report}");
+    assert_eq!(
+        jwt["validated_offline"],
+        serde_json::json!(expected),
+        "{report}"
+    );
+    assert_eq!(
+        jwt["validated_by_meshca"],
+        serde_json::json!(expected),
+        "{report}"
+    );
+    assert_eq!(jwt["other_audience_refused"], 4, "{report}");
+    // Four streams: fetch_x509_svids, fetch_x509_bundles, fetch_jwt_bundles (one message each),
+    // and the watched one, which got the renewal without another being opened.
     assert_eq!(
         metric(&daemon, "meshca_workload_api_streams_total").await,
-        3.0
+        4.0
     );
 }

@@ -8,7 +8,10 @@ It fetches every X.509-SVID of this process and the bundle, checks each chain wi
 cryptography's verifier, connects the two identities over mTLS with Python's ssl module (each
 side checks the other's SPIFFE ID), then holds one FetchX509SVID stream (no reconnection
 allowed), runs the rotation command given after `--`, and waits for the renewed SVIDs on that
-stream. It prints one JSON object and exits 0 only if everything held.
+stream. With JWT-SVIDs on (the daemon's jwtSvid.enabled), it also fetches a JWT-SVID for each
+identity, validates each offline against the JWT bundle it fetched (py-spiffe's verifier, PyJWT
+and pyca cryptography) and through ValidateJWTSVID, and checks that another audience is
+refused both ways. It prints one JSON object and exits 0 only if everything held.
 """
 
 import json
@@ -23,7 +26,7 @@ import threading
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
-from spiffe import TrustDomain, WorkloadApiClient
+from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
 
 TIMEOUT = 20.0
 
@@ -96,6 +99,33 @@ def mtls(directory, server, client, bundle_pem):
     return seen
 
 
+def check_jwt_svids(client, trust_domain):
+    """JWT-SVIDs for audience `vault`: one per identity, each valid offline against the JWT
+    bundle and through the API for `vault`, refused both ways for another audience."""
+    tokens = client.fetch_jwt_svids({"vault"})
+    jwt_bundle = client.fetch_jwt_bundles().get_bundle_for_trust_domain(trust_domain)
+    offline, online, refused = [], [], 0
+    for svid in tokens:
+        checked = JwtSvid.parse_and_validate(svid.token, jwt_bundle, {"vault"})
+        offline.append(str(checked.spiffe_id))
+        online.append(str(client.validate_jwt_svid(svid.token, "vault").spiffe_id))
+        try:
+            JwtSvid.parse_and_validate(svid.token, jwt_bundle, {"db"})
+        except Exception:
+            refused += 1
+        try:
+            client.validate_jwt_svid(svid.token, "db")
+        except Exception:
+            refused += 1
+    return {
+        "ids": sorted(str(s.spiffe_id) for s in tokens),
+        "keys": len(jwt_bundle.jwt_authorities),
+        "validated_offline": sorted(offline),
+        "validated_by_meshca": sorted(online),
+        "other_audience_refused": refused,
+    }
+
+
 def main():
     endpoint, server_id, client_id = sys.argv[1:4]
     rotate = sys.argv[sys.argv.index("--") + 1:]
@@ -117,6 +147,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as directory:
         seen = mtls(directory, svids[server_id], svids[client_id], bundle_pem)
+
+    jwt = check_jwt_svids(client, TrustDomain(server_id.split("/")[2]))
 
     # One stream, no reconnection: the renewal must come on it.
     updates, errors, changed = [], [], threading.Event()
@@ -147,6 +179,7 @@ def main():
         "verified_subjects": verified,
         "authorities": len(authorities),
         "mtls": seen,
+        "jwt": jwt,
         "updates": len(updates),
         "renewed_on_the_stream": renewed and not errors,
         "errors": errors,
