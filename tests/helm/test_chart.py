@@ -556,6 +556,30 @@ def check_rotation_disabled(chart):
     return r
 
 
+def check_jwt_svid(chart):
+    """jwtSvid.*: rendered into meshca's config as given (and accepted by meshca), the issuer
+    only when set; with a Vault backend the CA Secret becomes updatable (the keys live there),
+    which Tresor's Role has anyway."""
+    label = "jwtSvid"
+    values = {"jwtSvid": {"enabled": True, "ttl": "2m", "issuer": "https://meshca.example/oidc",
+                          "keyRotationInterval": "12h", "keyActivationDelay": "5m",
+                          "keyRefreshInterval": "30s"}}
+    chart.validate_schema(values)
+    r = render(chart, label, values)
+    expect_equal(r.config().get("jwtSvid"), {**values["jwtSvid"]}, f"{label}: jwtSvid config")
+    check_kubernetes_schemas(r)
+    vault = load_example("vault-token-secret.yaml")
+    vault["jwtSvid"] = {"enabled": True}
+    r2 = render(chart, f"{label} with vault", vault)
+    check(UPDATE_CA in r2.role_rules(), f"{label} with vault: no update on the CA Secret: "
+          f"{r2.role_rules()}")
+    check("issuer" not in r2.config()["jwtSvid"], f"{label} with vault: an empty issuer rendered")
+    without = render(chart, f"{label} off with vault", load_example("vault-token-secret.yaml"))
+    check(UPDATE_CA not in without.role_rules(), "vault without jwtSvid may update the CA Secret")
+    check("jwtSvid" not in without.config(), "jwtSvid rendered while disabled")
+    return r
+
+
 def check_refusals(chart):
     """Values the chart must refuse, with the reason in the error."""
     bad_kind = {"certificateProvider": {"kind": "vaultt"}}
@@ -585,6 +609,10 @@ def check_refusals(chart):
         ({"admin": {"tokenSecret": {"name": "Not A Secret"}}}, "tokenSecret"),
         ({"admin": {"token": "inline"}}, "token"),
         ({"istio": {"maxMessageBytes": 1024}}, "maxMessageBytes"),
+        ({"jwtSvid": {"ttl": "5min"}}, "ttl"),
+        ({"jwtSvid": {"issuer": "https://meshca.example/"}}, "issuer"),
+        ({"jwtSvid": {"issuer": "meshca.example"}}, "issuer"),
+        ({"jwtSvid": {"keyRotationInterval": 24}}, "keyRotationInterval"),
         ({"istio": {"maxConnections": 0}}, "maxConnections"),
         ({"istio": {"maxConcurrentSignings": "64"}}, "maxConcurrentSignings"),
         ({"trustDistribution": {"resyncInterval": "5 minutes"}}, "resyncInterval"),
@@ -703,7 +731,7 @@ def main():
 
     for extra in (check_inline_vault_token, check_vault_secret_elsewhere,
                   check_extra_trusted_roots, check_rotation_disabled, check_admin_token,
-                  check_istio_variants, check_istio_limits):
+                  check_istio_variants, check_istio_limits, check_jwt_svid):
         try:
             renderings.append(extra(chart))
         except Exception:
