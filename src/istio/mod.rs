@@ -34,7 +34,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use auth::{IstioAuthError, TokenCallers};
 pub use caller::{
@@ -50,7 +50,7 @@ pub use service::{
 use crate::cache::{Backoff, RenewPolicy};
 use crate::issuance::{IssueError, Pipeline};
 use crate::sds::transport::{
-    AcceptSettings, Http2Limits, ListenerKind, Listeners, accept, grpc_server,
+    AcceptSettings, Http2Limits, ListenerKind, Listeners, accept, grpc_server, serve_until_drained,
 };
 use crate::sds::{SdsLimits, TlsError, TokenAuthenticator};
 
@@ -453,27 +453,18 @@ impl BoundIstioCaServer {
                 ReceiverStream::new(incoming),
                 drain.clone().cancelled_owned(),
             );
-            let failed = |e: tonic::transport::Error| IstioError::Serve {
+            serve_until_drained(
+                server,
+                shutdown,
+                drain,
+                drain_timeout,
+                "Istio CA",
+                "Istio CA API draining: no new connections, calls in progress finish",
+            )
+            .await
+            .map_err(|e| IstioError::Serve {
                 reason: e.to_string(),
-            };
-            tokio::pin!(server);
-            tokio::pin!(shutdown);
-            tokio::select! {
-                result = &mut server => {
-                    drain.cancel();
-                    return result.map_err(failed);
-                }
-                () = &mut shutdown => {}
-            }
-            info!("Istio CA API draining: no new connections, calls in progress finish");
-            drain.cancel();
-            match tokio::time::timeout(drain_timeout, server).await {
-                Ok(result) => result.map_err(failed),
-                Err(_) => {
-                    warn!(timeout = %meshca_provider::format_duration(drain_timeout), "Istio CA connections still open after the drain timeout; closing them");
-                    Ok(())
-                }
-            }
+            })
         });
         Ok(RunningIstioCaServer { address, task })
     }

@@ -445,23 +445,17 @@ impl BoundSdsServer {
             ReceiverStream::new(incoming),
             drain.clone().cancelled_owned(),
         );
-        let failed = |e: tonic::transport::Error| SdsError::Serve {
+        transport::serve_until_drained(
+            server,
+            shutdown,
+            drain,
+            settings.limits.drain_timeout,
+            "SDS",
+            "SDS server draining: streams are told to reconnect",
+        )
+        .await
+        .map_err(|e| SdsError::Serve {
             reason: e.to_string(),
-        };
-        tokio::pin!(server);
-        tokio::pin!(shutdown);
-        tokio::select! {
-            result = &mut server => return result.map_err(failed),
-            () = &mut shutdown => {}
-        }
-        info!("SDS server draining: streams are told to reconnect");
-        drain.cancel();
-        match tokio::time::timeout(settings.limits.drain_timeout, server).await {
-            Ok(result) => result.map_err(failed),
-            Err(_) => {
-                warn!(timeout = %meshca_provider::format_duration(settings.limits.drain_timeout), "SDS connections still open after the drain timeout; closing them");
-                Ok(())
-            }
-        }
+        })
     }
 }

@@ -43,7 +43,7 @@ use meshca_provider::TrustDomain;
 use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use admission::SECURITY_HEADER;
 pub use attest::{
@@ -56,6 +56,7 @@ use crate::sds::source::SecretSource;
 use crate::sds::throttle::SharedThrottle;
 use crate::sds::transport::{
     AcceptSettings, Http2Limits, ListenerKind, Listeners, UnixSocketAccess, accept, grpc_server,
+    serve_until_drained,
 };
 use crate::sds::{SdsError, SdsLimits};
 
@@ -326,27 +327,18 @@ impl BoundWorkloadApiServer {
                 ReceiverStream::new(incoming),
                 drain.clone().cancelled_owned(),
             );
-            let failed = |e: tonic::transport::Error| WorkloadApiError::Serve {
+            serve_until_drained(
+                server,
+                shutdown,
+                drain,
+                drain_timeout,
+                "Workload API",
+                "Workload API draining: streams end, clients reconnect",
+            )
+            .await
+            .map_err(|e| WorkloadApiError::Serve {
                 reason: e.to_string(),
-            };
-            tokio::pin!(server);
-            tokio::pin!(shutdown);
-            tokio::select! {
-                result = &mut server => {
-                    drain.cancel();
-                    return result.map_err(failed);
-                }
-                () = &mut shutdown => {}
-            }
-            info!("Workload API draining: streams end, clients reconnect");
-            drain.cancel();
-            match tokio::time::timeout(drain_timeout, server).await {
-                Ok(result) => result.map_err(failed),
-                Err(_) => {
-                    warn!(timeout = ?drain_timeout, "Workload API connections still open after the drain timeout; closing them");
-                    Ok(())
-                }
-            }
+            })
         });
         RunningWorkloadApiServer { task }
     }

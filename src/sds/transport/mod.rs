@@ -62,3 +62,39 @@ pub(crate) fn grpc_server(limits: Http2Limits) -> tonic::transport::Server {
         .initial_stream_window_size(Some(limits.receive_window_bytes))
         .initial_connection_window_size(Some(limits.receive_window_bytes))
 }
+
+/// Runs a listener's gRPC server future (`serve`, over the accept loop's connections, stopping
+/// when `drain` is cancelled) until it ends or `shutdown` resolves; then drains: logs
+/// `draining`, cancels `drain` (new connections are refused, streams told to end) and gives
+/// the open connections `drain_timeout` to close before it returns anyway (`listener` names
+/// them in that warning). The SDS, Istio CA and Workload API servers all stop this way.
+pub(crate) async fn serve_until_drained(
+    serve: impl Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: impl Future<Output = ()>,
+    drain: tokio_util::sync::CancellationToken,
+    drain_timeout: std::time::Duration,
+    listener: &'static str,
+    draining: &'static str,
+) -> Result<(), tonic::transport::Error> {
+    tokio::pin!(serve);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        result = &mut serve => {
+            drain.cancel();
+            return result;
+        }
+        () = &mut shutdown => {}
+    }
+    tracing::info!("{draining}");
+    drain.cancel();
+    match tokio::time::timeout(drain_timeout, serve).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                timeout = %meshca_provider::format_duration(drain_timeout),
+                "{listener} connections still open after the drain timeout; closing them"
+            );
+            Ok(())
+        }
+    }
+}
