@@ -29,11 +29,7 @@ const BLOCK: usize = 100;
 const HITS_PER_ROUND: usize = 200_000;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime");
-    runtime.block_on(run());
+    common::on_one_thread(run());
 }
 
 async fn run() {

@@ -26,11 +26,7 @@ const TOKENS_PER_ROUND: usize = 5_000;
 const BLOCK: usize = 100;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime");
-    runtime.block_on(run());
+    common::on_one_thread(run());
 }
 
 async fn run() {

@@ -3,6 +3,15 @@
 
 use std::time::Duration;
 
+/// Runs `work` on a current-thread tokio runtime: the figures are one thread's.
+pub(crate) fn on_one_thread<F: std::future::Future>(work: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime")
+        .block_on(work)
+}
+
 /// Operations per second.
 pub(crate) fn rate(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()

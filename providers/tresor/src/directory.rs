@@ -327,15 +327,7 @@ impl CaStore for DirectoryStore {
     }
 
     async fn create(&self, ca: &StoredCa) -> Result<Created, StoreError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|source| StoreError::Io {
-                action: "create the directory",
-                path: self.dir.clone(),
-                source,
-            })?;
+        create_private_dir(&self.dir)?;
         let _lock = self.lock_exclusive()?;
         self.create_locked(ca)
     }
@@ -363,15 +355,7 @@ impl CaStore for DirectoryStore {
 
     async fn report_acks(&self, report: &AckReport) -> Result<(), StoreError> {
         let dir = self.dir.join(Self::ACKS_DIR);
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| StoreError::Io {
-                action: "create the directory",
-                path: dir.clone(),
-                source,
-            })?;
+        create_private_dir(&dir)?;
         let name = format!("{}.json", AckReport::key_safe(&report.replica));
         replace_file_in(&dir, &name, &report.to_json(), 0o644)
     }
@@ -389,15 +373,7 @@ impl CaStore for DirectoryStore {
         expected: Option<&JwtKeysDigest>,
         contents: &[u8],
     ) -> Result<JwtKeysSwap, StoreError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|source| StoreError::Io {
-                action: "create the directory",
-                path: self.dir.clone(),
-                source,
-            })?;
+        create_private_dir(&self.dir)?;
         let _lock = self.lock_exclusive()?;
         let current = self.read_jwt_keys()?;
         if current.as_ref().map(StoredJwtKeys::digest).as_ref() != expected {
@@ -478,6 +454,19 @@ fn check_store_file(path: &Path, holds_keys: bool) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+/// Creates `dir` (and its parents) with mode 0700 when missing.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::Io {
+            action: "create the directory",
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn open_lock_file(path: &Path) -> io::Result<File> {
