@@ -285,8 +285,11 @@ pub(crate) fn rejection_hint(
 ) -> Option<String> {
     let text = errors.join("; ").to_ascii_lowercase();
     let role = &paths.role;
+    // Vault and OpenBao word it "URI Subject Alternative Names are not allowed in this role"
+    // (a role without allowed_uri_sans) or, OpenBao 2.7 for a role whose allowed_uri_sans
+    // does not match, "... were provided via the API which are not valid for this role".
     let hint = if text.contains("uri subject alternative names are not allowed")
-        || (text.contains("uri") && text.contains("not allowed"))
+        || (text.contains("uri") && (text.contains("not allowed") || text.contains("not valid")))
     {
         format!(
             "the role must allow SPIFFE IDs as URI SANs: bao write {role} \
@@ -469,6 +472,18 @@ mod tests {
             hint("URI Subject Alternative Names are not allowed in this role, but were provided via CSR")
                 .contains("allowed_uri_sans=\"spiffe://*\"")
         );
+        // OpenBao 2.7.2's answers (asked of the real server) for a role with
+        // allowed_uri_sans="urn:*", the names sent as parameters and in a caller's CSR.
+        for refusal in [
+            "URI Subject Alternative Names were provided via the API which are not valid for this role",
+            "URI Subject Alternative Names were provided via CSR which are not valid for this role",
+            "URI Subject Alternative Names are not allowed in this role, but were provided via the API",
+        ] {
+            assert!(
+                hint(refusal).contains("allowed_uri_sans=\"spiffe://*\""),
+                "{refusal}"
+            );
+        }
         assert!(hint("unknown role: meshca").contains("vault.role"));
         assert!(
             hint("role requires a minimum of a 3072-bit key, but CSR's key is 2048 bits")

@@ -196,6 +196,31 @@ async fn a_role_without_spiffe_uri_sans_is_a_readable_refusal() {
 }
 
 #[tokio::test]
+async fn a_role_whose_uri_sans_exclude_spiffe_ids_is_a_readable_refusal() {
+    // OpenBao 2.7 words this refusal "URI Subject Alternative Names were provided via the API
+    // which are not valid for this role", not "... are not allowed".
+    let bao = dev_with_pki().await;
+    bao.role("pki", "meshca", json!({"allowed_uri_sans": "urn:*"}))
+        .await;
+    let provider = VaultProvider::connect(&bao.settings(&bao.root_token))
+        .await
+        .unwrap();
+    let err = issue(
+        &provider,
+        &workload("a/b", Duration::from_secs(600)),
+        KeyType::P256,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("allowed_uri_sans=\"spiffe://*\""),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn key_types_the_role_refuses_are_unsupported_before_any_call() {
     let bao = dev_with_pki().await;
     let provider = VaultProvider::connect(&bao.settings(&bao.root_token))

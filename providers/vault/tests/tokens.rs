@@ -261,3 +261,87 @@ async fn a_missing_policy_is_reported_without_logging_in_again() {
         "no new logins"
     );
 }
+
+/// Log lines written while the guard of [`capture_logs`] is held, on this thread (the tests'
+/// runtime runs the provider's renewal task on it too).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn lines_with(&self, text: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|line| line.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn a_token_given_up_on_is_not_renewed_again_and_said_once() {
+    let (logs, _guard) = capture_logs();
+    let bao = dev_with_pki_and_policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let token = bao
+        .token(json!({"policies": ["meshca"], "ttl": "3s", "renewable": true}))
+        .await;
+    std::fs::write(&file, &token).unwrap();
+    let settings = VaultSettings {
+        token: None,
+        token_file: Some(file.clone()),
+        ..bao.settings("")
+    };
+    let provider = VaultProvider::connect(&settings).await.unwrap();
+    // Revoked with nothing new in the file: the renewal (at two thirds of 3 s) is refused and
+    // the token is given up on.
+    bao.write("auth/token/revoke", json!({ "token": token }))
+        .await;
+    eventually(
+        OBSERVE,
+        "the renewal task to give up on the revoked token",
+        || async { logs.lines_with("stops renewing this token") },
+        |lines| !lines.is_empty(),
+    )
+    .await;
+    // The token file is polled every 10 s: two more polls find the same token, which is
+    // neither renewed nor reported again.
+    tokio::time::sleep(Duration::from_secs(23)).await;
+    let errors = logs.lines_with("ERROR");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("waits for a new one in its file or Secret"),
+        "{errors:#?}"
+    );
+    assert!(!errors[0].contains(&token), "the token leaked: {errors:#?}");
+    drop(provider);
+}

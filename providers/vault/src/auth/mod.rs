@@ -61,6 +61,9 @@ enum Step {
     Retry(String),
     /// Nothing more can be done with this token; wait for a new one.
     GiveUp(String),
+    /// The token was given up on before and its file or Secret still holds it: nothing to
+    /// try, nothing new to say.
+    StillGivenUp,
 }
 
 impl Credentials {
@@ -143,7 +146,8 @@ impl Credentials {
     }
 
     /// One renewal step for `token`, which is due or may have been replaced in its file.
-    async fn refresh(&self, http: &VaultHttp, token: &Arc<Token>) -> Step {
+    /// A token `given_up` on is only compared with its file or Secret, never renewed again.
+    async fn refresh(&self, http: &VaultHttp, token: &Arc<Token>, given_up: bool) -> Step {
         if let Some(read) = read_kept_token(&self.method).await {
             match read {
                 Ok(value) if value.expose() != token.value.expose() => {
@@ -154,6 +158,9 @@ impl Credentials {
                 Ok(_) => {}
                 Err(e) => return Step::Retry(e.to_string()),
             }
+        }
+        if given_up {
+            return Step::StillGivenUp;
         }
         let lease = token.lease();
         let now = Instant::now();
@@ -278,8 +285,9 @@ pub(crate) async fn keep_token_fresh(credentials: Arc<Credentials>, http: Arc<Va
             retry = None;
             continue;
         }
-        match credentials.refresh(&http, &token).await {
+        match credentials.refresh(&http, &token, gave_up_on_this).await {
             Step::Done => retry = None,
+            Step::StillGivenUp => {}
             Step::Retry(reason) => {
                 let delay = retry.map_or(RETRY_INITIAL, |d| (d * 2).min(RETRY_MAX));
                 tracing::warn!(
@@ -290,7 +298,17 @@ pub(crate) async fn keep_token_fresh(credentials: Arc<Credentials>, http: Arc<Va
                 retry = Some(delay);
             }
             Step::GiveUp(reason) => {
-                tracing::error!(address = http.address(), "{reason}");
+                // Said once: the token is not renewed again (only its file or Secret is
+                // watched for a new one).
+                tracing::error!(
+                    address = http.address(),
+                    "{reason}; meshca stops renewing this token{}",
+                    if watches_file {
+                        " and waits for a new one in its file or Secret"
+                    } else {
+                        ""
+                    }
+                );
                 retry = None;
                 given_up = Some(token);
             }
