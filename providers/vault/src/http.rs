@@ -1,12 +1,13 @@
-//! A thin client for Vault's HTTP API: one pooled HTTP/1.1 connection set, Vault's JSON
-//! envelope, and errors sorted into "could not reach" / "Vault said no" / "Vault said
-//! something unreadable".
+//! vaultrs's endpoints executed on one pooled HTTP/1.1 client: Vault's JSON envelope, and
+//! errors sorted into "could not reach" / "Vault said no" / "Vault said something unreadable".
 //!
-//! meshca calls eight endpoints, so it speaks the API directly rather than through `vaultrs`:
-//! that crate's fixed response structs fail on fields OpenBao and Vault versions disagree on,
-//! its settings print the token in `Debug`, a token change means rebuilding its client, and it
-//! needs aws-lc-rs where meshca uses ring. Here a token change is a header value swap and the
-//! connection pool lives as long as the provider.
+//! The endpoints are vaultrs's (or meshca's, through the same rustify derive: see
+//! `endpoints.rs`); their requests are built by rustify and sent here rather than through
+//! `vaultrs::client::VaultClient`, whose settings hold the token (printed by their `Debug`) so
+//! that a new token would mean a new client and a new connection pool. Here the token is a
+//! sensitive header value set per request: a token change is a header value swap and the
+//! connection pool lives as long as the provider. TLS is meshca's own rustls configuration
+//! with ring (the CA file, or the system's roots).
 
 use std::error::Error as _;
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use serde::Serialize;
+use rustify::Endpoint;
 use serde::de::DeserializeOwned;
 
 use crate::error::VaultError;
@@ -28,13 +29,6 @@ const MAX_BODY_IN_MESSAGE: usize = 200;
 static TOKEN_HEADER: HeaderName = HeaderName::from_static("x-vault-token");
 static NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-vault-namespace");
 static REQUEST_HEADER: HeaderName = HeaderName::from_static("x-vault-request");
-
-/// HTTP methods meshca uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Method {
-    Get,
-    Post,
-}
 
 /// Why a call failed, before it is given meaning by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +102,7 @@ struct ErrorBody {
 /// The HTTP side of the provider.
 pub(crate) struct VaultHttp {
     client: reqwest::Client,
-    /// `<address>/v1/`.
+    /// `<address>/v1`, which endpoint paths are appended to.
     api_base: String,
     address: String,
     namespace: Option<HeaderValue>,
@@ -149,7 +143,7 @@ impl VaultHttp {
             })?;
         Ok(Self {
             client,
-            api_base: format!("{address}/v1/"),
+            api_base: format!("{address}/v1"),
             address: address.to_owned(),
             namespace,
         })
@@ -160,48 +154,66 @@ impl VaultHttp {
         &self.address
     }
 
-    /// Calls `path` (relative to `/v1/`) and decodes the envelope. A 2xx with an empty body
-    /// (204) gives an envelope with nothing in it.
-    pub(crate) async fn call<B, T>(
+    /// Executes `endpoint` with `token` and decodes the envelope with the endpoint's response
+    /// type. A 2xx with an empty body (204) gives an envelope with nothing in it.
+    pub(crate) async fn exec<E: Endpoint>(
         &self,
-        method: Method,
-        path: &str,
+        endpoint: &E,
         token: Option<&HeaderValue>,
-        body: Option<&B>,
-    ) -> Result<Envelope<T>, ApiError>
-    where
-        B: Serialize + ?Sized,
-        T: DeserializeOwned,
-    {
-        let url = format!("{}{path}", self.api_base);
-        let mut request = match method {
-            Method::Get => self.client.get(url),
-            Method::Post => self.client.post(url),
+    ) -> Result<Envelope<E::Response>, ApiError> {
+        self.exec_as(endpoint, token).await
+    }
+
+    /// Like [`exec`](Self::exec), reading the envelope's `data` as `T` (for the `auth` block of
+    /// logins and renewals, `IgnoredAny`).
+    pub(crate) async fn exec_as<E: Endpoint, T: DeserializeOwned>(
+        &self,
+        endpoint: &E,
+        token: Option<&HeaderValue>,
+    ) -> Result<Envelope<T>, ApiError> {
+        let path = endpoint_path(endpoint);
+        let encode = |e: rustify::errors::ClientError| ApiError::Malformed {
+            reason: format!("could not encode the request to {path}: {e}"),
         };
-        request = request.header(REQUEST_HEADER.clone(), HeaderValue::from_static("true"));
+        let query = endpoint.query().map_err(encode)?;
+        let body = endpoint.body().map_err(encode)?;
+        let has_body = body.as_ref().is_some_and(|body| !body.is_empty());
+        let request =
+            rustify::http::build_request(&self.api_base, &path, endpoint.method(), query, body)
+                .map_err(encode)?;
+        let mut request = reqwest::Request::try_from(request).map_err(|e| ApiError::Malformed {
+            reason: format!("could not encode the request to {path}: {e}"),
+        })?;
+        let headers = request.headers_mut();
+        headers.insert(REQUEST_HEADER.clone(), HeaderValue::from_static("true"));
         if let Some(token) = token {
-            request = request.header(TOKEN_HEADER.clone(), token.clone());
+            headers.insert(TOKEN_HEADER.clone(), token.clone());
         }
         if let Some(namespace) = &self.namespace {
-            request = request.header(NAMESPACE_HEADER.clone(), namespace.clone());
+            headers.insert(NAMESPACE_HEADER.clone(), namespace.clone());
         }
-        if let Some(body) = body {
-            let json = serde_json::to_vec(body).map_err(|e| ApiError::Malformed {
-                reason: format!("could not encode the request to {path}: {e}"),
+        if has_body {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let response = self
+            .client
+            .execute(request)
+            .await
+            .map_err(|e| ApiError::Unreachable {
+                reason: error_chain(&e),
             })?;
-            request = request
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .body(json);
-        }
-        let response = request.send().await.map_err(|e| ApiError::Unreachable {
-            reason: error_chain(&e),
-        })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| ApiError::Unreachable {
             reason: error_chain(&e),
         })?;
-        decode_answer(path, status.as_u16(), &bytes)
+        decode_answer(&path, status.as_u16(), &bytes)
     }
+}
+
+/// The path of `endpoint` under `/v1/`, as Vault's documentation writes it (vaultrs writes some
+/// with a leading slash, or a tab).
+pub(crate) fn endpoint_path<E: Endpoint>(endpoint: &E) -> String {
+    endpoint.path().trim().trim_start_matches('/').to_owned()
 }
 
 /// Reads Vault's answer to `path`: the envelope of a 2xx (empty for an empty body, as a 204

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod endpoints;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::endpoints::SignCertificateRequest;
 use meshca_provider::x509::certificates_from_pem;
 use meshca_provider::{CertificateInfo, KeyType, LeafSpec};
 use rustls_pki_types::CertificateDer;
-use serde::{Deserialize, Deserializer, Serialize};
 
 /// The API paths of one mount + role.
 #[derive(Debug, Clone)]
@@ -30,52 +30,33 @@ impl PkiPaths {
     }
 }
 
-/// Body of `sign/<role>`.
-#[derive(Debug, Serialize)]
-pub(crate) struct IssueBody<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) csr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    common_name: Option<&'a str>,
-    /// DNS SANs other than the CN (Vault adds the CN itself).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    alt_names: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uri_sans: Option<String>,
-    /// Whole seconds (`"1200s"`), never rounded to hours.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ttl: Option<String>,
-    format: &'static str,
-    exclude_cn_from_sans: bool,
-}
-
-impl<'a> IssueBody<'a> {
-    /// A `sign` request for `spec` with `csr_pem`.
-    pub(crate) fn sign(spec: &'a LeafSpec, csr_pem: String) -> Self {
-        Self {
-            csr: Some(csr_pem),
-            ..Self::names(spec)
-        }
-    }
-
-    fn names(spec: &'a LeafSpec) -> Self {
-        let cn = spec.common_name.as_deref();
-        let alt_names = spec
-            .dns_names
-            .iter()
-            .filter(|name| Some(name.as_str()) != cn)
-            .map(meshca_provider::DnsName::as_str)
-            .collect::<Vec<_>>()
-            .join(",");
-        Self {
-            csr: None,
-            common_name: cn,
-            alt_names,
-            uri_sans: spec.spiffe_id.as_ref().map(ToString::to_string),
-            ttl: ttl_seconds(spec.lifetime),
-            format: "pem",
-            exclude_cn_from_sans: false,
-        }
+/// The `sign/<role>` request for `spec` with `csr_pem`: the names as parameters (no common
+/// name for a workload: Vault would add it to the DNS SANs; DNS SANs other than the CN as
+/// `alt_names`, the SPIFFE ID as `uri_sans`), the lifetime in whole seconds.
+pub(crate) fn sign_request(
+    paths: &PkiPaths,
+    spec: &LeafSpec,
+    csr_pem: String,
+) -> SignCertificateRequest {
+    let cn = spec.common_name.as_deref();
+    let alt_names = spec
+        .dns_names
+        .iter()
+        .filter(|name| Some(name.as_str()) != cn)
+        .map(meshca_provider::DnsName::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
+    SignCertificateRequest {
+        mount: paths.mount.clone(),
+        role: paths.role_name.clone(),
+        csr: Some(csr_pem),
+        common_name: cn.map(str::to_owned),
+        alt_names: Some(alt_names).filter(|names| !names.is_empty()),
+        uri_sans: spec.spiffe_id.as_ref().map(ToString::to_string),
+        ttl: ttl_seconds(spec.lifetime),
+        format: Some("pem".to_owned()),
+        exclude_cn_from_sans: Some(false),
+        ..Default::default()
     }
 }
 
@@ -88,16 +69,12 @@ pub(crate) fn ttl_seconds(lifetime: Duration) -> Option<String> {
     Some(format!("{secs}s"))
 }
 
-/// The `data` of a `sign` answer.
-#[derive(Deserialize)]
+/// The `data` of a `sign` answer (vaultrs's `SignCertificateResponse`), as meshca uses it.
 pub(crate) struct Issued {
     pub(crate) certificate: String,
-    #[serde(default)]
     pub(crate) ca_chain: Option<Vec<String>>,
-    #[serde(default)]
     pub(crate) issuing_ca: Option<String>,
     /// The leaf's NotAfter, in Unix seconds.
-    #[serde(default)]
     pub(crate) expiration: Option<u64>,
 }
 
@@ -106,6 +83,17 @@ impl std::fmt::Debug for Issued {
         f.debug_struct("Issued")
             .field("ca_chain", &self.ca_chain.as_ref().map(Vec::len))
             .finish_non_exhaustive()
+    }
+}
+
+impl From<vaultrs::api::pki::responses::SignCertificateResponse> for Issued {
+    fn from(signed: vaultrs::api::pki::responses::SignCertificateResponse) -> Self {
+        Self {
+            certificate: signed.certificate,
+            ca_chain: signed.ca_chain,
+            issuing_ca: Some(signed.issuing_ca),
+            expiration: Some(signed.expiration),
+        }
     }
 }
 
@@ -142,31 +130,45 @@ impl Issued {
     }
 }
 
-/// The `data` of `cert/ca_chain`.
-#[derive(Debug, Deserialize)]
+/// The `data` of `cert/ca_chain` (vaultrs's `ReadCertificateResponse`), as meshca uses it.
+#[derive(Debug)]
 pub(crate) struct CaChain {
-    #[serde(default)]
     pub(crate) certificate: String,
 }
 
-/// What meshca reads from `roles/<role>`.
-#[derive(Debug, Default, Deserialize)]
+impl From<vaultrs::api::pki::responses::ReadCertificateResponse> for CaChain {
+    fn from(chain: vaultrs::api::pki::responses::ReadCertificateResponse) -> Self {
+        Self {
+            certificate: chain.certificate,
+        }
+    }
+}
+
+/// What meshca uses of `roles/<role>` (read as vaultrs's `ReadRoleResponse`).
+#[derive(Debug, Default)]
 pub(crate) struct RoleData {
-    #[serde(default)]
     pub(crate) key_type: Option<String>,
-    #[serde(default)]
     pub(crate) key_bits: Option<u64>,
-    #[serde(default, deserialize_with = "seconds")]
     pub(crate) max_ttl: Option<Duration>,
-    #[serde(default)]
     pub(crate) allowed_uri_sans: Option<Vec<String>>,
     /// Whether `sign` takes the common name from the CSR (Vault's default: yes).
-    #[serde(default)]
     pub(crate) use_csr_common_name: Option<bool>,
     /// Whether `sign` takes the DNS, IP, URI and other SANs from the CSR instead of the
     /// request's parameters (Vault's default: yes).
-    #[serde(default)]
     pub(crate) use_csr_sans: Option<bool>,
+}
+
+impl From<vaultrs::api::pki::responses::ReadRoleResponse> for RoleData {
+    fn from(role: vaultrs::api::pki::responses::ReadRoleResponse) -> Self {
+        Self {
+            key_type: Some(role.key_type),
+            key_bits: Some(role.key_bits),
+            max_ttl: Some(Duration::from_secs(role.max_ttl)),
+            allowed_uri_sans: Some(role.allowed_uri_sans),
+            use_csr_common_name: Some(role.use_csr_common_name),
+            use_csr_sans: Some(role.use_csr_sans),
+        }
+    }
 }
 
 /// The role settings that make `pki/sign` certify names a CSR asks for, rather than the ones
@@ -229,16 +231,6 @@ impl RoleData {
     pub(crate) fn max_lifetime(&self) -> Option<Duration> {
         self.max_ttl.filter(|d| !d.is_zero())
     }
-}
-
-/// Vault returns durations as seconds; older versions and some fields as Go strings.
-fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-    let value = serde_json::Value::deserialize(deserializer)?;
-    Ok(match value {
-        serde_json::Value::Number(n) => n.as_u64().map(Duration::from_secs),
-        serde_json::Value::String(s) => meshca_provider::parse_duration(&s).ok(),
-        _ => None,
-    })
 }
 
 /// Whether `der` is self-signed (subject = issuer): a root, which chains must not carry.
@@ -338,6 +330,13 @@ mod tests {
 
     use super::*;
 
+    fn sign_body(spec: &LeafSpec) -> serde_json::Value {
+        use rustify::Endpoint as _;
+        let request = sign_request(&PkiPaths::new("pki", "meshca"), spec, "CSR".into());
+        assert_eq!(request.path(), "pki/sign/meshca");
+        serde_json::from_slice(&request.body().unwrap().unwrap()).unwrap()
+    }
+
     #[test]
     fn sign_body_sends_seconds_and_every_name_once() {
         let id = SpiffeId::from_short("bookstore/bookstore-v2", &TrustDomain::default()).unwrap();
@@ -346,7 +345,7 @@ mod tests {
             &["bookstore-v2.bookstore.svc".parse().unwrap()],
             Duration::from_secs(1200),
         );
-        let body = serde_json::to_value(IssueBody::sign(&spec, "CSR".into())).unwrap();
+        let body = sign_body(&spec);
         assert_eq!(body["ttl"], "1200s");
         assert_eq!(body["csr"], "CSR");
         // No common name: Vault would add it to the DNS SANs (the role has require_cn=false).
@@ -360,12 +359,12 @@ mod tests {
         assert_eq!(body["exclude_cn_from_sans"], false);
 
         let bare = LeafSpec::workload(&id, &[], Duration::from_secs(1200));
-        let body = serde_json::to_value(IssueBody::sign(&bare, "CSR".into())).unwrap();
+        let body = sign_body(&bare);
         assert!(body.get("common_name").is_none(), "{body}");
         assert!(body.get("alt_names").is_none(), "{body}");
 
         let server = LeafSpec::server(vec!["hook.svc".parse().unwrap()], Duration::ZERO);
-        let body = serde_json::to_value(IssueBody::sign(&server, "CSR".into())).unwrap();
+        let body = sign_body(&server);
         assert_eq!(body["common_name"], "hook.svc");
         assert!(body.get("alt_names").is_none(), "{body}");
         assert!(body.get("uri_sans").is_none(), "{body}");
@@ -410,56 +409,34 @@ mod tests {
     #[test]
     fn an_expiration_past_the_end_of_time_is_an_error_not_a_panic() {
         // Found writing the vault_response fuzz target: `SystemTime + Duration` panicked.
-        let issued: Issued = serde_json::from_str(
-            r#"{"certificate": "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
-                "expiration": 18446744073709551615}"#,
-        )
-        .unwrap();
+        let issued = Issued {
+            certificate: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
+            ca_chain: None,
+            issuing_ca: None,
+            expiration: Some(u64::MAX),
+        };
         let error = issued.leaf().unwrap_err();
         assert!(error.contains("18446744073709551615"), "{error}");
     }
 
     #[test]
-    fn role_fields_are_read_leniently() {
-        let role: RoleData = serde_json::from_value(serde_json::json!({
-            "key_type": "ec", "key_bits": 256, "max_ttl": 86400,
-            "allowed_uri_sans": ["spiffe://*"], "unrelated": {"x": 1}
-        }))
-        .unwrap();
-        assert_eq!(role.max_lifetime(), Some(Duration::from_secs(86_400)));
-        assert!(role.allows_spiffe_ids());
-        let role: RoleData =
-            serde_json::from_value(serde_json::json!({"max_ttl": "1h", "allowed_uri_sans": []}))
-                .unwrap();
-        assert_eq!(role.max_lifetime(), Some(Duration::from_secs(3600)));
-        assert!(!role.allows_spiffe_ids());
-        let role: RoleData = serde_json::from_value(serde_json::json!({"max_ttl": 0})).unwrap();
-        assert_eq!(role.max_lifetime(), None);
-    }
-
-    #[test]
     fn a_role_copies_csr_names_unless_both_settings_are_off() {
-        let role = |value: serde_json::Value| serde_json::from_value::<RoleData>(value).unwrap();
+        let role = |use_csr_common_name, use_csr_sans| RoleData {
+            use_csr_common_name,
+            use_csr_sans,
+            ..RoleData::default()
+        };
         // Unstated: Vault's defaults, both on.
+        assert_eq!(role(None, None).copies_csr_names(), CSR_NAME_SETTINGS);
         assert_eq!(
-            role(serde_json::json!({})).copies_csr_names(),
-            CSR_NAME_SETTINGS
-        );
-        assert_eq!(
-            role(serde_json::json!({"use_csr_common_name": false, "use_csr_sans": true}))
-                .copies_csr_names(),
+            role(Some(false), Some(true)).copies_csr_names(),
             ["use_csr_sans"]
         );
         assert_eq!(
-            role(serde_json::json!({"use_csr_common_name": true, "use_csr_sans": false}))
-                .copies_csr_names(),
+            role(Some(true), Some(false)).copies_csr_names(),
             ["use_csr_common_name"]
         );
-        assert!(
-            role(serde_json::json!({"use_csr_common_name": false, "use_csr_sans": false}))
-                .copies_csr_names()
-                .is_empty()
-        );
+        assert!(role(Some(false), Some(false)).copies_csr_names().is_empty());
     }
 
     #[test]

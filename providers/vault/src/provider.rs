@@ -9,15 +9,15 @@ use meshca_provider::{
     Capabilities, CertificateChain, CertificateProvider, CsrNames, IssueRequest, KeyType,
     ProviderError, TrustBundle, format_duration,
 };
+use rustify::Endpoint;
 use rustls_pki_types::CertificateDer;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::NAME;
 use crate::auth::{Credentials, api_error, check_token, keep_token_fresh};
+use crate::endpoints::{ReadCertificateRequest, ReadRoleRequest};
 use crate::error::VaultError;
-use crate::http::{ApiError, Envelope, Method, VaultHttp};
-use crate::pki::{self, CaChain, IssueBody, Issued, PkiPaths, RoleData};
+use crate::http::{ApiError, Envelope, VaultHttp, endpoint_path};
+use crate::pki::{self, CaChain, Issued, PkiPaths, RoleData};
 use crate::settings::{SettingsError, SharedTokenSource, TokenSource, VaultAuth, VaultSettings};
 
 /// A leaf shorter than asked by more than this counts as capped by the role (Vault stamps
@@ -201,23 +201,14 @@ impl VaultProvider {
 
     /// A call with the current token; a 403 with a replaceable token logs in again and
     /// retries once.
-    async fn call<B, T>(
+    async fn call<E: Endpoint>(
         &self,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
+        endpoint: &E,
         key_type: Option<KeyType>,
-    ) -> Result<Envelope<T>, ProviderError>
-    where
-        B: Serialize + ?Sized,
-        T: DeserializeOwned,
-    {
+    ) -> Result<Envelope<E::Response>, ProviderError> {
+        let path = &endpoint_path(endpoint);
         let token = self.credentials.current();
-        let result = match self
-            .http
-            .call(method, path, Some(token.header()), body)
-            .await
-        {
+        let result = match self.http.exec(endpoint, Some(token.header())).await {
             // A refused token is replaced (once for all callers) and the call retried; but a
             // token that is fine and only lacks a policy is not worth a new login each time.
             Err(forbidden @ ApiError::Status { status: 403, .. })
@@ -241,9 +232,7 @@ impl VaultProvider {
                     .replace(&self.http, &token, "403 permission denied")
                     .await
                     .map_err(VaultError::into_provider_error)?;
-                self.http
-                    .call(method, path, Some(fresh.header()), body)
-                    .await
+                self.http.exec(endpoint, Some(fresh.header())).await
             }
             other => other,
         };
@@ -427,19 +416,17 @@ impl CertificateProvider for VaultProvider {
         // A caller's own CSR is sent as it came (Vault checks its signature again); the names
         // are passed as parameters either way.
         let csr = pem_block("CERTIFICATE REQUEST", &request.csr_der()?);
-        let body = IssueBody::sign(request.spec, csr);
+        let sign = pki::sign_request(&self.paths, request.spec, csr);
         let started = SystemTime::now();
-        let answer: Envelope<Issued> = self
-            .call(Method::Post, &self.paths.sign, Some(&body), Some(key_type))
-            .await?;
-        let issued = self.data(answer, &self.paths.sign)?;
+        let answer = self.call(&sign, Some(key_type)).await?;
+        let issued = Issued::from(self.data(answer, &self.paths.sign)?);
         self.chain(&issued, request.spec.lifetime, started)
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
         let path = &self.paths.ca_chain;
-        let answer: Envelope<CaChain> = self.call::<(), _>(Method::Get, path, None, None).await?;
-        let chain = self.data(answer, path)?;
+        let answer = self.call(&ca_chain_request(&self.paths), None).await?;
+        let chain = CaChain::from(self.data(answer, path)?);
         let anchors = pki::trust_anchors(&chain.certificate)
             .map_err(|e| self.invalid(path, format!("unreadable CA chain: {e}")))?;
         if anchors.is_empty() {
@@ -507,12 +494,14 @@ async fn read_role(
     paths: &PkiPaths,
 ) -> Result<Option<RoleData>, VaultError> {
     let token = credentials.current();
-    let answer = http
-        .call::<(), RoleData>(Method::Get, &paths.role, Some(token.header()), None)
-        .await;
+    let read = ReadRoleRequest {
+        mount: paths.mount.clone(),
+        name: paths.role_name.clone(),
+    };
+    let answer = http.exec(&read, Some(token.header())).await;
     match answer {
         Ok(envelope) => match envelope.data {
-            Some(role) => Ok(Some(role)),
+            Some(role) => Ok(Some(role.into())),
             None => Err(role_not_found(http, paths)),
         },
         Err(ApiError::Status { status: 403, .. }) => {
@@ -553,7 +542,7 @@ async fn fetch_trust_anchors(
 ) -> Result<Vec<CertificateDer<'static>>, VaultError> {
     let token = credentials.current();
     let answer = http
-        .call::<(), CaChain>(Method::Get, &paths.ca_chain, Some(token.header()), None)
+        .exec(&ca_chain_request(paths), Some(token.header()))
         .await
         .map_err(|e| match e {
             ApiError::Status { status: 404, .. } if e.summary().contains("no handler") => {
@@ -572,7 +561,11 @@ async fn fetch_trust_anchors(
             }
             other => api_error(http, &paths.ca_chain, other),
         })?;
-    let Some(chain) = answer.data.filter(|c| !c.certificate.trim().is_empty()) else {
+    let Some(chain) = answer
+        .data
+        .map(CaChain::from)
+        .filter(|c| !c.certificate.trim().is_empty())
+    else {
         return Ok(Vec::new());
     };
     pki::trust_anchors(&chain.certificate).map_err(|reason| VaultError::InvalidResponse {
@@ -580,4 +573,12 @@ async fn fetch_trust_anchors(
         path: paths.ca_chain.clone(),
         reason,
     })
+}
+
+/// `<pki>/cert/ca_chain`: the mount's CA chain (its default issuer's).
+fn ca_chain_request(paths: &PkiPaths) -> ReadCertificateRequest {
+    ReadCertificateRequest {
+        mount: paths.mount.clone(),
+        serial: "ca_chain".to_owned(),
+    }
 }

@@ -2,34 +2,27 @@
 //! turning a failed call into a start-up error.
 
 use reqwest::header::HeaderValue;
+use rustify::Endpoint;
+use serde::de::IgnoredAny;
+use zeroize::Zeroize;
 
 use super::kept::{read_secret_file, read_secret_file_of, read_source};
-use super::token::{Lease, LookupData, Token, token_from_auth};
+use super::token::{Lease, Token, token_from_auth};
+use crate::endpoints::{
+    LoginWithApproleRequest, LoginWithKubernetesRequest, LookupSelf, RenewTokenSelfRequest,
+};
 use crate::error::VaultError;
-use crate::http::{ApiError, Method, VaultHttp};
+use crate::http::{ApiError, VaultHttp, endpoint_path};
 use crate::settings::{SecretIdSource, VaultAuth};
 
 /// The service-account token file Vault's Kubernetes login reads.
 const KUBERNETES_TOKEN_SETTING: &str = "vault.kubernetes.tokenFile";
 
 const LOOKUP_SELF: &str = "auth/token/lookup-self";
-const RENEW_SELF: &str = "auth/token/renew-self";
-
-#[derive(serde::Serialize)]
-struct AppRoleLogin<'a> {
-    role_id: &'a str,
-    secret_id: &'a str,
-}
-
-#[derive(serde::Serialize)]
-struct KubernetesLogin<'a> {
-    role: &'a str,
-    jwt: &'a str,
-}
 
 /// `lookup-self` with `token`: whether Vault still accepts it.
 pub(crate) async fn check_token(http: &VaultHttp, token: &Token) -> Result<(), ApiError> {
-    http.call::<(), serde_json::Value>(Method::Get, LOOKUP_SELF, Some(&token.header), None)
+    http.exec_as::<_, IgnoredAny>(&LookupSelf {}, Some(&token.header))
         .await
         .map(|_| ())
 }
@@ -65,11 +58,14 @@ pub(super) async fn obtain(method: &VaultAuth, http: &VaultHttp) -> Result<Token
                 SecretIdSource::Value(secret) => secret.clone(),
                 SecretIdSource::File(path) => read_secret_file(path, "vault.appRole.secretIdFile")?,
             };
-            let body = AppRoleLogin {
-                role_id,
-                secret_id: secret_id.expose(),
+            let mut request = LoginWithApproleRequest {
+                mount: mount.clone(),
+                role_id: role_id.clone(),
+                secret_id: secret_id.expose().to_owned(),
             };
-            login(http, method, mount, &body).await
+            let token = login(http, method, &request).await;
+            request.secret_id.zeroize();
+            token
         }
         VaultAuth::Kubernetes {
             role,
@@ -77,25 +73,27 @@ pub(super) async fn obtain(method: &VaultAuth, http: &VaultHttp) -> Result<Token
             jwt_file,
         } => {
             let jwt = read_secret_file(jwt_file, KUBERNETES_TOKEN_SETTING)?;
-            let body = KubernetesLogin {
-                role,
-                jwt: jwt.expose(),
+            let mut request = LoginWithKubernetesRequest {
+                mount: mount.clone(),
+                role: role.clone(),
+                jwt: jwt.expose().to_owned(),
             };
-            login(http, method, mount, &body).await
+            let token = login(http, method, &request).await;
+            request.jwt.zeroize();
+            token
         }
     }
 }
 
-/// `auth/<mount>/login` with `body`: a new token and its lease.
-async fn login<B: serde::Serialize>(
+/// `auth/<mount>/login` with `request`: a new token and its lease.
+async fn login<E: Endpoint>(
     http: &VaultHttp,
     method: &VaultAuth,
-    mount: &str,
-    body: &B,
+    request: &E,
 ) -> Result<Token, VaultError> {
-    let path = format!("auth/{mount}/login");
+    let path = endpoint_path(request);
     let answer = http
-        .call::<_, serde_json::Value>(Method::Post, &path, None, Some(body))
+        .exec_as::<_, IgnoredAny>(request, None)
         .await
         .map_err(|e| match e {
             ApiError::Status { status, .. } if status < 500 && status != 429 => {
@@ -127,7 +125,7 @@ pub(super) async fn lookup(
     method: &VaultAuth,
 ) -> Result<Lease, VaultError> {
     let answer = http
-        .call::<(), LookupData>(Method::Get, LOOKUP_SELF, Some(header), None)
+        .exec(&LookupSelf {}, Some(header))
         .await
         .map_err(|e| match e {
             ApiError::Status { status, .. } if (400..500).contains(&status) && status != 429 => {
@@ -150,12 +148,7 @@ pub(super) async fn lookup(
 /// `renew-self`: extends the token by its default increment.
 pub(super) async fn renew(http: &VaultHttp, header: &HeaderValue) -> Result<Lease, ApiError> {
     let answer = http
-        .call::<_, serde_json::Value>(
-            Method::Post,
-            RENEW_SELF,
-            Some(header),
-            Some(&serde_json::json!({})),
-        )
+        .exec_as::<_, IgnoredAny>(&RenewTokenSelfRequest { increment: None }, Some(header))
         .await?;
     let auth = answer.auth.ok_or_else(|| ApiError::Malformed {
         reason: "the renewal answer has no auth block".to_owned(),

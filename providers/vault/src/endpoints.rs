@@ -1,0 +1,143 @@
+//! The Vault endpoints meshca calls, as rustify endpoints (vaultrs's mechanism): vaultrs's own
+//! where its response types read OpenBao's and Vault's answers, meshca's where they do not.
+//!
+//! | Call | Endpoint | Response read as |
+//! |---|---|---|
+//! | `<pki>/sign/<role>` | vaultrs `SignCertificateRequest` | vaultrs `SignCertificateResponse` |
+//! | `<pki>/cert/ca_chain` | vaultrs `ReadCertificateRequest` | vaultrs `ReadCertificateResponse` |
+//! | `auth/token/renew-self` | vaultrs `RenewTokenSelfRequest` | the `auth` block |
+//! | `auth/<mount>/login` (AppRole) | vaultrs `LoginWithApproleRequest` | the `auth` block |
+//! | `auth/<mount>/login` (Kubernetes) | vaultrs `LoginWithKubernetesRequest` | the `auth` block |
+//! | `<pki>/roles/<role>` | vaultrs `ReadRoleRequest` | vaultrs `ReadRoleResponse` |
+//! | `auth/token/lookup-self` | [`LookupSelf`] | [`LookupData`] |
+//!
+//! The `auth` block of a login or renewal is read by meshca ([`AuthBlock`](crate::http::AuthBlock))
+//! whatever the endpoint: vaultrs's `AuthInfo` holds the token as a `String` it prints in
+//! `Debug`; meshca's holds it as a [`Secret`](crate::Secret).
+//!
+//! vaultrs's `LookupTokenResponse` reads OpenBao's answer (see the tests holding real
+//! answers) but carries the token itself (`id`) in a struct that prints it in `Debug`; meshca
+//! defines `lookup-self` with rustify's derive and reads only the lease.
+
+use rustify_derive::Endpoint;
+
+use crate::auth::LookupData;
+
+pub(crate) use vaultrs::api::auth::approle::requests::LoginWithApproleRequest;
+pub(crate) use vaultrs::api::auth::kubernetes::requests::LoginWithKubernetesRequest;
+pub(crate) use vaultrs::api::pki::requests::{
+    ReadCertificateRequest, ReadRoleRequest, SignCertificateRequest,
+};
+pub(crate) use vaultrs::api::token::requests::RenewTokenSelfRequest;
+
+/// `GET auth/token/lookup-self`, read as the token's lease only.
+#[derive(Endpoint)]
+#[endpoint(path = "auth/token/lookup-self", response = "LookupData")]
+pub(crate) struct LookupSelf {}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! Real answers of OpenBao 2.7.2 (dev server), in `openbao-2.7.2/`.
+
+    use std::time::Duration;
+
+    use vaultrs::api::pki::responses::{
+        ReadCertificateResponse, ReadRoleResponse, SignCertificateResponse,
+    };
+    use vaultrs::api::token::responses::LookupTokenResponse;
+
+    use super::*;
+    use crate::http::decode_answer;
+    use crate::pki::RoleData;
+
+    const SIGN: &str = include_str!("openbao-2.7.2/sign.json");
+    const CA_CHAIN: &str = include_str!("openbao-2.7.2/ca_chain.json");
+    const ROLE: &str = include_str!("openbao-2.7.2/role.json");
+    const LOOKUP_SELF: &str = include_str!("openbao-2.7.2/lookup_self.json");
+    const RENEW_SELF: &str = include_str!("openbao-2.7.2/renew_self.json");
+    const APPROLE_LOGIN: &str = include_str!("openbao-2.7.2/approle_login.json");
+
+    #[test]
+    fn vaultrs_types_read_openbaos_sign_and_ca_chain_answers() {
+        let signed =
+            decode_answer::<SignCertificateResponse>("pki/sign/meshca", 200, SIGN.as_bytes())
+                .unwrap()
+                .data
+                .unwrap();
+        assert!(
+            signed
+                .certificate
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        assert_eq!(signed.ca_chain.as_ref().map(Vec::len), Some(1));
+        assert!(signed.expiration > 0);
+        let chain =
+            decode_answer::<ReadCertificateResponse>("pki/cert/ca_chain", 200, CA_CHAIN.as_bytes())
+                .unwrap()
+                .data
+                .unwrap();
+        assert!(chain.certificate.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn vaultrs_type_reads_openbaos_role_answer() {
+        let role: RoleData =
+            decode_answer::<ReadRoleResponse>("pki/roles/meshca", 200, ROLE.as_bytes())
+                .unwrap()
+                .data
+                .unwrap()
+                .into();
+        assert!(role.allows_spiffe_ids());
+        assert!(role.copies_csr_names().is_empty());
+        assert_eq!(role.key_type.as_deref(), Some("ec"));
+        assert_eq!(role.key_types().len(), 2);
+        // max_ttl 0: the role sets none.
+        assert_eq!(role.max_lifetime(), None);
+    }
+
+    #[test]
+    fn a_lookup_answer_is_read_for_its_lease_without_the_token() {
+        // vaultrs's type reads it, token and all.
+        let full = decode_answer::<LookupTokenResponse>(
+            "auth/token/lookup-self",
+            200,
+            LOOKUP_SELF.as_bytes(),
+        )
+        .unwrap()
+        .data
+        .unwrap();
+        assert_eq!(full.id, "s.zNH7607zF7bvrF2hxAWbCaCD");
+        let lease =
+            decode_answer::<LookupData>("auth/token/lookup-self", 200, LOOKUP_SELF.as_bytes())
+                .unwrap()
+                .data
+                .unwrap()
+                .lease();
+        assert_eq!(lease.ttl, Duration::from_secs(3599));
+        assert_eq!(lease.first_ttl, Duration::from_secs(3600));
+        assert!(lease.renewable);
+    }
+
+    #[test]
+    fn login_and_renewal_answers_give_a_token_kept_secret() {
+        for (answer, token) in [
+            (RENEW_SELF, "s.zNH7607zF7bvrF2hxAWbCaCD"),
+            (APPROLE_LOGIN, "s.XdjKx8p1CuW2exLRFyY118jG"),
+        ] {
+            let auth = decode_answer::<serde::de::IgnoredAny>(
+                "auth/approle/login",
+                200,
+                answer.as_bytes(),
+            )
+            .unwrap()
+            .auth
+            .unwrap();
+            assert_eq!(auth.lease_duration, 3600);
+            assert!(auth.renewable);
+            assert_eq!(auth.client_token.expose(), token);
+            let printed = format!("{auth:?}");
+            assert!(!printed.contains(token), "{printed}");
+        }
+    }
+}
