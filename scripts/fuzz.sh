@@ -38,7 +38,10 @@ if [[ "$seconds" -lt 1 ]]; then
     exit 2
 fi
 
-if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+# The list is read whole first: under pipefail, `rustup … | grep -q` can fail when grep stops
+# reading before rustup has written everything.
+toolchains=$(rustup toolchain list 2>/dev/null || true)
+if ! grep -q '^nightly' <<<"$toolchains"; then
     echo "fuzz.sh: the nightly toolchain is missing (cargo-fuzz needs it for the sanitizer" \
         "flags): rustup toolchain install nightly" >&2
     exit 2

@@ -120,7 +120,11 @@ path "auth/token/renew-self"  { capabilities = ["update"] }
 EOF
 
 # AppRole.
-if ! "$bao" auth list 2>/dev/null | grep -q '^approle/'; then
+# Read the list whole before searching it: with pipefail, `bao auth list | grep -q` fails
+# whenever grep stops reading first and bao dies of SIGPIPE, which made a second run try to
+# enable AppRole again and stop ("path is already in use").
+auth_methods=$("$bao" auth list 2>/dev/null || true)
+if ! grep -q '^approle/' <<<"$auth_methods"; then
   "$bao" auth enable approle >/dev/null
   log "enabled AppRole auth at approle/"
 fi
