@@ -95,7 +95,8 @@ case "$context_mode" in
   kind)
     need kind "to create the cluster (or run with E2E_CONTEXT=current)"
     export KUBECONFIG=$work/kubeconfig
-    if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+    clusters=$(kind get clusters 2>/dev/null || true)  # whole first: grep -q and pipefail
+    if grep -qx "$cluster" <<<"$clusters"; then
       die "a kind cluster named $cluster already exists: delete it (kind delete cluster --name $cluster) or set E2E_CLUSTER"
     fi
     log "creating kind cluster $cluster"
