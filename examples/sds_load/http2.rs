@@ -1,5 +1,8 @@
-//! The load tool's HTTP/2 client: many gRPC `StreamSecrets` calls on one connection, driven by
-//! one task that reads and writes frames itself.
+//! The load tool's HTTP/2 client: many gRPC streaming calls on one connection, driven by one
+//! task that reads and writes frames itself. What is called, and what each response message
+//! asks for, is a [`Protocol`]'s: SDS's `StreamSecrets` (decode a `DiscoveryResponse`, ACK it)
+//! or the Workload API's `FetchX509SVID` (the `workload.spiffe.io: true` header; nothing sent
+//! back).
 //!
 //! Why not a client library: the client shares the machine's two cores with the server it
 //! measures, so every microsecond it spends per stream is taken from the server's figure.
@@ -18,6 +21,7 @@
 //! sent within the server's flow-control windows.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail, ensure};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -64,11 +68,92 @@ mod setting {
     pub(crate) const MAX_FRAME_SIZE: u16 = 0x5;
 }
 
+/// The call the streams make and what they do with each response message.
+pub(crate) trait Protocol: Send + Sync + 'static {
+    /// The gRPC method's path.
+    fn path(&self) -> &str;
+    /// Request headers beyond those of every gRPC call: (name, value), lowercase.
+    fn extra_headers(&self) -> &[(&str, &str)];
+    /// Whether the first message is the whole request (a server-streaming call: it is sent
+    /// with END_STREAM, as the server waits for it before answering).
+    fn one_request(&self) -> bool;
+    /// Handles response `message` of stream `index`: returns what the round checks after the
+    /// timed phase, and the message to send back, if any.
+    fn on_message(&self, index: usize, message: Bytes) -> anyhow::Result<(Vec<u8>, Option<Bytes>)>;
+}
+
+/// SDS's `StreamSecrets`, as Envoy calls it: each `DiscoveryResponse` is ACKed with its
+/// version and nonce; its one resource (an encoded `Secret`) is what the round checks.
+pub(crate) struct Sds;
+
+impl Protocol for Sds {
+    fn path(&self) -> &str {
+        meshca::sds::PATH_STREAM
+    }
+
+    fn extra_headers(&self) -> &[(&str, &str)] {
+        &[]
+    }
+
+    fn one_request(&self) -> bool {
+        false
+    }
+
+    fn on_message(&self, index: usize, message: Bytes) -> anyhow::Result<(Vec<u8>, Option<Bytes>)> {
+        let mut response = DiscoveryResponse::decode(message)
+            .with_context(|| format!("stream {index}: a malformed DiscoveryResponse"))?;
+        ensure!(
+            response.resources.len() == 1,
+            "stream {index}: expected one resource, got {}",
+            response.resources.len()
+        );
+        let secret = std::mem::take(&mut response.resources[0].value);
+        let ack = grpc_frame(&DiscoveryRequest {
+            version_info: response.version_info,
+            response_nonce: response.nonce,
+            resource_names: vec!["default".to_owned()],
+            type_url: SECRET_TYPE_URL.to_owned(),
+            ..DiscoveryRequest::default()
+        });
+        Ok((secret, Some(ack)))
+    }
+}
+
+/// The SPIFFE Workload API's `FetchX509SVID`, as go-spiffe and py-spiffe call it: the security
+/// header the specification requires; the server streams, the client sends nothing back. The
+/// whole `X509SVIDResponse` is what the round checks (decoded there, after the timed phase).
+pub(crate) struct WorkloadApi;
+
+/// `FetchX509SVID`'s gRPC path.
+pub(crate) const FETCH_X509_SVID: &str = "/SpiffeWorkloadAPI/FetchX509SVID";
+
+impl Protocol for WorkloadApi {
+    fn path(&self) -> &str {
+        FETCH_X509_SVID
+    }
+
+    fn extra_headers(&self) -> &[(&str, &str)] {
+        &[(meshca::workload_api::SECURITY_HEADER, "true")]
+    }
+
+    fn one_request(&self) -> bool {
+        true
+    }
+
+    fn on_message(&self, index: usize, message: Bytes) -> anyhow::Result<(Vec<u8>, Option<Bytes>)> {
+        ensure!(
+            !message.is_empty(),
+            "stream {index}: an empty X509SVIDResponse"
+        );
+        Ok((message.to_vec(), None))
+    }
+}
+
 /// What a stream reports to the round.
 pub(crate) enum Event {
-    /// A response arrived; its one resource (an encoded `Secret`) is checked after the timed
-    /// phase, so that the client's parsing does not take CPU from the server while it is timed.
-    Response { stream: usize, secret: Vec<u8> },
+    /// A response arrived; what the [`Protocol`] kept of it is checked after the timed phase,
+    /// so that the client's parsing does not take CPU from the server while it is timed.
+    Response { stream: usize, payload: Vec<u8> },
     /// The stream ended or could not go on.
     Failed { stream: usize, error: String },
 }
@@ -95,14 +180,15 @@ struct Call {
 /// An HTTP/2 connection after the SETTINGS exchange, ready to open calls.
 pub(crate) struct Connection {
     io: Box<dyn Io>,
+    protocol: Arc<dyn Protocol>,
     read: BytesMut,
     write: BytesMut,
     decoder: httlib_hpack::Decoder<'static>,
     calls: Vec<Call>,
     /// A header block spread over CONTINUATION frames: its stream, bytes, and END_STREAM.
     continuation: Option<(u32, BytesMut, bool)>,
-    /// DATA waiting for the server's flow-control windows: (call, gRPC frame).
-    blocked: VecDeque<(usize, Bytes)>,
+    /// DATA waiting for the server's flow-control windows: (call, gRPC frame, END_STREAM).
+    blocked: VecDeque<(usize, Bytes, bool)>,
     send_window: i64,
     stream_initial_window: i64,
     max_frame: usize,
@@ -118,9 +204,13 @@ pub(crate) struct Connection {
 impl Connection {
     /// Sends the preface and SETTINGS and waits until the server's SETTINGS arrived and ours
     /// were acknowledged, so that no part of the handshake falls into a timed phase.
-    pub(crate) async fn handshake(io: Box<dyn Io>) -> anyhow::Result<Self> {
+    pub(crate) async fn handshake(
+        io: Box<dyn Io>,
+        protocol: Arc<dyn Protocol>,
+    ) -> anyhow::Result<Self> {
         let mut connection = Self {
             io,
+            protocol,
             // Both grow to what the connection's streams need: with one stream per connection
             // (10,000 connections), 64 KiB each up front cost more page faults than the rest
             // of the client's work.
@@ -174,7 +264,7 @@ impl Connection {
         Ok(connection)
     }
 
-    /// Frames a `StreamSecrets` call for each `(index, first message)` in the write buffer
+    /// Frames a call of the [`Protocol`]'s method for each `(index, first message)` in the write buffer
     /// (sent by [`Connection::run`]): HEADERS, then the first request as DATA.
     pub(crate) fn open(
         &mut self,
@@ -193,7 +283,11 @@ impl Connection {
             2 * total < 1 << 31,
             "too many streams for one HTTP/2 connection"
         );
-        let headers = request_headers(authority);
+        let headers = request_headers(
+            self.protocol.path(),
+            authority,
+            self.protocol.extra_headers(),
+        );
         for (index, first) in calls {
             let call = self.calls.len();
             self.calls.push(Call {
@@ -212,13 +306,14 @@ impl Connection {
                 stream_id(call),
             );
             self.write.put_slice(&headers);
-            self.send_data(call, first)?;
+            let end = self.protocol.one_request();
+            self.send_data(call, first, end)?;
         }
         Ok(())
     }
 
-    /// Sends what [`Connection::open`] framed, then answers every response with an ACK until
-    /// the connection ends, reporting each response and each failed stream on `events`.
+    /// Sends what [`Connection::open`] framed, then answers every response as the
+    /// [`Protocol`] says until the connection ends, reporting each response and each failed stream on `events`.
     pub(crate) async fn run(mut self, events: mpsc::UnboundedSender<Event>) {
         let failure = loop {
             if let Err(error) = self.flush().await {
@@ -251,7 +346,7 @@ impl Connection {
             self.io
                 .write_all(&self.write)
                 .await
-                .context("cannot write to the SDS server")?;
+                .context("cannot write to the server")?;
             self.write.clear();
         }
         Ok(())
@@ -269,7 +364,7 @@ impl Connection {
             .io
             .read_buf(&mut self.read)
             .await
-            .context("cannot read from the SDS server")?;
+            .context("cannot read from the server")?;
         Ok(read > 0)
     }
 
@@ -462,7 +557,7 @@ impl Connection {
         }
     }
 
-    /// Reads whole gRPC messages of `call` and ACKs each response.
+    /// Reads whole gRPC messages of `call`, each handled by the [`Protocol`].
     fn on_data(
         &mut self,
         call: usize,
@@ -480,26 +575,14 @@ impl Connection {
         }
         while let Some(message) = next_message(&mut data)? {
             let index = self.calls[call].index;
-            let mut response = DiscoveryResponse::decode(message)
-                .with_context(|| format!("stream {index}: a malformed DiscoveryResponse"))?;
-            ensure!(
-                response.resources.len() == 1,
-                "stream {index}: expected one resource, got {}",
-                response.resources.len()
-            );
-            let secret = std::mem::take(&mut response.resources[0].value);
+            let (payload, answer) = self.protocol.on_message(index, message)?;
             let _ = events.send(Event::Response {
                 stream: index,
-                secret,
+                payload,
             });
-            let ack = grpc_frame(&DiscoveryRequest {
-                version_info: response.version_info,
-                response_nonce: response.nonce,
-                resource_names: vec!["default".to_owned()],
-                type_url: SECRET_TYPE_URL.to_owned(),
-                ..DiscoveryRequest::default()
-            });
-            self.send_data(call, ack)?;
+            if let Some(answer) = answer {
+                self.send_data(call, answer, false)?;
+            }
         }
         self.calls[call].partial.extend_from_slice(&data);
         Ok(())
@@ -560,19 +643,20 @@ impl Connection {
 
     /// Writes `message` as one DATA frame of `call` if the server's windows allow it, else
     /// queues it (in order) for the next WINDOW_UPDATE.
-    fn send_data(&mut self, call: usize, message: Bytes) -> anyhow::Result<()> {
+    /// `end`: the last DATA of the call (END_STREAM).
+    fn send_data(&mut self, call: usize, message: Bytes, end: bool) -> anyhow::Result<()> {
         ensure!(
             message.len() <= self.max_frame,
             "a {}-byte request does not fit one frame",
             message.len()
         );
-        if !self.blocked.is_empty() || !self.try_send(call, &message) {
-            self.blocked.push_back((call, message));
+        if !self.blocked.is_empty() || !self.try_send(call, &message, end) {
+            self.blocked.push_back((call, message, end));
         }
         Ok(())
     }
 
-    fn try_send(&mut self, call: usize, message: &Bytes) -> bool {
+    fn try_send(&mut self, call: usize, message: &Bytes, end: bool) -> bool {
         let length = message.len() as i64;
         let state = &mut self.calls[call];
         if state.ended {
@@ -587,7 +671,7 @@ impl Connection {
             &mut self.write,
             message.len(),
             frame::DATA,
-            0,
+            if end { flag::END_STREAM } else { 0 },
             stream_id(call),
         );
         self.write.put_slice(message);
@@ -595,9 +679,9 @@ impl Connection {
     }
 
     fn send_blocked(&mut self) {
-        while let Some((call, message)) = self.blocked.pop_front() {
-            if !self.try_send(call, &message) {
-                self.blocked.push_front((call, message));
+        while let Some((call, message, end)) = self.blocked.pop_front() {
+            if !self.try_send(call, &message, end) {
+                self.blocked.push_front((call, message, end));
                 break;
             }
         }
@@ -634,18 +718,20 @@ fn unpad(flags: u8, mut payload: Bytes) -> anyhow::Result<Bytes> {
     Ok(payload)
 }
 
-/// The header block of a `StreamSecrets` call, HPACK-encoded without the dynamic table (so
+/// The header block of a gRPC call of `path`, HPACK-encoded without the dynamic table (so
 /// that one block serves every stream): static-table entries and literals "without indexing".
-fn request_headers(authority: &str) -> Bytes {
+fn request_headers(path: &str, authority: &str, extra: &[(&str, &str)]) -> Bytes {
     let mut block = BytesMut::new();
     block.put_u8(0x80 | 3); // :method POST
     block.put_u8(0x80 | 6); // :scheme http
-    put_literal(&mut block, 4, meshca::sds::PATH_STREAM); // :path
+    put_literal(&mut block, 4, path); // :path
     put_literal(&mut block, 1, authority); // :authority
     put_literal(&mut block, 31, "application/grpc"); // content-type
-    block.put_u8(0); // a literal name: te
-    put_string(&mut block, "te");
-    put_string(&mut block, "trailers");
+    for (name, value) in [("te", "trailers")].iter().chain(extra) {
+        block.put_u8(0); // a literal name
+        put_string(&mut block, name);
+        put_string(&mut block, value);
+    }
     block.freeze()
 }
 
@@ -707,7 +793,12 @@ mod tests {
 
     #[test]
     fn request_headers_decode_as_a_grpc_call() {
-        let mut block = request_headers("127.0.0.1:15000").to_vec();
+        let mut block = request_headers(
+            meshca::sds::PATH_STREAM,
+            "127.0.0.1:15000",
+            &[(meshca::workload_api::SECURITY_HEADER, "true")],
+        )
+        .to_vec();
         let mut headers = Vec::new();
         httlib_hpack::Decoder::default()
             .decode(&mut block, &mut headers)
@@ -723,6 +814,7 @@ mod tests {
             (":authority", "127.0.0.1:15000"),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
+            ("workload.spiffe.io", "true"),
         ];
         assert_eq!(
             text,

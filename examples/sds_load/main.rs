@@ -19,12 +19,22 @@
 //! server's cache published. The streams are driven by this tool's own HTTP/2 client
 //! (`http2.rs`): it shares the two cores with the server it measures.
 //!
+//! With `--api workload` the same phases measure the SPIFFE Workload API instead: N concurrent
+//! `FetchX509SVID` streams on its Unix socket (16 per connection, the server's HTTP/2 limit, so
+//! `--connections` must be at least N/16), each attested as a distinct identity by the
+//! benchmark's attestor (`CountingAttestor`: the real Unix attestor's work per call, /proc
+//! reads included, then `unix:uid:<n>` from a counter, matching entry n of N), the server's
+//! `maxStreams` and `maxStreamsPerCaller` raised to N. Each stream checks after the phase that
+//! it holds one SVID, of an identity no other stream holds, whose serial the cache published.
+//!
 //! `cargo build --release --example sds_load && target/release/examples/sds_load --streams 10000`
+//! (`--api workload --connections 625` for the Workload API)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -39,6 +49,11 @@ use meshca::config::{Config, SdsAuth};
 use meshca::sds::convert::SECRET_TYPE_URL;
 use meshca::sds::{SdsServer, SecretSource};
 use meshca::time::TokioClock;
+use meshca::workload_api::proto::{X509svidRequest, X509svidResponse};
+use meshca::workload_api::{
+    AttestError, Attestor, PeerCredentials, RegistrationEntry, Selector, UnixAttestor,
+    WorkloadApiLimits, WorkloadApiServer, WorkloadApiSettings,
+};
 use meshca_provider::x509::sha256;
 use meshca_provider::{CertificateChain, CertificateInfo, Clock, SpiffeId, TrustDomain};
 use prost::Message;
@@ -54,6 +69,10 @@ mod http2;
 
 #[derive(Debug, Parser)]
 struct Args {
+    /// The API the streams call: `sds` (`StreamSecrets`, as Envoy) or `workload` (the SPIFFE
+    /// Workload API's `FetchX509SVID`, always on a Unix socket).
+    #[arg(long, value_enum, default_value_t = Api::Sds)]
+    api: Api,
     /// Concurrent streams, one identity each.
     #[arg(long, default_value_t = 10_000)]
     streams: usize,
@@ -83,13 +102,44 @@ struct Args {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Api {
+    Sds,
+    Workload,
+}
+
+impl Api {
+    fn protocol(self) -> Arc<dyn http2::Protocol> {
+        match self {
+            Self::Sds => Arc::new(http2::Sds),
+            Self::Workload => Arc::new(http2::WorkloadApi),
+        }
+    }
+}
+
+/// The Workload API's HTTP/2 streams per connection (its `MAX_STREAMS_PER_CONNECTION`).
+const WORKLOAD_STREAMS_PER_CONNECTION: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Transport {
     Tcp,
     Unix,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.api == Api::Workload {
+        args.transport = Transport::Unix;
+        // The server processes are not told the connections.
+        ensure!(
+            args.serve_only
+                || args.cache_only
+                || args.connections * WORKLOAD_STREAMS_PER_CONNECTION >= args.streams,
+            "the Workload API allows {WORKLOAD_STREAMS_PER_CONNECTION} streams per connection: \
+             {} streams need --connections {} at least",
+            args.streams,
+            args.streams.div_ceil(WORKLOAD_STREAMS_PER_CONNECTION)
+        );
+    }
     ensure!(
         args.streams > 0 && args.connections > 0 && args.client_threads > 0 && args.rounds > 0,
         "--streams, --connections, --client-threads and --rounds must be at least 1"
@@ -185,25 +235,121 @@ async fn cache_only(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server process: `meshca serve` in development mode, answering the driver's commands.
+/// The benchmark's attestor: distinct identities per stream cannot come from one client
+/// process's uid, gid and executable, so after the Unix attestor's own work (the same /proc
+/// reads per call as in production) the uid it read is replaced by the next number of a
+/// counter: call n is `unix:uid:<n>`, which entry n matches.
+struct CountingAttestor {
+    unix: UnixAttestor,
+    next: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Attestor for CountingAttestor {
+    async fn attest(&self, peer: PeerCredentials) -> Result<Vec<Selector>, AttestError> {
+        let mut selectors = self.unix.attest(peer).await?;
+        let uid = self.next.fetch_add(1, Ordering::Relaxed);
+        for selector in &mut selectors {
+            if let Selector::Uid(_) = selector {
+                *selector = Selector::Uid(uid);
+            }
+        }
+        Ok(selectors)
+    }
+}
+
+/// The Workload API for the load: entry n gives identity n to `unix:uid:<n>`, n < `streams`;
+/// the stream limits (all streams come from one uid) raised to `streams`.
+fn workload_api(
+    streams: usize,
+    dir: &Path,
+    source: Arc<dyn SecretSource>,
+) -> anyhow::Result<WorkloadApiServer> {
+    let domain = TrustDomain::default();
+    let entries: Vec<RegistrationEntry> = (0..streams)
+        .map(|n| {
+            Ok(RegistrationEntry {
+                spiffe_id: SpiffeId::from_short(&short_name(n), &domain)?,
+                selectors: vec![Selector::Uid(u32::try_from(n)?)],
+                hint: String::new(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let unix = UnixAttestor::for_entries(&entries);
+    let defaults = WorkloadApiLimits::default();
+    let settings = WorkloadApiSettings {
+        socket_path: dir.join("workload.sock"),
+        socket_mode: 0o600,
+        trust_domain: domain,
+        entries,
+        limits: WorkloadApiLimits {
+            max_streams: streams.max(defaults.max_streams),
+            max_streams_per_caller: streams.max(defaults.max_streams_per_caller),
+            max_connections: streams.max(defaults.max_connections),
+            ..defaults
+        },
+    };
+    Ok(
+        WorkloadApiServer::new(settings, source)?.with_attestor(Arc::new(CountingAttestor {
+            unix,
+            next: AtomicU32::new(0),
+        })),
+    )
+}
+
+/// The server process: `meshca serve` in development mode (or the Workload API over the same
+/// cache), answering the driver's commands.
 async fn serve(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = daemon_config(args.streams, args.transport, dir.path());
     let cache = daemon_cache(&config).await?;
-    let sds = SdsServer::new(sds_settings(&config).await?)?.bind().await?;
-    let address = match args.transport {
-        Transport::Tcp => sds.tcp_address().context("no TCP address")?.to_string(),
-        Transport::Unix => format!(
-            "unix:{}",
-            sds.unix_path().context("no Unix socket")?.display()
-        ),
-    };
-    let stats = sds.stats();
     let source: Arc<dyn SecretSource> = Arc::new(cache.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sds.serve(source, async {
+    let stopped = async {
         let _ = stopped.await;
-    }));
+    };
+    let (address, server, stats): (_, tokio::task::JoinHandle<anyhow::Result<()>>, _) =
+        match args.api {
+            Api::Sds => {
+                let sds = SdsServer::new(sds_settings(&config).await?)?.bind().await?;
+                let address = match args.transport {
+                    Transport::Tcp => sds.tcp_address().context("no TCP address")?.to_string(),
+                    Transport::Unix => format!(
+                        "unix:{}",
+                        sds.unix_path().context("no Unix socket")?.display()
+                    ),
+                };
+                let stats = sds.stats();
+                let server = tokio::spawn(async move { Ok(sds.serve(source, stopped).await?) });
+                let counters: Box<dyn Fn() -> String + Send> = Box::new(move || {
+                    let sds = stats.snapshot();
+                    format!(
+                        "{} responses, {} pushes, {} ACKs, {} NACKs",
+                        sds.responses, sds.pushes, sds.acks, sds.nacks
+                    )
+                });
+                (address, server, counters)
+            }
+            Api::Workload => {
+                let api = workload_api(args.streams, dir.path(), source)?;
+                let metrics = api.metrics();
+                let running = api.bind().await?.start(stopped);
+                let address = format!("unix:{}", dir.path().join("workload.sock").display());
+                let server = tokio::spawn(async move { Ok(running.stopped().await?) });
+                let counters: Box<dyn Fn() -> String + Send> = Box::new(move || {
+                    let api = metrics.snapshot();
+                    format!(
+                        "{} streams opened, {} SVID messages, {} refused (no entry), {} refused \
+                         (limits)",
+                        api.streams_total,
+                        api.svid_messages,
+                        api.refused_no_entry,
+                        api.refused_exhausted
+                    )
+                });
+                (address, server, counters)
+            }
+        };
     println!("ready {address}");
 
     let mut staged = None;
@@ -242,11 +388,12 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
                 println!("ok");
             }
             "stats" => {
-                let sds = stats.snapshot();
                 let cache = cache.stats();
                 println!(
-                    "stats {} {} {} {} {} {}",
-                    sds.responses, sds.pushes, sds.acks, sds.nacks, cache.issued, cache.renewed
+                    "stats {}; cache: {} issued, {} renewed",
+                    stats(),
+                    cache.issued,
+                    cache.renewed
                 );
             }
             "quit" => break,
@@ -284,6 +431,11 @@ impl Server {
     fn start(args: &Args, flag: &str) -> anyhow::Result<Self> {
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
             .arg(flag)
+            .arg("--api")
+            .arg(match args.api {
+                Api::Sds => "sds",
+                Api::Workload => "workload",
+            })
             .arg("--streams")
             .arg(args.streams.to_string())
             .arg("--transport")
@@ -347,8 +499,11 @@ impl Server {
     }
 }
 
-/// Per-stream progress: how many responses each stream has had and the serial it holds.
+/// Per-stream progress: how many responses each stream has had, the identity it was given and
+/// the serial it holds.
 struct Progress {
+    api: Api,
+    identities: Vec<String>,
     serials: Vec<String>,
     responses: Vec<u32>,
     received: mpsc::UnboundedReceiver<Event>,
@@ -359,11 +514,40 @@ struct Progress {
 struct Arrived {
     /// Each stream's time to its response, in arrival order.
     latencies: Vec<Duration>,
-    /// Each stream's `Secret`, by stream.
+    /// Each stream's `Secret` (SDS) or `X509SVIDResponse` (Workload API), by stream.
     secrets: Vec<Vec<u8>>,
 }
 
 impl Progress {
+    fn new(
+        api: Api,
+        n: usize,
+        received: mpsc::UnboundedReceiver<Event>,
+        patience: Duration,
+    ) -> Self {
+        let domain = TrustDomain::default();
+        let identities = match api {
+            // SDS: stream i asks for identity i.
+            Api::Sds => (0..n)
+                .map(|i| {
+                    SpiffeId::from_short(&short_name(i), &domain)
+                        .unwrap()
+                        .to_string()
+                })
+                .collect(),
+            // The Workload API: the attestor decides; the first response says.
+            Api::Workload => vec![String::new(); n],
+        };
+        Self {
+            api,
+            identities,
+            serials: vec![String::new(); n],
+            responses: vec![0; n],
+            received,
+            patience,
+        }
+    }
+
     /// Waits until every stream has had `round` responses. Returns as the last one arrives,
     /// so that the caller can stop the clock before the responses are checked.
     async fn wait_round(&mut self, round: u32, started: Instant) -> anyhow::Result<Arrived> {
@@ -386,7 +570,10 @@ impl Progress {
             })?
             .context("every connection task ended")?;
             match event {
-                Event::Response { stream, secret } => {
+                Event::Response {
+                    stream,
+                    payload: secret,
+                } => {
                     self.responses[stream] += 1;
                     ensure!(
                         self.responses[stream] == round,
@@ -407,7 +594,11 @@ impl Progress {
     /// client's work, and took about 90 ms of a phase's wall time when it was inside it.
     fn check(&mut self, secrets: Vec<Vec<u8>>) -> anyhow::Result<()> {
         for (stream, secret) in secrets.into_iter().enumerate() {
-            let serial = leaf_serial(&secret).with_context(|| format!("stream {stream}"))?;
+            let serial = match self.api {
+                Api::Sds => leaf_serial(&secret),
+                Api::Workload => svid_serial(&secret, &mut self.identities[stream]),
+            }
+            .with_context(|| format!("stream {stream}"))?;
             ensure!(
                 serial != self.serials[stream],
                 "stream {stream} was pushed the serial it already held"
@@ -417,12 +608,15 @@ impl Progress {
         Ok(())
     }
 
+    /// A digest of every stream's (identity, serial): equal to the cache's, it says that the
+    /// streams hold N distinct identities, each with the certificate the cache published.
     fn digest(&self) -> String {
-        let domain = TrustDomain::default();
-        digest_of(self.serials.iter().enumerate().map(|(stream, serial)| {
-            let identity = SpiffeId::from_short(&short_name(stream), &domain).unwrap();
-            (identity.to_string(), serial.clone())
-        }))
+        digest_of(
+            self.identities
+                .iter()
+                .cloned()
+                .zip(self.serials.iter().cloned()),
+        )
     }
 }
 
@@ -506,7 +700,7 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<RoundResult> {
     let address = server.expect("ready").await?.remove(0);
     let mut connections = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        connections.push(connect(&address).await?);
+        connections.push(connect(&address, args.api.protocol()).await?);
     }
     // Every stream's request is made and framed before the clock starts: a proxy arrives with
     // its own. Stream i goes on connection i mod C.
@@ -517,7 +711,7 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<RoundResult> {
     };
     let mut calls = vec![Vec::new(); connections.len()];
     for stream in 0..n {
-        calls[stream % connections.len()].push((stream, first_request(stream)));
+        calls[stream % connections.len()].push((stream, first_request(args.api, stream)));
     }
     for (connection, calls) in connections.iter_mut().zip(calls) {
         connection.open(authority, calls)?;
@@ -527,12 +721,7 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<RoundResult> {
     let client_cpu = cpu_time(std::process::id())?;
 
     let (events, received) = mpsc::unbounded_channel();
-    let mut progress = Progress {
-        serials: vec![String::new(); n],
-        responses: vec![0; n],
-        received,
-        patience: args.patience,
-    };
+    let mut progress = Progress::new(args.api, n, received, args.patience);
     let opened = Instant::now();
     for connection in connections {
         tokio::spawn(connection.run(events.clone()));
@@ -609,17 +798,11 @@ async fn round(args: &Args, index: usize) -> anyhow::Result<RoundResult> {
     let memory = format!(
         "round {index}: server RSS {rss_before} → {rss_after} KiB with the streams open ({rss_end} KiB at the end); \
          the cache alone grew {cache_per_cert:.1} KiB per certificate ({} → {} KiB); staging the \
-         {n} re-issued certificates took {:.0} ms; server counters: {} responses, {} pushes, {} ACKs, \
-         {} NACKs; cache: {} issued, {} renewed",
+         {n} re-issued certificates took {:.0} ms; server counters: {}",
         cache_rss[0],
         cache_rss[1],
         ms(stage_time),
-        stats[0],
-        stats[1],
-        stats[2],
-        stats[3],
-        stats[4],
-        stats[5],
+        stats.join(" "),
     );
     Ok(RoundResult {
         ratio: all_first.as_secs_f64() / issue_alone.as_secs_f64(),
@@ -654,9 +837,12 @@ async fn pushed_phase(
     Ok((elapsed, cpu))
 }
 
-/// One HTTP/2 connection to the SDS server, past its SETTINGS exchange.
-async fn connect(address: &str) -> anyhow::Result<http2::Connection> {
-    let failed = || format!("cannot connect to the SDS server at {address}");
+/// One HTTP/2 connection to the server, past its SETTINGS exchange.
+async fn connect(
+    address: &str,
+    protocol: Arc<dyn http2::Protocol>,
+) -> anyhow::Result<http2::Connection> {
+    let failed = || format!("cannot connect to the server at {address}");
     let io: Box<dyn http2::Io> = match address.strip_prefix("unix:") {
         Some(path) => Box::new(UnixStream::connect(path).await.with_context(failed)?),
         None => {
@@ -665,13 +851,17 @@ async fn connect(address: &str) -> anyhow::Result<http2::Connection> {
             Box::new(tcp)
         }
     };
-    http2::Connection::handshake(io)
+    http2::Connection::handshake(io, protocol)
         .await
-        .with_context(|| format!("HTTP/2 with the SDS server at {address} failed"))
+        .with_context(|| format!("HTTP/2 with the server at {address} failed"))
 }
 
-/// Stream `stream`'s first request, framed: it asks for `default` with its node id.
-fn first_request(stream: usize) -> Bytes {
+/// Stream `stream`'s first request, framed: SDS asks for `default` with its node id; the
+/// Workload API's request is empty (the caller is who the socket says).
+fn first_request(api: Api, stream: usize) -> Bytes {
+    if api == Api::Workload {
+        return http2::grpc_frame(&X509svidRequest {});
+    }
     http2::grpc_frame(&DiscoveryRequest {
         node: Some(Node {
             id: short_name(stream),
@@ -696,6 +886,59 @@ fn leaf_serial(secret: &[u8]) -> anyhow::Result<String> {
     };
     let chain = CertificateChain::from_pem(std::str::from_utf8(&pem)?)?;
     Ok(CertificateInfo::parse(chain.leaf())?.serial_hex())
+}
+
+/// The leaf serial of the one SVID in an `X509SVIDResponse`. The stream's identity is set by
+/// its first response and must stay; the leaf must carry it as its URI SAN, and the key
+/// sent must be a PKCS#8 key.
+fn svid_serial(message: &[u8], identity: &mut String) -> anyhow::Result<String> {
+    let response = X509svidResponse::decode(message)?;
+    ensure!(
+        response.svids.len() == 1,
+        "expected one SVID, got {}",
+        response.svids.len()
+    );
+    let svid = &response.svids[0];
+    if identity.is_empty() {
+        identity.clone_from(&svid.spiffe_id);
+    }
+    ensure!(
+        svid.spiffe_id == *identity,
+        "was given {} after {identity}",
+        svid.spiffe_id
+    );
+    ensure!(!svid.x509_svid_key.is_empty(), "an SVID without its key");
+    ensure!(!svid.bundle.is_empty(), "an SVID without the bundle");
+    let leaf = first_der(&svid.x509_svid)?;
+    let info = CertificateInfo::parse(leaf)?;
+    ensure!(
+        info.uri_sans == [identity.clone()],
+        "the leaf names {:?}, not {identity}",
+        info.uri_sans
+    );
+    Ok(info.serial_hex())
+}
+
+/// The first DER certificate of several back to back (its SEQUENCE's length says where it
+/// ends).
+fn first_der(ders: &[u8]) -> anyhow::Result<&[u8]> {
+    ensure!(ders.len() >= 2 && ders[0] == 0x30, "not a DER certificate");
+    let (header, length) = match ders[1] {
+        short @ 0..=0x7f => (2, usize::from(short)),
+        long => {
+            let bytes = usize::from(long & 0x7f);
+            ensure!(
+                (1..=4).contains(&bytes) && ders.len() >= 2 + bytes,
+                "a malformed DER length"
+            );
+            let length = ders[2..2 + bytes]
+                .iter()
+                .fold(0usize, |acc, b| acc << 8 | usize::from(*b));
+            (2 + bytes, length)
+        }
+    };
+    ensure!(ders.len() >= header + length, "a truncated DER certificate");
+    Ok(&ders[..header + length])
 }
 
 /// CPU time (user + system) process `pid` has used so far, from /proc/<pid>/stat.
@@ -770,6 +1013,7 @@ mod tests {
 
     /// Opens `calls` spread over `connections` connections and drives them.
     async fn open(
+        api: Api,
         address: &str,
         connections: usize,
         calls: Vec<(usize, Bytes)>,
@@ -781,7 +1025,7 @@ mod tests {
             spread[i % connections].push(call);
         }
         for calls in spread {
-            let mut connection = connect(address).await.unwrap();
+            let mut connection = connect(address, api.protocol()).await.unwrap();
             connection.open(address, calls).unwrap();
             opened.push(connection);
         }
@@ -789,12 +1033,7 @@ mod tests {
         for connection in opened {
             tokio::spawn(connection.run(events.clone()));
         }
-        Progress {
-            serials: vec![String::new(); n],
-            responses: vec![0; n],
-            received,
-            patience: Duration::from_secs(60),
-        }
+        Progress::new(api, n, received, Duration::from_secs(60))
     }
 
     fn cache_digest(cache: &CertificateCache) -> String {
@@ -806,8 +1045,8 @@ mod tests {
     async fn streams_get_their_certificates_and_every_renewal_until_the_server_drains() {
         let n = 60;
         let server = start(n).await;
-        let calls = (0..n).map(|s| (s, first_request(s))).collect();
-        let mut progress = open(&server.address, 3, calls, n).await;
+        let calls = (0..n).map(|s| (s, first_request(Api::Sds, s))).collect();
+        let mut progress = open(Api::Sds, &server.address, 3, calls, n).await;
 
         let arrived = progress.wait_round(1, Instant::now()).await.unwrap();
         progress.check(arrived.secrets).unwrap();
@@ -843,6 +1082,96 @@ mod tests {
         server.server.await.unwrap().unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workload_api_streams_each_hold_their_own_identity_and_get_every_renewal() {
+        // More streams than one connection may carry, and than the default per-caller limit.
+        let n = 120;
+        let dir = tempfile::tempdir().unwrap();
+        let config = daemon_config(n, Transport::Unix, dir.path());
+        let cache = daemon_cache(&config).await.unwrap();
+        let source: Arc<dyn SecretSource> = Arc::new(cache.clone());
+        let api = workload_api(n, dir.path(), source).unwrap();
+        let metrics = api.metrics();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = api.bind().await.unwrap().start(async {
+            let _ = stopped.await;
+        });
+        let address = format!("unix:{}", dir.path().join("workload.sock").display());
+        let calls = (0..n)
+            .map(|s| (s, first_request(Api::Workload, s)))
+            .collect();
+        let connections = n.div_ceil(WORKLOAD_STREAMS_PER_CONNECTION);
+        let mut progress = open(Api::Workload, &address, connections, calls, n).await;
+
+        let arrived = progress.wait_round(1, Instant::now()).await.unwrap();
+        progress.check(arrived.secrets).unwrap();
+        // N distinct identities, each with the certificate the cache holds for it.
+        assert_eq!(progress.digest(), cache_digest(&cache));
+        let distinct: std::collections::HashSet<_> = progress.identities.iter().collect();
+        assert_eq!(distinct.len(), n);
+
+        cache.renew_now(None);
+        let arrived = progress.wait_round(2, Instant::now()).await.unwrap();
+        progress.check(arrived.secrets).unwrap();
+        assert_eq!(progress.digest(), cache_digest(&cache));
+        let counted = metrics.snapshot();
+        assert_eq!(
+            (counted.streams_total, counted.svid_messages),
+            (n as u64, 2 * n as u64)
+        );
+
+        stop.send(()).unwrap();
+        let mut ended = 0;
+        while let Some(event) = progress.received.recv().await {
+            match event {
+                Event::Failed { error, .. } => {
+                    assert!(error.contains("gRPC status 14"), "{error}");
+                    ended += 1;
+                }
+                Event::Response { stream, .. } => panic!("stream {stream}: a third response"),
+            }
+        }
+        assert_eq!(ended, n);
+        running.stopped().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_workload_api_caller_past_the_identities_is_refused() {
+        // One entry: the second call is attested as `unix:uid:1`, which nothing matches.
+        let dir = tempfile::tempdir().unwrap();
+        let config = daemon_config(1, Transport::Unix, dir.path());
+        let cache = daemon_cache(&config).await.unwrap();
+        let source: Arc<dyn SecretSource> = Arc::new(cache.clone());
+        let api = workload_api(1, dir.path(), source).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = api.bind().await.unwrap().start(async {
+            let _ = stopped.await;
+        });
+        let address = format!("unix:{}", dir.path().join("workload.sock").display());
+        let calls = (0..2)
+            .map(|s| (s, first_request(Api::Workload, s)))
+            .collect();
+        let mut progress = open(Api::Workload, &address, 2, calls, 2).await;
+        let (mut answered, mut refused) = (0, 0);
+        for _ in 0..2 {
+            match progress.received.recv().await.unwrap() {
+                Event::Response { .. } => answered += 1,
+                Event::Failed { error, .. } => {
+                    assert!(error.contains("gRPC status 7"), "{error}");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!((answered, refused), (1, 1));
+        assert_eq!(
+            cache.stats().issued,
+            1,
+            "nothing issued for the refused caller"
+        );
+        stop.send(()).unwrap();
+        running.stopped().await.unwrap();
+    }
+
     /// Waits until the server has counted `expected` ACKs (30 s at most).
     async fn wait_for_acks(stats: &meshca::sds::SdsStats, expected: u64) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -865,7 +1194,7 @@ mod tests {
             type_url: SECRET_TYPE_URL.to_owned(),
             ..DiscoveryRequest::default()
         });
-        let mut progress = open(&server.address, 1, vec![(0, anonymous)], 1).await;
+        let mut progress = open(Api::Sds, &server.address, 1, vec![(0, anonymous)], 1).await;
         match progress.received.recv().await.unwrap() {
             Event::Failed { stream, error } => {
                 assert_eq!(stream, 0);
