@@ -17,7 +17,7 @@ use tonic::metadata::MetadataMap;
 use tracing::{info, warn};
 
 use super::WorkloadApiLimits;
-use super::attest::{Attestor, PeerCredentials, RegistrationEntry, matching};
+use super::attest::{Attestor, EntryIndex, PeerCredentials, RegistrationEntry};
 use super::metrics::{Refusal, WorkloadApiMetrics};
 use crate::jwt_svid::JwtAuthority;
 use crate::sds::source::SecretSource;
@@ -33,7 +33,7 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 pub(crate) struct Shared {
     pub(crate) source: Arc<dyn SecretSource>,
     pub(crate) attestor: Arc<dyn Attestor>,
-    pub(crate) entries: Arc<[RegistrationEntry]>,
+    pub(crate) entries: EntryIndex,
     pub(crate) trust_domain: TrustDomain,
     pub(crate) limits: WorkloadApiLimits,
     pub(crate) metrics: Arc<WorkloadApiMetrics>,
@@ -175,7 +175,9 @@ impl Shared {
                 ));
             }
         };
-        let entries: Vec<RegistrationEntry> = matching(&self.entries, &selectors)
+        let entries: Vec<RegistrationEntry> = self
+            .entries
+            .matching(&selectors)
             .into_iter()
             .cloned()
             .collect();

@@ -289,7 +289,7 @@ impl BoundWorkloadApiServer {
         let shared = Arc::new(admission::Shared {
             source,
             attestor,
-            entries: settings.entries.into(),
+            entries: attest::EntryIndex::new(settings.entries),
             trust_domain: settings.trust_domain,
             stream_slots: Arc::new(Semaphore::new(limits.max_streams)),
             per_caller: Mutex::default(),
