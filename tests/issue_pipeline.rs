@@ -48,8 +48,16 @@ async fn handle(State(vault): State<Arc<FakeVault>>, uri: Uri, body: Bytes) -> R
     if path.ends_with("/auth/token/lookup-self") {
         return answer(json!({ "ttl": 0, "renewable": false })).into_response();
     }
+    // Answers shaped as Vault and OpenBao write them (the fields vaultrs's response types
+    // require: providers/vault/src/openbao-2.7.2/ holds real ones).
     if path.ends_with("/cert/ca_chain") {
-        return answer(json!({ "certificate": vault.advertised_root_pem })).into_response();
+        return answer(json!({
+            "certificate": vault.advertised_root_pem,
+            "ca_chain": vault.advertised_root_pem,
+            "revocation_time": 0,
+            "revocation_time_rfc3339": "",
+        }))
+        .into_response();
     }
     if path.contains("/sign/") {
         vault.signs.fetch_add(1, Ordering::SeqCst);
@@ -67,9 +75,13 @@ async fn handle(State(vault): State<Arc<FakeVault>>, uri: Uri, body: Bytes) -> R
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let leaf = csr.signed_by(&vault.signer).unwrap();
+        let serial = vault.signs.load(Ordering::SeqCst);
         return answer(json!({
             "certificate": leaf.pem(),
             "issuing_ca": vault.signer_root_pem,
+            "ca_chain": [vault.signer_root_pem],
+            "serial_number": format!("00:00:00:{serial:02x}"),
+            "expiration": (now + time::Duration::hours(1)).unix_timestamp(),
         }))
         .into_response();
     }
