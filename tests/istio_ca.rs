@@ -289,7 +289,7 @@ async fn callers_with_a_client_certificate_or_a_token_get_their_own_identity_onl
         .create(&"A".repeat(100 * 1024), 0, None, &[])
         .await
         .unwrap_err();
-    assert_ne!(status.code(), Code::Ok, "{status:?}");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert_eq!(
         issued_count(&daemon.serve),
         issued_before,
@@ -330,8 +330,9 @@ async fn callers_with_a_client_certificate_or_a_token_get_their_own_identity_onl
         r#"meshca_istio_requests_total{result="ok"} 6"#,
         r#"meshca_istio_requests_total{result="unauthenticated"} 2"#,
         r#"meshca_istio_requests_total{result="permission_denied"} 2"#,
-        r#"meshca_istio_requests_total{result="invalid"} 5"#,
+        r#"meshca_istio_requests_total{result="invalid"} 4"#,
         r#"meshca_istio_requests_total{result="exhausted"} 0"#,
+        r#"meshca_istio_requests_total{result="too_large"} 1"#,
         r#"meshca_istio_authenticated_requests_total{kind="client-certificate"} 8"#,
         r#"meshca_istio_authenticated_requests_total{kind="token"} 5"#,
         r#"meshca_istio_impersonations_total{result="denied"} 2"#,

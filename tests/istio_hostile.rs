@@ -277,7 +277,9 @@ async fn hostile_callers_get_nothing_and_a_legitimate_caller_keeps_getting_certi
         "the legitimate caller got {served} certificates"
     );
     let unauthenticated = u64::try_from(FLOOD + 2).unwrap();
-    let invalid = u64::try_from(2 + odd.len()).unwrap();
+    let invalid = u64::try_from(odd.len()).unwrap();
+    // The two oversized messages.
+    let oversized = 2;
     for (series, want) in [
         (r#"meshca_istio_requests_total{result="ok"}"#, served),
         (
@@ -287,12 +289,16 @@ async fn hostile_callers_get_nothing_and_a_legitimate_caller_keeps_getting_certi
         (r#"meshca_istio_requests_total{result="invalid"}"#, invalid),
         (r#"meshca_istio_requests_total{result="exhausted"}"#, 0),
         (
+            r#"meshca_istio_requests_total{result="too_large"}"#,
+            oversized,
+        ),
+        (
             r#"meshca_istio_authenticated_requests_total{kind="client-certificate"}"#,
             served,
         ),
         (
             r#"meshca_istio_authenticated_requests_total{kind="token"}"#,
-            invalid,
+            invalid + oversized,
         ),
     ] {
         assert_eq!(metric(&ca, series).await, want, "{series}");

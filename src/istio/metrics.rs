@@ -22,22 +22,25 @@ pub(crate) enum Outcome {
     Unauthenticated,
     /// Another identity without the right to it, or outside the trust domain.
     PermissionDenied,
-    /// A malformed, oversized or refused request.
+    /// A malformed or refused request.
     Invalid,
     /// The backend could not be reached or answered too late, or a token could not be checked.
     Unavailable,
     /// No signing slot in time.
     Exhausted,
+    /// A message over `istio.maxMessageBytes`.
+    TooLarge,
 }
 
 impl Outcome {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Ok,
         Self::Unauthenticated,
         Self::PermissionDenied,
         Self::Invalid,
         Self::Unavailable,
         Self::Exhausted,
+        Self::TooLarge,
     ];
 
     fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl Outcome {
             Self::Invalid => "invalid",
             Self::Unavailable => "unavailable",
             Self::Exhausted => "exhausted",
+            Self::TooLarge => "too_large",
         }
     }
 
@@ -58,6 +62,8 @@ impl Outcome {
             tonic::Code::Unauthenticated => Self::Unauthenticated,
             tonic::Code::PermissionDenied => Self::PermissionDenied,
             tonic::Code::ResourceExhausted => Self::Exhausted,
+            // What a message over istio.maxMessageBytes gets.
+            tonic::Code::OutOfRange => Self::TooLarge,
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Internal => {
                 Self::Unavailable
             }
@@ -69,7 +75,7 @@ impl Outcome {
 /// The Istio CA API's counters.
 #[derive(Debug, Default)]
 pub struct IstioMetrics {
-    requests: [AtomicU64; 6],
+    requests: [AtomicU64; Outcome::ALL.len()],
     client_certificate: AtomicU64,
     token: AtomicU64,
     impersonations_allowed: AtomicU64,
@@ -87,12 +93,14 @@ pub struct IstioMetricsSnapshot {
     pub unauthenticated: u64,
     /// Calls refused with PERMISSION_DENIED.
     pub permission_denied: u64,
-    /// Calls refused as invalid (INVALID_ARGUMENT, OUT_OF_RANGE, FAILED_PRECONDITION, …).
+    /// Calls refused as invalid (INVALID_ARGUMENT, FAILED_PRECONDITION, …).
     pub invalid: u64,
     /// Calls failed as UNAVAILABLE (backend down or slow, token not checkable).
     pub unavailable: u64,
     /// Calls refused with RESOURCE_EXHAUSTED (no signing slot in time).
     pub exhausted: u64,
+    /// Calls refused with OUT_OF_RANGE (a message over `istio.maxMessageBytes`).
+    pub too_large: u64,
     /// Authenticated calls by a client certificate.
     pub client_certificate: u64,
     /// Authenticated calls by a token.
@@ -141,6 +149,7 @@ impl IstioMetrics {
             invalid,
             unavailable,
             exhausted,
+            too_large,
         ] = self.requests.each_ref().map(read);
         IstioMetricsSnapshot {
             ok,
@@ -149,6 +158,7 @@ impl IstioMetrics {
             invalid,
             unavailable,
             exhausted,
+            too_large,
             client_certificate: read(&self.client_certificate),
             token: read(&self.token),
             impersonations_allowed: read(&self.impersonations_allowed),
@@ -199,6 +209,7 @@ impl Collector for Scrape {
                 s.invalid,
                 s.unavailable,
                 s.exhausted,
+                s.too_large,
             ])
             .map(|(o, v)| (vec![("result", o.as_str())], v))
             .collect();

@@ -334,14 +334,28 @@ fn issue_refused(error: IssueError) -> Status {
     }
 }
 
-/// At most [`QUOTE_BYTES`] of caller-supplied text, with control characters escaped.
+/// Caller-supplied text, quoted with control characters escaped, in at most [`QUOTE_BYTES`]
+/// bytes of escaped text: the bound holds after escaping (a control character takes up to ten
+/// bytes escaped), so no input makes a refusal long.
 fn quote(text: &str) -> String {
-    let mut end = text.len().min(QUOTE_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
+    let mut quoted = String::with_capacity(QUOTE_BYTES + 8);
+    quoted.push('"');
+    let mut cut = false;
+    let mut escaped = String::new();
+    for c in text.chars() {
+        escaped.clear();
+        escaped.extend(c.escape_debug());
+        if quoted.len() + escaped.len() > QUOTE_BYTES {
+            cut = true;
+            break;
+        }
+        quoted.push_str(&escaped);
     }
-    let cut = if end < text.len() { "…" } else { "" };
-    format!("{:?}{cut}", &text[..end])
+    quoted.push('"');
+    if cut {
+        quoted.push('…');
+    }
+    quoted
 }
 
 pub(super) fn rfc3339(at: SystemTime) -> String {
@@ -413,8 +427,8 @@ mod tests {
         let fields = BTreeMap::from([(IMPERSONATED_IDENTITY.to_owned(), string(&hostile))]);
         let error = impersonated_identity(Some(&Struct { fields })).unwrap_err();
         let message = error.message();
-        // The quote: 128 bytes of the ID, each control character escaped (six bytes).
-        assert!(message.len() < 1024, "{} bytes: {message}", message.len());
+        // The quote holds at most 128 bytes of escaped text.
+        assert!(message.len() < 400, "{} bytes: {message}", message.len());
         assert!(!message.chars().any(char::is_control), "{message}");
         assert!(
             message.contains("/ns/<namespace>/sa/<service-account>"),
@@ -438,5 +452,9 @@ mod tests {
         let quoted = quote(&text);
         assert!(quoted.ends_with('…'));
         assert!(quoted.len() < 140);
+        let quoted = quote(&"\u{1}".repeat(100));
+        assert!(quoted.len() < 140, "{quoted}");
+        assert!(!quoted.chars().any(char::is_control), "{quoted}");
+        assert_eq!(quote("ns/a\"b"), r#""ns/a\"b""#);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::validate::mount_path;
 use super::{
     AppRoleSettings, DEFAULT_APPROLE_MOUNT, DEFAULT_KUBERNETES_MOUNT,
     DEFAULT_SERVICE_ACCOUNT_TOKEN_FILE, KubernetesAuthSettings, Secret, SettingsError, TOKEN_ENV,
@@ -200,14 +201,16 @@ impl AppRoleSettings {
                 reason: "set the role ID (bao read auth/approle/role/<role>/role-id)".to_owned(),
             });
         }
-        let mount = self.mount.trim().trim_matches('/');
-        if mount.is_empty() || mount.chars().any(|c| c.is_whitespace()) {
+        let Some(mount) = mount_path(&self.mount) else {
             return Err(SettingsError::Invalid {
                 key: "vault.appRole.mount",
                 value: self.mount.clone(),
-                reason: format!("the AppRole auth mount path, usually {DEFAULT_APPROLE_MOUNT}"),
+                reason: format!(
+                    "the AppRole auth mount path, usually {DEFAULT_APPROLE_MOUNT} (letters, \
+                     digits, - _ . /)"
+                ),
             });
-        }
+        };
         let secret = self.secret_id.as_ref().filter(|s| !s.is_blank());
         let file = self
             .secret_id_file
@@ -249,16 +252,16 @@ impl KubernetesAuthSettings {
                     .to_owned(),
             });
         }
-        let mount = self.mount.trim().trim_matches('/');
-        if mount.is_empty() || mount.chars().any(|c| c.is_whitespace()) {
+        let Some(mount) = mount_path(&self.mount) else {
             return Err(SettingsError::Invalid {
                 key: "vault.kubernetes.mount",
                 value: self.mount.clone(),
                 reason: format!(
-                    "the Kubernetes auth mount path, usually {DEFAULT_KUBERNETES_MOUNT}"
+                    "the Kubernetes auth mount path, usually {DEFAULT_KUBERNETES_MOUNT} \
+                     (letters, digits, - _ . /)"
                 ),
             });
-        }
+        };
         if self.token_file.as_os_str().is_empty() {
             return Err(SettingsError::Invalid {
                 key: "vault.kubernetes.tokenFile",
@@ -359,5 +362,42 @@ mod tests {
             app_role("r", Some("s"), Some("/f")).auth_with_env(None),
             Err(SettingsError::ConflictingCredentials { .. })
         ));
+    }
+
+    #[test]
+    fn auth_mounts_are_url_path_segments_only() {
+        let with_mount = |mount: &str| VaultSettings {
+            token: None,
+            app_role: Some(AppRoleSettings {
+                role_id: "r".to_owned(),
+                secret_id: Some(Secret::from("s")),
+                mount: mount.to_owned(),
+                ..AppRoleSettings::default()
+            }),
+            ..with_host("vault")
+        };
+        let mount = |settings: VaultSettings| match settings.auth_with_env(None) {
+            Ok(VaultAuth::AppRole { mount, .. }) => mount,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(mount(with_mount("/team-a/approle/")), "team-a/approle");
+        for bad in ["", "../sys", "approle?x=1", "a//b", "app role", "approle#"] {
+            let err = with_mount(bad).auth_with_env(None).unwrap_err();
+            assert!(
+                err.to_string().contains("vault.appRole.mount"),
+                "{bad}: {err}"
+            );
+        }
+        let kubernetes = VaultSettings {
+            token: None,
+            kubernetes: Some(KubernetesAuthSettings {
+                role: "meshca".to_owned(),
+                mount: "k8s/../sys".to_owned(),
+                ..KubernetesAuthSettings::default()
+            }),
+            ..with_host("vault")
+        };
+        let err = kubernetes.auth_with_env(None).unwrap_err();
+        assert!(err.to_string().contains("vault.kubernetes.mount"), "{err}");
     }
 }

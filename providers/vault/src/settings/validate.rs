@@ -78,15 +78,7 @@ impl VaultSettings {
 
     /// The PKI mount path without surrounding slashes.
     pub fn pki_path(&self) -> Result<&str, SettingsError> {
-        let path = self.pki_path.trim().trim_matches('/');
-        let valid = !path.is_empty()
-            && !path
-                .split('/')
-                .any(|s| s.is_empty() || s == "." || s == "..")
-            && path
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-        if valid {
+        if let Some(path) = mount_path(&self.pki_path) {
             Ok(path)
         } else {
             Err(SettingsError::Invalid {
@@ -145,6 +137,20 @@ impl VaultSettings {
         }
         Ok(Some(namespace))
     }
+}
+
+/// A mount path (PKI engine or auth method) without surrounding slashes, if it is one: it goes
+/// into request URLs, so only letters, digits and `- _ . /`, and no empty, `.` or `..` segment.
+pub(super) fn mount_path(text: &str) -> Option<&str> {
+    let path = text.trim().trim_matches('/');
+    let valid = !path.is_empty()
+        && !path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    valid.then_some(path)
 }
 
 fn parse_address(text: &str) -> Result<String, SettingsError> {
