@@ -1,7 +1,9 @@
 //! The SDS Unix socket's permissions (`sds.unixSocketMode`, `sds.unixSocketGroup`) on a real
 //! `meshca serve`, checked with processes of other users: the README's unix-peer example, run
 //! as written, serves a real Envoy running as the mapped uid 1337 (not root); a mode that
-//! leaves a user out refuses its connection (EACCES) before meshca sees it.
+//! leaves a user out refuses its connection (EACCES) before meshca sees it. The Workload API
+//! socket's (`workloadApi.socketMode`, `workloadApi.socketGroup`), bound by the same code, the
+//! same way.
 //!
 //! Needs root (to run the clients under other uids with util-linux `setpriv`); skipped with a
 //! note otherwise. The Envoy part needs Envoy (`MESHCA_ENVOY` or `.tools/bin/envoy`).
@@ -56,8 +58,13 @@ fn start_serve(dir: &Path, socket: &Path, flags: &[&str]) -> MeshcaServe {
 /// Connects to `socket` as `uid` (a plain `connect(2)` by the system's Python): `Ok` when the
 /// kernel let it connect, `Err(stderr)` when it refused.
 fn connect_as(uid: u32, socket: &Path) -> Result<(), String> {
+    connect_with(&as_user(uid), socket)
+}
+
+/// [`connect_as`] with `setpriv` arguments `user`.
+fn connect_with(user: &[String], socket: &Path) -> Result<(), String> {
     let output = Command::new("setpriv")
-        .args(as_user(uid))
+        .args(user)
         .args([
             "/usr/bin/python3",
             "-c",
@@ -187,5 +194,47 @@ async fn the_socket_mode_and_group_decide_who_can_connect() {
     serve.wait_ready().await;
     assert_eq!(mode_of(&socket), 0o600);
     let refused = connect_as(PROXY_UID, &socket).unwrap_err();
+    assert!(refused.contains("PermissionError"), "{refused}");
+}
+
+/// The Workload API socket is bound by the same code with its own settings: with
+/// `workloadApi.socketMode=0660` and `workloadApi.socketGroup=1337`, a user whose uid and
+/// primary group are neither meshca's nor 1337 connects only while 1337 is one of its
+/// (supplementary) groups; the same user without it is refused by the kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workload_api_socket_group_decides_who_can_connect() {
+    if !running_as_root() {
+        eprintln!("SKIPPED: needs root to run clients as other uids (setpriv)");
+        return;
+    }
+    let dir = open_dir();
+    let socket = dir.path().join("workload/workload-api.sock");
+    let mut serve = start_serve(
+        dir.path(),
+        &dir.path().join("sds/sds.sock"),
+        &[
+            "workloadApi.enabled=true",
+            &format!("workloadApi.socketPath={}", socket.display()),
+            "workloadApi.socketMode=0660",
+            &format!("workloadApi.socketGroup={PROXY_UID}"),
+            &format!(
+                "workloadApi.entries=[{{spiffeId: web/app, selectors: [\"unix:uid:{OTHER_UID}\"]}}]"
+            ),
+        ],
+    );
+    serve.wait_ready().await;
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660, "{}", serve.log());
+    assert_eq!(meta.gid(), PROXY_UID);
+    assert_no_staging_left(&socket);
+
+    let member = [
+        format!("--reuid={OTHER_UID}"),
+        format!("--regid={OTHER_UID}"),
+        format!("--groups={PROXY_UID}"),
+    ];
+    connect_with(&member, &socket)
+        .unwrap_or_else(|e| panic!("uid {OTHER_UID} in group {PROXY_UID} refused: {e}"));
+    let refused = connect_as(OTHER_UID, &socket).unwrap_err();
     assert!(refused.contains("PermissionError"), "{refused}");
 }

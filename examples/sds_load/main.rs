@@ -280,6 +280,7 @@ fn workload_api(
     let settings = WorkloadApiSettings {
         socket_path: dir.join("workload.sock"),
         socket_mode: 0o600,
+        socket_group: None,
         trust_domain: domain,
         entries,
         limits: WorkloadApiLimits {

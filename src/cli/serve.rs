@@ -288,6 +288,7 @@ async fn start_workload_api(
     let settings = WorkloadApiSettings {
         socket_path: section.socket_path(),
         socket_mode: section.socket_mode()?,
+        socket_group: section.socket_group()?,
         entries: section.entries(&trust_domain)?,
         trust_domain,
         limits: section.limits(),

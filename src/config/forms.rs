@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::ConfigError;
+
 /// How inline PEM text starts, as opposed to a file path.
 pub(super) const PEM_BEGIN: &str = "-----BEGIN";
 
@@ -49,10 +51,60 @@ pub(super) fn octal_mode<'de, D: serde::Deserializer<'de>>(
         None => Ok(String::new()),
         Some(Mode::Text(text)) => Ok(text),
         Some(Mode::Number(n)) => Err(D::Error::custom(format!(
-            "sds.unixSocketMode {n} is read as a decimal number: write the octal mode with a \
+            "the socket mode {n} is read as a decimal number: write the octal mode with a \
              leading zero, as a string if need be (\"0660\")"
         ))),
     }
+}
+
+/// A Unix socket's mode (`sds.unixSocketMode`, `workloadApi.socketMode`: `key`), if `text` is
+/// not empty: the permission bits, written in octal (`0660`, `0o660`), at most `0777`.
+pub(super) fn socket_mode(key: &'static str, text: &str) -> Result<Option<u32>, ConfigError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(Some(mode)),
+        _ => Err(ConfigError::InvalidValue {
+            key,
+            reason: format!(
+                "{text:?} is not a file mode: write permission bits in octal, e.g. 0660 (owner \
+                 and group) or 0600 (meshca's user only)"
+            ),
+        }),
+    }
+}
+
+/// A Unix socket's group (`sds.unixSocketGroup`, `workloadApi.socketGroup`: `key`), if `text`
+/// is not empty, as a gid: a number, or a name looked up in /etc/group (an unknown name is an
+/// error now, not when the socket is bound).
+pub(super) fn socket_group(key: &'static str, text: &str) -> Result<Option<u32>, ConfigError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(gid) = text.parse::<u32>() {
+        return Ok(Some(gid));
+    }
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    groups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?.parse::<u32>().ok()?;
+            (name == text).then_some(gid)
+        })
+        .next()
+        .map(Some)
+        .ok_or_else(|| ConfigError::InvalidValue {
+            key,
+            reason: format!(
+                "no group {text:?} in /etc/group: give an existing group name or a numeric gid"
+            ),
+        })
 }
 
 /// A name or a number (`--set sds.unixSocketGroup=1337` is a YAML number), kept as text.

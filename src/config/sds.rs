@@ -7,7 +7,7 @@ use meshca_provider::SpiffeId;
 use meshca_provider::duration::serde_go;
 use serde::{Deserialize, Serialize};
 
-use super::forms::{octal_mode, string_or_number};
+use super::forms::{octal_mode, socket_group, socket_mode, string_or_number};
 use super::transport::{
     Listener, TransportKeys, TransportLimits, check_above_zero, check_count, transport_keys,
     transport_limits_of,
@@ -216,49 +216,12 @@ impl Config {
 
     /// `sds.unixSocketMode`, if set: the permission bits (at most `0777`).
     pub fn unix_socket_mode(&self) -> Result<Option<u32>, ConfigError> {
-        let text = self.sds.unix_socket_mode.trim();
-        if text.is_empty() {
-            return Ok(None);
-        }
-        let digits = text.strip_prefix("0o").unwrap_or(text);
-        match u32::from_str_radix(digits, 8) {
-            Ok(mode) if mode <= 0o777 => Ok(Some(mode)),
-            _ => Err(ConfigError::InvalidValue {
-                key: "sds.unixSocketMode",
-                reason: format!(
-                    "{text:?} is not a file mode: write permission bits in octal, e.g. 0660 \
-                     (owner and group) or 0600 (meshca's user only)"
-                ),
-            }),
-        }
+        socket_mode("sds.unixSocketMode", &self.sds.unix_socket_mode)
     }
 
     /// `sds.unixSocketGroup`, if set, as a gid: a number, or a name looked up in /etc/group.
     pub fn unix_socket_group(&self) -> Result<Option<u32>, ConfigError> {
-        let text = self.sds.unix_socket_group.trim();
-        if text.is_empty() {
-            return Ok(None);
-        }
-        if let Ok(gid) = text.parse::<u32>() {
-            return Ok(Some(gid));
-        }
-        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-        groups
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.split(':');
-                let name = fields.next()?;
-                let gid = fields.nth(1)?.parse::<u32>().ok()?;
-                (name == text).then_some(gid)
-            })
-            .next()
-            .map(Some)
-            .ok_or_else(|| ConfigError::InvalidValue {
-                key: "sds.unixSocketGroup",
-                reason: format!(
-                    "no group {text:?} in /etc/group: give an existing group name or a numeric gid"
-                ),
-            })
+        socket_group("sds.unixSocketGroup", &self.sds.unix_socket_group)
     }
 }
 

@@ -7,6 +7,7 @@ use meshca_provider::{SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use super::forms::{octal_mode, socket_group, socket_mode, string_or_number};
 use crate::workload_api::{RegistrationEntry, Selector, WorkloadApiLimits};
 
 /// `workloadApi.*`
@@ -19,7 +20,12 @@ pub struct WorkloadApiConfig {
     pub socket_path: String,
     /// File mode of the socket, in octal. Every caller is attested on its connection, so the
     /// default `0666` lets any local user ask (and be refused unless an entry matches it).
+    #[serde(deserialize_with = "octal_mode")]
     pub socket_mode: String,
+    /// Group of the socket: a group name or a numeric gid. Empty: meshca's own group. With a
+    /// mode such as `0660`, only members of this group (and meshca's user) can connect.
+    #[serde(deserialize_with = "string_or_number")]
+    pub socket_group: String,
     /// Streams open at once on the socket; more are refused with RESOURCE_EXHAUSTED.
     pub max_streams: usize,
     /// Streams one caller (one uid) may hold at once.
@@ -52,6 +58,7 @@ impl Default for WorkloadApiConfig {
             enabled: false,
             socket_path: "/run/meshca/workload-api.sock".to_owned(),
             socket_mode: "0666".to_owned(),
+            socket_group: String::new(),
             max_streams: limits.max_streams,
             max_streams_per_caller: limits.max_streams_per_caller,
             max_connections: limits.max_connections,
@@ -73,6 +80,7 @@ impl WorkloadApiConfig {
             });
         }
         self.socket_mode()?;
+        self.socket_group()?;
         let max = tokio::sync::Semaphore::MAX_PERMITS;
         for (key, value) in [
             ("workloadApi.maxStreams", self.max_streams),
@@ -108,18 +116,20 @@ impl WorkloadApiConfig {
 
     /// `workloadApi.socketMode` as permission bits.
     pub fn socket_mode(&self) -> Result<u32, ConfigError> {
-        let text = self.socket_mode.trim();
-        let digits = text.strip_prefix("0o").unwrap_or(text);
-        match u32::from_str_radix(digits, 8) {
-            Ok(mode) if mode <= 0o777 && !text.is_empty() => Ok(mode),
-            _ => Err(ConfigError::InvalidValue {
+        socket_mode("workloadApi.socketMode", &self.socket_mode)?.ok_or_else(|| {
+            ConfigError::InvalidValue {
                 key: "workloadApi.socketMode",
-                reason: format!(
-                    "{text:?} is not a file mode: write permission bits in octal, e.g. 0666 \
-                     (every local user may ask) or 0660 (the socket's group only)"
-                ),
-            }),
-        }
+                reason: "is empty: write permission bits in octal, e.g. 0666 (every local user \
+                         may ask) or 0660 (the socket's group only, workloadApi.socketGroup)"
+                    .to_owned(),
+            }
+        })
+    }
+
+    /// `workloadApi.socketGroup`, if set, as a gid: a number, or a name looked up in
+    /// /etc/group.
+    pub fn socket_group(&self) -> Result<Option<u32>, ConfigError> {
+        socket_group("workloadApi.socketGroup", &self.socket_group)
     }
 
     /// The limits.
@@ -218,15 +228,28 @@ mod tests {
         assert_eq!(entries[1].hint, "internal");
         let config = load(&[
             "workloadApi.entries=[{spiffeId: a/b, selectors: [\"unix:uid:0\"]}]",
-            "workloadApi.socketMode=0600",
+            "workloadApi.socketMode=0660",
+            "workloadApi.socketGroup=root",
         ])
         .unwrap();
-        assert_eq!(config.workload_api.socket_mode().unwrap(), 0o600);
+        assert_eq!(config.workload_api.socket_mode().unwrap(), 0o660);
+        assert_eq!(config.workload_api.socket_group().unwrap(), Some(0));
         assert_eq!(
             config.workload_api.entries(&config.trust_domain()).unwrap()[0].selectors,
             [Selector::Uid(0)]
         );
         assert!(!Config::default().workload_api.enabled);
+    }
+
+    #[test]
+    fn the_socket_group_is_a_gid_or_a_known_name_and_the_mode_octal_text() {
+        let config = load(&["workloadApi.socketGroup=1337"]).unwrap();
+        assert_eq!(config.workload_api.socket_group().unwrap(), Some(1337));
+        assert_eq!(Config::default().workload_api.socket_group().unwrap(), None);
+        // As for sds.unixSocketMode: 660 is a YAML number, refused rather than read as 0o1224.
+        let file = write("workloadApi:\n  socketMode: 660\n");
+        let err = Config::load(Some(file.path()), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("leading zero"), "{err}");
     }
 
     #[test]
@@ -241,6 +264,16 @@ mod tests {
                 "workloadApi.socketMode=0999",
                 "workloadApi.socketMode",
                 "octal",
+            ),
+            (
+                "workloadApi.socketMode=",
+                "workloadApi.socketMode",
+                "is empty",
+            ),
+            (
+                "workloadApi.socketGroup=no-such-group-here",
+                "workloadApi.socketGroup",
+                "no group \"no-such-group-here\" in /etc/group",
             ),
             (
                 "workloadApi.maxStreams=0",

@@ -62,6 +62,7 @@ pub const PATH_CREATE_CERTIFICATE: &str =
 const LISTENER: ListenerKind = ListenerKind {
     name: "Istio CA",
     config: "istio",
+    unix_group_setting: "",
 };
 
 /// Where and how the Istio CA API listens.

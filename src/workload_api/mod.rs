@@ -64,6 +64,7 @@ use crate::sds::{SdsError, SdsLimits};
 const LISTENER: ListenerKind = ListenerKind {
     name: "Workload API",
     config: "workloadApi",
+    unix_group_setting: "workloadApi.socketGroup",
 };
 
 /// Where and how the Workload API listens, and whom it serves.
@@ -73,6 +74,8 @@ pub struct WorkloadApiSettings {
     pub socket_path: PathBuf,
     /// The socket's permission bits.
     pub socket_mode: u32,
+    /// The socket's group; `None` keeps meshca's own.
+    pub socket_group: Option<u32>,
     /// The trust domain (the key of the bundles sent).
     pub trust_domain: TrustDomain,
     /// Registration entries.
@@ -226,7 +229,7 @@ impl WorkloadApiServer {
     pub async fn bind(self) -> Result<BoundWorkloadApiServer, WorkloadApiError> {
         let access = UnixSocketAccess {
             mode: self.settings.socket_mode,
-            group: None,
+            group: self.settings.socket_group,
         };
         let listeners = Listeners::bind(LISTENER, None, Some((&self.settings.socket_path, access)))
             .await

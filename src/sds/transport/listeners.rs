@@ -129,9 +129,9 @@ async fn bind_unix(
                 io::Error::new(
                     e.kind(),
                     format!(
-                        "cannot give the socket group {gid} ({}.unixSocketGroup): {e}; meshca \
-                         must be a member of that group (or root)",
-                        kind.config
+                        "cannot give the socket group {gid} ({}): {e}; meshca must be a \
+                         member of that group (or root)",
+                        kind.unix_group_setting
                     ),
                 )
             })?;

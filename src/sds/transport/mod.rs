@@ -29,6 +29,9 @@ pub(crate) struct ListenerKind {
     pub(crate) name: &'static str,
     /// The configuration section of its limits: `sds`, `istio`.
     pub(crate) config: &'static str,
+    /// The setting naming its Unix socket's group, for errors (`sds.unixSocketGroup`); empty
+    /// for a listener without a Unix socket.
+    pub(crate) unix_group_setting: &'static str,
 }
 
 impl ListenerKind {
@@ -36,6 +39,7 @@ impl ListenerKind {
     pub(crate) const SDS: Self = Self {
         name: "SDS",
         config: "sds",
+        unix_group_setting: "sds.unixSocketGroup",
     };
 }
 
