@@ -3,8 +3,10 @@
 //! The checks live in `tests/helm/test_chart.py`, which drives helm-python-sdk (Helm v4's Go
 //! SDK, no `helm` binary) and kubernetes-validate: render and lint for every example values
 //! file, strict Kubernetes schema validation, the wiring (Vault settings in the config, the
-//! CronJob's `meshca rotate`, exact RBAC rules), schema refusals, and every rendered config fed
-//! to this crate's `meshca` binary. This test runs it and fails with its output.
+//! CronJob's `meshca rotate`, exact RBAC rules; with `workloadApi.nodeLocal.enabled` the
+//! node-local Workload API DaemonSet: hostPID, the hostPath socket directory, its ServiceAccount
+//! and Role), schema refusals, and every rendered config (the DaemonSet's too) fed to this
+//! crate's `meshca` binary. This test runs it and fails with its output.
 //!
 //! The Python packages come from `scripts/install-tools.sh helm` (`.tools/pip/helm`, or
 //! `MESHCA_HELM_PYTHONPATH`). Without them the test is skipped with a note, except under

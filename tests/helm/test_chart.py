@@ -7,7 +7,10 @@ against the Kubernetes schemas of a current release (kubernetes-validate, strict
 wiring (configuration, CronJob, exact RBAC, probes, security context, NOTES; the Istio
 listener's limits and trustDistribution.resyncInterval), checks that the schema refuses a wrong
 certificateProvider.kind, malformed durations and out-of-range limits, and feeds every rendered ConfigMap's config to
-the real meshca binary, which refuses unknown keys and bad values.
+the real meshca binary, which refuses unknown keys and bad values. With
+workloadApi.nodeLocal.enabled, the node-local Workload API DaemonSet too: hostPID, the hostPath
+socket directory, its own ServiceAccount and Role, and a config that is the Deployment's plus
+the Workload API (which meshca must accept as well).
 
 Usage: test_chart.py --meshca target/debug/meshca
 Needs helm-python-sdk and kubernetes-validate on PYTHONPATH (scripts/install-tools.sh helm puts
@@ -41,7 +44,11 @@ NOTES_COMMAND = (
 
 # The example values files that are chart values (the Issuer manifest is not).
 VALUES_EXAMPLES = ["tresor.yaml", "vault-token-secret.yaml", "vault-kubernetes-auth.yaml",
-                   "cert-manager.yaml", "istio.yaml"]
+                   "cert-manager.yaml", "istio.yaml", "workload-api-node-local.yaml"]
+# The node-local Workload API DaemonSet's objects (DaemonSet, ConfigMap, Role, RoleBinding) and
+# its ServiceAccount.
+NODE_LOCAL = f"{RELEASE}-workload-api"
+NODE_SA = f"{RELEASE}-node"
 
 FAILURES = []
 CHECKS = 0
@@ -89,16 +96,29 @@ class Rendered:
     def kinds(self):
         return sorted(doc["kind"] for _, doc in self.objects)
 
-    def config(self):
-        return yaml.safe_load(self.one("ConfigMap")["data"]["config.yaml"])
+    def config(self, name=RELEASE):
+        """The config of the Deployment's ConfigMap (or of the ConfigMap `name`)."""
+        return yaml.safe_load(self.one("ConfigMap", name)["data"]["config.yaml"])
 
-    def role_rules(self, namespace=NAMESPACE):
-        roles = [r for r in self.all("Role") if r["metadata"]["namespace"] == namespace]
+    def role_rules(self, namespace=NAMESPACE, name=None):
+        """The rules of the Roles in `namespace` (named `name`, or all but the node-local
+        DaemonSet's)."""
+        roles = [r for r in self.all("Role") if r["metadata"]["namespace"] == namespace
+                 and (r["metadata"]["name"] == name if name else
+                      r["metadata"]["name"] != NODE_LOCAL)]
         return [rule for role in roles for rule in role["rules"]]
 
     def container(self, name="meshca"):
         pod = self.one("Deployment")["spec"]["template"]["spec"]
         return next(c for c in pod["containers"] if c["name"] == name)
+
+    def node_local(self):
+        """The node-local DaemonSet's pod spec and container, or None when not rendered."""
+        daemonsets = self.all("DaemonSet")
+        if not daemonsets:
+            return None
+        pod = self.one("DaemonSet", NODE_LOCAL)["spec"]["template"]["spec"]
+        return pod, next(c for c in pod["containers"] if c["name"] == "meshca")
 
 
 def render(chart, label, values):
@@ -160,7 +180,7 @@ def check_common_wiring(r):
     expect_equal(config["admin"]["perIdentityMetrics"],
                  (r.values.get("admin") or {}).get("perIdentityMetrics", False),
                  f"{label}: admin.perIdentityMetrics")
-    sa = r.one("ServiceAccount")["metadata"]["name"]
+    sa = r.one("ServiceAccount", RELEASE)["metadata"]["name"]
     expect_equal(config["sds"]["serverIdentity"], f"{NAMESPACE}/{sa}",
                  f"{label}: sds.serverIdentity is the ServiceAccount's identity")
 
@@ -193,7 +213,7 @@ def check_common_wiring(r):
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     expect_equal(mounts.get("config"), "/etc/meshca", f"{label}: config mount")
     volumes = {v["name"]: v for v in pod["volumes"]}
-    expect_equal(volumes["config"]["configMap"]["name"], r.one("ConfigMap")["metadata"]["name"],
+    expect_equal(volumes["config"]["configMap"]["name"], r.one("ConfigMap", RELEASE)["metadata"]["name"],
                  f"{label}: config volume is the ConfigMap")
 
     service = r.one("Service")
@@ -453,7 +473,7 @@ def check_inline_vault_token(chart):
     r = render(chart, label, {"certificateProvider": {"kind": "vault"},
                               "vault": {"host": "vault.example", "token": token}})
     check_kubernetes_schemas(r)
-    configmap = yaml.safe_dump(r.one("ConfigMap"))
+    configmap = yaml.safe_dump(r.one("ConfigMap", RELEASE))
     check(token not in configmap, f"{label}: the token is in the ConfigMap")
     check(token not in yaml.safe_dump(r.one("Deployment")), f"{label}: the token is in the Deployment")
     secret = r.one("Secret")
@@ -580,6 +600,131 @@ def check_jwt_svid(chart):
     return r
 
 
+def check_node_local(r, values=None):
+    """The node-local Workload API DaemonSet as `values` (workloadApi.nodeLocal, defaults filled
+    in) ask: the Deployment's config and CA store plus the Workload API, hostPID, the hostPath
+    socket directory at the same path inside, root's uid with every capability dropped but the
+    ones asked for, its own ServiceAccount bound to the Deployment's Secret rules without the
+    CronJob's."""
+    label = f"{r.label}: node-local"
+    given = dict(values if values is not None else r.values["workloadApi"]["nodeLocal"])
+    nl = {"socketDir": "/run/meshca", "socketName": "workload-api.sock", "socketMode": "0666",
+          "socketGroup": "", "executableSelectors": True, **given}
+    socket = f"{nl['socketDir']}/{nl['socketName']}"
+    pod, container = r.node_local()
+    deployment_pod = r.one("Deployment")["spec"]["template"]["spec"]
+
+    node = r.config(NODE_LOCAL)
+    expected_wl = {"enabled": True, "socketPath": socket, "socketMode": nl["socketMode"],
+                   "entries": nl["entries"]}
+    if nl["socketGroup"] != "":
+        expected_wl["socketGroup"] = str(nl["socketGroup"])
+    expect_equal(node.get("workloadApi"), expected_wl, f"{label}: workloadApi config")
+    deployment = r.config()
+    expect_equal({k: v for k, v in node.items() if k not in ("workloadApi", "sds")},
+                 {k: v for k, v in deployment.items()
+                  if k not in ("sds", "istio", "trustDistribution")},
+                 f"{label}: the rest of the config is the Deployment's, without the Istio CA "
+                 f"listener and the trust distribution")
+    expect_equal(node["sds"], {**deployment["sds"], "listen": "127.0.0.1:15010"},
+                 f"{label}: SDS on loopback only")
+    if deployment["certificateProvider"]["kind"] == "tresor":
+        expect_equal(node["tresor"]["store"], "kubernetes",
+                     f"{label}: Tresor's CA from the Secret the replicas share")
+
+    expect_equal(pod["hostPID"], True, f"{label}: hostPID")
+    expect_equal(pod["serviceAccountName"], NODE_SA, f"{label}: ServiceAccount")
+    check(any(sa["metadata"]["name"] == NODE_SA for sa in r.all("ServiceAccount")),
+          f"{label}: no ServiceAccount {NODE_SA}")
+    expect_equal(container["args"], ["--config", CONFIG_PATH, "serve"], f"{label}: serve args")
+    expect_equal(container["image"], r.container()["image"], f"{label}: image")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    expect_equal(volumes["config"], {"name": "config", "configMap": {"name": NODE_LOCAL}},
+                 f"{label}: config volume")
+    expect_equal(volumes["workload-api"],
+                 {"name": "workload-api",
+                  "hostPath": {"path": nl["socketDir"], "type": "DirectoryOrCreate"}},
+                 f"{label}: socket directory")
+    expect_equal([v for v in pod["volumes"] if v["name"] not in ("config", "workload-api")],
+                 [v for v in deployment_pod["volumes"] if v["name"] != "config"],
+                 f"{label}: the Deployment's credential volumes")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    expect_equal(mounts.get("workload-api"), nl["socketDir"], f"{label}: socket directory mount")
+    expect_equal({k: v for k, v in mounts.items() if k != "workload-api"},
+                 {m["name"]: m["mountPath"] for m in r.container()["volumeMounts"]},
+                 f"{label}: the Deployment's mounts")
+    env = {e["name"]: e for e in container["env"]}
+    expect_equal(env, {e["name"]: e for e in r.container()["env"]},
+                 f"{label}: the Deployment's environment")
+    expect_equal(pod["securityContext"]["runAsUser"], 0, f"{label}: root's uid")
+    security = container["securityContext"]
+    expect_equal(security["allowPrivilegeEscalation"], False, f"{label}: no privilege escalation")
+    expect_equal(security["readOnlyRootFilesystem"], True, f"{label}: read-only root fs")
+    expect_equal(security["capabilities"].get("drop"), ["ALL"], f"{label}: capabilities dropped")
+    added = (["SYS_PTRACE"] if nl["executableSelectors"] else []) + \
+        (["CHOWN"] if nl["socketGroup"] != "" else [])
+    expect_equal(security["capabilities"].get("add", []), added, f"{label}: capabilities added")
+    expect_equal(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "http-admin"},
+                 f"{label}: readiness probe")
+    labels = r.one("DaemonSet", NODE_LOCAL)["spec"]["template"]["metadata"]["labels"]
+    service_selector = r.one("Service")["spec"]["selector"]
+    check(not all(labels.get(k) == v for k, v in service_selector.items()),
+          f"{label}: DaemonSet pods {labels} would match the Service selector {service_selector}")
+
+    expected_notes = f"SPIFFE_ENDPOINT_SOCKET=unix://{socket}"
+    check(expected_notes in r.notes, f"{label}: NOTES.txt lacks {expected_notes!r}:\n{r.notes}")
+
+    # Its Role: the Deployment's rules minus the CronJob's access to every Secret.
+    expect_equal(r.role_rules(name=NODE_LOCAL),
+                 [rule for rule in r.role_rules() if rule != ROTATE_SECRETS],
+                 f"{label}: Role rules")
+    binding = r.one("RoleBinding", NODE_LOCAL)
+    expect_equal((binding["roleRef"]["name"], binding["subjects"]),
+                 (NODE_LOCAL, [{"kind": "ServiceAccount", "name": NODE_SA, "namespace": NAMESPACE}]),
+                 f"{label}: RoleBinding")
+
+
+def check_node_local_example(r):
+    check_node_local(r)
+    expect_equal(r.config(NODE_LOCAL)["workloadApi"]["socketPath"],
+                 "/run/meshca/workload-api.sock", "node-local example: the README's socket path")
+
+
+def check_node_local_variants(chart):
+    """Off by default; a custom socket directory and group, no executable selectors; with Vault's
+    Kubernetes auth (its TokenReview binding names both ServiceAccounts), JWT-SVIDs (the keys in
+    the CA Secret: update for both) and the Istio CA listener (not on the nodes)."""
+    defaults = render(chart, "defaults (node-local)", {})
+    check(not defaults.all("DaemonSet"), "node-local: a DaemonSet rendered by default")
+    check(all(sa["metadata"]["name"] != NODE_SA for sa in defaults.all("ServiceAccount")),
+          "node-local: its ServiceAccount rendered by default")
+    check(not defaults.role_rules(name=NODE_LOCAL), "node-local: its Role rendered by default")
+    check("SPIFFE_ENDPOINT_SOCKET" not in defaults.notes,
+          "node-local: NOTES.txt describes the DaemonSet by default")
+
+    nl = {"enabled": True, "socketDir": "/var/run/spiffe", "socketName": "agent.sock",
+          "socketMode": "0660", "socketGroup": 2000, "executableSelectors": False,
+          "entries": [{"spiffeId": "spiffe://cluster.local/ns/db/sa/postgres",
+                       "selectors": ["unix:uid:70", "unix:gid:70"], "hint": "internal"}]}
+    values = load_example("vault-kubernetes-auth.yaml")
+    values.update({"workloadApi": {"nodeLocal": nl}, "jwtSvid": {"enabled": True},
+                   "istio": {"enabled": True}})
+    chart.validate_schema(values)
+    r = render(chart, "node-local with vault", values)
+    check_kubernetes_schemas(r)
+    check_node_local(r, nl)
+    node = r.config(NODE_LOCAL)
+    check("istio" not in node and "istio" in r.config(),
+          "node-local with vault: the Istio CA listener is the Deployment's only")
+    check(UPDATE_CA in r.role_rules(name=NODE_LOCAL),
+          "node-local with vault: jwtSvid keys need update on the CA Secret")
+    binding = next(b for b in r.all("ClusterRoleBinding")
+                   if b["roleRef"]["name"].endswith("-tokenreview"))
+    expect_equal([s["name"] for s in binding["subjects"]], ["meshca", NODE_SA],
+                 "node-local with vault: TokenReview binding subjects")
+    return r
+
+
 def check_refusals(chart):
     """Values the chart must refuse, with the reason in the error."""
     bad_kind = {"certificateProvider": {"kind": "vaultt"}}
@@ -616,6 +761,17 @@ def check_refusals(chart):
         ({"istio": {"maxConnections": 0}}, "maxConnections"),
         ({"istio": {"maxConcurrentSignings": "64"}}, "maxConcurrentSignings"),
         ({"trustDistribution": {"resyncInterval": "5 minutes"}}, "resyncInterval"),
+        ({"workloadApi": {"nodeLocal": {"enabled": True}}}, "entries"),
+        ({"workloadApi": {"nodeLocal": {"socketDir": "run/meshca"}}}, "socketDir"),
+        ({"workloadApi": {"nodeLocal": {"socketDir": "/run/meshca/"}}}, "socketDir"),
+        ({"workloadApi": {"nodeLocal": {"socketMode": "0999"}}}, "socketMode"),
+        ({"workloadApi": {"nodeLocal": {"socketMode": 660}}}, "socketMode"),
+        ({"workloadApi": {"nodeLocal": {"socketGroup": "wheel"}}}, "socketGroup"),
+        ({"workloadApi": {"nodeLocal": {"entries": [{"spiffeId": "a/b", "selectors": []}]}}},
+         "selectors"),
+        ({"workloadApi": {"nodeLocal": {"entries": [{"spiffeId": "a/b",
+                                                     "selectors": ["k8s:ns:a"]}]}}}, "selectors"),
+        ({"workloadApi": {"socketPath": "/x"}}, "socketPath"),
     ] + [({"istio": {key: bad}}, key)
          for key in ("signingQueueTimeout", "handshakeTimeout", "prefaceTimeout",
                      "connectionIdleTimeout")
@@ -668,16 +824,32 @@ def check_meshca_accepts(meshca, renderings):
                     env_vars[e["name"]] = e["value"]
                 elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
                     env_vars[e["name"]] = NAMESPACE
-            text = r.one("ConfigMap")["data"]["config.yaml"]
+            text = r.one("ConfigMap", RELEASE)["data"]["config.yaml"]
             done = run(text, env_vars)
             check(done.returncode == 0,
                   f"{r.label}: meshca refused the rendered config (exit {done.returncode}): "
                   f"{done.stderr.strip()}\n{text}")
+            if r.node_local():
+                # The DaemonSet's own config, with its container's environment.
+                _, container = r.node_local()
+                node_env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+                node_env.update({k: v for k, v in env_vars.items() if k not in node_env})
+                node_text = r.one("ConfigMap", NODE_LOCAL)["data"]["config.yaml"]
+                done = run(node_text, node_env)
+                check(done.returncode == 0,
+                      f"{r.label}: meshca refused the node-local config (exit {done.returncode}): "
+                      f"{done.stderr.strip()}\n{node_text}")
 
-        # The same check must be able to fail: an unknown key and a bad value are refused.
-        text = renderings[0].one("ConfigMap")["data"]["config.yaml"]
+        # The same check must be able to fail: an unknown key and a bad value are refused, and
+        # so is a node-local socket group the system does not know (checked at load).
+        text = renderings[0].one("ConfigMap", RELEASE)["data"]["config.yaml"]
+        node_text = next(r for r in renderings if r.node_local()).one(
+            "ConfigMap", NODE_LOCAL)["data"]["config.yaml"]
+        node_config = yaml.safe_load(node_text)
+        node_config["workloadApi"]["socketGroup"] = "no-such-group-here"
         for bad, needle in [(text + "certManagr:\n  issuerName: x\n", "certManagr"),
-                            (text.replace("auth: mtls", "auth: mtlss"), "mtlss")]:
+                            (text.replace("auth: mtls", "auth: mtlss"), "mtlss"),
+                            (yaml.safe_dump(node_config), "workloadApi.socketGroup")]:
             done = run(bad, {})
             check(done.returncode == 2 and needle in done.stderr,
                   f"meshca accepted a broken config (exit {done.returncode}, {done.stderr!r})")
@@ -699,6 +871,7 @@ def main():
         "vault-kubernetes-auth.yaml": check_vault_kubernetes_auth,
         "cert-manager.yaml": check_cert_manager,
         "istio.yaml": check_istio,
+        "workload-api-node-local.yaml": check_node_local_example,
     }
     present = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name != "cert-manager-issuer.yaml")
     expect_equal(present, sorted(VALUES_EXAMPLES), "example values files")
@@ -731,7 +904,8 @@ def main():
 
     for extra in (check_inline_vault_token, check_vault_secret_elsewhere,
                   check_extra_trusted_roots, check_rotation_disabled, check_admin_token,
-                  check_istio_variants, check_istio_limits, check_jwt_svid):
+                  check_istio_variants, check_istio_limits, check_jwt_svid,
+                  check_node_local_variants):
         try:
             renderings.append(extra(chart))
         except Exception:

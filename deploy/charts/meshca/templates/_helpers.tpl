@@ -52,6 +52,25 @@ app.kubernetes.io/component: server
 {{- printf "%s-vault-token" (include "meshca.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The node-local Workload API DaemonSet, its ConfigMap, ServiceAccount and Role. */}}
+{{- define "meshca.nodeLocalName" -}}
+{{- printf "%s-workload-api" (include "meshca.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "meshca.nodeServiceAccountName" -}}
+{{- printf "%s-node" (include "meshca.serviceAccountName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Workload API socket's path, the same on the node, in meshca and in application pods. */}}
+{{- define "meshca.workloadApiSocket" -}}
+{{- with .Values.workloadApi.nodeLocal }}{{ printf "%s/%s" .socketDir .socketName }}{{ end }}
+{{- end }}
+
+{{- define "meshca.nodeLocalSelectorLabels" -}}
+{{ include "meshca.selectorLabels" . }}
+app.kubernetes.io/component: workload-api
+{{- end }}
+
 {{/* Where configuration and mounted credentials live in the container. */}}
 {{- define "meshca.configPath" -}}/etc/meshca/config.yaml{{- end }}
 {{- define "meshca.vaultTokenPath" -}}/var/run/secrets/meshca/vault-token/token{{- end }}
@@ -77,11 +96,16 @@ app.kubernetes.io/component: server
 {{- end }}
 {{- end }}
 
-{{/* Pod volumes and mounts shared by the Deployment and the rotation CronJob. */}}
+{{/* Pod volumes and mounts shared by the Deployment and the rotation CronJob (the node-local
+     DaemonSet has its own config volume, then meshca.credentialVolumes). */}}
 {{- define "meshca.volumes" -}}
 - name: config
   configMap:
     name: {{ include "meshca.fullname" . }}
+{{ include "meshca.credentialVolumes" . }}
+{{- end }}
+
+{{- define "meshca.credentialVolumes" -}}
 - name: tmp
   emptyDir: {}
 {{- if and (eq .Values.certificateProvider.kind "vault") .Values.vault.token }}
