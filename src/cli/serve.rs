@@ -23,7 +23,8 @@ use crate::rotation::RotationFollower;
 use crate::sds::{AuthMode, MtlsSettings, SdsServer, SdsSettings, SecretSource, UnixPeerMap};
 use crate::time::TokioClock;
 use crate::workload_api::{
-    RunningWorkloadApiServer, WorkloadApiMetrics, WorkloadApiServer, WorkloadApiSettings,
+    Attestor, Attestors, KubeNodePods, KubernetesAttestor, RunningWorkloadApiServer, UnixAttestor,
+    WorkloadApiMetrics, WorkloadApiServer, WorkloadApiSettings,
 };
 
 /// `meshca serve` options (everything else is configuration).
@@ -285,17 +286,38 @@ async fn start_workload_api(
 ) -> anyhow::Result<(RunningWorkloadApiServer, Arc<WorkloadApiMetrics>)> {
     let trust_domain = config.trust_domain();
     let section = &config.workload_api;
+    let entries = section.entries(&trust_domain)?;
+    let mut attestors: Vec<Arc<dyn Attestor>> = Vec::new();
+    if section.attests_unix() {
+        attestors.push(Arc::new(UnixAttestor::for_entries(&entries)));
+    }
+    if section.attests_kubernetes() {
+        let client = crate::kubernetes::connect()
+            .await
+            .context("workloadApi.attestors has k8s, which looks callers' pods up")?;
+        let node = section.node_name.trim().to_owned();
+        tracing::info!(
+            node = %node,
+            "Workload API: callers in this node's pods are attested by their pod (k8s:ns, k8s:sa, \
+             k8s:pod-uid, k8s:pod-name)"
+        );
+        attestors.push(Arc::new(KubernetesAttestor::new(
+            "/proc",
+            Arc::new(KubeNodePods::new(client, node)),
+        )));
+    }
     let settings = WorkloadApiSettings {
         socket_path: section.socket_path(),
         socket_mode: section.socket_mode()?,
         socket_group: section.socket_group()?,
-        entries: section.entries(&trust_domain)?,
+        entries,
         trust_domain,
         limits: section.limits(),
     };
     let source: Arc<dyn SecretSource> = cache;
-    let mut server =
-        WorkloadApiServer::new(settings, source).context("cannot start the SPIFFE Workload API")?;
+    let mut server = WorkloadApiServer::new(settings, source)
+        .context("cannot start the SPIFFE Workload API")?
+        .with_attestor(Arc::new(Attestors(attestors)));
     if let Some(authority) = jwt_svids {
         server = server.with_jwt_svids(
             authority,

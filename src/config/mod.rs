@@ -44,7 +44,7 @@ pub use sections::{
 };
 pub use transport::{Listener, TransportKeys, TransportLimits};
 pub use validate::{is_dns_label, is_dns_subdomain};
-pub use workload_api::{EntryConfig, WorkloadApiConfig};
+pub use workload_api::{AttestorKind, EntryConfig, WorkloadApiConfig};
 
 use forms::one_or_many;
 

@@ -32,8 +32,25 @@ pub struct WorkloadApiConfig {
     pub max_streams_per_caller: usize,
     /// Connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Which attestors read a caller's selectors: `unix` (uid, gid, executable), `k8s` (its
+    /// pod's namespace, service account, UID and name, from the API server). Default `[unix]`.
+    pub attestors: Vec<AttestorKind>,
+    /// With the `k8s` attestor: the name of this node (`spec.nodeName`, e.g. from the downward
+    /// API as `MESHCA_WORKLOAD_API_NODE_NAME`); only its pods are callers' pods.
+    pub node_name: String,
     /// Registration entries: a caller matching every selector of an entry gets its SPIFFE ID.
     pub entries: Vec<EntryConfig>,
+}
+
+/// One of `workloadApi.attestors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttestorKind {
+    /// SPIRE's Unix workload attestor: `unix:uid`, `unix:gid`, `unix:path`, `unix:sha256`.
+    Unix,
+    /// SPIRE's Kubernetes workload attestor: `k8s:ns`, `k8s:sa`, `k8s:pod-uid`,
+    /// `k8s:pod-name`.
+    K8s,
 }
 
 /// One `workloadApi.entries` item.
@@ -43,8 +60,9 @@ pub struct EntryConfig {
     /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`, or `<ns>/<sa>` in the
     /// configured trust domain.
     pub spiffe_id: String,
-    /// SPIRE Unix attestor selectors, all of which must match: `unix:uid:<n>`,
-    /// `unix:gid:<n>`, `unix:path:<absolute path>`, `unix:sha256:<hex>`.
+    /// SPIRE selectors, all of which must match: `unix:uid:<n>`, `unix:gid:<n>`,
+    /// `unix:path:<absolute path>`, `unix:sha256:<hex>` (the `unix` attestor's), `k8s:ns:<ns>`,
+    /// `k8s:sa:<sa>`, `k8s:pod-uid:<uid>`, `k8s:pod-name:<name>` (the `k8s` attestor's).
     pub selectors: Vec<String>,
     /// Optional hint sent with the SVID (`internal`, `external`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -62,6 +80,8 @@ impl Default for WorkloadApiConfig {
             max_streams: limits.max_streams,
             max_streams_per_caller: limits.max_streams_per_caller,
             max_connections: limits.max_connections,
+            attestors: vec![AttestorKind::Unix],
+            node_name: String::new(),
             entries: Vec::new(),
         }
     }
@@ -98,6 +118,7 @@ impl WorkloadApiConfig {
             }
         }
         let entries = self.entries(trust_domain)?;
+        self.check_attestors(&entries)?;
         if self.enabled && entries.is_empty() {
             return Err(ConfigError::InvalidValue {
                 key: "workloadApi.entries",
@@ -107,6 +128,63 @@ impl WorkloadApiConfig {
             });
         }
         Ok(())
+    }
+
+    /// At least one attestor; a node name for `k8s`; every entry's selectors given by an
+    /// enabled attestor (else it could never match).
+    fn check_attestors(&self, entries: &[RegistrationEntry]) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::InvalidValue { key, reason });
+        if self.attestors.is_empty() {
+            return invalid(
+                "workloadApi.attestors",
+                "is empty: no caller could be attested; use [unix], [k8s] or [unix, k8s]"
+                    .to_owned(),
+            );
+        }
+        let k8s = self.attestors.contains(&AttestorKind::K8s);
+        let unix = self.attestors.contains(&AttestorKind::Unix);
+        if k8s {
+            let node = self.node_name.trim();
+            let safe = !node.is_empty()
+                && node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !safe {
+                return invalid(
+                    "workloadApi.nodeName",
+                    format!(
+                        "{node:?} is not a node name: the k8s attestor looks callers' pods up                          among this node's; set it from the downward API (spec.nodeName), e.g.                          as MESHCA_WORKLOAD_API_NODE_NAME"
+                    ),
+                );
+            }
+        }
+        for (index, entry) in entries.iter().enumerate() {
+            let needs_k8s = entry.selectors.iter().any(Selector::is_kubernetes);
+            let needs_unix = entry.selectors.iter().any(|s| !s.is_kubernetes());
+            let missing = match (needs_k8s && !k8s, needs_unix && !unix) {
+                (true, _) => "k8s",
+                (_, true) => "unix",
+                _ => continue,
+            };
+            return invalid(
+                "workloadApi.entries",
+                format!(
+                    "entry {index} ({}) has {missing}: selectors, but workloadApi.attestors                      has no {missing} attestor, so it could never match: add {missing} to                      workloadApi.attestors",
+                    entry.spiffe_id
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the `k8s` attestor is on.
+    pub fn attests_kubernetes(&self) -> bool {
+        self.attestors.contains(&AttestorKind::K8s)
+    }
+
+    /// Whether the `unix` attestor is on.
+    pub fn attests_unix(&self) -> bool {
+        self.attestors.contains(&AttestorKind::Unix)
     }
 
     /// The socket's path.
@@ -253,6 +331,31 @@ mod tests {
     }
 
     #[test]
+    fn the_k8s_attestor_needs_a_node_name_and_every_entry_an_attestor_for_its_selectors() {
+        let config = load(&[
+            "workloadApi.attestors=[unix, k8s]",
+            "workloadApi.nodeName=node-a",
+            "workloadApi.entries=[{spiffeId: web/frontend, selectors: [\"k8s:ns:web\", \"k8s:sa:frontend\"]}, {spiffeId: a/b, selectors: [\"unix:uid:0\"]}]",
+        ])
+        .unwrap();
+        assert!(config.workload_api.attests_kubernetes() && config.workload_api.attests_unix());
+        assert_eq!(
+            config.workload_api.entries(&config.trust_domain()).unwrap()[0].selectors,
+            [
+                Selector::K8sNamespace("web".into()),
+                Selector::K8sServiceAccount("frontend".into())
+            ]
+        );
+        assert_eq!(
+            Config::default().workload_api.attestors,
+            [AttestorKind::Unix]
+        );
+        let k8s_only =
+            load(&["workloadApi.attestors=[k8s]", "workloadApi.nodeName=node-a"]).unwrap();
+        assert!(!k8s_only.workload_api.attests_unix());
+    }
+
+    #[test]
     fn bad_settings_name_their_key() {
         for (setting, key, says) in [
             (
@@ -294,6 +397,26 @@ mod tests {
                 "workloadApi.entries=[{spiffeId: a/b, selectors: [\"unix:user:root\"]}]",
                 "workloadApi.entries",
                 "unix:user:root",
+            ),
+            (
+                "workloadApi.attestors=[]",
+                "workloadApi.attestors",
+                "is empty",
+            ),
+            (
+                "workloadApi.attestors=[unix, docker]",
+                "workloadApi.attestors",
+                "docker",
+            ),
+            (
+                "workloadApi.attestors=[k8s]",
+                "workloadApi.nodeName",
+                "downward API",
+            ),
+            (
+                "workloadApi.entries=[{spiffeId: a/b, selectors: [\"k8s:ns:a\"]}]",
+                "workloadApi.entries",
+                "no k8s attestor",
             ),
             (
                 "workloadApi.entries=[{spiffeId: a/b, selectors: []}]",

@@ -1,12 +1,13 @@
 //! Who is calling: the caller's selectors, read from its Unix socket connection by an
 //! [`Attestor`], matched against the configured [`RegistrationEntry`]s.
 //!
-//! The one attestor today is [`UnixAttestor`], SPIRE's Unix workload attestor's selectors:
-//! `unix:uid`, `unix:gid` from the kernel's peer credentials (SO_PEERCRED, taken when the
-//! connection was made), `unix:path` from `/proc/<pid>/exe`, `unix:sha256` of that executable.
-//! A Kubernetes attestor (pid → `/proc/<pid>/cgroup` → container id → the pod on this node
-//! from the API server → `k8s:ns`, `k8s:sa`, `k8s:pod-label` selectors) is a later step: it
-//! would implement [`Attestor`] and add [`Selector`] variants, nothing else changes.
+//! [`UnixAttestor`] gives SPIRE's Unix workload attestor's selectors: `unix:uid`, `unix:gid`
+//! from the kernel's peer credentials (SO_PEERCRED, taken when the connection was made),
+//! `unix:path` from `/proc/<pid>/exe`, `unix:sha256` of that executable.
+//! [`KubernetesAttestor`](super::kubernetes::KubernetesAttestor) gives SPIRE's Kubernetes
+//! ones: pid → `/proc/<pid>/cgroup` → pod UID → the pod on this node from the API server →
+//! `k8s:ns`, `k8s:sa`, `k8s:pod-uid`, `k8s:pod-name`. [`Attestors`] runs several
+//! (`workloadApi.attestors`) and hands on every selector they found.
 
 use std::fmt;
 use std::io::Read as _;
@@ -40,6 +41,14 @@ pub enum Selector {
     Path(PathBuf),
     /// `unix:sha256:<hex>`: the SHA-256 of the process's executable.
     Sha256([u8; 32]),
+    /// `k8s:ns:<namespace>`: the namespace of the process's pod.
+    K8sNamespace(String),
+    /// `k8s:sa:<service account>`: the service account its pod runs as.
+    K8sServiceAccount(String),
+    /// `k8s:pod-uid:<uid>`: its pod's UID.
+    K8sPodUid(String),
+    /// `k8s:pod-name:<name>`: its pod's name.
+    K8sPodName(String),
 }
 
 impl fmt::Display for Selector {
@@ -52,6 +61,10 @@ impl fmt::Display for Selector {
                 f.write_str("unix:sha256:")?;
                 digest.iter().try_for_each(|b| write!(f, "{b:02x}"))
             }
+            Self::K8sNamespace(namespace) => write!(f, "k8s:ns:{namespace}"),
+            Self::K8sServiceAccount(account) => write!(f, "k8s:sa:{account}"),
+            Self::K8sPodUid(uid) => write!(f, "k8s:pod-uid:{uid}"),
+            Self::K8sPodName(name) => write!(f, "k8s:pod-name:{name}"),
         }
     }
 }
@@ -60,7 +73,8 @@ impl fmt::Display for Selector {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "selector {text:?} {reason}; meshca understands unix:uid:<n>, unix:gid:<n>, \
-     unix:path:<absolute path> and unix:sha256:<64 hex digits>"
+     unix:path:<absolute path>, unix:sha256:<64 hex digits>, k8s:ns:<namespace>, \
+     k8s:sa:<service account>, k8s:pod-uid:<uid> and k8s:pod-name:<name>"
 )]
 pub struct SelectorError {
     text: String,
@@ -75,8 +89,22 @@ impl FromStr for Selector {
             text: text.to_owned(),
             reason,
         };
+        if let Some(rest) = text.strip_prefix("k8s:") {
+            let (key, value) = rest.split_once(':').ok_or_else(|| fail("has no value"))?;
+            if value.is_empty() {
+                return Err(fail("has an empty value"));
+            }
+            let value = value.to_owned();
+            return match key {
+                "ns" => Ok(Self::K8sNamespace(value)),
+                "sa" => Ok(Self::K8sServiceAccount(value)),
+                "pod-uid" => Ok(Self::K8sPodUid(value.to_ascii_lowercase())),
+                "pod-name" => Ok(Self::K8sPodName(value)),
+                _ => Err(fail("is not a selector meshca knows")),
+            };
+        }
         let Some(rest) = text.strip_prefix("unix:") else {
-            return Err(fail("is not a unix: selector"));
+            return Err(fail("is neither a unix: nor a k8s: selector"));
         };
         let (key, value) = rest.split_once(':').ok_or_else(|| fail("has no value"))?;
         match key {
@@ -215,6 +243,41 @@ pub trait Attestor: Send + Sync + 'static {
     /// The selectors of the process behind `peer`. Selectors that cannot be read (the process
     /// has exited, `/proc` is not readable) are left out, so entries needing them do not match.
     async fn attest(&self, peer: PeerCredentials) -> Result<Vec<Selector>, AttestError>;
+}
+
+impl Selector {
+    /// Whether only the Kubernetes attestor gives it (`k8s:`).
+    pub fn is_kubernetes(&self) -> bool {
+        matches!(
+            self,
+            Self::K8sNamespace(_)
+                | Self::K8sServiceAccount(_)
+                | Self::K8sPodUid(_)
+                | Self::K8sPodName(_)
+        )
+    }
+}
+
+/// Several attestors (`workloadApi.attestors`), asked in turn: the caller's selectors are all
+/// of theirs. One that fails fails the call (the caller is not half-attested).
+#[derive(Clone)]
+pub struct Attestors(pub Vec<std::sync::Arc<dyn Attestor>>);
+
+impl fmt::Debug for Attestors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Attestors").field(&self.0.len()).finish()
+    }
+}
+
+#[async_trait]
+impl Attestor for Attestors {
+    async fn attest(&self, peer: PeerCredentials) -> Result<Vec<Selector>, AttestError> {
+        let mut selectors = Vec::new();
+        for attestor in &self.0 {
+            selectors.extend(attestor.attest(peer).await?);
+        }
+        Ok(selectors)
+    }
 }
 
 /// SPIRE's Unix workload attestor: uid and gid always; the executable's path when the
@@ -361,6 +424,10 @@ mod tests {
             "unix:gid:0",
             "unix:path:/usr/bin/env",
             "unix:sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+            "k8s:ns:default",
+            "k8s:sa:frontend",
+            "k8s:pod-uid:6b1e6a4c-2f5d-4c1e-9a57-0d6f5e0c2b11",
+            "k8s:pod-name:frontend-7d4b9c-x2kqz",
         ] {
             assert_eq!(text.parse::<Selector>().unwrap().to_string(), text);
         }
@@ -371,11 +438,13 @@ mod tests {
             "unix:user:root",
             "unix:path:bin/env",
             "unix:sha256:abc",
-            "k8s:ns:default",
+            "k8s:ns:",
+            "k8s:namespace:default",
+            "k8s:pod-label:app:web",
         ] {
             let error = bad.parse::<Selector>().unwrap_err().to_string();
             assert!(
-                error.contains(bad) && error.contains("unix:uid:<n>"),
+                error.contains(bad) && error.contains("unix:uid:<n>") && error.contains("k8s:sa:"),
                 "{error}"
             );
         }

@@ -12,7 +12,8 @@
 //! preface and idle timers; the kernel's peer credentials ride along as [`PeerInfo`]) →
 //! `service.rs` → `admission.rs`: the `workload.spiffe.io: true` header (else
 //! INVALID_ARGUMENT), the caller's selectors from an [`Attestor`] (`attest.rs`: uid, gid,
-//! executable path and SHA-256), the registration entries they match (none:
+//! executable path and SHA-256; `kubernetes.rs`: the caller's pod's namespace, service account,
+//! UID and name; [`Attestors`] for both), the registration entries they match (none:
 //! PERMISSION_DENIED, nothing issued), a stream slot under `maxStreams` and
 //! `maxStreamsPerCaller` → `stream.rs`: the cache's `watch` receivers
 //! of every matched identity (the certificates SDS serves, issued on first use) and of the
@@ -29,6 +30,7 @@
 mod admission;
 pub mod attest;
 mod jwt;
+pub mod kubernetes;
 mod metrics;
 pub mod proto;
 mod service;
@@ -47,9 +49,10 @@ use tracing::info;
 
 pub use admission::SECURITY_HEADER;
 pub use attest::{
-    AttestError, Attestor, PeerCredentials, RegistrationEntry, Selector, SelectorError,
+    AttestError, Attestor, Attestors, PeerCredentials, RegistrationEntry, Selector, SelectorError,
     UnixAttestor,
 };
+pub use kubernetes::{KubeNodePods, KubernetesAttestor, NodePods};
 pub use metrics::{WorkloadApiMetrics, WorkloadApiMetricsSnapshot};
 
 use crate::sds::source::SecretSource;

@@ -270,6 +270,7 @@ TOKEN_REVIEWS = {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenrev
 
 
 PODS_READ = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}
+PODS_LIST = {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
 NAMESPACES_WATCH = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}
 CONFIGMAPS_KEEP = {"apiGroups": [""], "resources": ["configmaps"],
                    "verbs": ["get", "list", "watch", "create", "update"]}
@@ -609,14 +610,15 @@ def check_node_local(r, values=None):
     label = f"{r.label}: node-local"
     given = dict(values if values is not None else r.values["workloadApi"]["nodeLocal"])
     nl = {"socketDir": "/run/meshca", "socketName": "workload-api.sock", "socketMode": "0666",
-          "socketGroup": "", "executableSelectors": True, **given}
+          "socketGroup": "", "executableSelectors": True, "attestors": ["unix"], **given}
+    k8s = "k8s" in nl["attestors"]
     socket = f"{nl['socketDir']}/{nl['socketName']}"
     pod, container = r.node_local()
     deployment_pod = r.one("Deployment")["spec"]["template"]["spec"]
 
     node = r.config(NODE_LOCAL)
     expected_wl = {"enabled": True, "socketPath": socket, "socketMode": nl["socketMode"],
-                   "entries": nl["entries"]}
+                   "attestors": nl["attestors"], "entries": nl["entries"]}
     if nl["socketGroup"] != "":
         expected_wl["socketGroup"] = str(nl["socketGroup"])
     expect_equal(node.get("workloadApi"), expected_wl, f"{label}: workloadApi config")
@@ -654,8 +656,11 @@ def check_node_local(r, values=None):
                  {m["name"]: m["mountPath"] for m in r.container()["volumeMounts"]},
                  f"{label}: the Deployment's mounts")
     env = {e["name"]: e for e in container["env"]}
-    expect_equal(env, {e["name"]: e for e in r.container()["env"]},
-                 f"{label}: the Deployment's environment")
+    node_name = {"MESHCA_WORKLOAD_API_NODE_NAME": {
+        "name": "MESHCA_WORKLOAD_API_NODE_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}} if k8s else {}
+    expect_equal(env, {**{e["name"]: e for e in r.container()["env"]}, **node_name},
+                 f"{label}: the Deployment's environment (and the node's name for k8s)")
     expect_equal(pod["securityContext"]["runAsUser"], 0, f"{label}: root's uid")
     security = container["securityContext"]
     expect_equal(security["allowPrivilegeEscalation"], False, f"{label}: no privilege escalation")
@@ -679,15 +684,27 @@ def check_node_local(r, values=None):
                  [rule for rule in r.role_rules() if rule != ROTATE_SECRETS],
                  f"{label}: Role rules")
     binding = r.one("RoleBinding", NODE_LOCAL)
-    expect_equal((binding["roleRef"]["name"], binding["subjects"]),
-                 (NODE_LOCAL, [{"kind": "ServiceAccount", "name": NODE_SA, "namespace": NAMESPACE}]),
+    node_subject = [{"kind": "ServiceAccount", "name": NODE_SA, "namespace": NAMESPACE}]
+    expect_equal((binding["roleRef"]["name"], binding["subjects"]), (NODE_LOCAL, node_subject),
                  f"{label}: RoleBinding")
+    # The k8s attestor's LIST of the node's pods, and nothing else, cluster-wide.
+    pods_role = f"{NAMESPACE}-{RELEASE}-workload-api-pods"
+    roles = [c for c in r.all("ClusterRole") if c["metadata"]["name"] == pods_role]
+    bindings = [b for b in r.all("ClusterRoleBinding") if b["metadata"]["name"] == pods_role]
+    if k8s:
+        expect_equal([c["rules"] for c in roles], [[PODS_LIST]], f"{label}: pods ClusterRole")
+        expect_equal([(b["roleRef"]["name"], b["subjects"]) for b in bindings],
+                     [(pods_role, node_subject)], f"{label}: pods ClusterRoleBinding")
+    else:
+        check(not roles and not bindings, f"{label}: pods ClusterRole without the k8s attestor")
 
 
 def check_node_local_example(r):
     check_node_local(r)
     expect_equal(r.config(NODE_LOCAL)["workloadApi"]["socketPath"],
                  "/run/meshca/workload-api.sock", "node-local example: the README's socket path")
+    expect_equal(r.config(NODE_LOCAL)["workloadApi"]["attestors"], ["unix", "k8s"],
+                 "node-local example: attested by pod and process")
 
 
 def check_node_local_variants(chart):
@@ -770,7 +787,10 @@ def check_refusals(chart):
         ({"workloadApi": {"nodeLocal": {"entries": [{"spiffeId": "a/b", "selectors": []}]}}},
          "selectors"),
         ({"workloadApi": {"nodeLocal": {"entries": [{"spiffeId": "a/b",
-                                                     "selectors": ["k8s:ns:a"]}]}}}, "selectors"),
+                                                     "selectors": ["k8s:pod-label:a"]}]}}},
+         "selectors"),
+        ({"workloadApi": {"nodeLocal": {"attestors": []}}}, "attestors"),
+        ({"workloadApi": {"nodeLocal": {"attestors": ["unix", "docker"]}}}, "attestors"),
         ({"workloadApi": {"socketPath": "/x"}}, "socketPath"),
     ] + [({"istio": {key: bad}}, key)
          for key in ("signingQueueTimeout", "handshakeTimeout", "prefaceTimeout",
@@ -834,6 +854,9 @@ def check_meshca_accepts(meshca, renderings):
                 _, container = r.node_local()
                 node_env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
                 node_env.update({k: v for k, v in env_vars.items() if k not in node_env})
+                for e in container["env"]:
+                    if e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
+                        node_env[e["name"]] = "node-a"
                 node_text = r.one("ConfigMap", NODE_LOCAL)["data"]["config.yaml"]
                 done = run(node_text, node_env)
                 check(done.returncode == 0,
@@ -841,15 +864,18 @@ def check_meshca_accepts(meshca, renderings):
                       f"{done.stderr.strip()}\n{node_text}")
 
         # The same check must be able to fail: an unknown key and a bad value are refused, and
-        # so is a node-local socket group the system does not know (checked at load).
+        # so are a node-local socket group the system does not know (checked at load) and the
+        # example's k8s attestor without a node name.
         text = renderings[0].one("ConfigMap", RELEASE)["data"]["config.yaml"]
-        node_text = next(r for r in renderings if r.node_local()).one(
+        node_text = next(r for r in renderings if r.label == "workload-api-node-local.yaml").one(
             "ConfigMap", NODE_LOCAL)["data"]["config.yaml"]
         node_config = yaml.safe_load(node_text)
         node_config["workloadApi"]["socketGroup"] = "no-such-group-here"
         for bad, needle in [(text + "certManagr:\n  issuerName: x\n", "certManagr"),
                             (text.replace("auth: mtls", "auth: mtlss"), "mtlss"),
-                            (yaml.safe_dump(node_config), "workloadApi.socketGroup")]:
+                            (yaml.safe_dump(node_config), "workloadApi.socketGroup"),
+                            # The k8s attestor without the node's name from the downward API.
+                            (node_text, "workloadApi.nodeName")]:
             done = run(bad, {})
             check(done.returncode == 2 and needle in done.stderr,
                   f"meshca accepted a broken config (exit {done.returncode}, {done.stderr!r})")
