@@ -21,4 +21,5 @@ pub mod rotation;
 pub mod sds;
 pub mod stores;
 pub mod time;
+pub mod vault_rotation;
 pub mod workload_api;

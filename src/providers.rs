@@ -19,17 +19,26 @@ pub struct TresorHandle {
     pub store: Arc<ConfiguredStore>,
 }
 
+/// What the daemon keeps of its backend besides the provider, to follow root rotations.
+#[derive(Debug)]
+pub enum BackendHandle {
+    /// The built-in CA and its store.
+    Tresor(TresorHandle),
+    /// The Vault provider, whose signing issuer follows the PKI mount's default issuer.
+    Vault(Arc<meshca_vault::VaultProvider>),
+}
+
 /// Builds the configured provider. For Tresor this loads the CA from its store, creating a
 /// root when the store is empty, and follows the stage of a root rotation in progress.
 pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<SharedProvider> {
     Ok(build_with_handle(config, clock).await?.0)
 }
 
-/// [`build`], also returning the Tresor handle when the provider is Tresor.
+/// [`build`], also returning the handle the daemon follows root rotations with (Tresor, Vault).
 pub async fn build_with_handle(
     config: &Config,
     clock: Arc<dyn Clock>,
-) -> anyhow::Result<(SharedProvider, Option<TresorHandle>)> {
+) -> anyhow::Result<(SharedProvider, Option<BackendHandle>)> {
     match config.certificate_provider.kind {
         ProviderKind::Tresor => {
             let store = ConfiguredStore::open(config).await?;
@@ -58,10 +67,10 @@ pub async fn build_with_handle(
             let provider: SharedProvider = tresor.clone();
             Ok((
                 provider,
-                Some(TresorHandle {
+                Some(BackendHandle::Tresor(TresorHandle {
                     tresor,
                     store: Arc::new(store),
-                }),
+                })),
             ))
         }
         ProviderKind::Vault => {
@@ -84,7 +93,8 @@ pub async fn build_with_handle(
             let vault =
                 meshca_vault::VaultProvider::connect_with(&config.vault, token_source).await?;
             tracing::info!(address = %vault.address(), "vault: connected and token checked");
-            Ok((Arc::new(vault), None))
+            let vault = Arc::new(vault);
+            Ok((vault.clone(), Some(BackendHandle::Vault(vault))))
         }
         ProviderKind::CertManager => {
             let settings = &config.cert_manager;

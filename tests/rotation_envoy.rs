@@ -14,86 +14,18 @@ use meshca_test_support as support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::daemon::{advance_until_moved, rotate_root, serve_for_rotation};
-use support::envoy::{self, CLIENT_ID, Envoy, MtlsPair, free_port, http_get, normalize_serial};
-use support::eventually;
+use support::envoy::{
+    self, CLIENT_ID, MtlsPair, Traffic, free_port, fresh_handshake_per_request, http_get,
+    normalize_serial,
+};
 
 /// The serial of the (single-certificate) CA file, normalised like Envoy's.
 fn serial_of(file: &Path) -> String {
     let text = support::cli::openssl(&["x509", "-noout", "-serial", "-in", file.to_str().unwrap()]);
     normalize_serial(text.trim().trim_start_matches("serial="))
-}
-
-/// The serials of the CA certificates in the Envoy's validation contexts.
-async fn trusted_serials(envoy: &Envoy) -> BTreeSet<String> {
-    let certs = envoy.certs().await;
-    certs["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|entry| entry["ca_cert"].as_array().cloned().unwrap_or_default())
-        .filter_map(|cert| cert["serial_number"].as_str().map(normalize_serial))
-        .collect()
-}
-
-async fn wait_until_trusted(envoy: &Envoy, want: &BTreeSet<String>) {
-    let what = format!("{} to trust exactly {want:?}", envoy.name);
-    eventually(
-        Duration::from_secs(30),
-        &what,
-        || trusted_serials(envoy),
-        |held| held == want,
-    )
-    .await;
-}
-
-async fn wait_for_new_leaf(envoy: &Envoy, before: &[String]) -> Vec<String> {
-    let what = format!("{} to present a leaf other than {before:?}", envoy.name);
-    eventually(
-        Duration::from_secs(30),
-        &what,
-        || envoy.leaf_serials(),
-        |held| !held.is_empty() && held.iter().all(|s| !before.contains(s)),
-    )
-    .await
-}
-
-/// Makes the client Envoy open a new upstream connection for every request and never resume
-/// a TLS session, so every request is a full handshake against the current certificates.
-fn fresh_handshake_per_request(config: String) -> String {
-    let cluster = "  - name: upstream\n    type: STATIC\n";
-    let tls = "UpstreamTlsContext\n";
-    assert!(config.contains(cluster) && config.contains(tls));
-    config
-        .replacen(
-            cluster,
-            &format!(
-                "{cluster}    typed_extension_protocol_options:\n      \
-                 envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
-                 \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
-                 common_http_protocol_options: {{ max_requests_per_connection: 1 }}\n        \
-                 explicit_http_config: {{ http_protocol_options: {{}} }}\n"
-            ),
-            1,
-        )
-        .replacen(tls, &format!("{tls}        max_session_keys: 0\n"), 1)
-}
-
-/// A counter line from Envoy's `/stats`.
-async fn stat(envoy: &Envoy, name: &str) -> u64 {
-    let response = http_get(envoy.admin, &format!("/stats?filter=^{name}$"))
-        .await
-        .unwrap();
-    response
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,23 +52,8 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
     assert_eq!(first.status, 200, "{first:?}\n{}", client.log_tail());
 
     // Continuous traffic until told to stop: every outcome counted, every failure kept.
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let (mut ok, mut failures) = (0u64, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match http_get(([127, 0, 0, 1], client_port).into(), "/").await {
-                    Ok(response) if response.status == 200 => ok += 1,
-                    Ok(response) => failures.push(format!("{} {}", response.status, response.body)),
-                    Err(e) => failures.push(e.to_string()),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (ok, failures)
-        }
-    });
-    let handshakes_before = stat(&client, "cluster.upstream.ssl.handshake").await;
+    let traffic = Traffic::start(client_port);
+    let handshakes_before = client.stat("cluster.upstream.ssl.handshake").await;
 
     // Stage 1: both Envoys trust old + new; leaves still under the old root.
     let started = support::cli::ok(&rotate_root(&ca_dir, &[], "start"));
@@ -147,8 +64,8 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
     std::fs::write(&new_root_file, record["newCertificate"].as_str().unwrap()).unwrap();
     let new_root = serial_of(&new_root_file);
     let both = BTreeSet::from([old_root.clone(), new_root.clone()]);
-    wait_until_trusted(&server, &both).await;
-    wait_until_trusted(&client, &both).await;
+    server.wait_until_trusted(&both).await;
+    client.wait_until_trusted(&both).await;
     let server_leaf = server.leaf_serials().await;
     let client_leaf = client.leaf_serials().await;
 
@@ -156,8 +73,8 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
     let moved = advance_until_moved(&ca_dir, Duration::from_secs(30)).await;
     assert!(moved.contains("advanced to stage 2"), "{moved}");
     assert!(moved.contains("2 of 2 proxies"), "{moved}");
-    wait_for_new_leaf(&server, &server_leaf).await;
-    wait_for_new_leaf(&client, &client_leaf).await;
+    server.wait_for_new_leaf(&server_leaf).await;
+    client.wait_for_new_leaf(&client_leaf).await;
 
     // Finished after the longest leaf lifetime: the old root leaves both bundles.
     let finished = advance_until_moved(&ca_dir, Duration::from_secs(90)).await;
@@ -168,14 +85,13 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
         "the new root is now the CA"
     );
     let only_new = BTreeSet::from([new_root.clone()]);
-    wait_until_trusted(&server, &only_new).await;
-    wait_until_trusted(&client, &only_new).await;
+    server.wait_until_trusted(&only_new).await;
+    client.wait_until_trusted(&only_new).await;
 
     // Traffic keeps flowing with the old root gone: the server's leaf verifies under the new
     // root alone (the client trusts nothing else), and the server accepts the client's.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failures) = traffic.await.unwrap();
+    let (ok, failures) = traffic.stop().await;
     assert!(
         failures.is_empty(),
         "{} of {} requests failed during the rotation: {:?}\n{}\n{}",
@@ -195,14 +111,11 @@ async fn a_full_root_rotation_under_continuous_mtls_traffic_fails_no_request() {
     assert_eq!(last.status, 200);
     assert_eq!(last.header("x-peer-identity"), Some(CLIENT_ID));
     // Every request was its own full handshake.
-    let handshakes = stat(&client, "cluster.upstream.ssl.handshake").await - handshakes_before;
+    let handshakes = client.stat("cluster.upstream.ssl.handshake").await - handshakes_before;
     assert!(
         handshakes >= ok,
         "{handshakes} handshakes for {ok} requests: connections were reused"
     );
-    assert_eq!(
-        stat(&client, "cluster.upstream.ssl.session_reused").await,
-        0
-    );
-    assert!(!trusted_serials(&server).await.contains(&old_root));
+    assert_eq!(client.stat("cluster.upstream.ssl.session_reused").await, 0);
+    assert!(!server.trusted_serials().await.contains(&old_root));
 }

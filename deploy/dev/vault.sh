@@ -112,6 +112,7 @@ fi
 # meshca: sign (and optionally issue) certificates, read the role and the CA chain, look after
 # its own token.
 path "pki/sign/meshca"  { capabilities = ["update"] }
+path "pki/issuer/+/sign/meshca" { capabilities = ["update"] }
 path "pki/issue/meshca" { capabilities = ["update"] }
 path "pki/roles/meshca" { capabilities = ["read"] }
 path "pki/cert/*"       { capabilities = ["read"] }

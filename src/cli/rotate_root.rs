@@ -117,12 +117,22 @@ pub async fn run(config: &Config, action: RootAction) -> anyhow::Result<()> {
 /// progress"); `Err` is what the CronJob should alert on (a store that cannot be read,
 /// unusable CA material, a stage 1 stuck for a day).
 pub async fn cron_step(config: &Config) -> anyhow::Result<String> {
-    if config.certificate_provider.kind != ProviderKind::Tresor {
-        return Ok(format!(
-            "not meshca's ({} rotates its own root; list the new root in \
-             extraTrustedRoots beforehand)",
-            config.certificate_provider.kind.as_str()
-        ));
+    match config.certificate_provider.kind {
+        ProviderKind::Tresor => {}
+        ProviderKind::Vault => {
+            return Ok(
+                "not meshca's (vault rotates its own root: the daemon follows the PKI \
+                       mount's default issuer)"
+                    .to_owned(),
+            );
+        }
+        kind => {
+            return Ok(format!(
+                "not meshca's ({} rotates its own root; list the new root in \
+                 extraTrustedRoots beforehand)",
+                kind.as_str()
+            ));
+        }
     }
     let store = open_store(config).await?;
     let store = store.as_store();
@@ -170,6 +180,16 @@ pub async fn new_root_while_retiring(config: &Config) -> Option<meshca_provider:
 const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 async fn open_store(config: &Config) -> anyhow::Result<ConfiguredStore> {
+    if config.certificate_provider.kind == ProviderKind::Vault {
+        bail!(
+            "`meshca rotate root` drives the built-in CA (certificateProvider.kind: tresor); \
+             rotate Vault's root in its PKI mount: make a new issuer (bao write \
+             <pkiPath>/root/generate/internal issuer_name=next …) and make it the default (bao \
+             write <pkiPath>/config/issuers default=next). Running daemons trust its root at \
+             once and sign with it once every connected proxy has acknowledged it (README, \
+             \"Root rotation without downtime\")"
+        );
+    }
     if config.certificate_provider.kind != ProviderKind::Tresor {
         bail!(
             "root rotation is for the built-in CA (certificateProvider.kind: tresor); {} rotates \

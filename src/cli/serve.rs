@@ -19,9 +19,11 @@ use crate::istio::{
 use crate::jwt_svid::JwtAuthority;
 use crate::kubernetes::trust_distribution::{Running, TrustDistribution};
 use crate::kubernetes::{KubePodDirectory, TokenReviewAuthenticator};
+use crate::providers::BackendHandle;
 use crate::rotation::RotationFollower;
 use crate::sds::{AuthMode, MtlsSettings, SdsServer, SdsSettings, SecretSource, UnixPeerMap};
 use crate::time::TokioClock;
+use crate::vault_rotation::VaultIssuerFollower;
 use crate::workload_api::{
     Attestor, Attestors, KubeNodePods, KubernetesAttestor, RunningWorkloadApiServer, UnixAttestor,
     WorkloadApiMetrics, WorkloadApiServer, WorkloadApiSettings,
@@ -36,7 +38,7 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
     // Listen for SIGTERM before anything else: a signal during startup must drain, not kill.
     let shutdown = shutdown_signal()?;
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let (provider, tresor) = crate::providers::build_with_handle(&config, clock.clone()).await?;
+    let (provider, backend) = crate::providers::build_with_handle(&config, clock.clone()).await?;
     announce_extra_roots(&config, clock.now())?;
     // One pipeline for the cache (SDS) and the Istio CA API: the same policy, timeouts,
     // validation, trust bundle and metrics whichever way a certificate is asked for.
@@ -100,10 +102,10 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         workload_api = ?config.workload_api.enabled.then(|| config.workload_api.socket_path()),
         "meshca is serving; stop it with SIGTERM or Ctrl-C"
     );
-    // Tresor follows root rotation stages from its store; Vault and cert-manager roots are
-    // rotated outside meshca.
-    let rotation = tresor.map(|handle| {
-        tokio::spawn(
+    // Tresor follows root rotation stages from its store; Vault follows its PKI mount's
+    // default issuer; cert-manager's roots are rotated outside meshca.
+    let rotation = backend.map(|backend| match backend {
+        BackendHandle::Tresor(handle) => tokio::spawn(
             RotationFollower {
                 store: handle.store,
                 tresor: handle.tresor,
@@ -115,7 +117,18 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
                 clock,
             }
             .run(),
-        )
+        ),
+        BackendHandle::Vault(vault) => tokio::spawn(
+            VaultIssuerFollower {
+                vault,
+                cache: cache.clone(),
+                acks: sds.bundle_acks(),
+                poll_interval: config.rotation.poll_interval,
+                ack_deadline: config.rotation.ack_deadline,
+                clock,
+            }
+            .run(),
+        ),
     });
     let health = Arc::new(ProviderHealth::default());
     let health_checks = spawn_health_checks(

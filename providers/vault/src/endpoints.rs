@@ -9,6 +9,9 @@
 //! | `auth/<mount>/login` (AppRole) | vaultrs `LoginWithApproleRequest` | the `auth` block |
 //! | `auth/<mount>/login` (Kubernetes) | vaultrs `LoginWithKubernetesRequest` | the `auth` block |
 //! | `<pki>/roles/<role>` | vaultrs `ReadRoleRequest` | vaultrs `ReadRoleResponse` |
+//! | `LIST <pki>/issuers` | vaultrs `ListIssuersRequest` | vaultrs `ListIssuersResponse` |
+//! | `<pki>/issuer/<id>/json` | vaultrs `ReadIssuerCertificateRequest` | vaultrs `ReadIssuerCertificateResponse` |
+//! | `<pki>/issuer/<id>/sign/<role>` | [`SignWithIssuer`] | vaultrs `SignCertificateResponse` |
 //! | `auth/token/lookup-self` | [`LookupSelf`] | [`LookupData`] |
 //!
 //! The `auth` block of a login or renewal is read by meshca ([`AuthBlock`](crate::http::AuthBlock))
@@ -18,6 +21,12 @@
 //! vaultrs's `LookupTokenResponse` reads OpenBao's answer (see the tests holding real
 //! answers) but carries the token itself (`id`) in a struct that prints it in `Debug`; meshca
 //! defines `lookup-self` with rustify's derive and reads only the lease.
+//!
+//! vaultrs has no endpoint for signing with a named issuer (`<pki>/issuer/<ref>/sign/<role>`,
+//! which meshca uses to keep signing with the issuer it trusts everywhere while Vault's default
+//! issuer changes): [`SignWithIssuer`] is vaultrs's `sign/<role>` request, body and answer
+
+//! alike, sent to that path.
 
 use rustify_derive::Endpoint;
 
@@ -26,7 +35,8 @@ use crate::auth::LookupData;
 pub(crate) use vaultrs::api::auth::approle::requests::LoginWithApproleRequest;
 pub(crate) use vaultrs::api::auth::kubernetes::requests::LoginWithKubernetesRequest;
 pub(crate) use vaultrs::api::pki::requests::{
-    ReadCertificateRequest, ReadRoleRequest, SignCertificateRequest,
+    ListIssuersRequest, ReadCertificateRequest, ReadIssuerCertificateRequest, ReadRoleRequest,
+    SignCertificateRequest,
 };
 pub(crate) use vaultrs::api::token::requests::RenewTokenSelfRequest;
 
@@ -34,6 +44,39 @@ pub(crate) use vaultrs::api::token::requests::RenewTokenSelfRequest;
 #[derive(Endpoint)]
 #[endpoint(path = "auth/token/lookup-self", response = "LookupData")]
 pub(crate) struct LookupSelf {}
+
+/// `POST <pki>/issuer/<issuer>/sign/<role>`: vaultrs's `sign/<role>` request signed by the
+/// issuer named, whatever the mount's default (or the role's `issuer_ref`) is.
+#[derive(Debug)]
+pub(crate) struct SignWithIssuer<'a> {
+    /// An issuer ID as Vault lists it (checked URL-safe by the caller).
+    pub(crate) issuer: &'a str,
+    /// The request as `sign/<role>` takes it.
+    pub(crate) sign: &'a SignCertificateRequest,
+}
+
+impl rustify::Endpoint for SignWithIssuer<'_> {
+    type Response = vaultrs::api::pki::responses::SignCertificateResponse;
+    const REQUEST_BODY_TYPE: rustify::enums::RequestType =
+        <SignCertificateRequest as rustify::Endpoint>::REQUEST_BODY_TYPE;
+    const RESPONSE_BODY_TYPE: rustify::enums::ResponseType =
+        <SignCertificateRequest as rustify::Endpoint>::RESPONSE_BODY_TYPE;
+
+    fn path(&self) -> String {
+        format!(
+            "{}/issuer/{}/sign/{}",
+            self.sign.mount, self.issuer, self.sign.role
+        )
+    }
+
+    fn method(&self) -> rustify::enums::RequestMethod {
+        self.sign.method()
+    }
+
+    fn body(&self) -> Result<Option<Vec<u8>>, rustify::errors::ClientError> {
+        self.sign.body()
+    }
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -43,7 +86,8 @@ mod tests {
     use std::time::Duration;
 
     use vaultrs::api::pki::responses::{
-        ReadCertificateResponse, ReadRoleResponse, SignCertificateResponse,
+        ListIssuersResponse, ReadCertificateResponse, ReadIssuerCertificateResponse,
+        ReadRoleResponse, SignCertificateResponse,
     };
     use vaultrs::api::token::responses::LookupTokenResponse;
 
@@ -57,6 +101,76 @@ mod tests {
     const LOOKUP_SELF: &str = include_str!("openbao-2.7.2/lookup_self.json");
     const RENEW_SELF: &str = include_str!("openbao-2.7.2/renew_self.json");
     const APPROLE_LOGIN: &str = include_str!("openbao-2.7.2/approle_login.json");
+    const ISSUERS: &str = include_str!("openbao-2.7.2/issuers.json");
+    const ISSUER: &str = include_str!("openbao-2.7.2/issuer.json");
+    const ISSUER_SIGN: &str = include_str!("openbao-2.7.2/issuer_sign.json");
+
+    #[test]
+    fn vaultrs_types_read_openbaos_issuer_answers() {
+        let listed = decode_answer::<ListIssuersResponse>("pki/issuers", 200, ISSUERS.as_bytes())
+            .unwrap()
+            .data
+            .unwrap();
+        assert_eq!(listed.keys.len(), 2);
+        let default = listed
+            .key_info
+            .iter()
+            .filter(|(_, info)| info.is_default)
+            .map(|(id, info)| (id.as_str(), info.issuer_name.as_str()))
+            .collect::<Vec<_>>();
+        assert_eq!(default, [("27c109d0-40ee-1a3c-77a8-465e7d337408", "first")]);
+        let issuer = decode_answer::<ReadIssuerCertificateResponse>(
+            "pki/issuer/x/json",
+            200,
+            ISSUER.as_bytes(),
+        )
+        .unwrap()
+        .data
+        .unwrap();
+        assert_eq!(issuer.issuer_id, "bf8af85e-b643-129a-fa59-325442272a00");
+        // An unnamed issuer: OpenBao answers an empty name.
+        assert_eq!(issuer.issuer_name, "");
+        assert_eq!(
+            crate::pki::trust_anchors(&issuer.ca_chain.join("\n"))
+                .unwrap()
+                .len(),
+            1
+        );
+        // The issuer-pinned sign answers like sign/<role>, signed by the issuer named.
+        let signed = decode_answer::<SignCertificateResponse>(
+            "pki/issuer/x/sign/meshca",
+            200,
+            ISSUER_SIGN.as_bytes(),
+        )
+        .unwrap()
+        .data
+        .unwrap();
+        assert_eq!(signed.issuing_ca.trim(), issuer.certificate.trim());
+    }
+
+    #[test]
+    fn sign_with_issuer_is_the_sign_request_on_the_issuers_path() {
+        use rustify::Endpoint as _;
+        let sign = SignCertificateRequest {
+            mount: "pki".into(),
+            role: "meshca".into(),
+            csr: Some("CSR".into()),
+            ..Default::default()
+        };
+        let pinned = SignWithIssuer {
+            issuer: "bf8af85e-b643-129a-fa59-325442272a00",
+            sign: &sign,
+        };
+        assert_eq!(
+            pinned.path(),
+            "pki/issuer/bf8af85e-b643-129a-fa59-325442272a00/sign/meshca"
+        );
+        assert_eq!(pinned.body().unwrap(), sign.body().unwrap());
+        assert!(matches!(
+            pinned.method(),
+            rustify::enums::RequestMethod::POST
+        ));
+    }
 
     #[test]
     fn vaultrs_types_read_openbaos_sign_and_ca_chain_answers() {

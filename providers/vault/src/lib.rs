@@ -26,11 +26,13 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod issuers;
 mod pki;
 mod provider;
 mod settings;
 
 pub use error::VaultError;
+pub use issuers::{IssuerInfo, IssuerSwitch};
 pub use provider::VaultProvider;
 pub use settings::{
     AppRoleSettings, DEFAULT_APPROLE_MOUNT, DEFAULT_KUBERNETES_MOUNT, DEFAULT_PKI_PATH,

@@ -156,6 +156,8 @@ pub(crate) struct RoleData {
     /// Whether `sign` takes the DNS, IP, URI and other SANs from the CSR instead of the
     /// request's parameters (Vault's default: yes).
     pub(crate) use_csr_sans: Option<bool>,
+    /// The issuer `sign/<role>` uses (`default`: the mount's default issuer).
+    pub(crate) issuer_ref: Option<String>,
 }
 
 impl From<vaultrs::api::pki::responses::ReadRoleResponse> for RoleData {
@@ -167,6 +169,7 @@ impl From<vaultrs::api::pki::responses::ReadRoleResponse> for RoleData {
             allowed_uri_sans: Some(role.allowed_uri_sans),
             use_csr_common_name: Some(role.use_csr_common_name),
             use_csr_sans: Some(role.use_csr_sans),
+            issuer_ref: Some(role.issuer_ref),
         }
     }
 }
@@ -251,6 +254,21 @@ pub(crate) fn intermediates(ca_pems: &[String]) -> Result<Vec<CertificateDer<'st
         }
     }
     Ok(out)
+}
+
+/// The root the CA certificates Vault returned with a leaf lead to: the self-signed one, or —
+/// for a mount holding an intermediate without its root — the topmost.
+pub(crate) fn chain_root(ca_pems: &[String]) -> Result<Option<CertificateDer<'static>>, String> {
+    let mut topmost = None;
+    for pem in ca_pems {
+        for certificate in certificates_from_pem(pem).map_err(|e| e.to_string())? {
+            if is_self_signed(&certificate)? {
+                return Ok(Some(certificate));
+            }
+            topmost = Some(certificate);
+        }
+    }
+    Ok(topmost)
 }
 
 /// The trust anchors in `cert/ca_chain`: its self-signed certificates, or — when the mount

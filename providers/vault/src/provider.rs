@@ -6,17 +6,21 @@ use std::time::{Duration, SystemTime};
 
 use meshca_provider::x509::pem_block;
 use meshca_provider::{
-    Capabilities, CertificateChain, CertificateProvider, CsrNames, IssueRequest, KeyType,
-    ProviderError, TrustBundle, format_duration,
+    Capabilities, CertificateChain, CertificateInfo, CertificateProvider, CsrNames, IssueRequest,
+    KeyType, ProviderError, TrustBundle, format_duration,
 };
 use rustify::Endpoint;
 use rustls_pki_types::CertificateDer;
 
 use crate::NAME;
 use crate::auth::{Credentials, api_error, check_token, keep_token_fresh};
-use crate::endpoints::{ReadCertificateRequest, ReadRoleRequest};
+use crate::endpoints::{
+    ListIssuersRequest, ReadCertificateRequest, ReadIssuerCertificateRequest, ReadRoleRequest,
+    SignWithIssuer,
+};
 use crate::error::VaultError;
 use crate::http::{ApiError, Envelope, VaultHttp, endpoint_path};
+use crate::issuers::{IssuerInfo, IssuerSwitch, Issuers, Listed, url_safe};
 use crate::pki::{self, CaChain, Issued, PkiPaths, RoleData};
 use crate::settings::{SettingsError, SharedTokenSource, TokenSource, VaultAuth, VaultSettings};
 
@@ -44,16 +48,30 @@ const CAP_TOLERANCE: Duration = Duration::from_secs(60);
 ///   retries with backoff and keeps serving what it has); connections are made afresh, so a
 ///   restarted Vault is picked up without restarting meshca;
 /// - a role that caps lifetimes below what is asked is reported once in the log and through
-///   [`observed_lifetime_cap`](Self::observed_lifetime_cap).
+///   [`observed_lifetime_cap`](Self::observed_lifetime_cap);
+/// - when the token may list the mount's issuers (`LIST <pkiPath>/issuers`), the trust bundle
+///   is the root of every issuer in the mount, not only the default's, and leaves are signed
+///   by one issuer named in the path (`<pkiPath>/issuer/<id>/sign/<role>`): a new default
+///   issuer is trusted at once but signs only once the daemon [adopts](Self::adopt) it (see
+///   [`issuer_switch`](Self::issuer_switch)). Otherwise the bundle is `cert/ca_chain`'s and
+///   `sign/<role>` signs. Either way, a root that signed a leaf meshca issued stays in the
+///   bundle until that leaf expires.
 pub struct VaultProvider {
     http: Arc<VaultHttp>,
     credentials: Arc<Credentials>,
-    paths: PkiPaths,
+    pub(crate) paths: PkiPaths,
     capabilities: Capabilities,
     /// Vault sends the same CA chain with every leaf; it is parsed once per distinct chain.
     intermediates: Mutex<Option<CachedIntermediates>>,
     lifetime_cap: Mutex<Option<Duration>>,
     cap_reported: AtomicBool,
+    /// The mount's issuers, the one meshca signs with and the roots remembered.
+    issuers: Mutex<Issuers>,
+    /// Whether the issuer-pinned sign path may be used (cleared when the token's policy
+    /// refuses it while `sign/<role>` works).
+    pinning: AtomicBool,
+    /// Whether "cannot list the issuers" was said already.
+    unlisted_reported: AtomicBool,
     renewer: tokio::task::JoinHandle<()>,
 }
 
@@ -61,6 +79,8 @@ pub struct VaultProvider {
 struct CachedIntermediates {
     pems: Vec<String>,
     parsed: Arc<[CertificateDer<'static>]>,
+    /// The root they lead to, remembered with every leaf's NotAfter.
+    root: Option<CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for VaultProvider {
@@ -173,7 +193,7 @@ impl VaultProvider {
             max_lifetime = %capabilities.max_lifetime.map_or_else(|| "unknown".to_owned(), format_duration),
             "connected to Vault"
         );
-        Ok(Self {
+        let provider = Self {
             http,
             credentials,
             paths,
@@ -181,8 +201,187 @@ impl VaultProvider {
             intermediates: Mutex::new(None),
             lifetime_cap: Mutex::new(None),
             cap_reported: AtomicBool::new(false),
+            issuers: Mutex::new(Issuers::new(
+                role.as_ref().and_then(|r| r.issuer_ref.as_deref()),
+            )),
+            pinning: AtomicBool::new(true),
+            unlisted_reported: AtomicBool::new(false),
             renewer,
+        };
+        if let Err(error) = provider.read_issuers().await {
+            tracing::warn!(%error, "cannot read the PKI mount's issuers yet; retrying with the trust bundle");
+        }
+        Ok(provider)
+    }
+
+    /// The mount's target issuer (its default, or the role's `issuer_ref`) when meshca signs
+    /// with another one, as of the last trust bundle read: the new root is in the bundle, and
+    /// the daemon [adopts](Self::adopt) it once its proxies trust it. `None` when they are the
+    /// same, or the mount's issuers cannot be listed.
+    pub fn issuer_switch(&self) -> Option<IssuerSwitch> {
+        self.issuers().switch()
+    }
+
+    /// Signs with `switch.to` from now on; `false` (nothing changed) when it is no longer the
+    /// mount's target issuer.
+    pub fn adopt(&self, switch: &IssuerSwitch) -> bool {
+        self.issuers().adopt(switch)
+    }
+
+    /// The issuer meshca signs with, when the mount's issuers can be listed.
+    pub fn signing_issuer(&self) -> Option<IssuerInfo> {
+        self.issuers().signing().cloned()
+    }
+
+    pub(crate) fn issuers(&self) -> std::sync::MutexGuard<'_, Issuers> {
+        // The state holds no invariant a panicking holder could break halfway.
+        self.issuers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lists the mount's issuers and reads the certificate of each new one. A listing Vault
+    /// refuses (the token's policy, or a Vault without multi-issuer) leaves the mount unlisted:
+    /// the bundle then comes from `cert/ca_chain`.
+    pub(crate) async fn read_issuers(&self) -> Result<(), ProviderError> {
+        let path = format!("{}/issuers", self.paths.mount);
+        let list = ListIssuersRequest {
+            mount: self.paths.mount.clone(),
+        };
+        let listing = match self.call(&list, None).await {
+            Ok(answer) => {
+                let data = self.data(answer, &path)?;
+                data.keys
+                    .iter()
+                    .map(|id| {
+                        let info = data.key_info.get(id);
+                        Listed {
+                            id: id.clone(),
+                            name: info.map(|i| i.issuer_name.clone()).unwrap_or_default(),
+                            is_default: info.is_some_and(|i| i.is_default),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }
+            Err(error @ (ProviderError::Unauthorized { .. } | ProviderError::Rejected { .. })) => {
+                self.issuers().unlisted();
+                if !self.unlisted_reported.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        %error,
+                        "cannot list the PKI mount's issuers: the trust bundle is the default                          issuer's chain, so a new default issuer set in Vault reaches proxies                          before they trust its root. Grant the token `list` on {path}, `read`                          on {}/issuer/* and `update` on {}/issuer/+/sign/{} (see the                          meshca-vault README)",
+                        self.paths.mount,
+                        self.paths.mount,
+                        self.paths.role_name
+                    );
+                }
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        let unread = self.issuers().list(&listing);
+        for id in unread {
+            if !url_safe(&id) {
+                tracing::warn!(issuer = %id, "Vault listed an issuer ID that is not a plain ID; ignored");
+                continue;
+            }
+            match self.read_issuer(&id).await {
+                Ok(issuer) => self.issuers().insert(issuer),
+                // Deleted between the listing and the read: the next listing will not have it.
+                Err(ProviderError::Rejected { reason, .. }) => {
+                    tracing::debug!(issuer = %id, %reason, "issuer not readable");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if let Some(adopted) = self.issuers().adopt_if_unset() {
+            tracing::info!(
+                address = self.http.address(),
+                pki_path = %self.paths.mount,
+                issuer = %adopted,
+                "signing with Vault issuer {adopted}"
+            );
+        }
+        Ok(())
+    }
+
+    /// One issuer's ID, name and root.
+    async fn read_issuer(&self, id: &str) -> Result<IssuerInfo, ProviderError> {
+        let path = format!("{}/issuer/{id}/json", self.paths.mount);
+        let read = ReadIssuerCertificateRequest {
+            mount: self.paths.mount.clone(),
+            issuer: id.to_owned(),
+        };
+        let data = self.data(self.call(&read, None).await?, &path)?;
+        let chain = if data.ca_chain.is_empty() {
+            data.certificate.clone()
+        } else {
+            data.ca_chain.join("\n")
+        };
+        let root = pki::trust_anchors(&chain)
+            .map_err(|e| self.invalid(&path, format!("unreadable issuer chain: {e}")))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.invalid(&path, "the issuer has no certificate".to_owned()))?;
+        let root_not_after = CertificateInfo::parse(&root)
+            .map_err(|e| self.invalid(&path, format!("unreadable issuer root: {e}")))?
+            .not_after;
+        Ok(IssuerInfo {
+            id: id.to_owned(),
+            name: data.issuer_name,
+            root,
+            root_not_after,
         })
+    }
+
+    /// Signs `sign` with the issuer meshca signs with (`sign/<role>` when none is known).
+    async fn sign(
+        &self,
+        sign: &vaultrs::api::pki::requests::SignCertificateRequest,
+        key_type: KeyType,
+    ) -> Result<Envelope<vaultrs::api::pki::responses::SignCertificateResponse>, ProviderError>
+    {
+        let pinned = self
+            .pinning
+            .load(Ordering::Relaxed)
+            .then(|| self.issuers().signing().map(|issuer| issuer.id.clone()))
+            .flatten();
+        let Some(issuer) = pinned else {
+            return self.call(sign, Some(key_type)).await;
+        };
+        let request = SignWithIssuer {
+            issuer: &issuer,
+            sign,
+        };
+        match self.call(&request, Some(key_type)).await {
+            Ok(answer) => Ok(answer),
+            // Refused while sign/<role> works: the token's policy lacks the issuer's path.
+            Err(refused @ ProviderError::Unauthorized { .. }) => {
+                let answer = self.call(sign, Some(key_type)).await?;
+                if self.pinning.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %refused,
+                        "the Vault token may sign with {} but not with a named issuer: meshca                          signs with whatever issuer is Vault's default, so a default issuer                          changed in Vault reaches proxies before they trust its root. Grant                          `update` on {}/issuer/+/sign/{}",
+                        self.paths.sign,
+                        self.paths.mount,
+                        self.paths.role_name
+                    );
+                }
+                Ok(answer)
+            }
+            // The issuer left the mount: the target signs (adopted at the next listing).
+            Err(ProviderError::Rejected { reason, .. })
+                if reason
+                    .to_ascii_lowercase()
+                    .contains("unable to find pki issuer") =>
+            {
+                self.issuers().drop_signing();
+                tracing::warn!(
+                    issuer = %issuer,
+                    "the Vault issuer meshca signed with is gone from {}; signing with the                      mount's default issuer",
+                    self.paths.mount
+                );
+                self.call(sign, Some(key_type)).await
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Vault's address, as used.
@@ -201,7 +400,7 @@ impl VaultProvider {
 
     /// A call with the current token; a 403 with a replaceable token logs in again and
     /// retries once.
-    async fn call<E: Endpoint>(
+    pub(crate) async fn call<E: Endpoint>(
         &self,
         endpoint: &E,
         key_type: Option<KeyType>,
@@ -314,7 +513,7 @@ impl VaultProvider {
         }
     }
 
-    fn invalid(&self, path: &str, reason: String) -> ProviderError {
+    pub(crate) fn invalid(&self, path: &str, reason: String) -> ProviderError {
         ProviderError::InvalidResponse {
             provider: NAME,
             reason: format!("{path} at {}: {reason}", self.http.address()),
@@ -338,7 +537,10 @@ impl VaultProvider {
             .leaf()
             .map_err(|reason| self.invalid(&self.paths.sign, reason))?;
         self.note_lifetime(asked, started, not_after);
-        let intermediates = self.intermediates(issued.ca_pems())?;
+        let (intermediates, root) = self.intermediates(issued.ca_pems())?;
+        if let Some(root) = root {
+            self.issuers().remember(&root, not_after);
+        }
         let mut certificates = Vec::with_capacity(1 + intermediates.len());
         certificates.push(leaf);
         certificates.extend(intermediates.iter().cloned());
@@ -346,10 +548,18 @@ impl VaultProvider {
             .ok_or_else(|| self.invalid(&self.paths.sign, "empty chain".to_owned()))
     }
 
+    /// The intermediates among `ca_pems`, and the root they lead to.
+    #[allow(clippy::type_complexity)]
     fn intermediates(
         &self,
         ca_pems: &[String],
-    ) -> Result<Arc<[CertificateDer<'static>]>, ProviderError> {
+    ) -> Result<
+        (
+            Arc<[CertificateDer<'static>]>,
+            Option<CertificateDer<'static>>,
+        ),
+        ProviderError,
+    > {
         let mut cache = self
             .intermediates
             .lock()
@@ -357,16 +567,19 @@ impl VaultProvider {
         if let Some(cached) = cache.as_ref()
             && cached.pems.as_slice() == ca_pems
         {
-            return Ok(cached.parsed.clone());
+            return Ok((cached.parsed.clone(), cached.root.clone()));
         }
-        let parsed: Arc<[CertificateDer<'static>]> = pki::intermediates(ca_pems)
-            .map_err(|e| self.invalid(&self.paths.sign, format!("unreadable ca_chain: {e}")))?
-            .into();
+        let unreadable =
+            |e: String| self.invalid(&self.paths.sign, format!("unreadable ca_chain: {e}"));
+        let parsed: Arc<[CertificateDer<'static>]> =
+            pki::intermediates(ca_pems).map_err(unreadable)?.into();
+        let root = pki::chain_root(ca_pems).map_err(unreadable)?;
         *cache = Some(CachedIntermediates {
             pems: ca_pems.to_vec(),
             parsed: parsed.clone(),
+            root: root.clone(),
         });
-        Ok(parsed)
+        Ok((parsed, root))
     }
 
     fn note_lifetime(&self, asked: Duration, started: SystemTime, not_after: SystemTime) {
@@ -418,17 +631,23 @@ impl CertificateProvider for VaultProvider {
         let csr = pem_block("CERTIFICATE REQUEST", &request.csr_der()?);
         let sign = pki::sign_request(&self.paths, request.spec, csr);
         let started = SystemTime::now();
-        let answer = self.call(&sign, Some(key_type)).await?;
+        let answer = self.sign(&sign, key_type).await?;
         let issued = Issued::from(self.data(answer, &self.paths.sign)?);
         self.chain(&issued, request.spec.lifetime, started)
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
-        let path = &self.paths.ca_chain;
-        let answer = self.call(&ca_chain_request(&self.paths), None).await?;
-        let chain = CaChain::from(self.data(answer, path)?);
-        let anchors = pki::trust_anchors(&chain.certificate)
-            .map_err(|e| self.invalid(path, format!("unreadable CA chain: {e}")))?;
+        self.read_issuers().await?;
+        let fallback = if self.issuers().is_listed() {
+            Vec::new()
+        } else {
+            let path = &self.paths.ca_chain;
+            let answer = self.call(&ca_chain_request(&self.paths), None).await?;
+            let chain = CaChain::from(self.data(answer, path)?);
+            pki::trust_anchors(&chain.certificate)
+                .map_err(|e| self.invalid(path, format!("unreadable CA chain: {e}")))?
+        };
+        let anchors = self.issuers().bundle(SystemTime::now(), fallback);
         if anchors.is_empty() {
             return Err(ProviderError::Ca {
                 reason: format!(

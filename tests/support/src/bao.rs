@@ -490,6 +490,7 @@ impl Bao {
     pub async fn meshca_policy(&self, name: &str, mount: &str) {
         let policy = format!(
             "path \"{mount}/sign/*\" {{ capabilities = [\"update\"] }}\n\
+             path \"{mount}/issuer/+/sign/*\" {{ capabilities = [\"update\"] }}\n\
              path \"{mount}/issue/*\" {{ capabilities = [\"update\"] }}\n\
              path \"{mount}/roles/*\" {{ capabilities = [\"read\"] }}\n\
              path \"{mount}/cert/*\" {{ capabilities = [\"read\"] }}\n\

@@ -470,3 +470,112 @@ pub fn with_peer_matcher(config: &str, bundle_name: &str, peer_uri: &str) -> Str
     );
     serde_yaml::to_string(&doc).unwrap()
 }
+
+/// Makes a client Envoy's bootstrap open a new upstream connection for every request and never
+/// resume a TLS session, so every request is a full handshake against the current certificates.
+pub fn fresh_handshake_per_request(config: String) -> String {
+    let cluster = "  - name: upstream\n    type: STATIC\n";
+    let tls = "UpstreamTlsContext\n";
+    assert!(config.contains(cluster) && config.contains(tls));
+    config
+        .replacen(
+            cluster,
+            &format!(
+                "{cluster}    typed_extension_protocol_options:\n      \
+                 envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
+                 \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
+                 common_http_protocol_options: {{ max_requests_per_connection: 1 }}\n        \
+                 explicit_http_config: {{ http_protocol_options: {{}} }}\n"
+            ),
+            1,
+        )
+        .replacen(tls, &format!("{tls}        max_session_keys: 0\n"), 1)
+}
+
+impl Envoy {
+    /// The serials of the CA certificates in the Envoy's validation contexts.
+    pub async fn trusted_serials(&self) -> std::collections::BTreeSet<String> {
+        let certs = self.certs().await;
+        certs["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|entry| entry["ca_cert"].as_array().cloned().unwrap_or_default())
+            .filter_map(|cert| cert["serial_number"].as_str().map(normalize_serial))
+            .collect()
+    }
+
+    /// Waits (30 s at most) until the validation contexts hold exactly `want`.
+    pub async fn wait_until_trusted(&self, want: &std::collections::BTreeSet<String>) {
+        let what = format!("{} to trust exactly {want:?}", self.name);
+        crate::eventually(
+            std::time::Duration::from_secs(30),
+            &what,
+            || self.trusted_serials(),
+            |held| held == want,
+        )
+        .await;
+    }
+
+    /// Waits (30 s at most) until every leaf held is none of `before`; returns their serials.
+    pub async fn wait_for_new_leaf(&self, before: &[String]) -> Vec<String> {
+        let what = format!("{} to present a leaf other than {before:?}", self.name);
+        crate::eventually(
+            std::time::Duration::from_secs(30),
+            &what,
+            || self.leaf_serials(),
+            |held| !held.is_empty() && held.iter().all(|s| !before.contains(s)),
+        )
+        .await
+    }
+
+    /// A counter line from `/stats`.
+    pub async fn stat(&self, name: &str) -> u64 {
+        let response = http_get(self.admin, &format!("/stats?filter=^{name}$"))
+            .await
+            .unwrap();
+        response
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A request loop through a client Envoy, every outcome counted, until [`Traffic::stop`].
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Traffic {
+    /// Starts `GET /` on `client_port` every 20 ms.
+    pub fn start(client_port: u16) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let (mut ok, mut failures) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match http_get(([127, 0, 0, 1], client_port).into(), "/").await {
+                        Ok(response) if response.status == 200 => ok += 1,
+                        Ok(response) => {
+                            failures.push(format!("{} {}", response.status, response.body));
+                        }
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                (ok, failures)
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the loop; returns the successful requests and every failure.
+    pub async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
