@@ -5,7 +5,8 @@
 //!   with `bao write pki/config/issuers default=…`, then deletes the old issuer: both proxies
 //!   trust both roots before any leaf under the new one is served, and the old root stays
 //!   trusted until the last leaf it signed has expired; a third SDS client that never
-//!   acknowledges the new bundle holds the switch back until it disconnects.
+//!   acknowledges the new bundle holds the switch back until it disconnects;
+//! - `meshca rotate root` goes start → advance → advance on the mount.
 //!
 //! Not one request may fail. OpenBao and Envoy are found as in the other tests; without them
 //! the test is skipped, except under `CI=true`, where it fails.
@@ -212,6 +213,24 @@ impl Mesh {
             0
         );
     }
+
+    /// `meshca rotate root <action>` on the mount: exit status (0, or 3 for "not yet") and
+    /// stdout.
+    fn rotate_root(&self, action: &str) -> (i32, String) {
+        let output = std::process::Command::new(support::meshca_binary())
+            .args(settings(&self.bao))
+            .args(["rotate", "root", action])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let code = output.status.code().unwrap_or(-1);
+        assert!(
+            matches!(code, 0 | 3),
+            "rotate root {action}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (code, stdout)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,6 +331,81 @@ async fn a_default_issuer_changed_in_vault_under_continuous_mtls_traffic_fails_n
         |(s, c)| *s == only_new && *c == only_new,
     )
     .await;
+
+    mesh.check_traffic(traffic, handshakes_before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshca_rotate_root_on_vault_under_continuous_mtls_traffic_fails_no_request() {
+    let Some(binary) = envoy::binary() else {
+        return;
+    };
+    let mesh = Mesh::start(&binary).await;
+    let traffic = Traffic::start(mesh.client_port);
+    let handshakes_before = mesh.client.stat("cluster.upstream.ssl.handshake").await;
+
+    // Stage 1: a new issuer in the mount, trusted by both Envoys; the old one signs.
+    let (_, started) = mesh.rotate_root("start");
+    assert!(started.contains("root rotation started"), "{started}");
+    let (_, again) = mesh.rotate_root("start");
+    assert!(again.contains("already in progress"), "{again}");
+    let listed = issuers(&mesh.bao).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let new = listed
+        .iter()
+        .find(|i| i.1 == "meshca-next")
+        .unwrap()
+        .clone();
+    assert!(!new.3, "the new issuer is not the default yet");
+    let both = BTreeSet::from([mesh.old_root.clone(), new.2.clone()]);
+    mesh.wait_until_trusted(&both).await;
+    let (_, status) = mesh.rotate_root("status");
+    assert!(status.contains("stage 1"), "{status}");
+
+    // Stage 2: the new issuer is the default; the daemon signs with it once both Envoys
+    // acknowledged its root, and re-issues.
+    let before = mesh.leaves().await;
+    let (code, advanced) = mesh.rotate_root("advance");
+    assert_eq!(code, 0, "{advanced}");
+    assert!(advanced.contains("advanced to stage 2"), "{advanced}");
+    mesh.wait_for_new_leaves(before).await;
+    let default = issuers(&mesh.bao).await;
+    assert!(
+        default.iter().any(|i| i.0 == new.0 && i.3),
+        "the new issuer is the default: {default:?}"
+    );
+
+    // Finished after the longest leaf lifetime (31 s): the old root leaves both bundles.
+    let finished = support::eventually_ok_every(
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        "`meshca rotate root advance` to finish",
+        || {
+            let (code, stdout) = mesh.rotate_root("advance");
+            async move {
+                match code {
+                    0 => Ok(stdout),
+                    _ => Err(stdout),
+                }
+            }
+        },
+    )
+    .await;
+    assert!(finished.contains("rotation finished"), "{finished}");
+    let only_new = BTreeSet::from([new.2.clone()]);
+    support::eventually(
+        Duration::from_secs(60),
+        "the old root to leave both bundles",
+        || mesh.trusted(),
+        |(s, c)| *s == only_new && *c == only_new,
+    )
+    .await;
+    // The old issuer is retired, not deleted.
+    let listed = issuers(&mesh.bao).await;
+    let old = listed.iter().find(|i| i.0 == mesh.old_id).unwrap();
+    assert!(old.1.starts_with("meshca-retired-"), "{listed:?}");
+    let (_, status) = mesh.rotate_root("status");
+    assert!(status.contains("no root rotation in progress"), "{status}");
 
     mesh.check_traffic(traffic, handshakes_before).await;
 }

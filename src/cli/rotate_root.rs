@@ -1,8 +1,11 @@
-//! `meshca rotate root start|advance|status|abort`: Tresor root rotation, one stage at a time.
+//! `meshca rotate root start|advance|status|abort`: root rotation, one stage at a time.
 //!
-//! Every step is a compare-and-swap on the rotation record kept with the CA (see
+//! Tresor: every step is a compare-and-swap on the rotation record kept with the CA (see
 //! `meshca_tresor::rotate`), so running one by hand while the CronJob runs another is safe.
 //! The daemons follow the stored stage by themselves (see [`crate::rotation`]).
+//!
+//! Vault: the stage is kept in the PKI mount as issuer names (see `meshca_vault`'s `rotate`
+//! module); the daemons follow the mount's default issuer (see [`crate::vault_rotation`]).
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
@@ -10,8 +13,14 @@ use meshca_provider::{Clock, SystemClock};
 use meshca_tresor::rotate::{self, Advance};
 use meshca_tresor::{CaStore, Rotation, RotationError, Stage};
 
+use meshca_vault::{
+    IssuerInfo, NEXT_ISSUER, RETIRED_PREFIX, VaultAbort, VaultAdvance, VaultProvider,
+    VaultRotation, VaultRotationError,
+};
+
 use crate::cli::inspect::rfc3339 as display_time;
 use crate::config::{Config, ProviderKind};
+use crate::providers::BackendHandle;
 use crate::stores::ConfiguredStore;
 
 /// `meshca rotate root …`
@@ -37,6 +46,9 @@ pub struct Waiting(pub String);
 
 /// Runs a `meshca rotate root` action.
 pub async fn run(config: &Config, action: RootAction) -> anyhow::Result<()> {
+    if config.certificate_provider.kind == ProviderKind::Vault {
+        return run_vault(config, action).await;
+    }
     let store = open_store(config).await?;
     let store = store.as_store();
     let clock = SystemClock;
@@ -110,6 +122,142 @@ pub async fn run(config: &Config, action: RootAction) -> anyhow::Result<()> {
     }
 }
 
+/// `meshca rotate root <action>` for a Vault PKI mount.
+async fn run_vault(config: &Config, action: RootAction) -> anyhow::Result<()> {
+    let vault = connect_vault(config).await?;
+    let now = SystemClock.now();
+    let mount = &config.vault.pki_path;
+    match action {
+        RootAction::Start => {
+            let (rotation, started) = vault.start_root_rotation(now).await?;
+            if started {
+                println!(
+                    "meshca: root rotation started in Vault's {mount}: a new issuer {NEXT_ISSUER} \
+                     is trusted next to the old one (the old one keeps signing)"
+                );
+                println!(
+                    "Running daemons pick this up within rotation.pollInterval ({}) and push both \
+                     roots to their proxies.",
+                    meshca_provider::format_duration(config.rotation.poll_interval)
+                );
+            } else {
+                println!(
+                    "meshca: a root rotation is already in progress in Vault's {mount}; nothing \
+                     changed"
+                );
+            }
+            print_vault_status(config, &rotation);
+            println!("Next: `meshca rotate root advance` once every proxy has the new root.");
+            Ok(())
+        }
+        RootAction::Advance => {
+            let policy = config.rotation_policy();
+            match vault
+                .advance_root_rotation(policy.longest_leaf, now)
+                .await?
+            {
+                VaultAdvance::AwaitingRetirement { retire_after } => Err(Waiting(format!(
+                    "not advancing: the old root stays trusted until {}, when every leaf it \
+                     signed has expired",
+                    display_time(retire_after)
+                ))
+                .into()),
+                VaultAdvance::ToIssuing { new } => {
+                    println!(
+                        "meshca: advanced to stage 2: {new} is Vault's default issuer; each daemon \
+                         signs with it once every proxy it serves has acknowledged its root, and \
+                         re-issues its certificates"
+                    );
+                    Ok(())
+                }
+                VaultAdvance::Finished { new, old_id } => {
+                    println!(
+                        "meshca: rotation finished: {new} is the root; the old issuer {old_id} is \
+                         retired ({RETIRED_PREFIX}…, kept in the mount) and leaves the trust \
+                         bundles once no leaf a daemon issued under it is unexpired"
+                    );
+                    Ok(())
+                }
+                other => bail!("unexpected rotation outcome: {other:?}"),
+            }
+        }
+        RootAction::Status => {
+            match vault.root_rotation().await? {
+                Some(rotation) => print_vault_status(config, &rotation),
+                None => println!(
+                    "meshca: no root rotation in progress in Vault's {mount}; its target issuer \
+                     (the default, or the role's issuer_ref) is {}",
+                    vault
+                        .signing_issuer()
+                        .map_or_else(|| "Vault's default issuer".to_owned(), |i| i.to_string())
+                ),
+            }
+            Ok(())
+        }
+        RootAction::Abort => {
+            let outcome = match vault.abort_root_rotation().await? {
+                VaultAbort::BackToTrusting => format!(
+                    "moved back to stage 1: the old issuer is Vault's default again; abort again \
+                     to delete the new issuer {NEXT_ISSUER}"
+                ),
+                VaultAbort::Dropped => format!(
+                    "rotation aborted: the new issuer {NEXT_ISSUER} was deleted; trust bundles \
+                     carry the old root only"
+                ),
+                other => bail!("unexpected rotation outcome: {other:?}"),
+            };
+            println!("meshca: {outcome}");
+            Ok(())
+        }
+    }
+}
+
+async fn connect_vault(config: &Config) -> anyhow::Result<std::sync::Arc<VaultProvider>> {
+    match crate::providers::build_with_handle(config, std::sync::Arc::new(SystemClock)).await? {
+        (_, Some(BackendHandle::Vault(vault))) => Ok(vault),
+        _ => bail!("certificateProvider.kind is vault, but no Vault provider was built"),
+    }
+}
+
+fn print_vault_status(config: &Config, rotation: &VaultRotation) {
+    let issuer = |issuer: Option<&IssuerInfo>| {
+        issuer.map_or_else(
+            || "(deleted)".to_owned(),
+            |issuer| {
+                let bundle = meshca_provider::TrustBundle::new(vec![issuer.root.clone()]);
+                format!(
+                    "{issuer} (root SHA-256 {}, expires {})",
+                    bundle.fingerprints().join(","),
+                    display_time(issuer.root_not_after)
+                )
+            },
+        )
+    };
+    println!("mount:        {}", config.vault.pki_path);
+    match rotation {
+        VaultRotation::Trusting { new, old } => {
+            println!("rotation:     stage 1 (bundles trust old + new root; the old issuer signs)");
+            println!("old issuer:   {}", issuer(old.as_ref()));
+            println!("new issuer:   {}", issuer(Some(new)));
+        }
+        VaultRotation::Issuing {
+            new, old, since, ..
+        } => {
+            println!(
+                "rotation:     stage 2 (bundles trust old + new root; the new issuer is Vault's \
+                 default, each daemon signs with it once its proxies acknowledged it)"
+            );
+            println!("stage since:  {}", display_time(*since));
+            println!("old issuer:   {}", issuer(old.as_ref()));
+            println!("new issuer:   {}", issuer(Some(new)));
+            println!(
+                "old root leaves the bundles after {}",
+                display_time(*since + config.rotation_policy().longest_leaf)
+            );
+        }
+    }
+}
+
 /// The root-rotation step of `meshca rotate` (the CronJob pass): advances a Tresor root
 /// rotation by at most one stage. Safe to run from several overlapping passes (and replicas)
 /// at once: it never waits for a stage's condition, it looks, acts at most once, and says
@@ -119,13 +267,7 @@ pub async fn run(config: &Config, action: RootAction) -> anyhow::Result<()> {
 pub async fn cron_step(config: &Config) -> anyhow::Result<String> {
     match config.certificate_provider.kind {
         ProviderKind::Tresor => {}
-        ProviderKind::Vault => {
-            return Ok(
-                "not meshca's (vault rotates its own root: the daemon follows the PKI \
-                       mount's default issuer)"
-                    .to_owned(),
-            );
-        }
+        ProviderKind::Vault => return vault_cron_step(config).await,
         kind => {
             return Ok(format!(
                 "not meshca's ({} rotates its own root; list the new root in \
@@ -160,6 +302,30 @@ pub async fn cron_step(config: &Config) -> anyhow::Result<String> {
     }
 }
 
+/// [`cron_step`] for Vault: advances a rotation of the PKI mount by at most one stage.
+async fn vault_cron_step(config: &Config) -> anyhow::Result<String> {
+    let vault = connect_vault(config).await?;
+    let policy = config.rotation_policy();
+    match vault
+        .advance_root_rotation(policy.longest_leaf, SystemClock.now())
+        .await
+    {
+        Ok(VaultAdvance::ToIssuing { new }) => Ok(format!(
+            "advanced to stage 2: {new} is Vault's default issuer"
+        )),
+        Ok(VaultAdvance::AwaitingRetirement { retire_after }) => Ok(format!(
+            "not advancing: the old root stays trusted until {}",
+            display_time(retire_after)
+        )),
+        Ok(VaultAdvance::Finished { new, .. }) => Ok(format!(
+            "rotation finished: {new} is the root, the old issuer is retired"
+        )),
+        Ok(other) => Ok(format!("{other:?}")),
+        Err(VaultRotationError::NotRotating { .. }) => Ok("none in progress".to_owned()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// During stage 2 of a Tresor root rotation, a bundle holding the new root alone (what the
 /// cron pass checks managed Secrets against); `None` otherwise, or when the store cannot be
 /// read (the root step reports that).
@@ -180,16 +346,6 @@ pub async fn new_root_while_retiring(config: &Config) -> Option<meshca_provider:
 const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 async fn open_store(config: &Config) -> anyhow::Result<ConfiguredStore> {
-    if config.certificate_provider.kind == ProviderKind::Vault {
-        bail!(
-            "`meshca rotate root` drives the built-in CA (certificateProvider.kind: tresor); \
-             rotate Vault's root in its PKI mount: make a new issuer (bao write \
-             <pkiPath>/root/generate/internal issuer_name=next …) and make it the default (bao \
-             write <pkiPath>/config/issuers default=next). Running daemons trust its root at \
-             once and sign with it once every connected proxy has acknowledged it (README, \
-             \"Root rotation without downtime\")"
-        );
-    }
     if config.certificate_provider.kind != ProviderKind::Tresor {
         bail!(
             "root rotation is for the built-in CA (certificateProvider.kind: tresor); {} rotates \

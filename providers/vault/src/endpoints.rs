@@ -12,6 +12,10 @@
 //! | `LIST <pki>/issuers` | vaultrs `ListIssuersRequest` | vaultrs `ListIssuersResponse` |
 //! | `<pki>/issuer/<id>/json` | vaultrs `ReadIssuerCertificateRequest` | vaultrs `ReadIssuerCertificateResponse` |
 //! | `<pki>/issuer/<id>/sign/<role>` | [`SignWithIssuer`] | vaultrs `SignCertificateResponse` |
+//! | `POST <pki>/root/generate/internal` (named) | [`GenerateNamedRoot`] | vaultrs `GenerateRootResponse` |
+//! | `POST <pki>/config/issuers` | vaultrs `SetDefaultIssuerRequest` | vaultrs `SetDefaultIssuerResponse` |
+//! | `PATCH <pki>/issuer/<id>` (the name) | [`RenameIssuer`] | ignored |
+//! | `DELETE <pki>/issuer/<id>` | vaultrs `DeleteIssuerRequest` | none |
 //! | `auth/token/lookup-self` | [`LookupSelf`] | [`LookupData`] |
 //!
 //! The `auth` block of a login or renewal is read by meshca ([`AuthBlock`](crate::http::AuthBlock))
@@ -25,8 +29,10 @@
 //! vaultrs has no endpoint for signing with a named issuer (`<pki>/issuer/<ref>/sign/<role>`,
 //! which meshca uses to keep signing with the issuer it trusts everywhere while Vault's default
 //! issuer changes): [`SignWithIssuer`] is vaultrs's `sign/<role>` request, body and answer
-
-//! alike, sent to that path.
+//! alike, sent to that path. Its root generation cannot name the issuer (`issuer_name`), which
+//! `meshca rotate root` needs: [`GenerateNamedRoot`]; its issuer update is a `POST`, which
+//! resets every setting not sent (an operator's `leaf_not_after_behavior`, say): meshca renames
+//! with a `PATCH` ([`RenameIssuer`]).
 
 use rustify_derive::Endpoint;
 
@@ -35,8 +41,8 @@ use crate::auth::LookupData;
 pub(crate) use vaultrs::api::auth::approle::requests::LoginWithApproleRequest;
 pub(crate) use vaultrs::api::auth::kubernetes::requests::LoginWithKubernetesRequest;
 pub(crate) use vaultrs::api::pki::requests::{
-    ListIssuersRequest, ReadCertificateRequest, ReadIssuerCertificateRequest, ReadRoleRequest,
-    SignCertificateRequest,
+    DeleteIssuerRequest, ListIssuersRequest, ReadCertificateRequest, ReadIssuerCertificateRequest,
+    ReadRoleRequest, SetDefaultIssuerRequest, SignCertificateRequest,
 };
 pub(crate) use vaultrs::api::token::requests::RenewTokenSelfRequest;
 
@@ -44,6 +50,39 @@ pub(crate) use vaultrs::api::token::requests::RenewTokenSelfRequest;
 #[derive(Endpoint)]
 #[endpoint(path = "auth/token/lookup-self", response = "LookupData")]
 pub(crate) struct LookupSelf {}
+
+/// `POST <pki>/root/generate/internal`: a new root issuer (its key kept in Vault) named
+/// `issuer_name`; Vault refuses a name already in use.
+#[derive(Debug, Endpoint)]
+#[endpoint(
+    path = "{self.mount}/root/generate/internal",
+    method = "POST",
+    response = "vaultrs::api::pki::responses::GenerateRootResponse"
+)]
+pub(crate) struct GenerateNamedRoot {
+    #[endpoint(skip)]
+    pub(crate) mount: String,
+    pub(crate) common_name: String,
+    pub(crate) issuer_name: String,
+    pub(crate) key_type: String,
+    pub(crate) key_bits: u64,
+    pub(crate) ttl: String,
+}
+
+/// `PATCH <pki>/issuer/<issuer>`: renames an issuer, leaving its other settings as they are.
+#[derive(Debug, Endpoint)]
+#[endpoint(
+    path = "{self.mount}/issuer/{self.issuer}",
+    method = "PATCH",
+    response = "serde::de::IgnoredAny"
+)]
+pub(crate) struct RenameIssuer {
+    #[endpoint(skip)]
+    pub(crate) mount: String,
+    #[endpoint(skip)]
+    pub(crate) issuer: String,
+    pub(crate) issuer_name: String,
+}
 
 /// `POST <pki>/issuer/<issuer>/sign/<role>`: vaultrs's `sign/<role>` request signed by the
 /// issuer named, whatever the mount's default (or the role's `issuer_ref`) is.

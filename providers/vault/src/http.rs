@@ -199,8 +199,13 @@ impl VaultHttp {
             request = request.header(NAMESPACE_HEADER.clone(), namespace.clone());
         }
         if let Some(body) = body {
+            // Vault takes a PATCH body only as a JSON merge patch.
+            let content_type = match endpoint.method() {
+                rustify::enums::RequestMethod::PATCH => "application/merge-patch+json",
+                _ => "application/json",
+            };
             request = request
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .header(CONTENT_TYPE, HeaderValue::from_static(content_type))
                 .body(body);
         }
         let response = request.send().await.map_err(|e| ApiError::Unreachable {

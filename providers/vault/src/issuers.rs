@@ -10,7 +10,10 @@
 //!   deleted from the mount meanwhile;
 //! - meshca signs with one issuer, pinned (`<pki>/issuer/<id>/sign/<role>`); when the mount's
 //!   target issuer (its default, or the role's `issuer_ref`) is another, that is an
-//!   [`IssuerSwitch`] the daemon adopts only once its proxies trust the new root.
+//!   [`IssuerSwitch`] the daemon adopts only once its proxies trust the new root;
+//! - a root rotation driven by `meshca rotate root` is kept in the mount itself, as issuer
+//!   names ([`VaultRotation`]): Vault refuses two issuers of one name, which makes `start` a
+//!   compare-and-swap, and every daemon and CLI run reads the same state with the listing.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -59,6 +62,41 @@ pub struct IssuerSwitch {
     pub from: Option<IssuerInfo>,
     /// The mount's target issuer.
     pub to: IssuerInfo,
+}
+
+/// The name `meshca rotate root start` gives the new issuer (stage 1).
+pub const NEXT_ISSUER: &str = "meshca-next";
+/// Stage 2: the new issuer is named `meshca-next-<Unix time stage 2 began>-<old issuer ID>`.
+const ISSUING_PREFIX: &str = "meshca-next-";
+/// Finished: the old issuer is renamed `meshca-retired-<Unix time>`, and its root leaves the
+/// bundles (the issuer stays in the mount).
+pub const RETIRED_PREFIX: &str = "meshca-retired-";
+/// Finished: the new issuer is renamed `meshca-root-<Unix time>`.
+pub const ROOT_PREFIX: &str = "meshca-root-";
+
+/// A root rotation driven by `meshca rotate root`, as the mount's issuer names say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultRotation {
+    /// Stage 1: the new issuer ([`NEXT_ISSUER`]) is in every bundle; the mount's target issuer
+    /// (`old`) signs.
+    Trusting {
+        /// The new issuer.
+        new: IssuerInfo,
+        /// The mount's target issuer, if it is another.
+        old: Option<IssuerInfo>,
+    },
+    /// Stage 2: the new issuer is the default (daemons sign with it once their proxies trust
+    /// it); the old root stays in the bundles until the longest leaf lifetime after `since`.
+    Issuing {
+        /// The new issuer.
+        new: IssuerInfo,
+        /// The old issuer's ID, from the new issuer's name.
+        old_id: String,
+        /// The old issuer, unless it was deleted.
+        old: Option<IssuerInfo>,
+        /// When stage 2 began.
+        since: SystemTime,
+    },
 }
 
 /// One entry of `LIST <pki>/issuers`.
@@ -125,6 +163,41 @@ impl Issuers {
     pub(crate) fn unlisted(&mut self) {
         self.listed = None;
         self.signing = None;
+    }
+
+    /// The root rotation the issuer names record, if any (see [`VaultRotation`]).
+    pub(crate) fn rotation(&self) -> Option<VaultRotation> {
+        let listed = self.listed.as_ref()?;
+        let issuers = listed.iter().filter_map(|id| self.known.get(id));
+        for issuer in issuers {
+            if issuer.name == NEXT_ISSUER {
+                return Some(VaultRotation::Trusting {
+                    new: issuer.clone(),
+                    old: self.target().filter(|t| t.id != issuer.id).cloned(),
+                });
+            }
+            let Some((since, old_id)) = issuer
+                .name
+                .strip_prefix(ISSUING_PREFIX)
+                .and_then(|rest| rest.split_once('-'))
+            else {
+                continue;
+            };
+            let Ok(since) = since.parse::<u64>() else {
+                continue;
+            };
+            return Some(VaultRotation::Issuing {
+                new: issuer.clone(),
+                old_id: old_id.to_owned(),
+                old: listed
+                    .iter()
+                    .find(|id| *id == old_id)
+                    .and_then(|id| self.known.get(id))
+                    .cloned(),
+                since: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(since),
+            });
+        }
+        None
     }
 
     /// Whether the last listing succeeded.
@@ -228,6 +301,7 @@ impl Issuers {
                 .iter()
                 .filter_map(|id| self.known.get(id))
                 .filter(|issuer| issuer.root_not_after > now)
+                .filter(|issuer| !issuer.name.starts_with(RETIRED_PREFIX))
                 .map(|issuer| issuer.root.clone())
                 .collect(),
             None => {
@@ -390,6 +464,79 @@ mod tests {
         let mut state = Issuers::new(Some("default"));
         read_all(&mut state, &listed(&["a", "b"], "a"), far);
         assert_eq!(state.adopt_if_unset().unwrap().id, "a");
+    }
+
+    fn named(state: &mut Issuers, listing: &[(&str, &str, bool)], far: SystemTime) {
+        let listing: Vec<Listed> = listing
+            .iter()
+            .map(|(id, name, is_default)| Listed {
+                id: (*id).into(),
+                name: (*name).into(),
+                is_default: *is_default,
+            })
+            .collect();
+        for id in state.list(&listing) {
+            state.insert(issuer(&id, id.as_bytes()[0], far));
+        }
+        for entry in &listing {
+            state
+                .known
+                .get_mut(&entry.id)
+                .unwrap()
+                .name
+                .clone_from(&entry.name);
+        }
+    }
+
+    #[test]
+    fn the_rotation_stage_is_read_from_issuer_names_and_retired_roots_leave() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let far = now + Duration::from_secs(86_400);
+        let mut state = Issuers::new(None);
+        named(&mut state, &[("a", "", true)], far);
+        assert_eq!(state.rotation(), None);
+        named(
+            &mut state,
+            &[("a", "", true), ("b", NEXT_ISSUER, false)],
+            far,
+        );
+        match state.rotation().unwrap() {
+            VaultRotation::Trusting { new, old } => {
+                assert_eq!(new.id, "b");
+                assert_eq!(old.unwrap().id, "a");
+            }
+            other @ VaultRotation::Issuing { .. } => panic!("{other:?}"),
+        }
+        named(
+            &mut state,
+            &[("a", "", false), ("b", "meshca-next-1000-a", true)],
+            far,
+        );
+        match state.rotation().unwrap() {
+            VaultRotation::Issuing {
+                new,
+                old_id,
+                old,
+                since,
+            } => {
+                assert_eq!(new.id, "b");
+                assert_eq!(old_id, "a");
+                assert_eq!(old.unwrap().id, "a");
+                assert_eq!(since, SystemTime::UNIX_EPOCH + Duration::from_secs(1000));
+            }
+            other @ VaultRotation::Trusting { .. } => panic!("{other:?}"),
+        }
+        assert_eq!(state.bundle(now, vec![]), [root(b'a'), root(b'b')]);
+        named(
+            &mut state,
+            &[
+                ("a", "meshca-retired-2000", false),
+                ("b", "meshca-root-2000", true),
+            ],
+            far,
+        );
+        assert_eq!(state.rotation(), None);
+        assert_eq!(state.bundle(now, vec![]), [root(b'b')]);
     }
 
     #[test]

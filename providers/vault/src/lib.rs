@@ -29,11 +29,15 @@ mod http;
 mod issuers;
 mod pki;
 mod provider;
+mod rotate;
 mod settings;
 
 pub use error::VaultError;
-pub use issuers::{IssuerInfo, IssuerSwitch};
+pub use issuers::{
+    IssuerInfo, IssuerSwitch, NEXT_ISSUER, RETIRED_PREFIX, ROOT_PREFIX, VaultRotation,
+};
 pub use provider::VaultProvider;
+pub use rotate::{VaultAbort, VaultAdvance, VaultRotationError};
 pub use settings::{
     AppRoleSettings, DEFAULT_APPROLE_MOUNT, DEFAULT_KUBERNETES_MOUNT, DEFAULT_PKI_PATH,
     DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_ROLE, DEFAULT_SERVICE_ACCOUNT_TOKEN_FILE,

@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use meshca_provider::{
     CertificateChain, CertificateProvider, IssueRequest, KeyType, LeafKey, LeafSpec, SpiffeId,
     TrustBundle, TrustDomain,
 };
 use meshca_test_support::bao::Bao;
-use meshca_vault::VaultProvider;
+use meshca_vault::{NEXT_ISSUER, VaultAbort, VaultAdvance, VaultProvider, VaultRotation};
 use serde_json::json;
 
 async fn issue(provider: &VaultProvider, lifetime: Duration) -> CertificateChain {
@@ -122,4 +122,132 @@ async fn a_token_that_may_not_sign_with_a_named_issuer_still_signs() {
     let second = issue(&provider, Duration::from_secs(600)).await;
     assert!(issuer_of(&first).contains("old root"));
     assert!(issuer_of(&second).contains("old root"));
+}
+
+/// The mount's default issuer ID.
+async fn default_issuer(bao: &Bao) -> String {
+    bao.read("pki/config/issuers").await["data"]["default"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_root_rotation_is_kept_in_the_issuer_names_one_stage_at_a_time() {
+    let bao = Bao::dev().await;
+    bao.pki("pki", "meshca old root").await;
+    let old_id = default_issuer(&bao).await;
+    // An operator's setting on the old issuer, which renames must keep.
+    bao.write(
+        &format!("pki/issuer/{old_id}"),
+        json!({"leaf_not_after_behavior": "truncate"}),
+    )
+    .await;
+    let old_root = root_of(&bao, &old_id).await;
+    let provider = VaultProvider::connect(&bao.settings(&bao.root_token))
+        .await
+        .unwrap();
+    let longest_leaf = Duration::from_secs(30);
+    let now = SystemTime::now();
+
+    // Start, twice: one new issuer, trusted, not signing.
+    let (rotation, started) = provider.start_root_rotation(now).await.unwrap();
+    assert!(started);
+    let (again, started) = provider.start_root_rotation(now).await.unwrap();
+    assert!(!started);
+    assert_eq!(again, rotation);
+    let VaultRotation::Trusting { new, old } = rotation else {
+        panic!("{rotation:?}");
+    };
+    assert_eq!(new.name, NEXT_ISSUER);
+    assert_eq!(old.unwrap().id, old_id);
+    assert_eq!(bao.list("pki/issuers").await.len(), 2);
+    assert_eq!(default_issuer(&bao).await, old_id);
+    let new_root = root_of(&bao, &new.id).await;
+    let bundle = provider.trust_bundle().await.unwrap();
+    assert!(holds(&bundle, &old_root) && holds(&bundle, &new_root));
+    assert!(provider.issuer_switch().is_none());
+
+    // Abort in stage 1: the new issuer is gone.
+    assert!(matches!(
+        provider.abort_root_rotation().await.unwrap(),
+        VaultAbort::Dropped
+    ));
+    assert_eq!(bao.list("pki/issuers").await, std::slice::from_ref(&old_id));
+    assert_eq!(provider.trust_bundle().await.unwrap(), old_root);
+    assert!(provider.root_rotation().await.unwrap().is_none());
+
+    // Again, to stage 2: the new issuer is the default; the daemon's switch is reported.
+    let (rotation, _) = provider.start_root_rotation(now).await.unwrap();
+    let VaultRotation::Trusting { new, .. } = rotation else {
+        panic!("{rotation:?}");
+    };
+    let advanced = provider
+        .advance_root_rotation(longest_leaf, now)
+        .await
+        .unwrap();
+    assert!(
+        matches!(advanced, VaultAdvance::ToIssuing { .. }),
+        "{advanced:?}"
+    );
+    assert_eq!(default_issuer(&bao).await, new.id);
+    provider.trust_bundle().await.unwrap();
+    assert_eq!(provider.issuer_switch().unwrap().to.id, new.id);
+    let waiting = provider
+        .advance_root_rotation(longest_leaf, now + Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        matches!(waiting, VaultAdvance::AwaitingRetirement { .. }),
+        "{waiting:?}"
+    );
+
+    // Abort in stage 2: the old issuer is the default again, the rotation back at stage 1.
+    assert!(matches!(
+        provider.abort_root_rotation().await.unwrap(),
+        VaultAbort::BackToTrusting
+    ));
+    assert_eq!(default_issuer(&bao).await, old_id);
+    assert!(matches!(
+        provider.root_rotation().await.unwrap(),
+        Some(VaultRotation::Trusting { .. })
+    ));
+
+    // Through to the end: the old issuer is retired (kept, its settings too), out of the bundle.
+    provider
+        .advance_root_rotation(longest_leaf, now)
+        .await
+        .unwrap();
+    let finished = provider
+        .advance_root_rotation(longest_leaf, now + longest_leaf)
+        .await
+        .unwrap();
+    assert!(
+        matches!(finished, VaultAdvance::Finished { .. }),
+        "{finished:?}"
+    );
+    let old_issuer = bao.read(&format!("pki/issuer/{old_id}")).await["data"].clone();
+    assert!(
+        old_issuer["issuer_name"]
+            .as_str()
+            .unwrap()
+            .starts_with("meshca-retired-"),
+        "{old_issuer}"
+    );
+    assert_eq!(old_issuer["leaf_not_after_behavior"], "truncate");
+    let new_issuer = bao.read(&format!("pki/issuer/{}", new.id)).await["data"].clone();
+    assert!(
+        new_issuer["issuer_name"]
+            .as_str()
+            .unwrap()
+            .starts_with("meshca-root-"),
+        "{new_issuer}"
+    );
+    assert_eq!(default_issuer(&bao).await, new.id);
+    assert!(provider.root_rotation().await.unwrap().is_none());
+    // No leaf was issued under the old root, so nothing keeps it trusted.
+    assert_eq!(
+        provider.trust_bundle().await.unwrap(),
+        root_of(&bao, &new.id).await
+    );
 }
