@@ -199,6 +199,8 @@ pub(crate) struct Connection {
     settings_acknowledged: bool,
     /// Why the server said it is closing the connection (GOAWAY), if it did.
     going_away: Option<String>,
+    /// Response messages received on the connection.
+    responses: usize,
 }
 
 impl Connection {
@@ -228,6 +230,7 @@ impl Connection {
             settings_received: false,
             settings_acknowledged: false,
             going_away: None,
+            responses: 0,
         };
         connection.write.put_slice(PREFACE);
         let settings = [
@@ -314,7 +317,8 @@ impl Connection {
 
     /// Sends what [`Connection::open`] framed, then answers every response as the
     /// [`Protocol`] says until the connection ends, reporting each response and each failed stream on `events`.
-    pub(crate) async fn run(mut self, events: mpsc::UnboundedSender<Event>) {
+    /// Returns how many response messages the connection carried.
+    pub(crate) async fn run(mut self, events: mpsc::UnboundedSender<Event>) -> usize {
         let failure = loop {
             if let Err(error) = self.flush().await {
                 break format!("{error:#}");
@@ -339,6 +343,7 @@ impl Connection {
                 error: failure.clone(),
             });
         }
+        self.responses
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {
@@ -576,6 +581,7 @@ impl Connection {
         while let Some(message) = next_message(&mut data)? {
             let index = self.calls[call].index;
             let (payload, answer) = self.protocol.on_message(index, message)?;
+            self.responses += 1;
             let _ = events.send(Event::Response {
                 stream: index,
                 payload,
