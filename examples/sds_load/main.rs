@@ -995,7 +995,16 @@ async fn round(
         });
     }
     drop(events);
-    let arrived = progress.wait_round(1, opened).await?;
+    let arrived = match progress.wait_round(1, opened).await {
+        Ok(arrived) => arrived,
+        // With mTLS a server that gave up on a handshake (sds.handshakeTimeout) shows on the
+        // client only as a closed connection: its counters say how many.
+        Err(error) if args.tls => {
+            let counters = server.ask("stats", "stats").await?.join(" ");
+            return Err(error.context(format!("server counters: {counters}")));
+        }
+        Err(error) => return Err(error),
+    };
     let all_first = opened.elapsed();
     let first_server_cpu = cpu_time(server.pid)? - server_cpu;
     let first_client_cpu = cpu_time(std::process::id())? - client_cpu;

@@ -240,6 +240,7 @@ pub(crate) async fn restart_storm(
     );
 
     // The storm.
+    let overflows_before = listen_overflows();
     generation.store(2, Ordering::Relaxed);
     let terminated = Instant::now();
     server.terminate()?;
@@ -260,6 +261,9 @@ pub(crate) async fn restart_storm(
     let ready = terminated.elapsed();
     wait_for(&mut progress, (2, n), terminated, args.patience).await?;
     let all_back = terminated.elapsed();
+    let overflows = listen_overflows()
+        .zip(overflows_before)
+        .map(|(a, b)| a.saturating_sub(b));
     let cpu = cpu_time(server.pid)?;
     let peak_rss = crate::vm_kib(server.pid, "VmHWM:")?;
     let counters = server.ask("stats", "stats").await?.join(" ");
@@ -307,12 +311,30 @@ pub(crate) async fn restart_storm(
         .iter()
         .map(|(kind, count)| format!("{count} × {kind}"))
         .collect();
-    println!("connections ended or refused: {}", failures.join("; "));
+    println!(
+        "connections ended or refused: {}; the kernel's accept queues overflowed {} times \
+         (TcpExt ListenOverflows, machine-wide: a SYN dropped, retried by the client 1 s, 3 s … \
+         later)",
+        failures.join("; "),
+        overflows.map_or_else(|| "an unknown number of".to_owned(), |o| o.to_string()),
+    );
     ensure!(
         checked.without == 0 && checked.expired == 0,
         "a proxy was without a valid certificate during the storm"
     );
     Ok(())
+}
+
+/// The machine's count of connections dropped because a listener's accept queue was full
+/// (`TcpExt: ListenOverflows` in /proc/net/netstat).
+fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// Waits until `want.1` proxies hold a certificate of generation `want.0`.
