@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixStream};
 use tracing::{debug, info};
 
 use super::ListenerKind;
@@ -39,14 +39,10 @@ impl Listeners {
         unix: Option<(&Path, UnixSocketAccess)>,
     ) -> Result<Self, SdsError> {
         let tcp = match tcp {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| SdsError::Bind {
-                        address: addr.to_string(),
-                        source,
-                    })?,
-            ),
+            Some(addr) => Some(bind_tcp(addr).map_err(|source| SdsError::Bind {
+                address: addr.to_string(),
+                source,
+            })?),
             None => None,
         };
         let unix = match unix {
@@ -55,6 +51,25 @@ impl Listeners {
         };
         Ok(Self { tcp, unix })
     }
+}
+
+/// The accept queue asked of the kernel (which caps it at `net.core.somaxconn`, 4096 by
+/// default since Linux 5.4). tokio's `TcpListener::bind` asks for 128: when thousands of proxies
+/// reconnect at once (a restart), a short queue overflows and each dropped SYN is sent again by
+/// the client's kernel only 1 s, 3 s … later, lengthening the storm.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as tokio's `bind`, so
+/// a restarted daemon binds while the old connections linger in TIME_WAIT).
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Who may connect to the SDS Unix socket. Connecting to a Unix socket needs write permission
@@ -155,4 +170,31 @@ async fn bind_unix(
         listener,
         path: path.to_owned(),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// 300 connections wait in the accept queue of a listener that accepts none: with tokio's
+    /// default backlog (128) the kernel would drop the SYNs past it and those connects would
+    /// hang until the client's SYN retries.
+    #[tokio::test]
+    async fn the_accept_queue_holds_a_burst_of_connections() {
+        let listener = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..300).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(800),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let streams = futures::future::join_all(connects).await;
+        let queued = streams.iter().filter(|s| matches!(s, Ok(Ok(_)))).count();
+        assert_eq!(queued, 300, "connections queued without an accept");
+        drop(listener);
+    }
 }
