@@ -39,7 +39,9 @@ pub struct ServeBuilder {
     env: Vec<(String, String)>,
     own_ca_dir: bool,
     admin: bool,
+    admin_at: Option<SocketAddr>,
     sds: bool,
+    sds_at: Option<SocketAddr>,
     dev_sds: bool,
     keep_color: bool,
 }
@@ -73,6 +75,19 @@ impl ServeBuilder {
     /// configured.
     pub fn sds(mut self) -> Self {
         self.sds = true;
+        self
+    }
+
+    /// The admin listener on `address` ([`MeshcaServe::admin`]): a daemon started again
+    /// where the previous one listened.
+    pub fn admin_at(mut self, address: SocketAddr) -> Self {
+        self.admin_at = Some(address);
+        self
+    }
+
+    /// The SDS listener on `address` ([`MeshcaServe::sds`]), authentication as configured.
+    pub fn sds_at(mut self, address: SocketAddr) -> Self {
+        self.sds_at = Some(address);
         self
     }
 
@@ -117,14 +132,14 @@ impl ServeBuilder {
             args.push("--ca-dir".to_owned());
             args.push(dir.path().join("ca").display().to_string());
         }
-        let sds = self.sds.then(loopback);
+        let sds = self.sds_at.or_else(|| self.sds.then(loopback));
         if let Some(sds) = sds {
             if self.dev_sds {
                 args.extend(["--set".to_owned(), "sds.auth=development".to_owned()]);
             }
             args.extend(["--set".to_owned(), format!("sds.listen={sds}")]);
         }
-        let admin = self.admin.then(loopback);
+        let admin = self.admin_at.or_else(|| self.admin.then(loopback));
         if let Some(admin) = admin {
             args.extend(["--set".to_owned(), format!("admin.listen={admin}")]);
         }

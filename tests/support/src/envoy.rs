@@ -477,6 +477,9 @@ pub fn fresh_handshake_per_request(config: String) -> String {
     let cluster = "  - name: upstream\n    type: STATIC\n";
     let tls = "UpstreamTlsContext\n";
     assert!(config.contains(cluster) && config.contains(tls));
+    // The `upstream` cluster comes first in envoy-outbound.yaml, so the first TLS context is
+    // its own, not the `meshca-sds` cluster's when that one speaks mTLS.
+    assert!(config.find(tls) > config.find(cluster));
     config
         .replacen(
             cluster,
@@ -546,6 +549,7 @@ impl Envoy {
 /// A request loop through a client Envoy, every outcome counted, until [`Traffic::stop`].
 pub struct Traffic {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<(u64, Vec<String>)>,
 }
 
@@ -553,13 +557,16 @@ impl Traffic {
     /// Starts `GET /` on `client_port` every 20 ms.
     pub fn start(client_port: u16) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = tokio::spawn({
-            let stop = stop.clone();
+            let (stop, ok) = (stop.clone(), ok.clone());
             async move {
-                let (mut ok, mut failures) = (0u64, Vec::new());
+                let mut failures = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     match http_get(([127, 0, 0, 1], client_port).into(), "/").await {
-                        Ok(response) if response.status == 200 => ok += 1,
+                        Ok(response) if response.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(response) => {
                             failures.push(format!("{} {}", response.status, response.body));
                         }
@@ -567,10 +574,27 @@ impl Traffic {
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
-                (ok, failures)
+                (ok.load(Ordering::Relaxed), failures)
             }
         });
-        Self { stop, task }
+        Self { stop, ok, task }
+    }
+
+    /// The successful requests so far.
+    pub fn succeeded(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `at_least` requests have succeeded in all.
+    pub async fn wait_for_successes(&self, at_least: u64) {
+        let what = format!("{at_least} successful requests through the Envoys");
+        crate::eventually(
+            crate::PATIENCE,
+            &what,
+            || async { self.succeeded() },
+            |n| *n >= at_least,
+        )
+        .await;
     }
 
     /// Stops the loop; returns the successful requests and every failure.
