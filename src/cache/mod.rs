@@ -12,7 +12,7 @@
 //!   key holds a valid certificate is answered from there without involving the worker.
 //!   Counters are atomics, so [`CertificateCache::stats`] (readiness) takes no lock at all.
 //! - **One owner of scheduling.** A single worker task (`worker.rs`) owns the per-key state:
-//!   who waits for a key, failure counts, and the renewal timers (an ordered set of deadlines;
+//!   who waits for a key, failure counts, and the renewal timers (a heap of deadlines;
 //!   the worker sleeps until the first). There is no periodic rescan of every certificate.
 //! - **A caller that misses issues in its own task.** The first caller to find no valid
 //!   certificate claims the key in the entries map (under the same lock as the lookup) and runs

@@ -11,7 +11,8 @@
 //! holds its claim: callers arriving meanwhile are added to its waiters, and a `renew_now`
 //! arriving meanwhile sets `reissue` so a fresh issuance follows.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -65,7 +66,8 @@ struct Waiter {
 struct KeyState {
     /// Callers waiting for the next issuance result.
     waiters: Vec<Waiter>,
-    /// When background work (renewal or retry) is due; mirrored in `Worker::timers`.
+    /// When background work (renewal or retry) is due; the entry of `Worker::timers` that
+    /// holds this deadline is the live one.
     due: Option<Instant>,
     /// Queued in `Worker::urgent`.
     queued: bool,
@@ -81,8 +83,8 @@ pub(super) struct Worker {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<Command>,
     keys: HashMap<CertKey, KeyState>,
-    /// Background deadlines, earliest first; each key appears at most once (see `KeyState::due`).
-    timers: BTreeSet<(Instant, CertKey)>,
+    /// Background deadlines, earliest first (see [`Timers`]).
+    timers: Timers,
     /// Keys with waiting callers, to start before any background work.
     urgent: VecDeque<CertKey>,
     /// Keys whose last issuance failed and whose retry waits out a backoff: woken when the
@@ -100,7 +102,7 @@ impl Worker {
             shared,
             commands,
             keys: HashMap::new(),
-            timers: BTreeSet::new(),
+            timers: Timers::default(),
             urgent: VecDeque::new(),
             backing_off: HashSet::new(),
             running: JoinSet::new(),
@@ -127,7 +129,8 @@ impl Worker {
         loop {
             self.start_ready();
             let has_room = self.shared.has_room();
-            let next_due = self.timers.first().map(|(at, _)| *at);
+            self.timers.compact_if_stale(&self.keys);
+            let next_due = self.timers.earliest(&self.keys);
             if next_due != armed_for {
                 if let Some(at) = next_due {
                     wake.as_mut().reset(at);
@@ -289,7 +292,7 @@ impl Worker {
             }
             let at = now + recovery_delay(RECOVERY_WINDOW, rand::rng().random_range(0.0..=1.0));
             if at < due {
-                set_due(&mut self.timers, state, &key, at);
+                self.timers.set_due(state, &key, at);
                 woken += 1;
             }
         }
@@ -320,13 +323,15 @@ impl Worker {
                 }
                 continue;
             }
-            let Some((at, key)) = self.timers.first().cloned() else {
+            let Some(at) = self.timers.earliest(&self.keys) else {
                 break;
             };
             if at > now {
                 break;
             }
-            self.timers.remove(&(at, key.clone()));
+            let Some(key) = self.timers.pop() else {
+                break;
+            };
             if let Some(state) = self.keys.get_mut(&key) {
                 state.due = None;
             }
@@ -379,9 +384,8 @@ impl Worker {
         if state.failures > 0 {
             self.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(at) = state.due.take() {
-            self.timers.remove(&(at, key.clone()));
-        }
+        // Its timer entry, if any, is stale from now on.
+        state.due = None;
         let shared = self.shared.clone();
         let task_key = key.clone();
         let handle = self.running.spawn(async move {
@@ -498,7 +502,7 @@ impl Worker {
             renewal,
             "certificate published"
         );
-        set_due(&mut self.timers, state, &key, at);
+        self.timers.set_due(state, &key, at);
         if recovered {
             // This key's issuance failed before and works now: so may the others'.
             self.backing_off.remove(&key);
@@ -554,19 +558,61 @@ impl Worker {
     /// Sets `key`'s single background deadline to `at`.
     fn schedule(&mut self, key: &CertKey, at: Instant) {
         let state = self.keys.entry(key.clone()).or_default();
-        set_due(&mut self.timers, state, key, at);
+        self.timers.set_due(state, key, at);
     }
 }
 
-/// Sets the background deadline of `key` (whose state is `state`) to `at`, in `timers` too.
-fn set_due(
-    timers: &mut BTreeSet<(Instant, CertKey)>,
-    state: &mut KeyState,
-    key: &CertKey,
-    at: Instant,
-) {
-    if let Some(previous) = state.due.replace(at) {
-        timers.remove(&(previous, key.clone()));
+/// The background deadlines: a binary heap of `(when, key)` with lazy deletion. A key's live
+/// entry is the one whose time is its `KeyState::due`; moving or clearing a deadline leaves the
+/// old entry behind, to be skipped when it reaches the top (or dropped by a compaction once
+/// stale entries outnumber live ones).
+///
+/// Why not an ordered set: a renewal deadline is jittered, so each new one lands at a random
+/// place among all the others, and a B-tree insert there walks nodes that are not in cache any
+/// more once the cache holds tens of thousands of keys: the worker's largest cost per issuance
+/// in a sampling profile (docs/BENCHMARKS.md). A heap push compares with a few parents near the
+/// end of one array.
+#[derive(Default)]
+struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, CertKey)>>,
+}
+
+impl Timers {
+    /// Sets the background deadline of `key` (whose state is `state`) to `at`.
+    fn set_due(&mut self, state: &mut KeyState, key: &CertKey, at: Instant) {
+        state.due = Some(at);
+        self.heap.push(Reverse((at, key.clone())));
     }
-    timers.insert((at, key.clone()));
+
+    /// The earliest live deadline, dropping the stale entries above it.
+    fn earliest(&mut self, keys: &HashMap<CertKey, KeyState>) -> Option<Instant> {
+        while let Some(Reverse((at, key))) = self.heap.peek() {
+            if is_live(keys, key, *at) {
+                return Some(*at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Removes the top entry (live after [`earliest`](Self::earliest)) and returns its key.
+    fn pop(&mut self) -> Option<CertKey> {
+        self.heap.pop().map(|Reverse((_, key))| key)
+    }
+
+    /// Drops every stale entry when they make up most of the heap, so that deadlines moved
+    /// over and over (`renew_now`, backoff) cannot grow it without bound. Amortised: the scan
+    /// runs only once more stale entries than live keys have piled up.
+    fn compact_if_stale(&mut self, keys: &HashMap<CertKey, KeyState>) {
+        if self.heap.len() <= 2 * keys.len() + 64 {
+            return;
+        }
+        self.heap
+            .retain(|Reverse((at, key))| is_live(keys, key, *at));
+    }
+}
+
+/// Whether `(at, key)` is `key`'s current deadline.
+fn is_live(keys: &HashMap<CertKey, KeyState>, key: &CertKey, at: Instant) -> bool {
+    keys.get(key).and_then(|state| state.due) == Some(at)
 }

@@ -57,6 +57,11 @@ const BASIC_CONSTRAINTS_END_ENTITY: &[u8] = &[
     0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff, 0x04, 0x02, 0x30, 0x00,
 ];
 
+/// What a certificate's buffer is made with, besides the issuer name: enough for a P-256 or
+/// P-384 leaf with a SPIFFE ID and a few DNS names signed by an EC CA, so that one allocation
+/// holds the whole certificate (an RSA leaf or CA grows it once or twice).
+const CERTIFICATE_CAPACITY: usize = 896;
+
 /// The AlgorithmIdentifier of the signatures a CA key of `key_type` makes.
 fn signature_algorithm(key_type: KeyType) -> &'static [u8] {
     match key_type {
@@ -121,23 +126,35 @@ impl LeafTemplate {
         ca_not_after: SystemTime,
     ) -> Result<Vec<u8>, AuthorityError> {
         let serial = profile::serial_bytes();
-        let tbs = self.to_be_signed(spec, key, &serial, now, clock_skew, ca_not_after)?;
-        let signature = signer.sign(&tbs).map_err(|e| AuthorityError::Sign {
-            reason: e.to_string(),
-        })?;
-        let mut body =
-            Vec::with_capacity(tbs.len() + self.signature_algorithm.len() + signature.len() + 8);
-        body.extend_from_slice(&tbs);
-        body.extend_from_slice(self.signature_algorithm);
-        header(&mut body, BIT_STRING, signature.len() + 1);
-        body.push(0);
-        body.extend_from_slice(&signature);
-        let mut certificate = Vec::with_capacity(body.len() + 4);
-        tlv(&mut certificate, SEQUENCE, &body);
+        // The whole certificate is written in this one buffer: the TBS after room for the outer
+        // header, signed where it lies, then the algorithm and the signature, then the header.
+        let mut certificate = Vec::with_capacity(CERTIFICATE_CAPACITY + self.issuer.len());
+        let contents = open(&mut certificate);
+        self.write_to_be_signed(
+            &mut certificate,
+            spec,
+            key,
+            &serial,
+            now,
+            clock_skew,
+            ca_not_after,
+        )?;
+        let signature =
+            signer
+                .sign(&certificate[contents..])
+                .map_err(|e| AuthorityError::Sign {
+                    reason: e.to_string(),
+                })?;
+        certificate.extend_from_slice(self.signature_algorithm);
+        header(&mut certificate, BIT_STRING, signature.len() + 1);
+        certificate.push(0);
+        certificate.extend_from_slice(&signature);
+        close(&mut certificate, contents, SEQUENCE);
         Ok(certificate)
     }
 
     /// The DER TBSCertificate.
+    #[cfg(test)]
     fn to_be_signed(
         &self,
         spec: &LeafSpec,
@@ -147,57 +164,76 @@ impl LeafTemplate {
         clock_skew: Duration,
         ca_not_after: SystemTime,
     ) -> Result<Vec<u8>, AuthorityError> {
+        let mut tbs = Vec::new();
+        self.write_to_be_signed(&mut tbs, spec, key, serial, now, clock_skew, ca_not_after)?;
+        Ok(tbs)
+    }
+
+    /// Appends the DER TBSCertificate to `out`. Each constructed value is written in place: room
+    /// for its header, its contents, then the header in that room ([`open`], [`close`]), so no
+    /// part of the certificate is built in a buffer of its own and copied.
+    #[allow(clippy::too_many_arguments)]
+    fn write_to_be_signed(
+        &self,
+        out: &mut Vec<u8>,
+        spec: &LeafSpec,
+        key: SubjectKey<'_>,
+        serial: &[u8],
+        now: SystemTime,
+        clock_skew: Duration,
+        ca_not_after: SystemTime,
+    ) -> Result<(), AuthorityError> {
         if spec.spiffe_id.is_none() && spec.dns_names.is_empty() {
             return Err(profile::nameless());
         }
         let (not_before, not_after) = profile::validity(now, clock_skew, spec.lifetime)?;
         let not_after = not_after.min(profile::to_datetime(ca_not_after)?);
 
-        let mut body = Vec::with_capacity(512 + self.issuer.len());
-        body.extend_from_slice(VERSION_V3);
-        write_serial(&mut body, serial);
-        body.extend_from_slice(self.signature_algorithm);
-        body.extend_from_slice(&self.issuer);
+        let tbs = open(out);
+        out.extend_from_slice(VERSION_V3);
+        write_serial(out, serial);
+        out.extend_from_slice(self.signature_algorithm);
+        out.extend_from_slice(&self.issuer);
 
         let mut validity = [0u8; 34];
         let mut used = write_time(&mut validity, not_before);
         used += write_time(&mut validity[used..], not_after);
-        tlv(&mut body, SEQUENCE, &validity[..used]);
+        tlv(out, SEQUENCE, &validity[..used]);
 
         // Subject: the common name alone, or an empty Name.
         match &spec.common_name {
             Some(cn) => {
                 let attribute_len = OID_COMMON_NAME.len() + len_of(cn.len());
                 let set_len = len_of(attribute_len);
-                header(&mut body, SEQUENCE, len_of(set_len));
-                header(&mut body, SET, set_len);
-                header(&mut body, SEQUENCE, attribute_len);
-                body.extend_from_slice(OID_COMMON_NAME);
-                tlv(&mut body, UTF8_STRING, cn.as_bytes());
+                header(out, SEQUENCE, len_of(set_len));
+                header(out, SET, set_len);
+                header(out, SEQUENCE, attribute_len);
+                out.extend_from_slice(OID_COMMON_NAME);
+                tlv(out, UTF8_STRING, cn.as_bytes());
             }
-            None => body.extend_from_slice(&[SEQUENCE, 0]),
+            None => out.extend_from_slice(&[SEQUENCE, 0]),
         }
 
-        body.extend_from_slice(&key.subject_public_key_info());
+        out.extend_from_slice(&key.subject_public_key_info());
 
         // Extensions, in the order rcgen writes them.
-        let mut extensions = Vec::with_capacity(320);
-        extensions.extend_from_slice(&self.authority_key_id);
-        self.write_subject_alt_names(&mut extensions, spec)?;
-        extensions.extend_from_slice(if key.key_type().is_rsa() {
+        let tagged = open(out);
+        let extensions = open(out);
+        out.extend_from_slice(&self.authority_key_id);
+        self.write_subject_alt_names(out, spec)?;
+        out.extend_from_slice(if key.key_type().is_rsa() {
             KEY_USAGE_RSA
         } else {
             KEY_USAGE_EC
         });
-        extensions.extend_from_slice(EXTENDED_KEY_USAGE);
-        write_subject_key_id(&mut extensions, key.public_key());
-        extensions.extend_from_slice(BASIC_CONSTRAINTS_END_ENTITY);
-        header(&mut body, 0xa3, len_of(extensions.len()));
-        tlv(&mut body, SEQUENCE, &extensions);
+        out.extend_from_slice(EXTENDED_KEY_USAGE);
+        write_subject_key_id(out, key.public_key());
+        out.extend_from_slice(BASIC_CONSTRAINTS_END_ENTITY);
+        close(out, extensions, SEQUENCE);
+        close(out, tagged, 0xa3);
 
-        let mut tbs = Vec::with_capacity(body.len() + 4);
-        tlv(&mut tbs, SEQUENCE, &body);
-        Ok(tbs)
+        close(out, tbs, SEQUENCE);
+        Ok(())
     }
 
     /// subjectAltName: the SPIFFE ID (URI), then the DNS names; critical when the subject is
@@ -207,27 +243,24 @@ impl LeafTemplate {
         out: &mut Vec<u8>,
         spec: &LeafSpec,
     ) -> Result<(), AuthorityError> {
-        let mut names = Vec::with_capacity(160);
+        let extension = open(out);
+        out.extend_from_slice(OID_SAN);
+        if spec.common_name.is_none() {
+            out.extend_from_slice(CRITICAL);
+        }
+        let value = open(out);
+        let names = open(out);
         if let Some(uri) = spec.spiffe_id.as_ref().map(SpiffeId::as_uri) {
             profile::check_ia5(uri)?;
-            tlv(&mut names, URI_NAME, uri.as_bytes());
+            tlv(out, URI_NAME, uri.as_bytes());
         }
         // DnsName holds ASCII hostnames only: nothing to check.
         for name in &spec.dns_names {
-            tlv(&mut names, DNS_NAME, name.as_bytes());
+            tlv(out, DNS_NAME, name.as_bytes());
         }
-        let critical: &[u8] = if spec.common_name.is_none() {
-            CRITICAL
-        } else {
-            &[]
-        };
-        let value_len = len_of(names.len());
-        let body_len = OID_SAN.len() + critical.len() + len_of(value_len);
-        header(out, SEQUENCE, body_len);
-        out.extend_from_slice(OID_SAN);
-        out.extend_from_slice(critical);
-        header(out, OCTET_STRING, value_len);
-        tlv(out, SEQUENCE, &names);
+        close(out, names, SEQUENCE);
+        close(out, value, OCTET_STRING);
+        close(out, extension, SEQUENCE);
         Ok(())
     }
 }
@@ -305,14 +338,25 @@ fn length_octets(len: usize) -> usize {
 
 /// Writes a tag and a DER length.
 fn header(out: &mut Vec<u8>, tag: u8, len: usize) {
-    out.push(tag);
-    let bytes = len.to_be_bytes();
+    let (bytes, written) = header_bytes(tag, len);
+    out.extend_from_slice(&bytes[..written]);
+}
+
+/// A tag and a DER length, and how many of the bytes they take.
+fn header_bytes(tag: u8, len: usize) -> ([u8; 5], usize) {
+    let mut bytes = [0u8; 5];
+    bytes[0] = tag;
+    let be = len.to_be_bytes();
     match length_octets(len) {
-        1 => out.push(bytes[bytes.len() - 1]),
+        1 => {
+            bytes[1] = be[be.len() - 1];
+            (bytes, 2)
+        }
         octets => {
             let count = octets - 1;
-            out.push(0x80 | u8::try_from(count).unwrap_or(0));
-            out.extend_from_slice(&bytes[bytes.len() - count..]);
+            bytes[1] = 0x80 | u8::try_from(count).unwrap_or(0);
+            bytes[2..2 + count].copy_from_slice(&be[be.len() - count..]);
+            (bytes, 1 + octets)
         }
     }
 }
@@ -320,6 +364,34 @@ fn header(out: &mut Vec<u8>, tag: u8, len: usize) {
 fn tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
     header(out, tag, content.len());
     out.extend_from_slice(content);
+}
+
+/// Room for a tag and a length below 65,536: the header of every value of a certificate.
+const HEADER_ROOM: usize = 4;
+
+/// Reserves room for a header at the end of `out`; returns where the contents start, for
+/// [`close`].
+fn open(out: &mut Vec<u8>) -> usize {
+    out.extend_from_slice(&[0; HEADER_ROOM]);
+    out.len()
+}
+
+/// Makes everything written to `out` since [`open`] returned `contents` the contents of a `tag`
+/// value: writes the header at the end of the room reserved before them and removes the room
+/// it does not use (moving the contents back by as much: nothing for the long values, the TBS
+/// and the certificate, whose headers take all four bytes).
+fn close(out: &mut Vec<u8>, contents: usize, tag: u8) {
+    let room = contents - HEADER_ROOM;
+    let len = out.len() - contents;
+    let (bytes, written) = header_bytes(tag, len);
+    if written > HEADER_ROOM {
+        // Contents of 64 KiB or more: not in a certificate this profile writes.
+        out.splice(room..contents, bytes[..written].iter().copied());
+        return;
+    }
+    let start = contents - written;
+    out[start..contents].copy_from_slice(&bytes[..written]);
+    out.drain(room..start);
 }
 
 #[cfg(test)]
@@ -544,5 +616,22 @@ mod tests {
         write_serial(&mut serial, &[0, 0, 0x7f]);
         write_serial(&mut serial, &[0, 0x80]);
         assert_eq!(serial, [0x02, 0x01, 0x7f, 0x02, 0x02, 0x00, 0x80]);
+        // Headers written in the room left before contents: short form, long form, and
+        // contents too long for the room.
+        for (len, head) in [
+            (2, &[0x04, 0x02][..]),
+            (0x80, &[0x04, 0x81, 0x80]),
+            (0x1234, &[0x04, 0x82, 0x12, 0x34]),
+            (0x12345, &[0x04, 0x83, 0x01, 0x23, 0x45]),
+        ] {
+            let mut out = vec![0xee];
+            let contents = open(&mut out);
+            out.extend(std::iter::repeat_n(0x55, len));
+            close(&mut out, contents, OCTET_STRING);
+            assert_eq!(out.len(), 1 + head.len() + len, "{len}");
+            assert_eq!(out[0], 0xee);
+            assert_eq!(&out[1..=head.len()], head, "{len}");
+            assert!(out[1 + head.len()..].iter().all(|b| *b == 0x55), "{len}");
+        }
     }
 }
