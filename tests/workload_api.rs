@@ -202,6 +202,15 @@ async fn rust_spiffe_workloads_get_svids_connect_with_mtls_and_see_renewals_on_t
     server.shutdown().await;
     client_source.shutdown().await;
     drop(stream);
+    // A stream whose caller went away gives its slot back (the stream has no task of its own:
+    // it is dropped with the HTTP/2 stream).
+    eventually(
+        PATIENCE,
+        "every stream's slot to be given back once its caller went away",
+        || async { metric(&daemon, "meshca_workload_api_streams_open").await },
+        |open| *open == 0.0,
+    )
+    .await;
     // SIGTERM drains the Workload API with the rest.
     assert!(daemon.terminate().success(), "{}", daemon.tail(20));
     assert!(!socket.exists(), "the socket is removed on shutdown");

@@ -9,11 +9,14 @@
 //! `k8s:ns`, `k8s:sa`, `k8s:pod-uid`, `k8s:pod-name`. [`Attestors`] runs several
 //! (`workloadApi.attestors`) and hands on every selector they found.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use meshca_provider::SpiffeId;
@@ -283,25 +286,71 @@ impl Attestor for Attestors {
 /// SPIRE's Unix workload attestor: uid and gid always; the executable's path when the
 /// process can be read in `/proc` (meshca needs to be root, or the caller's user, to read
 /// another process's `exe` link); its SHA-256 only when `hash_executables` (some entry uses
-/// `unix:sha256`: hashing reads the whole file on every call).
+/// `unix:sha256`).
+///
+/// The `/proc` reads (the process's owner, its `exe` link, its start time) are made on the
+/// calling task: procfs answers them from kernel memory, never from a disk, in microseconds,
+/// while a blocking-pool thread per call cost more than the reads themselves (10,000 callers at
+/// once started hundreds of threads: `docs/BENCHMARKS.md`, workload-api-bench). Hashing reads
+/// the executable from its file system, so it runs on the blocking pool, and only once per
+/// process and file: the digest is kept under the process's pid and start time and the file's
+/// identity, so a pid reused by a new process, or a process that executes another file (or the
+/// same file rewritten), is hashed afresh. A file changed less
+/// than [`SETTLED`] before it was hashed is hashed on every call: file times are coarse (a
+/// clock tick), and a rewrite within the same tick would leave them as they were.
 #[derive(Debug, Clone)]
 pub struct UnixAttestor {
     /// Where `/proc` is (tests point it elsewhere).
     pub proc_root: PathBuf,
     /// Whether to compute `unix:sha256`.
     pub hash_executables: bool,
+    digests: Arc<ExecutableDigests>,
+    /// How long before hashing a file must have last changed for its digest to be kept.
+    settled: Duration,
 }
 
+/// See [`UnixAttestor`]: far longer than a file-time tick.
+const SETTLED: Duration = Duration::from_secs(1);
+
 impl UnixAttestor {
+    /// Reads the processes under `proc_root`, hashing their executables if `hash_executables`.
+    pub fn new(proc_root: impl Into<PathBuf>, hash_executables: bool) -> Self {
+        Self {
+            proc_root: proc_root.into(),
+            hash_executables,
+            digests: Arc::default(),
+            settled: SETTLED,
+        }
+    }
+
     /// Reads `/proc`; hashes executables when any of `entries` needs it.
     pub fn for_entries(entries: &[RegistrationEntry]) -> Self {
-        Self {
-            proc_root: PathBuf::from("/proc"),
-            hash_executables: entries
+        Self::new(
+            "/proc",
+            entries
                 .iter()
                 .flat_map(|e| &e.selectors)
                 .any(|s| matches!(s, Selector::Sha256(_))),
+        )
+    }
+
+    /// The SHA-256 of the file `process` (`/proc/<pid>`) executes, from the cache when this
+    /// process ran this very file before, else read on the blocking pool.
+    async fn digest(&self, process: &Path, key: ProcessExecutable) -> Result<[u8; 32], String> {
+        if let Some(digest) = self.digests.cached(&key) {
+            return Ok(digest);
         }
+        let exe = process.join("exe");
+        let hashed_at = SystemTime::now();
+        let read = tokio::task::spawn_blocking(move || hash_file(&exe, &key)).await;
+        let digest = read.map_err(|e| format!("the hashing task failed: {e}"))??;
+        if hashed_at
+            .checked_sub(self.settled)
+            .is_some_and(|settled| key.changed_before(settled))
+        {
+            self.digests.remember(key, digest);
+        }
+        Ok(digest)
     }
 }
 
@@ -313,30 +362,123 @@ impl Attestor for UnixAttestor {
             return Ok(selectors);
         };
         let process = self.proc_root.join(pid.to_string());
-        let hash = self.hash_executables;
-        let uid = peer.uid;
-        // `/proc` reads (and hashing a binary) block: off the runtime's threads.
-        let read = tokio::task::spawn_blocking(move || executable(&process, uid, hash)).await;
-        match read {
-            Ok(Ok((path, digest))) => {
-                selectors.push(Selector::Path(path));
-                selectors.extend(digest.map(Selector::Sha256));
-            }
-            Ok(Err(reason)) => {
+        let (path, key) = match executable(&process, pid, peer.uid, self.hash_executables) {
+            Ok(read) => read,
+            Err(reason) => {
                 tracing::debug!(pid, %reason, "Workload API caller: no unix:path selector");
+                return Ok(selectors);
             }
-            Err(e) => {
-                tracing::debug!(pid, error = %e, "Workload API caller: attestation task failed")
+        };
+        selectors.push(Selector::Path(path));
+        if let Some(key) = key {
+            match self.digest(&process, key).await {
+                Ok(digest) => selectors.push(Selector::Sha256(digest)),
+                Err(reason) => {
+                    tracing::debug!(pid, %reason, "Workload API caller: no unix:sha256 selector");
+                }
             }
         }
         Ok(selectors)
     }
 }
 
-/// The executable of the process at `process` (`/proc/<pid>`), and its SHA-256 if `hash`.
-/// The process must still belong to `uid` (a pid reused by another user's process after the
-/// caller exited is not read as the caller's).
-fn executable(process: &Path, uid: u32, hash: bool) -> Result<(PathBuf, Option<[u8; 32]>), String> {
+/// One process running one file: what a cached digest is kept under. The pid and the start
+/// time (`/proc/<pid>/stat`, clock ticks after boot) tell a process from a later one given
+/// the same pid; the executable's device, inode, size and modification and change times tell
+/// the file it runs now from another one it may have executed since (`execve` keeps the pid
+/// and the start time), and from the same file rewritten (which moves its change time, and
+/// no caller can set that back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ProcessExecutable {
+    pid: i32,
+    start_time: u64,
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl ProcessExecutable {
+    fn new(pid: i32, start_time: u64, file: &std::fs::Metadata) -> Self {
+        Self {
+            pid,
+            start_time,
+            device: file.dev(),
+            inode: file.ino(),
+            size: file.size(),
+            modified: (file.mtime(), file.mtime_nsec()),
+            changed: (file.ctime(), file.ctime_nsec()),
+        }
+    }
+
+    fn same_file(&self, file: &std::fs::Metadata) -> bool {
+        *self == Self::new(self.pid, self.start_time, file)
+    }
+
+    /// Whether the file last changed before `time`.
+    fn changed_before(&self, time: SystemTime) -> bool {
+        let (seconds, nanoseconds) = self.changed;
+        match (u64::try_from(seconds), u32::try_from(nanoseconds)) {
+            (Ok(seconds), Ok(nanoseconds)) => {
+                SystemTime::UNIX_EPOCH + Duration::new(seconds, nanoseconds) < time
+            }
+            // Before 1970: long settled.
+            (Err(_), _) => true,
+            (Ok(_), Err(_)) => false,
+        }
+    }
+}
+
+/// Digests of the executables of processes already attested, at most
+/// [`MAX_CACHED_DIGESTS`]: past that an arbitrary one is dropped (and hashed again if its
+/// process calls again).
+#[derive(Debug, Default)]
+struct ExecutableDigests {
+    digests: Mutex<HashMap<ProcessExecutable, [u8; 32]>>,
+}
+
+/// Processes whose executable's digest is kept (40 bytes of key and 32 of digest each).
+const MAX_CACHED_DIGESTS: usize = 4096;
+
+impl ExecutableDigests {
+    fn cached(&self, key: &ProcessExecutable) -> Option<[u8; 32]> {
+        self.lock().get(key).copied()
+    }
+
+    fn remember(&self, key: ProcessExecutable, digest: [u8; 32]) {
+        let mut digests = self.lock();
+        if digests.len() >= MAX_CACHED_DIGESTS && !digests.contains_key(&key) {
+            let evicted = digests.keys().next().copied();
+            if let Some(evicted) = evicted {
+                digests.remove(&evicted);
+            }
+        }
+        digests.insert(key, digest);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProcessExecutable, [u8; 32]>> {
+        // A panic while holding the lock cannot leave the map half-written.
+        self.digests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The executable of the process at `process` (`/proc/<pid>`), and, if `hash`, what its
+/// digest is kept under. The process must still belong to `uid` (a pid reused by another
+/// user's process after the caller exited is not read as the caller's).
+fn executable(
+    process: &Path,
+    pid: i32,
+    uid: u32,
+    hash: bool,
+) -> Result<(PathBuf, Option<ProcessExecutable>), String> {
+    let started = if hash {
+        Some(start_time(process)?)
+    } else {
+        None
+    };
     let owner = std::fs::metadata(process)
         .map_err(|e| format!("{}: {e}", process.display()))?
         .uid();
@@ -348,11 +490,46 @@ fn executable(process: &Path, uid: u32, hash: bool) -> Result<(PathBuf, Option<[
     }
     let exe = process.join("exe");
     let path = std::fs::read_link(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
-    if !hash {
+    let Some(started) = started else {
         return Ok((path, None));
+    };
+    // `metadata` follows the link to the very file the process runs.
+    let file = std::fs::metadata(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    if start_time(process)? != started {
+        return Err(format!(
+            "{} is another process than when it was first read",
+            process.display()
+        ));
     }
+    Ok((path, Some(ProcessExecutable::new(pid, started, &file))))
+}
+
+/// When the process at `process` started (`/proc/<pid>/stat` field 22, clock ticks after
+/// boot): with the pid, what tells it from a later process given the same pid.
+fn start_time(process: &Path) -> Result<u64, String> {
+    let path = process.join("stat");
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The command name (field 2) is in parentheses and may hold spaces and parentheses: the
+    // fields that follow come after the last `)`, the state (field 3) first.
+    stat.rsplit_once(')')
+        .and_then(|(_, fields)| fields.split_ascii_whitespace().nth(22 - 3))
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| format!("{}: no start time in {stat:?}", path.display()))
+}
+
+/// The SHA-256 of `exe` (`/proc/<pid>/exe`), which must still be the file `key` names.
+fn hash_file(exe: &Path, key: &ProcessExecutable) -> Result<[u8; 32], String> {
     // Opening `exe` opens the very file the process runs, even if the path was replaced since.
-    let mut file = std::fs::File::open(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    let mut file = std::fs::File::open(exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    let opened = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", exe.display()))?;
+    if !key.same_file(&opened) {
+        return Err(format!(
+            "{} is another file than when it was first read",
+            exe.display()
+        ));
+    }
     let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
@@ -366,7 +543,7 @@ fn executable(process: &Path, uid: u32, hash: bool) -> Result<(PathBuf, Option<[
     }
     let mut digest = [0u8; 32];
     digest.copy_from_slice(context.finish().as_ref());
-    Ok((path, Some(digest)))
+    Ok(digest)
 }
 
 #[cfg(test)]
@@ -480,6 +657,137 @@ mod tests {
         assert!(ids(&[Selector::Uid(1001), Selector::Gid(0)]).is_empty());
     }
 
+    /// A `/proc` of one process, `pid`, started at `start`, running `exe`, owned by this user.
+    fn fake_process(proc_root: &Path, pid: i32, start: u64, exe: &Path) {
+        let process = proc_root.join(pid.to_string());
+        std::fs::create_dir_all(&process).unwrap();
+        let fields: Vec<String> = (4..=21).map(|n| n.to_string()).collect();
+        std::fs::write(
+            process.join("stat"),
+            format!(
+                "{pid} (a (tricky) name) S {} {start} 0 0\n",
+                fields.join(" ")
+            ),
+        )
+        .unwrap();
+        let link = process.join("exe");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(exe, &link).unwrap();
+    }
+
+    fn sha256_selector(content: &[u8]) -> Selector {
+        let digest = ring::digest::digest(&ring::digest::SHA256, content);
+        Selector::Sha256(digest.as_ref().try_into().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_digest_is_reused_only_by_the_process_and_file_it_was_read_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc_root = dir.path().join("proc");
+        let program = dir.path().join("program");
+        std::fs::write(&program, b"one").unwrap();
+        fake_process(&proc_root, 42, 1000, &program);
+        let me = std::fs::metadata(dir.path()).unwrap();
+        let peer = PeerCredentials {
+            uid: me.uid(),
+            gid: me.gid(),
+            pid: Some(42),
+        };
+        let attestor = UnixAttestor {
+            // The files here were written just now.
+            settled: Duration::ZERO,
+            ..UnixAttestor::new(&proc_root, true)
+        };
+        let expected = |content: &[u8]| {
+            vec![
+                Selector::Uid(peer.uid),
+                Selector::Gid(peer.gid),
+                Selector::Path(program.clone()),
+                sha256_selector(content),
+            ]
+        };
+        let hashed = || attestor.digests.lock().len();
+
+        assert_eq!(attestor.attest(peer).await.unwrap(), expected(b"one"));
+        assert_eq!(attestor.attest(peer).await.unwrap(), expected(b"one"));
+        assert_eq!(
+            hashed(),
+            1,
+            "the same process running the same file: hashed once"
+        );
+
+        // The process exits and its pid goes to a new process (another start time) running
+        // another program at the same path: attested afresh, not given the old digest.
+        std::fs::remove_file(&program).unwrap();
+        std::fs::write(&program, b"two").unwrap();
+        fake_process(&proc_root, 42, 2000, &program);
+        assert_eq!(attestor.attest(peer).await.unwrap(), expected(b"two"));
+        assert_eq!(hashed(), 2);
+
+        // Only the start time differs (the same file): still a new process, hashed again.
+        fake_process(&proc_root, 42, 3000, &program);
+        assert_eq!(attestor.attest(peer).await.unwrap(), expected(b"two"));
+        assert_eq!(hashed(), 3);
+
+        // The same process executes its file again after it was rewritten in place (execve
+        // keeps the pid and the start time; the file's times move, and here its size too, so
+        // that a rewrite within one file-time tick shows).
+        std::fs::write(&program, b"seven").unwrap();
+        assert_eq!(attestor.attest(peer).await.unwrap(), expected(b"seven"));
+        assert_eq!(hashed(), 4);
+
+        // A process that has gone: uid and gid only.
+        std::fs::remove_dir_all(proc_root.join("42")).unwrap();
+        assert_eq!(
+            attestor.attest(peer).await.unwrap(),
+            [Selector::Uid(peer.uid), Selector::Gid(peer.gid)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_just_before_it_was_hashed_is_hashed_on_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc_root = dir.path().join("proc");
+        let program = dir.path().join("program");
+        std::fs::write(&program, b"one").unwrap();
+        fake_process(&proc_root, 7, 1000, &program);
+        let me = std::fs::metadata(dir.path()).unwrap();
+        let peer = PeerCredentials {
+            uid: me.uid(),
+            gid: me.gid(),
+            pid: Some(7),
+        };
+        let attestor = UnixAttestor {
+            settled: Duration::from_secs(3600),
+            ..UnixAttestor::new(&proc_root, true)
+        };
+        for _ in 0..2 {
+            let selectors = attestor.attest(peer).await.unwrap();
+            assert_eq!(selectors.last(), Some(&sha256_selector(b"one")));
+        }
+        assert_eq!(attestor.digests.lock().len(), 0, "nothing kept");
+    }
+
+    #[test]
+    fn the_digest_cache_is_bounded() {
+        let digests = ExecutableDigests::default();
+        let key = |pid| ProcessExecutable {
+            pid,
+            start_time: 1,
+            device: 1,
+            inode: 1,
+            size: 1,
+            modified: (1, 0),
+            changed: (1, 0),
+        };
+        for pid in 0..i32::try_from(MAX_CACHED_DIGESTS).unwrap() + 10 {
+            digests.remember(key(pid), [1; 32]);
+        }
+        assert_eq!(digests.lock().len(), MAX_CACHED_DIGESTS);
+        let last = i32::try_from(MAX_CACHED_DIGESTS).unwrap() + 9;
+        assert_eq!(digests.cached(&key(last)), Some([1; 32]));
+    }
+
     #[tokio::test]
     async fn the_unix_attestor_reads_this_process() {
         let me = std::fs::metadata("/proc/self").unwrap();
@@ -489,10 +797,7 @@ mod tests {
             pid: Some(i32::try_from(std::process::id()).unwrap()),
         };
         let exe = std::env::current_exe().unwrap();
-        let attestor = UnixAttestor {
-            proc_root: "/proc".into(),
-            hash_executables: true,
-        };
+        let attestor = UnixAttestor::new("/proc", true);
         let selectors = attestor.attest(peer).await.unwrap();
         let digest = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&exe).unwrap());
         assert_eq!(

@@ -29,6 +29,7 @@
 
 mod admission;
 pub mod attest;
+pub(crate) mod codec;
 mod jwt;
 pub mod kubernetes;
 mod metrics;

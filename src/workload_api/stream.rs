@@ -4,12 +4,12 @@
 //! changes (a renewal, `meshca rotate leaves`, a root rotation, a re-read bundle), until the
 //! caller goes away or the server drains.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use futures::future::select_all;
 use meshca_provider::{SpiffeId, TrustBundle};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::Status;
 use tracing::debug;
 
@@ -60,22 +60,70 @@ pub(crate) async fn x509_svids(
         }
     }
     let bundle = shared.source.trust_bundle();
-    let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(serve_svids(shared, slot, held, bundle, tx));
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    let stream = SvidStream {
+        shared,
+        _slot: slot,
+        held,
+        bundle,
+    };
+    Ok(messages(stream))
 }
 
-async fn serve_svids(
+/// What a stream sends: a message now, then one after each change, until the server drains
+/// or a source closes (an error, the last item). The stream is polled by the connection that
+/// sends its messages, with no task or channel of its own (`docs/BENCHMARKS.md`,
+/// workload-api-bench), and is dropped, with its slot, when the caller goes away.
+trait Messages: Send + 'static {
+    type Message: Send + 'static;
+    /// The message for the current state.
+    fn response(&mut self) -> Self::Message;
+    /// Waits for a change; the error that ends the stream.
+    fn changed(&mut self) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+fn messages<M: Messages>(stream: M) -> Streamed<M::Message> {
+    Box::pin(futures::stream::unfold(
+        (stream, Next::Send),
+        |(mut stream, next)| async move {
+            let item = match next {
+                Next::Send => Ok(stream.response()),
+                Next::Wait => stream.changed().await.map(|()| stream.response()),
+                Next::End => return None,
+            };
+            let next = if item.is_ok() { Next::Wait } else { Next::End };
+            Some((item, (stream, next)))
+        },
+    ))
+}
+
+/// Where a stream is.
+enum Next {
+    /// A message is due now: the first one, or after a change.
+    Send,
+    /// Waiting for a change (or the drain).
+    Wait,
+    /// The stream ended with an error.
+    End,
+}
+
+/// What one `FetchX509SVID` stream holds.
+struct SvidStream {
     shared: Arc<Shared>,
     _slot: StreamSlot,
-    mut held: Vec<Held>,
-    mut bundle: watch::Receiver<Arc<TrustBundle>>,
-    tx: mpsc::Sender<Result<X509svidResponse, Status>>,
-) {
-    loop {
-        let roots = bundle.borrow_and_update().clone();
+    held: Vec<Held>,
+    bundle: watch::Receiver<Arc<TrustBundle>>,
+}
+
+impl Messages for SvidStream {
+    type Message = X509svidResponse;
+
+    /// The current certificates and bundle. The message (and the key in it, wiped on drop) is
+    /// gone once tonic has encoded it.
+    fn response(&mut self) -> X509svidResponse {
+        let roots = self.bundle.borrow_and_update().clone();
         let bundle_der = concatenated(roots.roots());
-        let svids: Vec<X509svid> = held
+        let svids: Vec<X509svid> = self
+            .held
             .iter_mut()
             .map(|h| {
                 let certificate = h.certificate.borrow_and_update().clone();
@@ -88,74 +136,74 @@ async fn serve_svids(
                 }
             })
             .collect();
-        let count = svids.len() as u64;
-        let response = X509svidResponse {
+        WorkloadApiMetrics::bump(&self.shared.metrics.svid_messages, 1);
+        WorkloadApiMetrics::bump(&self.shared.metrics.svids_sent, svids.len() as u64);
+        X509svidResponse {
             svids,
             crl: Vec::new(),
             federated_bundles: Default::default(),
-        };
-        // The response (and the key in it, wiped on drop) is gone once tonic has encoded it.
-        if tx.send(Ok(response)).await.is_err() {
-            return;
         }
-        WorkloadApiMetrics::bump(&shared.metrics.svid_messages, 1);
-        WorkloadApiMetrics::bump(&shared.metrics.svids_sent, count);
+    }
+
+    /// Waits until a certificate or the bundle changes; the error the stream ends with when
+    /// the server drains or a source closes.
+    async fn changed(&mut self) -> Result<(), Status> {
         // `held` is never empty: a caller with no identity was refused before.
-        let certificates = select_all(held.iter_mut().map(|h| Box::pin(h.certificate.changed())));
+        let certificates = select_all(
+            self.held
+                .iter_mut()
+                .map(|h| Box::pin(h.certificate.changed())),
+        );
         let changed = tokio::select! {
-            () = shared.drain.cancelled() => {
-                let _ = tx.send(Err(draining())).await;
-                return;
-            }
-            () = tx.closed() => return,
+            () = self.shared.drain.cancelled() => return Err(draining()),
             (changed, _, _) = certificates => changed,
-            changed = bundle.changed() => changed,
+            changed = self.bundle.changed() => changed,
         };
-        if changed.is_err() {
+        changed.map_err(|_| {
             debug!("a certificate source closed: ending a Workload API stream");
-            let _ = tx.send(Err(source_closed())).await;
-            return;
-        }
+            source_closed()
+        })
     }
 }
 
-/// Streams the trust bundle, keyed by the trust domain's SPIFFE ID.
+/// Streams the trust bundle, keyed by the trust domain's SPIFFE ID (polled by its connection,
+/// as `FetchX509SVID`'s stream).
 pub(crate) fn x509_bundles(shared: Arc<Shared>, slot: StreamSlot) -> Streamed<X509BundlesResponse> {
-    let (tx, rx) = mpsc::channel(1);
     let bundle = shared.source.trust_bundle();
-    tokio::spawn(serve_bundles(shared, slot, bundle, tx));
-    Box::pin(ReceiverStream::new(rx))
+    let key = format!("spiffe://{}", shared.trust_domain);
+    let stream = BundleStream {
+        shared,
+        _slot: slot,
+        bundle,
+        key,
+    };
+    messages(stream)
 }
 
-async fn serve_bundles(
+/// What one `FetchX509Bundles` stream holds.
+struct BundleStream {
     shared: Arc<Shared>,
     _slot: StreamSlot,
-    mut bundle: watch::Receiver<Arc<TrustBundle>>,
-    tx: mpsc::Sender<Result<X509BundlesResponse, Status>>,
-) {
-    let key = format!("spiffe://{}", shared.trust_domain);
-    loop {
-        let roots = bundle.borrow_and_update().clone();
-        let response = X509BundlesResponse {
+    bundle: watch::Receiver<Arc<TrustBundle>>,
+    key: String,
+}
+
+impl Messages for BundleStream {
+    type Message = X509BundlesResponse;
+
+    fn response(&mut self) -> X509BundlesResponse {
+        let roots = self.bundle.borrow_and_update().clone();
+        WorkloadApiMetrics::bump(&self.shared.metrics.bundle_messages, 1);
+        X509BundlesResponse {
             crl: Vec::new(),
-            bundles: [(key.clone(), concatenated(roots.roots()))].into(),
-        };
-        if tx.send(Ok(response)).await.is_err() {
-            return;
+            bundles: [(self.key.clone(), concatenated(roots.roots()))].into(),
         }
-        WorkloadApiMetrics::bump(&shared.metrics.bundle_messages, 1);
+    }
+
+    async fn changed(&mut self) -> Result<(), Status> {
         tokio::select! {
-            () = shared.drain.cancelled() => {
-                let _ = tx.send(Err(draining())).await;
-                return;
-            }
-            () = tx.closed() => return,
-            changed = bundle.changed() => {
-                if changed.is_err() {
-                    let _ = tx.send(Err(source_closed())).await;
-                    return;
-                }
-            }
+            () = self.shared.drain.cancelled() => Err(draining()),
+            changed = self.bundle.changed() => changed.map_err(|_| source_closed()),
         }
     }
 }
