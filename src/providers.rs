@@ -90,6 +90,16 @@ pub async fn build_with_handle(
                 }
                 _ => None,
             };
+            if config.vault.mode == meshca_vault::VaultMode::Upstream {
+                let upstream = meshca_vault::VaultUpstream::connect(
+                    &config.vault,
+                    token_source,
+                    config.upstream_policy(),
+                    clock,
+                )
+                .await?;
+                return Ok((Arc::new(upstream), None));
+            }
             let vault =
                 meshca_vault::VaultProvider::connect_with(&config.vault, token_source).await?;
             tracing::info!(address = %vault.address(), "vault: connected and token checked");

@@ -40,6 +40,25 @@ impl Config {
     }
 }
 
+impl Config {
+    /// How the Vault provider schedules its intermediate in `vault.mode: upstream`: the
+    /// cache's renewal settings, the workload leaf lifetime, and twice the trust bundle's
+    /// re-read interval before an intermediate under a new root signs.
+    pub fn upstream_policy(&self) -> meshca_vault::UpstreamPolicy {
+        let cache = self.cache_settings();
+        meshca_vault::UpstreamPolicy {
+            trust_domain: self.trust_domain(),
+            renew_fraction: cache.renew_fraction,
+            jitter_fraction: cache.jitter_fraction,
+            backoff_initial: cache.backoff_initial,
+            backoff_max: cache.backoff_max,
+            longest_leaf: self.certificate_provider.service_cert_validity_duration,
+            clock_skew: self.tresor.clock_skew_allowance,
+            bundle_lead: cache.trust_refresh * 2,
+        }
+    }
+}
+
 impl ProviderConfig {
     /// The lifetime bounds of `kind` (`certificateProvider.max*CertValidityDuration`).
     pub fn lifetime_policy(&self, kind: LeafKind) -> LifetimePolicy {

@@ -75,6 +75,27 @@ impl Config {
                 });
             }
         }
+        if self.certificate_provider.kind == ProviderKind::Vault
+            && self.vault.mode == meshca_vault::VaultMode::Upstream
+        {
+            let policy = self.upstream_policy();
+            self.vault
+                .upstream
+                .check_covers(
+                    policy.longest_leaf,
+                    policy.renew_fraction,
+                    policy.jitter_fraction,
+                )
+                .map_err(|e| ConfigError::InvalidValue {
+                    key: "vault.upstream.intermediateTtl",
+                    reason: match e {
+                        meshca_vault::SettingsError::Invalid { value, reason, .. } => {
+                            format!("{value}: {reason}")
+                        }
+                        other => other.to_string(),
+                    },
+                })?;
+        }
         for (key, text) in [
             ("sds.listen", &self.sds.listen),
             ("admin.listen", &self.admin.listen),
@@ -222,6 +243,41 @@ mod tests {
                 "{key}={value}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn an_upstream_intermediate_too_short_for_the_leaves_is_refused_at_load() {
+        let upstream = [
+            "certificateProvider.kind=vault",
+            "vault.host=vault.example",
+            "vault.token=t",
+            "vault.mode=upstream",
+        ];
+        // The default 72h covers the default 24h leaves.
+        load(&upstream).unwrap();
+        let err = load(&[&upstream[..], &["vault.upstream.intermediateTtl=24h"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid value for vault.upstream.intermediateTtl: 24h: renewed at 50% (± 10%) of \
+             its life, the intermediate would have less than the longest leaf (24h) left when it \
+             is renewed: set it to at least 60h, or shorten \
+             certificateProvider.serviceCertValidityDuration"
+        );
+        load(
+            &[
+                &upstream[..],
+                &[
+                    "vault.upstream.intermediateTtl=24h",
+                    "certificateProvider.serviceCertValidityDuration=1h",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        // Sign mode has no intermediate to check.
+        load(&[&upstream[..3], &["vault.upstream.intermediateTtl=1h"]].concat()).unwrap();
     }
 
     #[test]

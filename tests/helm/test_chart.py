@@ -493,6 +493,29 @@ def check_inline_vault_token(chart):
     return r
 
 
+def check_vault_upstream(chart):
+    """vault.mode: upstream with its intermediate settings reaches the config (and loads in the
+    real meshca in check_meshca_accepts, which refuses an intermediate too short for the
+    leaves); in sign mode no vault.upstream section is written."""
+    label = "vault.mode=upstream"
+    check("upstream" not in render(chart, "vault sign mode", {
+        "certificateProvider": {"kind": "vault"},
+        "vault": {"host": "vault.example", "kubernetes": {"role": "meshca"}}})
+        .config()["vault"], "vault sign mode: a vault.upstream section in the config")
+    upstream = {"intermediateTtl": "24h", "issuer": "mesh", "commonName": "mesh intermediate",
+                "keyType": "p384"}
+    r = render(chart, label, {"certificateProvider": {"kind": "vault",
+                                                      "serviceCertValidityDuration": "1h"},
+                              "vault": {"host": "vault.example", "mode": "upstream",
+                                        "kubernetes": {"role": "meshca"},
+                                        "upstream": upstream}})
+    check_kubernetes_schemas(r)
+    vault = r.config()["vault"]
+    expect_equal(vault.get("mode"), "upstream", f"{label}: vault.mode")
+    expect_equal(vault.get("upstream"), upstream, f"{label}: vault.upstream")
+    return r
+
+
 def check_extra_trusted_roots(chart):
     """extraTrustedRoots: inline PEM CA certificates, written into the config as given (and
     loaded by the real meshca in check_meshca_accepts); absent from the config when empty."""
@@ -792,6 +815,9 @@ def check_refusals(chart):
         ({"workloadApi": {"nodeLocal": {"attestors": []}}}, "attestors"),
         ({"workloadApi": {"nodeLocal": {"attestors": ["unix", "docker"]}}}, "attestors"),
         ({"workloadApi": {"socketPath": "/x"}}, "socketPath"),
+        ({"vault": {"mode": "intermediate"}}, "mode"),
+        ({"vault": {"upstream": {"intermediateTtl": "1d"}}}, "intermediateTtl"),
+        ({"vault": {"upstream": {"issuer": "../sys"}}}, "issuer"),
     ] + [({"istio": {key: bad}}, key)
          for key in ("signingQueueTimeout", "handshakeTimeout", "prefaceTimeout",
                      "connectionIdleTimeout")
@@ -928,7 +954,7 @@ def main():
     check(load_example("cert-manager.yaml")["certManager"]["issuerName"] in issuers,
           f"cert-manager-issuer.yaml does not define the Issuer cert-manager.yaml names: {issuers}")
 
-    for extra in (check_inline_vault_token, check_vault_secret_elsewhere,
+    for extra in (check_inline_vault_token, check_vault_secret_elsewhere, check_vault_upstream,
                   check_extra_trusted_roots, check_rotation_disabled, check_admin_token,
                   check_istio_variants, check_istio_limits, check_jwt_svid,
                   check_node_local_variants):

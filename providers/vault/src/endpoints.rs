@@ -17,6 +17,8 @@
 //! | `PATCH <pki>/issuer/<id>` (the name) | [`RenameIssuer`] | ignored |
 //! | `DELETE <pki>/issuer/<id>` | vaultrs `DeleteIssuerRequest` | none |
 //! | `auth/token/lookup-self` | [`LookupSelf`] | [`LookupData`] |
+//! | `<pki>/root/sign-intermediate` (upstream mode) | vaultrs `SignIntermediateRequest` | vaultrs `SignIntermediateResponse` |
+//! | `<pki>/issuer/<ref>/sign-intermediate` (upstream mode) | vaultrs `SignIntermediateIssuerRequest` | vaultrs `SignIntermediateIssuerResponse` |
 //!
 //! The `auth` block of a login or renewal is read by meshca ([`AuthBlock`](crate::http::AuthBlock))
 //! whatever the endpoint: vaultrs's `AuthInfo` holds the token as a `String` it prints in
@@ -143,6 +145,45 @@ mod tests {
     const ISSUERS: &str = include_str!("openbao-2.7.2/issuers.json");
     const ISSUER: &str = include_str!("openbao-2.7.2/issuer.json");
     const ISSUER_SIGN: &str = include_str!("openbao-2.7.2/issuer_sign.json");
+    const SIGN_INTERMEDIATE: &str = include_str!("openbao-2.7.2/sign_intermediate.json");
+    const ISSUER_SIGN_INTERMEDIATE: &str =
+        include_str!("openbao-2.7.2/issuer_sign_intermediate.json");
+
+    #[test]
+    fn vaultrs_types_read_openbaos_sign_intermediate_answers() {
+        use vaultrs::api::pki::responses::{
+            SignIntermediateIssuerResponse, SignIntermediateResponse,
+        };
+        let signed = decode_answer::<SignIntermediateResponse>(
+            "pki/root/sign-intermediate",
+            200,
+            SIGN_INTERMEDIATE.as_bytes(),
+        )
+        .unwrap()
+        .data
+        .unwrap();
+        assert!(
+            signed
+                .certificate
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        // OpenBao's ca_chain here starts with the signed certificate itself, then the root.
+        let chain = signed.ca_chain.unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[0], signed.certificate);
+        assert_eq!(chain[1], signed.issuing_ca);
+
+        let signed = decode_answer::<SignIntermediateIssuerResponse>(
+            "pki/issuer/default/sign-intermediate",
+            200,
+            ISSUER_SIGN_INTERMEDIATE.as_bytes(),
+        )
+        .unwrap()
+        .data
+        .unwrap();
+        assert!(signed.expiration > 0);
+        assert_eq!(signed.ca_chain.last(), Some(&signed.issuing_ca));
+    }
 
     #[test]
     fn vaultrs_types_read_openbaos_issuer_answers() {

@@ -141,6 +141,16 @@ pub enum VaultError {
         /// What was wrong.
         reason: String,
     },
+    /// Upstream mode: Vault did not sign meshca's intermediate at start.
+    #[error("cannot get meshca's intermediate signed by Vault at {address}: {reason}")]
+    Intermediate {
+        /// Vault's address.
+        address: String,
+        /// Why, and what to change.
+        reason: String,
+        /// Whether retrying later may help (Vault unreachable or sealed).
+        transient: bool,
+    },
 }
 
 impl VaultError {
@@ -151,6 +161,9 @@ impl VaultError {
             VaultError::Unreachable { .. }
             | VaultError::TokenSource { .. }
             | VaultError::Api {
+                transient: true, ..
+            }
+            | VaultError::Intermediate {
                 transient: true, ..
             } => ProviderError::Unavailable {
                 provider: NAME,
@@ -172,6 +185,7 @@ impl VaultError {
             | VaultError::NoPkiEngine { .. }
             | VaultError::NoCa { .. }
             | VaultError::RoleNotFound { .. }
+            | VaultError::Intermediate { .. }
             | VaultError::Api { .. } => ProviderError::Rejected {
                 provider: NAME,
                 reason,
@@ -185,6 +199,10 @@ impl VaultError {
             self,
             VaultError::Unreachable { .. }
                 | VaultError::Api {
+                    transient: true,
+                    ..
+                }
+                | VaultError::Intermediate {
                     transient: true,
                     ..
                 }

@@ -31,6 +31,7 @@ mod pki;
 mod provider;
 mod rotate;
 mod settings;
+mod upstream;
 
 pub use error::VaultError;
 pub use issuers::{
@@ -39,12 +40,14 @@ pub use issuers::{
 pub use provider::VaultProvider;
 pub use rotate::{VaultAbort, VaultAdvance, VaultRotationError};
 pub use settings::{
-    AppRoleSettings, DEFAULT_APPROLE_MOUNT, DEFAULT_KUBERNETES_MOUNT, DEFAULT_PKI_PATH,
-    DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_ROLE, DEFAULT_SERVICE_ACCOUNT_TOKEN_FILE,
+    AppRoleSettings, DEFAULT_APPROLE_MOUNT, DEFAULT_INTERMEDIATE_COMMON_NAME,
+    DEFAULT_INTERMEDIATE_TTL, DEFAULT_KUBERNETES_MOUNT, DEFAULT_PKI_PATH, DEFAULT_PORT,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_ROLE, DEFAULT_SERVICE_ACCOUNT_TOKEN_FILE,
     ISSUE_MODE_ISSUE_REFUSED, IssueMode, KubernetesAuthSettings, Protocol, Secret, SecretIdSource,
-    SettingsError, SharedTokenSource, TOKEN_ENV, TokenSecretRef, TokenSource, VaultAuth,
-    VaultSettings,
+    SettingsError, SharedTokenSource, TOKEN_ENV, TokenSecretRef, TokenSource, UpstreamSettings,
+    VaultAuth, VaultMode, VaultSettings,
 };
+pub use upstream::{UpstreamPolicy, VaultUpstream};
 
 /// The provider's name in logs and metrics.
 pub const NAME: &str = "vault";

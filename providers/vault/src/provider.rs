@@ -115,6 +115,16 @@ impl VaultProvider {
         settings: &VaultSettings,
         token_source: Option<Arc<dyn TokenSource>>,
     ) -> Result<Self, VaultError> {
+        Self::connect_checking(settings, token_source, true).await
+    }
+
+    /// [`connect_with`](Self::connect_with), reading the PKI role only when `uses_role`
+    /// (upstream mode signs intermediates, which no role governs).
+    pub(crate) async fn connect_checking(
+        settings: &VaultSettings,
+        token_source: Option<Arc<dyn TokenSource>>,
+        uses_role: bool,
+    ) -> Result<Self, VaultError> {
         settings.validate()?;
         let auth = match (settings.auth(), token_source) {
             (Err(SettingsError::NeedsTokenSource), Some(source)) => {
@@ -132,7 +142,11 @@ impl VaultProvider {
         let credentials = Arc::new(Credentials::establish(auth, &http).await?);
         let paths = PkiPaths::new(settings.pki_path()?, settings.role_name()?);
 
-        let role = read_role(&http, &credentials, &paths).await?;
+        let role = if uses_role {
+            read_role(&http, &credentials, &paths).await?
+        } else {
+            None
+        };
         let anchors = fetch_trust_anchors(&http, &credentials, &paths).await?;
         if anchors.is_empty() {
             return Err(VaultError::NoCa {
@@ -389,6 +403,11 @@ impl VaultProvider {
         self.http.address()
     }
 
+    /// The PKI secrets engine's mount path.
+    pub(crate) fn pki_mount(&self) -> &str {
+        &self.paths.mount
+    }
+
     /// The lifetime Vault actually granted when it granted less than asked (the role's or the
     /// mount's max TTL), as last seen. `None` while every leaf got what was asked.
     pub fn observed_lifetime_cap(&self) -> Option<Duration> {
@@ -520,7 +539,7 @@ impl VaultProvider {
         }
     }
 
-    fn data<T>(&self, envelope: Envelope<T>, path: &str) -> Result<T, ProviderError> {
+    pub(crate) fn data<T>(&self, envelope: Envelope<T>, path: &str) -> Result<T, ProviderError> {
         envelope
             .data
             .ok_or_else(|| self.invalid(path, "the answer has no data".to_owned()))

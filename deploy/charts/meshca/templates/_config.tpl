@@ -83,7 +83,15 @@
   "pkiPath" $v.vault.pkiPath
   "role" $v.vault.role
   "issueMode" $v.vault.issueMode
-  "requestTimeout" $v.vault.requestTimeout }}
+  "requestTimeout" $v.vault.requestTimeout
+  "mode" $v.vault.mode }}
+{{- if eq $v.vault.mode "upstream" }}
+{{- $_ := set $vault "upstream" (dict
+  "intermediateTtl" $v.vault.upstream.intermediateTtl
+  "issuer" $v.vault.upstream.issuer
+  "commonName" $v.vault.upstream.commonName
+  "keyType" $v.vault.upstream.keyType) }}
+{{- end }}
 {{- if $v.vault.namespace }}{{ $_ := set $vault "namespace" $v.vault.namespace }}{{ end }}
 {{- if $v.vault.caSecret.name }}{{ $_ := set $vault "caFile" (include "meshca.vaultCaPath" .) }}{{ end }}
 {{- if $v.vault.token }}

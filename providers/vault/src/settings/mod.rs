@@ -12,6 +12,7 @@ mod validate;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use meshca_provider::KeyType;
 use meshca_provider::duration::serde_go;
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +94,11 @@ pub struct VaultSettings {
     /// Longest one HTTP call to Vault may take.
     #[serde(with = "serde_go")]
     pub request_timeout: Duration,
+    /// `sign` (Vault signs every leaf, the default) or `upstream` (Vault signs a short-lived
+    /// intermediate whose key meshca makes, and meshca signs leaves with it): see [`VaultMode`].
+    pub mode: VaultMode,
+    /// `vault.upstream.*`: the intermediate of `mode: upstream`.
+    pub upstream: UpstreamSettings,
 }
 
 impl Default for VaultSettings {
@@ -113,6 +119,63 @@ impl Default for VaultSettings {
             secret: None,
             issue_mode: IssueMode::Sign,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            mode: VaultMode::Sign,
+            upstream: UpstreamSettings::default(),
+        }
+    }
+}
+
+/// What Vault signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultMode {
+    /// Vault signs every leaf through `<pkiPath>/sign/<role>`.
+    #[default]
+    Sign,
+    /// Vault signs meshca's intermediate (`<pkiPath>/root/sign-intermediate`, or
+    /// `<pkiPath>/issuer/<ref>/sign-intermediate`), renewed before it ends; meshca signs the
+    /// leaves itself with it. Vault-rooted trust at local signing speed, and leaves keep
+    /// flowing through a Vault outage shorter than the intermediate's remaining life.
+    Upstream,
+}
+
+/// Default lifetime of the intermediate Vault signs in upstream mode: 72h, the shortest that
+/// covers the default 24h leaves at the latest renewal point (60% of its life with the default
+/// renewal settings); with 1h leaves 24h is enough.
+pub const DEFAULT_INTERMEDIATE_TTL: Duration = Duration::from_secs(72 * 3600);
+/// Default subject common name of the intermediate Vault signs in upstream mode.
+pub const DEFAULT_INTERMEDIATE_COMMON_NAME: &str = "meshca intermediate";
+
+/// `vault.upstream`: the intermediate meshca holds in `mode: upstream`.
+///
+/// ```yaml
+/// vault:
+///   mode: upstream
+///   upstream: { intermediateTtl: 72h, issuer: "", commonName: meshca intermediate, keyType: p256 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct UpstreamSettings {
+    /// The intermediate's lifetime as asked of Vault (cut short where Vault's issuer ends).
+    /// Must leave, at the latest renewal point, room for the longest leaf.
+    #[serde(with = "serde_go")]
+    pub intermediate_ttl: Duration,
+    /// The issuer that signs (a name or ID, `issuer/<ref>/sign-intermediate`); empty: the
+    /// mount's default issuer (`root/sign-intermediate`).
+    pub issuer: String,
+    /// The intermediate's subject common name.
+    pub common_name: String,
+    /// The intermediate's key type.
+    pub key_type: KeyType,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            intermediate_ttl: DEFAULT_INTERMEDIATE_TTL,
+            issuer: String::new(),
+            common_name: DEFAULT_INTERMEDIATE_COMMON_NAME.to_owned(),
+            key_type: KeyType::P256,
         }
     }
 }
