@@ -192,8 +192,8 @@ impl VaultUpstream {
         tracing::info!(
             address = %address,
             intermediate = first.subject(),
-            not_after = %humantime(first.not_after()),
-            renew_at = %humantime(renew_at),
+            not_after = %rfc3339(first.not_after()),
+            renew_at = %rfc3339(renew_at),
             root = %first.trust_bundle().fingerprints().join(","),
             "vault upstream: intermediate signed by Vault; leaves are signed by meshca"
         );
@@ -319,7 +319,7 @@ impl Shared {
                 "meshca's intermediate {} ended at {} and Vault at {} has not signed a new \
                  one{}",
                 authority.subject(),
-                humantime(authority.not_after()),
+                rfc3339(authority.not_after()),
                 self.vault.address(),
                 state
                     .last_error
@@ -383,7 +383,7 @@ impl Shared {
         tracing::info!(
             intermediate = fresh.subject(),
             new_root = %fresh.trust_bundle().fingerprints().join(","),
-            signs_from = %humantime(at),
+            signs_from = %rfc3339(at),
             "vault upstream: Vault's issuer chains to a new root; it joins the trust bundle now \
              and the new intermediate signs once proxies have had time to receive it"
         );
@@ -409,8 +409,8 @@ impl Shared {
         }
         tracing::info!(
             intermediate = %subject,
-            not_after = %humantime(not_after),
-            renew_at = %humantime(renew_at),
+            not_after = %rfc3339(not_after),
+            renew_at = %rfc3339(renew_at),
             "vault upstream: new intermediate signing"
         );
     }
@@ -634,7 +634,7 @@ fn issuing_ceiling(authority: &SigningAuthority) -> Option<SystemTime> {
         .min()
 }
 
-fn humantime(at: SystemTime) -> String {
+fn rfc3339(at: SystemTime) -> String {
     time::OffsetDateTime::from(at)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| format!("{at:?}"))

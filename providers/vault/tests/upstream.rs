@@ -5,11 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use meshca_provider::{
-    CertificateChain, CertificateInfo, CertificateProvider, IssueRequest, KeyType, LeafKey,
-    LeafSpec, SpiffeId, SystemClock, TrustBundle, TrustDomain,
+    CertificateChain, CertificateInfo, CertificateProvider, Clock, IssueRequest, KeyType, LeafKey,
+    LeafSpec, ProviderError, SpiffeId, SystemClock, TrustBundle, TrustDomain,
 };
 use meshca_test_support::bao::Bao;
 use meshca_test_support::verify::{run_openssl, verify_everywhere};
@@ -40,12 +41,30 @@ fn upstream_settings(bao: &Bao, ttl: Duration, issuer: &str) -> VaultSettings {
 }
 
 async fn issue(provider: &VaultUpstream, short: &str, lifetime: Duration) -> CertificateChain {
+    try_issue(provider, short, lifetime).await.unwrap()
+}
+
+async fn try_issue(
+    provider: &VaultUpstream,
+    short: &str,
+    lifetime: Duration,
+) -> Result<CertificateChain, ProviderError> {
     let id = SpiffeId::from_short(short, &TrustDomain::default()).unwrap();
     let spec = LeafSpec::workload(&id, &[], lifetime);
     let key = LeafKey::generate(KeyType::P256).unwrap();
     let request = IssueRequest::generated(&spec, &key);
     provider.capabilities().check(&request).unwrap();
-    provider.issue(&request).await.unwrap()
+    provider.issue(&request).await
+}
+
+/// The system clock moved forward by what the test says.
+#[derive(Debug, Default)]
+struct ShiftedClock(AtomicU64);
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now() + Duration::from_secs(self.0.load(Ordering::Relaxed))
+    }
 }
 
 async fn vault_root(bao: &Bao) -> TrustBundle {
@@ -281,4 +300,50 @@ async fn an_intermediate_ttl_too_short_for_the_leaves_is_refused_before_vault_is
         error.contains("vault.upstream.intermediateTtl") && error.contains("at least 2h30m"),
         "{error}"
     );
+}
+
+/// With Vault never asked again (the renewal is hours away), the clock moves towards the
+/// intermediate's end: leaves are cut to end with it, health fails once a leaf no longer fits,
+/// and issuance stops with a clear error once it has ended.
+#[tokio::test]
+async fn an_intermediate_near_its_end_cuts_leaves_short_fails_health_and_then_stops_issuance() {
+    let bao = Bao::dev().await;
+    bao.pki("pki", "meshca upstream root").await;
+    let clock = Arc::new(ShiftedClock::default());
+    let provider = VaultUpstream::connect(
+        &upstream_settings(&bao, Duration::from_secs(24 * 3600), ""),
+        None,
+        policy(LEAF),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let end = provider.intermediate().not_after();
+    provider.check_health().await.unwrap();
+
+    // 30 minutes left: a 1h leaf ends with the intermediate, and /readyz would say why.
+    let shift = end.duration_since(SystemTime::now()).unwrap() - Duration::from_secs(1800);
+    clock.0.store(shift.as_secs(), Ordering::Relaxed);
+    let chain = issue(&provider, "a/b", LEAF).await;
+    let leaf = chain.leaf_info().unwrap();
+    assert!(leaf.not_after <= end, "{:?} after {end:?}", leaf.not_after);
+    assert!(leaf.not_after + Duration::from_secs(60) > end);
+    let unhealthy = provider.check_health().await.unwrap_err().to_string();
+    assert!(
+        unhealthy.contains("sooner than a leaf lasts") && unhealthy.contains("cut short"),
+        "{unhealthy}"
+    );
+
+    // Past its end: no leaf at all, saying so.
+    clock.0.store(shift.as_secs() + 3600, Ordering::Relaxed);
+    let refused = try_issue(&provider, "a/b", LEAF).await.unwrap_err();
+    assert!(
+        matches!(refused, ProviderError::Unavailable { .. }),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("has not signed a new one"),
+        "{refused}"
+    );
+    assert!(provider.check_health().await.is_err());
 }
