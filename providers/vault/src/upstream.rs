@@ -36,7 +36,9 @@ use crate::NAME;
 use crate::error::VaultError;
 use crate::pki::ttl_seconds;
 use crate::provider::VaultProvider;
-use crate::settings::{SettingsError, TokenSource, UpstreamSettings, VaultSettings};
+use crate::settings::{
+    DEFAULT_INTERMEDIATE_COMMON_NAME, SettingsError, TokenSource, UpstreamSettings, VaultSettings,
+};
 
 /// How the daemon wants the intermediate scheduled: its renewal settings and leaf lifetimes.
 #[derive(Debug, Clone)]
@@ -163,6 +165,17 @@ impl VaultUpstream {
             policy.jitter_fraction,
         )?;
         check_issuer_ref(&settings.upstream.issuer)?;
+        if settings.upstream.common_name.trim().is_empty() {
+            return Err(SettingsError::Invalid {
+                key: "vault.upstream.commonName",
+                value: settings.upstream.common_name.clone(),
+                reason: format!(
+                    "the intermediate needs a subject common name, e.g. \
+                     {DEFAULT_INTERMEDIATE_COMMON_NAME}"
+                ),
+            }
+            .into());
+        }
         let vault = VaultProvider::connect_checking(settings, token_source, false).await?;
         let address = vault.address().to_owned();
         // The mount's root bounds the first intermediate when it has only one (with several
