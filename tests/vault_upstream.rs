@@ -10,15 +10,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use meshca_provider::{CertificateChain, CertificateInfo, TrustBundle};
 use meshca_test_support::bao::Bao;
 use meshca_test_support::daemon::{MeshcaServe, ServeBuilder};
 use meshca_test_support::envoy::{
-    self, CLIENT_ID, MtlsPair, fresh_handshake_per_request, http_get,
+    self, CLIENT_ID, MtlsPair, Traffic, fresh_handshake_per_request, http_get,
 };
 use meshca_test_support::verify::verify_everywhere;
 use meshca_test_support::{SotwClient, channel, eventually, node, secrets, tls_of};
@@ -181,22 +179,7 @@ async fn three_intermediate_renewals_under_continuous_mtls_traffic_fail_no_reque
         .unwrap();
     assert_eq!(first.status, 200, "{first:?}\n{}", client.log_tail());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let (mut ok, mut failures) = (0u64, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match http_get(([127, 0, 0, 1], client_port).into(), "/").await {
-                    Ok(response) if response.status == 200 => ok += 1,
-                    Ok(response) => failures.push(format!("{} {}", response.status, response.body)),
-                    Err(e) => failures.push(e.to_string()),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (ok, failures)
-        }
-    });
+    let traffic = Traffic::start(client_port);
 
     let renewals = || {
         let log = daemon.log();
@@ -225,8 +208,7 @@ async fn three_intermediate_renewals_under_continuous_mtls_traffic_fail_no_reque
         .await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failures) = traffic.await.unwrap();
+    let (ok, failures) = traffic.stop().await;
     assert!(
         failures.is_empty(),
         "{} of {} requests failed across the intermediate renewals: {:?}\n{}\n{}",
@@ -242,4 +224,36 @@ async fn three_intermediate_renewals_under_continuous_mtls_traffic_fail_no_reque
         .unwrap();
     assert_eq!(last.status, 200);
     assert_eq!(last.header("x-peer-identity"), Some(CLIENT_ID));
+}
+
+/// `meshca rotate root` drives Vault's issuers in sign mode only: in upstream mode it says so
+/// (and what to do instead) before contacting Vault, rather than making an intermediate and
+/// then failing.
+#[test]
+fn rotate_root_in_upstream_mode_says_the_root_is_rotated_in_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = meshca_test_support::cli::meshca(
+        dir.path(),
+        &[
+            "--set",
+            "certificateProvider.kind=vault",
+            "--set",
+            "vault.host=127.0.0.1",
+            "--set",
+            "vault.port=1",
+            "--set",
+            "vault.token=unused",
+            "--set",
+            "vault.mode=upstream",
+            "rotate",
+            "root",
+            "start",
+        ],
+    );
+    let stderr = meshca_test_support::cli::failed(&output);
+    assert!(
+        stderr.contains("in vault.mode: upstream meshca drives no rotation of Vault's issuers")
+            && stderr.contains("rotate the root in Vault"),
+        "{stderr}"
+    );
 }

@@ -212,7 +212,15 @@ async fn run_vault(config: &Config, action: RootAction) -> anyhow::Result<()> {
     }
 }
 
+/// Why `meshca rotate root` leaves Vault's issuers alone in `vault.mode: upstream`.
+const UPSTREAM_ROOTS: &str = "in vault.mode: upstream meshca drives no rotation of Vault's \
+    issuers: rotate the root in Vault (a new default issuer); meshca trusts the new root before \
+    any leaf under it is served (providers/vault/README.md, Upstream mode)";
+
 async fn connect_vault(config: &Config) -> anyhow::Result<std::sync::Arc<VaultProvider>> {
+    if config.vault.mode == meshca_vault::VaultMode::Upstream {
+        bail!("{UPSTREAM_ROOTS}");
+    }
     match crate::providers::build_with_handle(config, std::sync::Arc::new(SystemClock)).await? {
         (_, Some(BackendHandle::Vault(vault))) => Ok(vault),
         _ => bail!("certificateProvider.kind is vault, but no Vault provider was built"),
@@ -304,6 +312,9 @@ pub async fn cron_step(config: &Config) -> anyhow::Result<String> {
 
 /// [`cron_step`] for Vault: advances a rotation of the PKI mount by at most one stage.
 async fn vault_cron_step(config: &Config) -> anyhow::Result<String> {
+    if config.vault.mode == meshca_vault::VaultMode::Upstream {
+        return Ok(format!("not meshca's: {UPSTREAM_ROOTS}"));
+    }
     let vault = connect_vault(config).await?;
     let policy = config.rotation_policy();
     match vault
