@@ -465,6 +465,21 @@ impl ExecutableDigests {
     }
 }
 
+/// Checks that `/proc/<pid>` (`process`) still belongs to the caller's `uid`: a pid whose
+/// process has exited and been reused by another user's is not the caller.
+pub(super) fn owned_by(process: &Path, uid: u32) -> Result<(), String> {
+    let owner = std::fs::metadata(process)
+        .map_err(|e| format!("{}: {e}", process.display()))?
+        .uid();
+    if owner == uid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} belongs to uid {owner}, not the caller's {uid}: the process has gone",
+            process.display()
+        ))
+    }
+}
 /// The executable of the process at `process` (`/proc/<pid>`), and, if `hash`, what its
 /// digest is kept under. The process must still belong to `uid` (a pid reused by another
 /// user's process after the caller exited is not read as the caller's).
@@ -479,15 +494,7 @@ fn executable(
     } else {
         None
     };
-    let owner = std::fs::metadata(process)
-        .map_err(|e| format!("{}: {e}", process.display()))?
-        .uid();
-    if owner != uid {
-        return Err(format!(
-            "{} belongs to uid {owner}, not the caller's {uid}: the process has gone",
-            process.display()
-        ));
-    }
+    owned_by(process, uid)?;
     let exe = process.join("exe");
     let path = std::fs::read_link(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
     let Some(started) = started else {

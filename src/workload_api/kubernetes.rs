@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +25,7 @@ use kube::api::{Api, ListParams};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::attest::{AttestError, Attestor, PeerCredentials, Selector};
+use super::attest::{AttestError, Attestor, PeerCredentials, Selector, owned_by};
 use crate::kubernetes::{PodInfo, PodLookupError};
 
 /// The pods scheduled on this node, as the API server reports them now.
@@ -247,15 +246,7 @@ impl Attestor for KubernetesAttestor {
 /// The pod UID in the cgroup of the process at `process` (`/proc/<pid>`), which must still
 /// belong to `uid` (a pid reused by another user's process is not read as the caller's).
 fn pod_uid_of(process: &Path, uid: u32) -> Result<Option<String>, String> {
-    let owner = std::fs::metadata(process)
-        .map_err(|e| format!("{}: {e}", process.display()))?
-        .uid();
-    if owner != uid {
-        return Err(format!(
-            "{} belongs to uid {owner}, not the caller's {uid}: the process has gone",
-            process.display()
-        ));
-    }
+    owned_by(process, uid)?;
     let path = process.join("cgroup");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(pod_uid_from_cgroup(&text))
