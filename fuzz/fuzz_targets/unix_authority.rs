@@ -1,6 +1,7 @@
 //! The Workload API socket's `:authority` rewrite (`meshca::sds::transport::rewrite_client_bytes`)
 //! on whatever a local client sends: the HTTP/2 preface, then frames whose header blocks are
-//! decoded with HPACK and encoded again. Properties: no panic (the HPACK decoder underneath
+//! decoded with HPACK, then passed on as they came or, from the first malformed `:authority`
+//! on, encoded again. Properties: no panic (the HPACK decoder underneath
 //! panics on malformed blocks unless they are refused first); what it passes on is stable —
 //! rewriting its output again changes nothing, so every block it wrote decodes and carries a
 //! valid authority.

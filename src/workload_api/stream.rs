@@ -33,23 +33,30 @@ pub(crate) async fn x509_svids(
     admitted: Admitted,
 ) -> Result<Streamed<X509svidResponse>, (Refusal, Status)> {
     let Admitted { entries, slot } = admitted;
-    let subscriptions = entries.iter().map(|entry| {
-        let source = shared.source.clone();
-        async move {
-            source
+    // One identity (the usual caller) is awaited as it is; several are issued concurrently.
+    let results = if let [entry] = entries.as_slice() {
+        vec![
+            shared
+                .source
                 .certificate(&entry.spiffe_id, Purpose::Default)
-                .await
-                .map(|certificate| Held {
-                    spiffe_id: entry.spiffe_id.clone(),
-                    hint: entry.hint.clone(),
-                    certificate,
-                })
-        }
-    });
+                .await,
+        ]
+    } else {
+        futures::future::join_all(entries.iter().map(|entry| {
+            shared
+                .source
+                .certificate(&entry.spiffe_id, Purpose::Default)
+        }))
+        .await
+    };
     let mut held = Vec::with_capacity(entries.len());
-    for result in futures::future::join_all(subscriptions).await {
+    for (entry, result) in entries.into_iter().zip(results) {
         match result {
-            Ok(h) => held.push(h),
+            Ok(certificate) => held.push(Held {
+                spiffe_id: entry.spiffe_id,
+                hint: entry.hint,
+                certificate,
+            }),
             Err(error) => {
                 let status = match &error {
                     SourceError::Refused { .. } => Status::failed_precondition(error.to_string()),
@@ -121,21 +128,24 @@ impl Messages for SvidStream {
     /// gone once tonic has encoded it.
     fn response(&mut self) -> X509svidResponse {
         let roots = self.bundle.borrow_and_update().clone();
-        let bundle_der = concatenated(roots.roots());
-        let svids: Vec<X509svid> = self
-            .held
-            .iter_mut()
-            .map(|h| {
-                let certificate = h.certificate.borrow_and_update().clone();
-                X509svid {
-                    spiffe_id: h.spiffe_id.to_string(),
-                    x509_svid: concatenated(certificate.chain.certificates()),
-                    x509_svid_key: certificate.key.pkcs8_der().secret_pkcs8_der().to_vec(),
-                    bundle: bundle_der.clone(),
-                    hint: h.hint.clone(),
-                }
-            })
-            .collect();
+        let mut bundle_der = concatenated(roots.roots());
+        let last = self.held.len().saturating_sub(1);
+        let mut svids = Vec::with_capacity(self.held.len());
+        for (i, h) in self.held.iter_mut().enumerate() {
+            let certificate = h.certificate.borrow_and_update().clone();
+            svids.push(X509svid {
+                spiffe_id: h.spiffe_id.as_uri().to_owned(),
+                x509_svid: concatenated(certificate.chain.certificates()),
+                x509_svid_key: certificate.key.pkcs8_der().secret_pkcs8_der().to_vec(),
+                // The last SVID takes the bundle, the others a copy.
+                bundle: if i == last {
+                    std::mem::take(&mut bundle_der)
+                } else {
+                    bundle_der.clone()
+                },
+                hint: h.hint.clone(),
+            });
+        }
         WorkloadApiMetrics::bump(&self.shared.metrics.svid_messages, 1);
         WorkloadApiMetrics::bump(&self.shared.metrics.svids_sent, svids.len() as u64);
         X509svidResponse {
@@ -148,15 +158,22 @@ impl Messages for SvidStream {
     /// Waits until a certificate or the bundle changes; the error the stream ends with when
     /// the server drains or a source closes.
     async fn changed(&mut self) -> Result<(), Status> {
-        // `held` is never empty: a caller with no identity was refused before.
-        let certificates = select_all(
-            self.held
-                .iter_mut()
-                .map(|h| Box::pin(h.certificate.changed())),
-        );
+        // `held` is never empty: a caller with no identity was refused before. One identity
+        // (the usual caller) waits on its receiver alone, with nothing boxed per wait.
+        let held = &mut self.held;
+        let certificates = async {
+            match held.as_mut_slice() {
+                [only] => only.certificate.changed().await,
+                held => {
+                    select_all(held.iter_mut().map(|h| Box::pin(h.certificate.changed())))
+                        .await
+                        .0
+                }
+            }
+        };
         let changed = tokio::select! {
             () = self.shared.drain.cancelled() => return Err(draining()),
-            (changed, _, _) = certificates => changed,
+            changed = certificates => changed,
             changed = self.bundle.changed() => changed,
         };
         changed.map_err(|_| {

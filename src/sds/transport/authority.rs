@@ -8,9 +8,14 @@
 //! uses the authority for nothing, so on the listeners that ask for it ([`AuthorityRewrite`])
 //! the client's byte stream goes through this reader: after the connection preface, every
 //! frame is passed on unchanged except header blocks (HEADERS and its CONTINUATIONs), which are
-//! decoded with the client's HPACK state, given `:authority: localhost` in place of a malformed
-//! one, and encoded again as literals without indexing (so h2's HPACK table stays empty and
-//! cannot drift from the client's). Padding is dropped; priority is kept.
+//! decoded with the client's HPACK state. A block whose `:authority` is valid (or absent) is
+//! passed on as it came while no block has been rewritten: h2 then decodes the client's own
+//! encoding, its HPACK table in step with the client's (clients that send a valid authority —
+//! go-spiffe, rust-spiffe — cost a decode per request and nothing more). The first block with
+//! a malformed authority, and every block after it, is given `:authority: localhost` in place
+//! of a malformed one and encoded again as literals without indexing: a rewritten block no
+//! longer adds to h2's table what it adds to the client's, so no block h2 sees refers to that
+//! table from then on. Padding is dropped from rewritten blocks; priority is kept.
 //!
 //! Bounds: a frame longer than [`MAX_FRAME`] or a header block longer than [`MAX_BLOCK`] closes
 //! the connection (h2 would refuse the one, and its header list limit the other), as does a
@@ -54,6 +59,8 @@ pub(crate) struct AuthorityRewrite<S> {
     block: Option<Block>,
     decoder: Decoder<'static>,
     encoder: Encoder<'static>,
+    /// A block has been rewritten: every later one is too.
+    rewriting: bool,
     eof: bool,
 }
 
@@ -62,6 +69,8 @@ struct Block {
     stream: [u8; 4],
     priority: Option<[u8; 5]>,
     fragment: Vec<u8>,
+    /// The block's frames as they came, while it may be passed on so (not `rewriting`).
+    raw: Vec<u8>,
 }
 
 impl<S> AuthorityRewrite<S> {
@@ -75,6 +84,7 @@ impl<S> AuthorityRewrite<S> {
             block: None,
             decoder: Decoder::default(),
             encoder: Encoder::default(),
+            rewriting: false,
             eof: false,
         }
     }
@@ -93,8 +103,21 @@ impl<S> AuthorityRewrite<S> {
                 return Ok(());
             }
         }
+        // The frames are read in place; what they took is dropped from `input` once, after.
+        let input = std::mem::take(&mut self.input);
+        let mut taken = 0;
+        let result = self.frames(&input, &mut taken);
+        self.input = input;
+        self.input.drain(..taken);
+        result
+    }
+
+    /// [`process`](Self::process) after the preface: the whole frames of `input` from `taken`,
+    /// which each one taken moves past.
+    fn frames(&mut self, input: &[u8], taken: &mut usize) -> io::Result<()> {
         loop {
-            let Some(header) = self.input.get(..9) else {
+            let rest = &input[*taken..];
+            let Some(header) = rest.get(..9) else {
                 return Ok(());
             };
             let len =
@@ -105,10 +128,10 @@ impl<S> AuthorityRewrite<S> {
             if len > MAX_FRAME {
                 return Err(refused(format!("a {len}-byte frame (at most {MAX_FRAME})")));
             }
-            if self.input.len() < 9 + len {
+            let Some(frame) = rest.get(..9 + len) else {
                 return Ok(());
-            }
-            let frame: Vec<u8> = self.input.drain(..9 + len).collect();
+            };
+            *taken += frame.len();
             let payload = &frame[9..];
             match (kind, self.block.as_mut()) {
                 (HEADERS, None) => {
@@ -118,6 +141,11 @@ impl<S> AuthorityRewrite<S> {
                         stream,
                         priority,
                         fragment: fragment.to_vec(),
+                        raw: if self.rewriting {
+                            Vec::new()
+                        } else {
+                            frame.to_vec()
+                        },
                     });
                 }
                 (CONTINUATION, Some(block)) if block.stream == stream => {
@@ -125,12 +153,15 @@ impl<S> AuthorityRewrite<S> {
                     if block.fragment.len() > MAX_BLOCK {
                         return Err(refused(format!("a header block over {MAX_BLOCK} bytes")));
                     }
+                    if !self.rewriting {
+                        block.raw.extend_from_slice(frame);
+                    }
                 }
                 (_, Some(_)) => {
                     return Err(refused("a frame inside a header block".to_owned()));
                 }
                 (_, None) => {
-                    self.out.extend_from_slice(&frame);
+                    self.out.extend_from_slice(frame);
                     continue;
                 }
             }
@@ -142,8 +173,9 @@ impl<S> AuthorityRewrite<S> {
         }
     }
 
-    /// Decodes a whole header block, replaces a malformed `:authority`, and writes the block
-    /// again as HEADERS (and CONTINUATION frames if it does not fit one).
+    /// Decodes a whole header block; passes it on as it came, or (from the first malformed
+    /// `:authority` on) replaces a malformed `:authority` and writes the block again as HEADERS
+    /// (and CONTINUATION frames if it does not fit one).
     fn emit(&mut self, block: Block) -> io::Result<()> {
         let mut encoded = block.fragment;
         // httlib-hpack indexes past the end of a truncated integer or an empty string
@@ -155,6 +187,15 @@ impl<S> AuthorityRewrite<S> {
         self.decoder
             .decode(&mut encoded, &mut fields)
             .map_err(|e| refused(format!("an undecodable header block ({e:?})")))?;
+        if !self.rewriting
+            && !fields
+                .iter()
+                .any(|(name, value, _)| name == b":authority" && !valid_authority(value))
+        {
+            self.out.extend_from_slice(&block.raw);
+            return Ok(());
+        }
+        self.rewriting = true;
         let mut rewritten = Vec::with_capacity(MAX_FRAME);
         for (name, value, flags) in fields {
             let value = if name == b":authority" && !valid_authority(&value) {
@@ -530,6 +571,59 @@ mod tests {
                 .await
                 .unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn valid_blocks_pass_as_they_came_until_one_is_rewritten_then_every_one_is() {
+        let mut encoder = Encoder::default();
+        let bad = b"tmp%2Fmeshca%2Fworkload-api.sock";
+        let first = frame(HEADERS, END_HEADERS, 1, &block(&mut encoder, b"localhost"));
+        // Refers to the fields the first indexed: only in step with the client's table does
+        // it decode.
+        let second = frame(HEADERS, END_HEADERS, 3, &block(&mut encoder, b"localhost"));
+        let mut input = [PREFACE, &first, &second].concat();
+        let read = through(input.clone()).await;
+        assert_eq!(read, input, "passed on byte for byte");
+
+        input.extend(frame(HEADERS, END_HEADERS, 5, &block(&mut encoder, bad)));
+        // Valid again, but indexed by the client after a block h2 saw rewritten.
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS,
+            7,
+            &block(&mut encoder, b"localhost"),
+        ));
+        let read = through(input.clone()).await;
+        assert_eq!(
+            read[..24 + first.len() + second.len()],
+            input[..24 + first.len() + second.len()]
+        );
+        assert_eq!(rewrite_client_bytes(&read).unwrap(), read, "stable");
+        let output = frames(&read);
+        assert_eq!(output.len(), 4);
+        for (_, _, fields) in &output {
+            assert_eq!(fields.len(), 5);
+            assert_eq!(authority(fields), b"localhost");
+            assert_eq!(
+                fields[2],
+                (
+                    b":path".to_vec(),
+                    b"/SpiffeWorkloadAPI/FetchX509SVID".to_vec()
+                )
+            );
+        }
+        // The last two were encoded again: nothing in them refers to h2's dynamic table.
+        let after = &read[24 + first.len() + second.len()..];
+        let mut fresh = Decoder::default();
+        let mut rest = after;
+        while !rest.is_empty() {
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            let mut block = rest[9..9 + len].to_vec();
+            let mut fields = Vec::new();
+            fresh.decode(&mut block, &mut fields).unwrap();
+            assert_eq!(fields.len(), 5);
+            rest = &rest[9 + len..];
         }
     }
 
