@@ -4,7 +4,7 @@
 //! and client from it. The generated code is included by `src/istio/proto.rs` (package
 //! `istio.v1.auth`) and `src/workload_api/proto.rs` (the SPIFFE Workload API, which has no
 //! package: prost names its file `_.rs`), the latter with meshca's own codec
-//! (`src/workload_api/codec.rs`).
+//! (`src/sds/transport/codec.rs`).
 
 use std::io;
 
@@ -12,10 +12,10 @@ const PROTO_ROOT: &str = "proto";
 /// Each proto, and the codec its generated server and client use.
 const PROTOS: &[(&str, &str)] = &[
     ("proto/istio/v1/auth/ca.proto", "tonic_prost::ProstCodec"),
-    // Smaller buffers than tonic's default: src/workload_api/codec.rs says why.
+    // Smaller buffers than tonic's default: src/sds/transport/codec.rs says why.
     (
         "proto/spiffe/workload.proto",
-        "crate::workload_api::codec::WorkloadCodec",
+        "crate::sds::transport::codec::WorkloadCodec",
     ),
 ];
 

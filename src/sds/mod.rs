@@ -30,9 +30,10 @@ pub mod stats;
 mod stream;
 pub(crate) mod throttle;
 
-pub use service::{PATH_STREAM, SdsCodec, SdsDecoder};
+pub use service::PATH_STREAM;
 pub(crate) mod tls;
 pub mod transport;
+pub use transport::codec::{SdsCodec, SdsDecoder};
 
 pub use auth::{
     AuthError, AuthMode, MtlsSettings, PodBinding, TokenAuthenticator, TokenError, UnixPeerMap,

@@ -5,12 +5,11 @@
 //! difference that matters at 10,000 streams: that server builds tonic's default codec, whose
 //! encoder and decoder each start with an 8 KiB buffer kept for the stream's lifetime. SDS
 //! requests are a few hundred bytes and a response about 2 KiB, so the buffers here start small
-//! and grow only for a stream whose messages need it (a trust bundle of many roots, say).
-//! Allocating and first-touching 16 KiB per stream was a tenth of the server's time when 10,000
-//! proxies connect at once (docs/BENCHMARKS.md).
+//! (1 KiB and 512 bytes, `transport/codec.rs`) and grow only for a stream whose messages need
+//! it (a trust bundle of many roots, say). Allocating and first-touching 16 KiB per stream was
+//! a tenth of the server's time when 10,000 proxies connect at once (docs/BENCHMARKS.md).
 
 use std::convert::Infallible;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -19,20 +18,12 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 use tonic::body::Body;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::codegen::{BoxFuture, StdError, http};
 use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
 use tonic::{Request, Response, Status, Streaming};
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 use super::stream::SdsService;
-
-/// Where a response is encoded; it grows to the largest response of the stream.
-const ENCODE_BUFFER: usize = 1024;
-/// Where requests are read; it grows to the largest request of the stream.
-const DECODE_BUFFER: usize = 512;
-/// Encoded bytes handed to the connection once this much is buffered (tonic's default).
-const YIELD_THRESHOLD: usize = 32 * 1024;
+use super::transport::codec::SdsCodec;
 
 /// The `StreamSecrets` method's path.
 pub const PATH_STREAM: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
@@ -98,76 +89,6 @@ where
             }
             _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),
         }
-    }
-}
-
-/// tonic's prost codec with [`BufferSettings`] for SDS messages: what meshca's SDS server
-/// uses, and what a tonic client opening many SDS streams can use as well.
-pub struct SdsCodec<T, U>(PhantomData<(T, U)>);
-
-impl<T, U> std::fmt::Debug for SdsCodec<T, U> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SdsCodec")
-    }
-}
-
-impl<T, U> Default for SdsCodec<T, U> {
-    fn default() -> Self {
-        Self(PhantomData)
-    }
-}
-
-impl<T, U> Codec for SdsCodec<T, U>
-where
-    T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
-{
-    type Encode = T;
-    type Decode = U;
-    type Encoder = ProstEncoder<T>;
-    type Decoder = SdsDecoder<U>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD))
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        SdsDecoder(ProstCodec::<T, U>::raw_decoder(BufferSettings::new(
-            DECODE_BUFFER,
-            YIELD_THRESHOLD,
-        )))
-    }
-}
-
-/// tonic's prost decoder, but a message that is not valid protobuf is the caller's error
-/// (INVALID_ARGUMENT, counted as a rejected request), not the server's (tonic says INTERNAL).
-pub struct SdsDecoder<U>(ProstDecoder<U>);
-
-impl<U> std::fmt::Debug for SdsDecoder<U> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SdsDecoder")
-    }
-}
-
-impl<U: prost::Message + Default> Decoder for SdsDecoder<U> {
-    type Item = U;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.0.decode(src).map_err(|status| {
-            Status::invalid_argument(format!(
-                "the message is not a valid {}: {}",
-                std::any::type_name::<U>()
-                    .rsplit("::")
-                    .next()
-                    .unwrap_or("message"),
-                status.message()
-            ))
-        })
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
     }
 }
 

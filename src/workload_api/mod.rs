@@ -29,7 +29,6 @@
 
 mod admission;
 pub mod attest;
-pub(crate) mod codec;
 mod jwt;
 pub mod kubernetes;
 mod metrics;

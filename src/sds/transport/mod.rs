@@ -5,11 +5,13 @@
 //! `listeners.rs` binds them (the Unix socket with its mode and group), `accept.rs` runs the
 //! accept loops (connection cap, TLS handshakes, backoff when `accept` fails),
 //! `connection.rs` is one accepted connection and its peer, `idle.rs` its preface and
-//! idle timer, and `authority.rs` the `:authority` rewrite for gRPC clients that send a Unix
-//! socket's path (the Workload API's).
+//! idle timer, `authority.rs` the `:authority` rewrite for gRPC clients that send a Unix
+//! socket's path (the Workload API's), and `codec.rs` the gRPC codec of the SDS, Istio CA and
+//! Workload API servers, with buffers sized for each API's messages.
 
 mod accept;
 mod authority;
+pub mod codec;
 mod connection;
 mod idle;
 mod listeners;
