@@ -7,8 +7,10 @@
 //! The floor a run compares `meshca serve` with is made of two parts measured apart: the cache
 //! alone issuing the N certificates (phase A, `main.rs`), and [`handshake_floor`]: a raw
 //! tokio-rustls server (ring, the same server certificate and key type that the SDS endpoint
-//! presents, client certificates verified by rustls' `WebPkiClientVerifier` against the same
-//! root, ALPN h2) doing the same N handshakes and nothing else.
+//! presents, client certificates verified by the SDS endpoint's own rustls `WebPkiClientVerifier`
+//! ([`meshca::sds::webpki_verifier`]) against the same root, ALPN h2) doing the same N handshakes
+//! and nothing else. The proxies verify the server as the integration tests do
+//! ([`meshca_test_support::verify::SpiffeServerVerifier`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +19,10 @@ use anyhow::{Context as _, ensure};
 use meshca::cache::{CertKey, Purpose};
 use meshca::config::{Config, SdsAuth};
 use meshca::issuance::Pipeline;
-use meshca_provider::CertificateInfo;
 use meshca_provider::{Clock, LeafSpec, SpiffeId, SystemClock, TrustBundle, TrustDomain};
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
-    SignatureScheme,
-};
+use meshca_test_support::verify::SpiffeServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -34,8 +30,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::http2;
 
 /// The name the proxies send (SNI). The endpoint's certificate carries only the server
-/// identity's SPIFFE ID, which [`SpiffeServerVerifier`] checks, as Envoy's
-/// `match_typed_subject_alt_names` does.
+/// identity's SPIFFE ID ([`SERVER_SPIFFE_ID`]), which [`SpiffeServerVerifier`] checks after the
+/// chain, as Envoy's `match_typed_subject_alt_names` does.
 pub(crate) const SERVER_NAME: &str = "meshca.meshca-system.cluster.local";
 
 /// The SDS endpoint's identity: `sds.serverIdentity`'s default in the default trust domain.
@@ -102,7 +98,11 @@ pub(crate) async fn bootstrap_clients(
         .await
         .with_context(|| format!("bootstrap certificate of {identity}"))?;
         let key = PrivateKeyDer::Pkcs8(issued.key.pkcs8_der().clone_key());
-        let verifier = SpiffeServerVerifier::new(roots(&issued.bundle)?)?;
+        let verifier = SpiffeServerVerifier {
+            expected: SERVER_SPIFFE_ID.to_owned(),
+            root: issued.bundle.clone(),
+            provider: ring_provider(),
+        };
         let config = ClientConfig::builder_with_provider(ring_provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -121,82 +121,6 @@ fn with_h2(mut config: ClientConfig) -> ClientConfig {
 
 fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn roots(bundle: &TrustBundle) -> anyhow::Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(bundle.roots().iter().cloned());
-    ensure!(added > 0, "the CA's trust bundle holds no usable root");
-    Ok(roots)
-}
-
-/// Verifies the server's chain against the CA's roots with rustls' WebPKI verifier, and its
-/// identity by the SPIFFE ID in its URI SAN ([`SERVER_SPIFFE_ID`]) rather than a DNS name.
-#[derive(Debug)]
-struct SpiffeServerVerifier(Arc<WebPkiServerVerifier>);
-
-impl SpiffeServerVerifier {
-    fn new(roots: RootCertStore) -> anyhow::Result<Self> {
-        Ok(Self(
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), ring_provider())
-                .build()?,
-        ))
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            // webpki checks the name only after the chain: a name error means the chain to
-            // the roots verified, and the identity is the URI SAN's.
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => {
-                let info = CertificateInfo::parse(end_entity)
-                    .map_err(|e| rustls::Error::General(e.to_string()))?;
-                if info.uri_sans.iter().any(|uri| uri == SERVER_SPIFFE_ID) {
-                    Ok(ServerCertVerified::assertion())
-                } else {
-                    Err(rustls::Error::InvalidCertificate(
-                        CertificateError::NotValidForName,
-                    ))
-                }
-            }
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
 }
 
 /// A TCP connection to `address` and a TLS handshake as the proxy `client` configures, the
@@ -262,9 +186,7 @@ pub(crate) async fn handshake_floor(config: &Config) -> anyhow::Result<()> {
         .clone();
     let bundle = cache.trust_bundle().borrow().clone();
     let provider = ring_provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&bundle)?), provider.clone())
-            .build()?;
+    let verifier = meshca::sds::webpki_verifier(&bundle, &provider)?;
     let chain: Vec<CertificateDer<'static>> = served.chain.certificates().to_vec();
     let key = PrivateKeyDer::Pkcs8(served.key.pkcs8_der().clone_key());
     let mut server = ServerConfig::builder_with_provider(provider)

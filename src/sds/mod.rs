@@ -43,7 +43,7 @@ pub use error::RequestError;
 pub use names::{NameError, ResourceName};
 pub use source::{Purpose, SecretSource, ServedCertificate, SourceError};
 pub use stats::{BundleAcks, SdsStats, SdsStatsSnapshot};
-pub use tls::TlsError;
+pub use tls::{TlsError, webpki_verifier};
 pub use transport::{PeerInfo, PeerTransport, UnixSocketAccess};
 
 /// Where and how the SDS server listens.

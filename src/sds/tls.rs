@@ -182,7 +182,10 @@ impl LiveClientVerifier {
     }
 }
 
-fn webpki_verifier(
+/// rustls' WebPKI client verifier over `bundle`'s roots: what the SDS and Istio CA listeners
+/// verify client certificates with (rebuilt when the bundle changes), public so that a
+/// benchmark's raw TLS floor verifies clients the same way.
+pub fn webpki_verifier(
     bundle: &TrustBundle,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
