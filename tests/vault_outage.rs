@@ -18,9 +18,7 @@ use meshca_vault::VaultProvider;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_certificates_survive_a_vault_outage_and_renewals_resume() {
-    let mut bao = Bao::persistent().await;
-    bao.init_and_unseal().await;
-    bao.pki("pki", "meshca outage root").await;
+    let mut bao = Bao::persistent_pki("meshca outage root").await;
     let provider = VaultProvider::connect(&bao.settings(&bao.root_token.clone()))
         .await
         .unwrap();
@@ -85,51 +83,26 @@ async fn served_certificates_survive_a_vault_outage_and_renewals_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_serves_a_fresh_certificate_within_seconds_of_the_unseal_and_never_an_expired_one()
 {
+    use meshca_test_support::CheckedStream;
     use meshca_test_support::daemon::MeshcaServe;
     use meshca_test_support::envoy::http_get;
-    use meshca_test_support::{SotwClient, channel, node, secrets, tls_of};
     use tokio::time::Instant;
 
     const LEAF: Duration = Duration::from_secs(20);
-    let mut bao = Bao::persistent().await;
-    bao.init_and_unseal().await;
-    bao.pki("pki", "meshca daemon outage root").await;
+    let mut bao = Bao::persistent_pki("meshca daemon outage root").await;
     let mut daemon = MeshcaServe::builder()
         .args(["--log-level", "debug"])
         .dev_sds()
         .admin()
-        .set("certificateProvider.kind=vault")
-        .set("vault.host=127.0.0.1")
-        .set(&format!("vault.port={}", bao.port))
-        .set(&format!("vault.token={}", bao.root_token))
+        .vault(&bao)
         .set("certificateProvider.serviceCertValidityDuration=20s")
         .start();
     daemon.wait_ready().await;
 
-    let names = ["default"];
-    let mut stream = SotwClient::open(
-        channel(&format!("http://{}", daemon.sds())).await,
-        Some(node("bookstore/bookstore-v2")),
-        &names,
-    )
-    .await
-    .unwrap();
-    // Every response: the leaf it carries, checked against the time it arrived.
-    let mut responses = 0;
-    let mut receive = async |stream: &mut SotwClient, patience: Duration| {
-        let response = stream.next_within(patience).await?.unwrap();
-        let now = SystemTime::now();
-        let served = secrets(&response.resources);
-        assert_eq!(served.len(), 1, "{served:?}");
-        let leaf = tls_of(&served[0]).0.leaf_info().unwrap();
-        assert!(
-            leaf.not_after > now,
-            "an SDS response carried a certificate that expired at {:?}",
-            leaf.not_after
-        );
-        stream.ack(&response, &names).await;
-        responses += 1;
-        Some(leaf)
+    let mut stream = CheckedStream::open(daemon.sds()).await;
+    // Every response: the leaf it carries, unexpired at the time it arrived.
+    let receive = async |stream: &mut CheckedStream, patience: Duration| {
+        Some(stream.next_chain(patience).await?.leaf_info().unwrap())
     };
     let first = receive(&mut stream, Duration::from_secs(20)).await.unwrap();
     let lifetime = first.not_after.duration_since(SystemTime::now()).unwrap();
@@ -183,5 +156,5 @@ async fn a_daemon_serves_a_fresh_certificate_within_seconds_of_the_unseal_and_ne
     while Instant::now() < until {
         receive(&mut stream, Duration::from_millis(500)).await;
     }
-    assert!(responses >= 3, "{responses} responses");
+    assert!(stream.responses >= 3, "{} responses", stream.responses);
 }

@@ -67,14 +67,6 @@ impl Clock for ShiftedClock {
     }
 }
 
-async fn vault_root(bao: &Bao) -> TrustBundle {
-    let pem = bao.read("pki/cert/ca").await["data"]["certificate"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    TrustBundle::from_pem(&pem).unwrap()
-}
-
 #[tokio::test]
 async fn leaf_to_meshcas_intermediate_to_vaults_root_verifies_with_openssl_x509_strict() {
     let bao = Bao::dev().await;
@@ -87,7 +79,7 @@ async fn leaf_to_meshcas_intermediate_to_vaults_root_verifies_with_openssl_x509_
     )
     .await
     .unwrap();
-    let root = vault_root(&bao).await;
+    let root = bao.root_bundle("pki").await;
     assert_eq!(
         provider.trust_bundle().await.unwrap(),
         root,
@@ -180,7 +172,7 @@ async fn a_named_issuer_signs_and_the_intermediate_never_outlives_vaults_root() 
     )
     .await;
     // OpenBao cuts an intermediate asked of a named issuer at the issuer's end.
-    let root = vault_root(&bao).await;
+    let root = bao.root_bundle("pki").await;
     let root_end = CertificateInfo::parse(&root.roots()[0]).unwrap().not_after;
     assert!(provider.unwrap().intermediate().not_after() <= root_end);
     // Through the default issuer, meshca reads the root first and asks for no more.
@@ -228,7 +220,7 @@ async fn a_named_issuer_signs_and_the_intermediate_never_outlives_vaults_root() 
 async fn a_new_vault_root_joins_the_bundle_before_an_intermediate_under_it_signs() {
     let bao = Bao::dev().await;
     bao.pki("pki", "meshca old root").await;
-    let old_root = vault_root(&bao).await;
+    let old_root = bao.root_bundle("pki").await;
     let mut policy = policy(LEAF);
     policy.bundle_lead = Duration::from_secs(2);
     let provider = VaultUpstream::connect(
@@ -249,7 +241,7 @@ async fn a_new_vault_root_joins_the_bundle_before_an_intermediate_under_it_signs
     .await;
     bao.write("pki/config/issuers", json!({"default": "next"}))
         .await;
-    let new_root = vault_root(&bao).await;
+    let new_root = bao.root_bundle("pki").await;
     assert_ne!(new_root, old_root);
 
     assert!(

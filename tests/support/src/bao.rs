@@ -17,6 +17,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use meshca_provider::TrustBundle;
 use meshca_vault::{Protocol, Secret, VaultSettings};
 use serde_json::{Value, json};
 
@@ -207,6 +208,27 @@ impl Bao {
         bao
     }
 
+    /// A persistent server ([`Bao::persistent`]), initialised and unsealed, with a PKI mount
+    /// `pki` whose root is `common_name` ([`Bao::pki`]): the start of every outage test.
+    pub async fn persistent_pki(common_name: &str) -> Bao {
+        let mut bao = Bao::persistent().await;
+        bao.init_and_unseal().await;
+        bao.pki("pki", common_name).await;
+        bao
+    }
+
+    /// The `--set` settings of a `meshca serve` issuing from this server's `pki` mount with
+    /// the root token (`certificateProvider.kind=vault`, `vault.host`, `vault.port`,
+    /// `vault.token`).
+    pub fn meshca_settings(&self) -> Vec<String> {
+        vec![
+            "certificateProvider.kind=vault".to_owned(),
+            "vault.host=127.0.0.1".to_owned(),
+            format!("vault.port={}", self.port),
+            format!("vault.token={}", self.root_token),
+        ]
+    }
+
     fn spawn(port: u16, root_token: String, args: Vec<String>, dir: Arc<tempfile::TempDir>) -> Bao {
         let log = dir.path().join(format!("bao-{}.log", random_suffix()));
         // The watchdog: start bao, print its PID, wait for stdin to close, kill bao.
@@ -334,6 +356,15 @@ impl Bao {
         self.pid = fresh.pid;
         self.watchdog = fresh.watchdog.take();
         self.wait_until(|_| true).await;
+    }
+
+    /// The root of PKI mount `mount` (its default issuer's, `<mount>/cert/ca`) as a bundle.
+    pub async fn root_bundle(&self, mount: &str) -> TrustBundle {
+        let pem = self.read(&format!("{mount}/cert/ca")).await["data"]["certificate"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        TrustBundle::from_pem(&pem).unwrap()
     }
 
     /// An API call with the root token; `Err((status, body))` on an error status.

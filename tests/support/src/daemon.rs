@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::bao::Bao;
 use crate::envoy::http_get;
 use crate::{PATIENCE, eventually_ok, free_port};
 
@@ -57,6 +58,13 @@ impl ServeBuilder {
     /// `--set <setting>`.
     pub fn set(self, setting: &str) -> Self {
         self.args(["--set", setting])
+    }
+
+    /// Issues from `bao`'s `pki` mount with its root token ([`Bao::meshca_settings`]).
+    pub fn vault(self, bao: &Bao) -> Self {
+        bao.meshca_settings()
+            .iter()
+            .fold(self, |builder, setting| builder.set(setting))
     }
 
     /// `--ca-dir <a fresh directory>/ca`, removed with the process.

@@ -231,6 +231,57 @@ pub fn request(node: Option<Node>, names: &[&str]) -> DiscoveryRequest {
     }
 }
 
+/// The SDS stream of one proxy through a daemon's outage tests: `default` for
+/// `bookstore/bookstore-v2`, every response checked as it arrives (one secret, no expired
+/// certificate in its chain at the time it arrived) and ACKed like a proxy would.
+pub struct CheckedStream {
+    stream: SotwClient,
+    /// The responses received so far.
+    pub responses: usize,
+}
+
+impl CheckedStream {
+    /// The resource the stream asks for.
+    const NAMES: [&str; 1] = ["default"];
+
+    /// Opens the stream to the development-mode SDS listener at `sds`.
+    pub async fn open(sds: SocketAddr) -> Self {
+        let stream = SotwClient::open(
+            channel(&format!("http://{sds}")).await,
+            Some(node("bookstore/bookstore-v2")),
+            &Self::NAMES,
+        )
+        .await
+        .unwrap();
+        Self {
+            stream,
+            responses: 0,
+        }
+    }
+
+    /// The chain of the next response if one comes within `patience`, checked and ACKed.
+    /// Panics when the stream ends or a response carries an expired certificate.
+    pub async fn next_chain(&mut self, patience: Duration) -> Option<CertificateChain> {
+        let response = self.stream.next_within(patience).await?.unwrap();
+        let now = SystemTime::now();
+        let served = secrets(&response.resources);
+        assert_eq!(served.len(), 1, "{served:?}");
+        let chain = tls_of(&served[0]).0;
+        for certificate in chain.certificates() {
+            let info = CertificateInfo::parse(certificate).unwrap();
+            assert!(
+                info.not_after > now,
+                "an SDS response carried {} which expired at {:?}",
+                info.subject,
+                info.not_after
+            );
+        }
+        self.stream.ack(&response, &Self::NAMES).await;
+        self.responses += 1;
+        Some(chain)
+    }
+}
+
 /// A state-of-the-world stream driven by the test.
 pub struct SotwClient {
     tx: mpsc::Sender<DiscoveryRequest>,
