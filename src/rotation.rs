@@ -48,8 +48,6 @@ struct Applied {
     stage: Option<Stage>,
     /// The new root's fingerprint while a rotation is in progress.
     new_root: Option<String>,
-    /// The last report written, to skip writing an identical one before it needs refreshing.
-    report: Option<AckReport>,
 }
 
 impl RotationFollower {
@@ -57,11 +55,19 @@ impl RotationFollower {
     /// the daemon keeps serving with what it has.
     pub async fn run(self) {
         let mut applied = Applied::default();
+        let mut reporter = AckReporter::new(
+            self.store.clone(),
+            self.acks.clone(),
+            self.distribution.clone(),
+            self.replica.clone(),
+            self.poll_interval,
+            self.clock.clone(),
+        );
         let mut acks = self.acks.changes();
         let mut distribution = self.distribution.clone();
         let mut failing = false;
         loop {
-            match self.poll(&mut applied).await {
+            match self.poll(&mut applied, &mut reporter).await {
                 Ok(()) => {
                     if failing {
                         tracing::info!("root rotation: the CA store is readable again");
@@ -99,7 +105,7 @@ impl RotationFollower {
     }
 
     /// Reads the store once; applies a change; reports acknowledgements during stage 1.
-    async fn poll(&self, applied: &mut Applied) -> anyhow::Result<()> {
+    async fn poll(&self, applied: &mut Applied, reporter: &mut AckReporter) -> anyhow::Result<()> {
         let store = self.store.as_store();
         let rotation = store.load_rotation().await?;
         let now = self.clock.now();
@@ -111,10 +117,12 @@ impl RotationFollower {
             self.apply(rotation.as_ref()).await?;
             applied.stage = stage;
             applied.new_root = new_root.clone();
-            applied.report = None;
+            reporter.forget();
         }
-        if let (Some(Stage::Trusting), Some(root)) = (stage, new_root) {
-            self.report(applied, root).await?;
+        if let (Some(Stage::Trusting), Some(root)) = (stage, new_root)
+            && let Some(certificate) = self.tresor_root(&root)
+        {
+            reporter.report(root, &certificate).await?;
         }
         Ok(())
     }
@@ -175,13 +183,79 @@ impl RotationFollower {
         Ok(())
     }
 
-    /// Writes this daemon's acknowledgement report when it changed, or when the last one is
-    /// about to go stale.
-    async fn report(&self, applied: &mut Applied, root: String) -> anyhow::Result<()> {
-        let Some(new_root) = self.tresor_root(&root) else {
-            return Ok(());
-        };
-        let missing = self.acks.missing(&new_root);
+    /// The new root's certificate, found in the running trust bundle by fingerprint.
+    fn tresor_root(&self, fingerprint: &str) -> Option<CertificateDer<'static>> {
+        let bundle = self.tresor.trusted_bundle();
+        bundle
+            .roots()
+            .iter()
+            .zip(bundle.fingerprints())
+            .find(|(_, f)| f == fingerprint)
+            .map(|(root, _)| root.clone())
+    }
+}
+
+/// Writes this daemon's [`AckReport`]s to the CA store: how many of its connected proxies
+/// acknowledged a trust bundle holding a new root (and, when it publishes the bundle into the
+/// cluster, which namespaces' ConfigMaps hold it). Tresor's stage 1 and a change of Vault's
+/// issuer (`crate::vault_rotation`) report the same way, so that whoever gates the next step
+/// reads every replica's report.
+#[derive(Debug)]
+pub struct AckReporter {
+    store: Arc<ConfiguredStore>,
+    acks: Arc<BundleAcks>,
+    distribution: Option<watch::Receiver<DistributionStatus>>,
+    replica: String,
+    poll_interval: Duration,
+    clock: Arc<dyn Clock>,
+    /// The last report written, to skip writing an identical one before it needs refreshing.
+    last: Option<AckReport>,
+}
+
+impl AckReporter {
+    /// A reporter that writes as `replica` to `store`, at least every `poll_interval`.
+    pub fn new(
+        store: Arc<ConfiguredStore>,
+        acks: Arc<BundleAcks>,
+        distribution: Option<watch::Receiver<DistributionStatus>>,
+        replica: String,
+        poll_interval: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            acks,
+            distribution,
+            replica,
+            poll_interval,
+            clock,
+            last: None,
+        }
+    }
+
+    /// The store written to.
+    pub fn store(&self) -> &ConfiguredStore {
+        &self.store
+    }
+
+    /// This daemon's name in its reports.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Forgets the last report, so that the next one is written (and logged) afresh.
+    pub fn forget(&mut self) {
+        self.last = None;
+    }
+
+    /// Writes this daemon's report about the new root `root` (its SHA-256 fingerprint) and
+    /// `new_root` (its certificate) when it changed, or when the last one is about to go stale.
+    pub async fn report(
+        &mut self,
+        root: String,
+        new_root: &CertificateDer<'static>,
+    ) -> anyhow::Result<()> {
+        let missing = self.acks.missing(new_root);
         let streams = self.acks.streams();
         let now = self.clock.now();
         let report = AckReport {
@@ -210,7 +284,7 @@ impl RotationFollower {
             }),
             root,
         };
-        let unchanged = applied.report.as_ref().is_some_and(|last| {
+        let unchanged = self.last.as_ref().is_some_and(|last| {
             AckReport {
                 at: last.at,
                 ..report.clone()
@@ -221,7 +295,7 @@ impl RotationFollower {
             return Ok(());
         }
         self.store.as_store().report_acks(&report).await?;
-        if applied.report.as_ref().map(|r| (r.streams, r.acked)) != Some((streams, report.acked)) {
+        if self.last.as_ref().map(|r| (r.streams, r.acked)) != Some((streams, report.acked)) {
             tracing::info!(
                 streams,
                 acked = report.acked,
@@ -229,11 +303,7 @@ impl RotationFollower {
             );
         }
         if let Some(distribution) = &report.distribution
-            && applied
-                .report
-                .as_ref()
-                .and_then(|r| r.distribution.as_ref())
-                != Some(distribution)
+            && self.last.as_ref().and_then(|r| r.distribution.as_ref()) != Some(distribution)
         {
             tracing::info!(
                 namespaces = distribution.namespaces,
@@ -242,19 +312,8 @@ impl RotationFollower {
                 "root rotation: namespaces whose trust bundle ConfigMap holds the new root"
             );
         }
-        applied.report = Some(report);
+        self.last = Some(report);
         Ok(())
-    }
-
-    /// The new root's certificate, found in the running trust bundle by fingerprint.
-    fn tresor_root(&self, fingerprint: &str) -> Option<CertificateDer<'static>> {
-        let bundle = self.tresor.trusted_bundle();
-        bundle
-            .roots()
-            .iter()
-            .zip(bundle.fingerprints())
-            .find(|(_, f)| f == fingerprint)
-            .map(|(root, _)| root.clone())
     }
 }
 

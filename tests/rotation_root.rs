@@ -2,6 +2,10 @@
 //! (tonic gRPC client): stage 1 waits for every connected proxy's acknowledgement (or the
 //! deadline), the daemon follows each stage without a restart, a restarted daemon resumes at
 //! the persisted stage, and concurrent advances move the stage once.
+//!
+//! With a Vault backend (a real OpenBao, two replicas sharing a directory CA store): stage 1
+//! waits for every replica's proxies, and so does a default issuer set in Vault directly;
+//! entries of the store that are not reports count for nothing.
 
 #![allow(clippy::unwrap_used)]
 
@@ -244,4 +248,293 @@ async fn a_restarted_daemon_resumes_at_the_persisted_stage_and_advances_happen_o
         "{}",
         daemon.log()
     );
+}
+
+/// Two `meshca serve` replicas on one OpenBao PKI mount, sharing a directory CA store (where
+/// each reports what its proxies acknowledged), each with one SDS client holding the trust
+/// bundle (`ns/<replica>`), and the settings `meshca rotate root` shares with them.
+struct VaultReplicas {
+    bao: support::bao::Bao,
+    store: tempfile::TempDir,
+    daemons: Vec<MeshcaServe>,
+    clients: Vec<SotwClient>,
+}
+
+/// The default issuer of `bao`'s PKI mount.
+async fn default(bao: &support::bao::Bao) -> String {
+    bao.read("pki/config/issuers").await["data"]["default"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+impl VaultReplicas {
+    const NAMES: [&'static str; 2] = ["replica-a", "replica-b"];
+
+    async fn start() -> Self {
+        let bao = support::bao::Bao::dev().await;
+        bao.pki("pki", "meshca old root").await;
+        let store = tempfile::tempdir().unwrap();
+        let mut replicas = Self {
+            bao,
+            store,
+            daemons: Vec::new(),
+            clients: Vec::new(),
+        };
+        for name in Self::NAMES {
+            let sds_port = free_port();
+            let mut args = replicas.settings();
+            for setting in [
+                format!("rotation.replica={name}"),
+                format!("sds.listen=127.0.0.1:{sds_port}"),
+                "sds.auth=development".to_owned(),
+                "admin.listen=".to_owned(),
+            ] {
+                args.extend(["--set".to_owned(), setting]);
+            }
+            args.insert(0, "serve".to_owned());
+            let mut daemon =
+                MeshcaServe::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            daemon.wait_listening(sds_port).await;
+            let url = format!("http://127.0.0.1:{sds_port}");
+            let mut client = SotwClient::open(
+                channel(&url).await,
+                Some(node(&format!("ns/{name}"))),
+                &["ROOTCA"],
+            )
+            .await
+            .unwrap();
+            let first = client.next().await.unwrap();
+            assert_eq!(bundle_in(&first).roots().len(), 1);
+            client.ack(&first, &["ROOTCA"]).await;
+            replicas.daemons.push(daemon);
+            replicas.clients.push(client);
+        }
+        replicas
+    }
+
+    /// Vault at `bao`, the shared store, 30 s leaves with 1 s skew, the mount read every second.
+    fn settings(&self) -> Vec<String> {
+        [
+            "certificateProvider.kind=vault".to_owned(),
+            "vault.host=127.0.0.1".to_owned(),
+            format!("vault.port={}", self.bao.port),
+            format!("vault.token={}", self.bao.root_token),
+            format!("tresor.directory={}", self.acks_store().display()),
+            "rotation.pollInterval=1s".to_owned(),
+            "certificateProvider.serviceCertValidityDuration=30s".to_owned(),
+            "tresor.clockSkewAllowance=1s".to_owned(),
+            "renewal.floor=2s".to_owned(),
+        ]
+        .into_iter()
+        .flat_map(|s| ["--set".to_owned(), s])
+        .collect()
+    }
+
+    fn acks_store(&self) -> std::path::PathBuf {
+        self.store.path().join("ca")
+    }
+
+    /// `meshca rotate root <action>`: exit status (0, or 3 for "not yet") and stdout.
+    fn rotate_root(&self, action: &str) -> (i32, String) {
+        let output = std::process::Command::new(support::meshca_binary())
+            .args(self.settings())
+            .args(["rotate", "root", action])
+            .output()
+            .unwrap();
+        let code = output.status.code().unwrap_or(-1);
+        assert!(
+            matches!(code, 0 | 3),
+            "rotate root {action}: {}{}",
+            stdout(&output),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (code, stdout(&output))
+    }
+
+    /// Waits until each client got a bundle with `count` roots; returns them, not ACKed.
+    async fn bundles_with(&mut self, count: usize) -> Vec<DiscoveryResponse> {
+        let mut responses = Vec::new();
+        for client in &mut self.clients {
+            responses.push(bundle_with(client, count).await);
+        }
+        responses
+    }
+
+    /// Waits until every replica logged `text`.
+    async fn wait_for_log(&mut self, text: &str, patience: Duration) {
+        for daemon in &mut self.daemons {
+            daemon.wait_for_log(text, patience).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.daemons
+            .iter()
+            .map(MeshcaServe::log)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_stage_one_waits_for_every_replicas_proxies() {
+    let mut replicas = VaultReplicas::start().await;
+    let (code, started) = replicas.rotate_root("start");
+    assert_eq!(code, 0, "{started}");
+    assert!(started.contains("root rotation started"), "{started}");
+
+    // Both replicas push both roots; replica-a's proxy acknowledges, replica-b's does not.
+    let both = replicas.bundles_with(2).await;
+    replicas.clients[0].ack(&both[0], &["ROOTCA"]).await;
+    let status = eventually_ok_every(
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        "both replicas' reports in `meshca rotate root status`",
+        || {
+            let (_, status) = replicas.rotate_root("status");
+            async move {
+                if status.contains("replica-a: 1 of 1 acknowledged")
+                    && status.contains("replica-b: 0 of 1 acknowledged")
+                {
+                    Ok(status)
+                } else {
+                    Err(status)
+                }
+            }
+        },
+    )
+    .await;
+    assert!(status.contains("stage 1"), "{status}");
+    assert!(status.contains("total 2, acked 1"), "{status}");
+    assert!(status.contains("waiting for:  ns/replica-b"), "{status}");
+
+    // advance refuses, naming the proxy and its replica; Vault's default is unchanged.
+    let old_default = default(&replicas.bao).await;
+    let (code, refused) = replicas.rotate_root("advance");
+    assert_eq!(code, 3, "{refused}");
+    assert!(
+        refused
+            .contains("not advancing: 1 of 2 proxies acknowledged the new root (2 daemon reports)"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("waiting for ns/replica-b (on replica-b)"),
+        "{refused}"
+    );
+    assert!(refused.contains("no deadline is set"), "{refused}");
+    assert_eq!(default(&replicas.bao).await, old_default);
+
+    // The ACK arrives at replica-b: advance moves to stage 2, and both replicas sign with
+    // the new issuer.
+    replicas.clients[1].ack(&both[1], &["ROOTCA"]).await;
+    let advanced = eventually_ok_every(
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        "`meshca rotate root advance` to move to stage 2",
+        || {
+            let (code, out) = replicas.rotate_root("advance");
+            async move { if code == 0 { Ok(out) } else { Err(out) } }
+        },
+    )
+    .await;
+    assert!(advanced.contains("advanced to stage 2"), "{advanced}");
+    assert!(
+        advanced.contains("2 of 2 proxies acknowledged the new root"),
+        "{advanced}"
+    );
+    assert_ne!(default(&replicas.bao).await, old_default);
+    replicas
+        .wait_for_log(
+            "vault issuers: signing with the new default issuer",
+            Duration::from_secs(20),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_issuer_set_in_vault_waits_for_every_replicas_proxies_and_ignores_broken_reports()
+{
+    let mut replicas = VaultReplicas::start().await;
+
+    // Entries of the store that are not reports: garbage, a valid-looking report padded past
+    // the size limit (it would claim a replica all of whose proxies acknowledged), and a FIFO
+    // (reading it would block forever).
+    let acks_dir = replicas.acks_store().join("rotation-acks");
+    std::fs::create_dir_all(&acks_dir).unwrap();
+    std::fs::write(acks_dir.join("garbage.json"), b"\x00\xffnot a report").unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(acks_dir.join("fifo.json"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+
+    // The operator's rotation, in Vault alone: a new root made the default at once.
+    let generated = replicas
+        .bao
+        .write(
+            "pki/root/generate/internal",
+            serde_json::json!({"common_name": "meshca new root", "issuer_name": "next",
+                "key_type": "ec", "key_bits": 256, "ttl": "87600h"}),
+        )
+        .await;
+    let new_root = generated["data"]["certificate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let new_root = TrustBundle::from_pem(&new_root).unwrap();
+    let fingerprint = new_root.fingerprints().join(",");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut forged = serde_json::to_vec(&serde_json::json!({
+        "replica": "forged", "root": fingerprint, "streams": 0, "acked": 0, "missing": [],
+        "at": now + 3600,
+    }))
+    .unwrap();
+    forged.resize(100 * 1024, b' ');
+    std::fs::write(acks_dir.join("forged.json"), forged).unwrap();
+    replicas
+        .bao
+        .write("pki/config/issuers", serde_json::json!({"default": "next"}))
+        .await;
+
+    // Both replicas push both roots; replica-a's proxy acknowledges, replica-b's does not.
+    let both = replicas.bundles_with(2).await;
+    replicas.clients[0].ack(&both[0], &["ROOTCA"]).await;
+    // Each replica sees the other's missing proxy, and says which entries it ignored.
+    replicas
+        .wait_for_log("waiting_for=ns/replica-b", Duration::from_secs(20))
+        .await;
+    replicas
+        .wait_for_log(
+            "not an acknowledgement report are ignored",
+            Duration::from_secs(5),
+        )
+        .await;
+    let logs = replicas.logs();
+    for entry in [
+        "garbage.json: not a report",
+        "forged.json: larger than",
+        "fifo.json: a FIFO",
+    ] {
+        assert!(logs.contains(entry), "{entry} not logged:\n{logs}");
+    }
+    // Well past the poll interval, and a report refresh or two: neither switches.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let logs = replicas.logs();
+    assert!(
+        !logs.contains("signing with the new default issuer"),
+        "switched while replica-b's proxy had not acknowledged the new root:\n{logs}"
+    );
+
+    // replica-b's proxy acknowledges: both switch.
+    replicas.clients[1].ack(&both[1], &["ROOTCA"]).await;
+    replicas
+        .wait_for_log(
+            "vault issuers: signing with the new default issuer",
+            Duration::from_secs(20),
+        )
+        .await;
 }

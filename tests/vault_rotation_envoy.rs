@@ -5,7 +5,8 @@
 //!   with `bao write pki/config/issuers default=…`, then deletes the old issuer: both proxies
 //!   trust both roots before any leaf under the new one is served, and the old root stays
 //!   trusted until the last leaf it signed has expired; a third SDS client that never
-//!   acknowledges the new bundle holds the switch back until it disconnects;
+//!   acknowledges the new bundle holds the switch back until it disconnects (the daemon's
+//!   report in the CA store says so; `rotation_root.rs` has two replicas);
 //! - `meshca rotate root` goes start → advance → advance on the mount.
 //!
 //! Not one request may fail. OpenBao and Envoy are found as in the other tests; without them
@@ -75,11 +76,13 @@ async fn issuer_serial(bao: &Bao, id: &str) -> String {
     all.into_iter().find(|i| i.0 == id).unwrap().2
 }
 
-/// The settings `meshca serve` and `meshca rotate root` share: Vault at `bao`, 30 s leaves,
-/// 1 s clock skew (a stage 2 of about 31 s), the mount read every second.
-fn settings(bao: &Bao) -> Vec<String> {
+/// The settings `meshca serve` and `meshca rotate root` share: Vault at `bao`, the CA store
+/// (where the daemon reports its proxies' acknowledgements) in `store`, 30 s leaves, 1 s clock
+/// skew (a stage 2 of about 31 s), the mount read every second.
+fn settings(bao: &Bao, store: &std::path::Path) -> Vec<String> {
     [
         "certificateProvider.kind=vault".to_owned(),
+        format!("tresor.directory={}", store.display()),
         "vault.host=127.0.0.1".to_owned(),
         format!("vault.port={}", bao.port),
         format!("vault.token={}", bao.root_token),
@@ -97,6 +100,7 @@ fn settings(bao: &Bao) -> Vec<String> {
 /// both trusting the old root only.
 struct Mesh {
     bao: Bao,
+    store: tempfile::TempDir,
     daemon: MeshcaServe,
     server: Envoy,
     client: Envoy,
@@ -115,9 +119,10 @@ impl Mesh {
             .unwrap()
             .to_owned();
         let old_root = issuer_serial(&bao, &old_id).await;
+        let store = tempfile::tempdir().unwrap();
         let sds_port = free_port();
         let mut args = vec!["serve".to_owned()];
-        args.extend(settings(&bao));
+        args.extend(settings(&bao, store.path()));
         for setting in [
             format!("sds.listen=127.0.0.1:{sds_port}"),
             "sds.auth=development".to_owned(),
@@ -142,6 +147,7 @@ impl Mesh {
         client.wait_until_trusted(&only_old).await;
         Self {
             bao,
+            store,
             daemon,
             server,
             client,
@@ -218,7 +224,7 @@ impl Mesh {
     /// stdout.
     fn rotate_root(&self, action: &str) -> (i32, String) {
         let output = std::process::Command::new(support::meshca_binary())
-            .args(settings(&self.bao))
+            .args(settings(&self.bao, self.store.path()))
             .args(["rotate", "root", action])
             .output()
             .unwrap();
@@ -362,12 +368,29 @@ async fn meshca_rotate_root_on_vault_under_continuous_mtls_traffic_fails_no_requ
     let (_, status) = mesh.rotate_root("status");
     assert!(status.contains("stage 1"), "{status}");
 
-    // Stage 2: the new issuer is the default; the daemon signs with it once both Envoys
-    // acknowledged its root, and re-issues.
+    // Stage 2 once the daemon's report in the CA store says both Envoys acknowledged the new
+    // root: the new issuer is the default; the daemon signs with it, and re-issues.
     let before = mesh.leaves().await;
-    let (code, advanced) = mesh.rotate_root("advance");
-    assert_eq!(code, 0, "{advanced}");
+    let advanced = support::eventually_ok_every(
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        "`meshca rotate root advance` to move to stage 2",
+        || {
+            let (code, stdout) = mesh.rotate_root("advance");
+            async move {
+                match code {
+                    0 => Ok(stdout),
+                    _ => Err(stdout),
+                }
+            }
+        },
+    )
+    .await;
     assert!(advanced.contains("advanced to stage 2"), "{advanced}");
+    assert!(
+        advanced.contains("proxies acknowledged the new root (1 daemon report)"),
+        "{advanced}"
+    );
     mesh.wait_for_new_leaves(before).await;
     let default = issuers(&mesh.bao).await;
     assert!(

@@ -5,13 +5,15 @@
 //! The daemons follow the stored stage by themselves (see [`crate::rotation`]).
 //!
 //! Vault: the stage is kept in the PKI mount as issuer names (see `meshca_vault`'s `rotate`
-//! module); the daemons follow the mount's default issuer (see [`crate::vault_rotation`]).
+//! module); the daemons follow the mount's default issuer (see [`crate::vault_rotation`]) and
+//! report their proxies' acknowledgements to the CA store, where `advance` reads them as
+//! Tresor's does before it leaves stage 1.
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use meshca_provider::{Clock, SystemClock};
 use meshca_tresor::rotate::{self, Advance};
-use meshca_tresor::{CaStore, Rotation, RotationError, Stage};
+use meshca_tresor::{AckSummary, CaStore, Rotation, RotationError, Stage};
 
 use meshca_vault::{
     IssuerInfo, NEXT_ISSUER, RETIRED_PREFIX, VaultAbort, VaultAdvance, VaultProvider,
@@ -152,8 +154,16 @@ async fn run_vault(config: &Config, action: RootAction) -> anyhow::Result<()> {
         }
         RootAction::Advance => {
             let policy = config.rotation_policy();
+            let acked = match vault_ack_gate(config, &vault, now).await? {
+                Gate::Open { acknowledged, .. } => acknowledged,
+                Gate::Closed(waiting) => return Err(Waiting(waiting).into()),
+            };
             match vault
-                .advance_root_rotation(policy.longest_leaf, now)
+                .advance_root_rotation(
+                    policy.longest_leaf,
+                    now,
+                    acked.as_ref().map(|a| a.0.as_str()),
+                )
                 .await?
             {
                 VaultAdvance::AwaitingRetirement { retire_after } => Err(Waiting(format!(
@@ -164,12 +174,18 @@ async fn run_vault(config: &Config, action: RootAction) -> anyhow::Result<()> {
                 .into()),
                 VaultAdvance::ToIssuing { new } => {
                     println!(
-                        "meshca: advanced to stage 2: {new} is Vault's default issuer; each daemon \
-                         signs with it once every proxy it serves has acknowledged its root, and \
-                         re-issues its certificates"
+                        "meshca: advanced to stage 2: {new} is Vault's default issuer ({}); the \
+                         daemons sign with it once every replica's proxies have acknowledged its \
+                         root, and re-issue their certificates",
+                        acked.map(|a| a.1).unwrap_or_default()
                     );
                     Ok(())
                 }
+                VaultAdvance::Unacknowledged { new } => Err(Waiting(format!(
+                    "not advancing: the rotation changed meanwhile (its new issuer is now {new}); \
+                     run `meshca rotate root advance` again"
+                ))
+                .into()),
                 VaultAdvance::Finished { new, old_id } => {
                     println!(
                         "meshca: rotation finished: {new} is the root; the old issuer {old_id} is \
@@ -183,7 +199,10 @@ async fn run_vault(config: &Config, action: RootAction) -> anyhow::Result<()> {
         }
         RootAction::Status => {
             match vault.root_rotation().await? {
-                Some(rotation) => print_vault_status(config, &rotation),
+                Some(rotation) => {
+                    print_vault_status(config, &rotation);
+                    print_vault_acks(config, &rotation, now).await?;
+                }
                 None => println!(
                     "meshca: no root rotation in progress in Vault's {mount}; its target issuer \
                      (the default, or the role's issuer_ref) is {}",
@@ -209,6 +228,124 @@ async fn run_vault(config: &Config, action: RootAction) -> anyhow::Result<()> {
             println!("meshca: {outcome}");
             Ok(())
         }
+    }
+}
+
+/// Whether a Vault rotation may leave stage 1 (see [`vault_ack_gate`]).
+enum Gate {
+    /// Not in stage 1, or it may advance: `acknowledged` is the new issuer's ID with what lets
+    /// it (the acknowledgements, and whether the deadline passed).
+    Open {
+        acknowledged: Option<(String, String)>,
+    },
+    /// Stage 1 waits: why, as `meshca rotate root advance` prints it.
+    Closed(String),
+}
+
+/// In stage 1 of a Vault rotation, the same gate as Tresor's: every fresh report in the CA
+/// store (one per replica, see [`crate::vault_rotation`]) says all its proxies acknowledged a
+/// bundle holding the new root — or `rotation.ackDeadline` has passed since the rotation
+/// started. `NotRotating` when there is no rotation.
+async fn vault_ack_gate(
+    config: &Config,
+    vault: &VaultProvider,
+    now: std::time::SystemTime,
+) -> anyhow::Result<Gate> {
+    let Some(rotation) = vault.root_rotation().await? else {
+        return Err(VaultRotationError::NotRotating {
+            pki_path: config.vault.pki_path.clone(),
+        }
+        .into());
+    };
+    let VaultRotation::Trusting { new, .. } = rotation else {
+        return Ok(Gate::Open { acknowledged: None });
+    };
+    let (acks, deadline) = vault_acks(config, &new, now).await?;
+    let deadline_passed = deadline.is_some_and(|d| now >= d);
+    if !acks.complete() && !deadline_passed {
+        return Ok(Gate::Closed(
+            Advance::AwaitingAcks { acks, deadline }.to_string(),
+        ));
+    }
+    let why = if acks.complete() {
+        acks.to_string()
+    } else {
+        format!("{acks}; the acknowledgement deadline passed")
+    };
+    Ok(Gate::Open {
+        acknowledged: Some((new.id, why)),
+    })
+}
+
+/// The replicas' fresh reports about `new`'s root, and when `rotation.ackDeadline` lets stage
+/// 1 advance without them.
+async fn vault_acks(
+    config: &Config,
+    new: &IssuerInfo,
+    now: std::time::SystemTime,
+) -> anyhow::Result<(AckSummary, Option<std::time::SystemTime>)> {
+    let store = ConfiguredStore::open(config).await?;
+    let fingerprint = meshca_provider::TrustBundle::new(vec![new.root.clone()])
+        .fingerprints()
+        .join(",");
+    let acks = AckSummary::of(
+        store.as_store().ack_reports().await?,
+        &fingerprint,
+        config.rotation_policy().report_freshness,
+        now,
+    );
+    let deadline = config
+        .rotation
+        .ack_deadline
+        .zip(meshca_vault::trusting_since(new))
+        .map(|(deadline, since)| since + deadline);
+    Ok((acks, deadline))
+}
+
+/// `meshca rotate root status`'s acknowledgement lines for a Vault rotation in stage 1, as
+/// for Tresor.
+async fn print_vault_acks(
+    config: &Config,
+    rotation: &VaultRotation,
+    now: std::time::SystemTime,
+) -> anyhow::Result<()> {
+    let VaultRotation::Trusting { new, .. } = rotation else {
+        return Ok(());
+    };
+    let (acks, deadline) = vault_acks(config, new, now).await?;
+    print_acks(&acks, deadline);
+    Ok(())
+}
+
+/// The acknowledgement lines of `meshca rotate root status`.
+fn print_acks(acks: &AckSummary, deadline: Option<std::time::SystemTime>) {
+    println!(
+        "proxies:      total {}, acked {}",
+        acks.streams(),
+        acks.acked()
+    );
+    for report in &acks.reports {
+        println!(
+            "  {}: {} of {} acknowledged (reported {})",
+            report.replica,
+            report.acked.min(report.streams),
+            report.streams,
+            display_time(report.written_at())
+        );
+    }
+    if acks.stale > 0 {
+        println!("  ({} stale report(s) ignored)", acks.stale);
+    }
+    for unreadable in &acks.unreadable {
+        println!("  (not a report, ignored: {unreadable})");
+    }
+    let missing = acks.missing();
+    if !missing.is_empty() {
+        println!("waiting for:  {}", missing.join(", "));
+    }
+    match deadline {
+        Some(deadline) => println!("deadline:     {}", display_time(deadline)),
+        None => println!("deadline:     none (rotation.ackDeadline)"),
     }
 }
 
@@ -253,7 +390,7 @@ fn print_vault_status(config: &Config, rotation: &VaultRotation) {
         } => {
             println!(
                 "rotation:     stage 2 (bundles trust old + new root; the new issuer is Vault's \
-                 default, each daemon signs with it once its proxies acknowledged it)"
+                 default, the daemons sign with it once every replica's proxies acknowledged it)"
             );
             println!("stage since:  {}", display_time(*since));
             println!("old issuer:   {}", issuer(old.as_ref()));
@@ -317,12 +454,48 @@ async fn vault_cron_step(config: &Config) -> anyhow::Result<String> {
     }
     let vault = connect_vault(config).await?;
     let policy = config.rotation_policy();
+    let now = SystemClock.now();
+    let acked = match vault_ack_gate(config, &vault, now).await {
+        Ok(Gate::Open { acknowledged, .. }) => acknowledged,
+        Ok(Gate::Closed(message)) => {
+            let since = match vault.cached_root_rotation() {
+                Some(VaultRotation::Trusting { new, .. }) => meshca_vault::trusting_since(&new),
+                _ => None,
+            };
+            let waiting = since
+                .and_then(|since| now.duration_since(since).ok())
+                .unwrap_or_default();
+            // Waiting for acknowledgements is normal for a while; a day of it is not.
+            if waiting > STUCK_AFTER {
+                bail!(
+                    "{message} (stuck in stage 1 for {}: find the proxies that do not \
+                     acknowledge, or set rotation.ackDeadline)",
+                    meshca_provider::format_duration(waiting)
+                );
+            }
+            return Ok(message);
+        }
+        Err(e) => {
+            if let Some(VaultRotationError::NotRotating { .. }) = e.downcast_ref() {
+                return Ok("none in progress".to_owned());
+            }
+            return Err(e);
+        }
+    };
     match vault
-        .advance_root_rotation(policy.longest_leaf, SystemClock.now())
+        .advance_root_rotation(
+            policy.longest_leaf,
+            now,
+            acked.as_ref().map(|a| a.0.as_str()),
+        )
         .await
     {
         Ok(VaultAdvance::ToIssuing { new }) => Ok(format!(
-            "advanced to stage 2: {new} is Vault's default issuer"
+            "advanced to stage 2: {new} is Vault's default issuer ({})",
+            acked.map(|a| a.1).unwrap_or_default()
+        )),
+        Ok(VaultAdvance::Unacknowledged { new }) => Ok(format!(
+            "not advancing: the rotation changed meanwhile (its new issuer is now {new})"
         )),
         Ok(VaultAdvance::AwaitingRetirement { retire_after }) => Ok(format!(
             "not advancing: the old root stays trusted until {}",
@@ -393,31 +566,7 @@ async fn print_status(
     match rotation.stage {
         Stage::Trusting => {
             let acks = rotate::ack_summary(store, rotation, &config.rotation_policy(), now).await?;
-            println!(
-                "proxies:      total {}, acked {}",
-                acks.streams(),
-                acks.acked()
-            );
-            for report in &acks.reports {
-                println!(
-                    "  {}: {} of {} acknowledged (reported {})",
-                    report.replica,
-                    report.acked.min(report.streams),
-                    report.streams,
-                    display_time(report.written_at())
-                );
-            }
-            if acks.stale > 0 {
-                println!("  ({} stale report(s) ignored)", acks.stale);
-            }
-            let missing = acks.missing();
-            if !missing.is_empty() {
-                println!("waiting for:  {}", missing.join(", "));
-            }
-            match rotation.ack_deadline {
-                Some(deadline) => println!("deadline:     {}", display_time(deadline)),
-                None => println!("deadline:     none (rotation.ackDeadline)"),
-            }
+            print_acks(&acks, rotation.ack_deadline);
         }
         Stage::Issuing => {
             if let Some(retire_after) = rotation.retire_after {

@@ -20,8 +20,9 @@ use crate::jwt_svid::JwtAuthority;
 use crate::kubernetes::trust_distribution::{Running, TrustDistribution};
 use crate::kubernetes::{KubePodDirectory, TokenReviewAuthenticator};
 use crate::providers::BackendHandle;
-use crate::rotation::RotationFollower;
+use crate::rotation::{AckReporter, RotationFollower};
 use crate::sds::{AuthMode, MtlsSettings, SdsServer, SdsSettings, SecretSource, UnixPeerMap};
+use crate::stores::ConfiguredStore;
 use crate::time::TokioClock;
 use crate::vault_rotation::VaultIssuerFollower;
 use crate::workload_api::{
@@ -103,9 +104,10 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
         "meshca is serving; stop it with SIGTERM or Ctrl-C"
     );
     // Tresor follows root rotation stages from its store; Vault follows its PKI mount's
-    // default issuer; cert-manager's roots are rotated outside meshca.
-    let rotation = backend.map(|backend| match backend {
-        BackendHandle::Tresor(handle) => tokio::spawn(
+    // default issuer, reporting its proxies' acknowledgements to the CA store as Tresor does;
+    // cert-manager's roots are rotated outside meshca.
+    let rotation = match backend {
+        Some(BackendHandle::Tresor(handle)) => Some(tokio::spawn(
             RotationFollower {
                 store: handle.store,
                 tresor: handle.tresor,
@@ -117,19 +119,35 @@ pub async fn run(config: Config, _args: ServeArgs) -> anyhow::Result<()> {
                 clock,
             }
             .run(),
-        ),
-        BackendHandle::Vault(vault) => tokio::spawn(
-            VaultIssuerFollower {
-                vault,
-                cache: cache.clone(),
-                acks: sds.bundle_acks(),
-                poll_interval: config.rotation.poll_interval,
-                ack_deadline: config.rotation.ack_deadline,
-                clock,
-            }
-            .run(),
-        ),
-    });
+        )),
+        Some(BackendHandle::Vault(vault)) => {
+            let store = ConfiguredStore::open(&config).await.context(
+                "cannot open the CA store (tresor.store), where each replica reports which of \
+                 its proxies trust a new Vault root",
+            )?;
+            Some(tokio::spawn(
+                VaultIssuerFollower {
+                    vault,
+                    cache: cache.clone(),
+                    acks: sds.bundle_acks(),
+                    reporter: AckReporter::new(
+                        Arc::new(store),
+                        sds.bundle_acks(),
+                        distribution.as_ref().and_then(Running::status),
+                        config.replica_name(),
+                        config.rotation.poll_interval,
+                        clock.clone(),
+                    ),
+                    report_freshness: config.rotation_policy().report_freshness,
+                    poll_interval: config.rotation.poll_interval,
+                    ack_deadline: config.rotation.ack_deadline,
+                    clock,
+                }
+                .run(),
+            ))
+        }
+        None => None,
+    };
     let health = Arc::new(ProviderHealth::default());
     let health_checks = spawn_health_checks(
         cache.clone(),

@@ -513,6 +513,8 @@ def check_vault_upstream(chart):
     vault = r.config()["vault"]
     expect_equal(vault.get("mode"), "upstream", f"{label}: vault.mode")
     expect_equal(vault.get("upstream"), upstream, f"{label}: vault.upstream")
+    # No rotation of Vault's issuers in upstream mode, so no acknowledgement reports.
+    check(UPDATE_CA not in r.role_rules(), f"{label}: update on the CA Secret without jwtSvid")
     return r
 
 
@@ -602,8 +604,9 @@ def check_rotation_disabled(chart):
 
 def check_jwt_svid(chart):
     """jwtSvid.*: rendered into meshca's config as given (and accepted by meshca), the issuer
-    only when set; with a Vault backend the CA Secret becomes updatable (the keys live there),
-    which Tresor's Role has anyway."""
+    only when set; with a Vault backend the CA Secret is updatable (the keys live there, as do
+    the replicas' acknowledgements of a new Vault root), which Tresor's Role has anyway; in
+    vault.mode: upstream only with jwtSvid."""
     label = "jwtSvid"
     values = {"jwtSvid": {"enabled": True, "ttl": "2m", "issuer": "https://meshca.example/oidc",
                           "keyRotationInterval": "12h", "keyActivationDelay": "5m",
@@ -619,7 +622,8 @@ def check_jwt_svid(chart):
           f"{r2.role_rules()}")
     check("issuer" not in r2.config()["jwtSvid"], f"{label} with vault: an empty issuer rendered")
     without = render(chart, f"{label} off with vault", load_example("vault-token-secret.yaml"))
-    check(UPDATE_CA not in without.role_rules(), "vault without jwtSvid may update the CA Secret")
+    check(UPDATE_CA in without.role_rules(), "vault without jwtSvid: no update on the CA "
+          f"Secret for the replicas' acknowledgement reports: {without.role_rules()}")
     check("jwtSvid" not in without.config(), "jwtSvid rendered while disabled")
     return r
 

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{AuthorityError, CaProblem};
 use crate::material::{StoreError, StoredCa};
-use crate::rotation::{AckReport, Rotation, RotationChange, Swap};
+use crate::rotation::{AckReport, AckReports, Rotation, RotationChange, Swap};
 use crate::store::{CaStore, Created, JwtKeysDigest, JwtKeysSwap, StoredJwtKeys};
 
 /// A CA kept as two files in a directory: `ca.crt` (the certificate chain) and `private.key`
@@ -383,11 +383,11 @@ impl CaStore for DirectoryStore {
         Ok(JwtKeysSwap::Stored)
     }
 
-    async fn ack_reports(&self) -> Result<Vec<AckReport>, StoreError> {
+    async fn ack_reports(&self) -> Result<AckReports, StoreError> {
         let dir = self.dir.join(Self::ACKS_DIR);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AckReports::default()),
             Err(source) => {
                 return Err(StoreError::Io {
                     action: "read",
@@ -396,12 +396,21 @@ impl CaStore for DirectoryStore {
                 });
             }
         };
-        Ok(entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            .filter_map(|e| fs::read(e.path()).ok())
-            .filter_map(|bytes| AckReport::from_json(&bytes))
-            .collect())
+        let mut reports = AckReports::default();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let path = entry.path();
+            match read_report(&path) {
+                Ok(bytes) => reports.push(&path.display().to_string(), &bytes),
+                Err(why) => reports
+                    .unreadable
+                    .push(format!("{}: {why}", path.display())),
+            }
+        }
+        Ok(reports)
     }
 }
 
@@ -415,6 +424,22 @@ fn exists(path: &Path) -> Result<bool, StoreError> {
             source,
         }),
     }
+}
+
+/// A report file's contents, at most one byte over [`AckReport::MAX_BYTES`] (enough to tell
+/// it is too large): never a FIFO or device (which could block or never end).
+fn read_report(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    check_store_file(path, false).map_err(|e| match e {
+        StoreError::NotRegularFile { kind, .. } => format!("a {kind}, not a regular file"),
+        other => other.to_string(),
+    })?;
+    let file = File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(AckReport::MAX_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    Ok(bytes)
 }
 
 /// Checks, before it is opened, that a file of the store is a regular file (opening a FIFO

@@ -52,7 +52,8 @@ pub use options::{
 };
 pub use rotate::{Abort, AckSummary, Advance, RotationError, RotationPolicy};
 pub use rotation::{
-    AckReport, DistributionReport, Rotation, RotationAuthorities, RotationChange, Stage, Swap, unix,
+    AckReport, AckReports, DistributionReport, Rotation, RotationAuthorities, RotationChange,
+    Stage, Swap, unix,
 };
 pub use store::{
     CaStore, Created, JwtKeysDigest, JwtKeysSwap, Outcome, Signing, StoredJwtKeys, bootstrap,

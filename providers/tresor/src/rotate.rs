@@ -11,7 +11,7 @@ use crate::authority::{SigningAuthority, display_time};
 use crate::error::AuthorityError;
 use crate::material::StoreError;
 use crate::options::RootOptions;
-use crate::rotation::{AckReport, Rotation, RotationChange, Stage, Swap};
+use crate::rotation::{AckReport, AckReports, Rotation, RotationChange, Stage, Swap};
 use crate::store::CaStore;
 
 /// What decides when a rotation may advance.
@@ -72,9 +72,39 @@ pub struct AckSummary {
     pub reports: Vec<AckReport>,
     /// Reports ignored: older than the freshness window, or about another root.
     pub stale: usize,
+    /// Of those, the daemons whose report is about this root but older than the freshness
+    /// window: gone, or alive and unable to write to the store.
+    pub stale_replicas: Vec<String>,
+    /// Entries of the store that are not a report (see [`AckReports::unreadable`]).
+    pub unreadable: Vec<String>,
 }
 
 impl AckSummary {
+    /// The fresh reports among `read` about the root with SHA-256 `fingerprint`: written at
+    /// most `freshness` before `now`.
+    pub fn of(read: AckReports, fingerprint: &str, freshness: Duration, now: SystemTime) -> Self {
+        let mut summary = AckSummary {
+            unreadable: read.unreadable,
+            ..AckSummary::default()
+        };
+        for report in read.reports {
+            let age = now
+                .duration_since(report.written_at())
+                .unwrap_or(Duration::ZERO);
+            if report.root == fingerprint && age <= freshness {
+                summary.reports.push(report);
+            } else {
+                if report.root == fingerprint {
+                    summary.stale_replicas.push(report.replica);
+                }
+                summary.stale += 1;
+            }
+        }
+        summary.reports.sort_by(|a, b| a.replica.cmp(&b.replica));
+        summary.stale_replicas.sort();
+        summary
+    }
+
     /// Connected bundle-holding streams over all daemons.
     pub fn streams(&self) -> usize {
         self.reports.iter().map(|r| r.streams).sum()
@@ -112,10 +142,24 @@ impl fmt::Display for AckSummary {
         if self.stale > 0 {
             write!(f, ", {} stale ignored", self.stale)?;
         }
+        if !self.unreadable.is_empty() {
+            write!(
+                f,
+                ", {} unreadable ignored: {}",
+                self.unreadable.len(),
+                self.unreadable.join("; ")
+            )?;
+        }
         f.write_str(")")?;
-        let missing = self.missing();
-        if !missing.is_empty() {
-            write!(f, "; waiting for {}", missing.join(", "))?;
+        // Each daemon's missing callers, named with the daemon.
+        let waiting: Vec<String> = self
+            .reports
+            .iter()
+            .filter(|r| !r.missing.is_empty())
+            .map(|r| format!("{} (on {})", r.missing.join(", "), r.replica))
+            .collect();
+        if !waiting.is_empty() {
+            write!(f, "; waiting for {}", waiting.join(", "))?;
         }
         // Every daemon watches the same namespaces: the report furthest behind speaks for all.
         let behind = self
@@ -386,17 +430,10 @@ pub async fn ack_summary(
     now: SystemTime,
 ) -> Result<AckSummary, RotationError> {
     let fingerprint = rotation.new_root_fingerprint(now)?;
-    let mut summary = AckSummary::default();
-    for report in store.ack_reports().await? {
-        let age = now
-            .duration_since(report.written_at())
-            .unwrap_or(Duration::ZERO);
-        if report.root == fingerprint && age <= policy.report_freshness {
-            summary.reports.push(report);
-        } else {
-            summary.stale += 1;
-        }
-    }
-    summary.reports.sort_by(|a, b| a.replica.cmp(&b.replica));
-    Ok(summary)
+    Ok(AckSummary::of(
+        store.ack_reports().await?,
+        &fingerprint,
+        policy.report_freshness,
+        now,
+    ))
 }

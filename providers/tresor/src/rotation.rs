@@ -281,6 +281,27 @@ pub struct AckReport {
     pub distribution: Option<DistributionReport>,
 }
 
+/// Every daemon's latest report as a [`CaStore`](crate::CaStore) holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckReports {
+    /// The readable reports.
+    pub reports: Vec<AckReport>,
+    /// The entries that are not a report (unreadable, too large, not a regular file, not a
+    /// report's JSON), each as `<file or key>: <why>`. They count for no daemon: they neither
+    /// hold a rotation back nor let it advance, and whoever reads them says so.
+    pub unreadable: Vec<String>,
+}
+
+impl AckReports {
+    /// Sorts an entry read as `name` into the reports or the unreadable ones.
+    pub fn push(&mut self, name: &str, bytes: &[u8]) {
+        match AckReport::parse(bytes) {
+            Ok(report) => self.reports.push(report),
+            Err(why) => self.unreadable.push(format!("{name}: {why}")),
+        }
+    }
+}
+
 /// Of the namespaces a daemon keeps the trust bundle ConfigMap in, those holding the new root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DistributionReport {
@@ -306,6 +327,9 @@ impl AckReport {
     /// How many missing callers a report names.
     pub const MAX_MISSING: usize = 10;
 
+    /// The largest report read; anything larger is left out as unreadable.
+    pub const MAX_BYTES: usize = 64 * 1024;
+
     /// When the report was written.
     pub fn written_at(&self) -> SystemTime {
         from_unix(self.at)
@@ -329,7 +353,19 @@ impl AckReport {
     /// Reads the persisted form; `None` for anything unreadable (a report is advisory, and a
     /// broken one must not block the rotation: it is treated as absent).
     pub fn from_json(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
+        Self::parse(bytes).ok()
+    }
+
+    /// Reads the persisted form, or says why it is not a report: larger than
+    /// [`AckReport::MAX_BYTES`] (a report is a few hundred bytes), or not its JSON.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() > Self::MAX_BYTES {
+            return Err(format!(
+                "larger than {} bytes, not a report",
+                Self::MAX_BYTES
+            ));
+        }
+        serde_json::from_slice(bytes).map_err(|e| format!("not a report: {e}"))
     }
 
     /// A replica name safe in a file name or a Secret data key.

@@ -10,7 +10,7 @@ use meshca_provider::{Clock, TrustBundle};
 use crate::authority::SigningAuthority;
 use crate::material::{StoreError, StoredCa};
 use crate::options::RootOptions;
-use crate::rotation::{AckReport, Rotation, RotationChange, Swap};
+use crate::rotation::{AckReport, AckReports, Rotation, RotationChange, Swap};
 
 /// What [`CaStore::create`] did.
 #[derive(Debug)]
@@ -101,9 +101,9 @@ pub trait CaStore: Send + Sync + fmt::Debug {
         })
     }
 
-    /// Every daemon's latest report; unreadable ones are left out.
-    async fn ack_reports(&self) -> Result<Vec<AckReport>, StoreError> {
-        Ok(Vec::new())
+    /// Every daemon's latest report; unreadable entries are listed apart.
+    async fn ack_reports(&self) -> Result<AckReports, StoreError> {
+        Ok(AckReports::default())
     }
 
     /// meshca's JWT-SVID signing keys as last stored (their encoding is the daemon's; the

@@ -342,3 +342,53 @@ fn sign(authority: &SigningAuthority, now: SystemTime) -> meshca_provider::Certi
         .sign_leaf(&spec, &key, now, Duration::from_secs(60))
         .unwrap()
 }
+
+#[tokio::test]
+async fn entries_that_are_not_reports_count_for_nothing_and_are_named() {
+    let t0 = FixedClock(SystemTime::now());
+    let (_dir, store) = store_with_root(&t0).await;
+    rotate::start(&store, &RootOptions::default(), &policy(), &t0)
+        .await
+        .unwrap();
+    let rotation = store.load_rotation().await.unwrap().unwrap();
+    let fingerprint = rotation.new_root_fingerprint(t0.0).unwrap();
+    let acks = store.dir().join(DirectoryStore::ACKS_DIR);
+    std::fs::create_dir_all(&acks).unwrap();
+    // Garbage; a complete, fresh report padded past the size limit (it would let stage 1
+    // advance if it were read: no daemon has reported); a FIFO (a read would never end).
+    std::fs::write(acks.join("garbage.json"), b"\x00{\"replica\":").unwrap();
+    let mut padded = report("forged", &fingerprint, 0, 0, t0.0).to_json();
+    padded.resize(AckReport::MAX_BYTES + 1, b' ');
+    std::fs::write(acks.join("forged.json"), padded).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(acks.join("fifo.json"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+
+    let read = store.ack_reports().await.unwrap();
+    assert!(read.reports.is_empty(), "{read:?}");
+    let mut unreadable = read.unreadable.clone();
+    unreadable.sort();
+    assert_eq!(unreadable.len(), 3, "{unreadable:?}");
+    assert!(unreadable[0].contains("fifo.json: a FIFO, not a regular file"));
+    assert!(unreadable[1].contains("forged.json: larger than 65536 bytes"));
+    assert!(unreadable[2].contains("garbage.json: not a report"));
+    let waiting = rotate::advance(&store, &policy(), &t0).await.unwrap();
+    let message = waiting.to_string();
+    assert!(matches!(waiting, Advance::AwaitingAcks { .. }), "{message}");
+    assert!(message.contains("0 of 0"), "{message}");
+    assert!(message.contains("3 unreadable ignored"), "{message}");
+    assert!(message.contains("forged.json"), "{message}");
+
+    // The limit itself is readable; a report going stale is named with its replica.
+    let mut fits = report("meshca-0", &fingerprint, 1, 1, t0.0).to_json();
+    fits.resize(AckReport::MAX_BYTES, b' ');
+    std::fs::write(acks.join("forged.json"), fits).unwrap();
+    let read = store.ack_reports().await.unwrap();
+    assert_eq!(read.reports.len(), 1, "{read:?}");
+    let later = t0.0 + Duration::from_secs(120);
+    let summary = meshca_tresor::AckSummary::of(read, &fingerprint, Duration::from_secs(60), later);
+    assert_eq!(summary.stale_replicas, ["meshca-0"]);
+    assert!(!summary.complete());
+}

@@ -38,7 +38,7 @@ pub use issuers::{
     IssuerInfo, IssuerSwitch, NEXT_ISSUER, RETIRED_PREFIX, ROOT_PREFIX, VaultRotation,
 };
 pub use provider::VaultProvider;
-pub use rotate::{VaultAbort, VaultAdvance, VaultRotationError};
+pub use rotate::{VaultAbort, VaultAdvance, VaultRotationError, trusting_since};
 pub use settings::{
     AppRoleSettings, DEFAULT_APPROLE_MOUNT, DEFAULT_INTERMEDIATE_COMMON_NAME,
     DEFAULT_INTERMEDIATE_TTL, DEFAULT_KUBERNETES_MOUNT, DEFAULT_PKI_PATH, DEFAULT_PORT,

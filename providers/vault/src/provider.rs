@@ -236,6 +236,13 @@ impl VaultProvider {
         self.issuers().switch()
     }
 
+    /// The root rotation `meshca rotate root` keeps in the mount's issuer names, as of the last
+    /// trust bundle read (no call to Vault); `None` when there is none or the issuers cannot be
+    /// listed.
+    pub fn cached_root_rotation(&self) -> Option<crate::VaultRotation> {
+        self.issuers().rotation()
+    }
+
     /// Signs with `switch.to` from now on; `false` (nothing changed) when it is no longer the
     /// mount's target issuer.
     pub fn adopt(&self, switch: &IssuerSwitch) -> bool {

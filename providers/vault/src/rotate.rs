@@ -81,6 +81,12 @@ pub enum VaultAdvance {
         /// When it may finish.
         retire_after: SystemTime,
     },
+    /// Stage 1 stays: the new issuer is not the one the caller found acknowledged (another run
+    /// aborted and started again meanwhile); nothing was changed.
+    Unacknowledged {
+        /// The new issuer now in the mount.
+        new: IssuerInfo,
+    },
     /// Stage 2 → finished: the old issuer is retired (out of the bundles, still in the mount).
     Finished {
         /// The new issuer, now `meshca-root-<time>`.
@@ -161,19 +167,24 @@ impl VaultProvider {
         Ok((rotation, started))
     }
 
-    /// Moves the rotation at most one stage: 1 → 2 at once (each daemon signs with the new
-    /// issuer only once its proxies acknowledged the new root), 2 → finished once
+    /// Moves the rotation at most one stage: 1 → 2 when the new issuer's ID is `acknowledged`
+    /// (the caller found that every replica's proxies hold its root, or that the
+    /// acknowledgement deadline passed; see `meshca rotate root advance`), 2 → finished once
     /// `longest_leaf` has passed since stage 2 began.
     pub async fn advance_root_rotation(
         &self,
         longest_leaf: Duration,
         now: SystemTime,
+        acknowledged: Option<&str>,
     ) -> Result<VaultAdvance, VaultRotationError> {
         let pki_path = self.paths.mount.clone();
         let Some(rotation) = self.root_rotation().await? else {
             return Err(VaultRotationError::NotRotating { pki_path });
         };
         match rotation {
+            VaultRotation::Trusting { new, .. } if acknowledged != Some(new.id.as_str()) => {
+                Ok(VaultAdvance::Unacknowledged { new })
+            }
             VaultRotation::Trusting { new, old } => {
                 let old = old.ok_or(VaultRotationError::NoDefault { pki_path })?;
                 self.rename(&new.id, &format!("{NEXT_ISSUER}-{}-{}", unix(now), old.id))
@@ -249,6 +260,19 @@ impl VaultProvider {
         };
         self.call(&set, None).await.map(|_| ())
     }
+}
+
+/// When stage 1 of the rotation to `new` began: the time `meshca rotate root start` wrote
+/// into its common name (`… (rotated <Unix time>)`), else its root's NotBefore (Vault may
+/// back-date it: a deadline counted from it passes early by as much).
+pub fn trusting_since(new: &IssuerInfo) -> Option<SystemTime> {
+    let info = CertificateInfo::parse(&new.root).ok()?;
+    let stamped = info.common_name.as_deref().and_then(|name| {
+        let (_, tail) = name.rsplit_once("(rotated ")?;
+        let seconds = tail.strip_suffix(')')?.parse::<u64>().ok()?;
+        Some(UNIX_EPOCH + Duration::from_secs(seconds))
+    });
+    Some(stamped.unwrap_or(info.not_before))
 }
 
 fn unix(t: SystemTime) -> u64 {

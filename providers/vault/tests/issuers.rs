@@ -182,8 +182,30 @@ async fn a_root_rotation_is_kept_in_the_issuer_names_one_stage_at_a_time() {
     let VaultRotation::Trusting { new, .. } = rotation else {
         panic!("{rotation:?}");
     };
+    // Stage 1 → 2 only for the issuer the caller found acknowledged: nothing changes for
+    // another (or none).
+    for acknowledged in [None, Some(old_id.as_str())] {
+        let refused = provider
+            .advance_root_rotation(longest_leaf, now, acknowledged)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&refused, VaultAdvance::Unacknowledged { new: n } if n.id == new.id),
+            "{refused:?}"
+        );
+        assert_eq!(default_issuer(&bao).await, old_id);
+    }
+    // `meshca rotate root start` stamped the start in the new root's name.
+    let since = meshca_vault::trusting_since(&new).unwrap();
+    assert_eq!(
+        since
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    );
     let advanced = provider
-        .advance_root_rotation(longest_leaf, now)
+        .advance_root_rotation(longest_leaf, now, Some(&new.id))
         .await
         .unwrap();
     assert!(
@@ -194,7 +216,7 @@ async fn a_root_rotation_is_kept_in_the_issuer_names_one_stage_at_a_time() {
     provider.trust_bundle().await.unwrap();
     assert_eq!(provider.issuer_switch().unwrap().to.id, new.id);
     let waiting = provider
-        .advance_root_rotation(longest_leaf, now + Duration::from_secs(10))
+        .advance_root_rotation(longest_leaf, now + Duration::from_secs(10), None)
         .await
         .unwrap();
     assert!(
@@ -215,11 +237,11 @@ async fn a_root_rotation_is_kept_in_the_issuer_names_one_stage_at_a_time() {
 
     // Through to the end: the old issuer is retired (kept, its settings too), out of the bundle.
     provider
-        .advance_root_rotation(longest_leaf, now)
+        .advance_root_rotation(longest_leaf, now, Some(&new.id))
         .await
         .unwrap();
     let finished = provider
-        .advance_root_rotation(longest_leaf, now + longest_leaf)
+        .advance_root_rotation(longest_leaf, now + longest_leaf, None)
         .await
         .unwrap();
     assert!(

@@ -27,8 +27,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use meshca_tresor::{
-    AckReport, CaStore, Created, JwtKeysDigest, JwtKeysSwap, Rotation, RotationChange, StoreError,
-    StoredCa, StoredJwtKeys, Swap,
+    AckReport, AckReports, CaStore, Created, JwtKeysDigest, JwtKeysSwap, Rotation, RotationChange,
+    StoreError, StoredCa, StoredJwtKeys, Swap,
 };
 
 /// A CA kept in one Kubernetes Secret (default `meshca-system/meshca-ca-bundle`).
@@ -273,17 +273,17 @@ impl CaStore for KubernetesSecretStore {
         })
     }
 
-    async fn ack_reports(&self) -> Result<Vec<AckReport>, StoreError> {
+    async fn ack_reports(&self) -> Result<AckReports, StoreError> {
+        let mut reports = AckReports::default();
         let Some(secret) = self.get_secret().await? else {
-            return Ok(Vec::new());
+            return Ok(reports);
         };
-        Ok(secret
-            .data
-            .unwrap_or_default()
-            .iter()
-            .filter(|(key, _)| key.starts_with(Self::ACKS_PREFIX))
-            .filter_map(|(_, ByteString(bytes))| AckReport::from_json(bytes))
-            .collect())
+        for (key, ByteString(bytes)) in secret.data.unwrap_or_default() {
+            if key.starts_with(Self::ACKS_PREFIX) {
+                reports.push(&format!("{}/{}[{key}]", self.namespace, self.name), &bytes);
+            }
+        }
+        Ok(reports)
     }
 }
 
