@@ -327,7 +327,7 @@ def check_vault_token_secret(r):
     expect_equal(volumes["vault-ca"]["secret"]["secretName"], "vault-tls-ca", f"{label}: CA Secret")
     expect_equal(r.role_rules(),
                  [get_secrets("meshca-ca-bundle", "meshca-vault-token"), SECRET_CREATE,
-                  ROTATE_SECRETS],
+                  UPDATE_CA, ROTATE_SECRETS],
                  f"{label}: Role rules")
     check(not r.all("ClusterRole"), f"{label}: a ClusterRole rendered")
 
@@ -339,7 +339,8 @@ def check_vault_kubernetes_auth(r):
                  f"{label}: vault.kubernetes")
     for other in ["token", "tokenFile", "secret", "appRole"]:
         check(other not in vault, f"{label}: vault.{other} set beside vault.kubernetes")
-    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, ROTATE_SECRETS],
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, UPDATE_CA,
+                                  ROTATE_SECRETS],
                  f"{label}: Role rules")
     cluster_role = r.one("ClusterRole")
     expect_equal(cluster_role["rules"], [TOKEN_REVIEWS], f"{label}: ClusterRole rules")
@@ -488,7 +489,8 @@ def check_inline_vault_token(chart):
     volumes = {v["name"]: v for v in r.one("Deployment")["spec"]["template"]["spec"]["volumes"]}
     expect_equal(volumes["vault-token"]["secret"]["secretName"], secret["metadata"]["name"],
                  f"{label}: token volume")
-    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, ROTATE_SECRETS],
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, UPDATE_CA,
+                                  ROTATE_SECRETS],
                  f"{label}: Role rules (the mounted token needs no API access)")
     return r
 
@@ -550,7 +552,8 @@ def check_vault_secret_elsewhere(chart):
     check_kubernetes_schemas(r)
     expect_equal(r.config()["vault"]["secret"], {"name": "tok", "key": "t", "namespace": "vault"},
                  f"{label}: vault.secret")
-    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, ROTATE_SECRETS],
+    expect_equal(r.role_rules(), [get_secrets("meshca-ca-bundle"), SECRET_CREATE, UPDATE_CA,
+                                  ROTATE_SECRETS],
                  f"{label}: Role rules in the release namespace")
     expect_equal(r.role_rules("vault"), [get_secrets("tok")], f"{label}: Role rules in vault")
     binding = next(b for b in r.all("RoleBinding") if b["metadata"]["namespace"] == "vault")
