@@ -341,6 +341,57 @@ async fn tls_connections_are_closed_when_the_handshake_or_the_preface_does_not_c
         .unwrap();
 }
 
+/// Issue #21: TLS handshakes take turns at the CPU (one step per CPU at a time), but only
+/// while there are bytes to process: 200 connections that send nothing and 200 that send their
+/// ClientHello, get the server's answer and then stall hold no turn, and a polite mTLS client
+/// still completes its handshake and gets its certificate well within `handshakeTimeout`.
+#[tokio::test]
+async fn idle_and_stalled_handshakes_do_not_hold_back_a_polite_client() {
+    let source = setup();
+    let settings = mtls_settings();
+    let handshake_timeout = settings.limits.handshake_timeout;
+    let sds = RunningSds::start(settings, source.clone()).await;
+    let address = sds.tcp.unwrap();
+
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    let client = Arc::new(tls_client(&source, Some(&id("ns/a"))));
+    let name = rustls_pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut tls = rustls::ClientConnection::new(client.clone(), name.clone()).unwrap();
+        let mut hello = Vec::new();
+        tls.write_tls(&mut hello).unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        tcp.write_all(&hello).await.unwrap();
+        stalled.push(tcp);
+    }
+    // Each got its ServerHello: the server did its first step for all of them.
+    for tcp in &mut stalled {
+        let mut record_type = [0; 1];
+        tcp.read_exact(&mut record_type).await.unwrap();
+        assert_eq!(record_type[0], 0x16, "a handshake record");
+    }
+
+    let started = std::time::Instant::now();
+    let ch = mtls_channel(&sds, &source, &id("ns/a")).await;
+    SotwClient::open(ch, None, &["default"])
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < handshake_timeout / 2,
+        "the polite client took {took:?}"
+    );
+    assert_eq!(sds.stats.snapshot().handshakes_shed, 0, "nobody was shed");
+    drop((idle, stalled));
+}
+
 #[tokio::test]
 async fn connections_beyond_max_connections_are_closed_when_accepted() {
     let source = setup();

@@ -319,6 +319,14 @@ impl Collector for Snapshot {
         )?;
         counter(
             e,
+            "sds_tls_handshakes_shed",
+            "SDS connections closed unprocessed after their ClientHello: more TLS handshakes \
+             were waiting than could be served within sds.handshakeTimeout.",
+            &none,
+            sds.handshakes_shed,
+        )?;
+        counter(
+            e,
             "admin_unauthorized",
             "Admin requests to change state refused for a missing, wrong or unconfigured token.",
             &none,

@@ -111,6 +111,9 @@ pub struct IstioMetricsSnapshot {
     pub impersonations_denied: u64,
     /// TLS handshakes refused or abandoned.
     pub handshakes_refused: u64,
+    /// TLS handshakes shed: closed unprocessed because more were waiting than could be served
+    /// within `istio.handshakeTimeout`.
+    pub handshakes_shed: u64,
 }
 
 impl IstioMetrics {
@@ -164,6 +167,7 @@ impl IstioMetrics {
             impersonations_allowed: read(&self.impersonations_allowed),
             impersonations_denied: read(&self.impersonations_denied),
             handshakes_refused: read(&self.transport.unauthenticated),
+            handshakes_shed: read(&self.transport.handshakes_shed),
         }
     }
 
@@ -245,6 +249,13 @@ impl Collector for Scrape {
             "istio_tls_handshakes_refused",
             "TLS handshakes on the Istio CA listener that failed or timed out.",
             &[(Vec::new(), s.handshakes_refused)],
+        )?;
+        family(
+            e,
+            "istio_tls_handshakes_shed",
+            "Istio CA connections closed unprocessed after their ClientHello: more TLS \
+             handshakes were waiting than could be served within istio.handshakeTimeout.",
+            &[(Vec::new(), s.handshakes_shed)],
         )?;
         Ok(())
     }

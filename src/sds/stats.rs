@@ -36,6 +36,10 @@ pub struct SdsStats {
     /// Certificates left out of a response because they had expired (renewals failing): each
     /// certificate counts once per stream that held it.
     pub expired_withheld: AtomicU64,
+    /// TLS handshakes shed: connections closed unprocessed after their ClientHello because
+    /// more handshakes were waiting for the CPU than could be served within
+    /// `handshakeTimeout` (the clients retry).
+    pub handshakes_shed: AtomicU64,
 }
 
 /// A copy of [`SdsStats`] at one moment.
@@ -52,6 +56,7 @@ pub struct SdsStatsSnapshot {
     pub permission_denied: u64,
     pub rejected: u64,
     pub expired_withheld: u64,
+    pub handshakes_shed: u64,
 }
 
 impl SdsStats {
@@ -69,6 +74,7 @@ impl SdsStats {
             permission_denied: read(&self.permission_denied),
             rejected: read(&self.rejected),
             expired_withheld: read(&self.expired_withheld),
+            handshakes_shed: read(&self.handshakes_shed),
         }
     }
 

@@ -1,5 +1,6 @@
-//! The accept loops: at most `<listener>.maxConnections` open, TLS handshakes off the loop and
-//! bounded in time, and a paced retry when `accept` fails. Shared by the SDS and the Istio CA
+//! The accept loops: at most `<listener>.maxConnections` open, TLS handshakes off the loop,
+//! bounded in time and taking turns at the CPU (`handshakes.rs`), and a paced retry when
+//! `accept` fails. Shared by the SDS and the Istio CA
 //! listeners ([`ListenerKind`] names which in logs and errors).
 
 use std::io;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::connection::{Connection, Io};
+use super::handshakes::{Gated, HandshakeQueue, Source, is_shed};
 use super::idle::ConnectionTimer;
 use super::{ListenerKind, Listeners};
 use crate::sds::SdsLimits;
@@ -31,7 +33,7 @@ pub(crate) struct AcceptSettings {
     pub(crate) tls: Option<TlsAcceptor>,
     /// The connection, TLS-handshake and preface limits.
     pub(crate) limits: SdsLimits,
-    /// Where refused handshakes are counted.
+    /// Where refused and shed handshakes are counted.
     pub(crate) stats: Arc<SdsStats>,
     /// Rewrite a malformed `:authority` on plain Unix socket connections (`authority.rs`): for
     /// gRPC clients that send the socket path, which h2 refuses.
@@ -49,9 +51,11 @@ pub(crate) fn accept(
     let (tx, rx) = mpsc::channel(64);
     let shared = Arc::new(AcceptShared {
         slots: Arc::new(Semaphore::new(settings.limits.max_connections)),
+        handshakes: Arc::new(HandshakeQueue::per_cpu(settings.limits.handshake_timeout)),
         settings,
         tx,
         over_limit: SharedThrottle::new(WARN_EVERY, 1),
+        shed: SharedThrottle::new(WARN_EVERY, 1),
     });
     if let Some(listener) = listeners.tcp {
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
@@ -72,8 +76,12 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 struct AcceptShared {
     settings: AcceptSettings,
     slots: Arc<Semaphore>,
+    /// The TLS handshakes' turns at the CPU (`handshakes.rs`).
+    handshakes: Arc<HandshakeQueue>,
     tx: mpsc::Sender<Result<Connection, io::Error>>,
     over_limit: SharedThrottle,
+    /// Warnings about handshakes shed because the handshake queue was full.
+    shed: SharedThrottle,
 }
 
 /// A listener the accept loop can take connections from.
@@ -81,7 +89,9 @@ trait Listener: Send + Sync {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn accept(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
     fn plain(stream: Self::Stream) -> Io;
-    fn secured(stream: TlsStream<Self::Stream>) -> Io;
+    fn secured(stream: TlsStream<Gated<Self::Stream>>) -> Io;
+    /// Where a handshake on `stream` comes from, for the handshake queue's turns.
+    fn source(stream: &Self::Stream) -> Source;
 }
 
 impl Listener for TcpListener {
@@ -98,8 +108,12 @@ impl Listener for TcpListener {
         Io::Tcp(stream)
     }
 
-    fn secured(stream: TlsStream<TcpStream>) -> Io {
+    fn secured(stream: TlsStream<Gated<TcpStream>>) -> Io {
         Io::TlsTcp(Box::new(stream))
+    }
+
+    fn source(stream: &TcpStream) -> Source {
+        stream.peer_addr().ok().map(|a| a.ip().to_canonical())
     }
 }
 
@@ -114,8 +128,12 @@ impl Listener for &UnixListener {
         Io::Unix(stream)
     }
 
-    fn secured(stream: TlsStream<UnixStream>) -> Io {
+    fn secured(stream: TlsStream<Gated<UnixStream>>) -> Io {
         Io::TlsUnix(Box::new(stream))
+    }
+
+    fn source(_: &UnixStream) -> Source {
+        None
     }
 }
 
@@ -169,8 +187,30 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
             None => L::plain(stream),
             Some(acceptor) => {
                 let timeout = limits.handshake_timeout;
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => L::secured(tls),
+                let source = L::source(&stream);
+                let gated = Gated::new(stream, shared.handshakes.clone(), source);
+                match tokio::time::timeout(timeout, acceptor.accept(gated)).await {
+                    Ok(Ok(mut tls)) => {
+                        tls.get_mut().0.handshake_done();
+                        L::secured(tls)
+                    }
+                    // Refused before any CPU was spent on it: the queue of handshakes is
+                    // longer than can be served within the timeout. The client retries later.
+                    Ok(Err(e)) if is_shed(&e) => {
+                        SdsStats::bump(&shared.settings.stats.handshakes_shed);
+                        let kind = shared.settings.kind;
+                        if let Some(suppressed) = shared.shed.ready() {
+                            warn!(
+                                shed_since_last_warning = suppressed,
+                                "{} TLS handshake refused: more handshakes are waiting than \
+                                 can be served within {}.handshakeTimeout; clients retry \
+                                 later",
+                                kind.name,
+                                kind.config
+                            );
+                        }
+                        return;
+                    }
                     // A refused or abandoned handshake is an unauthenticated caller (no or a
                     // wrong client certificate, or a port scan): counted, and logged at debug
                     // to keep a scan from flooding the log.
@@ -271,8 +311,12 @@ mod tests {
             Io::Tcp(stream)
         }
 
-        fn secured(stream: TlsStream<TcpStream>) -> Io {
+        fn secured(stream: TlsStream<Gated<TcpStream>>) -> Io {
             Io::TlsTcp(Box::new(stream))
+        }
+
+        fn source(_: &TcpStream) -> Source {
+            None
         }
     }
 
@@ -289,8 +333,10 @@ mod tests {
                 rewrite_unix_authority: false,
             },
             slots: Arc::new(Semaphore::new(1)),
+            handshakes: Arc::new(HandshakeQueue::new(1, Duration::from_secs(10))),
             tx,
             over_limit: SharedThrottle::new(WARN_EVERY, 1),
+            shed: SharedThrottle::new(WARN_EVERY, 1),
         });
         let stop = CancellationToken::new();
         let running = tokio::spawn(accept_loop(

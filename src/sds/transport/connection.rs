@@ -14,6 +14,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use super::authority::AuthorityRewrite;
+use super::handshakes::Gated;
 use super::idle::{ConnectionActivity, ConnectionTimer};
 
 /// What is known about the other end of an SDS connection; available to handlers as a request
@@ -58,8 +59,8 @@ pub(crate) struct Connection {
 pub(super) enum Io {
     Tcp(TcpStream),
     Unix(UnixStream),
-    TlsTcp(Box<TlsStream<TcpStream>>),
-    TlsUnix(Box<TlsStream<UnixStream>>),
+    TlsTcp(Box<TlsStream<Gated<TcpStream>>>),
+    TlsUnix(Box<TlsStream<Gated<UnixStream>>>),
     /// A Unix socket whose clients' malformed `:authority` is rewritten (`authority.rs`).
     UnixRewritten(Box<AuthorityRewrite<UnixStream>>),
 }
@@ -120,12 +121,12 @@ impl Connected for Connection {
                 activity,
             },
             Io::TlsTcp(s) => PeerInfo {
-                transport: tcp_peer(s.get_ref().0),
+                transport: tcp_peer(s.get_ref().0.get_ref()),
                 certificates: peer_chain(s),
                 activity,
             },
             Io::TlsUnix(s) => PeerInfo {
-                transport: unix_peer(s.get_ref().0),
+                transport: unix_peer(s.get_ref().0.get_ref()),
                 certificates: peer_chain(s),
                 activity,
             },

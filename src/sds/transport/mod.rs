@@ -3,7 +3,8 @@
 //! CA listener (`crate::istio`) runs on the same accept loops, connection cap and timers.
 //!
 //! `listeners.rs` binds them (the Unix socket with its mode and group), `accept.rs` runs the
-//! accept loops (connection cap, TLS handshakes, backoff when `accept` fails),
+//! accept loops (connection cap, TLS handshakes, backoff when `accept` fails), `handshakes.rs`
+//! gives the handshakes their turns at the CPU and refuses those that would wait too long,
 //! `connection.rs` is one accepted connection and its peer, `idle.rs` its preface and
 //! idle timer, `authority.rs` the `:authority` rewrite for gRPC clients that send a Unix
 //! socket's path (the Workload API's), and `codec.rs` the gRPC codec of the SDS, Istio CA and
@@ -13,6 +14,7 @@ mod accept;
 mod authority;
 pub mod codec;
 mod connection;
+mod handshakes;
 mod idle;
 mod listeners;
 
