@@ -333,7 +333,7 @@ mod tests {
                 rewrite_unix_authority: false,
             },
             slots: Arc::new(Semaphore::new(1)),
-            handshakes: Arc::new(HandshakeQueue::new(1, Duration::from_secs(10))),
+            handshakes: Arc::new(HandshakeQueue::new(1, 1, Duration::from_secs(10))),
             tx,
             over_limit: SharedThrottle::new(WARN_EVERY, 1),
             shed: SharedThrottle::new(WARN_EVERY, 1),
