@@ -341,7 +341,7 @@ async fn tls_connections_are_closed_when_the_handshake_or_the_preface_does_not_c
         .unwrap();
 }
 
-/// Issue #21: TLS handshakes take turns at the CPU (one step per CPU at a time), but only
+/// Issue #21: TLS handshakes take turns at the CPU (8 steps per CPU at a time), but only
 /// while there are bytes to process: 200 connections that send nothing and 200 that send their
 /// ClientHello, get the server's answer and then stall hold no turn, and a polite mTLS client
 /// still completes its handshake and gets its certificate well within `handshakeTimeout`.
