@@ -452,6 +452,51 @@ async fn a_csr_bomb_is_refused_after_the_signing_queue_timeout() {
     assert_eq!(leaf_uris(&chain), [id(LEGIT).to_string()]);
 }
 
+/// Issue #21, on the Istio CA listener (which shares the SDS listeners' transport): 100
+/// connections that send nothing and 100 that send their ClientHello, get the server's answer
+/// and then stall hold no turn at the CPU for TLS handshakes; a legitimate agent connecting
+/// afterwards completes its handshake and gets its certificate well within
+/// `istio.handshakeTimeout` (10 s), and nobody is shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_do_not_hold_back_a_legitimate_caller() {
+    let ca = IstioCa::start_tresor_with(&[]).await;
+    let root_pem =
+        std::fs::read_to_string(ca.issue_client_certificate("shop/stalled").join("ca.pem"))
+            .unwrap();
+    let tls = Arc::new(tls_client(&root_pem));
+    let name = rustls_pki_types::ServerName::try_from(ISTIOD_NAME).unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(TcpStream::connect(ca.addr).await.unwrap());
+    }
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let mut client = rustls::ClientConnection::new(tls.clone(), name.clone()).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        let mut tcp = TcpStream::connect(ca.addr).await.unwrap();
+        tcp.write_all(&hello).await.unwrap();
+        stalled.push(tcp);
+    }
+    // Each got its ServerHello: the server did its first step for all of them.
+    for tcp in &mut stalled {
+        let mut record_type = [0; 1];
+        tcp.read_exact(&mut record_type).await.unwrap();
+        assert_eq!(record_type[0], 0x16, "a handshake record");
+    }
+
+    let started = Instant::now();
+    let legit = Legit::new(&ca).await;
+    legit.certificate().await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the agent took {took:?}");
+    assert_eq!(
+        metric(&ca, "meshca_istio_tls_handshakes_shed_total").await,
+        0
+    );
+    drop((idle, stalled));
+}
+
 /// The legitimate caller: a client certificate from `meshca issue`, its own connection.
 #[derive(Clone)]
 struct Legit {
