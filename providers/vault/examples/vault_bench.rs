@@ -19,8 +19,14 @@
 //!
 //! The three run in turn, rotating which goes first, `ROUNDS` times; the best rate of each and
 //! the median of the per-round ratios are reported, so a burst of other work on the machine
-//! hurts no side alone. The figures are printed and written to `docs/BENCHMARKS.md` between
+//! hurts no side alone. Beside the rates, the CPU time per request of this process (the
+//! client) and of OpenBao (when the benchmark started it), summed over their threads from
+//! `/proc/<pid>/task/*/schedstat` (nanoseconds): what other work on the machine moves least.
+//! The figures are printed and written to `docs/BENCHMARKS.md` between
 //! `<!-- vault-bench:begin -->` and `<!-- vault-bench:end -->`.
+//!
+//! `MESHCA_BENCH_PROFILE=raw|meshca|fresh` runs only that loop, at concurrency 1, for
+//! `MESHCA_BENCH_REQUESTS` requests, and writes nothing: a loop to run under `perf record`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -50,6 +56,28 @@ enum Mode {
 
 const MODES: [Mode; 3] = [Mode::Raw, Mode::Meshca, Mode::RawFreshCsr];
 
+/// CPU time used so far by process `pid`, summed over its live threads (nanoseconds on the CPU,
+/// the first field of each thread's `schedstat`); zero when unreadable.
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// One timed loop: its rate and the CPU time per request of the client and of OpenBao.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    rate: f64,
+    client_us: f64,
+    bao_us: f64,
+}
+
 /// Everything a worker needs, shared.
 struct Bench {
     client: reqwest::Client,
@@ -59,6 +87,8 @@ struct Bench {
     provider: VaultProvider,
     spec: LeafSpec,
     key: LeafKey,
+    /// OpenBao's process, when the benchmark started it.
+    bao_pid: Option<u32>,
 }
 
 impl Bench {
@@ -110,9 +140,11 @@ impl Bench {
         }
     }
 
-    /// Requests per second for `requests` requests shared by `concurrency` workers.
-    async fn run(self: &Arc<Self>, mode: Mode, concurrency: usize, requests: usize) -> f64 {
+    /// `requests` requests shared by `concurrency` workers.
+    async fn run(self: &Arc<Self>, mode: Mode, concurrency: usize, requests: usize) -> Run {
         let remaining = Arc::new(AtomicUsize::new(requests));
+        let bao_cpu = || self.bao_pid.map_or(Duration::ZERO, cpu_time);
+        let (client_before, bao_before) = (cpu_time(std::process::id()), bao_cpu());
         let started = Instant::now();
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
@@ -130,13 +162,22 @@ impl Bench {
         for worker in workers {
             worker.await.unwrap();
         }
-        requests as f64 / started.elapsed().as_secs_f64()
+        let elapsed = started.elapsed();
+        let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / requests as f64;
+        Run {
+            rate: requests as f64 / elapsed.as_secs_f64(),
+            client_us: per_request(cpu_time(std::process::id()).saturating_sub(client_before)),
+            bao_us: per_request(bao_cpu().saturating_sub(bao_before)),
+        }
     }
 }
 
 struct Figures {
     concurrency: usize,
     best: [f64; 3],
+    /// Median over rounds of the client's and OpenBao's CPU per request, per loop (µs).
+    client_us: [f64; 3],
+    bao_us: [f64; 3],
     /// Median over rounds of meshca / raw and meshca / (raw + fresh CSR).
     median_vs_raw: f64,
     median_vs_fresh: f64,
@@ -149,7 +190,7 @@ async fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
 
-    let (_server, address, token) = match (
+    let (server, address, token) = match (
         std::env::var("MESHCA_BENCH_VAULT_ADDR"),
         std::env::var("MESHCA_BENCH_VAULT_TOKEN"),
     ) {
@@ -190,6 +231,7 @@ async fn main() {
         provider,
         spec,
         key,
+        bao_pid: server.as_ref().map(support::Bao::pid),
     };
     bench.body = bench.sign_body(pem_block(
         "CERTIFICATE REQUEST",
@@ -209,6 +251,22 @@ async fn main() {
         csr_cost.as_micros()
     );
 
+    if let Ok(only) = std::env::var("MESHCA_BENCH_PROFILE") {
+        let mode = match only.as_str() {
+            "raw" => Mode::Raw,
+            "meshca" => Mode::Meshca,
+            "fresh" => Mode::RawFreshCsr,
+            other => panic!("MESHCA_BENCH_PROFILE={other}: raw, meshca or fresh"),
+        };
+        bench.run(mode, 1, WARMUP).await;
+        let run = bench.run(mode, 1, requests).await;
+        println!(
+            "{only}: {:.1}/s, client CPU {:.1} µs/request, OpenBao CPU {:.1} µs/request",
+            run.rate, run.client_us, run.bao_us
+        );
+        return;
+    }
+
     let mut figures = Vec::new();
     for concurrency in CONCURRENCY {
         for mode in MODES {
@@ -216,22 +274,36 @@ async fn main() {
         }
         let mut best = [0.0f64; 3];
         let (mut vs_raw, mut vs_fresh) = (Vec::new(), Vec::new());
+        let (mut client_us, mut bao_us) =
+            ([(); 3].map(|()| Vec::new()), [(); 3].map(|()| Vec::new()));
         for round in 0..ROUNDS {
-            let mut rates = [0.0f64; 3];
+            let mut runs = [Run::default(); 3];
             for i in 0..MODES.len() {
                 let slot = (i + round) % MODES.len();
-                rates[slot] = bench.run(MODES[slot], concurrency, requests).await;
+                runs[slot] = bench.run(MODES[slot], concurrency, requests).await;
             }
+            let rates = runs.map(|run| run.rate);
             println!(
                 "concurrency {concurrency:>2}: raw {:>7.1}/s  meshca {:>7.1}/s  raw+fresh CSR \
-                 {:>7.1}/s  meshca/raw {:.1}%",
+                 {:>7.1}/s  meshca/raw {:.1}%  client CPU µs/request {:.1} / {:.1} / {:.1}  \
+                 OpenBao {:.1} / {:.1} / {:.1}",
                 rates[0],
                 rates[1],
                 rates[2],
-                rates[1] / rates[0] * 100.0
+                rates[1] / rates[0] * 100.0,
+                runs[0].client_us,
+                runs[1].client_us,
+                runs[2].client_us,
+                runs[0].bao_us,
+                runs[1].bao_us,
+                runs[2].bao_us,
             );
             for (best, rate) in best.iter_mut().zip(rates) {
                 *best = best.max(rate);
+            }
+            for (slot, run) in runs.iter().enumerate() {
+                client_us[slot].push(run.client_us);
+                bao_us[slot].push(run.bao_us);
             }
             vs_raw.push(rates[1] / rates[0]);
             vs_fresh.push(rates[1] / rates[2]);
@@ -239,6 +311,8 @@ async fn main() {
         figures.push(Figures {
             concurrency,
             best,
+            client_us: client_us.map(median),
+            bao_us: bao_us.map(median),
             median_vs_raw: median(vs_raw),
             median_vs_fresh: median(vs_fresh),
         });
@@ -246,8 +320,9 @@ async fn main() {
 
     let mut table = String::from(
         "| concurrency | raw (sign/s) | meshca `issue` (sign/s) | raw + fresh CSR (sign/s) | \
-         meshca / raw, best | meshca / raw, median | meshca / (raw + fresh CSR), median |\n\
-         |---:|---:|---:|---:|---:|---:|---:|\n",
+         meshca / raw, best | meshca / raw, median | meshca / (raw + fresh CSR), median | \
+         client CPU µs/request: raw / meshca / raw + fresh CSR | OpenBao CPU µs/request |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for f in &figures {
         let [raw, meshca, fresh] = f.best;
@@ -260,9 +335,19 @@ async fn main() {
             f.median_vs_raw * 100.0,
             f.median_vs_fresh * 100.0
         );
+        let [client_raw, client_meshca, client_fresh] = f.client_us;
+        let [bao_raw, bao_meshca, bao_fresh] = f.bao_us;
+        println!(
+            "concurrency {}: client CPU per request (medians) raw {client_raw:.1} µs, meshca \
+             {client_meshca:.1} µs, raw+fresh CSR {client_fresh:.1} µs; OpenBao {bao_raw:.1} / \
+             {bao_meshca:.1} / {bao_fresh:.1} µs",
+            f.concurrency
+        );
         writeln!(
             table,
-            "| {} | {raw:.0} | {meshca:.0} | {fresh:.0} | {:.1}% | {:.1}% | {:.1}% |",
+            "| {} | {raw:.0} | {meshca:.0} | {fresh:.0} | {:.1}% | {:.1}% | {:.1}% | \
+             {client_raw:.0} / {client_meshca:.0} / {client_fresh:.0} | \
+             {bao_raw:.0} / {bao_meshca:.0} / {bao_fresh:.0} |",
             f.concurrency,
             meshca / raw * 100.0,
             f.median_vs_raw * 100.0,
@@ -303,7 +388,11 @@ async fn main() {
          - meshca: `VaultProvider::issue` with a prebuilt P-256 key: a fresh CSR signed per \
          call, the answer parsed into a chain, as the daemon does.\n\
          - raw + fresh CSR: the raw loop making a new CSR per request (CSR generation alone: \
-         {csr_us} µs), to separate the CSR's cost from the provider's.\n\n{table}",
+         {csr_us} µs), to separate the CSR's cost from the provider's.\n\
+         - CPU µs/request: medians over the rounds of the CPU time per request of the \
+         benchmark's process (the client: its HTTP client, and for meshca the provider) and of \
+         OpenBao's, each summed over the process's threads (`/proc/<pid>/task/*/schedstat`); \
+         other work on the machine moves these less than the rates.\n\n{table}",
         csr_us = csr_cost.as_micros(),
         raw_path = raw_path(&url),
     );
