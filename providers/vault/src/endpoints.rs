@@ -3,7 +3,7 @@
 //!
 //! | Call | Endpoint | Response read as |
 //! |---|---|---|
-//! | `<pki>/sign/<role>` | vaultrs `SignCertificateRequest` | vaultrs `SignCertificateResponse` |
+//! | `<pki>/sign/<role>` | vaultrs `SignCertificateRequest`, through [`SignLeaf`] | meshca's [`Issued`](crate::pki::Issued) (DER) |
 //! | `<pki>/cert/ca_chain` | vaultrs `ReadCertificateRequest` | vaultrs `ReadCertificateResponse` |
 //! | `auth/token/renew-self` | vaultrs `RenewTokenSelfRequest` | the `auth` block |
 //! | `auth/<mount>/login` (AppRole) | vaultrs `LoginWithApproleRequest` | the `auth` block |
@@ -11,7 +11,7 @@
 //! | `<pki>/roles/<role>` | vaultrs `ReadRoleRequest` | vaultrs `ReadRoleResponse` |
 //! | `LIST <pki>/issuers` | vaultrs `ListIssuersRequest` | vaultrs `ListIssuersResponse` |
 //! | `<pki>/issuer/<id>/json` | vaultrs `ReadIssuerCertificateRequest` | vaultrs `ReadIssuerCertificateResponse` |
-//! | `<pki>/issuer/<id>/sign/<role>` | [`SignWithIssuer`] | vaultrs `SignCertificateResponse` |
+//! | `<pki>/issuer/<id>/sign/<role>` | [`SignLeaf`] | meshca's [`Issued`](crate::pki::Issued) (DER) |
 //! | `POST <pki>/root/generate/internal` (named) | [`GenerateNamedRoot`] | vaultrs `GenerateRootResponse` |
 //! | `POST <pki>/config/issuers` | vaultrs `SetDefaultIssuerRequest` | vaultrs `SetDefaultIssuerResponse` |
 //! | `PATCH <pki>/issuer/<id>` (the name) | [`RenameIssuer`] | ignored |
@@ -30,8 +30,12 @@
 //!
 //! vaultrs has no endpoint for signing with a named issuer (`<pki>/issuer/<ref>/sign/<role>`,
 //! which meshca uses to keep signing with the issuer it trusts everywhere while Vault's default
-//! issuer changes): [`SignWithIssuer`] is vaultrs's `sign/<role>` request, body and answer
-//! alike, sent to that path. Its root generation cannot name the issuer (`issuer_name`), which
+//! issuer changes): [`SignLeaf`] sends vaultrs's `sign/<role>` request body to that path (or to
+//! `sign/<role>` itself when no issuer is pinned). It reads the answer as meshca's
+//! [`Issued`](crate::pki::Issued) rather than vaultrs's `SignCertificateResponse`: meshca asks
+//! for `format=der` and decodes the base64 DER straight into certificates while the JSON is
+//! read, where vaultrs's type holds PEM strings to be unescaped, copied and parsed again; on
+//! the one call made per certificate, that is CPU taken from a Vault on the same machine. Its root generation cannot name the issuer (`issuer_name`), which
 //! `meshca rotate root` needs: [`GenerateNamedRoot`]; its issuer update is a `POST`, which
 //! resets every setting not sent (an operator's `leaf_not_after_behavior`, say): meshca renames
 //! with a `PATCH` ([`RenameIssuer`]).
@@ -39,6 +43,7 @@
 use rustify_derive::Endpoint;
 
 use crate::auth::LookupData;
+use crate::pki::Issued;
 
 pub(crate) use vaultrs::api::auth::approle::requests::LoginWithApproleRequest;
 pub(crate) use vaultrs::api::auth::kubernetes::requests::LoginWithKubernetesRequest;
@@ -87,27 +92,32 @@ pub(crate) struct RenameIssuer {
 }
 
 /// `POST <pki>/issuer/<issuer>/sign/<role>`: vaultrs's `sign/<role>` request signed by the
-/// issuer named, whatever the mount's default (or the role's `issuer_ref`) is.
+/// issuer named, whatever the mount's default (or the role's `issuer_ref`) is; without an
+/// issuer, `POST <pki>/sign/<role>`. The answer is read as meshca's [`Issued`].
 #[derive(Debug)]
-pub(crate) struct SignWithIssuer<'a> {
-    /// An issuer ID as Vault lists it (checked URL-safe by the caller).
-    pub(crate) issuer: &'a str,
+pub(crate) struct SignLeaf<'a> {
+    /// An issuer ID as Vault lists it (checked URL-safe by the caller), or none for the
+    /// role's issuer.
+    pub(crate) issuer: Option<&'a str>,
     /// The request as `sign/<role>` takes it.
     pub(crate) sign: &'a SignCertificateRequest,
 }
 
-impl rustify::Endpoint for SignWithIssuer<'_> {
-    type Response = vaultrs::api::pki::responses::SignCertificateResponse;
+impl rustify::Endpoint for SignLeaf<'_> {
+    type Response = Issued;
     const REQUEST_BODY_TYPE: rustify::enums::RequestType =
         <SignCertificateRequest as rustify::Endpoint>::REQUEST_BODY_TYPE;
     const RESPONSE_BODY_TYPE: rustify::enums::ResponseType =
         <SignCertificateRequest as rustify::Endpoint>::RESPONSE_BODY_TYPE;
 
     fn path(&self) -> String {
-        format!(
-            "{}/issuer/{}/sign/{}",
-            self.sign.mount, self.issuer, self.sign.role
-        )
+        match self.issuer {
+            Some(issuer) => format!(
+                "{}/issuer/{issuer}/sign/{}",
+                self.sign.mount, self.sign.role
+            ),
+            None => self.sign.path(),
+        }
     }
 
     fn method(&self) -> rustify::enums::RequestMethod {
@@ -145,6 +155,7 @@ mod tests {
     const ISSUERS: &str = include_str!("openbao-2.7.2/issuers.json");
     const ISSUER: &str = include_str!("openbao-2.7.2/issuer.json");
     const ISSUER_SIGN: &str = include_str!("openbao-2.7.2/issuer_sign.json");
+    const ISSUER_SIGN_DER: &str = include_str!("openbao-2.7.2/issuer_sign_der.json");
     const SIGN_INTERMEDIATE: &str = include_str!("openbao-2.7.2/sign_intermediate.json");
     const ISSUER_SIGN_INTERMEDIATE: &str =
         include_str!("openbao-2.7.2/issuer_sign_intermediate.json");
@@ -229,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn sign_with_issuer_is_the_sign_request_on_the_issuers_path() {
+    fn sign_leaf_is_the_sign_request_on_the_issuers_path() {
         use rustify::Endpoint as _;
         let sign = SignCertificateRequest {
             mount: "pki".into(),
@@ -237,8 +248,8 @@ mod tests {
             csr: Some("CSR".into()),
             ..Default::default()
         };
-        let pinned = SignWithIssuer {
-            issuer: "bf8af85e-b643-129a-fa59-325442272a00",
+        let pinned = SignLeaf {
+            issuer: Some("bf8af85e-b643-129a-fa59-325442272a00"),
             sign: &sign,
         };
         assert_eq!(
@@ -250,6 +261,88 @@ mod tests {
             pinned.method(),
             rustify::enums::RequestMethod::POST
         ));
+        let unpinned = SignLeaf {
+            issuer: None,
+            sign: &sign,
+        };
+        assert_eq!(unpinned.path(), sign.path());
+        assert_eq!(unpinned.body().unwrap(), sign.body().unwrap());
+    }
+
+    #[test]
+    fn a_der_sign_answer_is_read_straight_into_der() {
+        // OpenBao 2.7.2's answer to issuer/<id>/sign/meshca with format=der.
+        let mut issued =
+            decode_answer::<Issued>("pki/issuer/x/sign/meshca", 200, ISSUER_SIGN_DER.as_bytes())
+                .unwrap()
+                .data
+                .unwrap();
+        let ca = issued.ca_certificates();
+        assert_eq!(ca.len(), 1);
+        assert_eq!(issued.issuing_ca.as_ref().unwrap().0, ca);
+        assert!(crate::pki::is_self_signed(&ca[0]).unwrap());
+        let (leaf, not_after) = issued.leaf().unwrap();
+        let info = meshca_provider::CertificateInfo::parse(&leaf).unwrap();
+        // The stated expiration is the leaf's NotAfter.
+        assert_eq!(info.not_after, not_after);
+        assert_eq!(
+            not_after,
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_652_403)
+        );
+        assert_eq!(
+            info.issuer,
+            meshca_provider::CertificateInfo::parse(&ca[0])
+                .unwrap()
+                .subject
+        );
+        assert!(!crate::pki::is_self_signed(&leaf).unwrap());
+
+        // The PEM answers (format=pem) read as the same kind of certificates.
+        for (path, answer) in [
+            ("pki/sign/meshca", SIGN),
+            ("pki/issuer/x/sign/meshca", ISSUER_SIGN),
+        ] {
+            let pem = decode_answer::<SignCertificateResponse>(path, 200, answer.as_bytes())
+                .unwrap()
+                .data
+                .unwrap();
+            let mut issued = decode_answer::<Issued>(path, 200, answer.as_bytes())
+                .unwrap()
+                .data
+                .unwrap();
+            let ca = issued.ca_certificates();
+            let (leaf, _) = issued.leaf().unwrap();
+            assert_eq!(
+                [leaf],
+                meshca_provider::x509::certificates_from_pem(&pem.certificate)
+                    .unwrap()
+                    .as_slice()
+            );
+            let expected: Vec<_> = pem
+                .ca_chain
+                .unwrap()
+                .iter()
+                .flat_map(|c| meshca_provider::x509::certificates_from_pem(c).unwrap())
+                .collect();
+            assert_eq!(ca, expected);
+        }
+    }
+
+    #[test]
+    fn a_sign_answer_that_is_neither_der_nor_pem_is_malformed() {
+        let answer = br#"{"data":{"certificate":"not base64!","expiration":1}}"#;
+        assert!(matches!(
+            decode_answer::<Issued>("pki/sign/meshca", 200, answer),
+            Err(crate::http::ApiError::Malformed { .. })
+        ));
+        // Empty: no certificate, said when the leaf is asked for.
+        let answer = br#"{"data":{"certificate":"","issuing_ca":"","expiration":1}}"#;
+        let mut issued = decode_answer::<Issued>("pki/sign/meshca", 200, answer)
+            .unwrap()
+            .data
+            .unwrap();
+        assert!(issued.ca_certificates().is_empty());
+        assert!(issued.leaf().unwrap_err().contains("no certificate"));
     }
 
     #[test]

@@ -8,22 +8,22 @@ use meshca_provider::KeyType;
 use crate::auth::{Lease, LookupData, next_check};
 use crate::http::{ApiError, decode_answer};
 use crate::pki::{self, CaChain, Issued, PkiPaths, RoleData};
-use vaultrs::api::pki::responses::{
-    ReadCertificateResponse, ReadRoleResponse, SignCertificateResponse,
-};
+use vaultrs::api::pki::responses::{ReadCertificateResponse, ReadRoleResponse};
 
 /// Reads `body` as Vault's answer with `status` to each call meshca makes (sign/issue,
 /// `cert/ca_chain`, the role, login, `lookup-self`, `renew-self`), through the same code the
 /// provider runs on a real answer, down to the certificates, leases and hints it derives.
 pub fn read_answers(status: u16, body: &[u8]) {
     let paths = PkiPaths::new("pki", "meshca");
-    let sign = |status, body| decode_answer::<SignCertificateResponse>(&paths.sign, status, body);
+    let sign = |status, body| decode_answer::<Issued>(&paths.sign, status, body);
     if let Err(ApiError::Status { errors, .. }) = sign(status, body) {
         let _ = pki::rejection_hint(&errors, &paths, KeyType::P256);
     }
-    if let Ok(Some(issued)) = sign(status, body).map(|e| e.data.map(Issued::from)) {
+    if let Ok(Some(mut issued)) = sign(status, body).map(|e| e.data) {
+        let ca = issued.ca_certificates();
+        let _ = pki::intermediates(&ca);
+        let _ = pki::chain_root(&ca);
         let _ = issued.leaf();
-        let _ = pki::intermediates(issued.ca_pems());
         let _ = format!("{issued:?}");
     }
     if let Ok(Some(chain)) = decode_answer::<ReadCertificateResponse>(&paths.ca_chain, status, body)

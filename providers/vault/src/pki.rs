@@ -54,7 +54,8 @@ pub(crate) fn sign_request(
         alt_names: Some(alt_names).filter(|names| !names.is_empty()),
         uri_sans: spec.spiffe_id.as_ref().map(ToString::to_string),
         ttl: ttl_seconds(spec.lifetime),
-        format: Some("pem".to_owned()),
+        // Base64 DER rather than PEM: read straight into DER (see `Issued`).
+        format: Some("der".to_owned()),
         exclude_cn_from_sans: Some(false),
         ..Default::default()
     }
@@ -69,12 +70,18 @@ pub(crate) fn ttl_seconds(lifetime: Duration) -> Option<String> {
     Some(format!("{secs}s"))
 }
 
-/// The `data` of a `sign` answer (vaultrs's `SignCertificateResponse`), as meshca uses it.
+/// The `data` of a `sign` answer, asked for with `format=der`: the certificates come as base64
+/// DER and are decoded into DER as the JSON is read, with no PEM text in between. A PEM string
+/// (what `format=pem` answers) is read too, every `CERTIFICATE` block of it.
+#[derive(serde::Deserialize)]
 pub(crate) struct Issued {
-    pub(crate) certificate: String,
-    pub(crate) ca_chain: Option<Vec<String>>,
-    pub(crate) issuing_ca: Option<String>,
+    pub(crate) certificate: Certificates,
+    #[serde(default)]
+    pub(crate) ca_chain: Option<Vec<Certificates>>,
+    #[serde(default)]
+    pub(crate) issuing_ca: Option<Certificates>,
     /// The leaf's NotAfter, in Unix seconds.
+    #[serde(default)]
     pub(crate) expiration: Option<u64>,
 }
 
@@ -86,34 +93,67 @@ impl std::fmt::Debug for Issued {
     }
 }
 
-impl From<vaultrs::api::pki::responses::SignCertificateResponse> for Issued {
-    fn from(signed: vaultrs::api::pki::responses::SignCertificateResponse) -> Self {
-        Self {
-            certificate: signed.certificate,
-            ca_chain: signed.ca_chain,
-            issuing_ca: Some(signed.issuing_ca),
-            expiration: Some(signed.expiration),
+/// The certificates in one string of Vault's answer: one base64 DER certificate, or the
+/// `CERTIFICATE` blocks of a PEM text; none for an empty string.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Certificates(pub(crate) Vec<CertificateDer<'static>>);
+
+impl<'de> serde::Deserialize<'de> for Certificates {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Certificates;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a base64 DER certificate or PEM certificates")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Certificates, E> {
+                Certificates::read(text).map_err(E::custom)
+            }
         }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+impl Certificates {
+    /// Reads `text`: PEM when it holds a PEM block, base64 DER otherwise.
+    pub(crate) fn read(text: &str) -> Result<Self, String> {
+        use base64::Engine as _;
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(Self::default());
+        }
+        if text.starts_with("-----BEGIN") {
+            return certificates_from_pem(text)
+                .map(Self)
+                .map_err(|e| format!("not PEM: {e}"));
+        }
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("neither PEM nor base64 DER: {e}"))?;
+        Ok(Self(vec![CertificateDer::from(der)]))
     }
 }
 
 impl Issued {
-    /// The CA certificates Vault sent along, as it sent them.
-    pub(crate) fn ca_pems(&self) -> &[String] {
+    /// The CA certificates Vault sent along (`ca_chain`, else `issuing_ca`), in its order.
+    pub(crate) fn ca_certificates(&self) -> Vec<CertificateDer<'static>> {
         match (&self.ca_chain, &self.issuing_ca) {
-            (Some(chain), _) if !chain.is_empty() => chain,
-            (_, Some(issuing)) if !issuing.trim().is_empty() => std::slice::from_ref(issuing),
-            _ => &[],
+            (Some(chain), _) if chain.iter().any(|c| !c.0.is_empty()) => {
+                chain.iter().flat_map(|c| c.0.iter().cloned()).collect()
+            }
+            (_, Some(issuing)) => issuing.0.clone(),
+            _ => Vec::new(),
         }
     }
 
     /// The leaf certificate and its NotAfter.
-    pub(crate) fn leaf(&self) -> Result<(CertificateDer<'static>, SystemTime), String> {
-        let leaf = certificates_from_pem(&self.certificate)
-            .map_err(|e| format!("the certificate is not PEM: {e}"))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| "no certificate in the answer".to_owned())?;
+    pub(crate) fn leaf(&mut self) -> Result<(CertificateDer<'static>, SystemTime), String> {
+        if self.certificate.0.is_empty() {
+            return Err("no certificate in the answer".to_owned());
+        }
+        let leaf = self.certificate.0.swap_remove(0);
         // Vault states the leaf's NotAfter as `expiration`; reading it saves parsing the leaf
         // (the daemon parses and validates the whole chain anyway).
         let not_after = match self.expiration {
@@ -244,13 +284,13 @@ pub(crate) fn is_self_signed(der: &CertificateDer<'_>) -> Result<bool, String> {
 
 /// The intermediates among the CA certificates Vault returned with a leaf: everything but
 /// roots, nearest first.
-pub(crate) fn intermediates(ca_pems: &[String]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn intermediates(
+    ca: &[CertificateDer<'static>],
+) -> Result<Vec<CertificateDer<'static>>, String> {
     let mut out = Vec::new();
-    for pem in ca_pems {
-        for certificate in certificates_from_pem(pem).map_err(|e| e.to_string())? {
-            if !is_self_signed(&certificate)? {
-                out.push(certificate);
-            }
+    for certificate in ca {
+        if !is_self_signed(certificate)? {
+            out.push(certificate.clone());
         }
     }
     Ok(out)
@@ -258,17 +298,15 @@ pub(crate) fn intermediates(ca_pems: &[String]) -> Result<Vec<CertificateDer<'st
 
 /// The root the CA certificates Vault returned with a leaf lead to: the self-signed one, or —
 /// for a mount holding an intermediate without its root — the topmost.
-pub(crate) fn chain_root(ca_pems: &[String]) -> Result<Option<CertificateDer<'static>>, String> {
-    let mut topmost = None;
-    for pem in ca_pems {
-        for certificate in certificates_from_pem(pem).map_err(|e| e.to_string())? {
-            if is_self_signed(&certificate)? {
-                return Ok(Some(certificate));
-            }
-            topmost = Some(certificate);
+pub(crate) fn chain_root(
+    ca: &[CertificateDer<'static>],
+) -> Result<Option<CertificateDer<'static>>, String> {
+    for certificate in ca {
+        if is_self_signed(certificate)? {
+            return Ok(Some(certificate.clone()));
         }
     }
-    Ok(topmost)
+    Ok(ca.last().cloned())
 }
 
 /// The trust anchors in `cert/ca_chain`: its self-signed certificates, or — when the mount
@@ -373,7 +411,7 @@ mod tests {
             body["uri_sans"],
             "spiffe://cluster.local/ns/bookstore/sa/bookstore-v2"
         );
-        assert_eq!(body["format"], "pem");
+        assert_eq!(body["format"], "der");
         assert_eq!(body["exclude_cn_from_sans"], false);
 
         let bare = LeafSpec::workload(&id, &[], Duration::from_secs(1200));
@@ -427,8 +465,8 @@ mod tests {
     #[test]
     fn an_expiration_past_the_end_of_time_is_an_error_not_a_panic() {
         // Found writing the vault_response fuzz target: `SystemTime + Duration` panicked.
-        let issued = Issued {
-            certificate: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
+        let mut issued = Issued {
+            certificate: Certificates::read("MA==").unwrap(),
             ca_chain: None,
             issuing_ca: None,
             expiration: Some(u64::MAX),

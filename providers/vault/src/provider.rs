@@ -16,7 +16,7 @@ use crate::NAME;
 use crate::auth::{Credentials, api_error, check_token, keep_token_fresh};
 use crate::endpoints::{
     ListIssuersRequest, ReadCertificateRequest, ReadIssuerCertificateRequest, ReadRoleRequest,
-    SignWithIssuer,
+    SignLeaf,
 };
 use crate::error::VaultError;
 use crate::http::{ApiError, Envelope, VaultHttp, endpoint_path};
@@ -61,7 +61,7 @@ pub struct VaultProvider {
     credentials: Arc<Credentials>,
     pub(crate) paths: PkiPaths,
     capabilities: Capabilities,
-    /// Vault sends the same CA chain with every leaf; it is parsed once per distinct chain.
+    /// Vault sends the same CA chain with every leaf; it is sorted once per distinct chain.
     intermediates: Mutex<Option<CachedIntermediates>>,
     lifetime_cap: Mutex<Option<Duration>>,
     cap_reported: AtomicBool,
@@ -75,9 +75,9 @@ pub struct VaultProvider {
     renewer: tokio::task::JoinHandle<()>,
 }
 
-/// The intermediates parsed out of the `ca_chain` Vault last sent.
+/// The intermediates picked out of the `ca_chain` Vault last sent.
 struct CachedIntermediates {
-    pems: Vec<String>,
+    ca: Vec<CertificateDer<'static>>,
     parsed: Arc<[CertificateDer<'static>]>,
     /// The root they lead to, remembered with every leaf's NotAfter.
     root: Option<CertificateDer<'static>>,
@@ -287,7 +287,11 @@ impl VaultProvider {
                 if !self.unlisted_reported.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         %error,
-                        "cannot list the PKI mount's issuers: the trust bundle is the default                          issuer's chain, so a new default issuer set in Vault reaches proxies                          before they trust its root. Grant the token `list` on {path}, `read`                          on {}/issuer/* and `update` on {}/issuer/+/sign/{} (see the                          meshca-vault README)",
+                        "cannot list the PKI mount's issuers: the trust bundle is the default \
+                         issuer's chain, so a new default issuer set in Vault reaches proxies \
+                         before they trust its root. Grant the token `list` on {path}, `read` \
+                         on {}/issuer/* and `update` on {}/issuer/+/sign/{} (see the \
+                         meshca-vault README)",
                         self.paths.mount,
                         self.paths.mount,
                         self.paths.role_name
@@ -357,29 +361,32 @@ impl VaultProvider {
         &self,
         sign: &vaultrs::api::pki::requests::SignCertificateRequest,
         key_type: KeyType,
-    ) -> Result<Envelope<vaultrs::api::pki::responses::SignCertificateResponse>, ProviderError>
-    {
+    ) -> Result<Envelope<Issued>, ProviderError> {
+        let unpinned = SignLeaf { issuer: None, sign };
         let pinned = self
             .pinning
             .load(Ordering::Relaxed)
             .then(|| self.issuers().signing().map(|issuer| issuer.id.clone()))
             .flatten();
         let Some(issuer) = pinned else {
-            return self.call(sign, Some(key_type)).await;
+            return self.call(&unpinned, Some(key_type)).await;
         };
-        let request = SignWithIssuer {
-            issuer: &issuer,
+        let request = SignLeaf {
+            issuer: Some(&issuer),
             sign,
         };
         match self.call(&request, Some(key_type)).await {
             Ok(answer) => Ok(answer),
             // Refused while sign/<role> works: the token's policy lacks the issuer's path.
             Err(refused @ ProviderError::Unauthorized { .. }) => {
-                let answer = self.call(sign, Some(key_type)).await?;
+                let answer = self.call(&unpinned, Some(key_type)).await?;
                 if self.pinning.swap(false, Ordering::Relaxed) {
                     tracing::warn!(
                         error = %refused,
-                        "the Vault token may sign with {} but not with a named issuer: meshca                          signs with whatever issuer is Vault's default, so a default issuer                          changed in Vault reaches proxies before they trust its root. Grant                          `update` on {}/issuer/+/sign/{}",
+                        "the Vault token may sign with {} but not with a named issuer: meshca \
+                         signs with whatever issuer is Vault's default, so a default issuer \
+                         changed in Vault reaches proxies before they trust its root. Grant \
+                         `update` on {}/issuer/+/sign/{}",
                         self.paths.sign,
                         self.paths.mount,
                         self.paths.role_name
@@ -396,10 +403,11 @@ impl VaultProvider {
                 self.issuers().drop_signing();
                 tracing::warn!(
                     issuer = %issuer,
-                    "the Vault issuer meshca signed with is gone from {}; signing with the                      mount's default issuer",
+                    "the Vault issuer meshca signed with is gone from {}; signing with the \
+                     mount's default issuer",
                     self.paths.mount
                 );
-                self.call(sign, Some(key_type)).await
+                self.call(&unpinned, Some(key_type)).await
             }
             Err(error) => Err(error),
         }
@@ -555,7 +563,7 @@ impl VaultProvider {
     /// The leaf and its intermediates (no root), after noting a capped lifetime.
     fn chain(
         &self,
-        issued: &Issued,
+        mut issued: Issued,
         asked: Duration,
         started: SystemTime,
     ) -> Result<CertificateChain, ProviderError> {
@@ -563,7 +571,7 @@ impl VaultProvider {
             .leaf()
             .map_err(|reason| self.invalid(&self.paths.sign, reason))?;
         self.note_lifetime(asked, started, not_after);
-        let (intermediates, root) = self.intermediates(issued.ca_pems())?;
+        let (intermediates, root) = self.intermediates(issued.ca_certificates())?;
         if let Some(root) = root {
             self.issuers().remember(&root, not_after);
         }
@@ -574,11 +582,11 @@ impl VaultProvider {
             .ok_or_else(|| self.invalid(&self.paths.sign, "empty chain".to_owned()))
     }
 
-    /// The intermediates among `ca_pems`, and the root they lead to.
+    /// The intermediates among `ca`, and the root they lead to.
     #[allow(clippy::type_complexity)]
     fn intermediates(
         &self,
-        ca_pems: &[String],
+        ca: Vec<CertificateDer<'static>>,
     ) -> Result<
         (
             Arc<[CertificateDer<'static>]>,
@@ -591,17 +599,17 @@ impl VaultProvider {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(cached) = cache.as_ref()
-            && cached.pems.as_slice() == ca_pems
+            && cached.ca == ca
         {
             return Ok((cached.parsed.clone(), cached.root.clone()));
         }
         let unreadable =
             |e: String| self.invalid(&self.paths.sign, format!("unreadable ca_chain: {e}"));
         let parsed: Arc<[CertificateDer<'static>]> =
-            pki::intermediates(ca_pems).map_err(unreadable)?.into();
-        let root = pki::chain_root(ca_pems).map_err(unreadable)?;
+            pki::intermediates(&ca).map_err(unreadable)?.into();
+        let root = pki::chain_root(&ca).map_err(unreadable)?;
         *cache = Some(CachedIntermediates {
-            pems: ca_pems.to_vec(),
+            ca,
             parsed: parsed.clone(),
             root: root.clone(),
         });
@@ -658,8 +666,8 @@ impl CertificateProvider for VaultProvider {
         let sign = pki::sign_request(&self.paths, request.spec, csr);
         let started = SystemTime::now();
         let answer = self.sign(&sign, key_type).await?;
-        let issued = Issued::from(self.data(answer, &self.paths.sign)?);
-        self.chain(&issued, request.spec.lifetime, started)
+        let issued = self.data(answer, &self.paths.sign)?;
+        self.chain(issued, request.spec.lifetime, started)
     }
 
     async fn trust_bundle(&self) -> Result<TrustBundle, ProviderError> {
