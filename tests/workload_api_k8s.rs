@@ -2,9 +2,11 @@
 //! Kubernetes API server of tests/support, with fabricated `/proc/<pid>/cgroup` files in the
 //! kubelet's shapes: a caller's pid leads to its pod's UID, its pod (listed once for this node,
 //! field-selected by `spec.nodeName`, listed again when a pod UID is unknown) and SPIRE's
-//! `k8s:ns`, `k8s:sa`, `k8s:pod-uid`, `k8s:pod-name` selectors. A caller whose cgroup names no
-//! pod of this node gets none, and on the real Workload API server PERMISSION_DENIED with
-//! nothing issued (this process calls it, its own pid's cgroup fabricated).
+//! `k8s:ns`, `k8s:sa`, `k8s:pod-uid`, `k8s:pod-name`, `k8s:pod-label` selectors; a static
+//! pod's cgroup (the kubelet's config hash) leads to its mirror pod on this node. A caller whose
+//! cgroup names no pod of this node gets none, and on the real Workload API server
+//! PERMISSION_DENIED with nothing issued (this process calls it, its own pid's cgroup
+//! fabricated).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,13 +44,35 @@ fn put_pod(
     node: &str,
     uid: &str,
 ) {
+    put_pod_with(
+        kube,
+        json!({"name": name, "namespace": namespace, "uid": uid}),
+        Some(service_account),
+        node,
+    );
+}
+
+/// Stores a running pod on `node` with `metadata` (name, namespace, uid, labels, annotations)
+/// and `service_account` (none for a static pod's mirror).
+fn put_pod_with(
+    kube: &MockKube,
+    metadata: serde_json::Value,
+    service_account: Option<&str>,
+    node: &str,
+) {
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}",
+        metadata["namespace"].as_str().unwrap(),
+        metadata["name"].as_str().unwrap()
+    );
+    let mut spec = json!({"nodeName": node, "containers": [{"name": "app", "image": "app"}]});
+    if let Some(account) = service_account {
+        spec["serviceAccountName"] = account.into();
+    }
     kube.put_object(
-        &format!("/api/v1/namespaces/{namespace}/pods/{name}"),
+        &path,
         json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid},
-            "spec": {"serviceAccountName": service_account, "nodeName": node,
-                     "containers": [{"name": "app", "image": "app"}]},
+            "apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec,
             "status": {"phase": "Running"},
         }),
     );
@@ -203,6 +227,141 @@ async fn callers_are_attested_by_the_pod_their_cgroup_names_on_this_node() {
     );
 }
 
+/// A static pod's processes: their cgroup names the kubelet's config hash, which only the
+/// mirror pod's `kubernetes.io/config.mirror` annotation carries. Labels give
+/// `k8s:pod-label:<key>:<value>` selectors, in key order.
+#[tokio::test]
+async fn static_pods_are_found_by_their_mirror_pod_on_this_node_and_labels_are_selectors() {
+    const APISERVER_HASH: &str = "81cdabfc720501d9e81b425b15921b4d";
+    const APISERVER_MIRROR_UID: &str = "3c2b1a09-8f7e-4d6c-9b5a-4f3e2d1c0b9a";
+    const OTHER_NODE_HASH: &str = "0123456789abcdef0123456789abcdef";
+    const CLAIMED_HASH: &str = "fedcba9876543210fedcba9876543210";
+    const PRETENDED_HASH: &str = "00112233445566778899aabbccddeeff";
+    let kube = MockKube::start().await;
+    // The kubelet's mirror of this node's kube-apiserver static pod.
+    put_pod_with(
+        &kube,
+        json!({"name": "kube-apiserver-node-a", "namespace": "kube-system",
+               "uid": APISERVER_MIRROR_UID,
+               "labels": {"tier": "control-plane", "component": "kube-apiserver"},
+               "annotations": {"kubernetes.io/config.mirror": APISERVER_HASH,
+                               "kubernetes.io/config.source": "file"}}),
+        None,
+        NODE,
+    );
+    // Another node's mirror pod: its static pod does not run here.
+    put_pod_with(
+        &kube,
+        json!({"name": "etcd-node-b", "namespace": "kube-system",
+               "uid": ELSEWHERE_UID,
+               "annotations": {"kubernetes.io/config.mirror": OTHER_NODE_HASH}}),
+        None,
+        "node-b",
+    );
+    // Two pods of this node claiming one static pod (one annotated by hand, without a service
+    // account as the API server requires of a mirror pod): neither counts.
+    put_pod_with(
+        &kube,
+        json!({"name": "etcd-node-a", "namespace": "kube-system", "uid": DB_UID,
+               "annotations": {"kubernetes.io/config.mirror": CLAIMED_HASH}}),
+        None,
+        NODE,
+    );
+    put_pod_with(
+        &kube,
+        json!({"name": "impostor", "namespace": "web", "uid": LATE_UID,
+               "annotations": {"kubernetes.io/config.mirror": CLAIMED_HASH}}),
+        None,
+        NODE,
+    );
+    // A pod with a service account is no mirror pod, whatever its annotations say.
+    put_pod_with(
+        &kube,
+        json!({"name": "pretender", "namespace": "web",
+               "uid": "5e4d3c2b-1a09-4f8e-9d7c-6b5a4f3e2d1c",
+               "annotations": {"kubernetes.io/config.mirror": PRETENDED_HASH}}),
+        Some("frontend"),
+        NODE,
+    );
+    // An ordinary pod with labels.
+    put_pod_with(
+        &kube,
+        json!({"name": "frontend-1", "namespace": "web", "uid": FRONTEND_UID,
+               "labels": {"app.kubernetes.io/name": "frontend", "track": ""}}),
+        Some("frontend"),
+        NODE,
+    );
+    let proc_root = tempfile::tempdir().unwrap();
+    fabricate(
+        proc_root.path(),
+        100,
+        &format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{APISERVER_HASH}\
+             .slice/cri-containerd-0f1e2d3c.scope\n"
+        ),
+    );
+    fabricate(
+        proc_root.path(),
+        200,
+        &format!("0::/kubepods/burstable/pod{OTHER_NODE_HASH}/abc\n"),
+    );
+    fabricate(
+        proc_root.path(),
+        300,
+        &format!("0::/kubepods/burstable/pod{CLAIMED_HASH}/abc\n"),
+    );
+    fabricate(
+        proc_root.path(),
+        350,
+        &format!("0::/kubepods/burstable/pod{PRETENDED_HASH}/abc\n"),
+    );
+    fabricate(
+        proc_root.path(),
+        400,
+        &format!("0::/kubepods/pod{FRONTEND_UID}/abc\n"),
+    );
+    let attestor = KubernetesAttestor::new(
+        proc_root.path(),
+        Arc::new(KubeNodePods::new(kube.client().await, NODE)),
+    )
+    .with_min_refresh(Duration::ZERO);
+
+    let label = |key: &str, value: &str| Selector::K8sPodLabel(key.into(), value.into());
+    assert_eq!(
+        attestor.attest(caller(100)).await.unwrap(),
+        [
+            Selector::K8sNamespace("kube-system".into()),
+            Selector::K8sPodUid(APISERVER_HASH.into()),
+            Selector::K8sPodName("kube-apiserver-node-a".into()),
+            label("component", "kube-apiserver"),
+            label("tier", "control-plane"),
+        ],
+        "the static pod's UID (its cgroup's) and its mirror pod's namespace, name and labels"
+    );
+    assert_eq!(pod_lists(&kube), 1);
+    assert_eq!(
+        attestor.attest(caller(200)).await.unwrap(),
+        [],
+        "another node's mirror pod"
+    );
+    assert_eq!(
+        attestor.attest(caller(300)).await.unwrap(),
+        [],
+        "a static pod UID two pods claim"
+    );
+    assert_eq!(
+        attestor.attest(caller(350)).await.unwrap(),
+        [],
+        "an annotation on a pod with a service account"
+    );
+    let mut frontend = k8s("web", "frontend", FRONTEND_UID, "frontend-1");
+    frontend.extend([
+        label("app.kubernetes.io/name", "frontend"),
+        label("track", ""),
+    ]);
+    assert_eq!(attestor.attest(caller(400)).await.unwrap(), frontend);
+}
+
 #[tokio::test(start_paused = true)]
 async fn unknown_pods_cannot_make_meshca_list_pods_on_every_call() {
     let kube = MockKube::start().await;
@@ -231,12 +390,19 @@ async fn unknown_pods_cannot_make_meshca_list_pods_on_every_call() {
 }
 
 /// The real server, with this process as the caller: its own pid's cgroup (fabricated) names
-/// web/frontend's pod → that SVID; then a pod of no node's → PERMISSION_DENIED, nothing more
+/// web/frontend's pod → the SVIDs of the entries its service account and its labels match;
+/// then a pod of no node's → PERMISSION_DENIED, nothing more
 /// issued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_in_no_known_pod_is_refused_and_nothing_is_issued() {
     let kube = MockKube::start().await;
-    put_pod(&kube, "web", "frontend-1", "frontend", NODE, FRONTEND_UID);
+    put_pod_with(
+        &kube,
+        json!({"name": "frontend-1", "namespace": "web", "uid": FRONTEND_UID,
+               "labels": {"app": "frontend", "track": "stable"}}),
+        Some("frontend"),
+        NODE,
+    );
     let proc_root = tempfile::tempdir().unwrap();
     let me = i32::try_from(std::process::id()).unwrap();
     fabricate(
@@ -246,14 +412,18 @@ async fn a_caller_in_no_known_pod_is_refused_and_nothing_is_issued() {
     );
     let trust_domain = TrustDomain::default();
     let frontend = SpiffeId::from_short("web/frontend", &trust_domain).unwrap();
-    let entries = vec![RegistrationEntry {
-        spiffe_id: frontend.clone(),
-        selectors: vec![
-            Selector::K8sNamespace("web".into()),
-            Selector::K8sServiceAccount("frontend".into()),
-        ],
+    let stable = SpiffeId::from_short("web/frontend-stable", &trust_domain).unwrap();
+    let canary = SpiffeId::from_short("web/frontend-canary", &trust_domain).unwrap();
+    let entry = |spiffe_id: &SpiffeId, selectors: &[&str]| RegistrationEntry {
+        spiffe_id: spiffe_id.clone(),
+        selectors: selectors.iter().map(|s| s.parse().unwrap()).collect(),
         hint: String::new(),
-    }];
+    };
+    let entries = vec![
+        entry(&frontend, &["k8s:ns:web", "k8s:sa:frontend"]),
+        entry(&stable, &["k8s:ns:web", "k8s:pod-label:track:stable"]),
+        entry(&canary, &["k8s:ns:web", "k8s:pod-label:track:canary"]),
+    ];
     let socket_dir = tempfile::tempdir().unwrap();
     let socket = socket_dir.path().join("workload-api.sock");
     let source = TestSource::new(Arc::new(TestCa::new("k8s-attestor")));
@@ -292,10 +462,15 @@ async fn a_caller_in_no_known_pod_is_refused_and_nothing_is_issued() {
     };
     let mut stream = client.fetch_x509svid(call()).await.unwrap().into_inner();
     let response = stream.message().await.unwrap().unwrap();
-    assert_eq!(response.svids.len(), 1);
-    assert_eq!(response.svids[0].spiffe_id, frontend.to_string());
+    let mut ids: Vec<_> = response.svids.iter().map(|s| s.spiffe_id.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [frontend.to_string(), stable.to_string()],
+        "by service account and by label; not the canary label's"
+    );
     drop(stream);
-    assert_eq!(source.issued(), 1);
+    assert_eq!(source.issued(), 2);
 
     // The same process, now in the cgroup of a pod no node runs.
     fabricate(
@@ -312,7 +487,7 @@ async fn a_caller_in_no_known_pod_is_refused_and_nothing_is_issued() {
         refused.message().contains("no registration entry"),
         "{refused:?}"
     );
-    assert_eq!(source.issued(), 1, "nothing issued for the refused caller");
+    assert_eq!(source.issued(), 2, "nothing issued for the refused caller");
 
     drop(stop);
     running.stopped().await.unwrap();

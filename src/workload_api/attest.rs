@@ -6,8 +6,8 @@
 //! `unix:path` from `/proc/<pid>/exe`, `unix:sha256` of that executable.
 //! [`KubernetesAttestor`](super::kubernetes::KubernetesAttestor) gives SPIRE's Kubernetes
 //! ones: pid → `/proc/<pid>/cgroup` → pod UID → the pod on this node from the API server →
-//! `k8s:ns`, `k8s:sa`, `k8s:pod-uid`, `k8s:pod-name`. [`Attestors`] runs several
-//! (`workloadApi.attestors`) and hands on every selector they found.
+//! `k8s:ns`, `k8s:sa`, `k8s:pod-uid`, `k8s:pod-name`, `k8s:pod-label`. [`Attestors`] runs
+//! several (`workloadApi.attestors`) and hands on every selector they found.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -52,6 +52,9 @@ pub enum Selector {
     K8sPodUid(String),
     /// `k8s:pod-name:<name>`: its pod's name.
     K8sPodName(String),
+    /// `k8s:pod-label:<key>:<value>`: a label of its pod (key, value), bounded by
+    /// [`Selector::MAX_LABEL_KEY_LEN`] and [`Selector::MAX_LABEL_VALUE_LEN`].
+    K8sPodLabel(String, String),
 }
 
 impl fmt::Display for Selector {
@@ -68,6 +71,7 @@ impl fmt::Display for Selector {
             Self::K8sServiceAccount(account) => write!(f, "k8s:sa:{account}"),
             Self::K8sPodUid(uid) => write!(f, "k8s:pod-uid:{uid}"),
             Self::K8sPodName(name) => write!(f, "k8s:pod-name:{name}"),
+            Self::K8sPodLabel(key, value) => write!(f, "k8s:pod-label:{key}:{value}"),
         }
     }
 }
@@ -77,7 +81,8 @@ impl fmt::Display for Selector {
 #[error(
     "selector {text:?} {reason}; meshca understands unix:uid:<n>, unix:gid:<n>, \
      unix:path:<absolute path>, unix:sha256:<64 hex digits>, k8s:ns:<namespace>, \
-     k8s:sa:<service account>, k8s:pod-uid:<uid> and k8s:pod-name:<name>"
+     k8s:sa:<service account>, k8s:pod-uid:<uid>, k8s:pod-name:<name> and \
+     k8s:pod-label:<key>:<value>"
 )]
 pub struct SelectorError {
     text: String,
@@ -103,6 +108,25 @@ impl FromStr for Selector {
                 "sa" => Ok(Self::K8sServiceAccount(value)),
                 "pod-uid" => Ok(Self::K8sPodUid(value.to_ascii_lowercase())),
                 "pod-name" => Ok(Self::K8sPodName(value)),
+                "pod-label" => {
+                    let (key, label) = value
+                        .split_once(':')
+                        .ok_or_else(|| fail("has no label value (k8s:pod-label:<key>:<value>)"))?;
+                    if key.is_empty() {
+                        return Err(fail("has an empty label key"));
+                    }
+                    if label.contains(':') {
+                        return Err(fail(
+                            "has a ':' in its label value, which no Kubernetes label has",
+                        ));
+                    }
+                    if !Self::label_fits(key, label) {
+                        return Err(fail(
+                            "has a label longer than Kubernetes allows (key 317 bytes, value 63)",
+                        ));
+                    }
+                    Ok(Self::K8sPodLabel(key.to_owned(), label.to_owned()))
+                }
                 _ => Err(fail("is not a selector meshca knows")),
             };
         }
@@ -249,6 +273,21 @@ pub trait Attestor: Send + Sync + 'static {
 }
 
 impl Selector {
+    /// The longest label key Kubernetes accepts: a DNS subdomain prefix (253), `/`, a name (63).
+    pub const MAX_LABEL_KEY_LEN: usize = 253 + 1 + 63;
+    /// The longest label value Kubernetes accepts.
+    pub const MAX_LABEL_VALUE_LEN: usize = 63;
+
+    /// Whether a pod label `key`=`value` is within what Kubernetes accepts, and so may be a
+    /// `k8s:pod-label` selector (what the attestor keeps and what an entry may name).
+    pub fn label_fits(key: &str, value: &str) -> bool {
+        !key.is_empty()
+            && key.len() <= Self::MAX_LABEL_KEY_LEN
+            && value.len() <= Self::MAX_LABEL_VALUE_LEN
+            && !key.contains(':')
+            && !value.contains(':')
+    }
+
     /// Whether only the Kubernetes attestor gives it (`k8s:`).
     pub fn is_kubernetes(&self) -> bool {
         matches!(
@@ -257,6 +296,7 @@ impl Selector {
                 | Self::K8sServiceAccount(_)
                 | Self::K8sPodUid(_)
                 | Self::K8sPodName(_)
+                | Self::K8sPodLabel(..)
         )
     }
 }
@@ -612,6 +652,10 @@ mod tests {
             "k8s:sa:frontend",
             "k8s:pod-uid:6b1e6a4c-2f5d-4c1e-9a57-0d6f5e0c2b11",
             "k8s:pod-name:frontend-7d4b9c-x2kqz",
+            "k8s:pod-label:app:web",
+            "k8s:pod-label:app.kubernetes.io/name:frontend",
+            // Kubernetes allows an empty label value.
+            "k8s:pod-label:canary:",
         ] {
             assert_eq!(text.parse::<Selector>().unwrap().to_string(), text);
         }
@@ -624,13 +668,31 @@ mod tests {
             "unix:sha256:abc",
             "k8s:ns:",
             "k8s:namespace:default",
-            "k8s:pod-label:app:web",
+            "k8s:pod-labels:app:web",
+            "k8s:pod-label:app",
+            "k8s:pod-label::web",
+            "k8s:pod-label:app:a:b",
         ] {
             let error = bad.parse::<Selector>().unwrap_err().to_string();
             assert!(
                 error.contains(bad) && error.contains("unix:uid:<n>") && error.contains("k8s:sa:"),
                 "{error}"
             );
+        }
+        // Label bounds: Kubernetes' own, so an entry naming a longer label could never match.
+        let longest = format!(
+            "k8s:pod-label:{}/{}:{}",
+            "p".repeat(253),
+            "n".repeat(63),
+            "v".repeat(63)
+        );
+        assert_eq!(longest.parse::<Selector>().unwrap().to_string(), longest);
+        for too_long in [
+            format!("k8s:pod-label:app:{}", "v".repeat(64)),
+            format!("k8s:pod-label:{}:web", "k".repeat(318)),
+        ] {
+            let error = too_long.parse::<Selector>().unwrap_err().to_string();
+            assert!(error.contains("longer than Kubernetes allows"), "{error}");
         }
     }
 

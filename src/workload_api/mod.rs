@@ -52,7 +52,7 @@ pub use attest::{
     AttestError, Attestor, Attestors, PeerCredentials, RegistrationEntry, Selector, SelectorError,
     UnixAttestor,
 };
-pub use kubernetes::{KubeNodePods, KubernetesAttestor, NodePods};
+pub use kubernetes::{KubeNodePods, KubernetesAttestor, NodePod, NodePods};
 pub use metrics::{WorkloadApiMetrics, WorkloadApiMetricsSnapshot};
 
 use crate::sds::source::SecretSource;

@@ -735,6 +735,9 @@ def check_node_local_example(r):
                  "/run/meshca/workload-api.sock", "node-local example: the README's socket path")
     expect_equal(r.config(NODE_LOCAL)["workloadApi"]["attestors"], ["unix", "k8s"],
                  "node-local example: attested by pod and process")
+    check("k8s:pod-label:track:canary" in
+          [s for e in r.config(NODE_LOCAL)["workloadApi"]["entries"] for s in e["selectors"]],
+          "node-local example: a k8s:pod-label entry")
 
 
 def check_node_local_variants(chart):
@@ -818,6 +821,9 @@ def check_refusals(chart):
          "selectors"),
         ({"workloadApi": {"nodeLocal": {"entries": [{"spiffeId": "a/b",
                                                      "selectors": ["k8s:pod-label:a"]}]}}},
+         "selectors"),
+        ({"workloadApi": {"nodeLocal": {"entries": [{"spiffeId": "a/b",
+                                                     "selectors": ["k8s:pod-label:a:b:c"]}]}}},
          "selectors"),
         ({"workloadApi": {"nodeLocal": {"attestors": []}}}, "attestors"),
         ({"workloadApi": {"nodeLocal": {"attestors": ["unix", "docker"]}}}, "attestors"),
