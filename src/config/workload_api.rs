@@ -62,7 +62,8 @@ pub struct EntryConfig {
     pub spiffe_id: String,
     /// SPIRE selectors, all of which must match: `unix:uid:<n>`, `unix:gid:<n>`,
     /// `unix:path:<absolute path>`, `unix:sha256:<hex>` (the `unix` attestor's), `k8s:ns:<ns>`,
-    /// `k8s:sa:<sa>`, `k8s:pod-uid:<uid>`, `k8s:pod-name:<name>` (the `k8s` attestor's).
+    /// `k8s:sa:<sa>`, `k8s:pod-uid:<uid>`, `k8s:pod-name:<name>`, `k8s:pod-label:<key>:<value>`
+    /// (the `k8s` attestor's).
     pub selectors: Vec<String>,
     /// Optional hint sent with the SVID (`internal`, `external`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
