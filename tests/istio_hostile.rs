@@ -465,25 +465,8 @@ async fn stalled_handshakes_do_not_hold_back_a_legitimate_caller() {
             .unwrap();
     let tls = Arc::new(tls_client(&root_pem));
     let name = rustls_pki_types::ServerName::try_from(ISTIOD_NAME).unwrap();
-    let mut idle = Vec::new();
-    for _ in 0..100 {
-        idle.push(TcpStream::connect(ca.addr).await.unwrap());
-    }
-    let mut stalled = Vec::new();
-    for _ in 0..100 {
-        let mut client = rustls::ClientConnection::new(tls.clone(), name.clone()).unwrap();
-        let mut hello = Vec::new();
-        client.write_tls(&mut hello).unwrap();
-        let mut tcp = TcpStream::connect(ca.addr).await.unwrap();
-        tcp.write_all(&hello).await.unwrap();
-        stalled.push(tcp);
-    }
-    // Each got its ServerHello: the server did its first step for all of them.
-    for tcp in &mut stalled {
-        let mut record_type = [0; 1];
-        tcp.read_exact(&mut record_type).await.unwrap();
-        assert_eq!(record_type[0], 0x16, "a handshake record");
-    }
+    let (idle, stalled) =
+        support::hostile::idle_and_stalled_handshakes(ca.addr, &tls, &name, 100).await;
 
     let started = Instant::now();
     let legit = Legit::new(&ca).await;

@@ -315,20 +315,7 @@ impl VaultReplicas {
 
     /// Vault at `bao`, the shared store, 30 s leaves with 1 s skew, the mount read every second.
     fn settings(&self) -> Vec<String> {
-        [
-            "certificateProvider.kind=vault".to_owned(),
-            "vault.host=127.0.0.1".to_owned(),
-            format!("vault.port={}", self.bao.port),
-            format!("vault.token={}", self.bao.root_token),
-            format!("tresor.directory={}", self.acks_store().display()),
-            "rotation.pollInterval=1s".to_owned(),
-            "certificateProvider.serviceCertValidityDuration=30s".to_owned(),
-            "tresor.clockSkewAllowance=1s".to_owned(),
-            "renewal.floor=2s".to_owned(),
-        ]
-        .into_iter()
-        .flat_map(|s| ["--set".to_owned(), s])
-        .collect()
+        self.bao.rotation_args(&self.acks_store())
     }
 
     fn acks_store(&self) -> std::path::PathBuf {
@@ -337,19 +324,7 @@ impl VaultReplicas {
 
     /// `meshca rotate root <action>`: exit status (0, or 3 for "not yet") and stdout.
     fn rotate_root(&self, action: &str) -> (i32, String) {
-        let output = std::process::Command::new(support::meshca_binary())
-            .args(self.settings())
-            .args(["rotate", "root", action])
-            .output()
-            .unwrap();
-        let code = output.status.code().unwrap_or(-1);
-        assert!(
-            matches!(code, 0 | 3),
-            "rotate root {action}: {}{}",
-            stdout(&output),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (code, stdout(&output))
+        support::daemon::rotate_root_with(&self.settings(), action)
     }
 
     /// Waits until each client got a bundle with `count` roots; returns them, not ACKed.
@@ -428,14 +403,10 @@ async fn vault_stage_one_waits_for_every_replicas_proxies() {
     // The ACK arrives at replica-b: advance moves to stage 2, and both replicas sign with
     // the new issuer.
     replicas.clients[1].ack(&both[1], &["ROOTCA"]).await;
-    let advanced = eventually_ok_every(
+    let advanced = support::daemon::advance_within(
+        &replicas.settings(),
         Duration::from_secs(20),
-        Duration::from_millis(500),
         "`meshca rotate root advance` to move to stage 2",
-        || {
-            let (code, out) = replicas.rotate_root("advance");
-            async move { if code == 0 { Ok(out) } else { Err(out) } }
-        },
     )
     .await;
     assert!(advanced.contains("advanced to stage 2"), "{advanced}");

@@ -274,6 +274,8 @@ async fn envoys_fed_by_meshca_serve_follow_its_own_renewals() {
     let mut daemon = MeshcaServe::builder()
         .own_ca_dir()
         .dev_sds()
+        // Not the default 127.0.0.1:15014, which another test's daemon may hold.
+        .admin()
         .set("certificateProvider.serviceCertValidityDuration=20s")
         .set("renewal.floor=2s")
         .start();

@@ -353,27 +353,10 @@ async fn idle_and_stalled_handshakes_do_not_hold_back_a_polite_client() {
     let sds = RunningSds::start(settings, source.clone()).await;
     let address = sds.tcp.unwrap();
 
-    let mut idle = Vec::new();
-    for _ in 0..200 {
-        idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
-    }
     let client = Arc::new(tls_client(&source, Some(&id("ns/a"))));
     let name = rustls_pki_types::ServerName::try_from(SERVER_NAME).unwrap();
-    let mut stalled = Vec::new();
-    for _ in 0..200 {
-        let mut tls = rustls::ClientConnection::new(client.clone(), name.clone()).unwrap();
-        let mut hello = Vec::new();
-        tls.write_tls(&mut hello).unwrap();
-        let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-        tcp.write_all(&hello).await.unwrap();
-        stalled.push(tcp);
-    }
-    // Each got its ServerHello: the server did its first step for all of them.
-    for tcp in &mut stalled {
-        let mut record_type = [0; 1];
-        tcp.read_exact(&mut record_type).await.unwrap();
-        assert_eq!(record_type[0], 0x16, "a handshake record");
-    }
+    let (idle, stalled) =
+        support::hostile::idle_and_stalled_handshakes(address, &client, &name, 200).await;
 
     let started = std::time::Instant::now();
     let ch = mtls_channel(&sds, &source, &id("ns/a")).await;

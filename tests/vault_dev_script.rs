@@ -109,6 +109,9 @@ async fn dev_script_leads_to_a_working_meshca() {
     let mut serve = MeshcaServe::builder()
         .args(["--config", &config, "--log-format", "json"])
         .set(&sds)
+        // A free port rather than the default 127.0.0.1:15014, which another daemon on the
+        // machine (or another test) may hold.
+        .admin()
         .env_remove("VAULT_TOKEN")
         .start();
     serve

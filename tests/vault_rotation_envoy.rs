@@ -76,26 +76,6 @@ async fn issuer_serial(bao: &Bao, id: &str) -> String {
     all.into_iter().find(|i| i.0 == id).unwrap().2
 }
 
-/// The settings `meshca serve` and `meshca rotate root` share: Vault at `bao`, the CA store
-/// (where the daemon reports its proxies' acknowledgements) in `store`, 30 s leaves, 1 s clock
-/// skew (a stage 2 of about 31 s), the mount read every second.
-fn settings(bao: &Bao, store: &std::path::Path) -> Vec<String> {
-    [
-        "certificateProvider.kind=vault".to_owned(),
-        format!("tresor.directory={}", store.display()),
-        "vault.host=127.0.0.1".to_owned(),
-        format!("vault.port={}", bao.port),
-        format!("vault.token={}", bao.root_token),
-        "rotation.pollInterval=1s".to_owned(),
-        "certificateProvider.serviceCertValidityDuration=30s".to_owned(),
-        "tresor.clockSkewAllowance=1s".to_owned(),
-        "renewal.floor=2s".to_owned(),
-    ]
-    .into_iter()
-    .flat_map(|s| ["--set".to_owned(), s])
-    .collect()
-}
-
 /// OpenBao with a PKI mount, `meshca serve` on it, two Envoys calling each other over mTLS,
 /// both trusting the old root only.
 struct Mesh {
@@ -122,7 +102,7 @@ impl Mesh {
         let store = tempfile::tempdir().unwrap();
         let sds_port = free_port();
         let mut args = vec!["serve".to_owned()];
-        args.extend(settings(&bao, store.path()));
+        args.extend(bao.rotation_args(store.path()));
         for setting in [
             format!("sds.listen=127.0.0.1:{sds_port}"),
             "sds.auth=development".to_owned(),
@@ -223,19 +203,11 @@ impl Mesh {
     /// `meshca rotate root <action>` on the mount: exit status (0, or 3 for "not yet") and
     /// stdout.
     fn rotate_root(&self, action: &str) -> (i32, String) {
-        let output = std::process::Command::new(support::meshca_binary())
-            .args(settings(&self.bao, self.store.path()))
-            .args(["rotate", "root", action])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let code = output.status.code().unwrap_or(-1);
-        assert!(
-            matches!(code, 0 | 3),
-            "rotate root {action}: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (code, stdout)
+        support::daemon::rotate_root_with(&self.rotation_args(), action)
+    }
+
+    fn rotation_args(&self) -> Vec<String> {
+        self.bao.rotation_args(self.store.path())
     }
 }
 
@@ -371,19 +343,10 @@ async fn meshca_rotate_root_on_vault_under_continuous_mtls_traffic_fails_no_requ
     // Stage 2 once the daemon's report in the CA store says both Envoys acknowledged the new
     // root: the new issuer is the default; the daemon signs with it, and re-issues.
     let before = mesh.leaves().await;
-    let advanced = support::eventually_ok_every(
+    let advanced = support::daemon::advance_within(
+        &mesh.rotation_args(),
         Duration::from_secs(20),
-        Duration::from_millis(500),
         "`meshca rotate root advance` to move to stage 2",
-        || {
-            let (code, stdout) = mesh.rotate_root("advance");
-            async move {
-                match code {
-                    0 => Ok(stdout),
-                    _ => Err(stdout),
-                }
-            }
-        },
     )
     .await;
     assert!(advanced.contains("advanced to stage 2"), "{advanced}");
@@ -399,19 +362,10 @@ async fn meshca_rotate_root_on_vault_under_continuous_mtls_traffic_fails_no_requ
     );
 
     // Finished after the longest leaf lifetime (31 s): the old root leaves both bundles.
-    let finished = support::eventually_ok_every(
+    let finished = support::daemon::advance_within(
+        &mesh.rotation_args(),
         Duration::from_secs(90),
-        Duration::from_millis(500),
         "`meshca rotate root advance` to finish",
-        || {
-            let (code, stdout) = mesh.rotate_root("advance");
-            async move {
-                match code {
-                    0 => Ok(stdout),
-                    _ => Err(stdout),
-                }
-            }
-        },
     )
     .await;
     assert!(finished.contains("rotation finished"), "{finished}");

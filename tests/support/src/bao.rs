@@ -229,6 +229,25 @@ impl Bao {
         ]
     }
 
+    /// The `--set` arguments that `meshca serve` and `meshca rotate root` share in the Vault
+    /// root rotation tests: Vault here, the CA store (where each daemon reports its proxies'
+    /// acknowledgements) in `store`, 30 s leaves with 1 s clock skew (a stage 2 of about 31 s),
+    /// the mount read every second.
+    pub fn rotation_args(&self, store: &Path) -> Vec<String> {
+        let mut settings = self.meshca_settings();
+        settings.extend([
+            format!("tresor.directory={}", store.display()),
+            "rotation.pollInterval=1s".to_owned(),
+            "certificateProvider.serviceCertValidityDuration=30s".to_owned(),
+            "tresor.clockSkewAllowance=1s".to_owned(),
+            "renewal.floor=2s".to_owned(),
+        ]);
+        settings
+            .into_iter()
+            .flat_map(|s| ["--set".to_owned(), s])
+            .collect()
+    }
+
     fn spawn(port: u16, root_token: String, args: Vec<String>, dir: Arc<tempfile::TempDir>) -> Bao {
         let log = dir.path().join(format!("bao-{}.log", random_suffix()));
         // The watchdog: start bao, print its PID, wait for stdin to close, kill bao.

@@ -426,27 +426,41 @@ pub fn rotate_root(ca_dir: &std::path::Path, extra: &[&str], action: &str) -> st
         .unwrap()
 }
 
-/// Runs `meshca rotate root advance` until it moves a stage (exit 0; 3 means "not yet") or
-/// `patience` runs out; returns what it printed.
+/// Runs `meshca rotate root advance` with [`rotation_flags`] until it moves a stage or
+/// `patience` runs out ([`advance_within`]); returns what it printed.
 pub async fn advance_until_moved(ca_dir: &std::path::Path, patience: Duration) -> String {
-    crate::eventually_ok_every(
+    advance_within(
+        &rotation_flags(ca_dir),
         patience,
-        Duration::from_millis(500),
         "`meshca rotate root advance` to move a stage",
-        || {
-            let output = rotate_root(ca_dir, &[], "advance");
-            async move {
-                let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-                match output.status.code() {
-                    Some(0) => Ok(stdout),
-                    Some(3) => Err(format!("advance kept waiting: {stdout}")),
-                    _ => panic!(
-                        "advance failed: {stdout}{}",
-                        String::from_utf8_lossy(&output.stderr)
-                    ),
-                }
-            }
-        },
     )
+    .await
+}
+
+/// `meshca <args> rotate root <action>`: its exit status (0, or 3 for "not yet") and standard
+/// output; any other status fails the test with both outputs.
+pub fn rotate_root_with(args: &[String], action: &str) -> (i32, String) {
+    let output = Command::new(crate::meshca_binary())
+        .args(args)
+        .args(["rotate", "root", action])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let code = output.status.code().unwrap_or(-1);
+    assert!(
+        matches!(code, 0 | 3),
+        "rotate root {action}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (code, stdout)
+}
+
+/// Runs [`rotate_root_with`]`(args, "advance")` every half second until it moves a stage
+/// (exit 0), failing the test with the last refusal after `patience`; returns what it printed.
+pub async fn advance_within(args: &[String], patience: Duration, what: &str) -> String {
+    crate::eventually_ok_every(patience, Duration::from_millis(500), what, || {
+        let (code, stdout) = rotate_root_with(args, "advance");
+        async move { if code == 0 { Ok(stdout) } else { Err(stdout) } }
+    })
     .await
 }

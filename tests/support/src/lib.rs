@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod envoy;
 pub mod eventually;
 pub mod fake_provider;
+pub mod hostile;
 pub mod istio;
 pub mod istio_interop;
 pub mod kube_api;
