@@ -3,10 +3,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::endpoints::SignCertificateRequest;
 use meshca_provider::x509::certificates_from_pem;
 use meshca_provider::{CertificateInfo, KeyType, LeafSpec};
 use rustls_pki_types::CertificateDer;
+// vaultrs's request body, named here rather than through `crate::endpoints`, which reads its
+// answer as this module's `Issued`: the bodies and answers sit below the endpoints.
+use vaultrs::api::pki::requests::SignCertificateRequest;
 
 /// The API paths of one mount + role.
 #[derive(Debug, Clone)]
