@@ -17,7 +17,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use meshca_provider::{LeafSpec, format_duration};
+use meshca_provider::{LeafSpec, format_duration, rfc3339};
 
 /// The shortest leaf lifetime meshca issues, whatever asks: below it a certificate cannot be
 /// renewed before it expires.
@@ -255,10 +255,6 @@ pub fn check_within_issuer(
         // Whole seconds, as certificates have them.
         at_most: Duration::from_secs(at_most.as_secs()),
     })
-}
-
-fn rfc3339(at: SystemTime) -> String {
-    crate::cli::inspect::rfc3339(at)
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ use std::time::SystemTime;
 use futures::FutureExt as _;
 use meshca_provider::{
     CertificateChain, CertificateInfo, Clock, LeafKey, SharedProvider, SpiffeId, TrustBundle,
+    rfc3339,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -541,11 +542,4 @@ impl fmt::Debug for StagedCertificates {
             .field("len", &self.staged.len())
             .finish_non_exhaustive()
     }
-}
-
-/// RFC 3339 for logs and messages.
-fn rfc3339(at: SystemTime) -> String {
-    ::time::OffsetDateTime::from(at)
-        .format(&::time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| format!("{at:?}"))
 }

@@ -156,12 +156,7 @@ fn round(duration: std::time::Duration) -> std::time::Duration {
     std::time::Duration::from_secs(duration.as_secs())
 }
 
-/// RFC 3339 in UTC.
-pub fn rfc3339(at: SystemTime) -> String {
-    time::OffsetDateTime::from(at)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| format!("{at:?}"))
-}
+pub use meshca_provider::rfc3339;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -13,6 +13,14 @@ pub trait Clock: Send + Sync + Debug + 'static {
     fn now(&self) -> SystemTime;
 }
 
+/// `at` in RFC 3339, UTC (`2026-12-07T15:08:30.123456789Z`), for logs and messages; a time
+/// outside what RFC 3339 can write is shown as its `Debug` form.
+pub fn rfc3339(at: SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{at:?}"))
+}
+
 /// The operating system's clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;

@@ -29,7 +29,7 @@ pub mod spec;
 pub mod verify;
 pub mod x509;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, SystemClock, rfc3339};
 pub use csr::{CsrError, CsrSignatureAlgorithm, MAX_CSR_LEN, VerifiedCsr};
 pub use dns::{DnsName, DnsNameError, DnsNameProblem};
 pub use duration::{DurationError, format_duration, parse_duration};

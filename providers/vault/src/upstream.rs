@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use meshca_provider::x509::{CertificateInfo, certificates_to_pem, pem_block};
 use meshca_provider::{
     Capabilities, CertificateChain, CertificateProvider, Clock, IssueRequest, LeafKey, LeafSpec,
-    ProviderError, TrustBundle, TrustDomain, format_duration,
+    ProviderError, TrustBundle, TrustDomain, format_duration, rfc3339,
 };
 use meshca_tresor::{SigningAuthority, Tresor};
 use rand::Rng as _;
@@ -645,12 +645,6 @@ fn issuing_ceiling(authority: &SigningAuthority) -> Option<SystemTime> {
         .filter_map(|der| CertificateInfo::parse(der).ok())
         .map(|info| info.not_after)
         .min()
-}
-
-fn rfc3339(at: SystemTime) -> String {
-    time::OffsetDateTime::from(at)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| format!("{at:?}"))
 }
 
 #[cfg(test)]

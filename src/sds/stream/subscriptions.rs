@@ -4,12 +4,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
 
 use envoy_types::pb::google::protobuf::Any;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use meshca_provider::{SpiffeId, TrustBundle};
+use meshca_provider::{SpiffeId, TrustBundle, rfc3339};
 use tokio::sync::watch;
 use tokio_stream::StreamMap;
 use tonic::Status;
@@ -269,11 +268,4 @@ fn changes_of<T: Send + Sync + 'static>(receiver: watch::Receiver<T>) -> BoxStre
         Some(((), receiver))
     })
     .boxed()
-}
-
-/// RFC 3339 for logs.
-fn rfc3339(at: SystemTime) -> String {
-    ::time::OffsetDateTime::from(at)
-        .format(&::time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| format!("{at:?}"))
 }
