@@ -189,15 +189,18 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
                 let timeout = limits.handshake_timeout;
                 let source = L::source(&stream);
                 let gated = Gated::new(stream, shared.handshakes.clone(), source);
-                match tokio::time::timeout(timeout, acceptor.accept(gated)).await {
+                let accepting = acceptor.accept(gated).into_fallible();
+                match tokio::time::timeout(timeout, accepting).await {
                     Ok(Ok(mut tls)) => {
                         tls.get_mut().0.handshake_done();
                         L::secured(tls)
                     }
                     // Refused before any CPU was spent on it: the queue of handshakes is
-                    // longer than can be served within the timeout. The client retries later.
-                    Ok(Err(e)) if is_shed(&e) => {
+                    // longer than can be served within the timeout. The client is told so
+                    // (SHED_ALERT) and retries after its backoff.
+                    Ok(Err((e, gated))) if is_shed(&e) => {
                         SdsStats::bump(&shared.settings.stats.handshakes_shed);
+                        refuse_shed(gated).await;
                         let kind = shared.settings.kind;
                         if let Some(suppressed) = shared.shed.ready() {
                             warn!(
@@ -214,7 +217,7 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
                     // A refused or abandoned handshake is an unauthenticated caller (no or a
                     // wrong client certificate, or a port scan): counted, and logged at debug
                     // to keep a scan from flooding the log.
-                    Ok(Err(e)) => {
+                    Ok(Err((e, _))) => {
                         SdsStats::bump(&shared.settings.stats.unauthenticated);
                         debug!(error = %e, listener = shared.settings.kind.name, "TLS handshake failed");
                         return;
@@ -239,6 +242,37 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
         };
         let _ = shared.tx.send(Ok(connection)).await;
     });
+}
+
+/// What a shed handshake's client reads before the connection closes: a TLS alert record
+/// (content type 21, record version TLS 1.2 as every TLS 1.3 record but a first ClientHello
+/// carries, 2 bytes: level fatal, description `internal_error` (80)), written in plaintext as a
+/// server answers a ClientHello it will not serve. `internal_error` says that the server
+/// failed for a reason of its own, "unrelated to the peer or the correctness of the protocol"
+/// (RFC 8446, section 6.2): the client's configuration is not at fault, and it retries as after
+/// any failed connection (Envoy's gRPC backoff). The other candidates mislead: `handshake_failure`
+/// reads as parameters that cannot be negotiated (an operator would look for a cipher or
+/// certificate mismatch), and `user_canceled` is a warning that rustls ignores, leaving the
+/// client with a bare end of stream. Clients report it as: BoringSSL (Envoy's log) `TLS
+/// error: …:SSL routines:OPENSSL_internal:TLSV1_ALERT_INTERNAL_ERROR`, OpenSSL `tlsv1 alert
+/// internal error` (SSL alert number 80), rustls `received fatal alert: InternalError`.
+pub(super) const SHED_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
+
+/// How long writing [`SHED_ALERT`] may take. Seven bytes fit a fresh connection's send buffer
+/// at once; a peer whose receive window is closed from the start (a hostile one) is not waited
+/// for.
+const SHED_ALERT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Answers a shed handshake's ClientHello (left unprocessed) with [`SHED_ALERT`] and closes
+/// the connection, on the handshake's own task: the accept loop never waits for it.
+async fn refuse_shed<S: AsyncWrite + Unpin>(mut stream: S) {
+    use tokio::io::AsyncWriteExt as _;
+    let _ = tokio::time::timeout(SHED_ALERT_TIMEOUT, async {
+        stream.write_all(&SHED_ALERT).await?;
+        // FIN after the alert, so the client reads it before the end of the stream.
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Paces an accept loop whose `accept` fails (out of file descriptors, most often): it pauses
@@ -351,6 +385,101 @@ mod tests {
         // pause made 100, a log line each).
         let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
         assert!((10..=20).contains(&attempts), "{attempts} accepts in 10 s");
+    }
+
+    /// A TLS acceptor with a throwaway self-signed certificate.
+    fn acceptor() -> TlsAcceptor {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+        TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// A TCP accept loop on loopback whose handshakes go through `handshakes`.
+    async fn tls_listener(
+        handshakes: Arc<HandshakeQueue>,
+    ) -> (std::net::SocketAddr, Arc<SdsStats>, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let stats = Arc::<SdsStats>::default();
+        let (tx, _rx) = mpsc::channel(1);
+        let shared = Arc::new(AcceptShared {
+            settings: AcceptSettings {
+                kind: ListenerKind::SDS,
+                tls: Some(acceptor()),
+                limits: SdsLimits::default(),
+                stats: stats.clone(),
+                rewrite_unix_authority: false,
+            },
+            slots: Arc::new(Semaphore::new(16)),
+            handshakes,
+            tx,
+            over_limit: SharedThrottle::new(WARN_EVERY, 1),
+            shed: SharedThrottle::new(WARN_EVERY, 1),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, shared, stop.clone()));
+        (address, stats, stop)
+    }
+
+    /// A shed handshake's client reads exactly the fatal `internal_error` alert, then the end
+    /// of the stream, and its ClientHello is never processed; a TLS client reports the alert.
+    #[tokio::test]
+    async fn a_shed_handshake_is_answered_with_a_fatal_internal_error_alert() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (handshakes, _full) = HandshakeQueue::shedding();
+        let (address, stats, stop) = tls_listener(handshakes).await;
+
+        // Any first flight is shed unprocessed: these bytes are not even a ClientHello.
+        let mut raw = TcpStream::connect(address).await.unwrap();
+        raw.write_all(b"\x16\x03\x01 not a ClientHello")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut answer))
+            .await
+            .expect("the connection is closed after the alert")
+            .unwrap();
+        assert_eq!(answer, SHED_ALERT, "exactly the alert, then the end");
+        assert_eq!(SHED_ALERT, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50]);
+
+        // A real client's handshake ends with the alert, not an unexpected end of stream.
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(address).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let error = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await
+            .expect_err("the handshake is refused");
+        let alert = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>());
+        assert_eq!(
+            alert,
+            Some(&rustls::Error::AlertReceived(
+                rustls::AlertDescription::InternalError
+            )),
+            "{error}"
+        );
+        assert_eq!(error.to_string(), "received fatal alert: InternalError");
+        let counted = stats.snapshot();
+        assert_eq!((counted.handshakes_shed, counted.unauthenticated), (2, 0));
+        stop.cancel();
     }
 
     #[test]

@@ -17,9 +17,10 @@
 //! in turn by source address (round-robin), so one host cannot push the others back.
 //!
 //! A first step whose wait (the work queued ahead of it, at the measured cost of a step, spread
-//! over the CPUs) would exceed half of `handshakeTimeout` is refused: the connection is closed
-//! at once, before any CPU is spent on it, and the client retries with its backoff rather than
-//! waiting for a timeout. The work counted ahead of a source's step is at most its own queued
+//! over the CPUs) would exceed half of `handshakeTimeout` is refused: its ClientHello is left
+//! unprocessed, answered with a fatal TLS alert (`SHED_ALERT` in `accept.rs`) and the
+//! connection closed, before any CPU is spent on it, and the client retries with its backoff
+//! rather than waiting for a timeout. The work counted ahead of a source's step is at most its own queued
 //! steps plus one, times the number of sources with steps queued: a host flooding the queue is
 //! refused long before a host with nothing queued is.
 
@@ -286,6 +287,18 @@ impl HandshakeQueue {
         }
         drop(waiter_state);
         self.dispatch(&mut state);
+    }
+
+    /// A queue that sheds every new handshake from another address than 192.0.2.1-2, and what
+    /// keeps it so while held: its one slot taken, one first step waiting, a step's wait above
+    /// the budget.
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    pub(super) fn shedding() -> (Arc<Self>, Box<dyn std::any::Any + Send>) {
+        let queue = Arc::new(Self::new(1, 1, Duration::from_millis(1)));
+        let running = queue.enqueue(Step::First, Some(IpAddr::from([192, 0, 2, 1])));
+        let waiting = queue.enqueue(Step::First, Some(IpAddr::from([192, 0, 2, 2])));
+        (queue, Box::new((running.unwrap(), waiting.unwrap())))
     }
 
     #[cfg(test)]
