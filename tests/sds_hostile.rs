@@ -317,6 +317,12 @@ async fn tls_connections_are_closed_when_the_handshake_or_the_preface_does_not_c
         |unauthenticated| *unauthenticated == 2,
     )
     .await;
+    let counted = sds.stats.snapshot();
+    assert_eq!(
+        (counted.handshakes_timed_out, counted.handshakes_shed),
+        (2, 0),
+        "both timed out, counted apart from shed handshakes"
+    );
 
     // A complete handshake with a valid client certificate, then silence.
     let connector =

@@ -109,6 +109,13 @@ struct Args {
     /// proxy reconnecting with Envoy's backoff.
     #[arg(long, requires = "tls")]
     restart_storm: bool,
+    /// With `--tls`: the server processes' `sds.handshakeTimeout` (default 10s). A ClientHello
+    /// that would wait past half of it is shed (answered with a TLS alert, then closed): a
+    /// short one makes a restart storm shed on a machine too fast to shed at the default. The
+    /// storm's proxies retry a shed handshake after their backoff; in the rounds (no retries)
+    /// one shed handshake ends the run.
+    #[arg(long, requires = "tls", value_parser = meshca_provider::parse_duration)]
+    handshake_timeout: Option<Duration>,
     /// Internal: time a fresh cache issuing `--streams` certificates.
     #[arg(long, hide = true)]
     cache_only: bool,
@@ -236,6 +243,9 @@ fn load_config(args: &Args, dir: &Path) -> Config {
     }
     if let Some(listen) = &args.listen {
         config.sds.listen.clone_from(listen);
+    }
+    if let Some(timeout) = args.handshake_timeout {
+        config.sds.transport.handshake_timeout = timeout;
     }
     config
 }
@@ -378,6 +388,8 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
             () = terminated => {}
         }
     };
+    // The SDS server's TLS handshake counters, for `handshakes`.
+    let mut handshakes = None;
     let (address, mut server, stats): (_, tokio::task::JoinHandle<anyhow::Result<()>>, _) =
         match args.api {
             Api::Sds => {
@@ -390,13 +402,20 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
                     ),
                 };
                 let stats = sds.stats();
+                handshakes = Some(stats.clone());
                 let server = tokio::spawn(async move { Ok(sds.serve(source, stopped).await?) });
                 let counters: Box<dyn Fn() -> String + Send> = Box::new(move || {
                     let sds = stats.snapshot();
                     format!(
                         "{} responses, {} pushes, {} ACKs, {} NACKs, {} unauthenticated or \
-                         failed handshakes",
-                        sds.responses, sds.pushes, sds.acks, sds.nacks, sds.unauthenticated
+                         failed handshakes ({} timed out), {} handshakes shed",
+                        sds.responses,
+                        sds.pushes,
+                        sds.acks,
+                        sds.nacks,
+                        sds.unauthenticated,
+                        sds.handshakes_timed_out,
+                        sds.handshakes_shed
                     )
                 });
                 (address, server, counters)
@@ -482,6 +501,16 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
                     cache.renewed
                 );
             }
+            "handshakes" => {
+                let sds = handshakes
+                    .as_ref()
+                    .map(|s| s.snapshot())
+                    .unwrap_or_default();
+                println!(
+                    "handshakes {} {}",
+                    sds.handshakes_shed, sds.handshakes_timed_out
+                );
+            }
             "quit" => break,
             other => bail!("unknown command {other:?}"),
         }
@@ -531,6 +560,12 @@ impl Server {
             })
             .args(args.tls.then_some("--tls"))
             .args(args.listen.iter().flat_map(|a| ["--listen", a.as_str()]))
+            .args(args.handshake_timeout.iter().flat_map(|timeout| {
+                [
+                    "--handshake-timeout".to_owned(),
+                    meshca_provider::format_duration(*timeout),
+                ]
+            }))
             .args(
                 args.dir
                     .iter()

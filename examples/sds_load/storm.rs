@@ -10,7 +10,10 @@
 //! every response each proxy received with its arrival time: every certificate verifies up to
 //! the CA's root at its arrival, every proxy's post-restart certificate is a new one, and at
 //! every check (every [`CHECK_EVERY`] from the moment all proxies first hold one) every proxy
-//! holds a certificate whose NotAfter is later than the check.
+//! holds a certificate whose NotAfter is later than the check. Counted: the handshakes the
+//! proxies saw shed (the server's TLS alert), apart from other failures, and each server's own
+//! counts of handshakes shed and timed out (`--handshake-timeout` shortens the servers'
+//! `sds.handshakeTimeout` so that a storm sheds).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -177,9 +180,14 @@ async fn hold(
     log
 }
 
+/// The report's class of a handshake the server shed: its TLS alert (`internal_error`, as
+/// rustls reports it to the client; see `SHED_ALERT` in `src/sds/transport/accept.rs`).
+const SHED: &str = "TLS handshake shed (alert internal_error)";
+
 /// A short class of a connection failure, for the report.
 fn failure_kind(error: &str) -> String {
     for (needle, kind) in [
+        ("received fatal alert: InternalError", SHED),
         ("Connection refused", "connection refused (no server)"),
         ("gRPC status 14", "stream ended UNAVAILABLE (drain)"),
         ("GOAWAY", "GOAWAY"),
@@ -240,6 +248,7 @@ pub(crate) async fn restart_storm(
     );
 
     // The storm.
+    let old_handshakes = handshake_counters(&mut server).await?;
     let overflows_before = listen_overflows();
     generation.store(2, Ordering::Relaxed);
     let terminated = Instant::now();
@@ -267,6 +276,7 @@ pub(crate) async fn restart_storm(
     let cpu = cpu_time(server.pid)?;
     let peak_rss = crate::vm_kib(server.pid, "VmHWM:")?;
     let counters = server.ask("stats", "stats").await?.join(" ");
+    let new_handshakes = handshake_counters(&mut server).await?;
     // The record ends here: the server's final drain is not part of the storm.
     let _ = stop_tx.send(true);
     let log = holder.await?;
@@ -312,6 +322,15 @@ pub(crate) async fn restart_storm(
         .map(|(kind, count)| format!("{count} × {kind}"))
         .collect();
     println!(
+        "TLS handshakes shed: {} answered with the shed alert at the proxies; the servers \
+         counted {} shed and {} timed out before the restart, {} shed and {} timed out after",
+        log.failures.get(SHED).copied().unwrap_or(0),
+        old_handshakes.0,
+        old_handshakes.1,
+        new_handshakes.0,
+        new_handshakes.1,
+    );
+    println!(
         "connections ended or refused: {}; the kernel's accept queues overflowed {} times \
          (TcpExt ListenOverflows, machine-wide: a SYN dropped, retried by the client 1 s, 3 s … \
          later)",
@@ -323,6 +342,15 @@ pub(crate) async fn restart_storm(
         "a proxy was without a valid certificate during the storm"
     );
     Ok(())
+}
+
+/// A server process's TLS handshakes shed and timed out so far.
+async fn handshake_counters(server: &mut Server) -> anyhow::Result<(u64, u64)> {
+    let answer = server.ask("handshakes", "handshakes").await?;
+    let [shed, timed_out] = answer.as_slice() else {
+        anyhow::bail!("a malformed handshakes answer: {answer:?}");
+    };
+    Ok((shed.parse()?, timed_out.parse()?))
 }
 
 /// The machine's count of connections dropped because a listener's accept queue was full

@@ -320,10 +320,19 @@ impl Collector for Snapshot {
         counter(
             e,
             "sds_tls_handshakes_shed",
-            "SDS connections closed unprocessed after their ClientHello: more TLS handshakes \
-             were waiting than could be served within sds.handshakeTimeout.",
+            "SDS connections refused unprocessed after their ClientHello (a TLS internal_error \
+             alert, then closed): more TLS handshakes were waiting than could be served within \
+             sds.handshakeTimeout.",
             &none,
             sds.handshakes_shed,
+        )?;
+        counter(
+            e,
+            "sds_tls_handshakes_timed_out",
+            "SDS TLS handshakes given up after sds.handshakeTimeout (also counted as \
+             unauthenticated).",
+            &none,
+            sds.handshakes_timed_out,
         )?;
         counter(
             e,

@@ -114,6 +114,9 @@ pub struct IstioMetricsSnapshot {
     /// TLS handshakes shed: closed unprocessed because more were waiting than could be served
     /// within `istio.handshakeTimeout`.
     pub handshakes_shed: u64,
+    /// TLS handshakes given up after `istio.handshakeTimeout` (counted in `handshakes_refused`
+    /// too).
+    pub handshakes_timed_out: u64,
 }
 
 impl IstioMetrics {
@@ -168,6 +171,7 @@ impl IstioMetrics {
             impersonations_denied: read(&self.impersonations_denied),
             handshakes_refused: read(&self.transport.unauthenticated),
             handshakes_shed: read(&self.transport.handshakes_shed),
+            handshakes_timed_out: read(&self.transport.handshakes_timed_out),
         }
     }
 
@@ -253,9 +257,17 @@ impl Collector for Scrape {
         family(
             e,
             "istio_tls_handshakes_shed",
-            "Istio CA connections closed unprocessed after their ClientHello: more TLS \
-             handshakes were waiting than could be served within istio.handshakeTimeout.",
+            "Istio CA connections refused unprocessed after their ClientHello (a TLS \
+             internal_error alert, then closed): more TLS handshakes were waiting than could be \
+             served within istio.handshakeTimeout.",
             &[(Vec::new(), s.handshakes_shed)],
+        )?;
+        family(
+            e,
+            "istio_tls_handshakes_timed_out",
+            "TLS handshakes on the Istio CA listener given up after istio.handshakeTimeout \
+             (also counted as refused).",
+            &[(Vec::new(), s.handshakes_timed_out)],
         )?;
         Ok(())
     }

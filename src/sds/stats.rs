@@ -40,6 +40,9 @@ pub struct SdsStats {
     /// more handshakes were waiting for the CPU than could be served within
     /// `handshakeTimeout` (the clients retry).
     pub handshakes_shed: AtomicU64,
+    /// TLS handshakes the server gave up on after `handshakeTimeout` (counted in
+    /// `unauthenticated` too): CPU may have been spent on them, unlike shed ones.
+    pub handshakes_timed_out: AtomicU64,
 }
 
 /// A copy of [`SdsStats`] at one moment.
@@ -57,6 +60,7 @@ pub struct SdsStatsSnapshot {
     pub rejected: u64,
     pub expired_withheld: u64,
     pub handshakes_shed: u64,
+    pub handshakes_timed_out: u64,
 }
 
 impl SdsStats {
@@ -75,6 +79,7 @@ impl SdsStats {
             rejected: read(&self.rejected),
             expired_withheld: read(&self.expired_withheld),
             handshakes_shed: read(&self.handshakes_shed),
+            handshakes_timed_out: read(&self.handshakes_timed_out),
         }
     }
 

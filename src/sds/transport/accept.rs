@@ -224,6 +224,7 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
                     }
                     Err(_) => {
                         SdsStats::bump(&shared.settings.stats.unauthenticated);
+                        SdsStats::bump(&shared.settings.stats.handshakes_timed_out);
                         debug!(
                             ?timeout,
                             listener = shared.settings.kind.name,

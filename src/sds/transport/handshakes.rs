@@ -16,13 +16,19 @@
 //! first step (a handshake already started finishes before a new one starts), and first steps
 //! in turn by source address (round-robin), so one host cannot push the others back.
 //!
-//! A first step whose wait (the work queued ahead of it, at the measured cost of a step, spread
-//! over the CPUs) would exceed half of `handshakeTimeout` is refused: its ClientHello is left
+//! A first step whose wait (the work ahead of it, at the measured cost of a step, spread over
+//! the CPUs) would exceed half of `handshakeTimeout` is refused: its ClientHello is left
 //! unprocessed, answered with a fatal TLS alert (`SHED_ALERT` in `accept.rs`) and the
 //! connection closed, before any CPU is spent on it, and the client retries with its backoff
-//! rather than waiting for a timeout. The work counted ahead of a source's step is at most its own queued
-//! steps plus one, times the number of sources with steps queued: a host flooding the queue is
-//! refused long before a host with nothing queued is.
+//! rather than waiting for a timeout. The work ahead is the steps queued, and one later step
+//! for each handshake between steps (past its ClientHello, waiting for its client's next
+//! flight, which will go first): when thousands reconnect at once, the slots free up between
+//! steps while the handshakes under way are already more work than the timeout allows, and
+//! counting only the queue let every new one in to time out later. The first steps counted
+//! ahead of a source's step are at most its own queued steps plus one, times the number of
+//! sources with steps queued, and the handshakes between steps likewise: a host flooding the
+//! queue, or holding many handshakes open without finishing them, is refused long before a
+//! host with nothing queued is.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -88,6 +94,11 @@ struct State {
     turns: VecDeque<Source>,
     /// Sources with waiting first steps.
     active_sources: usize,
+    /// Handshakes past their first step with no step queued or running: waiting for their
+    /// client's next flight, whose step will go before any new handshake's. In all, and by
+    /// source (sources with none left out).
+    between: usize,
+    between_by_source: HashMap<Source, usize>,
     /// The measured CPU time of a step, by kind (moving averages, nanoseconds).
     cost: [f64; 2],
 }
@@ -168,7 +179,7 @@ impl HandshakeQueue {
                 state.waiting_later += 1;
             }
             Step::First => {
-                if state.running >= self.slots && self.first_wait(&state, source) > self.budget {
+                if self.first_wait(&state, source) > self.budget {
                     return None;
                 }
                 let queue = state.sources.entry(source).or_default();
@@ -197,8 +208,17 @@ impl HandshakeQueue {
         let sources = state.active_sources + usize::from(own == 0);
         let first_ahead = state.waiting_first.min((own + 1).saturating_mul(sources));
         let [first, later] = state.cost;
-        let nanos = (state.waiting_later as f64 * later + first_ahead as f64 * (first + later))
-            / self.cpus as f64;
+        // Handshakes between steps, counted as first steps are: those of sources with many
+        // (a host holding many handshakes open without finishing them) count for those
+        // sources, not for the others.
+        let own_between = state.between_by_source.get(&source).copied().unwrap_or(0);
+        let between_sources = state.between_by_source.len() + usize::from(own_between == 0);
+        let between_ahead = state
+            .between
+            .min((own_between + 1).saturating_mul(between_sources));
+        let later_ahead = state.waiting_later + between_ahead;
+        let nanos =
+            (later_ahead as f64 * later + first_ahead as f64 * (first + later)) / self.cpus as f64;
         Duration::from_nanos(nanos as u64)
     }
 
@@ -260,6 +280,23 @@ impl HandshakeQueue {
         }
     }
 
+    /// A handshake from `source` is now (`true`) or no longer between steps.
+    fn set_between(&self, source: Source, between: bool) {
+        let mut state = lock(&self.state);
+        if between {
+            state.between += 1;
+            *state.between_by_source.entry(source).or_default() += 1;
+        } else {
+            state.between -= 1;
+            if let Some(count) = state.between_by_source.get_mut(&source) {
+                *count -= 1;
+                if *count == 0 {
+                    state.between_by_source.remove(&source);
+                }
+            }
+        }
+    }
+
     /// A granted step took `spent`.
     fn measured(&self, step: Step, spent: Duration) {
         let mut state = lock(&self.state);
@@ -299,6 +336,11 @@ impl HandshakeQueue {
         let running = queue.enqueue(Step::First, Some(IpAddr::from([192, 0, 2, 1])));
         let waiting = queue.enqueue(Step::First, Some(IpAddr::from([192, 0, 2, 2])));
         (queue, Box::new((running.unwrap(), waiting.unwrap())))
+    }
+
+    #[cfg(test)]
+    fn between(&self) -> usize {
+        lock(&self.state).between
     }
 
     #[cfg(test)]
@@ -367,15 +409,33 @@ struct Gate {
     waiting: Option<(Ticket, Step)>,
     /// The step running: its slot, when it started, and its kind.
     running: Option<(Ticket, Instant, Step)>,
+    /// Counted in the queue as between steps (see [`State::between`]).
+    between: bool,
 }
 
 impl Gate {
-    /// The running step (if any) is over: the reader is back for more bytes or writing.
+    /// The running step (if any) is over: the reader is back for more bytes or writing, and
+    /// the handshake is between steps until its next step is queued or it ends.
     fn step_over(&mut self) {
         if let Some((ticket, started, step)) = self.running.take() {
             self.queue.measured(step, started.elapsed());
             drop(ticket);
+            self.set_between(true);
         }
+    }
+
+    fn set_between(&mut self, between: bool) {
+        if self.between != between {
+            self.between = between;
+            self.queue.set_between(self.source, between);
+        }
+    }
+}
+
+impl Drop for Gate {
+    /// The handshake is over (done, failed or dropped): no longer between steps.
+    fn drop(&mut self) {
+        self.set_between(false);
     }
 }
 
@@ -393,6 +453,7 @@ impl<S> Gated<S> {
                 end: 0,
                 waiting: None,
                 running: None,
+                between: false,
             })),
             leftover: Vec::new(),
         }
@@ -439,6 +500,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
             (gate.start, gate.end) = (0, read);
         }
         if gate.waiting.is_none() {
+            gate.set_between(false);
             let step = if gate.steps == 0 {
                 Step::First
             } else {
@@ -630,8 +692,10 @@ mod tests {
                 .is_err()
         );
         assert_eq!(queue.counts(), (1, 0, 1, 1));
-        // The stalled handshake writes its answer and waits for the client: the slot is free.
+        // The stalled handshake writes its answer and waits for the client: the slot is free,
+        // and the handshake is between steps.
         stalled.write_all(b"server hello").await.unwrap();
+        assert_eq!(queue.between(), 1);
         assert!(
             tokio::time::timeout(Duration::from_millis(50), stalled.read(&mut buf))
                 .await
@@ -643,8 +707,10 @@ mod tests {
         // straight through.
         polite_client.write_all(b"finished").await.unwrap();
         assert_eq!(polite.read(&mut buf[..3]).await.unwrap(), 3);
+        assert_eq!(queue.between(), 1, "the polite one's later step runs");
         polite.handshake_done();
         assert_eq!(queue.counts(), (0, 0, 0, 0));
+        assert_eq!(queue.between(), 1, "only the stalled one is between steps");
         assert_eq!(
             polite.read(&mut buf).await.unwrap(),
             5,
@@ -656,5 +722,38 @@ mod tests {
         assert_eq!(queue.counts(), (0, 0, 0, 0));
         drop(stalled);
         assert_eq!(queue.counts(), (0, 0, 0, 0));
+        assert_eq!(queue.between(), 0);
+    }
+
+    /// Handshakes past their ClientHello, waiting for their clients' next flight, will each
+    /// take a later step before a new handshake's: counted ahead of a new ClientHello even
+    /// when slots are free, as first steps are counted, by source.
+    #[test]
+    fn handshakes_between_steps_are_work_ahead_of_a_new_one() {
+        // 1 ms a step, 2 CPUs, 100 ms to spare: 200 later steps ahead fill the budget.
+        let queue = Arc::new(HandshakeQueue::new(16, 2, Duration::from_millis(200)));
+        lock(&queue.state).cost = [1e6, 1e6];
+        for _ in 0..150 {
+            queue.set_between(source(1), true);
+        }
+        assert!(
+            queue.enqueue(Step::First, source(1)).is_some(),
+            "75 ms ahead: served"
+        );
+        for _ in 0..100 {
+            queue.set_between(source(1), true);
+        }
+        assert_eq!(queue.counts().0, 0, "every slot free");
+        assert!(
+            queue.enqueue(Step::First, source(1)).is_none(),
+            "125 ms ahead: shed"
+        );
+        // Another host counts one of the first host's handshakes per turn, not all of them.
+        assert!(queue.enqueue(Step::First, source(2)).is_some());
+        for _ in 0..100 {
+            queue.set_between(source(1), false);
+        }
+        assert!(queue.enqueue(Step::First, source(1)).is_some());
+        assert_eq!(queue.between(), 150);
     }
 }
