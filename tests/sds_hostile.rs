@@ -803,3 +803,49 @@ async fn one_connection_cannot_open_more_streams_than_the_per_connection_limit()
     .expect("a stream beyond the per-connection limit is refused");
     assert_eq!(refused, 2 * limit + 1, "the first stream over the limit");
 }
+
+/// Issue #21, the restart gap: when the drain starts the listener closes at once, while the
+/// open connections still drain, so a proxy reconnecting meanwhile is refused at once (and
+/// backs off, or reaches the new process) rather than left in an accept queue nobody serves.
+#[tokio::test]
+async fn the_listener_closes_when_the_drain_starts_not_when_it_ends() {
+    let mut settings = dev_settings();
+    settings.limits.drain_timeout = Duration::from_secs(3);
+    let sds = RunningSds::start(settings, setup()).await;
+    let address = sds.tcp.unwrap();
+    // An HTTP/2 connection that never reads again: it does not answer the drain's PING, so the
+    // drain waits for it until drainTimeout.
+    let mut held = tokio::net::TcpStream::connect(address).await.unwrap();
+    held.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    drop(tokio::net::TcpStream::connect(address).await.unwrap());
+
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(sds.stop());
+    // Until the listener closes connects succeed (one caught in its closing may be reset);
+    // from then on they are refused.
+    while tokio::net::TcpStream::connect(address).await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "connections still accepted after the drain started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused = tokio::net::TcpStream::connect(address).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    assert!(
+        !stopping.is_finished(),
+        "refused while the drain still waits for the open connection"
+    );
+    stopping.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the drain waited for the connection"
+    );
+    drop(held);
+}
