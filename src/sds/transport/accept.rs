@@ -254,9 +254,11 @@ fn hand_over<L: Listener>(stream: L::Stream, shared: &Arc<AcceptShared>) {
 /// any failed connection (Envoy's gRPC backoff). The other candidates mislead: `handshake_failure`
 /// reads as parameters that cannot be negotiated (an operator would look for a cipher or
 /// certificate mismatch), and `user_canceled` is a warning that rustls ignores, leaving the
-/// client with a bare end of stream. Clients report it as: BoringSSL (Envoy's log) `TLS
-/// error: …:SSL routines:OPENSSL_internal:TLSV1_ALERT_INTERNAL_ERROR`, OpenSSL `tlsv1 alert
-/// internal error` (SSL alert number 80), rustls `received fatal alert: InternalError`.
+/// client with a bare end of stream. Clients report it as (each checked against this record):
+/// Envoy (BoringSSL), at debug, `TLS_error:|268436536:SSL routines:OPENSSL_internal:
+/// TLSV1_ALERT_INTERNAL_ERROR:TLS_error_end` as the connection's failure reason; OpenSSL
+/// `tlsv1 alert internal error … SSL alert number 80`; rustls `received fatal alert:
+/// InternalError`.
 pub(super) const SHED_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
 
 /// How long writing [`SHED_ALERT`] may take. Seven bytes fit a fresh connection's send buffer
