@@ -382,10 +382,17 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // SIGTERM drains the server as it drains `meshca serve` (the restart storm sends it).
     let terminated = meshca::cli::serve::shutdown_signal()?;
-    let stopped = async {
-        tokio::select! {
-            _ = stopped => {}
-            () = terminated => {}
+    // When SIGTERM came, for the `drained` line.
+    let signalled = Arc::new(std::sync::OnceLock::new());
+    let stopped = {
+        let signalled = signalled.clone();
+        async move {
+            tokio::select! {
+                _ = stopped => {}
+                () = terminated => {
+                    let _ = signalled.set(Instant::now());
+                }
+            }
         }
     };
     // The SDS server's TLS handshake counters, for `handshakes`.
@@ -452,7 +459,13 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
         let line = tokio::select! {
             line = lines.next_line() => line?,
             // Drained after SIGTERM.
-            ended = &mut server => return ended?,
+            ended = &mut server => {
+                // The drain is over; what is left is the process's teardown and exit.
+                if let Some(signalled) = signalled.get() {
+                    println!("drained {}", signalled.elapsed().as_micros());
+                }
+                return ended?;
+            }
         };
         let Some(line) = line else { break };
         match line.trim() {

@@ -4,7 +4,8 @@
 //! keeping the certificate it holds meanwhile.
 //!
 //! Measured: the time from SIGTERM (and from the new server's `ready`) until every proxy holds
-//! a certificate of the new server; the new server's CPU until then and its peak resident
+//! a certificate of the new server; the old server's drain (from its SIGTERM until its streams
+//! and connections are closed, as it measures it) and its exit; the new server's CPU until then and its peak resident
 //! memory (VmHWM); against the floor's time for N handshakes plus N issuances (the raw rustls
 //! server and the cache alone, each timed on its own). Checked, after the clock stopped, from
 //! every response each proxy received with its arrival time: every certificate verifies up to
@@ -253,6 +254,7 @@ pub(crate) async fn restart_storm(
     generation.store(2, Ordering::Relaxed);
     let terminated = Instant::now();
     server.terminate()?;
+    let drained = Duration::from_micros(server.expect("drained").await?[0].parse()?);
     let status = server.wait().await?;
     ensure!(
         status.success(),
@@ -287,10 +289,12 @@ pub(crate) async fn restart_storm(
     let checked = check(&log, bundle)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "restart storm, {n} proxies over mTLS: SIGTERM → old server gone {:.0} ms → new server \
-         ready {:.0} ms → every proxy holds a new certificate {:.0} ms ({:.0} ms after ready); \
+        "restart storm, {n} proxies over mTLS: SIGTERM → old server drained {:.0} ms, gone {:.0} \
+         ms → new server ready {:.0} ms → every proxy holds a new certificate {:.0} ms ({:.0} ms \
+         after ready); \
          floor {:.0} ms ({n} raw handshakes {:.0} ms + the cache alone issuing {n} {:.0} ms): \
          all back in {:.2}× the floor",
+        ms(drained),
         ms(stopped),
         ms(ready),
         ms(all_back),
