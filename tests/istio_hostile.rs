@@ -477,6 +477,11 @@ async fn stalled_handshakes_do_not_hold_back_a_legitimate_caller() {
         metric(&ca, "meshca_istio_tls_handshakes_shed_total").await,
         0
     );
+    // Exposed, and none has timed out yet (10 s).
+    assert_eq!(
+        metric(&ca, "meshca_istio_tls_handshakes_timed_out_total").await,
+        0
+    );
     drop((idle, stalled));
 }
 
