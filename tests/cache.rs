@@ -648,6 +648,35 @@ async fn callers_issuing_themselves_stay_within_the_issuance_limit() {
     assert_eq!(h.provider.calls(), 5);
 }
 
+/// Callers' first certificates reach the worker in batches (one wake-up per millisecond of
+/// them, not one per certificate): every one of a storm of them still gets its renewal, and a
+/// `renew_now` sent before the batch was taken still renews at once.
+#[tokio::test(start_paused = true)]
+async fn first_certificates_handed_over_together_are_each_renewed() {
+    let h = harness(settings());
+    let keys: Vec<_> = (0..300)
+        .map(|i| key(&format!("storm/sa-{i}"), Purpose::Default))
+        .collect();
+    let mut requests = tokio::task::JoinSet::new();
+    for wanted in &keys {
+        let (cache, wanted) = (h.cache.clone(), wanted.clone());
+        requests.spawn(async move { cache.certificate(&wanted).await });
+    }
+    for result in requests.join_all().await {
+        result.unwrap();
+    }
+    assert_eq!(h.cache.stats().issued, 300);
+    // Within the batch's millisecond: these keys' renewals are not scheduled yet.
+    h.cache.renew_now(Some(&keys[0].identity));
+    run_for(Duration::from_millis(100)).await;
+    assert_eq!(h.provider.calls(), 301, "renew_now waited for the batch");
+    // Renewals fall at 40–60% of the hour: each key is renewed once more (the first one's
+    // counted from its renew_now certificate).
+    run_for(HOUR * 6 / 10 + Duration::from_secs(60)).await;
+    assert_eq!(h.cache.stats().renewed, 1 + 300);
+    assert_eq!(h.provider.calls(), 300 + 1 + 300);
+}
+
 /// Subscribes to `count` keys and returns their receivers, with the first issuances' calls
 /// taken off the channel.
 async fn subscribed(

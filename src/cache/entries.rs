@@ -2,16 +2,15 @@
 //! the claims of running issuances (one lock, never held across an `.await`), the counters, and
 //! the pipeline every issuance goes through.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use meshca_provider::{Clock, LeafSpec, SpiffeId};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::policy::issue_timeout_for;
-use super::{CacheError, CacheSettings, CacheStats, CertKey, ServedCertificate};
+use super::{CacheError, CacheSettings, CacheStats, CertKey, KeyMap, KeySet, ServedCertificate};
 use crate::issuance::{IssuanceMetrics, Issued, KeySource, Pipeline};
 
 /// The answer to a fetch.
@@ -31,15 +30,23 @@ pub(super) struct Shared {
     /// How many issuances may run at once (`max_concurrent_issues`): claims beyond it wait.
     pub(super) issue_limit: usize,
     pub(super) counters: Counters,
+    /// Wakes the worker when certificates were handed over to an empty queue.
+    pub(super) handed_over: Notify,
 }
 
 /// What the entries lock guards.
 #[derive(Default)]
 pub(super) struct Entries {
     /// Published certificates.
-    pub(super) slots: HashMap<CertKey, Slot>,
+    pub(super) slots: KeyMap<Slot>,
     /// Keys with an issuance running, by a caller or by the worker: at most one per key.
-    pub(super) issuing: HashSet<CertKey>,
+    pub(super) issuing: KeySet,
+    /// Of those, the keys the worker has callers waiting on: their issuance's end is told to
+    /// the worker at once.
+    pub(super) awaited: KeySet,
+    /// First certificates that callers issued and published, whose renewals the worker has yet
+    /// to schedule: handed over in batches ([`Shared::hand_over`]).
+    pub(super) handed_over: Vec<(CertKey, Arc<ServedCertificate>)>,
 }
 
 /// What a caller's lookup found.
@@ -66,10 +73,52 @@ pub(super) enum WorkerClaim {
 
 /// A published certificate.
 pub(super) struct Slot {
-    pub(super) sender: watch::Sender<Arc<ServedCertificate>>,
+    cert: Arc<ServedCertificate>,
+    /// The channel that tells subscribers of each new certificate, made by the first
+    /// subscription: most keys never get one (the Istio CA API's callers, `meshca issue`), and a
+    /// watch channel is a few hundred bytes and a wake-up per publication.
+    updates: Option<watch::Sender<Arc<ServedCertificate>>>,
     /// The latest NotAfter of any certificate handed to a caller: until then somebody may
     /// still be using one of ours, so the key is kept.
     requested_until: SystemTime,
+}
+
+impl Slot {
+    fn new(cert: Arc<ServedCertificate>) -> Self {
+        Self {
+            cert,
+            updates: None,
+            requested_until: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// The certificate published now.
+    pub(super) fn cert(&self) -> &Arc<ServedCertificate> {
+        &self.cert
+    }
+
+    /// A receiver that sees every certificate published after this one.
+    fn subscribe(&mut self) -> watch::Receiver<Arc<ServedCertificate>> {
+        let cert = &self.cert;
+        self.updates
+            .get_or_insert_with(|| watch::Sender::new(cert.clone()))
+            .subscribe()
+    }
+
+    /// Publishes `cert` in place of the current one, waking subscribers.
+    fn replace(&mut self, cert: Arc<ServedCertificate>) {
+        if let Some(updates) = &self.updates {
+            updates.send_replace(cert.clone());
+        }
+        self.cert = cert;
+    }
+
+    /// How many receivers are alive.
+    fn subscribers(&self) -> usize {
+        self.updates
+            .as_ref()
+            .map_or(0, watch::Sender::receiver_count)
+    }
 }
 
 impl Shared {
@@ -104,7 +153,8 @@ impl Shared {
     }
 
     /// The worker's lookup for a waiting caller: the valid certificate, or whether the key is
-    /// being issued (whose end will answer the caller).
+    /// being issued (whose end will answer the caller: the key is marked awaited, so that end
+    /// reaches the worker at once rather than with the next batch).
     pub(super) fn lookup_or_issuing(
         &self,
         key: &CertKey,
@@ -112,8 +162,32 @@ impl Shared {
     ) -> Result<Fetched, bool> {
         let now = self.clock.now();
         let mut entries = self.entries();
-        lookup_locked(&mut entries, key, subscribe, now)
-            .ok_or_else(|| entries.issuing.contains(key))
+        if let Some(fetched) = lookup_locked(&mut entries, key, subscribe, now) {
+            return Ok(fetched);
+        }
+        let issuing = entries.issuing.contains(key);
+        if issuing {
+            entries.awaited.insert(key.clone());
+        }
+        Err(issuing)
+    }
+
+    /// Queues a caller's first certificate for `key` for the worker, which schedules its
+    /// renewal. Returns whether the queue was empty: only then does the worker need waking.
+    pub(super) fn hand_over(
+        &self,
+        entries: &mut Entries,
+        key: &CertKey,
+        cert: Arc<ServedCertificate>,
+    ) -> bool {
+        entries.handed_over.push((key.clone(), cert));
+        entries.handed_over.len() == 1
+    }
+
+    /// Swaps everything handed over since the last call into `batch` (empty), whose capacity
+    /// the queue keeps: a storm's batches reuse two buffers instead of growing new ones.
+    pub(super) fn take_handed_over(&self, batch: &mut Vec<(CertKey, Arc<ServedCertificate>)>) {
+        std::mem::swap(&mut self.entries().handed_over, batch);
     }
 
     /// The worker claims `key` for an issuance of its own; `unless_cached` for keys started for
@@ -124,7 +198,7 @@ impl Shared {
         if entries.issuing.contains(key) {
             return WorkerClaim::Busy;
         }
-        let valid = |slot: &Slot| slot.sender.borrow().info.not_after > now;
+        let valid = |slot: &Slot| slot.cert.info.not_after > now;
         if unless_cached && entries.slots.get(key).is_some_and(valid) {
             return WorkerClaim::Cached;
         }
@@ -146,7 +220,7 @@ impl Shared {
     }
 
     /// Keys being issued now, optionally only those of `identity`.
-    pub(super) fn issuing_keys(&self, identity: Option<&SpiffeId>) -> HashSet<CertKey> {
+    pub(super) fn issuing_keys(&self, identity: Option<&SpiffeId>) -> KeySet {
         self.entries()
             .issuing
             .iter()
@@ -167,18 +241,17 @@ impl Shared {
         self.release_locked(&mut self.entries(), key);
     }
 
-    pub(super) fn release_locked(&self, entries: &mut Entries, key: &CertKey) {
+    /// Ends the claim on `key`; returns whether the worker has callers waiting on it.
+    pub(super) fn release_locked(&self, entries: &mut Entries, key: &CertKey) -> bool {
         entries.issuing.remove(key);
         self.counters
             .in_flight
             .store(entries.issuing.len(), Ordering::Relaxed);
+        !entries.awaited.is_empty() && entries.awaited.remove(key)
     }
 
     pub(super) fn current(&self, key: &CertKey) -> Option<Arc<ServedCertificate>> {
-        self.entries()
-            .slots
-            .get(key)
-            .map(|slot| slot.sender.borrow().clone())
+        self.entries().slots.get(key).map(|slot| slot.cert.clone())
     }
 
     /// Publishes `cert` for `key`, waking subscribers, and ends the key's issuance. Returns
@@ -213,22 +286,18 @@ impl Shared {
             Entry::Occupied(slot) => {
                 let slot = slot.into_mut();
                 self.counters.renewed.fetch_add(1, Ordering::Relaxed);
-                slot.sender.send_replace(cert);
+                slot.replace(cert);
                 (slot, true)
             }
             Entry::Vacant(vacant) => {
                 self.counters.issued.fetch_add(1, Ordering::Relaxed);
-                let slot = vacant.insert(Slot {
-                    sender: watch::Sender::new(cert),
-                    requested_until: SystemTime::UNIX_EPOCH,
-                });
-                (slot, false)
+                (vacant.insert(Slot::new(cert)), false)
             }
         };
         if handed_out {
             slot.requested_until = slot.requested_until.max(not_after);
         }
-        let receivers = (0..subscribers).map(|_| slot.sender.subscribe()).collect();
+        let receivers = (0..subscribers).map(|_| slot.subscribe()).collect();
         self.counters
             .entries
             .store(entries.slots.len(), Ordering::Relaxed);
@@ -243,18 +312,16 @@ impl Shared {
         replaces: &[u8],
         cert: Arc<ServedCertificate>,
     ) -> bool {
-        let entries = self.entries();
-        let Some(slot) = entries.slots.get(key) else {
+        let mut entries = self.entries();
+        let Some(slot) = entries.slots.get_mut(key) else {
             return false;
         };
-        slot.sender.send_if_modified(|current| {
-            if current.info.serial != replaces {
-                return false;
-            }
-            self.counters.renewed.fetch_add(1, Ordering::Relaxed);
-            *current = cert;
-            true
-        })
+        if slot.cert.info.serial != replaces {
+            return false;
+        }
+        self.counters.renewed.fetch_add(1, Ordering::Relaxed);
+        slot.replace(cert);
+        true
     }
 
     /// Drops `key` if nobody holds a receiver and every certificate handed out for it has
@@ -265,7 +332,7 @@ impl Shared {
         let Some(slot) = entries.slots.get(key) else {
             return true;
         };
-        if slot.sender.receiver_count() > 0 || slot.requested_until > now {
+        if slot.subscribers() > 0 || slot.requested_until > now {
             return false;
         }
         entries.slots.remove(key);
@@ -369,11 +436,11 @@ fn lookup_locked(
     now: SystemTime,
 ) -> Option<Fetched> {
     let slot = entries.slots.get_mut(key)?;
-    let cert = slot.sender.borrow().clone();
+    let cert = slot.cert.clone();
     if cert.info.not_after <= now {
         return None;
     }
     slot.requested_until = slot.requested_until.max(cert.info.not_after);
-    let updates = subscribe.then(|| slot.sender.subscribe());
+    let updates = subscribe.then(|| slot.subscribe());
     Some(Fetched { cert, updates })
 }

@@ -7,9 +7,10 @@
 //! pushed through, which is what an SDS stream holds).
 //!
 //! # Design
-//! - **Readers never wait on issuance.** Published certificates live in a map of `watch`
-//!   senders behind a short `std` mutex that is never held across an `.await`; a caller whose
-//!   key holds a valid certificate is answered from there without involving the worker.
+//! - **Readers never wait on issuance.** Published certificates live in a map (each with a
+//!   `watch` sender once someone subscribes) behind a short `std` mutex that is never held
+//!   across an `.await`; a caller whose key holds a valid certificate is answered from there
+//!   without involving the worker.
 //!   Counters are atomics, so [`CertificateCache::stats`] (readiness) takes no lock at all.
 //! - **One owner of scheduling.** A single worker task (`worker.rs`) owns the per-key state:
 //!   who waits for a key, failure counts, and the renewal timers (a heap of deadlines;
@@ -51,9 +52,11 @@ mod policy;
 mod settings;
 mod worker;
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use futures::FutureExt as _;
@@ -107,20 +110,110 @@ impl fmt::Display for Purpose {
 }
 
 /// What the cache is keyed by.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone)]
 pub struct CertKey {
     /// The workload identity the certificate names.
     pub identity: SpiffeId,
     /// Which of the identity's certificates.
     pub purpose: Purpose,
+    /// The hash of the two, computed on first use and copied with the key: one issuance looks
+    /// its key up in the cache's maps about seven times, and hashing the identity's URI each
+    /// time was ≈ 1% of an issuance (see docs/BENCHMARKS.md).
+    hash: OnceLock<u64>,
 }
+
+/// The one SipHash key every [`CertKey`]'s hash is made with: random per process, so callers
+/// who choose identities cannot aim them at one bucket of the cache's maps.
+static KEY_HASH: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
 impl CertKey {
     /// A key for `identity` and `purpose`.
     pub fn new(identity: SpiffeId, purpose: Purpose) -> Self {
-        Self { identity, purpose }
+        Self {
+            identity,
+            purpose,
+            hash: OnceLock::new(),
+        }
+    }
+
+    fn keyed_hash(&self) -> u64 {
+        *self
+            .hash
+            .get_or_init(|| KEY_HASH.hash_one((&self.identity, self.purpose)))
     }
 }
+
+impl fmt::Debug for CertKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertKey")
+            .field("identity", &self.identity)
+            .field("purpose", &self.purpose)
+            .finish()
+    }
+}
+
+impl PartialEq for CertKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.purpose == other.purpose && self.identity == other.identity
+    }
+}
+
+impl Eq for CertKey {}
+
+impl PartialOrd for CertKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for CertKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.identity, self.purpose).cmp(&(&other.identity, other.purpose))
+    }
+}
+
+impl Hash for CertKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.keyed_hash());
+    }
+}
+
+/// The hasher of the cache's maps keyed by [`CertKey`]: a key hashes to one `u64` that is
+/// already a keyed SipHash, which the maps take as it is instead of hashing it again.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct KeyHashes;
+
+impl BuildHasher for KeyHashes {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+pub(super) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `CertKey`s are hashed here, and they write one `u64`; anything else still hashes
+        // (through the same keyed SipHash), never to a constant.
+        self.0 = KEY_HASH.hash_one((self.0, bytes));
+    }
+}
+
+/// A map keyed by [`CertKey`].
+pub(super) type KeyMap<V> = HashMap<CertKey, V, KeyHashes>;
+
+/// A set of [`CertKey`]s.
+pub(super) type KeySet = HashSet<CertKey, KeyHashes>;
 
 impl fmt::Display for CertKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -203,6 +296,7 @@ impl CertificateCache {
             entries: Mutex::new(Entries::default()),
             issue_limit,
             counters: Counters::default(),
+            handed_over: tokio::sync::Notify::new(),
         });
         tokio::spawn(Worker::new(shared.clone(), receiver).run());
         Self {
@@ -240,7 +334,7 @@ impl CertificateCache {
         entries
             .slots
             .iter()
-            .map(|(key, slot)| (key.clone(), slot.sender.borrow().clone()))
+            .map(|(key, slot)| (key.clone(), slot.cert().clone()))
             .collect()
     }
 
@@ -480,13 +574,29 @@ impl CallerClaim<'_> {
             // Counted by the pipeline (or, for a panic, where it was caught).
             Err(error) => (Err(error.clone()), false),
         };
-        shared.release_locked(&mut entries, self.key);
-        // A send error means the worker is gone (shutting down): nothing left to schedule.
-        let _ = self.handle.commands.send(Command::Issued {
-            key: self.key.clone(),
-            result,
-            renewal,
-        });
+        let awaited = shared.release_locked(&mut entries, self.key);
+        match result {
+            // A first certificate nobody else waits for: all the worker has to do is schedule
+            // its renewal, which it does for a batch at a time (`HANDOVER_DELAY`) rather than
+            // waking for each of a storm of new proxies.
+            Ok(cert) if !renewal && !awaited => {
+                let wake = shared.hand_over(&mut entries, self.key, cert);
+                drop(entries);
+                if wake {
+                    shared.handed_over.notify_one();
+                }
+            }
+            result => {
+                drop(entries);
+                // A send error means the worker is gone (shutting down): nothing left to
+                // schedule.
+                let _ = self.handle.commands.send(Command::Issued {
+                    key: self.key.clone(),
+                    result,
+                    renewal,
+                });
+            }
+        }
         answer
     }
 }

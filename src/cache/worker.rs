@@ -12,7 +12,7 @@
 //! arriving meanwhile sets `reissue` so a fresh issuance follows.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -24,8 +24,8 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
 use super::policy::{RECOVERY_WINDOW, recovery_delay};
 use super::{
-    CacheError, CertKey, Fetched, ServedCertificate, Shared, WorkerClaim, renew_in, retry_in,
-    rfc3339,
+    CacheError, CertKey, Fetched, KeyMap, KeySet, ServedCertificate, Shared, WorkerClaim, renew_in,
+    retry_in, rfc3339,
 };
 
 /// What the handles ask of the worker.
@@ -79,21 +79,30 @@ struct KeyState {
 
 type Outcome = (CertKey, Result<Arc<ServedCertificate>, CacheError>);
 
+/// How long the worker lets callers' first certificates gather before scheduling their
+/// renewals, one wake-up for the batch: when thousands of proxies connect at once, a wake-up
+/// and message per certificate was about a seventh of what an issuance cost beyond its key and
+/// signature (docs/BENCHMARKS.md, "Tresor issuance"). Renewals are due hours later; a
+/// millisecond changes nothing.
+const HANDOVER_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+
 pub(super) struct Worker {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<Command>,
-    keys: HashMap<CertKey, KeyState>,
+    keys: KeyMap<KeyState>,
     /// Background deadlines, earliest first (see [`Timers`]).
     timers: Timers,
     /// Keys with waiting callers, to start before any background work.
     urgent: VecDeque<CertKey>,
     /// Keys whose last issuance failed and whose retry waits out a backoff: woken when the
     /// provider is seen working again. May hold keys since renewed or dropped (skipped then).
-    backing_off: HashSet<CertKey>,
+    backing_off: KeySet,
     running: JoinSet<Outcome>,
     /// Which key each running task issues for, to attribute a panic.
     running_keys: HashMap<Id, CertKey>,
     trust_refresh: JoinSet<()>,
+    /// The buffer the next batch of handed-over certificates is swapped into (empty).
+    handed_over: Vec<(CertKey, Arc<ServedCertificate>)>,
 }
 
 impl Worker {
@@ -101,13 +110,14 @@ impl Worker {
         Self {
             shared,
             commands,
-            keys: HashMap::new(),
+            keys: KeyMap::default(),
             timers: Timers::default(),
             urgent: VecDeque::new(),
-            backing_off: HashSet::new(),
+            backing_off: KeySet::default(),
             running: JoinSet::new(),
             running_keys: HashMap::new(),
             trust_refresh: JoinSet::new(),
+            handed_over: Vec::new(),
         }
     }
 
@@ -126,6 +136,9 @@ impl Worker {
         let wake = sleep_until(Instant::now());
         tokio::pin!(wake);
         let mut armed_for = None;
+        let handover = sleep_until(Instant::now());
+        tokio::pin!(handover);
+        let mut handover_armed = false;
         loop {
             self.start_ready();
             let has_room = self.shared.has_room();
@@ -137,16 +150,33 @@ impl Worker {
                 }
                 armed_for = next_due;
             }
+            // Certificates handed over by callers are scheduled before anything else is done,
+            // so no command or deadline acts on a key whose first certificate is unknown here.
             tokio::select! {
                 command = self.commands.recv() => match command {
-                    Some(command) => self.handle(command),
+                    Some(command) => {
+                        self.schedule_handed_over();
+                        self.handle(command);
+                    }
                     None => break,
                 },
-                Some(done) = self.running.join_next_with_id() => self.finish(done),
+                Some(done) = self.running.join_next_with_id() => {
+                    self.schedule_handed_over();
+                    self.finish(done);
+                }
                 // Only worth waking for a deadline when it could be started.
                 () = &mut wake, if has_room && armed_for.is_some() => {
+                    self.schedule_handed_over();
                     // Fired: re-arm on the next turn even if the earliest deadline is the same.
                     armed_for = None;
+                }
+                () = self.shared.handed_over.notified(), if !handover_armed => {
+                    handover.as_mut().reset(Instant::now() + HANDOVER_DELAY);
+                    handover_armed = true;
+                }
+                () = &mut handover, if handover_armed => {
+                    handover_armed = false;
+                    self.schedule_handed_over();
                 }
                 _ = trust_tick.tick() => {
                     if self.trust_refresh.is_empty() {
@@ -205,20 +235,7 @@ impl Worker {
                 key,
                 result,
                 renewal,
-            } => {
-                let state = self.keys.entry(key.clone()).or_default();
-                if state.failures > 0 {
-                    self.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
-                }
-                let waiters = std::mem::take(&mut state.waiters);
-                match result {
-                    Ok(cert) => {
-                        self.answer_from_published(&key, waiters);
-                        self.renew_later(key, &cert, renewal);
-                    }
-                    Err(error) => self.failed(key, error, waiters),
-                }
-            }
+            } => self.caller_issued(key, result, renewal),
             Command::Abandoned(key) => {
                 let published = self.shared.current(&key).is_some();
                 let state = self.keys.entry(key.clone()).or_default();
@@ -241,6 +258,40 @@ impl Worker {
             Command::ProviderRecovered => self.wake_backoff("its health check passed again"),
             Command::ProviderHealthy => self.probe_backoff(),
         }
+    }
+
+    /// A caller's issuance of `key` ended: answers whoever waited, then schedules the renewal
+    /// or the retry.
+    fn caller_issued(
+        &mut self,
+        key: CertKey,
+        result: Result<Arc<ServedCertificate>, CacheError>,
+        renewal: bool,
+    ) {
+        let state = self.keys.entry(key.clone()).or_default();
+        if state.failures > 0 {
+            self.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let waiters = std::mem::take(&mut state.waiters);
+        match result {
+            Ok(cert) => {
+                if !waiters.is_empty() {
+                    self.answer_from_published(&key, waiters);
+                }
+                self.renew_later(key, &cert, renewal);
+            }
+            Err(error) => self.failed(key, error, waiters),
+        }
+    }
+
+    /// Schedules the renewals of the first certificates callers handed over.
+    fn schedule_handed_over(&mut self) {
+        let mut batch = std::mem::take(&mut self.handed_over);
+        self.shared.take_handed_over(&mut batch);
+        for (key, cert) in batch.drain(..) {
+            self.caller_issued(key, Ok(cert), false);
+        }
+        self.handed_over = batch;
     }
 
     /// Retries now the key waiting in backoff whose retry is due first, unless one is due
@@ -585,7 +636,7 @@ impl Timers {
     }
 
     /// The earliest live deadline, dropping the stale entries above it.
-    fn earliest(&mut self, keys: &HashMap<CertKey, KeyState>) -> Option<Instant> {
+    fn earliest(&mut self, keys: &KeyMap<KeyState>) -> Option<Instant> {
         while let Some(Reverse((at, key))) = self.heap.peek() {
             if is_live(keys, key, *at) {
                 return Some(*at);
@@ -603,7 +654,7 @@ impl Timers {
     /// Drops every stale entry when they make up most of the heap, so that deadlines moved
     /// over and over (`renew_now`, backoff) cannot grow it without bound. Amortised: the scan
     /// runs only once more stale entries than live keys have piled up.
-    fn compact_if_stale(&mut self, keys: &HashMap<CertKey, KeyState>) {
+    fn compact_if_stale(&mut self, keys: &KeyMap<KeyState>) {
         if self.heap.len() <= 2 * keys.len() + 64 {
             return;
         }
@@ -613,6 +664,6 @@ impl Timers {
 }
 
 /// Whether `(at, key)` is `key`'s current deadline.
-fn is_live(keys: &HashMap<CertKey, KeyState>, key: &CertKey, at: Instant) -> bool {
+fn is_live(keys: &KeyMap<KeyState>, key: &CertKey, at: Instant) -> bool {
     keys.get(key).and_then(|state| state.due) == Some(at)
 }
