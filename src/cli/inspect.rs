@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
-use meshca_provider::x509::certificates_from_pem;
+use meshca_provider::x509::{Fingerprint, certificates_from_pem};
 use meshca_provider::{CertificateInfo, format_duration};
 use rustls_pki_types::CertificateDer;
 
@@ -51,13 +51,13 @@ pub fn describe(certificates: &[CertificateDer<'_>], now: SystemTime) -> anyhow:
             };
             let _ = writeln!(out, "Certificate #{} ({role})", index + 1);
         }
-        write_info(&mut out, &info, now);
+        write_info(&mut out, der, &info, now);
         out.push('\n');
     }
     Ok(out)
 }
 
-fn write_info(out: &mut String, info: &CertificateInfo, now: SystemTime) {
+fn write_info(out: &mut String, der: &[u8], info: &CertificateInfo, now: SystemTime) {
     let field = |out: &mut String, name: &str, value: &str| {
         let _ = writeln!(out, "  {:<14}{}", format!("{name}:"), printable(value));
     };
@@ -79,7 +79,7 @@ fn write_info(out: &mut String, info: &CertificateInfo, now: SystemTime) {
     field(out, "Serial", &info.serial_hex());
     field(out, "Key", &info.key_description);
     field(out, "CA", if info.is_ca { "yes" } else { "no" });
-    field(out, "SHA-256", &info.sha256_fingerprint.to_string());
+    field(out, "SHA-256", &Fingerprint::of(der).to_string());
 }
 
 /// `text` with everything that is not plainly printable escaped, for a terminal: control

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use meshca_provider::x509::Fingerprint;
 use meshca_provider::{
     CertificateChain, CertificateInfo, Clock, DnsName, KeyType, LeafKey, LeafSpec, SpiffeId,
     SystemClock, TrustBundle, format_duration,
@@ -318,19 +319,19 @@ fn issuing_root(chain: &CertificateChain, bundle: &TrustBundle) -> anyhow::Resul
     let top = chain.certificates().last().context("the chain is empty")?;
     let top_info = CertificateInfo::parse(top)?;
     if bundle.contains(top) {
-        return Ok(top_info.sha256_fingerprint.to_string());
+        return Ok(Fingerprint::of(top).to_string());
     }
     let roots = bundle
         .roots()
         .iter()
-        .filter_map(|root| CertificateInfo::parse(root).ok());
-    for root in roots {
+        .filter_map(|der| Some((der, CertificateInfo::parse(der).ok()?)));
+    for (der, root) in roots {
         let issued = match (&top_info.authority_key_id, &root.subject_key_id) {
             (Some(aki), Some(ski)) => aki == ski,
             _ => top_info.issuer == root.subject,
         };
         if issued {
-            return Ok(root.sha256_fingerprint.to_string());
+            return Ok(Fingerprint::of(der).to_string());
         }
     }
     bail!(

@@ -490,7 +490,7 @@ fn announce_extra_roots(config: &Config, now: std::time::SystemTime) -> anyhow::
         {
             // The subject comes from a file an operator listed; escaped like every certificate text
             // meshca prints, so a hostile root cannot write control sequences into a text log.
-            tracing::warn!(subject = %super::inspect::printable(&info.subject), fingerprint = %info.sha256_fingerprint, "an extra trusted root has expired: remove it from extraTrustedRoots");
+            tracing::warn!(subject = %super::inspect::printable(&info.subject), fingerprint = %meshca_provider::x509::Fingerprint::of(root), "an extra trusted root has expired: remove it from extraTrustedRoots");
         }
     }
     tracing::info!(

@@ -126,9 +126,10 @@ pub fn pack(secret: &Secret) -> Any {
 /// A short content version of a certificate: its leaf's SHA-256, so two streams holding the
 /// same certificate report the same version and a restart with new keys reports a new one.
 pub fn certificate_version(certificate: &ServedCertificate) -> String {
-    // The leaf's fingerprint was computed when it was issued; every response and push renders
-    // this version, so it is not hashed again here.
-    certificate.info.sha256_fingerprint.short_hex()
+    // Hashed here rather than when the certificate was issued: most certificates never reach
+    // an SDS stream (the Istio CA API's, the Workload API's), and a SHA-256 of the leaf is
+    // small beside the PEM and the TLS record of the response that carries this version.
+    Fingerprint::of(certificate.chain.leaf()).short_hex()
 }
 
 /// A short content version of a bundle as served with an optional peer matcher.

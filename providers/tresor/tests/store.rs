@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime};
 
+use meshca_provider::x509::Fingerprint;
 use meshca_provider::{CertificateInfo, SystemClock};
 use meshca_test_support::verify::snapshot;
 use meshca_tresor::{
@@ -26,10 +27,7 @@ async fn boot(dir: &Path) -> Result<(SigningAuthority, Outcome), StoreError> {
 }
 
 fn fingerprint(authority: &SigningAuthority) -> String {
-    CertificateInfo::parse(authority.certificate())
-        .unwrap()
-        .sha256_fingerprint
-        .to_string()
+    Fingerprint::of(authority.certificate()).to_string()
 }
 
 fn mode(path: &Path) -> u32 {

@@ -22,6 +22,11 @@ impl fmt::Display for Fingerprint {
 }
 
 impl Fingerprint {
+    /// The fingerprint of a DER certificate.
+    pub fn of(der: &[u8]) -> Self {
+        Self(sha256(der))
+    }
+
     /// The first 8 bytes as 16 lowercase hex digits: a short content version or label.
     pub fn short_hex(&self) -> String {
         hex(&self.0[..8], "")

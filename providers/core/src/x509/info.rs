@@ -10,7 +10,6 @@ use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificat
 mod fast;
 
 use super::fingerprint::hex;
-use super::{Fingerprint, sha256};
 
 /// Why a certificate could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,8 +46,6 @@ pub struct CertificateInfo {
     pub is_ca: bool,
     /// The public key algorithm and size, e.g. `ECDSA P-256` or `RSA 2048`.
     pub key_description: String,
-    /// SHA-256 of the DER certificate, colon-separated hex.
-    pub sha256_fingerprint: Fingerprint,
     /// Subject key identifier.
     pub subject_key_id: Option<Vec<u8>>,
     /// Authority key identifier.
@@ -146,7 +143,6 @@ impl CertificateInfo {
             dns_sans,
             is_ca: cert.is_ca(),
             key_description: describe_key(&cert),
-            sha256_fingerprint: Fingerprint(sha256(der)),
             subject_key_id,
             authority_key_id,
             public_key: cert.public_key().subject_public_key.data.to_vec(),
@@ -202,7 +198,10 @@ mod tests {
         assert_eq!(info.dns_sans, ["a.example"]);
         assert_eq!(info.uri_sans, ["spiffe://cluster.local/ns/a/sa/b"]);
         assert_eq!(info.key_description, "ECDSA P-256");
-        assert_eq!(info.sha256_fingerprint.to_string().len(), 32 * 3 - 1);
+        assert_eq!(
+            crate::x509::Fingerprint::of(cert.der()).to_string().len(),
+            32 * 3 - 1
+        );
         let chain = CertificateChain::from_pem(&pem_text).unwrap();
         assert_eq!(chain.leaf().as_ref(), cert.der().as_ref());
         assert_eq!(chain.to_pem(), pem_text);

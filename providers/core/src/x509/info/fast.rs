@@ -2,7 +2,6 @@
 //! Returns `None` for anything outside what it knows, so the full parser decides.
 
 use super::{CertificateInfo, KeyPurposes, to_system_time};
-use crate::x509::{Fingerprint, sha256};
 
 /// One DER element: tag, contents, and what follows it.
 fn take(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -117,7 +116,6 @@ pub(super) fn parse(der: &[u8]) -> Option<CertificateInfo> {
         dns_sans: Vec::new(),
         is_ca: false,
         key_description: key_description.to_owned(),
-        sha256_fingerprint: Fingerprint(sha256(der)),
         subject_key_id: None,
         authority_key_id: None,
         public_key: public_key.to_vec(),
