@@ -150,6 +150,9 @@ impl LeafTemplate {
         certificate.push(0);
         certificate.extend_from_slice(&signature);
         close(&mut certificate, contents, SEQUENCE);
+        // The room left over (a few hundred bytes for a P-256 leaf) goes back to the allocator:
+        // the cache keeps this buffer for the certificate's whole life.
+        certificate.shrink_to_fit();
         Ok(certificate)
     }
 
