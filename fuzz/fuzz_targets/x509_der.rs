@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = (
                 info.lifetime(),
                 info.serial_hex(),
-                info.sha256_fingerprint.to_string(),
+                meshca_provider::x509::Fingerprint::of(data).to_string(),
             );
         }
         Err(error) => {
