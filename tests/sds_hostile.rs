@@ -47,6 +47,17 @@ fn mtls_settings() -> SdsSettings {
 }
 
 /// A TLS channel to `sds` presenting a certificate for `identity`, issued by the source's CA.
+/// A polite mTLS client for `identity` opens a stream and gets its first response.
+async fn served_over_mtls(sds: &RunningSds, source: &TestSource, identity: &SpiffeId) {
+    let ch = mtls_channel(sds, source, identity).await;
+    SotwClient::open(ch, None, &["default"])
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap();
+}
+
 async fn mtls_channel(sds: &RunningSds, source: &TestSource, identity: &SpiffeId) -> Channel {
     let client = source.ca().issue(identity, Duration::from_secs(600));
     Endpoint::from_shared(format!("https://{}", sds.tcp.unwrap()))
@@ -338,13 +349,7 @@ async fn tls_connections_are_closed_when_the_handshake_or_the_preface_does_not_c
     closed_by_server(tls).await;
 
     // A real client is still served.
-    let ch = mtls_channel(&sds, &source, &id("ns/a")).await;
-    SotwClient::open(ch, None, &["default"])
-        .await
-        .unwrap()
-        .next()
-        .await
-        .unwrap();
+    served_over_mtls(&sds, &source, &id("ns/a")).await;
 }
 
 /// Issue #21: TLS handshakes take turns at the CPU (8 steps per CPU at a time), but only
@@ -365,13 +370,7 @@ async fn idle_and_stalled_handshakes_do_not_hold_back_a_polite_client() {
         support::hostile::idle_and_stalled_handshakes(address, &client, &name, 200).await;
 
     let started = std::time::Instant::now();
-    let ch = mtls_channel(&sds, &source, &id("ns/a")).await;
-    SotwClient::open(ch, None, &["default"])
-        .await
-        .unwrap()
-        .next()
-        .await
-        .unwrap();
+    served_over_mtls(&sds, &source, &id("ns/a")).await;
     let took = started.elapsed();
     assert!(
         took < handshake_timeout / 2,
