@@ -146,7 +146,7 @@ async fn renewal_comes_at_half_the_real_lifetime_give_or_take_ten_percent() {
         let wanted = key(&format!("ns/sa-{i}"), Purpose::Default);
         let rx = h.cache.subscribe(wanted.clone()).await.unwrap();
         first.insert(wanted.identity.clone(), rx.borrow().clone());
-        subscriptions.push((wanted.identity, rx));
+        subscriptions.push((wanted.identity.clone(), rx));
     }
     let mut fractions = Vec::new();
     for _ in 0..20 {

@@ -56,7 +56,8 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::SystemTime;
 
 use futures::FutureExt as _;
@@ -109,17 +110,26 @@ impl fmt::Display for Purpose {
     }
 }
 
-/// What the cache is keyed by.
+/// What the cache is keyed by: an identity and which of its certificates, read as
+/// `key.identity` and `key.purpose`.
+///
+/// One shared allocation, so a clone is one reference count: an issuance copies its key into
+/// the cache's map, the hand-over queue, the worker's map and its timer heap, and the maps'
+/// buckets stay a pointer wide. Two clones of one key compare equal without reading the
+/// identity.
 #[derive(Clone)]
-pub struct CertKey {
+pub struct CertKey(Arc<KeyParts>);
+
+/// The parts of a [`CertKey`], read through it.
+pub struct KeyParts {
     /// The workload identity the certificate names.
     pub identity: SpiffeId,
     /// Which of the identity's certificates.
     pub purpose: Purpose,
-    /// The hash of the two, computed on first use and copied with the key: one issuance looks
-    /// its key up in the cache's maps about seven times, and hashing the identity's URI each
-    /// time was ≈ 1% of an issuance (see docs/BENCHMARKS.md).
-    hash: OnceLock<u64>,
+    /// The keyed hash of the two, computed on first use (0 until then; a hash of 0 is kept as
+    /// 1): one issuance looks its key up in the cache's maps about seven times, and hashing
+    /// the identity's URI each time was ≈ 1% of an issuance (see docs/BENCHMARKS.md).
+    hash: AtomicU64,
 }
 
 /// The one SipHash key every [`CertKey`]'s hash is made with: random per process, so callers
@@ -129,21 +139,42 @@ static KEY_HASH: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 impl CertKey {
     /// A key for `identity` and `purpose`.
     pub fn new(identity: SpiffeId, purpose: Purpose) -> Self {
-        Self {
+        Self(Arc::new(KeyParts {
             identity,
             purpose,
-            hash: OnceLock::new(),
-        }
+            hash: AtomicU64::new(0),
+        }))
     }
 
     fn keyed_hash(&self) -> u64 {
-        *self
-            .hash
-            .get_or_init(|| KEY_HASH.hash_one((&self.identity, self.purpose)))
+        // Relaxed: the value is a function of the immutable parts, so a race only computes
+        // the same number twice.
+        match self.0.hash.load(Ordering::Relaxed) {
+            0 => {
+                let hash = KEY_HASH.hash_one((&self.identity, self.purpose)).max(1);
+                self.0.hash.store(hash, Ordering::Relaxed);
+                hash
+            }
+            hash => hash,
+        }
+    }
+}
+
+impl std::ops::Deref for CertKey {
+    type Target = KeyParts;
+
+    fn deref(&self) -> &KeyParts {
+        &self.0
     }
 }
 
 impl fmt::Debug for CertKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Debug for KeyParts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertKey")
             .field("identity", &self.identity)
@@ -154,7 +185,8 @@ impl fmt::Debug for CertKey {
 
 impl PartialEq for CertKey {
     fn eq(&self, other: &Self) -> bool {
-        self.purpose == other.purpose && self.identity == other.identity
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.purpose == other.purpose && self.identity == other.identity)
     }
 }
 
