@@ -99,11 +99,13 @@ async fn each_purpose_gets_its_own_key_and_serial() {
             .certificate(&key("bookstore/bookstore-v1", purpose))
             .await
             .unwrap();
+        let leaf = cert.chain.leaf_info().unwrap();
         assert_eq!(
-            cert.info.uri_sans,
+            leaf.uri_sans,
             ["spiffe://cluster.local/ns/bookstore/sa/bookstore-v1"]
         );
-        assert!(cert.info.dns_sans.is_empty(), "{:?}", cert.info.dns_sans);
+        assert!(leaf.dns_sans.is_empty(), "{:?}", leaf.dns_sans);
+        assert_eq!(leaf.serial, cert.info.serial);
         assert_eq!(cert.issued_by, "fake");
         serials.push(cert.info.serial.clone());
         keys.push(cert.key.public_key_spki());
@@ -129,7 +131,10 @@ async fn the_configured_key_type_is_used_and_never_shown() {
         .certificate(&key("a/b", Purpose::Default))
         .await
         .unwrap();
-    assert_eq!(cert.info.key_description, "ECDSA P-384");
+    assert_eq!(
+        cert.chain.leaf_info().unwrap().key_description,
+        "ECDSA P-384"
+    );
     let shown = format!("{cert:?}");
     assert!(shown.contains("redacted"), "{shown}");
     let pem = cert.key.private_key_pem();
@@ -176,7 +181,10 @@ async fn renewal_comes_at_half_the_real_lifetime_give_or_take_ten_percent() {
     for (identity, rx) in &mut subscriptions {
         rx.changed().await.unwrap();
         let renewed = rx.borrow_and_update().clone();
-        assert_eq!(renewed.info.uri_sans, [identity.to_string()]);
+        assert_eq!(
+            renewed.chain.leaf_info().unwrap().uri_sans,
+            [identity.to_string()]
+        );
         assert_ne!(renewed.info.serial, first[identity].info.serial);
     }
     assert_eq!(h.cache.stats().renewed, 20);

@@ -55,7 +55,9 @@ use meshca::workload_api::{
     WorkloadApiLimits, WorkloadApiServer, WorkloadApiSettings,
 };
 use meshca_provider::x509::sha256;
-use meshca_provider::{CertificateChain, CertificateInfo, Clock, SpiffeId, TrustDomain};
+use meshca_provider::{
+    CertificateChain, CertificateInfo, CertificateSummary, Clock, SpiffeId, TrustDomain,
+};
 use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpStream, UnixStream};
@@ -534,7 +536,7 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
 }
 
 /// A digest of (identity, serial) pairs, independent of their order.
-fn digest<'a>(pairs: impl Iterator<Item = (&'a SpiffeId, &'a CertificateInfo)>) -> String {
+fn digest<'a>(pairs: impl Iterator<Item = (&'a SpiffeId, &'a CertificateSummary)>) -> String {
     digest_of(pairs.map(|(identity, info)| (identity.to_string(), info.serial_hex())))
 }
 

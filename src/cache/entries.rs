@@ -396,7 +396,7 @@ impl Shared {
         Ok(Arc::new(ServedCertificate {
             chain,
             key: leaf_key,
-            info,
+            info: info.into_summary(),
             issued_by,
         }))
     }

@@ -63,7 +63,7 @@ impl ServingCertificate {
         Ok(ServedCertificate {
             chain: issued.chain,
             key,
-            info: issued.info,
+            info: issued.info.into_summary(),
             issued_by: issued.issued_by,
         })
     }

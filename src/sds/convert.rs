@@ -196,7 +196,7 @@ mod tests {
         let (der, key) = self_signed("a.example");
         let chain = CertificateChain::new(vec![der.clone()]).unwrap();
         let served = ServedCertificate {
-            info: CertificateInfo::parse(&der).unwrap(),
+            info: CertificateInfo::parse(&der).unwrap().into_summary(),
             chain: chain.clone(),
             key,
             issued_by: "test",
@@ -219,7 +219,7 @@ mod tests {
     fn certificate_version_is_the_start_of_the_leafs_sha256() {
         let (der, key) = self_signed("a.example");
         let served = ServedCertificate {
-            info: CertificateInfo::parse(&der).unwrap(),
+            info: CertificateInfo::parse(&der).unwrap().into_summary(),
             chain: CertificateChain::new(vec![der.clone()]).unwrap(),
             key,
             issued_by: "test",

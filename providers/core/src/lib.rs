@@ -43,5 +43,6 @@ pub use spec::LeafSpec;
 #[cfg(feature = "verify")]
 pub use verify::{ChainError, verify_chain};
 pub use x509::{
-    CertificateChain, CertificateInfo, IssuerName, KeyPurposes, PemError, TrustBundle, X509Error,
+    CertificateChain, CertificateInfo, CertificateSummary, IssuerName, KeyPurposes, PemError,
+    TrustBundle, X509Error,
 };

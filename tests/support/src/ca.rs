@@ -133,7 +133,7 @@ impl TestCa {
         let chain =
             CertificateChain::new(vec![leaf.der().clone(), self.intermediate.clone()]).unwrap();
         ServedCertificate {
-            info: chain.leaf_info().unwrap(),
+            info: chain.leaf_info().unwrap().into_summary(),
             chain,
             key,
             issued_by: "test-ca",

@@ -152,15 +152,52 @@ impl CertificateInfo {
 
     /// The certificate's lifetime (NotAfter − NotBefore).
     pub fn lifetime(&self) -> Duration {
-        self.not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default()
+        lifetime(self.not_before, self.not_after)
     }
 
     /// The serial number as lowercase hex.
     pub fn serial_hex(&self) -> String {
         hex(&self.serial, "")
     }
+
+    /// Its validity and serial, the rest dropped.
+    pub fn into_summary(self) -> CertificateSummary {
+        CertificateSummary {
+            not_before: self.not_before,
+            not_after: self.not_after,
+            serial: self.serial,
+        }
+    }
+}
+
+/// What a holder of many certificates keeps of each once it has been validated: when it is
+/// valid and which one it is, which is what renewing, serving and logging it need. A cache of
+/// tens of thousands of leaves keeps this rather than their [`CertificateInfo`], whose names,
+/// key and extensions are a dozen more allocations per certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSummary {
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// Serial number bytes as encoded (big-endian; a leading zero keeps it positive).
+    pub serial: Vec<u8>,
+}
+
+impl CertificateSummary {
+    /// The certificate's lifetime (NotAfter − NotBefore).
+    pub fn lifetime(&self) -> Duration {
+        lifetime(self.not_before, self.not_after)
+    }
+
+    /// The serial number as lowercase hex.
+    pub fn serial_hex(&self) -> String {
+        hex(&self.serial, "")
+    }
+}
+
+fn lifetime(not_before: SystemTime, not_after: SystemTime) -> Duration {
+    not_after.duration_since(not_before).unwrap_or_default()
 }
 
 fn describe_key(cert: &X509Certificate<'_>) -> String {

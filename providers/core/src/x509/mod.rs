@@ -13,7 +13,7 @@ mod pem;
 pub use bundle::{IssuerName, TrustBundle};
 pub use chain::CertificateChain;
 pub use fingerprint::{Fingerprint, sha256};
-pub use info::{CertificateInfo, KeyPurposes, X509Error};
+pub use info::{CertificateInfo, CertificateSummary, KeyPurposes, X509Error};
 pub use pem::{PemError, certificates_from_pem, certificates_to_pem, pem_block};
 
 /// Certificates the unit tests of this module share.
