@@ -364,12 +364,14 @@ impl Shared {
     /// How long an issuance for `key` may take: the pipeline's timeout, bounded by the time
     /// left on the certificate it renews ([`issue_timeout_for`]).
     pub(super) fn issue_timeout(&self, key: &CertKey) -> Duration {
-        let not_after = self.current(key).map(|cert| cert.info.not_after);
-        issue_timeout_for(
-            self.clock.now(),
-            not_after,
-            self.pipeline.settings().issue_timeout,
-        )
+        let configured = self.pipeline.settings().issue_timeout;
+        // A first issuance has nothing to renew, and no need of the time.
+        match self.current(key) {
+            Some(cert) => {
+                issue_timeout_for(self.clock.now(), Some(cert.info.not_after), configured)
+            }
+            None => configured,
+        }
     }
 
     /// One issuance for `key`: a new key of the configured type, through the pipeline.

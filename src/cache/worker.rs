@@ -15,8 +15,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
-use meshca_provider::SpiffeId;
+use meshca_provider::{Clock, SpiffeId};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{Id, JoinError, JoinSet};
@@ -78,6 +79,22 @@ struct KeyState {
 }
 
 type Outcome = (CertKey, Result<Arc<ServedCertificate>, CacheError>);
+
+/// The time by the cache's clock and by tokio's, read once for a batch of certificates.
+#[derive(Clone, Copy)]
+struct Now {
+    wall: SystemTime,
+    instant: Instant,
+}
+
+impl Now {
+    fn read(clock: &dyn Clock) -> Self {
+        Self {
+            wall: clock.now(),
+            instant: Instant::now(),
+        }
+    }
+}
 
 /// How long the worker lets callers' first certificates gather before scheduling their
 /// renewals, one wake-up for the batch: when thousands of proxies connect at once, a wake-up
@@ -235,7 +252,7 @@ impl Worker {
                 key,
                 result,
                 renewal,
-            } => self.caller_issued(key, result, renewal),
+            } => self.caller_issued(key, result, renewal, Now::read(&*self.shared.clock)),
             Command::Abandoned(key) => {
                 let published = self.shared.current(&key).is_some();
                 let state = self.keys.entry(key.clone()).or_default();
@@ -267,6 +284,7 @@ impl Worker {
         key: CertKey,
         result: Result<Arc<ServedCertificate>, CacheError>,
         renewal: bool,
+        now: Now,
     ) {
         let state = self.keys.entry(key.clone()).or_default();
         if state.failures > 0 {
@@ -278,7 +296,7 @@ impl Worker {
                 if !waiters.is_empty() {
                     self.answer_from_published(&key, waiters);
                 }
-                self.renew_later(key, &cert, renewal);
+                self.renew_later(key, &cert, renewal, now);
             }
             Err(error) => self.failed(key, error, waiters),
         }
@@ -288,8 +306,9 @@ impl Worker {
     fn schedule_handed_over(&mut self) {
         let mut batch = std::mem::take(&mut self.handed_over);
         self.shared.take_handed_over(&mut batch);
+        let now = Now::read(&*self.shared.clock);
         for (key, cert) in batch.drain(..) {
-            self.caller_issued(key, Ok(cert), false);
+            self.caller_issued(key, Ok(cert), false, now);
         }
         self.handed_over = batch;
     }
@@ -515,13 +534,13 @@ impl Worker {
                 updates,
             }));
         }
-        self.renew_later(key, &cert, renewal);
+        self.renew_later(key, &cert, renewal, Now::read(&*self.shared.clock));
     }
 
     /// Schedules the renewal of `key`'s newly published `cert`.
-    fn renew_later(&mut self, key: CertKey, cert: &ServedCertificate, renewal: bool) {
+    fn renew_later(&mut self, key: CertKey, cert: &ServedCertificate, renewal: bool, read: Now) {
         let shared = &self.shared;
-        let now = shared.clock.now();
+        let now = read.wall;
         let jitter = rand::rng().random_range(-1.0..=1.0);
         let info = &cert.info;
         // The usable lifetime starts when meshca received the certificate: a NotBefore back-dated
@@ -539,9 +558,9 @@ impl Worker {
         };
         let recovered = std::mem::take(&mut state.failures) > 0;
         let at = if state.reissue {
-            Instant::now()
+            read.instant
         } else {
-            Instant::now() + delay
+            read.instant + delay
         };
         tracing::info!(
             identity = %key.identity,
