@@ -148,11 +148,20 @@ pub struct LeafKey {
     key_type: KeyType,
     pkcs8: Zeroizing<Vec<u8>>,
     /// The raw public key (EC point, or PKCS#1 RSAPublicKey), as it goes in the SPKI bit string.
-    public_key: Vec<u8>,
+    public_key: PublicKeyBytes,
     /// The parsed key, made on the first CSR and kept: backends that need a CSR per renewal
     /// should not re-parse (and, for ECDSA, re-derive) the key each time. Boxed: most keys
     /// never make a CSR, and every cached certificate holds its key.
     csr_signer: OnceLock<Box<rcgen::KeyPair>>,
+}
+
+/// Where a [`LeafKey`] keeps its public key.
+enum PublicKeyBytes {
+    /// The last bytes of the PKCS#8 document, from `start`: ring's ECDSA documents end with the
+    /// public point, and a second copy would be one more allocation for every cached key.
+    EndOfPkcs8 { start: usize },
+    /// A copy of its own (RSA keys, and keys loaded from elsewhere).
+    Own(Vec<u8>),
 }
 
 impl LeafKey {
@@ -174,15 +183,14 @@ impl LeafKey {
                     .map_err(|_| fail("the system random number generator failed".into()))?;
                 let pkcs8 = Zeroizing::new(document.as_ref().to_vec());
                 // ring's PKCS#8 template ends with the uncompressed public point.
-                let public_key = pkcs8
-                    .get(pkcs8.len().saturating_sub(point_len)..)
-                    .filter(|point| point.first() == Some(&0x04))
-                    .ok_or_else(|| fail("unexpected PKCS#8 layout from ring".into()))?
-                    .to_vec();
+                let start = pkcs8.len().saturating_sub(point_len);
+                if pkcs8.get(start) != Some(&0x04) {
+                    return Err(fail("unexpected PKCS#8 layout from ring".into()));
+                }
                 Ok(Self {
                     key_type,
                     pkcs8,
-                    public_key,
+                    public_key: PublicKeyBytes::EndOfPkcs8 { start },
                     csr_signer: OnceLock::new(),
                 })
             }
@@ -200,7 +208,7 @@ impl LeafKey {
                 Ok(Self {
                     key_type,
                     pkcs8: Zeroizing::new(pkcs8.as_bytes().to_vec()),
-                    public_key: public_key.into_vec(),
+                    public_key: PublicKeyBytes::Own(public_key.into_vec()),
                     csr_signer: OnceLock::new(),
                 })
             }
@@ -216,7 +224,7 @@ impl LeafKey {
         Ok(Self {
             key_type,
             pkcs8: Zeroizing::new(der.to_vec()),
-            public_key: pair.der_bytes().to_vec(),
+            public_key: PublicKeyBytes::Own(pair.der_bytes().to_vec()),
             csr_signer: OnceLock::new(),
         })
     }
@@ -252,22 +260,32 @@ impl LeafKey {
 
     /// The raw public key: the EC point, or the PKCS#1 RSAPublicKey, as in the SPKI bit string.
     pub fn public_key(&self) -> &[u8] {
-        &self.public_key
+        match &self.public_key {
+            PublicKeyBytes::EndOfPkcs8 { start } => self.pkcs8.get(*start..).unwrap_or_default(),
+            PublicKeyBytes::Own(bytes) => bytes,
+        }
     }
 
     /// The X.509 SubjectPublicKeyInfo, DER-encoded.
     pub fn public_key_spki(&self) -> Vec<u8> {
+        let mut spki = Vec::new();
+        self.write_public_key_spki(&mut spki);
+        spki
+    }
+
+    /// Appends the DER SubjectPublicKeyInfo to `out` (a certificate being written).
+    pub fn write_public_key_spki(&self, out: &mut Vec<u8>) {
         // EC keys: a constant header (algorithm id-ecPublicKey with the named curve, and the
         // BIT STRING header) before the point; written directly, as it is on every issuance.
-        let header: &[u8] = match (self.key_type, self.public_key.len()) {
+        let point = self.public_key();
+        let header: &[u8] = match (self.key_type, point.len()) {
             (KeyType::P256, 65) => &SPKI_HEADER_P256,
             (KeyType::P384, 97) => &SPKI_HEADER_P384,
-            _ => return self.subject_public_key_info(),
+            _ => return out.extend_from_slice(&self.subject_public_key_info()),
         };
-        let mut spki = Vec::with_capacity(header.len() + self.public_key.len());
-        spki.extend_from_slice(header);
-        spki.extend_from_slice(&self.public_key);
-        spki
+        out.reserve(header.len() + point.len());
+        out.extend_from_slice(header);
+        out.extend_from_slice(point);
     }
 
     /// A key pair that can sign (for CSRs and for CA keys). Parsing costs a little, so the
@@ -323,7 +341,7 @@ impl LeafKey {
 
 impl PublicKeyData for LeafKey {
     fn der_bytes(&self) -> &[u8] {
-        &self.public_key
+        self.public_key()
     }
 
     fn algorithm(&self) -> &'static SignatureAlgorithm {
@@ -333,7 +351,7 @@ impl PublicKeyData for LeafKey {
 
 impl fmt::Debug for LeafKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &self.public_key);
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.public_key());
         let short: String = digest.as_ref()[..8]
             .iter()
             .map(|b| format!("{b:02x}"))

@@ -159,6 +159,15 @@ impl<'a> SubjectKey<'a> {
             SubjectKey::Caller(csr) => Cow::Borrowed(csr.subject_public_key_info()),
         }
     }
+
+    /// Appends [`subject_public_key_info`](Self::subject_public_key_info) to `out`, without
+    /// a buffer of its own for a key meshca made.
+    pub fn write_subject_public_key_info(&self, out: &mut Vec<u8>) {
+        match self {
+            SubjectKey::Generated(key) => key.write_public_key_spki(out),
+            SubjectKey::Caller(csr) => out.extend_from_slice(csr.subject_public_key_info()),
+        }
+    }
 }
 
 impl<'a> From<&'a LeafKey> for SubjectKey<'a> {

@@ -217,7 +217,7 @@ impl LeafTemplate {
             None => out.extend_from_slice(&[SEQUENCE, 0]),
         }
 
-        out.extend_from_slice(&key.subject_public_key_info());
+        key.write_subject_public_key_info(out);
 
         // Extensions, in the order rcgen writes them.
         let tagged = open(out);

@@ -1,6 +1,7 @@
 //! [`CertificateInfo`]: what meshca reads out of a certificate, through the fast DER walker
 //! (`fast`) or x509-parser.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
@@ -45,7 +46,7 @@ pub struct CertificateInfo {
     /// basicConstraints CA flag.
     pub is_ca: bool,
     /// The public key algorithm and size, e.g. `ECDSA P-256` or `RSA 2048`.
-    pub key_description: String,
+    pub key_description: Cow<'static, str>,
     /// Subject key identifier.
     pub subject_key_id: Option<Vec<u8>>,
     /// Authority key identifier.
@@ -200,17 +201,17 @@ fn lifetime(not_before: SystemTime, not_after: SystemTime) -> Duration {
     not_after.duration_since(not_before).unwrap_or_default()
 }
 
-fn describe_key(cert: &X509Certificate<'_>) -> String {
+fn describe_key(cert: &X509Certificate<'_>) -> Cow<'static, str> {
     use x509_parser::public_key::PublicKey;
     match cert.public_key().parsed() {
         Ok(PublicKey::EC(point)) => match point.key_size() {
-            256 => "ECDSA P-256".to_owned(),
-            384 => "ECDSA P-384".to_owned(),
-            bits => format!("ECDSA {bits}-bit"),
+            256 => "ECDSA P-256".into(),
+            384 => "ECDSA P-384".into(),
+            bits => format!("ECDSA {bits}-bit").into(),
         },
-        Ok(PublicKey::RSA(rsa)) => format!("RSA {}", rsa.key_size()),
-        Ok(_) => "other".to_owned(),
-        Err(_) => "unreadable".to_owned(),
+        Ok(PublicKey::RSA(rsa)) => format!("RSA {}", rsa.key_size()).into(),
+        Ok(_) => "other".into(),
+        Err(_) => "unreadable".into(),
     }
 }
 

@@ -43,6 +43,9 @@ fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     (found == tag).then_some((content, rest))
 }
 
+/// The most extensions the fast path reads; more go to x509-parser.
+const MAX_EXTENSIONS: usize = 16;
+
 const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
 const OID: u8 = 0x06;
@@ -115,22 +118,26 @@ pub(super) fn parse(der: &[u8]) -> Option<CertificateInfo> {
         uri_sans: Vec::new(),
         dns_sans: Vec::new(),
         is_ca: false,
-        key_description: key_description.to_owned(),
+        key_description: key_description.into(),
         subject_key_id: None,
         authority_key_id: None,
         public_key: public_key.to_vec(),
         extended_key_usage: None,
     };
-    let mut seen: Vec<&[u8]> = Vec::new();
+    // The OIDs met so far, on the stack: a certificate with more extensions than this (none
+    // of meshca's or of the common CAs') goes to the full parser.
+    let mut seen: [&[u8]; MAX_EXTENSIONS] = [&[]; MAX_EXTENSIONS];
+    let mut count = 0;
     while !list.is_empty() {
         let (extension, rest) = expect(list, SEQUENCE)?;
         list = rest;
         let (oid, rest) = expect(extension, OID)?;
         // x509-parser refuses duplicate extensions: let it say so.
-        if seen.contains(&oid) {
+        if seen[..count].contains(&oid) {
             return None;
         }
-        seen.push(oid);
+        *seen.get_mut(count)? = oid;
+        count += 1;
         let rest = match take(rest)? {
             (0x01, [0xff], rest) => rest,
             (0x01, _, _) => return None,
