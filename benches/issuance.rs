@@ -153,8 +153,8 @@ runtime). Date: {date}. Machine: {cores} CPUs, shared.\n\n\
 {BLOCK}; medians over rounds.\n\n\
 - (a) floor: raw ring loop, P-256 key generation + one ECDSA P-256 signature per iteration.\n\
 - (b) meshca: `CertificateCache::certificate` for a new identity each time, Tresor provider: \
-fresh P-256 key, leaf profile, signature, parse, validation, publication on the key's watch \
-channel, and the cache worker scheduling the renewal (the loop yields to it after each call).\n\
+fresh P-256 key, leaf profile, signature, parse, validation, publication in the cache, and the \
+cache worker scheduling the renewal (the loop yields to it after each call).\n\
 - (c) cache hit: `CertificateCache::certificate` for an identity already issued.\n\n\
 | (a) raw ring keygen+sign | (b) meshca fresh-key issuance | (b)/(a) median | (b)/(a) worst round | (c) cache hit |\n\
 |---:|---:|---:|---:|---:|\n\
