@@ -632,7 +632,7 @@ impl Worker {
     }
 }
 
-/// The background deadlines: a binary heap of `(when, key)` with lazy deletion. A key's live
+/// The background deadlines: a binary heap of `(when, order, key)` with lazy deletion. A key's live
 /// entry is the one whose time is its `KeyState::due`; moving or clearing a deadline leaves the
 /// old entry behind, to be skipped when it reaches the top (or dropped by a compaction once
 /// stale entries outnumber live ones).
@@ -642,21 +642,28 @@ impl Worker {
 /// more once the cache holds tens of thousands of keys: the worker's largest cost per issuance
 /// in a sampling profile (docs/BENCHMARKS.md). A heap push compares with a few parents near the
 /// end of one array.
+///
+/// Deadlines that fall at the same instant (a `renew_now` sets every key's to one `now`) are
+/// taken in the order they were set: the sequence number ahead of the key means a comparison
+/// never reaches the key, whose identity is behind a pointer and would be compared as text.
 #[derive(Default)]
 struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, CertKey)>>,
+    heap: BinaryHeap<Reverse<(Instant, u64, CertKey)>>,
+    /// The order of the next deadline set.
+    next: u64,
 }
 
 impl Timers {
     /// Sets the background deadline of `key` (whose state is `state`) to `at`.
     fn set_due(&mut self, state: &mut KeyState, key: &CertKey, at: Instant) {
         state.due = Some(at);
-        self.heap.push(Reverse((at, key.clone())));
+        self.next += 1;
+        self.heap.push(Reverse((at, self.next, key.clone())));
     }
 
     /// The earliest live deadline, dropping the stale entries above it.
     fn earliest(&mut self, keys: &KeyMap<KeyState>) -> Option<Instant> {
-        while let Some(Reverse((at, key))) = self.heap.peek() {
+        while let Some(Reverse((at, _, key))) = self.heap.peek() {
             if is_live(keys, key, *at) {
                 return Some(*at);
             }
@@ -667,7 +674,7 @@ impl Timers {
 
     /// Removes the top entry (live after [`earliest`](Self::earliest)) and returns its key.
     fn pop(&mut self) -> Option<CertKey> {
-        self.heap.pop().map(|Reverse((_, key))| key)
+        self.heap.pop().map(|Reverse((_, _, key))| key)
     }
 
     /// Drops every stale entry when they make up most of the heap, so that deadlines moved
@@ -678,7 +685,7 @@ impl Timers {
             return;
         }
         self.heap
-            .retain(|Reverse((at, key))| is_live(keys, key, *at));
+            .retain(|Reverse((at, _, key))| is_live(keys, key, *at));
     }
 }
 
