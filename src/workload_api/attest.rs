@@ -397,7 +397,10 @@ impl UnixAttestor {
 #[async_trait]
 impl Attestor for UnixAttestor {
     async fn attest(&self, peer: PeerCredentials) -> Result<Vec<Selector>, AttestError> {
-        let mut selectors = vec![Selector::Uid(peer.uid), Selector::Gid(peer.gid)];
+        // Room for all four (uid, gid, path, sha256): growing the vector mid-attestation was
+        // ≈ 2% of the server's CPU for a Workload API stream's first SVID (docs/BENCHMARKS.md).
+        let mut selectors = Vec::with_capacity(4);
+        selectors.extend([Selector::Uid(peer.uid), Selector::Gid(peer.gid)]);
         let Some(pid) = peer.pid.filter(|pid| *pid > 0) else {
             return Ok(selectors);
         };
