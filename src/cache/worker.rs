@@ -693,3 +693,57 @@ impl Timers {
 fn is_live(keys: &KeyMap<KeyState>, key: &CertKey, at: Instant) -> bool {
     keys.get(key).and_then(|state| state.due) == Some(at)
 }
+
+#[cfg(test)]
+mod tests {
+    use meshca_provider::TrustDomain;
+
+    use super::*;
+    use crate::cache::Purpose;
+
+    fn key(short: &str) -> CertKey {
+        let identity = SpiffeId::from_short(short, &TrustDomain::default()).expect("an identity");
+        CertKey::new(identity, Purpose::Default)
+    }
+
+    #[test]
+    fn deadlines_at_one_instant_are_taken_in_the_order_they_were_set() {
+        let mut keys = KeyMap::<KeyState>::default();
+        let mut timers = Timers::default();
+        let at = Instant::now();
+        // Set in an order that is not the identities' own, as a renew_now over a map would.
+        let set = [key("z/z"), key("a/a"), key("m/m")];
+        for key in &set {
+            timers.set_due(keys.entry(key.clone()).or_default(), key, at);
+        }
+        let mut taken = Vec::new();
+        while timers.earliest(&keys) == Some(at) {
+            let key = timers.pop().expect("the live top entry");
+            keys.get_mut(&key).expect("its state").due = None;
+            taken.push(key);
+        }
+        assert_eq!(taken, set);
+        assert_eq!(timers.earliest(&keys), None);
+    }
+
+    #[test]
+    fn a_moved_deadline_leaves_its_old_entry_stale() {
+        let mut keys = KeyMap::<KeyState>::default();
+        let mut timers = Timers::default();
+        let now = Instant::now();
+        let (early, late) = (key("a/early"), key("a/late"));
+        timers.set_due(keys.entry(early.clone()).or_default(), &early, now);
+        timers.set_due(
+            keys.entry(late.clone()).or_default(),
+            &late,
+            now + HANDOVER_DELAY,
+        );
+        // `early` moves after `late`: its first entry is skipped, not taken.
+        let later = now + 2 * HANDOVER_DELAY;
+        timers.set_due(keys.get_mut(&early).expect("its state"), &early, later);
+        assert_eq!(timers.earliest(&keys), Some(now + HANDOVER_DELAY));
+        assert_eq!(timers.pop(), Some(late));
+        assert_eq!(timers.earliest(&keys), Some(later));
+        assert_eq!(timers.pop(), Some(early));
+    }
+}
